@@ -1,6 +1,7 @@
 """Shared helpers for the kernels: dispatch, input checks, output allocation, autotune configs."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Iterable, Sequence
@@ -11,6 +12,8 @@ import triton
 __all__ = [
     "interpret_mode",
     "use_kernel",
+    "backend",
+    "get_backend",
     "set_poison",
     "poison_enabled",
     "new_empty",
@@ -29,9 +32,36 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# "auto" follows DESIGN.md's dispatch rule; "reference" forces the pure-PyTorch references (the
+# model's CPU tests use it: the interpreter is too slow for whole models); "triton" forces kernels.
+_BACKEND = os.environ.get("HYBRIDNA_BACKEND", "auto")
+_BACKENDS = ("auto", "reference", "triton")
+
+
+def get_backend() -> str:
+    return _BACKEND
+
+
+@contextlib.contextmanager
+def backend(name: str):
+    """Temporarily choose the op backend: "auto", "reference" or "triton"."""
+    global _BACKEND
+    if name not in _BACKENDS:
+        raise ValueError(f"backend: expected one of {_BACKENDS}, got {name!r}")
+    old, _BACKEND = _BACKEND, name
+    try:
+        yield
+    finally:
+        _BACKEND = old
+
+
 def use_kernel(*tensors: torch.Tensor | None) -> bool:
     """Dispatch rule of DESIGN.md: Triton on CUDA, the interpreter on CPU when TRITON_INTERPRET=1,
-    otherwise the pure-PyTorch reference."""
+    otherwise the pure-PyTorch reference. `backend(...)` / HYBRIDNA_BACKEND override it."""
+    if _BACKEND == "reference":
+        return False
+    if _BACKEND == "triton":
+        return True
     for t in tensors:
         if t is not None:
             return t.is_cuda or interpret_mode()

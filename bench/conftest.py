@@ -1,0 +1,99 @@
+"""Shared benchmark fixtures: GPU timing with CUDA events, copy bandwidth, rates in extra_info.
+
+`pytest bench/ --benchmark-only`: pytest-benchmark's table shows wall time per call (synchronised);
+each benchmark's extra_info holds the CUDA-event median (ms), the rate from a formula (TFLOP/s or
+GB/s), the copy bandwidth measured in the same run, and peak memory.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    # Tiny CPU shapes run the kernels through the interpreter so the suite stays green without a GPU.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: GPU-only benchmark shape")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="GPU shape: needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _sync():
+    if HAS_CUDA:
+        torch.cuda.synchronize()
+
+
+@pytest.fixture(scope="session")
+def copy_bandwidth_gbs():
+    """Device-to-device copy bandwidth (bytes read + written) measured in this run, GB/s; None on CPU."""
+    if not HAS_CUDA:
+        return None
+    import triton.testing
+
+    n = 512 * 1024 * 1024  # 1 GiB of bf16
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    del src, dst
+    return 2 * n * 2 / (ms * 1e-3) / 1e9
+
+
+def time_ms(fn) -> float:
+    """Median milliseconds of fn: CUDA events after warm-up on GPU, wall clock on CPU."""
+    if HAS_CUDA:
+        import triton.testing
+
+        return triton.testing.do_bench(fn, return_mode="median")
+    import time
+
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def run_benchmark(benchmark, fn, *, flops: float | None = None, nbytes: float | None = None,
+                  copy_gbs: float | None = None, rounds: int = 20, **info):
+    """Time fn for pytest-benchmark and record ms / TFLOP/s / GB/s / peak memory in extra_info."""
+    if HAS_CUDA:
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        _sync()
+        mem0 = torch.cuda.memory_allocated()
+    ms = time_ms(fn)
+    if HAS_CUDA:
+        peak = torch.cuda.max_memory_allocated()
+        benchmark.extra_info["peak_mem_gib"] = round(peak / 2**30, 3)
+        benchmark.extra_info["extra_mem_gib"] = round((peak - mem0) / 2**30, 3)
+        benchmark.extra_info["device"] = torch.cuda.get_device_name()
+    benchmark.extra_info["ms"] = round(ms, 4)
+    if flops is not None:
+        benchmark.extra_info["tflops"] = round(flops / (ms * 1e-3) / 1e12, 2)
+    if nbytes is not None:
+        gbs = nbytes / (ms * 1e-3) / 1e9
+        benchmark.extra_info["gbs"] = round(gbs, 1)
+        if copy_gbs:
+            benchmark.extra_info["copy_gbs"] = round(copy_gbs, 1)
+            benchmark.extra_info["frac_of_copy"] = round(gbs / copy_gbs, 3)
+    benchmark.extra_info.update(info)
+
+    def call():
+        fn()
+        _sync()
+
+    benchmark.pedantic(call, rounds=rounds if HAS_CUDA else 1, warmup_rounds=1 if HAS_CUDA else 0, iterations=1)
+    return ms
