@@ -1,0 +1,192 @@
+"""flash_attention: the reference against independent definitions, input validation, and the kernels
+against the reference (forward, lse, dq/dk/dv) at awkward shapes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import DEVICE, assert_close, dtype_id, tol
+
+from hybridna_kernels import flash_attention
+from hybridna_kernels.attention.naive import attention_ref
+
+# ---------------------------------------------------------------------------------------------
+# The reference against independent definitions (float64, CPU)
+# ---------------------------------------------------------------------------------------------
+
+
+def _loop_attention(q, k, v, causal, window, scale):
+    """Per-element definition: for every (b, h, i) list the visible keys and softmax over them."""
+    B, Lq, Hq, D = q.shape
+    Lk, Hkv = k.shape[1], k.shape[2]
+    o = torch.zeros(B, Lq, Hq, D, dtype=torch.float64)
+    lse = torch.full((B, Hq, Lq), float("-inf"), dtype=torch.float64)
+    for b in range(B):
+        for h in range(Hq):
+            hk = h // (Hq // Hkv)
+            for i in range(Lq):
+                p = i + Lk - Lq
+                js = [j for j in range(Lk)
+                      if (not causal or j <= p) and (window is None or j > p - window)]
+                if not js:
+                    continue
+                s = torch.stack([(q[b, i, h] * k[b, j, hk]).sum() * scale for j in js])
+                lse[b, h, i] = torch.logsumexp(s, 0)
+                w = torch.softmax(s, 0)
+                o[b, i, h] = sum(w[n] * v[b, j, hk] for n, j in enumerate(js))
+    return o, lse
+
+
+def _rand(*shape, dtype=torch.float64, device="cpu", requires_grad=False):
+    return torch.randn(*shape, dtype=dtype, device=device).requires_grad_(requires_grad)
+
+
+@pytest.mark.parametrize(
+    "B, Lq, Lk, Hq, Hkv, D, causal, window",
+    [
+        (2, 5, 5, 2, 2, 4, False, None),
+        (1, 7, 7, 4, 2, 3, True, None),
+        (1, 6, 6, 4, 1, 4, True, 3),
+        (1, 3, 8, 2, 1, 4, True, None),   # chunked prefill: queries are the last 3 positions
+        (1, 1, 9, 2, 2, 4, True, 4),      # decode with a window
+        (1, 6, 4, 2, 2, 4, True, None),   # seqlen_q > seqlen_k: the first two queries see nothing
+        (1, 4, 6, 2, 1, 4, False, None),
+        (1, 5, 5, 2, 2, 4, True, 1),      # window 1: each query sees itself only
+        (1, 5, 5, 2, 2, 4, True, 50),     # window larger than seqlen
+    ],
+    ids=lambda x: str(x),
+)
+def test_reference_matches_per_element_definition(B, Lq, Lk, Hq, Hkv, D, causal, window):
+    torch.manual_seed(0)
+    q, k, v = _rand(B, Lq, Hq, D), _rand(B, Lk, Hkv, D), _rand(B, Lk, Hkv, D)
+    scale = 0.37
+    o, lse = attention_ref(q, k, v, causal=causal, window=window, softmax_scale=scale, return_lse=True)
+    o_loop, lse_loop = _loop_attention(q, k, v, causal, window, scale)
+    assert_close("o", o_loop, o, 1e-12)
+    assert torch.equal(torch.isinf(lse), torch.isinf(lse_loop))
+    fin = torch.isfinite(lse_loop)
+    assert_close("lse", lse_loop[fin], lse[fin], 1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("Hq, Hkv", [(4, 4), (4, 1), (8, 2)], ids=["mha", "mqa", "gqa4"])
+def test_reference_matches_sdpa(causal, Hq, Hkv):
+    torch.manual_seed(1)
+    B, L, D = 2, 37, 16
+    q, k, v = _rand(B, L, Hq, D), _rand(B, L, Hkv, D), _rand(B, L, Hkv, D)
+    o = attention_ref(q, k, v, causal=causal)
+    g = Hq // Hkv
+    want = F.scaled_dot_product_attention(q.transpose(1, 2), k.repeat_interleave(g, 2).transpose(1, 2),
+                                          v.repeat_interleave(g, 2).transpose(1, 2), is_causal=causal)
+    assert_close("o", want.transpose(1, 2), o, 1e-12)
+
+
+def test_reference_window_matches_sdpa_with_explicit_mask():
+    torch.manual_seed(2)
+    B, L, H, D, W = 1, 40, 2, 8, 7
+    q, k, v = _rand(B, L, H, D), _rand(B, L, H, D), _rand(B, L, H, D)
+    i = torch.arange(L)[:, None]
+    j = torch.arange(L)[None, :]
+    mask = (j <= i) & (j > i - W)
+    want = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    assert_close("o", want.transpose(1, 2), attention_ref(q, k, v, causal=True, window=W), 1e-12)
+
+
+def test_reference_gradients_match_sdpa():
+    torch.manual_seed(3)
+    B, L, Hq, Hkv, D = 1, 19, 4, 2, 8
+    q, k, v = _rand(B, L, Hq, D, requires_grad=True), _rand(B, L, Hkv, D, requires_grad=True), \
+        _rand(B, L, Hkv, D, requires_grad=True)
+    do = _rand(B, L, Hq, D)
+    grads = torch.autograd.grad(attention_ref(q, k, v, causal=True), (q, k, v), do)
+    kr, vr = k.repeat_interleave(2, 2), v.repeat_interleave(2, 2)
+    want = F.scaled_dot_product_attention(q.transpose(1, 2), kr.transpose(1, 2), vr.transpose(1, 2), is_causal=True)
+    wgrads = torch.autograd.grad(want.transpose(1, 2), (q, k, v), do)
+    for name, w, g in zip("qkv", wgrads, grads):
+        assert_close("d" + name, w, g, 1e-12)
+
+
+def test_reference_rows_without_keys_are_zero_and_grads_finite():
+    torch.manual_seed(4)
+    q, k, v = _rand(1, 6, 2, 4, requires_grad=True), _rand(1, 3, 2, 4, requires_grad=True), \
+        _rand(1, 3, 2, 4, requires_grad=True)
+    o, lse = attention_ref(q, k, v, causal=True, return_lse=True)
+    assert torch.equal(o[:, :3], torch.zeros_like(o[:, :3]))
+    assert torch.isneginf(lse[..., :3]).all() and torch.isfinite(lse[..., 3:]).all()
+    o.sum().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    assert torch.equal(q.grad[:, :3], torch.zeros_like(q.grad[:, :3]))
+
+
+def test_reference_varlen_matches_separate_sequences():
+    torch.manual_seed(5)
+    lens = [3, 0, 1, 7, 0, 5]
+    total, H, D = sum(lens), 4, 8
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
+    q, k, v = _rand(1, total, H, D), _rand(1, total, 2, D), _rand(1, total, 2, D)
+    o, lse = attention_ref(q, k, v, causal=True, window=3, cu_seqlens=cu, max_seqlen=max(lens), return_lse=True)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        if a == b:
+            continue
+        o_i, lse_i = attention_ref(q[:, a:b], k[:, a:b], v[:, a:b], causal=True, window=3, return_lse=True)
+        assert_close("o", o_i, o[:, a:b], 1e-14)
+        assert_close("lse", lse_i, lse[:, :, a:b], 1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _qkv(B=1, L=4, Hq=4, Hkv=2, D=8, dtype=torch.float32):
+    return torch.randn(B, L, Hq, D, dtype=dtype), torch.randn(B, L, Hkv, D, dtype=dtype), \
+        torch.randn(B, L, Hkv, D, dtype=dtype)
+
+
+_CU = torch.tensor([0, 2, 4], dtype=torch.int32)
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, match",
+    [
+        (lambda: (torch.randn(4, 4, 8), *_qkv()[1:]), {}, "q: expected a 4-d tensor"),
+        (lambda: (_qkv()[0], torch.randn(1, 4, 8), _qkv()[2]), {}, "k: expected a 4-d tensor"),
+        (lambda: _qkv(Hq=4, Hkv=3), {}, r"k: nheads_q \(4\) must be a multiple of nheads_kv \(3\)"),
+        (lambda: (_qkv()[0], torch.randn(1, 4, 2, 16), torch.randn(1, 4, 2, 16)), {}, "k: expected headdim 8"),
+        (lambda: (*_qkv()[:2], torch.randn(1, 5, 2, 8)), {}, "v: expected the shape of k"),
+        (lambda: (*_qkv()[:2], _qkv()[2].half()), {}, "v: expected dtype float32"),
+        (lambda: tuple(t.long() for t in _qkv()), {}, "q: expected dtype"),
+        (lambda: (torch.randn(1, 4, 8, 4).transpose(2, 3), *_qkv()[1:]), {}, "q: dim 3 must be contiguous"),
+        (lambda: _qkv(D=300), {}, "q: headdim must be in"),
+        (_qkv, {"causal": False, "window": 4}, "window: a sliding window needs causal=True"),
+        (_qkv, {"window": 0}, "window: expected an int >= 1"),
+        (_qkv, {"window": 2.5}, "window: expected an int >= 1"),
+        (lambda: _qkv(B=2), {"cu_seqlens": _CU, "max_seqlen": 2}, "cu_seqlens: packed sequences need batch == 1"),
+        (_qkv, {"cu_seqlens": _CU.long(), "max_seqlen": 2}, "cu_seqlens: expected dtype int32"),
+        (_qkv, {"cu_seqlens": _CU}, "max_seqlen: expected an int >= 0 with cu_seqlens"),
+        (_qkv, {"cu_seqlens": torch.tensor([0, 3], dtype=torch.int32), "max_seqlen": 3}, "cu_seqlens: expected non-decreasing"),
+        (_qkv, {"cu_seqlens": _CU, "max_seqlen": 1}, "max_seqlen: 1 is smaller"),
+        (_qkv, {"max_seqlen": 4}, "max_seqlen: only meaningful together with cu_seqlens"),
+    ],
+    ids=["q-rank", "k-rank", "heads", "headdim", "v-shape", "v-dtype", "q-dtype", "q-stride", "headdim-max",
+         "window-noncausal", "window-zero", "window-float", "cu-batch", "cu-dtype", "cu-maxseqlen",
+         "cu-offsets", "cu-maxseqlen-small", "maxseqlen-alone"],
+)
+def test_validation_names_the_argument(make, kwargs, match):
+    q, k, v = make()
+    with pytest.raises(ValueError, match=match):
+        flash_attention(q, k, v, **kwargs)
+
+
+def test_public_function_matches_reference_on_cpu():
+    torch.manual_seed(6)
+    q, k, v = _qkv(L=9)
+    o, lse = flash_attention(q, k, v, window=3, return_lse=True)
+    o_ref, lse_ref = attention_ref(q.double(), k.double(), v.double(), causal=True, window=3, return_lse=True)
+    assert o.dtype == q.dtype and lse.dtype == torch.float32 and lse.shape == (1, 4, 9)
+    assert_close("o", o_ref, o, tol(torch.float32))
+    assert_close("lse", lse_ref, lse, tol(torch.float32))
