@@ -1,0 +1,204 @@
+"""causal_conv1d / causal_conv1d_step: the reference against F.conv1d, then the kernels against the reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import DEVICE, assert_close, dtype_id, tol
+
+from hybridna_kernels import causal_conv1d, causal_conv1d_step
+from hybridna_kernels.conv1d import causal_conv1d_ref, causal_conv1d_step_ref
+from hybridna_kernels.utils import backend
+
+WIDTHS = list(range(2, 9))
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _inputs(B, D, L, W, dtype=torch.float64, device="cpu", seed=0, channel_last=True):
+    g = _gen(seed)
+    x = torch.randn(B, L, D, generator=g, dtype=torch.float64).transpose(1, 2)  # (B, D, L), stride(1) == 1
+    if not channel_last:
+        x = x.contiguous()
+    w = torch.randn(D, W, generator=g, dtype=torch.float64) / W**0.5
+    b = torch.randn(D, generator=g, dtype=torch.float64)
+    h0 = torch.randn(B, D, W - 1, generator=g, dtype=torch.float64)
+    conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    # .to() keeps x's channel-last strides (preserve_format keeps dense non-contiguous layouts).
+    return conv(x), conv(w), conv(b), conv(h0)
+
+
+def _seq_idx(B, L, nseg, seed=0, device="cpu"):
+    """Non-decreasing segment ids with nseg segments per row (some may be short, length 1)."""
+    g = _gen(seed + 1000)
+    rows = []
+    for _ in range(B):
+        if nseg > 1 and L > 1:
+            cuts = torch.randperm(L - 1, generator=g)[: min(nseg - 1, L - 1)].sort().values + 1
+        else:
+            cuts = torch.zeros(0, dtype=torch.int64)
+        row = torch.zeros(L, dtype=torch.int32)
+        for c in cuts.tolist():
+            row[c:] += 1
+        rows.append(row)
+    return torch.stack(rows).to(device)
+
+
+def _fconv(x, w, b, act):
+    W = w.shape[1]
+    y = F.conv1d(x, w[:, None], b, padding=W - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    return F.silu(y) if act == "silu" else y
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reference: definition checks in float64
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("W", WIDTHS, ids=lambda w: f"W{w}")
+@pytest.mark.parametrize("act", [None, "silu"], ids=["noact", "silu"])
+@pytest.mark.parametrize("B,D,L", [(2, 37, 63), (1, 5, 1), (3, 8, 7)], ids=lambda v: str(v))
+def test_ref_matches_fconv(B, D, L, W, act):
+    x, w, b, _ = _inputs(B, D, L, W)
+    assert_close("y", _fconv(x, w, b, act), causal_conv1d_ref(x, w, b, act), 1e-10)
+    assert_close("y_nobias", _fconv(x, w, None, act), causal_conv1d_ref(x, w, None, act), 1e-10)
+
+
+@pytest.mark.parametrize("W", WIDTHS, ids=lambda w: f"W{w}")
+@pytest.mark.parametrize("L", [1, 2, 9, 40], ids=lambda v: f"L{v}")
+def test_ref_states_match_concatenation(L, W):
+    """initial_states are the inputs before t = 0; final_states are the last width - 1 inputs."""
+    B, D = 2, 6
+    x, w, b, h0 = _inputs(B, D, L, W, seed=L * 10 + W)
+    y, hT = causal_conv1d_ref(x, w, b, "silu", h0, True)
+    xx = torch.cat([h0, x], -1)
+    assert_close("y", _fconv(xx, w, b, "silu")[..., W - 1:], y, 1e-10)
+    assert_close("final_states", xx[..., -(W - 1):], hT, 1e-10)
+
+
+@pytest.mark.parametrize("W", [2, 4, 8], ids=lambda w: f"W{w}")
+def test_ref_split_continues_with_states(W):
+    B, D, L = 2, 5, 30
+    x, w, b, h0 = _inputs(B, D, L, W, seed=W)
+    y, hT = causal_conv1d_ref(x, w, b, None, h0, True)
+    for cut in (1, 3, 17, 29):
+        y1, h1 = causal_conv1d_ref(x[..., :cut], w, b, None, h0, True)
+        y2, h2 = causal_conv1d_ref(x[..., cut:], w, b, None, h1, True)
+        assert_close("y", y, torch.cat([y1, y2], -1), 1e-12)
+        assert_close("final_states", hT, h2, 1e-12)
+
+
+@pytest.mark.parametrize("W", [2, 4, 8], ids=lambda w: f"W{w}")
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero_h0", "h0"])
+def test_ref_seq_idx_equals_separate_sequences(W, with_h0):
+    """Packed segments behave as separate sequences; initial_states belong to the first segment and
+    final_states to the last one (zero where the last segment is shorter than width - 1)."""
+    B, D, L = 3, 4, 25
+    x, w, b, h0 = _inputs(B, D, L, W, seed=W + 7)
+    h0 = h0 if with_h0 else None
+    seq_idx = _seq_idx(B, L, nseg=5, seed=W)
+    seq_idx[2] = torch.arange(L, dtype=torch.int32) // 1  # every segment of length 1 in row 2
+    y, hT = causal_conv1d_ref(x, w, b, "silu", h0, True, seq_idx)
+    for bi in range(B):
+        segs = seq_idx[bi].unique_consecutive().tolist()
+        for si, s in enumerate(segs):
+            m = (seq_idx[bi] == s).nonzero().flatten()
+            t0, t1 = m[0].item(), m[-1].item() + 1
+            init = h0[bi: bi + 1] if (h0 is not None and si == 0) else None
+            ys, hs = causal_conv1d_ref(x[bi: bi + 1, :, t0:t1], w, b, "silu", init, True)
+            assert_close(f"y[b{bi},seg{s}]", ys, y[bi: bi + 1, :, t0:t1], 1e-12)
+            if si == len(segs) - 1:
+                assert_close(f"final_states[b{bi}]", hs, hT[bi: bi + 1], 1e-12)
+
+
+@pytest.mark.parametrize("W", WIDTHS, ids=lambda w: f"W{w}")
+def test_ref_step_matches_full(W):
+    B, D, L = 2, 7, 12
+    x, w, b, h0 = _inputs(B, D, L, W, seed=3 * W)
+    y, hT = causal_conv1d_ref(x, w, b, "silu", h0, True)
+    state = h0.clone()
+    for t in range(L):
+        yt, state = causal_conv1d_step_ref(x[:, :, t], state, w, b, "silu")
+        assert_close(f"y[t={t}]", y[:, :, t], yt, 1e-12)
+    assert_close("state", hT, state, 1e-12)
+
+
+@pytest.mark.parametrize("W", [2, 3, 4, 8], ids=lambda w: f"W{w}")
+def test_ref_autograd_gradcheck(W):
+    """The reference's gradients (autograd) are what the kernels are checked against: check them."""
+    B, D, L = 2, 3, 9
+    x, w, b, h0 = _inputs(B, D, L, W, seed=W)
+    seq_idx = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2], [0] * 9], dtype=torch.int32)
+    args = [t.clone().requires_grad_() for t in (x, w, b, h0)]
+
+    def f(x, w, b, h0):
+        y, hT = causal_conv1d_ref(x, w, b, "silu", h0, True, seq_idx)
+        return y, hT
+
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public functions: validation and dispatch
+# ---------------------------------------------------------------------------------------------------
+
+
+def _bad_calls():
+    x = torch.randn(2, 6, 10)
+    w = torch.randn(6, 4)
+    return [
+        ("rank", lambda: causal_conv1d(x[0], w), r"x: expected a 3-d tensor"),
+        ("x_dtype", lambda: causal_conv1d(x.to(torch.int32), w), r"x: expected dtype"),
+        ("empty_seqlen", lambda: causal_conv1d(x[..., :0], w), r"x: dim 2 must have at least 1"),
+        ("dim_mismatch", lambda: causal_conv1d(x, torch.randn(5, 4)), r"weight: expected shape \(6, \*\)"),
+        ("width_1", lambda: causal_conv1d(x, torch.randn(6, 1)), r"weight: width .* must be in 2..8, got 1"),
+        ("width_9", lambda: causal_conv1d(x, torch.randn(6, 9)), r"weight: width .* must be in 2..8, got 9"),
+        ("weight_rank", lambda: causal_conv1d(x, torch.randn(6)), r"weight: expected a 2-d tensor"),
+        ("bias_shape", lambda: causal_conv1d(x, w, torch.randn(5)), r"bias: expected shape \(6\)"),
+        ("h0_shape", lambda: causal_conv1d(x, w, initial_states=torch.randn(2, 6, 4)),
+         r"initial_states: expected shape \(2, 6, 3\)"),
+        ("seq_idx_dtype", lambda: causal_conv1d(x, w, seq_idx=torch.zeros(2, 10)), r"seq_idx: expected dtype int32"),
+        ("seq_idx_shape", lambda: causal_conv1d(x, w, seq_idx=torch.zeros(2, 9, dtype=torch.int32)),
+         r"seq_idx: expected shape \(2, 10\)"),
+        ("activation", lambda: causal_conv1d(x, w, activation="relu"), r"activation: expected None or 'silu'"),
+        ("step_rank", lambda: causal_conv1d_step(x, torch.randn(2, 6, 3), w), r"x: expected a 2-d tensor"),
+        ("step_state_shape", lambda: causal_conv1d_step(x[..., 0], torch.randn(2, 6, 4), w),
+         r"conv_state: expected shape \(2, 6, 3\)"),
+        ("step_state_dtype", lambda: causal_conv1d_step(x[..., 0], torch.zeros(2, 6, 3, dtype=torch.int64), w),
+         r"conv_state: expected dtype"),
+        ("step_width", lambda: causal_conv1d_step(x[..., 0], torch.randn(2, 6, 8), torch.randn(6, 9)),
+         r"weight: width"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_calls(), ids=lambda c: c[0])
+def test_validation_errors_name_the_argument(case):
+    _, call, match = case
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_devices_must_match():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device for a second device")
+    with pytest.raises(ValueError, match="weight: expected a tensor on"):
+        causal_conv1d(torch.randn(1, 4, 5, device="cuda"), torch.randn(4, 3))
+
+
+def test_public_reference_backend_matches_ref_and_steps_in_place():
+    B, D, L, W = 2, 9, 11, 4
+    x, w, b, h0 = _inputs(B, D, L, W, dtype=torch.float32)
+    with backend("reference"):
+        y, hT = causal_conv1d(x, w, b, activation="silu", initial_states=h0, return_final_states=True)
+        y_w3 = causal_conv1d(x, w[:, None], b, activation="silu", initial_states=h0)  # (dim, 1, width)
+        state = h0.clone()
+        ys = torch.stack([causal_conv1d_step(x[:, :, t], state, w, b, activation="silu") for t in range(L)], -1)
+    y_ref, hT_ref = causal_conv1d_ref(x.double(), w.double(), b.double(), "silu", h0.double(), True)
+    assert_close("y", y_ref, y, tol(torch.float32))
+    assert_close("y(dim,1,width)", y_ref, y_w3, tol(torch.float32))
+    assert_close("final_states", hT_ref, hT, tol(torch.float32))
+    assert_close("y_step", y_ref, ys, tol(torch.float32))
+    assert_close("conv_state", hT_ref, state, tol(torch.float32))
