@@ -1,9 +1,10 @@
-"""Mamba2 SSD (placeholder until the references land, issue 2/4)."""
+"""Mamba2 SSD (DESIGN.md): `ssd_scan` (chunked scan) and its decode step `ssd_step`.
 
+Dispatch (DESIGN.md): Triton kernels on CUDA, the same kernels through Triton's interpreter on CPU
+when TRITON_INTERPRET=1, otherwise the pure-PyTorch chunked reference of naive.py. The maths and the
+chunked algorithm are derived in README.md.
+"""
+from ._api import ssd_scan, ssd_step
+from .naive import ssd_chunked_ref, ssd_sequential_ref, ssd_step_ref
 
-def ssd_scan(*args, **kwargs):
-    raise NotImplementedError("ssd_scan: not implemented yet (issue 4)")
-
-
-def ssd_step(*args, **kwargs):
-    raise NotImplementedError("ssd_step: not implemented yet (issue 4)")
+__all__ = ["ssd_scan", "ssd_step", "ssd_sequential_ref", "ssd_chunked_ref", "ssd_step_ref"]
