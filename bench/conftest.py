@@ -97,3 +97,36 @@ def run_benchmark(benchmark, fn, *, flops: float | None = None, nbytes: float | 
 
     benchmark.pedantic(call, rounds=rounds if HAS_CUDA else 1, warmup_rounds=1 if HAS_CUDA else 0, iterations=1)
     return ms
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for a CUDA out-of-memory error, whichever layer raised it (allocator, cuBLAS, Triton)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_cuda_memory():
+    """Free what an aborted step left behind (call outside the `except` block, so the traceback's
+    frames, which hold the activations, are gone)."""
+    import gc
+
+    gc.collect()
+    if HAS_CUDA:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def record_oom(benchmark, message: str, **info):
+    """Record an out-of-memory shape as such instead of failing: extra_info gets status "oom" (and
+    no rate), a no-op is registered so the row still lands in --benchmark-json, then the test is
+    skipped with the reason. Call release_cuda_memory() first."""
+    benchmark.extra_info.update(info)
+    benchmark.extra_info["status"] = "oom"
+    benchmark.extra_info["error"] = message[:300]
+    if HAS_CUDA:
+        benchmark.extra_info["device"] = torch.cuda.get_device_name()
+        benchmark.extra_info["device_mem_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    pytest.skip(f"out of memory: {message[:200]}")
