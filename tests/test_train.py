@@ -1,0 +1,188 @@
+"""Pretraining: schedules, checkpoints, metrics, config parsing, and (with the model and data) short
+runs on CPU: loss falls, exact resume, two gloo processes under DDP and FSDP2."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hybridna.train.checkpoint import (atomic_dir, latest_checkpoint, load_train_state, mark_latest, prune_checkpoints,
+                                       rng_state, save_train_state, set_rng_state)
+from hybridna.train.metrics import (MetricsLog, attention_flops_per_token, linear_flops_per_token, mfu, peak_flops,
+                                    plot_loss_curve, read_metrics, ssd_flops_per_token)
+from hybridna.train.schedule import ContextSchedule, ContextStage, lr_at, parse_context_schedule
+
+
+# ---- learning-rate schedule ------------------------------------------------------------------------
+
+def test_lr_warmup_then_cosine():
+    kw = dict(max_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=110)
+    lrs = [lr_at(s, **kw) for s in range(130)]
+    assert lrs[0] == pytest.approx(1e-4)                    # first step already trains
+    assert lrs[9] == pytest.approx(1e-3)                    # end of warmup: peak
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))   # linear rise
+    assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111]))  # monotone decay
+    assert lrs[60] == pytest.approx(1e-4 + 0.5 * 9e-4)      # cosine midpoint
+    assert lrs[110] == pytest.approx(1e-4) and lrs[129] == pytest.approx(1e-4)
+
+
+def test_lr_rejects_negative_step():
+    with pytest.raises(ValueError, match="step"):
+        lr_at(-1, max_lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=10)
+
+
+# ---- context-length schedule -------------------------------------------------------------------------
+
+def test_parse_context_schedule():
+    assert parse_context_schedule("8192:1000,32768:500") == [ContextStage(8192, 1000), ContextStage(32768, 500)]
+    assert parse_context_schedule("512") == [ContextStage(512, 0)]
+    assert parse_context_schedule(None, default_seq_len=256) == [ContextStage(256, 0)]
+    for bad in ("8192:x", "1:5", "a,b", ","):
+        with pytest.raises(ValueError, match="context_schedule"):
+            parse_context_schedule(bad)
+
+
+def test_context_schedule_keeps_tokens_per_step():
+    stages = parse_context_schedule("8192:3,32768:2,131072:1")
+    s = ContextSchedule(stages, micro_batch=8, grad_accum=2)
+    seen = []
+    for step in range(8):
+        seq_len, micro, accum = s.at(step)
+        assert seq_len * micro * accum == 8 * 2 * 8192
+        seen.append(seq_len)
+    assert seen == [8192] * 3 + [32768] * 2 + [131072] * 3  # the last stage runs past its count
+    assert s.at(0) == (8192, 8, 2)
+    assert s.at(3) == (32768, 2, 2)   # same tokens per micro-step, same accumulation
+    assert s.at(5) == (131072, 1, 1)
+    assert s.total_steps() == 6
+
+
+def test_context_schedule_grows_accumulation_when_batch_runs_out():
+    s = ContextSchedule(parse_context_schedule("256:2,1024:2,2048:1"), micro_batch=2, grad_accum=4)
+    assert s.at(0) == (256, 2, 4)
+    assert s.at(2) == (1024, 1, 2)
+    assert s.at(4) == (2048, 1, 1)
+    with pytest.raises(ValueError, match="does not divide"):
+        ContextSchedule(parse_context_schedule("256:2,1000:2"), micro_batch=2, grad_accum=1)
+    with pytest.raises(ValueError, match="does not divide"):
+        ContextSchedule(parse_context_schedule("256:2,1024:2"), micro_batch=2, grad_accum=1)
+    with pytest.raises(ValueError, match="micro_batch"):
+        ContextSchedule(parse_context_schedule("256"), micro_batch=0)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+def test_atomic_dir_commits_or_leaves_nothing(tmp_path):
+    final = tmp_path / "ckpt" / "step_0000001"
+    with atomic_dir(final) as tmp:
+        assert not final.exists()
+        (tmp / "a.txt").write_text("one")
+    assert (final / "a.txt").read_text() == "one"
+    # A failure half-way leaves the previous version intact and no temporary directory behind.
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("crash")
+    assert (final / "a.txt").read_text() == "one"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["step_0000001"]
+    # Overwriting replaces it.
+    with atomic_dir(final) as tmp:
+        (tmp / "b.txt").write_text("three")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+
+
+def test_latest_and_prune(tmp_path):
+    for s in (1, 2, 3):
+        with atomic_dir(tmp_path / f"step_{s:07d}") as tmp:
+            save_train_state(tmp / "train_state.pt", {"step": s})
+    (tmp_path / "step_0000009").mkdir()  # incomplete (no train_state.pt): never picked
+    assert latest_checkpoint(tmp_path).name == "step_0000003"
+    mark_latest(tmp_path, "step_0000002")
+    assert latest_checkpoint(tmp_path).name == "step_0000002"
+    prune_checkpoints(tmp_path, keep=2)
+    left = sorted(p.name for p in tmp_path.glob("step_*"))
+    assert left == ["step_0000003", "step_0000009"]
+    assert latest_checkpoint(tmp_path).name == "step_0000003"
+    assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_train_state_roundtrip_weights_only(tmp_path):
+    p = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(p.parameters(), lr=1e-3)
+    p(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    torch.manual_seed(3)
+    random.seed(4)
+    np.random.seed(5)
+    state = {"step": 7, "optimizer": opt.state_dict(), "rng": [rng_state()], "losses": [1.5, 1.25]}
+    save_train_state(tmp_path / "s.pt", state)
+    want = (torch.rand(3), random.random(), np.random.rand())
+    back = load_train_state(tmp_path / "s.pt")
+    assert back["step"] == 7 and back["losses"] == [1.5, 1.25]
+    set_rng_state(back["rng"][0])
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(want[0], got[0]) and want[1] == got[1] and want[2] == got[2]
+    opt2 = torch.optim.AdamW(p.parameters(), lr=1e-3)
+    opt2.load_state_dict(back["optimizer"])
+    a, b = opt.state_dict()["state"][0], opt2.state_dict()["state"][0]
+    assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+
+def test_metrics_jsonl_truncate_and_plot(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    for s in range(1, 6):
+        log.log({"kind": "train", "step": s, "tokens": 100 * s, "loss": 1.4 - 0.01 * s})
+    log.log({"kind": "val", "step": 5, "tokens": 500, "val_loss": 1.3, "val_bpb": 1.3 / math.log(2)})
+    log.close()
+    assert len(read_metrics(path)) == 6
+    # A run resumed from step 3 drops what came after it.
+    MetricsLog(path, truncate_after_step=3).close()
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    png = plot_loss_curve(path, tmp_path / "curve.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flops_formulas():
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4, bias=False))
+    assert linear_flops_per_token(m) == 6 * (8 * 16 + 16 * 4)
+    # causal attention, 1 layer, q_dim 64, 1024 tokens: 3 * 4 * 512 * 64
+    assert attention_flops_per_token(1024, n_layers=1, q_dim=64) == 3 * 4 * 512 * 64
+    assert attention_flops_per_token(1024, n_layers=2, q_dim=64, window=128) == 2 * 3 * 4 * 128 * 64
+    f = ssd_flops_per_token(n_layers=1, nheads=2, headdim=4, d_state=8, ngroups=1, chunk_size=16)
+    assert f == 3 * (16 * 8 + 2 * 16 * 4 + 4 * 2 * 4 * 8)
+    assert mfu(1e9, 1e3, None) is None
+    assert mfu(1e9, 1e3, 1e13, world_size=2) == pytest.approx(0.05)
+    assert peak_flops("cpu") is None
+    assert peak_flops("cpu", override_tflops=100) == 1e14
+
+
+# ---- configuration ---------------------------------------------------------------------------------
+
+def test_config_file_and_flags(tmp_path):
+    from hybridna.cli import build_parser
+    from hybridna.train.pretrain import TrainConfig, config_from_args
+
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"model": "tiny", "steps": 50, "lr": 1e-3, "data": ["a.zarr"]}))
+    args = build_parser(["pretrain"]).parse_args(["pretrain", "--config", str(cfg_file), "--lr", "2e-3"])
+    cfg = config_from_args(args)
+    assert cfg.steps == 50 and cfg.lr == 2e-3 and cfg.data == ["a.zarr"] and cfg.model == "tiny"
+    args = build_parser(["pretrain"]).parse_args(["pretrain", "--preset", "300m", "--data", "x", "y", "--resume"])
+    cfg = config_from_args(args)
+    assert cfg.model == "300m" and cfg.data == ["x", "y"] and cfg.resume is True and cfg.steps is None
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stepz": 3}))
+    with pytest.raises(ValueError, match="stepz"):
+        TrainConfig.from_json(bad)
+    with pytest.raises(ValueError, match="data"):
+        TrainConfig().validate()
+    with pytest.raises(ValueError, match="strategy"):
+        TrainConfig(data=["x"], strategy="zero3").validate()
