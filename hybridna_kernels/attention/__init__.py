@@ -79,12 +79,18 @@ def flash_attention(q, k, v, *, causal=True, window=None, softmax_scale=None, cu
         log. A query that sees no key (possible when seqlen_q > seqlen_k) gets o = 0, lse = -inf.
         Differentiable in q, k, v (lse is returned without a gradient path).
 
-    Dispatch: Triton kernels on CUDA tensors, through the Triton interpreter on CPU when
-    TRITON_INTERPRET=1, else the pure-PyTorch reference (`naive.attention_ref`). Until the kernels
-    land this function calls the reference on every device.
+    Dispatch: Triton kernels on CUDA tensors (fp16 / bf16 / fp32), through the Triton interpreter on
+    CPU when TRITON_INTERPRET=1, else the pure-PyTorch reference (`naive.attention_ref`, also used
+    for fp64). Few queries (seqlen_q <= 16) over >= 1024 keys take the split-K decode kernel.
     """
     _validate(q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen)
     if softmax_scale is None:
         softmax_scale = q.shape[-1] ** -0.5
+    if q.dtype != torch.float64 and use_kernel(q):
+        from .flash import FlashAttnFunction
+
+        o, lse = FlashAttnFunction.apply(q, k, v, bool(causal), window, float(softmax_scale), cu_seqlens,
+                                         max_seqlen)
+        return (o, lse) if return_lse else o
     return attention_ref(q, k, v, causal=causal, window=window, softmax_scale=float(softmax_scale),
                          cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, return_lse=return_lse)

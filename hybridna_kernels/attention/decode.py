@@ -1,0 +1,165 @@
+"""Split-K attention for decoding: a few queries (seqlen_q <= 16) over a long KV cache.
+
+One program handles one slice of the keys for one kv head and ALL query heads of its group (rows =
+group x seqlen_q, padded to 16 for tl.dot), so each cached key is read once per kv head. Every slice
+writes a normalised partial output and its log-sum-exp; a second kernel merges the slices.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from ..utils import autotune, cdiv, interpret_mode, new_empty
+from .flash import LOG2E
+
+DECODE_MAX_Q = 16          # seqlen_q up to this uses split-K ...
+DECODE_MIN_K = 1024        # ... when there are at least this many keys
+DECODE_MAX_ROWS = 128      # group * seqlen_q rows per program
+MAX_SPLITS = 128
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "key_lo", "keys_per_split", "n_splits", "window"])
+def _attn_decode_split_kernel(
+    Q, K, V, OP, LSEP,
+    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
+    seqlen_q, seqlen_k, nheads_kv, key_lo, keys_per_split, n_splits, qk_scale, window,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    i_b = (pid_bh // nheads_kv).to(tl.int64)
+    i_hk = (pid_bh % nheads_kv).to(tl.int64)
+    o_r = tl.arange(0, BM)                   # row r = g * seqlen_q + i: query head hk * GROUP + g, query i
+    m_r = o_r < GROUP * seqlen_q
+    o_g = o_r // seqlen_q
+    o_i = o_r % seqlen_q
+    o_d = tl.arange(0, BD)
+    m_d = o_d < HEAD_DIM
+    o_n = tl.arange(0, BN)
+    pos = o_i + (seqlen_k - seqlen_q)
+    p_q = Q + i_b * sqb + (i_hk * GROUP + o_g).to(tl.int64)[:, None] * sqh + o_i.to(tl.int64)[:, None] * sqt \
+        + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_r[:, None] & m_d[None, :], other=0.0)
+    start = key_lo + pid_s * keys_per_split
+    end = tl.minimum(start + keys_per_split, seqlen_k)
+    p_k = K + i_b * skb + i_hk * skh + (tl.zeros([], dtype=tl.int64) + start) * skt + o_n[:, None] * skt + o_d[None, :]
+    p_v = V + i_b * svb + i_hk * svh + (tl.zeros([], dtype=tl.int64) + start) * svt + o_n[:, None] * svt + o_d[None, :]
+    acc = tl.zeros([BM, BD], dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    for start_n in range(start, end, BN):
+        o_k = start_n + o_n
+        m_kv = (o_k < end)[:, None] & m_d[None, :]
+        b_k = tl.load(p_k, mask=m_kv, other=0.0)
+        b_v = tl.load(p_v, mask=m_kv, other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
+        vis = m_r[:, None] & (o_k < end)[None, :]
+        if IS_CAUSAL:
+            vis = vis & (o_k[None, :] <= pos[:, None])
+        if HAS_WINDOW:
+            vis = vis & (o_k[None, :] > pos[:, None] - window)
+        b_s = tl.where(vis, b_s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(b_s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        b_p = tl.math.exp2(b_s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(b_p, 1)
+        acc = tl.dot(b_p.to(b_v.dtype), b_v, acc * alpha[:, None], input_precision=DOT_PREC)
+        m_i = m_new
+        p_k += BN * skt
+        p_v += BN * svt
+    row = (pid_bh.to(tl.int64) * n_splits + pid_s) * BM + o_r
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    tl.store(OP + row[:, None] * BD + o_d[None, :], acc / l_safe[:, None])
+    tl.store(LSEP + row, tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe)))
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "n_splits"])
+def _attn_decode_merge_kernel(
+    OP, LSEP, O, LSE, sob, sot, soh, seqlen_q, nheads_kv, n_splits,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, NS: tl.constexpr,
+):
+    pid_bh = tl.program_id(0).to(tl.int64)
+    r = tl.program_id(1)
+    i_b = pid_bh // nheads_kv
+    i_hk = pid_bh % nheads_kv
+    g = r // seqlen_q
+    i = r % seqlen_q
+    o_s = tl.arange(0, NS)
+    m_s = o_s < n_splits
+    o_d = tl.arange(0, BD)
+    rows = (pid_bh * n_splits + o_s) * BM + r
+    b_lse = tl.load(LSEP + rows, mask=m_s, other=float("-inf"))
+    m = tl.max(b_lse, 0)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(b_lse - m_use)
+    denom = tl.sum(w, 0)
+    b_o = tl.load(OP + rows[:, None] * BD + o_d[None, :], mask=m_s[:, None], other=0.0)
+    b_o = tl.sum(b_o * w[:, None], 0) / tl.where(denom == 0.0, 1.0, denom)
+    h = i_hk * GROUP + g
+    tl.store(O + i_b * sob + i.to(tl.int64) * sot + h * soh + o_d, b_o.to(O.dtype.element_ty), mask=o_d < HEAD_DIM)
+    lse = tl.where(denom == 0.0, float("-inf"), (m_use + tl.math.log2(tl.where(denom == 0.0, 1.0, denom)))
+                   * 0.6931471805599453)
+    tl.store(LSE + (i_b * nheads_kv * GROUP + h) * seqlen_q + i, lse)
+
+
+_decode_tuned = autotune(
+    [triton.Config({}, num_warps=4, num_stages=3), triton.Config({}, num_warps=4, num_stages=4),
+     triton.Config({}, num_warps=8, num_stages=3), triton.Config({}, num_warps=4, num_stages=2)],
+    key=["BD", "BM", "BN", "IS_CAUSAL", "HAS_WINDOW"],
+)(_attn_decode_split_kernel)
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def use_decode(q, k, cu_seqlens) -> bool:
+    """Split-K pays off when few query blocks would leave most of the GPU idle over long keys."""
+    Lq, Hq, Lk, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
+    return (cu_seqlens is None and 1 <= Lq <= DECODE_MAX_Q and Lk >= DECODE_MIN_K
+            and (Hq // Hkv) * Lq <= DECODE_MAX_ROWS)
+
+
+def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, BN=None):
+    """Split-K forward for small seqlen_q. Returns o (like q, contiguous) and lse (batch, nheads_q,
+    seqlen_q) fp32, the same as the general forward. n_splits / BN: overrides (tests)."""
+    B, Lq, Hq, D = q.shape
+    Lk, Hkv = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    o = new_empty((B, Lq, Hq, D), dtype=q.dtype, device=q.device)
+    lse = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    BD = max(16, triton.next_power_of_2(D))
+    BM = max(16, triton.next_power_of_2(group * Lq))
+    if BN is None:
+        BN = 64 if BD <= 128 else 32
+    # keys any query can see: the window of the first query starts at (seqlen_k - seqlen_q) - W + 1
+    key_lo = max(0, Lk - Lq - window + 1) if window is not None else 0
+    n_blocks = max(cdiv(Lk - key_lo, BN), 1)
+    if n_splits is None:
+        sms = _num_sms(q.device.index or 0) if q.is_cuda else 4
+        n_splits = cdiv(2 * sms, B * Hkv)
+    n_splits = max(1, min(n_splits, n_blocks, MAX_SPLITS))
+    keys_per_split = cdiv(n_blocks, n_splits) * BN
+    n_splits = max(1, cdiv(Lk - key_lo, keys_per_split))
+    op = torch.empty((B * Hkv, n_splits, BM, BD), dtype=torch.float32, device=q.device)
+    lsep = torch.empty((B * Hkv, n_splits, BM), dtype=torch.float32, device=q.device)
+    args = (q, k, v, op, lsep, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            Lq, Lk, Hkv, key_lo, keys_per_split, n_splits, softmax_scale * LOG2E,
+            window if window is not None else 0)
+    meta = dict(GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, BN=BN, IS_CAUSAL=bool(causal),
+                HAS_WINDOW=window is not None, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+    grid = (n_splits, B * Hkv)
+    if interpret_mode():
+        _attn_decode_split_kernel[grid](*args, **meta)
+    else:
+        _decode_tuned[grid](*args, **meta)
+    _attn_decode_merge_kernel[(B * Hkv, group * Lq)](
+        op, lsep, o, lse, *o.stride()[:3], Lq, Hkv, n_splits, GROUP=group, HEAD_DIM=D, BD=BD, BM=BM,
+        NS=max(2, triton.next_power_of_2(n_splits)))
+    return o, lse

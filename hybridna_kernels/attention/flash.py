@@ -1,0 +1,587 @@
+"""Triton flash attention, forward and backward: online softmax in the exp2 domain, fp32 accumulation,
+causal / sliding-window masks with fully masked blocks skipped, GQA by indexing the kv head, packed
+varlen through cu_seqlens, any sequence length, headdim up to 256 (padded to a power of two).
+
+Kernels:
+    _attn_fwd_kernel        o, lse for one (query block, query head)
+    _attn_bwd_delta_kernel  delta = rowsum(dO * O)
+    _attn_bwd_dkdv_kernel   dk, dv for one (key block, kv head), looping over the group's query heads
+    _attn_bwd_dq_kernel     dq for one (query block, query head): a separate pass, no atomics
+Maths and the block ranges: README.md in this folder.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..utils import autotune, cdiv, interpret_mode, new_empty
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block ranges shared by the kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _key_range(start_m, seqlen_q, seqlen_k, window,
+               IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Key blocks seen by queries [start_m, start_m + BM): [lo, hi), of which [lo_full, hi_full)
+    need no mask. lo, lo_full, hi_full are multiples of BN (or equal hi)."""
+    off = seqlen_k - seqlen_q                      # query i sits at key position i + off
+    p_min = start_m + off
+    p_max = start_m + BM - 1 + off
+    lo = 0
+    hi = seqlen_k
+    lo_full = 0
+    hi_full = (seqlen_k // BN) * BN
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, tl.maximum(p_max + 1, 0))
+        hi_full = tl.minimum(hi_full, (tl.maximum(p_min + 1, 0) // BN) * BN)
+    if HAS_WINDOW:
+        lo = (tl.maximum(p_min - window + 1, 0) // BN) * BN
+        lo_full = tl.cdiv(tl.maximum(p_max - window + 1, 0), BN) * BN
+    lo = tl.minimum(lo, hi)
+    lo_full = tl.minimum(tl.maximum(lo_full, lo), hi)
+    hi_full = tl.minimum(tl.maximum(hi_full, lo_full), hi)
+    return lo, lo_full, hi_full, hi
+
+
+@triton.jit
+def _query_range(start_n, seqlen_q, seqlen_k, window,
+                 IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Query blocks that see keys [start_n, start_n + BN): [lo, hi), of which [lo_full, hi_full)
+    need no mask. lo, lo_full, hi_full are multiples of BM (or equal hi)."""
+    off = seqlen_k - seqlen_q
+    lo = 0
+    hi = seqlen_q
+    lo_full = 0
+    hi_full = (seqlen_q // BM) * BM
+    if start_n + BN > seqlen_k:                    # partial key block: mask every query block
+        hi_full = 0
+    if IS_CAUSAL:
+        # query i sees key j when j <= i + off
+        lo = (tl.maximum(start_n - off, 0) // BM) * BM
+        lo_full = tl.cdiv(tl.maximum(start_n + BN - 1 - off, 0), BM) * BM
+    if HAS_WINDOW:
+        # ... and j > i + off - window: last query seeing the block is start_n + BN - 2 + window - off
+        hi = tl.minimum(hi, tl.maximum(start_n + BN - 1 + window - off, 0))
+        hi_full = tl.minimum(hi_full, (tl.maximum(start_n + window - off, 0) // BM) * BM)
+    lo = tl.minimum(lo, hi)
+    lo_full = tl.minimum(tl.maximum(lo_full, lo), hi)
+    hi_full = tl.minimum(tl.maximum(hi_full, lo_full), hi)
+    return lo, lo_full, hi_full, hi
+
+
+@triton.jit
+def _visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """(BM, BN) mask: query rows o_m (query indices) may see keys o_n."""
+    pos = o_m + (seqlen_k - seqlen_q)
+    vis = (o_m[:, None] < seqlen_q) & (o_n[None, :] < seqlen_k)
+    if IS_CAUSAL:
+        vis = vis & (o_n[None, :] <= pos[:, None])
+    if HAS_WINDOW:
+        vis = vis & (o_n[None, :] > pos[:, None] - window)
+    return vis
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d,
+               seqlen_q, seqlen_k, qk_scale, window,
+               MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               EVEN_D: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr):
+    for start_n in range(start, end, BN):
+        n64 = tl.zeros([], dtype=tl.int64) + start_n
+        o_k = start_n + o_n
+        if MASK:
+            m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
+            b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
+            b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
+        elif EVEN_D:
+            b_k = tl.load(p_k + n64 * skt)
+            b_v = tl.load(p_v + n64 * svt)
+        else:
+            b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
+            b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale     # (BM, BN), log2 units
+        if MASK:
+            b_s = tl.where(_visible(o_m, o_k, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW), b_s,
+                           float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(b_s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)   # rows with nothing visible yet
+        else:
+            m_new = tl.maximum(m_i, tl.max(b_s, 1))
+            m_use = m_new
+        b_p = tl.math.exp2(b_s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(b_p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(b_p.to(b_v.dtype), b_v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, CU,
+    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh,
+    seqlen_q, seqlen_k, nheads_q, lse_len, max_len, qk_scale, window, L_BUCKET,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
+    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_mblocks = tl.cdiv(max_len, BM)
+    pid_m = pid % n_mblocks
+    if REVERSE_M:  # causal: the longest query blocks first, so the tail of the grid is short
+        pid_m = n_mblocks - 1 - pid_m
+    pid_bh = pid // n_mblocks
+    i_b = pid_bh // nheads_q
+    i_h = pid_bh % nheads_q
+    i_hk = i_h // GROUP
+    if IS_VARLEN:
+        bos = tl.load(CU + i_b).to(tl.int64)
+        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
+        seqlen_k = seqlen_q
+        i_b64 = tl.zeros([], dtype=tl.int64)
+    else:
+        bos = tl.zeros([], dtype=tl.int64)
+        i_b64 = i_b.to(tl.int64)
+    start_m = pid_m * BM
+    if start_m >= seqlen_q:
+        return
+    o_m = start_m + tl.arange(0, BM)
+    o_n = tl.arange(0, BN)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < HEAD_DIM
+    m_m = o_m < seqlen_q
+    EVEN_D: tl.constexpr = HEAD_DIM == BD
+
+    q_base = Q + i_b64 * sqb + bos * sqt + i_h.to(tl.int64) * sqh
+    k_base = K + i_b64 * skb + bos * skt + i_hk.to(tl.int64) * skh
+    v_base = V + i_b64 * svb + bos * svt + i_hk.to(tl.int64) * svh
+    b_q = tl.load(q_base + o_m[:, None].to(tl.int64) * sqt + o_d[None, :], mask=m_m[:, None] & m_d[None, :],
+                  other=0.0)
+    p_k = k_base + o_n[:, None] * skt + o_d[None, :]
+    p_v = v_base + o_n[:, None] * svt + o_d[None, :]
+
+    acc = tl.zeros([BM, BD], dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    lo, lo_full, hi_full, hi = _key_range(start_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW, BM, BN)
+    # window's left edge (masked), the fully visible middle (no mask), the diagonal / ragged end (masked)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo, lo_full, o_m, o_n, m_d,
+                               seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
+                               DOT_PREC)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
+                               seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
+                               DOT_PREC)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
+                               seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
+                               DOT_PREC)
+    # rows without a visible key: l = 0, m = -inf -> o = 0, lse = -inf
+    b_o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    b_lse = tl.where(l_i == 0.0, float("-inf"),
+                     (m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))) * 0.6931471805599453)
+    o_base = O + i_b64 * sob + bos * sot + i_h.to(tl.int64) * soh
+    tl.store(o_base + o_m[:, None].to(tl.int64) * sot + o_d[None, :], b_o.to(O.dtype.element_ty),
+             mask=m_m[:, None] & m_d[None, :])
+    lse_base = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos
+    tl.store(lse_base + o_m, b_lse, mask=m_m)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(O, DO, DELTA, sob, sot, soh, sdob, sdot, sdoh, seqlen, nheads,
+                           HEAD_DIM: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    i_b = pid_bh // nheads
+    i_h = pid_bh % nheads
+    o_m = pid_m * BM + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    mask = (o_m < seqlen)[:, None] & (o_d < HEAD_DIM)[None, :]
+    o_m64 = o_m.to(tl.int64)
+    b_o = tl.load(O + i_b * sob + i_h * soh + o_m64[:, None] * sot + o_d[None, :], mask=mask, other=0.0)
+    b_do = tl.load(DO + i_b * sdob + i_h * sdoh + o_m64[:, None] * sdot + o_d[None, :], mask=mask, other=0.0)
+    b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh * seqlen + o_m64, b_delta, mask=o_m < seqlen)
+
+
+@triton.jit
+def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, start, end, o_n, o_mb, m_d,
+                  seqlen_q, seqlen_k, qk_scale, window,
+                  MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
+                  BM: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Accumulate dk, dv of one key block over query blocks [start, end) of one query head. Works in
+    the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose."""
+    for start_m in range(start, end, BM):
+        m64 = tl.zeros([], dtype=tl.int64) + start_m
+        o_m = start_m + o_mb
+        if MASK:
+            m_m = o_m < seqlen_q
+            b_qT = tl.load(p_qT + m64 * sqt, mask=m_d[:, None] & m_m[None, :], other=0.0)     # (BD, BM)
+            b_do = tl.load(p_do + m64 * sdot, mask=m_m[:, None] & m_d[None, :], other=0.0)   # (BM, BD)
+            b_lse = tl.load(p_lse + start_m, mask=m_m, other=float("inf"))
+            b_delta = tl.load(p_delta + start_m, mask=m_m, other=0.0)
+        elif EVEN_D:
+            b_qT = tl.load(p_qT + m64 * sqt)
+            b_do = tl.load(p_do + m64 * sdot)
+            b_lse = tl.load(p_lse + start_m)
+            b_delta = tl.load(p_delta + start_m)
+        else:
+            b_qT = tl.load(p_qT + m64 * sqt, mask=m_d[:, None], other=0.0)
+            b_do = tl.load(p_do + m64 * sdot, mask=m_d[None, :], other=0.0)
+            b_lse = tl.load(p_lse + start_m)
+            b_delta = tl.load(p_delta + start_m)
+        # lse = -inf marks a query that sees nothing; +inf makes its p exactly 0
+        b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
+        b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                          # (BN, BM)
+        b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
+        if MASK:
+            vis = tl.trans(_visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW))
+            b_pT = tl.where(vis, b_pT, 0.0)
+        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
+        b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                           # (BN, BM)
+        b_dsT = b_pT * (b_dpT - b_delta[None, :])
+        b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
+    return b_dk, b_dv
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU,
+    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdob, sdot, sdoh,
+    sdkb, sdkt, sdkh, sdvb, sdvt, sdvh,
+    seqlen_q, seqlen_k, nheads_q, lse_len, max_len, sm_scale, qk_scale, window, L_BUCKET,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_nblocks = tl.cdiv(max_len, BN)
+    pid_n = pid % n_nblocks
+    pid_bh = pid // n_nblocks
+    nheads_kv = nheads_q // GROUP
+    i_b = pid_bh // nheads_kv
+    i_hk = pid_bh % nheads_kv
+    if IS_VARLEN:
+        bos = tl.load(CU + i_b).to(tl.int64)
+        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
+        seqlen_k = seqlen_q
+        i_b64 = tl.zeros([], dtype=tl.int64)
+    else:
+        bos = tl.zeros([], dtype=tl.int64)
+        i_b64 = i_b.to(tl.int64)
+    start_n = pid_n * BN
+    if start_n >= seqlen_k:
+        return
+    o_n = start_n + tl.arange(0, BN)
+    o_mb = tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < HEAD_DIM
+    m_n = o_n < seqlen_k
+    EVEN_D: tl.constexpr = HEAD_DIM == BD
+    o_n64 = o_n.to(tl.int64)
+    m_kv = m_n[:, None] & m_d[None, :]
+    b_k = tl.load(K + i_b64 * skb + bos * skt + i_hk.to(tl.int64) * skh + o_n64[:, None] * skt + o_d[None, :],
+                  mask=m_kv, other=0.0)
+    b_v = tl.load(V + i_b64 * svb + bos * svt + i_hk.to(tl.int64) * svh + o_n64[:, None] * svt + o_d[None, :],
+                  mask=m_kv, other=0.0)
+    b_dk = tl.zeros([BN, BD], dtype=tl.float32)
+    b_dv = tl.zeros([BN, BD], dtype=tl.float32)
+    lo, lo_full, hi_full, hi = _query_range(start_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW, BM, BN)
+    for g in range(GROUP):
+        i_h = (i_hk * GROUP + g).to(tl.int64)
+        p_qT = Q + i_b64 * sqb + bos * sqt + i_h * sqh + o_mb[None, :] * sqt + o_d[:, None]
+        p_do = DO + i_b64 * sdob + bos * sdot + i_h * sdoh + o_mb[:, None] * sdot + o_d[None, :]
+        p_lse = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
+        p_delta = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
+        # diagonal blocks (masked), fully visible blocks, the window's far edge (masked)
+        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, lo, lo_full,
+                                   o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
+                                   True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC)
+        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, lo_full, hi_full,
+                                   o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
+                                   False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC)
+        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, hi_full, hi,
+                                   o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
+                                   True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC)
+    b_dk = b_dk * sm_scale
+    tl.store(DK + i_b64 * sdkb + bos * sdkt + i_hk.to(tl.int64) * sdkh + o_n64[:, None] * sdkt + o_d[None, :],
+             b_dk.to(DK.dtype.element_ty), mask=m_kv)
+    tl.store(DV + i_b64 * sdvb + bos * sdvt + i_hk.to(tl.int64) * sdvh + o_n64[:, None] * sdvt + o_d[None, :],
+             b_dv.to(DV.dtype.element_ty), mask=m_kv)
+
+
+@triton.jit
+def _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d,
+                 seqlen_q, seqlen_k, qk_scale, window,
+                 MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
+                 BN: tl.constexpr, DOT_PREC: tl.constexpr):
+    for start_n in range(start, end, BN):
+        n64 = tl.zeros([], dtype=tl.int64) + start_n
+        o_k = start_n + o_n
+        if MASK:
+            m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
+            b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
+            b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
+        elif EVEN_D:
+            b_k = tl.load(p_k + n64 * skt)
+            b_v = tl.load(p_v + n64 * svt)
+        else:
+            b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
+            b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
+        b_p = tl.math.exp2(b_s - b_lse2[:, None])
+        if MASK:
+            b_p = tl.where(_visible(o_m, o_k, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW), b_p, 0.0)
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq, input_precision=DOT_PREC)
+    return b_dq
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, CU,
+    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdob, sdot, sdoh, sdqb, sdqt, sdqh,
+    seqlen_q, seqlen_k, nheads_q, lse_len, max_len, sm_scale, qk_scale, window, L_BUCKET,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
+    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_mblocks = tl.cdiv(max_len, BM)
+    pid_m = pid % n_mblocks
+    if REVERSE_M:
+        pid_m = n_mblocks - 1 - pid_m
+    pid_bh = pid // n_mblocks
+    i_b = pid_bh // nheads_q
+    i_h = pid_bh % nheads_q
+    i_hk = i_h // GROUP
+    if IS_VARLEN:
+        bos = tl.load(CU + i_b).to(tl.int64)
+        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
+        seqlen_k = seqlen_q
+        i_b64 = tl.zeros([], dtype=tl.int64)
+    else:
+        bos = tl.zeros([], dtype=tl.int64)
+        i_b64 = i_b.to(tl.int64)
+    start_m = pid_m * BM
+    if start_m >= seqlen_q:
+        return
+    o_m = start_m + tl.arange(0, BM)
+    o_n = tl.arange(0, BN)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < HEAD_DIM
+    m_m = o_m < seqlen_q
+    EVEN_D: tl.constexpr = HEAD_DIM == BD
+    o_m64 = o_m.to(tl.int64)
+    m_qd = m_m[:, None] & m_d[None, :]
+    b_q = tl.load(Q + i_b64 * sqb + bos * sqt + i_h.to(tl.int64) * sqh + o_m64[:, None] * sqt + o_d[None, :],
+                  mask=m_qd, other=0.0)
+    b_do = tl.load(DO + i_b64 * sdob + bos * sdot + i_h.to(tl.int64) * sdoh + o_m64[:, None] * sdot + o_d[None, :],
+                   mask=m_qd, other=0.0)
+    row = (i_b64 * nheads_q + i_h) * lse_len + bos
+    b_lse = tl.load(LSE + row + o_m, mask=m_m, other=float("inf"))
+    b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
+    b_delta = tl.load(DELTA + row + o_m, mask=m_m, other=0.0)
+    p_k = K + i_b64 * skb + bos * skt + i_hk.to(tl.int64) * skh + o_n[:, None] * skt + o_d[None, :]
+    p_v = V + i_b64 * svb + bos * svt + i_hk.to(tl.int64) * svh + o_n[:, None] * svt + o_d[None, :]
+    b_dq = tl.zeros([BM, BD], dtype=tl.float32)
+    lo, lo_full, hi_full, hi = _key_range(start_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW, BM, BN)
+    b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_full, o_m, o_n, m_d,
+                        seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
+    b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
+                        seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
+    b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
+                        seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
+    b_dq = b_dq * sm_scale
+    tl.store(DQ + i_b64 * sdqb + bos * sdqt + i_h.to(tl.int64) * sdqh + o_m64[:, None] * sdqt + o_d[None, :],
+             b_dq.to(DQ.dtype.element_ty), mask=m_qd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and launchers
+# ---------------------------------------------------------------------------------------------
+
+# Under the interpreter the raw kernels run with these blocks (BM != BN on purpose: the diagonal
+# then spans several key blocks, which the tests must cover). Tests may pass other blocks.
+INTERPRET_BLOCKS = {"fwd": (64, 32), "dkdv": (32, 64), "dq": (64, 32)}
+
+
+def _keep(conf, BD):
+    bm, bn = conf.kwargs["BM"], conf.kwargs["BN"]
+    if BD >= 256 and bm * bn > 64 * 64:
+        return False
+    if BD >= 128 and bm * bn > 128 * 64 and conf.num_stages > 2:
+        return False
+    return True
+
+
+def _configs(kind):
+    if kind == "fwd":
+        grid = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
+                (64, 32, 4, 4), (128, 64, 8, 2), (64, 64, 4, 2)]
+    elif kind == "dkdv":
+        grid = [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3),
+                (128, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2)]
+    else:
+        grid = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3),
+                (128, 128, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)]
+    return [triton.Config({"BM": m, "BN": n}, num_warps=w, num_stages=s) for m, n, w, s in grid]
+
+
+def _prune(kind):
+    def prune(configs, named_args, **kwargs):
+        BD = named_args.get("BD", kwargs.get("BD"))
+        kept = [c for c in configs if _keep(c, BD)]
+        return kept or configs[-1:]
+    return prune
+
+
+_KEY = ["BD", "IS_CAUSAL", "HAS_WINDOW", "IS_VARLEN", "GROUP", "L_BUCKET"]
+_attn_fwd_tuned = autotune(_configs("fwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune("fwd")})(
+    _attn_fwd_kernel)
+_attn_bwd_dkdv_tuned = autotune(_configs("dkdv"), key=_KEY,
+                                prune_configs_by={"early_config_prune": _prune("dkdv")})(_attn_bwd_dkdv_kernel)
+_attn_bwd_dq_tuned = autotune(_configs("dq"), key=_KEY, prune_configs_by={"early_config_prune": _prune("dq")})(
+    _attn_bwd_dq_kernel)
+
+
+def _head_block(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _l_bucket(L: int) -> int:
+    """Autotune key: sequence length rounded to a power of two (capped), so a tiny first call does
+    not pick the blocks for 32k-token calls."""
+    return min(max(triton.next_power_of_2(max(L, 1)), 64), 16384)
+
+
+def _run(kind, grid, blocks, args, meta):
+    """Launch the autotuned kernel, or the raw one with fixed blocks (interpreter, or tests)."""
+    tuned, raw = {"fwd": (_attn_fwd_tuned, _attn_fwd_kernel), "dkdv": (_attn_bwd_dkdv_tuned, _attn_bwd_dkdv_kernel),
+                  "dq": (_attn_bwd_dq_tuned, _attn_bwd_dq_kernel)}[kind]
+    if blocks is None and interpret_mode():
+        blocks = INTERPRET_BLOCKS[kind]
+    if blocks is not None:
+        BM, BN = blocks
+        raw[grid({"BM": BM, "BN": BN})](*args, **meta, BM=BM, BN=BN, num_warps=4, num_stages=2)
+    else:
+        tuned[grid](*args, **meta)
+
+
+def _flags(q, k, causal, window, cu_seqlens, max_len):
+    Hq, D, Hkv = q.shape[2], q.shape[3], k.shape[2]
+    return dict(GROUP=Hq // Hkv, HEAD_DIM=D, BD=_head_block(D), IS_CAUSAL=bool(causal),
+                HAS_WINDOW=window is not None, IS_VARLEN=cu_seqlens is not None,
+                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", L_BUCKET=_l_bucket(max_len),
+                window=window if window is not None else 0)
+
+
+def _nseq(q, cu_seqlens, max_seqlen):
+    """(number of sequences, longest query sequence, longest key sequence) of the launch grid."""
+    if cu_seqlens is not None:
+        return cu_seqlens.numel() - 1, max_seqlen
+    return q.shape[0], None
+
+
+def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, max_seqlen=None, blocks=None):
+    """Launch the forward kernel. Returns o (like q, contiguous) and lse (batch, nheads_q, seqlen_q) fp32."""
+    B, Lq, Hq, D = q.shape
+    Lk = k.shape[1]
+    o = new_empty((B, Lq, Hq, D), dtype=q.dtype, device=q.device)
+    lse = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    nb, max_len = _nseq(q, cu_seqlens, max_seqlen)
+    max_len = Lq if max_len is None else max_len
+    if max_len == 0 or nb == 0 or Hq == 0:
+        return o, lse
+    meta = _flags(q, k, causal, window, cu_seqlens, max_len)
+    meta["REVERSE_M"] = bool(causal)
+    args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+            Lq, Lk, Hq, Lq, max_len, softmax_scale * LOG2E)
+    _run("fwd", lambda m: (cdiv(max_len, m["BM"]) * nb * Hq,), blocks, args, meta)
+    return o, lse
+
+
+def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seqlens=None, max_seqlen=None,
+                  blocks=None):
+    """Launch the backward kernels. Returns dq, dk, dv (contiguous, dtypes of q, k, v)."""
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    B, Lq, Hq, D = q.shape
+    Lk, Hkv = k.shape[1], k.shape[2]
+    dq = new_empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = new_empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = new_empty(v.shape, dtype=v.dtype, device=v.device)
+    nb, max_len = _nseq(q, cu_seqlens, max_seqlen)
+    if cu_seqlens is None:
+        # keys that no query sees (seqlen_k > seqlen_q, or empty q) still need dk = dv = 0
+        max_q, max_k = Lq, Lk
+    else:
+        max_q = max_k = max_len
+    BD = _head_block(D)
+    delta = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    if Lq > 0 and Hq > 0:
+        BMD = 64
+        _attn_bwd_delta_kernel[(cdiv(Lq, BMD), B * Hq)](
+            o, do, delta, *o.stride()[:3], *do.stride()[:3], Lq, Hq, HEAD_DIM=D, BD=BD, BM=BMD)
+    scale = softmax_scale
+    common = (Lq, Lk, Hq, Lq)
+    if max_k > 0 and nb > 0 and Hkv > 0:
+        meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
+        args = (q, k, v, do, lse, delta, dk, dv, cu_seqlens if cu_seqlens is not None else q,
+                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
+                *dv.stride()[:3], *common, max_k, scale, scale * LOG2E)
+        _run("dkdv", lambda m: (cdiv(max_k, m["BN"]) * nb * Hkv,), None if blocks is None else blocks[0], args, meta)
+    if max_q > 0 and nb > 0 and Hq > 0:
+        meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
+        meta["REVERSE_M"] = bool(causal)
+        args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,
+                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+                *common, max_q, scale, scale * LOG2E)
+        _run("dq", lambda m: (cdiv(max_q, m["BM"]) * nb * Hq,), None if blocks is None else blocks[1], args, meta)
+    return dq, dk, dv
+
+
+class FlashAttnFunction(torch.autograd.Function):
+    """o, lse = attention; the backward recomputes p from q, k and the saved lse."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen):
+        from .decode import attention_decode, use_decode
+
+        if use_decode(q, k, cu_seqlens):
+            o, lse = attention_decode(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale)
+        else:
+            o, lse = attention_fwd(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale,
+                                   cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+        ctx.args = (causal, window, softmax_scale, max_seqlen)
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+        causal, window, softmax_scale, max_seqlen = ctx.args
+        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, causal=causal, window=window, softmax_scale=softmax_scale,
+                                   cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        return dq, dk, dv, None, None, None, None, None
