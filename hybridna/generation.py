@@ -1,0 +1,301 @@
+"""Cached generation: prefill with the chunked kernels, then decode one token at a time.
+
+Prefill runs the prompt through `ssd_scan` / `causal_conv1d` / `flash_attention` and keeps, per
+layer, the SSD state (B, H, P, N) and the conv state (B, conv_dim, width - 1) of the Mamba layers and
+the K, V cache (B, max_len, Hkv, hd) of the attention layers. Each new token then costs one
+`ssd_step` + `causal_conv1d_step` per Mamba layer (independent of the prompt length) and one
+`flash_attention` with seqlen_q = 1 over the cache per attention layer.
+
+Prompts of different lengths: right-padded input_ids with their true lengths. Left padding would be
+wrong for the SSM (pad tokens would flow into the state), so each prompt is prefilled at its own
+length (one prefill per row when lengths differ) and the attention layers attend, row by row, over
+exactly that row's keys. A row's continuation is then the one it gets when generated alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hybridna_kernels import flash_attention
+
+from .model import Attention, HybriDNA, KVState, MambaState, _lengths_from
+from .tokenizer import BOS_ID, PAD_ID
+
+__all__ = ["InferenceCache", "allocate_cache", "prefill", "decode_step", "sample_next", "generate",
+           "CUDAGraphDecoder"]
+
+
+@dataclass
+class InferenceCache:
+    layers: list  # MambaState or KVState per layer
+    lengths: list[int]  # tokens held per row
+    max_len: int
+
+
+def allocate_cache(model: HybriDNA, batch: int, max_len: int, *, dtype=None, device=None) -> InferenceCache:
+    w = model.embedding.weight
+    dtype, device = dtype or w.dtype, device or w.device
+    layers = []
+    for blk in model.layers:
+        if blk.is_attention:
+            layers.append(blk.mixer.allocate_state(batch, max_len, dtype, device))
+        else:
+            layers.append(blk.mixer.allocate_state(batch, dtype, device))
+    return InferenceCache(layers=layers, lengths=[0] * batch, max_len=max_len)
+
+
+@torch.no_grad()
+def prefill(model: HybriDNA, input_ids: torch.Tensor, lengths: list[int], cache: InferenceCache) -> torch.Tensor:
+    """Run each row's first lengths[b] tokens, filling the cache. Returns the last position's logits (B, V)."""
+    B = input_ids.shape[0]
+    if all(n == lengths[0] for n in lengths):
+        h, _ = model.hidden(input_ids[:, : lengths[0]], state=cache)  # (B, L, d)
+        last = h[:, -1]
+    else:
+        last = []
+        for b, n in enumerate(lengths):
+            h, _ = model.hidden(input_ids[b: b + 1, :n], state=cache, rows=slice(b, b + 1))
+            last.append(h[:, -1])
+        last = torch.cat(last)
+    cache.lengths = list(lengths)
+    assert last.shape[0] == B
+    return model.logits_from_hidden(last)  # (B, V)
+
+
+@torch.no_grad()
+def decode_step(model: HybriDNA, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+    """Feed one token per row (B,) and return the next-token logits (B, V)."""
+    if max(cache.lengths) >= cache.max_len:
+        raise ValueError(f"cache: full ({cache.max_len} tokens); allocate a larger cache")
+    x = model.embedding(tokens)  # (B, d)
+    for blk, st in zip(model.layers, cache.layers):
+        x = blk.step(x, st, cache.lengths)
+    cache.lengths = [n + 1 for n in cache.lengths]
+    return model.logits_from_hidden(model.norm_f(x))  # (B, V)
+
+
+def _check_sampling(temperature, top_k, top_p):
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature: expected a float >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p: expected None or a float in (0, 1], got {top_p!r}")
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token per row from logits (B, V): greedy when temperature == 0, else sampled from
+    softmax(logits / temperature) restricted to the top_k tokens and the smallest set whose
+    probability reaches top_p. Returns (B,) int64."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        srt, idx = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(srt, -1)
+        drop = probs.cumsum(-1) - probs >= top_p  # tokens after the nucleus (the first always stays)
+        logits = logits.scatter(-1, idx, srt.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(logits, -1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             eos_token_id: int | None = None, lengths=None, attention_mask=None, return_logits: bool = False,
+             cuda_graph: bool = False):
+    """Continue each prompt by up to max_new_tokens tokens.
+
+    Args:
+        input_ids: (B, L) prompts, right-padded with <pad> when their lengths differ.
+        lengths / attention_mask: each row's prompt length (default: up to its last non-pad token).
+        temperature: 0 is greedy; top_k / top_p: truncated sampling; seed: a private generator.
+        eos_token_id: a row stops after emitting it (later positions are <pad>); generation ends
+            when every row has stopped.
+        return_logits: also return the logits each new token was drawn from, (B, T, V).
+        cuda_graph: replay the decode step from CUDA graphs (CUDA, prompts of equal length).
+    Returns:
+        (B, max(lengths) + T) int64 ids: row b holds its prompt, its T new tokens, then <pad>
+        (T = max_new_tokens unless every row stopped earlier); with return_logits, (ids, logits).
+    """
+    model._check_ids(input_ids)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    _check_sampling(temperature, top_k, top_p)
+    V = model.config.vocab_size
+    if eos_token_id is not None and not 0 <= eos_token_id < V:
+        raise ValueError(f"eos_token_id: expected an id in [0, {V}), got {eos_token_id!r}")
+    B, L = input_ids.shape
+    lens = _lengths_from(input_ids, lengths, attention_mask).tolist()
+    device = model.embedding.weight.device
+    input_ids = input_ids.to(device)
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+
+    cache = allocate_cache(model, B, max(lens) + max_new_tokens)
+    logits = prefill(model, input_ids, lens, cache)  # (B, V)
+    uniform = all(n == lens[0] for n in lens)
+    decoder = None
+    if cuda_graph and max_new_tokens > 1:
+        if not (device.type == "cuda" and uniform):
+            raise ValueError("cuda_graph: needs a CUDA model and prompts of equal length")
+        decoder = CUDAGraphDecoder(model, cache)
+
+    banned = torch.tensor([PAD_ID, BOS_ID], device=device)
+    new_tokens, all_logits = [], []
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        if return_logits:
+            all_logits.append(logits)
+        # <pad> and <bos> are never continuations (an untrained model may still rank them high).
+        tok = sample_next(logits.index_fill(-1, banned, float("-inf")), temperature=temperature, top_k=top_k,
+                          top_p=top_p, generator=gen)
+        tok = tok.masked_fill(done, PAD_ID)
+        new_tokens.append(tok)
+        if eos_token_id is not None:
+            done |= tok == eos_token_id
+            if bool(done.all()):
+                break
+        if t + 1 < max_new_tokens:
+            logits = decoder.step(tok) if decoder is not None else decode_step(model, tok, cache)
+
+    T = len(new_tokens)
+    out = torch.full((B, max(lens) + T), PAD_ID, dtype=torch.long, device=device)
+    new = torch.stack(new_tokens, 1) if T else out.new_zeros((B, 0))  # (B, T)
+    for b, n in enumerate(lens):
+        out[b, :n] = input_ids[b, :n]
+        out[b, n: n + T] = new[b]
+    if return_logits:
+        return out, (torch.stack(all_logits, 1) if T else logits.new_zeros((B, 0, V)))
+    return out
+
+
+class CUDAGraphDecoder:
+    """The decode step replayed from CUDA graphs, for prompts of equal length.
+
+    Attention over a cache that grows each step has a new shape every step, so the step is captured
+    piecewise: one graph from the token embedding up to the first attention layer's Q (its K and V are
+    written into the cache at a position read from a device tensor), one from that layer's attention
+    output up to the next attention layer's Q, ..., and the last one up to the logits. The
+    `flash_attention` calls in between run eagerly. With 3 attention layers in 24 (300m) that is 4
+    graph replays and 3 attention launches per token instead of a few hundred kernel launches."""
+
+    def __init__(self, model: HybriDNA, cache: InferenceCache, warmup: int = 2):
+        self.model, self.cache = model, cache
+        n0 = cache.lengths[0]
+        if any(n != n0 for n in cache.lengths):
+            raise ValueError("cache: CUDA graphs need rows of equal length")
+        self.B = len(cache.lengths)
+        dev = model.embedding.weight.device
+        self.pos = torch.full((1,), n0, dtype=torch.long, device=dev)  # cache length before the token
+        self.tok = torch.zeros(self.B, dtype=torch.long, device=dev)
+        self.attn = [i for i, blk in enumerate(model.layers) if blk.is_attention]
+        self.graphs = None
+        # Warm up (Triton autotuning, allocator) on copies of the state so the real cache is untouched.
+        saved = [self._clone_state(st) for st in cache.layers]
+        for _ in range(warmup):
+            self._run_eager_segments()
+        for st, sv in zip(cache.layers, saved):
+            self._restore_state(st, sv)
+        self._capture()
+        for st, sv in zip(cache.layers, saved):
+            self._restore_state(st, sv)
+
+    @staticmethod
+    def _clone_state(st):
+        if isinstance(st, MambaState):
+            return (st.conv.clone(), st.ssm.clone())
+        return None  # K/V beyond the current length are overwritten before being read
+
+    @staticmethod
+    def _restore_state(st, saved):
+        if saved is not None:
+            st.conv.copy_(saved[0])
+            st.ssm.copy_(saved[1])
+
+    # Segment s runs blocks from the residual after attention layer attn[s-1] (or the embedding) up to
+    # the Q projection of attn[s] (or the logits).
+    def _segment(self, s: int):
+        m, cache = self.model, self.cache
+        start = 0 if s == 0 else self.attn[s - 1]
+        end = self.attn[s] if s < len(self.attn) else len(m.layers)
+        if s == 0:
+            x = m.embedding(self.tok)  # (B, d)
+        else:
+            blk = m.layers[start]
+            x = self.resid + blk.mixer.out_proj(self.o.reshape(self.B, -1))
+            if blk.mlp is not None:
+                x = x + blk.mlp(blk.norm2(x))
+            start += 1
+        for i in range(start, end):
+            x = m.layers[i].step(x, cache.layers[i], None)
+        if s == len(self.attn):
+            self.logits = m.logits_from_hidden(m.norm_f(x))  # (B, V)
+            return
+        blk = m.layers[end]
+        att: Attention = blk.mixer
+        positions = self.pos.expand(self.B)[:, None] if att.cfg.rotary else None
+        q, k, v = att._qkv(blk.norm1(x)[:, None], positions)  # (B, 1, h, hd)
+        st: KVState = cache.layers[end]
+        st.k.index_copy_(1, self.pos, k)
+        st.v.index_copy_(1, self.pos, v)
+        self.resid, self.q = x, q
+
+    def _attend(self, s: int, n: int):
+        att = self.model.layers[self.attn[s]].mixer
+        st = self.cache.layers[self.attn[s]]
+        W = att.cfg.attn_window
+        lo = 0 if W is None else max(0, n + 1 - W)
+        return flash_attention(self.q, st.k[:, lo: n + 1], st.v[:, lo: n + 1], causal=True)
+
+    def _run_eager_segments(self):
+        n = int(self.pos.item())
+        for s in range(len(self.attn) + 1):
+            self._segment(s)
+            if s < len(self.attn):
+                self.o = self._attend(s, n)
+        return self.logits
+
+    def _capture(self):
+        self.graphs, self.q_bufs, self.o_bufs = [], [], []
+        pool = None
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for s in range(len(self.attn) + 1):
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=pool, stream=stream):
+                    self._segment(s)
+                pool = g.pool()
+                self.graphs.append(g)
+                if s < len(self.attn):
+                    self.q_bufs.append(self.q)
+                    # Static buffer the next segment reads; each step copies the attention output in.
+                    self.o = torch.empty_like(self.q)  # (B, 1, hq, hd), like flash_attention's output
+                    self.o_bufs.append(self.o)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.logits_buf = self.logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Same as decode_step(model, tokens, cache)."""
+        cache = self.cache
+        n = cache.lengths[0]
+        if n >= cache.max_len:
+            raise ValueError(f"cache: full ({cache.max_len} tokens); allocate a larger cache")
+        self.tok.copy_(tokens)
+        for s, g in enumerate(self.graphs):
+            g.replay()
+            if s < len(self.attn):
+                self.q = self.q_bufs[s]
+                self.o_bufs[s].copy_(self._attend(s, n))
+        self.pos.add_(1)
+        cache.lengths = [n + 1] * self.B
+        return self.logits_buf.clone()

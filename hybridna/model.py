@@ -1,0 +1,562 @@
+"""HybriDNA: Mamba2 blocks with one grouped-query attention block in every eight (DESIGN.md).
+
+Every block is `x + mixer(norm(x))` then `x + mlp(norm(x))` with RMSNorm and a SwiGLU MLP. The
+mixers call only the public ops of hybridna_kernels (Triton on CUDA, the PyTorch references on CPU),
+so the same module runs everywhere. Decoding (one token at a time against a recurrent cache) lives in
+generation.py; the `step` methods here are its per-layer pieces.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hybridna_kernels import causal_conv1d, causal_conv1d_step, flash_attention, ssd_scan, ssd_step
+
+from .config import HybriDNAConfig
+from .tokenizer import A_ID, BOS_ID, N_ID, NUM_BASE_TOKENS, PAD_ID, DNATokenizer, reverse_complement_ids
+
+__all__ = ["HybriDNA", "HybriDNAOutput", "RMSNorm", "Mamba2Mixer", "Attention", "SwiGLU", "Block"]
+
+IGNORE_INDEX = -100
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Norms and the SSD state run in fp32, or fp64 for fp64 models (the exactness tests)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.to(_compute_dtype(x))
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.to(y.dtype)).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None):
+        super().__init__()
+        self.eps = eps
+        self.group_size = group_size or dim  # the gated norm of Mamba2 normalises per group of heads
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):  # (..., dim)
+        if self.group_size == x.shape[-1]:
+            return rms_norm(x, self.weight, self.eps)
+        shape = x.shape
+        xg = x.unflatten(-1, (-1, self.group_size))  # (..., G, dim / G)
+        y = rms_norm(xg, torch.ones((), dtype=x.dtype, device=x.device), self.eps)
+        return y.reshape(shape) * self.weight.to(x.dtype)
+
+
+# ---- state carried between decoding steps ----------------------------------------------------------
+@dataclass
+class MambaState:
+    conv: torch.Tensor  # (B, conv_dim, d_conv - 1), model dtype: the last inputs of the conv
+    ssm: torch.Tensor  # (B, H, P, N) fp32 (fp64 for fp64 models)
+
+
+@dataclass
+class KVState:
+    k: torch.Tensor  # (B, max_len, Hkv, hd)
+    v: torch.Tensor  # (B, max_len, Hkv, hd)
+
+
+class Mamba2Mixer(nn.Module):
+    """in_proj -> causal conv1d (SiLU) on x, B, C -> SSD scan (dt_bias, softplus, D, gate z) -> RMSNorm
+    -> out_proj. The gate is applied inside the scan (y * silu(z)) and the norm follows it, which is
+    Mamba2's gated RMSNorm with norm_before_gate=False."""
+
+    def __init__(self, cfg: HybriDNAConfig, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        d, di, H, G, N = cfg.d_model, cfg.d_inner, cfg.nheads, cfg.ngroups, cfg.d_state
+        self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state = di, H, cfg.headdim, G, N
+        self.conv_dim = cfg.conv_dim
+        self.in_proj = nn.Linear(d, 2 * di + 2 * G * N + H, bias=False)  # -> z, x, B, C, dt
+        # Depthwise conv weights as (conv_dim, width), the layout causal_conv1d takes.
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, cfg.d_conv))
+        self.conv_bias = nn.Parameter(torch.empty(self.conv_dim)) if cfg.conv_bias else None
+        self.A_log = nn.Parameter(torch.empty(H))
+        self.D = nn.Parameter(torch.empty(H))
+        self.dt_bias = nn.Parameter(torch.empty(H))
+        self.norm = RMSNorm(di, eps=cfg.norm_eps, group_size=di // G)
+        self.out_proj = nn.Linear(di, d, bias=False)
+        self.reset_mamba_parameters()
+
+    @torch.no_grad()
+    def reset_mamba_parameters(self):
+        cfg = self.cfg
+        bound = 1.0 / math.sqrt(cfg.d_conv)  # nn.Conv1d's default for a depthwise conv (fan_in = width)
+        self.conv_weight.uniform_(-bound, bound)
+        if self.conv_bias is not None:
+            self.conv_bias.uniform_(-bound, bound)
+        # A = -exp(A_log), uniform in A_init_range; dt from a log-uniform range, stored as
+        # dt_bias = softplus^{-1}(dt) so that softplus(0 + dt_bias) = dt at initialisation.
+        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(*cfg.A_init_range).log())
+        dt = torch.exp(torch.rand_like(self.dt_bias) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+                       + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.D.fill_(1.0)
+
+    def _A(self, x):
+        return -torch.exp(self.A_log.to(_compute_dtype(x)))  # (H,) fp32, negative
+
+    def forward(self, u, state: MambaState | None = None, rows=None):
+        """u: (B, L, d_model). With `state`, also stores the conv and SSD final states in state[rows]."""
+        Bsz, L, _ = u.shape
+        di, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
+        zxbcdt = self.in_proj(u)  # (B, L, 2di + 2GN + H)
+        z, xBC, dt = torch.split(zxbcdt, [di, self.conv_dim, H], dim=-1)
+        # (B, conv_dim, L) view with channels contiguous: the conv's channel-last fast path.
+        conv_out = causal_conv1d(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, activation="silu",
+                                 return_final_states=state is not None)
+        if state is not None:
+            conv_out, conv_final = conv_out
+        xBC = conv_out.transpose(1, 2)  # (B, L, conv_dim)
+        if xBC.stride(-1) != 1:
+            xBC = xBC.contiguous()
+        x, Bm, Cm = torch.split(xBC, [di, G * N, G * N], dim=-1)
+        y = ssd_scan(
+            x.unflatten(-1, (H, P)),  # (B, L, H, P)
+            dt,  # (B, L, H)
+            self._A(u),
+            Bm.unflatten(-1, (G, N)),  # (B, L, G, N)
+            Cm.unflatten(-1, (G, N)),
+            chunk_size=self.cfg.chunk_size, D=self.D, z=z.unflatten(-1, (H, P)), dt_bias=self.dt_bias,
+            dt_softplus=True, dt_limit=self.cfg.dt_limit, return_final_states=state is not None,
+        )
+        if state is not None:
+            y, ssm_final = y
+            rows = slice(None) if rows is None else rows
+            state.conv[rows] = conv_final.to(state.conv.dtype)
+            state.ssm[rows] = ssm_final.to(state.ssm.dtype)
+        y = self.norm(y.reshape(Bsz, L, di))  # (B, L, di)
+        return self.out_proj(y)  # (B, L, d)
+
+    def allocate_state(self, batch: int, dtype, device) -> MambaState:
+        sdt = torch.float64 if dtype == torch.float64 else torch.float32
+        return MambaState(
+            conv=torch.zeros(batch, self.conv_dim, self.cfg.d_conv - 1, dtype=dtype, device=device),
+            ssm=torch.zeros(batch, self.nheads, self.headdim, self.d_state, dtype=sdt, device=device),
+        )
+
+    def step(self, u, state: MambaState):
+        """One decoding step. u: (B, d_model); state updated in place. Returns (B, d_model)."""
+        Bsz = u.shape[0]
+        di, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
+        zxbcdt = self.in_proj(u)  # (B, 2di + 2GN + H)
+        z, xBC, dt = torch.split(zxbcdt, [di, self.conv_dim, H], dim=-1)
+        xBC = causal_conv1d_step(xBC, state.conv, self.conv_weight, self.conv_bias, activation="silu")
+        x, Bm, Cm = torch.split(xBC, [di, G * N, G * N], dim=-1)
+        y = ssd_step(
+            state.ssm,
+            x.unflatten(-1, (H, P)),  # (B, H, P)
+            dt,  # (B, H)
+            self._A(u),
+            Bm.unflatten(-1, (G, N)),  # (B, G, N)
+            Cm.unflatten(-1, (G, N)),
+            D=self.D, z=z.unflatten(-1, (H, P)), dt_bias=self.dt_bias, dt_softplus=True,
+            dt_limit=self.cfg.dt_limit,
+        )
+        return self.out_proj(self.norm(y.reshape(Bsz, di)))  # (B, d)
+
+
+def rotary_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype):
+    """positions: (B, L) ints -> cos, sin (B, L, 1, dim / 2)."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim))
+    ang = positions.to(torch.float64)[..., None] * inv  # (B, L, dim / 2)
+    return ang.cos().to(dtype)[:, :, None], ang.sin().to(dtype)[:, :, None]
+
+
+def apply_rotary(x, cos, sin):
+    """x: (B, L, H, D); rotate-half (GPT-NeoX) convention."""
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+class Attention(nn.Module):
+    """Grouped-query causal attention with a fused QKV projection; optional rotary and sliding window."""
+
+    def __init__(self, cfg: HybriDNAConfig, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        self.hq, self.hkv, self.hd = cfg.attn_n_heads, cfg.attn_n_kv_heads, cfg.attn_head_dim
+        self.qkv_proj = nn.Linear(cfg.d_model, (self.hq + 2 * self.hkv) * self.hd, bias=False)
+        self.out_proj = nn.Linear(self.hq * self.hd, cfg.d_model, bias=False)
+
+    def _qkv(self, x, positions):
+        B, L, _ = x.shape
+        qkv = self.qkv_proj(x)  # (B, L, (hq + 2 hkv) hd)
+        q, k, v = torch.split(qkv, [self.hq * self.hd, self.hkv * self.hd, self.hkv * self.hd], dim=-1)
+        q = q.unflatten(-1, (self.hq, self.hd))  # (B, L, hq, hd)
+        k = k.unflatten(-1, (self.hkv, self.hd))  # (B, L, hkv, hd)
+        v = v.unflatten(-1, (self.hkv, self.hd))
+        if self.cfg.rotary:
+            cos, sin = rotary_cos_sin(positions, self.hd, self.cfg.rope_theta, _compute_dtype(x))
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
+
+    def forward(self, x, state: KVState | None = None, rows=None):
+        """x: (B, L, d_model). With `state`, also writes K and V into state[rows, :L]."""
+        B, L, _ = x.shape
+        positions = torch.arange(L, device=x.device).expand(B, L) if self.cfg.rotary else None
+        q, k, v = self._qkv(x, positions)
+        o = flash_attention(q, k, v, causal=True, window=self.cfg.attn_window)  # (B, L, hq, hd)
+        if state is not None:
+            rows = slice(None) if rows is None else rows
+            state.k[rows, :L] = k.to(state.k.dtype)
+            state.v[rows, :L] = v.to(state.v.dtype)
+        return self.out_proj(o.reshape(B, L, self.hq * self.hd))  # (B, L, d)
+
+    def allocate_state(self, batch: int, max_len: int, dtype, device) -> KVState:
+        shape = (batch, max_len, self.hkv, self.hd)
+        return KVState(k=torch.zeros(shape, dtype=dtype, device=device), v=torch.zeros(shape, dtype=dtype, device=device))
+
+    def step(self, x, state: KVState, lengths: list[int]):
+        """One decoding step. x: (B, d_model); lengths: each row's cache length before this token
+        (host ints). Writes K, V at position lengths[b] and attends over the first lengths[b] + 1 keys."""
+        B = x.shape[0]
+        positions = None
+        if self.cfg.rotary:
+            positions = torch.tensor(lengths, device=x.device)[:, None]  # (B, 1)
+        q, k, v = self._qkv(x[:, None], positions)  # (B, 1, h, hd)
+        W = self.cfg.attn_window
+        if all(n == lengths[0] for n in lengths):
+            n = lengths[0]
+            state.k[:, n] = k[:, 0]
+            state.v[:, n] = v[:, 0]
+            lo = 0 if W is None else max(0, n + 1 - W)  # a window only needs its last W keys
+            o = flash_attention(q, state.k[:, lo: n + 1], state.v[:, lo: n + 1], causal=True)
+        else:  # rows of different lengths: one call per row over its own keys
+            outs = []
+            for b, n in enumerate(lengths):
+                state.k[b, n] = k[b, 0]
+                state.v[b, n] = v[b, 0]
+                lo = 0 if W is None else max(0, n + 1 - W)
+                outs.append(flash_attention(q[b: b + 1], state.k[b: b + 1, lo: n + 1],
+                                            state.v[b: b + 1, lo: n + 1], causal=True))
+            o = torch.cat(outs)
+        return self.out_proj(o.reshape(B, self.hq * self.hd))  # (B, d)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, d_intermediate: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * d_intermediate, bias=False)
+        self.down = nn.Linear(d_intermediate, d_model, bias=False)
+
+    def forward(self, x):  # (..., d)
+        g, u = self.gate_up(x).chunk(2, dim=-1)  # (..., di) each
+        return self.down(F.silu(g) * u)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: HybriDNAConfig, layer_idx: int):
+        super().__init__()
+        self.is_attention = cfg.is_attention(layer_idx)
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = Attention(cfg, layer_idx) if self.is_attention else Mamba2Mixer(cfg, layer_idx)
+        self.mlp = SwiGLU(cfg.d_model, cfg.d_intermediate) if cfg.d_intermediate else None
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if self.mlp is not None else None
+
+    def forward(self, x, state=None, rows=None):  # (B, L, d)
+        x = x + self.mixer(self.norm1(x), state, rows)
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x
+
+    def step(self, x, state, lengths):  # (B, d)
+        if self.is_attention:
+            x = x + self.mixer.step(self.norm1(x), state, lengths)
+        else:
+            x = x + self.mixer.step(self.norm1(x), state)
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x
+
+
+@dataclass
+class HybriDNAOutput:
+    logits: torch.Tensor | None  # (B, L, vocab_size)
+    loss: torch.Tensor | None = None  # scalar, mean next-token cross-entropy (nats)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # n_layer + 1 of (B, L, d)
+
+
+def _lengths_from(input_ids, lengths=None, attention_mask=None):
+    """Each row's true length: given, from a mask, or up to the last non-pad token (right padding)."""
+    B, L = input_ids.shape
+    if lengths is not None:
+        out = torch.as_tensor(lengths, device=input_ids.device).reshape(-1).long()
+        if out.shape[0] != B or bool((out < 1).any()) or bool((out > L).any()):
+            raise ValueError(f"lengths: expected {B} values in 1..{L}, got {out.tolist()}")
+        return out
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (B, L):
+            raise ValueError(f"attention_mask: expected shape {(B, L)}, got {tuple(attention_mask.shape)}")
+        return attention_mask.to(torch.long).sum(1)
+    nonpad = (input_ids != PAD_ID).long()
+    pos = torch.arange(1, L + 1, device=input_ids.device)
+    return (nonpad * pos).amax(1).clamp(min=1)
+
+
+class HybriDNA(nn.Module):
+    def __init__(self, config: HybriDNAConfig):
+        super().__init__()
+        if not isinstance(config, HybriDNAConfig):
+            raise ValueError(f"config: expected a HybriDNAConfig, got {type(config).__name__}")
+        config.validate()
+        self.config = cfg = config
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+
+    @torch.no_grad()
+    def _init_weights(self):
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        if self.config.rescale_prenorm_residual:
+            # GPT-2: projections that write into the residual stream scaled by 1/sqrt(2 n_layer).
+            for blk in self.layers:
+                for lin in (blk.mixer.out_proj, blk.mlp.down if blk.mlp is not None else None):
+                    if lin is not None:
+                        lin.weight.mul_(1.0 / math.sqrt(2 * self.config.n_layer))
+
+    # ---- forward -----------------------------------------------------------------------------------
+    def num_params(self, *, include_embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if include_embeddings else n - self.embedding.weight.numel()
+
+    def _check_ids(self, input_ids):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (
+                torch.int64, torch.int32):
+            got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids: expected an int64 tensor (batch, seqlen), got {got}")
+        if input_ids.shape[1] < 1:
+            raise ValueError("input_ids: expected at least one token per row")
+
+    def hidden(self, input_ids, *, output_hidden_states=False, state=None, rows=None):
+        """The final normed hidden states (B, L, d) and, optionally, all n_layer + 1 hidden states
+        (embeddings, then the output of every block; the last one is normed)."""
+        x = self.embedding(input_ids)  # (B, L, d)
+        hs = [x] if output_hidden_states else None
+        for i, blk in enumerate(self.layers):
+            x = blk(x, None if state is None else state.layers[i], rows)
+            if output_hidden_states:
+                hs.append(x)
+        x = self.norm_f(x)
+        if output_hidden_states:
+            hs[-1] = x
+        return x, (tuple(hs) if output_hidden_states else None)
+
+    def logits_from_hidden(self, h):  # (..., d) -> (..., vocab_size)
+        return self.lm_head(h)[..., : self.config.vocab_size]
+
+    def forward(self, input_ids, labels=None, *, output_hidden_states: bool = False) -> HybriDNAOutput:
+        """input_ids: (B, L) token ids. labels: (B, L) token ids (usually input_ids): the loss is the
+        mean cross-entropy of predicting labels[:, t + 1] from positions <= t, ignoring labels that are
+        <pad>, -100, and (config.loss_ignore_n) N. Returns HybriDNAOutput(logits, loss, hidden_states)."""
+        self._check_ids(input_ids)
+        h, hs = self.hidden(input_ids, output_hidden_states=output_hidden_states)
+        logits = self.logits_from_hidden(h)  # (B, L, V)
+        loss = None
+        if labels is not None:
+            if tuple(labels.shape) != tuple(input_ids.shape):
+                raise ValueError(f"labels: expected shape {tuple(input_ids.shape)} like input_ids, got {tuple(labels.shape)}")
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                   self._loss_targets(labels)[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        return HybriDNAOutput(logits=logits, loss=loss, hidden_states=hs)
+
+    def _loss_targets(self, labels):
+        ignore = labels == PAD_ID
+        if self.config.loss_ignore_n:
+            ignore |= labels == N_ID
+        return labels.long().masked_fill(ignore, IGNORE_INDEX)
+
+    # ---- generation (generation.py) ------------------------------------------------------------------
+    def generate(self, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, eos_token_id: int | None = None, **kwargs):
+        """Sample continuations with a recurrent cache; see `hybridna.generation.generate`."""
+        from .generation import generate
+
+        return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        seed=seed, eos_token_id=eos_token_id, **kwargs)
+
+    # ---- scoring -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def token_log_probs(self, input_ids):
+        """log p(x_t | x_<t) for t >= 1 as (B, L - 1) fp32, with a mask (B, L - 1) of the positions
+        that count (not pad, and not N when config.loss_ignore_n)."""
+        self._check_ids(input_ids)
+        logits = self.forward(input_ids).logits[:, :-1].float()  # (B, L-1, V)
+        tgt = self._loss_targets(input_ids)[:, 1:]  # (B, L-1)
+        keep = tgt != IGNORE_INDEX
+        lp = torch.log_softmax(logits, -1).gather(-1, tgt.clamp(min=0)[..., None])[..., 0]
+        return lp.masked_fill(~keep, 0.0), keep
+
+    @torch.no_grad()
+    def score(self, input_ids, *, reduce: str = "sum", rc_average: bool = False):
+        """Per-sequence log-likelihood (natural log) of right-padded token ids (B, L).
+
+        reduce="sum" sums log p over the predicted positions (every token after the first that is not
+        pad or N); "mean" divides by their count (nats per base). rc_average=True averages with the
+        score of the reverse complement (nucleotides reversed and complemented, special and prompt
+        tokens kept in place). Prepend <bos> to score the first base too. Returns (B,) fp32."""
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce: expected 'sum' or 'mean', got {reduce!r}")
+        lp, keep = self.token_log_probs(input_ids)
+        s = lp.sum(1)
+        if reduce == "mean":
+            s = s / keep.sum(1).clamp(min=1)
+        if rc_average:
+            s = 0.5 * (s + self.score(reverse_complement_ids(input_ids), reduce=reduce))
+        return s
+
+    @torch.no_grad()
+    def variant_effect(self, ref_ids, alt_ids, *, rc_average: bool = False):
+        """Log-likelihood ratio log p(alt) - log p(ref) per row (B,): negative means the model finds
+        the alternative allele less likely. ref_ids / alt_ids: (B, L) token ids of the same windows."""
+        return self.score(alt_ids, rc_average=rc_average) - self.score(ref_ids, rc_average=rc_average)
+
+    # ---- embeddings ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, input_ids, *, echo: bool = True, pool: str = "mean", layer: int = -1, lengths=None,
+              attention_mask=None):
+        """Sequence embeddings (B, d_model) from right-padded token ids (B, L).
+
+        echo=True feeds each sequence twice ([x, x], a leading <bos> not repeated) and pools the hidden
+        states of the second copy, so every pooled position has seen the whole sequence. pool: "mean"
+        over the sequence's tokens or "last" token. layer: which hidden state (0 = embeddings,
+        i = output of block i, -1 = the final normed output). Row lengths come from `lengths`,
+        `attention_mask`, or the last non-pad token."""
+        if pool not in ("mean", "last"):
+            raise ValueError(f"pool: expected 'mean' or 'last', got {pool!r}")
+        self._check_ids(input_ids)
+        n_hs = self.config.n_layer + 1
+        if not -n_hs <= layer < n_hs:
+            raise ValueError(f"layer: expected -{n_hs} <= layer < {n_hs}, got {layer}")
+        lens = _lengths_from(input_ids, lengths, attention_mask)  # (B,)
+        B = input_ids.shape[0]
+        if echo:
+            rows, starts = [], []
+            for b in range(B):
+                seq = input_ids[b, : int(lens[b])]
+                second = seq[1:] if seq[0] == BOS_ID and seq.numel() > 1 else seq
+                rows.append(torch.cat([seq, second]))
+                starts.append(seq.numel())
+            width = max(r.numel() for r in rows)
+            ids = input_ids.new_full((B, width), PAD_ID)
+            for b, r in enumerate(rows):
+                ids[b, : r.numel()] = r
+            starts = torch.tensor(starts, device=input_ids.device)
+            ends = torch.tensor([r.numel() for r in rows], device=input_ids.device)
+        else:
+            ids, starts, ends = input_ids, torch.zeros_like(lens), lens
+        h, hs = self.hidden(ids, output_hidden_states=layer not in (-1, n_hs - 1))
+        h = h if hs is None else hs[layer]  # (B, L, d)
+        pos = torch.arange(ids.shape[1], device=ids.device)[None]  # (1, L)
+        if pool == "last":
+            return h[torch.arange(B, device=h.device), ends - 1].float()
+        m = ((pos >= starts[:, None]) & (pos < ends[:, None])).to(torch.float32)[..., None]  # (B, L, 1)
+        return (h.float() * m).sum(1) / m.sum(1)
+
+    # ---- vocabulary ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def resize_token_embeddings(self, vocab_size: int, added_tokens: list[str] | None = None):
+        """Grow (or keep) the vocabulary to vocab_size real tokens. New rows of the embedding (and of an
+        untied head) are initialised to the mean of the existing base-token rows, so a trained model's
+        predictions for old tokens barely change."""
+        cfg = self.config
+        if vocab_size < NUM_BASE_TOKENS:
+            raise ValueError(f"vocab_size: expected at least {NUM_BASE_TOKENS}, got {vocab_size}")
+        old_v = cfg.vocab_size
+        cfg.vocab_size = vocab_size
+        if added_tokens is not None:
+            cfg.added_tokens = list(added_tokens)
+        cfg.validate()
+        new_pv = cfg.padded_vocab_size
+        w = self.embedding.weight
+        if new_pv != w.shape[0]:
+            emb = nn.Embedding(new_pv, cfg.d_model, device=w.device, dtype=w.dtype)
+            emb.weight.zero_()
+            emb.weight[: w.shape[0]] = w[: min(w.shape[0], new_pv)]
+            self.embedding = emb
+            if cfg.tie_embeddings:
+                self.lm_head = nn.Linear(cfg.d_model, new_pv, bias=False, device=w.device, dtype=w.dtype)
+                self.lm_head.weight = self.embedding.weight
+            else:
+                hw = self.lm_head.weight
+                head = nn.Linear(cfg.d_model, new_pv, bias=False, device=hw.device, dtype=hw.dtype)
+                head.weight.zero_()
+                head.weight[: hw.shape[0]] = hw[: min(hw.shape[0], new_pv)]
+                self.lm_head = head
+        if vocab_size > old_v:
+            base = slice(A_ID, NUM_BASE_TOKENS)  # new rows start from the mean of A C G T N
+            self.embedding.weight[old_v:vocab_size] = self.embedding.weight[base].mean(0)
+            if not cfg.tie_embeddings:
+                self.lm_head.weight[old_v:vocab_size] = self.lm_head.weight[base].mean(0)
+        return self
+
+    def add_tokens(self, tokenizer: DNATokenizer, tokens) -> list[int]:
+        """Add prompt tokens to the tokenizer and grow this model's embedding to match."""
+        ids = tokenizer.add_tokens(tokens)
+        if tokenizer.vocab_size > self.config.vocab_size:
+            self.resize_token_embeddings(tokenizer.vocab_size, tokenizer.added_tokens)
+        else:
+            self.config.added_tokens = list(tokenizer.added_tokens)
+        return ids
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: DNATokenizer | None = None) -> None:
+        """Write config.json, model.safetensors and tokenizer.json (the given tokenizer, or one with the
+        config's added tokens) to `directory`."""
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        if tokenizer is not None:
+            if tokenizer.vocab_size > self.config.vocab_size:
+                raise ValueError(f"tokenizer: has {tokenizer.vocab_size} tokens but the model only "
+                                 f"{self.config.vocab_size}; call model.resize_token_embeddings first")
+            self.config.added_tokens = list(tokenizer.added_tokens)
+        self.config.save(os.path.join(directory, "config.json"))
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            sd.pop("lm_head.weight", None)  # shared with the embedding; safetensors refuses aliases
+        save_file(sd, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+        (tokenizer or DNATokenizer(self.config.added_tokens)).save_pretrained(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device=None, dtype=None) -> "HybriDNA":
+        """Load a directory written by save_pretrained (safetensors only: nothing is unpickled)."""
+        from safetensors.torch import load_file
+
+        cfg_path = os.path.join(directory, "config.json")
+        w_path = os.path.join(directory, "model.safetensors")
+        for p in (cfg_path, w_path):
+            if not os.path.exists(p):
+                raise ValueError(f"directory: {p} not found (expected a save_pretrained directory)")
+        with open(cfg_path) as f:
+            cfg = HybriDNAConfig.from_dict(json.load(f))
+        with torch.device("meta"):
+            model = cls(cfg)
+        sd = load_file(w_path)
+        if cfg.tie_embeddings:
+            sd["lm_head.weight"] = sd["embedding.weight"]
+        model.load_state_dict(sd, strict=True, assign=True)
+        if cfg.tie_embeddings:
+            model.lm_head.weight = model.embedding.weight
+        return model.to(device=device, dtype=dtype)
+
