@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import DEVICE, assert_close, dtype_id, tol
+from helpers import DEVICE, KERNEL_DTYPES, assert_close, dtype_id, tol
 
 from hybridna_kernels import causal_conv1d, causal_conv1d_step
 from hybridna_kernels.conv1d import causal_conv1d_ref, causal_conv1d_step_ref
@@ -202,3 +202,171 @@ def test_public_reference_backend_matches_ref_and_steps_in_place():
     assert_close("final_states", hT_ref, hT, tol(torch.float32))
     assert_close("y_step", y_ref, ys, tol(torch.float32))
     assert_close("conv_state", hT_ref, state, tol(torch.float32))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Kernels against the float64 reference (interpreter on CPU, Triton on GPU)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _layout(x, layout):
+    """x (B, D, L) float64 -> the requested memory layout (values unchanged)."""
+    B, D, L = x.shape
+    if layout == "cl":  # channel-last, what the model feeds
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+    if layout == "cf":  # channel-first, contiguous
+        return x.contiguous()
+    # "strided": a view into a larger buffer, no dimension of stride 1
+    big = torch.zeros(B, L + 3, 2 * D, dtype=x.dtype, device=x.device)
+    view = big[:, 2: L + 2, ::2].transpose(1, 2)
+    view.copy_(x)
+    return view
+
+
+def _check_kernel(B, D, L, W, dtype, layout="cl", act="silu", bias=True, h0=True, final=True, nseg=0, seed=0):
+    assert torch.cuda.is_available() or torch.device(DEVICE).type == "cpu"
+    g = _gen(seed)
+    x64 = torch.randn(B, D, L, generator=g, dtype=torch.float64)
+    w64 = torch.randn(D, W, generator=g, dtype=torch.float64) / W**0.5
+    b64 = torch.randn(D, generator=g, dtype=torch.float64) if bias else None
+    h64 = torch.randn(B, D, W - 1, generator=g, dtype=torch.float64) if h0 else None
+    seq_idx = _seq_idx(B, L, nseg, seed=seed, device=DEVICE) if nseg else None
+    # rounded to the compute dtype first: the reference sees exactly the kernel's inputs
+    x = _layout(x64.to(DEVICE, dtype), layout).requires_grad_()
+    w = w64.to(DEVICE, dtype).requires_grad_()
+    b = b64.to(DEVICE, dtype).requires_grad_() if bias else None
+    h = h64.to(DEVICE, dtype).requires_grad_() if h0 else None
+    leaves = [("dx", x), ("dweight", w), ("dbias", b), ("dinitial_states", h)]
+    leaves = [(n, t) for n, t in leaves if t is not None]
+    refs = [t.detach().double().requires_grad_() for _, t in leaves]
+    rmap = dict(zip([n for n, _ in leaves], refs))
+
+    out = causal_conv1d(x, w, b, activation=act, initial_states=h, return_final_states=final, seq_idx=seq_idx)
+    ref = causal_conv1d_ref(rmap["dx"], rmap["dweight"], rmap.get("dbias"), act, rmap.get("dinitial_states"),
+                            final, seq_idx)
+    y, ht = (out if final else (out, None))
+    yr, htr = (ref if final else (ref, None))
+    if layout == "cl":
+        assert y.stride(1) == 1, f"y: channel-last input should give channel-last output, strides {y.stride()}"
+    assert_close("y", yr, y, tol(dtype, "fwd"))
+    gy = torch.randn(yr.shape, generator=g, dtype=torch.float64)
+    loss, loss_r = (y.double() * gy.to(DEVICE)).sum(), (yr * gy.to(DEVICE)).sum()
+    if final:
+        assert_close("final_states", htr, ht, tol(dtype, "fwd"))
+        gh = torch.randn(htr.shape, generator=g, dtype=torch.float64)
+        loss, loss_r = loss + (ht.double() * gh.to(DEVICE)).sum(), loss_r + (htr * gh.to(DEVICE)).sum()
+    grads = torch.autograd.grad(loss, [t for _, t in leaves])
+    grads_r = torch.autograd.grad(loss_r, refs)
+    for (name, _), gk, gr in zip(leaves, grads, grads_r):
+        assert_close(name, gr, gk, tol(dtype, "grad"))
+
+
+def _kernel_cases():
+    """A sampled cross-product: every width, both CPU dtypes, every layout and optional input, the
+    awkward sizes of issue 3 (dim 37 and 2048 + 16; seqlen 1, 63, 500). Interpreter-sized."""
+    cases = []
+    feats = [dict(), dict(act=None, bias=False), dict(h0=False, nseg=4), dict(final=False, nseg=3),
+             dict(act=None, h0=False, final=False), dict(nseg=6), dict(bias=False, nseg=2)]
+    layouts = ["cl", "cf", "strided"]
+    for i, W in enumerate(range(2, 9)):
+        for j, dtype in enumerate([torch.float32, torch.float16]):
+            f = feats[(i + 3 * j) % len(feats)]
+            cases.append(((2, 37, 63, W, dtype, layouts[(i + j) % 3]), f))
+    cases += [
+        ((2, 37, 1, 2, torch.float32, "cl"), dict(nseg=2)),  # seqlen 1 (nseg clipped to 1)
+        ((2, 37, 1, 8, torch.float16, "cf"), dict()),  # seqlen 1 < width - 1: final_states reach into h0
+        ((1, 37, 5, 8, torch.float32, "cl"), dict(nseg=3)),
+        ((1, 37, 500, 4, torch.float32, "cl"), dict(nseg=5)),
+        ((1, 37, 500, 8, torch.float16, "strided"), dict()),
+        ((1, 2064, 1, 4, torch.float32, "cl"), dict()),
+        ((1, 2064, 63, 4, torch.float16, "cl"), dict(nseg=3)),
+        ((1, 2064, 63, 3, torch.float32, "cf"), dict(act=None)),
+    ]
+    return cases
+
+
+def _case_id(c):
+    (B, D, L, W, dtype, layout), f = c
+    extra = "-".join(f"{k}{v}" for k, v in f.items())
+    return f"B{B}-D{D}-L{L}-W{W}-{dtype_id(dtype)}-{layout}" + (f"-{extra}" if extra else "")
+
+
+@pytest.mark.parametrize("case", _kernel_cases(), ids=_case_id)
+def test_kernel_matches_reference(case):
+    (B, D, L, W, dtype, layout), f = case
+    _check_kernel(B, D, L, W, dtype, layout, seed=W * 100 + L, **f)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("W", WIDTHS, ids=lambda w: f"W{w}")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=dtype_id)
+def test_kernel_gpu_dtypes(W, dtype):
+    _check_kernel(2, 2064, 500, W, dtype, "cl", nseg=3, seed=W)
+    _check_kernel(2, 37, 63, W, dtype, "strided", act=None, seed=W + 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("W", [4, 8], ids=lambda w: f"W{w}")
+def test_kernel_gpu_big_bf16(W):
+    _check_kernel(8, 2304, 8192, W, torch.bfloat16, "cl", seed=W)
+    _check_kernel(1, 2304, 131072, W, torch.bfloat16, "cl", nseg=7, seed=W + 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_kernel_int64_addressing():
+    """batch x dim x seqlen > 2^31: check the tail (addresses past 2^31) against the reference run on
+    the tail alone, with the preceding inputs as initial_states."""
+    B, D, L, W, T = 1, 4096, 2**19 + 5, 4, 256
+    assert B * D * L > 2**31
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(B, L, D, generator=g, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+    w = torch.randn(D, W, generator=g, device="cuda", dtype=torch.bfloat16)
+    y = causal_conv1d(x, w, None, activation="silu")
+    gy = torch.zeros_like(y)
+    gy[..., -T:] = torch.randn(B, D, T, generator=g, device="cuda", dtype=torch.bfloat16)
+    (dx,) = torch.autograd.grad(y, x, gy)
+    xt = x.detach()[..., -T:].double().requires_grad_()
+    yr = causal_conv1d_ref(xt, w.double(), None, "silu", x.detach()[..., -T - W + 1: -T].double())
+    (dxr,) = torch.autograd.grad(yr, xt, gy[..., -T:].double())
+    assert_close("y_tail", yr, y[..., -T:], tol(torch.bfloat16, "fwd"))
+    assert_close("dx_tail", dxr, dx[..., -T:], tol(torch.bfloat16, "grad"))
+
+
+def test_kernel_backward_is_deterministic():
+    B, D, L, W = 2, 40, 200, 4
+    x = torch.randn(B, D, L, device=DEVICE, requires_grad=True)
+    w = torch.randn(D, W, device=DEVICE, requires_grad=True)
+    b = torch.randn(D, device=DEVICE, requires_grad=True)
+    gy = torch.randn(B, D, L, device=DEVICE)
+    runs = [torch.autograd.grad(causal_conv1d(x, w, b, activation="silu"), (x, w, b), gy) for _ in range(2)]
+    for name, a, c in zip(("dx", "dweight", "dbias"), *runs):
+        assert torch.equal(a, c), f"{name}: two backward runs differ"
+
+
+@pytest.mark.parametrize("W", WIDTHS, ids=lambda w: f"W{w}")
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
+def test_step_kernel_matches_full_kernel(W, dtype):
+    """Decoding token by token from initial_states reproduces the full kernel's outputs and final_states;
+    conv_state is a strided view into a larger cache buffer and is updated in place."""
+    B, D, L = 2, 37, 6
+    g = _gen(W)
+    x = torch.randn(B, D, L, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(D, W, generator=g) / W**0.5).to(DEVICE, dtype)
+    b = torch.randn(D, generator=g).to(DEVICE, dtype)
+    h0 = torch.randn(B, D, W - 1, generator=g).to(DEVICE, dtype)
+    y, ht = causal_conv1d(x, w, b, activation="silu", initial_states=h0, return_final_states=True)
+    cache = torch.zeros(B, D, W + 2, device=DEVICE, dtype=dtype)
+    state = cache[..., 2: W + 1]
+    state.copy_(h0)
+    ptr = state.data_ptr()
+    for t in range(L):
+        yt = causal_conv1d_step(x[:, :, t], state, w, b, activation="silu")
+        assert_close(f"y[t={t}]", y[:, :, t], yt, tol(dtype, "fwd"))
+    assert state.data_ptr() == ptr
+    assert_close("conv_state", ht, state, tol(dtype, "fwd"))
+    y_ref, ht_ref = causal_conv1d_ref(x.double(), w.double(), b.double(), "silu", h0.double(), True)
+    assert_close("y_vs_ref", y_ref, y, tol(dtype, "fwd"))
+    assert_close("conv_state_vs_ref", ht_ref, state, tol(dtype, "fwd"))
+    assert cache[..., :2].eq(0).all() and cache[..., W + 1:].eq(0).all(), "step wrote outside conv_state"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..utils import check_same_device, check_tensor, use_kernel
+from .conv import causal_conv1d_fn
 from .naive import causal_conv1d_ref, causal_conv1d_step_ref
+from .step import causal_conv1d_step_fwd
 
 __all__ = ["causal_conv1d", "causal_conv1d_step", "causal_conv1d_ref", "causal_conv1d_step_ref",
            "MIN_WIDTH", "MAX_WIDTH"]
@@ -18,15 +20,6 @@ MIN_WIDTH, MAX_WIDTH = 2, 8
 _X_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _ACTIVATIONS = (None, "silu")
 _SEQ_IDX_DTYPES = (torch.int32, torch.int64)
-
-
-def _kernels():
-    """The Triton launchers, or None while they are not available (the reference is used then)."""
-    try:
-        from . import conv, step
-    except ImportError:  # pragma: no cover - only while a kernel file is missing
-        return None
-    return conv, step
 
 
 def _check_weight(weight, dim: int):
@@ -86,10 +79,9 @@ def causal_conv1d(x, weight, bias=None, *, activation=None, initial_states=None,
     _check_activation(activation)
     check_same_device(x=x, weight=weight, bias=bias, initial_states=initial_states, seq_idx=seq_idx)
 
-    kernels = _kernels() if use_kernel(x) and x.dtype != torch.float64 and B > 0 else None
-    if kernels is None:
+    if not use_kernel(x) or x.dtype == torch.float64 or B == 0:
         return causal_conv1d_ref(x, weight, bias, activation, initial_states, return_final_states, seq_idx)
-    return kernels[0].causal_conv1d_fn(x, weight, bias, activation, initial_states, return_final_states, seq_idx)
+    return causal_conv1d_fn(x, weight, bias, activation, initial_states, return_final_states, seq_idx)
 
 
 def causal_conv1d_step(x, conv_state, weight, bias=None, *, activation=None):
@@ -117,12 +109,9 @@ def causal_conv1d_step(x, conv_state, weight, bias=None, *, activation=None):
     _check_activation(activation)
     check_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
 
-    kernels = None
-    if use_kernel(x) and x.dtype != torch.float64 and conv_state.dtype != torch.float64 and B > 0:
-        kernels = _kernels()
-    if kernels is None:
+    if not use_kernel(x) or torch.float64 in (x.dtype, conv_state.dtype) or B == 0:
         with torch.no_grad():
             y, new_state = causal_conv1d_step_ref(x, conv_state, weight, bias, activation)
             conv_state.copy_(new_state)
         return y
-    return kernels[1].causal_conv1d_step_fwd(x, conv_state, weight, bias, activation)
+    return causal_conv1d_step_fwd(x, conv_state, weight, bias, activation)
