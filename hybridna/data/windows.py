@@ -8,7 +8,9 @@ is `k * world_size + rank`; its random numbers come from a counter-based hash (s
   the rank's samples in blocks of `batch_size`, block b going to worker (b - b0) % W, which is also the
   order in which DataLoader collects them);
 - the position is one integer, the number of samples this rank has consumed: `state_dict()` saves it,
-  `load_state_dict()` restores it, and iteration restarts at exactly the next sample.
+  `load_state_dict()` restores it, and iteration restarts at exactly the next sample. A finite stream
+  (`num_samples`) that is iterated to its end goes back to 0, so a validation set gives the same
+  windows at every evaluation.
 
 Window choice: a (store, contig) pair with probability proportional to its number of window starts
 (length - window + 1) -- every window position of the genome equally likely -- times the species
@@ -238,6 +240,8 @@ class GenomeWindows(torch.utils.data.IterableDataset):
         while True:
             lo = j0 + b * B
             if stop is not None and lo >= stop:
+                if in_main:  # a finite stream ran to its end: the next iteration starts over
+                    self._consumed = 0
                 return
             hi = lo + B if stop is None else min(lo + B, stop)
             for j in range(lo, hi):
@@ -315,6 +319,7 @@ class WindowLoader:
                     raise RuntimeError(f"WindowLoader: batch starts at sample {first}, expected {ds._consumed}")
                 ds._consumed = first + n
             yield batch
+        ds._consumed = 0  # a finite stream ran to its end: the next iteration starts over
 
     def state_dict(self) -> dict:
         return self.dataset.state_dict()
