@@ -1,0 +1,471 @@
+"""Model benchmark (issues 9, 10): one training step of the 300m hybrid against a pure Transformer.
+
+A step is forward + backward + fused AdamW step + zero_grad(set_to_none), bf16 autocast over fp32
+weights, random tokens. Each benchmark's extra_info holds:
+    tokens_per_s, step_ms (median of the timed steps), peak_mem_gib (max allocated during the timed
+    steps: weights, gradients, AdamW state and activations), peak_reserved_gib, static_mem_gib
+    (allocated between steps), tflops (model FLOPs / step time, formula in `flops_per_token`),
+    matmul_tflops (bf16 matmul rate measured in the same run), frac_of_matmul (the floor: FLOPs at
+    that rate), status ("ok" or "oom"), loss, params, device.
+Out-of-memory is recorded with status "oom" (no rate) and the test is skipped, not failed.
+
+Shapes (GPU), each for model in (hybrid, transformer) and activation checkpointing off / on:
+    - issue 10's table: 8x8192, 1x32768, 1x65536, 1x131072;
+    - the context sweep: contexts HYBRIDNA_BENCH_CONTEXTS (default 1024,...,131072) at
+      HYBRIDNA_BENCH_TOKENS tokens per step (default 131072; batch = tokens / context).
+Ids look like `hybrid-B8xL8192-ckpt_off`; select with -k, e.g. -k "B1xL131072 and ckpt_on".
+On CPU only the tiny preset at 2x256 runs (hybrid through the reference ops), so the suite stays green.
+
+Checkpointing is applied from the outside (each block's forward wrapped in torch.utils.checkpoint),
+as training code would; the model is not changed.
+
+Profile one step by kernel:
+    python bench/bench_model.py profile --model hybrid --batch 1 --seqlen 32768 --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import HAS_CUDA, is_oom, record_oom, release_cuda_memory  # noqa: E402
+from transformer_baseline import TransformerConfig, TransformerLM  # noqa: E402
+
+MODELS = ("hybrid", "transformer")
+PRESET = os.environ.get("HYBRIDNA_BENCH_PRESET", "300m")
+ISSUE10_SHAPES = [(8, 8192), (1, 32768), (1, 65536), (1, 131072)]
+SWEEP_TOKENS = int(os.environ.get("HYBRIDNA_BENCH_TOKENS", 131072))
+SWEEP_CONTEXTS = [int(c) for c in os.environ.get(
+    "HYBRIDNA_BENCH_CONTEXTS", "1024,2048,4096,8192,16384,32768,65536,131072").split(",")]
+ROUNDS = int(os.environ.get("HYBRIDNA_BENCH_ROUNDS", 3))
+WARMUP = int(os.environ.get("HYBRIDNA_BENCH_WARMUP", 1))
+CPU_PRESET, CPU_SHAPE = "tiny", (2, 256)
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+# ---- models ---------------------------------------------------------------------------------------
+
+def hybrid_api():
+    """(HybriDNA, HybriDNAConfig), or pytest.skip when the model is not importable yet."""
+    try:
+        from hybridna.config import HybriDNAConfig
+        from hybridna.model import HybriDNA
+    except ImportError as e:  # the model lands separately (issue 6)
+        pytest.skip(f"hybridna.model not importable: {e}")
+    return HybriDNA, HybriDNAConfig
+
+
+def build_model(kind: str, preset: str, device=DEVICE, seed: int = 0) -> nn.Module:
+    """The hybrid of `preset`, or the Transformer of the same width, depth and parameter count."""
+    from hybridna.config import HybriDNAConfig
+
+    hcfg = HybriDNAConfig.preset(preset)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        if kind == "hybrid":
+            model = hybrid_api()[0](hcfg)
+        elif kind == "transformer":
+            model = TransformerLM(TransformerConfig.matching(hcfg, hcfg.num_params()))
+        else:
+            raise ValueError(f"kind: expected one of {MODELS}, got {kind!r}")
+    return model.to(device)
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's list of residual blocks: `layers` / `blocks` / `h`, else its longest ModuleList."""
+    for name in ("layers", "blocks", "h"):
+        m = getattr(model, name, None)
+        if isinstance(m, nn.ModuleList):
+            return m
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"model: no nn.ModuleList of blocks found in {type(model).__name__}")
+    return max(lists, key=len)
+
+
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Wrap (or unwrap) every block's forward in non-reentrant torch.utils.checkpoint. Done by
+    patching the instance's forward, so module names, attributes and the optimizer's parameters
+    stay as they are."""
+    for block in find_blocks(model):
+        patched = "forward" in block.__dict__
+        if on and not patched:
+            block.forward = functools.partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)
+        elif not on and patched:
+            del block.forward
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(kind: str, preset: str, seqlen: int) -> float:
+    """Model FLOPs per token of one training step (forward + backward, recomputation not counted):
+    6 x matmul parameters (embedding lookup excluded, the LM head included), causal attention
+    7 * L * heads * head_dim per attention layer (forward 2, backward 5), and the chunked SSD's
+    matmuls 3 * nheads * (2Q(N + P) + 4PN) per Mamba2 layer (Q chunk, N d_state, P headdim)."""
+    from hybridna.config import HybriDNAConfig
+
+    h = HybriDNAConfig.preset(preset)
+    if kind == "transformer":
+        t = TransformerConfig.matching(h, h.num_params())
+        dense = t.num_params() - t.vocab_size * t.d_model * (1 if t.tie_embeddings else 2) + t.vocab_size * t.d_model
+        attn = t.n_layers * 7 * seqlen * t.n_heads * t.head_dim
+        return 6 * dense + attn
+    emb = h.padded_vocab_size * h.d_model
+    dense = h.num_params(include_embeddings=False) + emb  # LM head matmul
+    n_attn = len(h.attn_layer_idx)
+    attn = n_attn * 7 * seqlen * h.attn_n_heads * h.attn_head_dim
+    Q, N, P = h.chunk_size, h.d_state, h.headdim
+    ssd = (h.n_layer - n_attn) * 3 * h.nheads * (2 * Q * (N + P) + 4 * P * N)
+    return 6 * dense + attn + ssd
+
+
+@functools.lru_cache(maxsize=1)
+def matmul_tflops() -> float | None:
+    """bf16 matmul rate of this card, measured in this run (8192^3, median of CUDA-event timings)."""
+    if not HAS_CUDA:
+        return None
+    import triton.testing
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = triton.testing.do_bench(lambda: a @ b, return_mode="median")
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * 8192**3 / (ms * 1e-3) / 1e12
+
+
+class _Cache:
+    """One (model, optimizer) alive at a time: two 300m models with AdamW state would hold ~10 GB."""
+    key = None
+    model = None
+    opt = None
+
+
+def get_model(kind: str, preset: str):
+    if _Cache.key != (kind, preset):
+        _Cache.key = _Cache.model = _Cache.opt = None
+        release_cuda_memory()
+        model = build_model(kind, preset)
+        # fused AdamW on CUDA (what the issue 10 reference uses); the default foreach path on CPU.
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=HAS_CUDA)
+        _Cache.key, _Cache.model, _Cache.opt = (kind, preset), model, opt
+    return _Cache.model, _Cache.opt
+
+
+def op_backend(kind: str):
+    """The hybrid runs its kernels on GPU; on CPU its reference ops (the interpreter is far too slow
+    for a whole model)."""
+    if kind == "hybrid" and not HAS_CUDA:
+        from hybridna_kernels.utils import backend
+
+        return backend("reference")
+    return contextlib.nullcontext()
+
+
+def random_bases(batch: int, seqlen: int, generator=None) -> torch.Tensor:
+    """Random A/C/G/T token ids (N and the special tokens are ignored by the hybrid's loss)."""
+    from hybridna.tokenizer import A_ID, T_ID
+
+    return torch.randint(A_ID, T_ID + 1, (batch, seqlen), generator=generator).to(DEVICE)
+
+
+def make_step(model, opt, input_ids, losses: list):
+    def step():
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            out = model(input_ids, labels=input_ids)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(out.loss.detach())
+        if HAS_CUDA:
+            torch.cuda.synchronize()
+    return step
+
+
+# ---- the training-step benchmark ------------------------------------------------------------------
+
+def _gpu_shapes() -> list[tuple[int, int]]:
+    shapes = list(ISSUE10_SHAPES)
+    for ctx in sorted(SWEEP_CONTEXTS):
+        if ctx <= SWEEP_TOKENS and SWEEP_TOKENS % ctx == 0 and (SWEEP_TOKENS // ctx, ctx) not in shapes:
+            shapes.append((SWEEP_TOKENS // ctx, ctx))
+    return shapes
+
+
+def _cases():
+    cases = []
+    for kind in MODELS:
+        cases += [pytest.param(kind, CPU_PRESET, *CPU_SHAPE, ckpt,
+                               id=f"{kind}-{CPU_PRESET}-B{CPU_SHAPE[0]}xL{CPU_SHAPE[1]}-ckpt_{'on' if ckpt else 'off'}")
+                  for ckpt in (False, True)]
+    for kind in MODELS:
+        for b, L in _gpu_shapes():
+            cases += [pytest.param(kind, PRESET, b, L, ckpt, marks=pytest.mark.gpu,
+                                   id=f"{kind}-B{b}xL{L}-ckpt_{'on' if ckpt else 'off'}")
+                      for ckpt in (False, True)]
+    return cases
+
+
+@pytest.mark.parametrize("kind, preset, batch, seqlen, ckpt", _cases())
+def test_train_step(benchmark, kind, preset, batch, seqlen, ckpt):
+    tokens = batch * seqlen
+    benchmark.group = f"train-step B{batch}xL{seqlen}"
+    info = dict(bench="model_train_step", model=kind, preset=preset, batch=batch, seqlen=seqlen,
+                tokens_per_step=tokens, checkpointing=ckpt, dtype="bf16-autocast, fp32 weights",
+                optimizer="AdamW fused" if HAS_CUDA else "AdamW",
+                alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""))
+    benchmark.extra_info.update(info)
+    model, opt = get_model(kind, preset)
+    benchmark.extra_info["params"] = num_params(model)
+    set_checkpointing(model, ckpt)
+    input_ids = random_bases(batch, seqlen)
+    losses: list = []
+    step = make_step(model, opt, input_ids, losses)
+
+    oom = None
+    with op_backend(kind):
+        try:
+            for _ in range(WARMUP):
+                step()
+        except Exception as e:  # noqa: BLE001 - only OOM is tolerated, the rest re-raised
+            if not is_oom(e):
+                raise
+            oom = f"{type(e).__name__}: {e}"
+    if oom is not None:
+        opt.zero_grad(set_to_none=True)
+        del step, input_ids, losses
+        release_cuda_memory()
+        record_oom(benchmark, oom)  # skips
+
+    if HAS_CUDA:
+        static = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    with op_backend(kind):
+        try:
+            benchmark.pedantic(step, rounds=ROUNDS if HAS_CUDA else 1, iterations=1)
+        except Exception as e:  # noqa: BLE001
+            if not is_oom(e):
+                raise
+            oom = f"{type(e).__name__}: {e}"
+    if oom is not None:  # the row cannot be recorded any more (the fixture was used): skip with the reason
+        opt.zero_grad(set_to_none=True)
+        del step, input_ids, losses
+        release_cuda_memory()
+        pytest.skip(f"out of memory during the timed steps: {oom[:200]}")
+
+    loss = torch.stack(losses).float()
+    assert torch.isfinite(loss).all(), f"non-finite loss in {kind} {batch}x{seqlen}: {loss.tolist()}"
+    median_s = benchmark.stats.stats.median
+    ex = benchmark.extra_info
+    ex["status"] = "ok"
+    ex["loss"] = round(loss[-1].item(), 4)
+    ex["step_ms"] = round(median_s * 1e3, 2)
+    ex["tokens_per_s"] = round(tokens / median_s, 1)
+    fpt = flops_per_token(kind, preset, seqlen)
+    ex["model_tflops"] = round(fpt * tokens / median_s / 1e12, 2)
+    if HAS_CUDA:
+        ex["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        ex["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+        ex["static_mem_gib"] = round(static / 2**30, 3)
+        ex["device"] = torch.cuda.get_device_name()
+        ex["device_mem_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        mm = matmul_tflops()
+        ex["matmul_tflops"] = round(mm, 1)
+        ex["frac_of_matmul"] = round(ex["model_tflops"] / mm, 3)
+    del step, input_ids, losses
+    set_checkpointing(model, False)
+
+
+# ---- correctness: the same step through the kernels and through the references -------------------
+
+def _grads(model, input_ids, *, backend_name: str, autocast: bool):
+    from hybridna_kernels.utils import backend
+
+    model.zero_grad(set_to_none=True)
+    with backend(backend_name), torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids, labels=input_ids).loss
+    with backend(backend_name):
+        loss.backward()
+    g = torch.cat([p.grad.detach().float().flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad(set_to_none=True)
+    return loss.detach().double(), g.double()
+
+
+def _rel(a, b) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+CHECK_CASES = [
+    # CPU: the kernels through Triton's interpreter in fp32 against the references in fp32, at the
+    # DESIGN fp32 tolerances (forward 1e-5 for the loss, gradients 1e-4 for the global gradient).
+    pytest.param("tiny", 1, 128, False, 1e-5, 1e-4, id="tiny-B1xL128-fp32"),
+    # GPU: the benchmarked configuration (bf16 autocast) through the kernels against the references
+    # in fp32, at the DESIGN bf16 tolerances; the references' own bf16 error is recorded beside it.
+    pytest.param("300m", 1, 2048, True, 1e-2, 2e-2, marks=pytest.mark.gpu, id="300m-B1xL2048-bf16"),
+]
+
+
+@pytest.mark.parametrize("preset, batch, seqlen, autocast, tol_loss, tol_grad", CHECK_CASES)
+def test_train_step_matches_reference(benchmark, preset, batch, seqlen, autocast, tol_loss, tol_grad):
+    """Loss and every parameter gradient (as one vector) of the hybrid: kernels vs references."""
+    if HAS_CUDA and preset == "tiny":
+        pytest.skip("CPU-interpreter case; the GPU runs the 300m case")
+    hybrid_api()
+    benchmark.group = "train-step check"
+    model = build_model("hybrid", preset)
+    input_ids = random_bases(batch, seqlen, torch.Generator().manual_seed(1))
+
+    loss_ref, g_ref = _grads(model, input_ids, backend_name="reference", autocast=False)
+    loss_k, g_k = _grads(model, input_ids, backend_name="triton", autocast=autocast)
+    ex = benchmark.extra_info
+    ex.update(bench="model_step_check", preset=preset, batch=batch, seqlen=seqlen,
+              dtype="bf16-autocast" if autocast else "fp32", tol_loss=tol_loss, tol_grad=tol_grad)
+    ex["loss_ref"] = loss_ref.item()
+    ex["loss_kernels"] = loss_k.item()
+    ex["loss_rel_err"] = _rel(loss_k, loss_ref)
+    ex["grad_rel_err"] = _rel(g_k, g_ref)
+    if autocast:
+        loss_rb, g_rb = _grads(model, input_ids, backend_name="reference", autocast=True)
+        ex["ref_bf16_loss_rel_err"] = _rel(loss_rb, loss_ref)
+        ex["ref_bf16_grad_rel_err"] = _rel(g_rb, g_ref)
+        del g_rb
+
+    def kernel_step():
+        _grads(model, input_ids, backend_name="triton", autocast=autocast)
+        if HAS_CUDA:
+            torch.cuda.synchronize()
+
+    benchmark.pedantic(kernel_step, rounds=1, iterations=1)
+    assert torch.isfinite(loss_k) and torch.isfinite(g_k).all(), "non-finite loss or gradient through the kernels"
+    assert ex["loss_rel_err"] <= tol_loss, f"loss: kernels {loss_k.item()} vs reference {loss_ref.item()}"
+    assert ex["grad_rel_err"] <= tol_grad, f"gradients: relative error {ex['grad_rel_err']:.3g} > {tol_grad}"
+    del model, g_ref, g_k
+    release_cuda_memory()
+
+
+# ---- profile by kernel ----------------------------------------------------------------------------
+
+_CATEGORIES = [
+    ("ssd (Triton)", ("ssd", "chunk_state", "chunk_scan", "state_passing", "bmm_chunk", "chunk_cumsum")),
+    ("conv1d (Triton)", ("conv1d", "conv_")),
+    ("attention", ("attn", "flash", "fmha", "attention", "sdpa")),
+    ("matmul (cuBLAS/CUTLASS)", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "wgmma", "sm90_", "sm80_")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("norm", ("rms", "norm")),
+    ("loss", ("cross_entropy", "nll", "log_softmax", "softmax")),
+    ("copy / cast / fill", ("copy", "cast", "fill", "zero", "cat", "memcpy", "memset")),
+    ("elementwise / reduce", ("elementwise", "vectorized", "unrolled", "reduce", "silu", "mul", "add", "exp")),
+]
+
+
+def kernel_category(name: str) -> str:
+    n = name.lower()
+    for cat, keys in _CATEGORIES:
+        if any(k in n for k in keys):
+            return cat
+    return "other"
+
+
+def _device_time_us(evt, self_only=True) -> float:
+    for attr in (("self_device_time_total", "self_cuda_time_total") if self_only
+                 else ("device_time_total", "cuda_time_total")):
+        v = getattr(evt, attr, None)
+        if v is not None:
+            return float(v)
+    return 0.0
+
+
+def profile_train_step(kind: str, batch: int, seqlen: int, out_dir: str, *, preset: str = PRESET,
+                       ckpt: bool = False, warmup: int = 2, top: int = 30) -> dict:
+    """torch.profiler over one training step after `warmup` steps; writes
+    profile_<kind>_B<b>xL<L>.txt (top kernels, categories, op table) and .json under out_dir."""
+    from torch.profiler import ProfilerActivity, profile
+
+    os.makedirs(out_dir, exist_ok=True)
+    model, opt = get_model(kind, preset)
+    set_checkpointing(model, ckpt)
+    input_ids = random_bases(batch, seqlen)
+    losses: list = []
+    step = make_step(model, opt, input_ids, losses)
+    with op_backend(kind):
+        for _ in range(warmup):
+            step()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if HAS_CUDA else [])
+        with profile(activities=acts) as prof:
+            step()
+    set_checkpointing(model, False)
+    evts = prof.key_averages()
+    kernels = []
+    for e in evts:
+        is_dev = str(getattr(e, "device_type", "")).endswith("CUDA")
+        t = _device_time_us(e)
+        if is_dev and t > 0:
+            kernels.append(dict(name=e.key, calls=e.count, self_us=t, category=kernel_category(e.key)))
+    kernels.sort(key=lambda k: -k["self_us"])
+    total = sum(k["self_us"] for k in kernels) or 1.0
+    cats: dict[str, float] = {}
+    for k in kernels:
+        cats[k["category"]] = cats.get(k["category"], 0.0) + k["self_us"]
+    tag = f"{kind}_B{batch}xL{seqlen}{'_ckpt' if ckpt else ''}"
+    summary = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, checkpointing=ckpt,
+                   device=torch.cuda.get_device_name() if HAS_CUDA else "cpu",
+                   total_kernel_ms=round(total / 1e3, 3), loss=losses[-1].item(),
+                   categories={c: dict(ms=round(t / 1e3, 3), frac=round(t / total, 4))
+                               for c, t in sorted(cats.items(), key=lambda x: -x[1])},
+                   top_kernels=[dict(k, ms=round(k["self_us"] / 1e3, 3), frac=round(k["self_us"] / total, 4))
+                                for k in kernels[:top]])
+    lines = [f"# one training step, {kind} {preset}, {batch}x{seqlen}, ckpt={ckpt}, {summary['device']}",
+             f"# total kernel time {summary['total_kernel_ms']} ms", "", "## by category"]
+    lines += [f"{c:28s} {v['ms']:10.2f} ms {100 * v['frac']:6.1f}%" for c, v in summary["categories"].items()]
+    lines += ["", f"## top {top} kernels (self device time)"]
+    lines += [f"{k['ms']:10.2f} ms {100 * k['frac']:6.1f}% {k['calls']:6d}x  [{k['category']}] {k['name'][:140]}"
+              for k in summary["top_kernels"]]
+    lines += ["", "## op table"]
+    keys = ("self_device_time_total", "self_cuda_time_total") if HAS_CUDA else ("self_cpu_time_total",)
+    for key in keys:  # the sort key was renamed across torch versions
+        try:
+            lines.append(evts.table(sort_by=key, row_limit=40))
+            break
+        except Exception as e:  # noqa: BLE001
+            lines.append(f"(table sorted by {key} failed: {e})")
+    with open(os.path.join(out_dir, f"profile_{tag}.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out_dir, f"profile_{tag}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    del step, input_ids
+    return summary
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("profile", help="torch.profiler summary of one training step, by kernel")
+    pp.add_argument("--model", choices=MODELS, default="hybrid")
+    pp.add_argument("--preset", default=PRESET)
+    pp.add_argument("--batch", type=int, default=1)
+    pp.add_argument("--seqlen", type=int, default=32768)
+    pp.add_argument("--ckpt", action="store_true", help="activation checkpointing on every block")
+    pp.add_argument("--top", type=int, default=30)
+    pp.add_argument("--out", required=True, help="folder for profile_<tag>.txt / .json")
+    a = p.parse_args(argv)
+    s = profile_train_step(a.model, a.batch, a.seqlen, a.out, preset=a.preset, ckpt=a.ckpt, top=a.top)
+    print(json.dumps({k: v for k, v in s.items() if k != "top_kernels"}, indent=1))
+    for k in s["top_kernels"][:10]:
+        print(f"{k['ms']:9.2f} ms {100 * k['frac']:5.1f}%  {k['name'][:100]}")
+
+
+if __name__ == "__main__":
+    main()
