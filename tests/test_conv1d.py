@@ -297,9 +297,11 @@ def test_kernel_matches_reference(case):
     _check_kernel(B, D, L, W, dtype, layout, seed=W * 100 + L, **f)
 
 
+_GPU_DTYPE_CASES = [(W, torch.bfloat16) for W in WIDTHS] + [(W, d) for W in (2, 4, 8) for d in (torch.float16, torch.float32)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("W", WIDTHS, ids=lambda w: f"W{w}")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=dtype_id)
+@pytest.mark.parametrize("W,dtype", _GPU_DTYPE_CASES, ids=lambda v: f"W{v}" if isinstance(v, int) else dtype_id(v))
 def test_kernel_gpu_dtypes(W, dtype):
     _check_kernel(2, 2064, 500, W, dtype, "cl", nseg=3, seed=W)
     _check_kernel(2, 37, 63, W, dtype, "strided", act=None, seed=W + 1)

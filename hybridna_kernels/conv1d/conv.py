@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import autotune, cdiv, new_empty
+from ..utils import cdiv, new_empty
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_fwd", "causal_conv1d_bwd"]
 
@@ -217,27 +217,29 @@ def _conv1d_bwd_kernel(
 
 
 def _fwd_configs():
-    # First entry: the one the interpreter runs (large tiles = few interpreted programs).
-    cfgs = [triton.Config({"BT": 64, "BD": 64}, num_warps=4)]
-    for bt, bd, nw in [(32, 128, 4), (64, 128, 4), (64, 128, 8), (128, 64, 4), (16, 256, 4), (32, 256, 8),
-                       (128, 128, 8), (256, 32, 4)]:
-        cfgs.append(triton.Config({"BT": bt, "BD": bd}, num_warps=nw))
-    return cfgs
+    """Tile configs the benchmark sweeps (bench/bench_conv1d.py --sweep)."""
+    return [triton.Config({"BT": bt, "BD": bd}, num_warps=nw) for bt, bd, nw in [
+        (64, 128, 4), (32, 128, 4), (64, 128, 8), (128, 64, 4), (16, 256, 4), (32, 256, 8),
+        (128, 128, 8), (256, 32, 4), (64, 64, 4)]]
 
 
 def _bwd_configs():
-    cfgs = [triton.Config({"BT": 32, "BD": 64}, num_warps=4)]
-    for bt, bd, nw in [(16, 128, 4), (32, 128, 8), (64, 64, 8), (16, 64, 4), (8, 256, 4), (64, 128, 8)]:
-        cfgs.append(triton.Config({"BT": bt, "BD": bd}, num_warps=nw))
-    return cfgs
+    return [triton.Config({"BT": bt, "BD": bd}, num_warps=nw) for bt, bd, nw in [
+        (32, 64, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8), (16, 64, 4), (8, 256, 4), (64, 128, 8)]]
 
 
-# sxt: D for channel-last x, 1 for channel-first; seqlen is not in the key.
-_KEY = ["D", "W", "SILU", "HAS_SEQ", "sxt"]
+# Fixed tile choices instead of autotuning: first-call tuning would cost ~20 compiles per key, and
+# the best tiles depend on layout and width only (bench/RESULTS.md has the sweep).
+def _fwd_config(x, W):
+    if x.stride(2) == 1 and x.shape[2] > 1:  # time-contiguous (channel-first): long rows along t
+        return dict(BT=128, BD=32, num_warps=4)
+    return dict(BT=64, BD=128, num_warps=4)
 
-# Autotuned on GPU (keyed on what changes the best tiling); one fixed config under the interpreter.
-_fwd_tuned = autotune(_fwd_configs(), key=_KEY)(_conv1d_fwd_kernel)
-_bwd_tuned = autotune(_bwd_configs(), key=_KEY)(_conv1d_bwd_kernel)
+
+def _bwd_config(x, W):
+    if x.stride(2) == 1 and x.shape[2] > 1:
+        return dict(BT=64, BD=16, num_warps=4)
+    return dict(BT=32, BD=64, num_warps=4)
 
 
 def _layout_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -269,13 +271,9 @@ def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_states=None
     )
     flags = dict(W=W, WP=_pow2(W), SILU=activation == "silu", HAS_BIAS=bias is not None,
                  HAS_H0=initial_states is not None, HAS_SEQ=seq_idx is not None, STORE_HT=ht is not None)
-    if config is not None:
-        grid = (cdiv(L, config["BT"]), cdiv(D, config["BD"]), B)
-        _conv1d_fwd_kernel[grid](*args, **flags, BT=config["BT"], BD=config["BD"],
-                                 num_warps=config.get("num_warps", 4))
-    else:
-        grid = lambda meta: (cdiv(L, meta["BT"]), cdiv(D, meta["BD"]), B)  # noqa: E731
-        _fwd_tuned[grid](*args, **flags)
+    cfg = config or _fwd_config(x, W)
+    grid = (cdiv(L, cfg["BT"]), cdiv(D, cfg["BD"]), B)
+    _conv1d_fwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], num_warps=cfg.get("num_warps", 4))
     return y, ht
 
 
@@ -292,9 +290,8 @@ def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, 
     """Launch the backward kernel. Returns (dx, dweight, dbias or None, dinitial_states or None)."""
     B, D, L = x.shape
     W = weight.shape[1]
-    CH = _chunk_len(L, B, D)
-    if config is not None:
-        CH = max(CH, config["BT"])
+    cfg = config or _bwd_config(x, W)
+    CH = max(_chunk_len(L, B, D), cfg["BT"])
     n_c = cdiv(L, CH)
     dx = _layout_like(x, x.dtype)
     dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
@@ -312,13 +309,8 @@ def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, 
     flags = dict(W=W, WP=_pow2(W), SILU=activation == "silu", HAS_BIAS=bias is not None,
                  HAS_H0=initial_states is not None, HAS_SEQ=seq_idx is not None, HAS_GH=dht is not None,
                  STORE_DH0=dh0 is not None)
-    grid = (n_c, cdiv(D, 64 if config is None else config["BD"]), B)
-    if config is not None:
-        _conv1d_bwd_kernel[grid](*args, **flags, BT=config["BT"], BD=config["BD"],
-                                 num_warps=config.get("num_warps", 4))
-    else:
-        grid = lambda meta: (n_c, cdiv(D, meta["BD"]), B)  # noqa: E731
-        _bwd_tuned[grid](*args, **flags)
+    grid = (n_c, cdiv(D, cfg["BD"]), B)
+    _conv1d_bwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], num_warps=cfg.get("num_warps", 4))
     # fixed-order reduction of the per-program partials: deterministic
     dw = dwp.sum(0).t().to(weight.dtype)
     db = dbp.sum(0).to(bias.dtype) if bias is not None else None

@@ -1,0 +1,216 @@
+"""causal_conv1d benchmarks (issue 3): hybridna's Triton kernels, PyTorch's grouped F.conv1d (cuDNN) and
+the causal-conv1d peer when it is installed.
+
+    pytest bench/bench_conv1d.py --benchmark-only           # pytest-benchmark table + extra_info rates
+    python bench/bench_conv1d.py [--sweep] [--json out]      # plain table; --sweep times every tile config
+
+Rate: bytes that must cross HBM (forward: read x, write y; backward: read x and dy, write dx), as a
+fraction of the device-to-device copy bandwidth measured in the same run. Every timed shape is first
+checked against the float64 reference (on a slice for the largest shapes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+sys.path.insert(0, os.path.join(_ROOT, "tests"))
+
+from helpers import tol  # noqa: E402  (tests/helpers.py: DESIGN.md's tolerance table)
+
+from hybridna_kernels import causal_conv1d  # noqa: E402
+from hybridna_kernels.conv1d import causal_conv1d_ref  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+DEV = "cuda" if HAS_CUDA else "cpu"
+
+try:  # the peer (Tri Dao's CUDA kernels); absent on the GPU machine unless installed
+    from causal_conv1d import causal_conv1d_fn as peer_causal_conv1d_fn
+    PEER_SKIP = None
+except ImportError as e:
+    peer_causal_conv1d_fn = None
+    PEER_SKIP = f"causal_conv1d not importable: {e}"
+
+# (name, batch, dim, seqlen, width): issue 3's shapes on GPU, a tiny one for CPU runs
+GPU_SHAPES = [("B8-D2304-L8192-W4", 8, 2304, 8192, 4), ("B8-D2304-L8192-W8", 8, 2304, 8192, 8),
+              ("B1-D2304-L131072-W4", 1, 2304, 131072, 4)]
+CPU_SHAPES = [("B1-D64-L128-W4", 1, 64, 128, 4)]
+PROVIDERS = ["hybridna", "reference", "causal_conv1d"]
+
+
+def make_inputs(B, D, L, W, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    x = torch.randn(B, L, D, generator=g, device=DEV, dtype=dtype).transpose(1, 2)  # channel-last
+    w = (torch.randn(D, W, generator=g, device=DEV, dtype=torch.float32) / W**0.5).to(dtype)
+    b = torch.randn(D, generator=g, device=DEV, dtype=dtype)
+    return x, w, b
+
+
+def forward_fn(provider, x, w, b):
+    W = w.shape[1]
+    if provider == "hybridna":
+        return lambda: causal_conv1d(x, w, b, activation="silu")
+    if provider == "reference":  # grouped conv (cuDNN on GPU), the PyTorch way to write it
+        return lambda: F.silu(F.conv1d(x, w[:, None], b, padding=W - 1, groups=x.shape[1])[..., : x.shape[-1]])
+    if provider == "causal_conv1d":
+        return lambda: peer_causal_conv1d_fn(x, w, b, activation="silu")
+    raise ValueError(provider)
+
+
+def check_forward(provider, x, w, b, dtype):
+    """Correctness at the timed shape before timing: against float64 on a slice of channels."""
+    y = forward_fn(provider, x, w, b)()
+    sl = slice(0, min(x.shape[1], 256))
+    yr = causal_conv1d_ref(x[:, sl].double(), w[sl].double(), b[sl].double(), "silu")
+    err = ((y[:, sl].double() - yr).norm() / yr.norm()).item()
+    assert torch.isfinite(y).all() and err <= tol(dtype, "fwd"), f"{provider}: forward rel err {err:.2e}"
+    return err
+
+
+def check_backward(provider, x, w, b, dtype):
+    sl = slice(0, min(x.shape[1], 256))
+    xs, ws, bs = (t[:, sl] if t.dim() == 3 else t[sl] for t in (x, w, b))
+    xs, ws, bs = (t.detach().clone().requires_grad_() for t in (xs, ws, bs))
+    if xs.dim() == 3 and x.stride(1) == 1:
+        xs = xs.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    gy = torch.randn_like(xs)
+    y = forward_fn(provider, xs, ws, bs)()
+    grads = torch.autograd.grad(y, (xs, ws, bs), gy)
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (xs, ws, bs))
+    grads_r = torch.autograd.grad(causal_conv1d_ref(xr, wr, br, "silu"), (xr, wr, br), gy.double())
+    errs = [((a.double() - r).norm() / r.norm()).item() for a, r in zip(grads, grads_r)]
+    assert all(e <= tol(dtype, "grad") for e in errs), f"{provider}: gradient rel errs {errs}"
+    return max(errs)
+
+
+def _shape_params():
+    shapes = [pytest.param(s, marks=pytest.mark.gpu, id=s[0]) for s in GPU_SHAPES]
+    return shapes + [pytest.param(s, id=s[0]) for s in CPU_SHAPES]
+
+
+def _skip_unavailable(provider, W):
+    if provider == "causal_conv1d" and PEER_SKIP:
+        pytest.skip(PEER_SKIP)
+    if provider == "causal_conv1d" and W > 4:
+        pytest.skip("causal_conv1d supports widths 2..4 only")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape", _shape_params())
+def test_conv1d_fwd(benchmark, copy_bandwidth_gbs, shape, provider):
+    from conftest import run_benchmark
+
+    name, B, D, L, W = shape
+    _skip_unavailable(provider, W)
+    dtype = torch.bfloat16 if HAS_CUDA else torch.float32
+    x, w, b = make_inputs(B, D, L, W, dtype)
+    err = check_forward(provider, x, w, b, dtype)
+    nbytes = 2 * x.numel() * x.element_size()
+    run_benchmark(benchmark, forward_fn(provider, x, w, b), nbytes=nbytes, copy_gbs=copy_bandwidth_gbs,
+                  shape=name, dtype=str(dtype), provider=provider, rel_err=err)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape", [p for p in _shape_params() if p.id.endswith("W4")])
+def test_conv1d_fwd_bwd(benchmark, copy_bandwidth_gbs, shape, provider):
+    from conftest import run_benchmark
+
+    name, B, D, L, W = shape
+    _skip_unavailable(provider, W)
+    dtype = torch.bfloat16 if HAS_CUDA else torch.float32
+    x, w, b = make_inputs(B, D, L, W, dtype)
+    err = check_backward(provider, x, w, b, dtype)
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    gy = torch.randn_like(x)
+    fwd = forward_fn(provider, x, w, b)
+
+    def step():
+        torch.autograd.grad(fwd(), (x, w, b), gy)
+
+    nbytes = 5 * x.numel() * x.element_size()  # fwd: x, y; bwd: x, dy, dx
+    run_benchmark(benchmark, step, nbytes=nbytes, copy_gbs=copy_bandwidth_gbs,
+                  shape=name, dtype=str(dtype), provider=provider, grad_rel_err=err)
+
+
+# ------------------------------------------------------------------------------------------------
+# Script mode: one table for RESULTS.md, optionally every tile config (for choosing the autotune list)
+# ------------------------------------------------------------------------------------------------
+
+
+def _bench(fn):
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+
+
+def _copy_gbs():
+    n = 512 * 1024 * 1024
+    src = torch.empty(n, dtype=torch.bfloat16, device=DEV).uniform_()
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src))
+    return 2 * n * 2 / (ms * 1e-3) / 1e9
+
+
+def main(argv=None):
+    from hybridna_kernels.conv1d import conv
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", action="store_true", help="also time every forward/backward tile config")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    assert HAS_CUDA, "script mode times on a GPU"
+    dtype = torch.bfloat16
+    rows = []
+    copy = _copy_gbs()
+    print(f"device {torch.cuda.get_device_name()}  copy bandwidth {copy:.0f} GB/s")
+    for name, B, D, L, W in GPU_SHAPES:
+        x, w, b = make_inputs(B, D, L, W, dtype)
+        nb = x.numel() * x.element_size()
+        for prov in PROVIDERS:
+            if prov == "causal_conv1d" and (PEER_SKIP or W > 4):
+                print(f"{name} {prov}: skipped ({PEER_SKIP or 'width > 4 unsupported by the peer'})")
+                continue
+            err = check_forward(prov, x, w, b, dtype)
+            ms = _bench(forward_fn(prov, x, w, b))
+            rows.append(dict(shape=name, op="fwd", provider=prov, ms=ms, gbs=2 * nb / ms / 1e6, rel_err=err))
+            if W == 4 and not name.startswith("B1"):
+                gerr = check_backward(prov, x, w, b, dtype)
+                xg, wg, bg = (t.detach().clone().requires_grad_() for t in (x, w, b))
+                gy = torch.randn_like(xg)
+                f = forward_fn(prov, xg, wg, bg)
+                ms2 = _bench(lambda: torch.autograd.grad(f(), (xg, wg, bg), gy))
+                rows.append(dict(shape=name, op="fwd+bwd", provider=prov, ms=ms2, gbs=5 * nb / ms2 / 1e6,
+                                 rel_err=gerr))
+        if args.sweep:
+            for cfg in conv._fwd_configs():
+                c = dict(cfg.kwargs, num_warps=cfg.num_warps)
+                ms = _bench(lambda: conv.causal_conv1d_fwd(x, w, b, "silu", config=c))
+                rows.append(dict(shape=name, op="fwd-sweep", provider=str(c), ms=ms, gbs=2 * nb / ms / 1e6))
+            if not name.startswith("B1"):
+                gy = torch.randn_like(x)
+                for cfg in conv._bwd_configs():
+                    c = dict(cfg.kwargs, num_warps=cfg.num_warps)
+                    ms = _bench(lambda: conv.causal_conv1d_bwd(x, w, b, "silu", None, None, gy, None, False,
+                                                               config=c))
+                    rows.append(dict(shape=name, op="bwd-sweep", provider=str(c), ms=ms, gbs=3 * nb / ms / 1e6))
+        del x, w, b
+        torch.cuda.empty_cache()
+    for r in rows:
+        r["frac_copy"] = r["gbs"] / copy
+        print(f"{r['shape']:22s} {r['op']:9s} {r['provider']:45s} {r['ms']:8.4f} ms {r['gbs']:7.0f} GB/s "
+              f"{r['frac_copy']:.2f} of copy" + (f"  err {r['rel_err']:.1e}" if "rel_err" in r else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), copy_gbs=copy, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
