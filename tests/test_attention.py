@@ -190,3 +190,156 @@ def test_public_function_matches_reference_on_cpu():
     assert o.dtype == q.dtype and lse.dtype == torch.float32 and lse.shape == (1, 4, 9)
     assert_close("o", o_ref, o, tol(torch.float32))
     assert_close("lse", lse_ref, lse, tol(torch.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels against the reference (interpreter on CPU, Triton on GPU), outputs NaN-poisoned
+# ---------------------------------------------------------------------------------------------
+
+
+def _make(B, Lq, Lk, Hq, Hkv, D, dtype, device=DEVICE, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda L, H: torch.randn(B, L, H, D, generator=g).to(device=device, dtype=dtype).requires_grad_()  # noqa: E731
+    return mk(Lq, Hq), mk(Lk, Hkv), mk(Lk, Hkv)
+
+
+def _check(q, k, v, *, causal=True, window=None, cu_seqlens=None, max_seqlen=None, softmax_scale=None,
+           grads=True, seed=0):
+    """flash_attention against the float64 reference: o, lse (and where it is -inf), dq, dk, dv."""
+    dtype = q.dtype
+    o, lse = flash_attention(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale,
+                             cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, return_lse=True)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    o_ref, lse_ref = attention_ref(qd, kd, vd, causal=causal, window=window, softmax_scale=softmax_scale,
+                                   cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, return_lse=True)
+    assert o.dtype == dtype and lse.dtype == torch.float32
+    assert_close("o", o_ref, o, tol(dtype, "fwd"))
+    assert lse.shape == lse_ref.shape
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_ref)), "lse: -inf rows differ"
+    fin = torch.isfinite(lse_ref)
+    assert_close("lse", lse_ref[fin], lse[fin], tol(dtype, "fwd"))
+    if not grads:
+        return
+    gen = torch.Generator().manual_seed(seed + 1)
+    do = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)
+    refs = torch.autograd.grad(o_ref, (qd, kd, vd), do)
+    outs = torch.autograd.grad(o, (q, k, v), do.to(dtype))
+    for name, r, g in zip(("dq", "dk", "dv"), refs, outs):
+        assert g.dtype == dtype
+        if r.norm() < 1e-8 * do.norm():
+            # e.g. window 1: softmax over one key, dq = dk = 0 analytically; only rounding remains
+            assert torch.isfinite(g).all() and g.double().norm() <= tol(dtype, "grad") * do.norm(), name
+        else:
+            assert_close(name, r, g, tol(dtype, "grad"))
+
+
+_SHAPES = [
+    # B, Lq, Lk, Hq, Hkv, D, causal, window
+    (2, 1, 1, 2, 2, 32, True, None),        # seqlen 1
+    (1, 63, 63, 4, 1, 32, True, None),      # GQA 4:1, ragged length
+    (1, 63, 63, 8, 1, 16, False, None),     # MQA-like 8:1, non-causal
+    (1, 500, 500, 2, 1, 16, True, 5),       # sliding window 5: only blocks near the diagonal
+    (1, 500, 500, 1, 1, 32, True, None),
+    (1, 63, 63, 2, 2, 32, True, 1),         # window 1: each query sees itself
+    (1, 63, 63, 2, 1, 32, True, 100),       # window larger than seqlen
+    (2, 17, 80, 4, 2, 32, True, None),      # chunked prefill: queries are the last 17 positions
+    (1, 80, 17, 2, 1, 32, True, None),      # seqlen_q > seqlen_k: the first 63 queries see nothing
+    (1, 40, 70, 2, 2, 16, True, 9),
+    (1, 30, 50, 2, 1, 32, False, None),
+    (1, 20, 50, 2, 1, 32, True, None),      # offset 30: the diagonal starts 2 keys before a block edge
+    (1, 33, 33, 2, 1, 40, True, None),      # headdim 40: padded to 64
+    (1, 20, 20, 2, 2, 160, True, 7),        # headdim 160: padded to 256
+]
+
+
+def _shape_id(s):
+    B, Lq, Lk, Hq, Hkv, D, causal, window = s
+    return f"B{B}-Lq{Lq}-Lk{Lk}-H{Hq}:{Hkv}-D{D}-{'causal' if causal else 'full'}" + (f"-W{window}" if window else "")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("shape", _SHAPES, ids=_shape_id)
+def test_kernel_matches_reference(shape, dtype):
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, dtype)
+    _check(q, k, v, causal=causal, window=window)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("causal, window", [(True, None), (True, 7), (False, None)], ids=["causal", "W7", "full"])
+def test_kernel_varlen_with_empty_and_length_one_sequences(causal, window, dtype):
+    lens = [0, 1, 63, 5, 0, 130, 1]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+    q, k, v = _make(1, sum(lens), sum(lens), 4, 2, 32, dtype)
+    _check(q, k, v, causal=causal, window=window, cu_seqlens=cu, max_seqlen=max(lens))
+
+
+@pytest.mark.parametrize("window", [None, 45], ids=["causal", "W45"])
+def test_kernel_block_sizes_agree(window):
+    """Other block shapes (BM < BN, BM = BN = 16) walk the diagonal and window edges differently.
+    Offset 30 and W 45 put both edges one key off a block boundary for 16-blocks."""
+    from hybridna_kernels.attention.flash import attention_bwd, attention_fwd
+
+    q, k, v = _make(1, 111, 141, 2, 1, 32, torch.float32)
+    kw = dict(causal=True, window=window, softmax_scale=0.2)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    o_ref, lse_ref = attention_ref(qd, kd, vd, return_lse=True, **kw)
+    do = torch.randn_like(o_ref)
+    refs = torch.autograd.grad(o_ref, (qd, kd, vd), do)
+    for fwd_blocks, bwd_blocks in [((16, 16), ((16, 16), (16, 16))), ((32, 64), ((64, 32), (32, 64))),
+                                   ((16, 32), ((16, 32), (16, 32)))]:
+        o, lse = attention_fwd(q.detach(), k.detach(), v.detach(), blocks=fwd_blocks, **kw)
+        assert_close("o", o_ref, o, tol(torch.float32))
+        assert_close("lse", lse_ref, lse, tol(torch.float32))
+        grads = attention_bwd(do.float(), q.detach(), k.detach(), v.detach(), o, lse, blocks=bwd_blocks, **kw)
+        for name, r, g in zip(("dq", "dk", "dv"), refs, grads):
+            assert_close(name, r, g, tol(torch.float32, "grad"))
+
+
+def test_kernel_strided_inputs_and_custom_scale():
+    """q, k, v as views into one packed (B, L, 3, H, D) projection: strides, not copies."""
+    qkv = torch.randn(2, 45, 3, 4, 32, device=DEVICE).requires_grad_()
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    _check(q, k, v, causal=True, softmax_scale=0.3)
+
+
+def test_kernel_backward_is_deterministic():
+    q, k, v = _make(1, 150, 150, 4, 1, 32, torch.float32)
+    o = flash_attention(q, k, v, window=40)
+    do = torch.randn_like(o)
+    g1 = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
+    g2 = torch.autograd.grad(o, (q, k, v), do)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "B, Lq, Lk, Hq, Hkv, D, causal, window, n_splits",
+    [
+        (2, 1, 300, 8, 2, 32, True, None, 5),     # one query, GQA 4:1
+        (1, 5, 500, 8, 1, 16, True, 37, 3),       # window: only the last keys are read
+        (1, 3, 200, 4, 4, 32, False, None, 7),
+        (1, 16, 100, 8, 1, 24, True, None, 2),    # 16 queries x 8 heads = 128 rows
+        (1, 4, 70, 2, 1, 32, True, None, 64),     # more splits than key blocks
+    ],
+    ids=["L1-gqa4", "L5-W37", "L3-full", "L16-mqa8", "splits>blocks"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+def test_decode_split_k_matches_reference(B, Lq, Lk, Hq, Hkv, D, causal, window, n_splits, dtype):
+    from hybridna_kernels.attention.decode import attention_decode
+
+    q, k, v = (t.detach() for t in _make(B, Lq, Lk, Hq, Hkv, D, dtype))
+    o, lse = attention_decode(q, k, v, causal=causal, window=window, softmax_scale=D ** -0.5, n_splits=n_splits)
+    o_ref, lse_ref = attention_ref(q.double(), k.double(), v.double(), causal=causal, window=window,
+                                   return_lse=True)
+    assert_close("o", o_ref, o, tol(dtype))
+    assert_close("lse", lse_ref, lse, tol(dtype))
+
+
+def test_decode_dispatch_and_its_backward():
+    """Few queries over >= 1024 keys take the split-K path automatically; gradients still flow."""
+    from hybridna_kernels.attention.decode import use_decode
+
+    q, k, v = _make(1, 2, 1100, 4, 1, 16, torch.float32)
+    assert use_decode(q, k, None)
+    _check(q, k, v, causal=True)
