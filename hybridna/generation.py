@@ -109,7 +109,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
 def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              eos_token_id: int | None = None, lengths=None, attention_mask=None, return_logits: bool = False,
-             cuda_graph: bool = False):
+             cuda_graph: bool = False, forced_tokens: torch.Tensor | None = None):
     """Continue each prompt by up to max_new_tokens tokens.
 
     Args:
@@ -120,6 +120,8 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
             when every row has stopped.
         return_logits: also return the logits each new token was drawn from, (B, T, V).
         cuda_graph: replay the decode step from CUDA graphs (CUDA, prompts of equal length).
+        forced_tokens: (B, max_new_tokens) tokens fed instead of sampled ones (teacher forcing, to
+            compare decoding paths on the same tokens).
     Returns:
         (B, max(lengths) + T) int64 ids: row b holds its prompt, its T new tokens, then <pad>
         (T = max_new_tokens unless every row stopped earlier); with return_logits, (ids, logits).
@@ -132,6 +134,8 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
     if eos_token_id is not None and not 0 <= eos_token_id < V:
         raise ValueError(f"eos_token_id: expected an id in [0, {V}), got {eos_token_id!r}")
     B, L = input_ids.shape
+    if forced_tokens is not None and tuple(forced_tokens.shape) != (B, max_new_tokens):
+        raise ValueError(f"forced_tokens: expected shape {(B, max_new_tokens)}, got {tuple(forced_tokens.shape)}")
     lens = _lengths_from(input_ids, lengths, attention_mask).tolist()
     device = model.embedding.weight.device
     input_ids = input_ids.to(device)
@@ -158,6 +162,8 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
         # <pad> and <bos> are never continuations (an untrained model may still rank them high).
         tok = sample_next(logits.index_fill(-1, banned, float("-inf")), temperature=temperature, top_k=top_k,
                           top_p=top_p, generator=gen)
+        if forced_tokens is not None:
+            tok = forced_tokens[:, t]
         tok = tok.masked_fill(done, PAD_ID)
         new_tokens.append(tok)
         if eos_token_id is not None:

@@ -376,7 +376,8 @@ class HybriDNA(nn.Module):
         if labels is not None:
             if tuple(labels.shape) != tuple(input_ids.shape):
                 raise ValueError(f"labels: expected shape {tuple(input_ids.shape)} like input_ids, got {tuple(labels.shape)}")
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            lg = logits[:, :-1].reshape(-1, logits.shape[-1])
+            loss = F.cross_entropy(lg.to(torch.promote_types(lg.dtype, torch.float32)),
                                    self._loss_targets(labels)[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
         return HybriDNAOutput(logits=logits, loss=loss, hidden_states=hs)
 
@@ -398,10 +399,11 @@ class HybriDNA(nn.Module):
     # ---- scoring -------------------------------------------------------------------------------------
     @torch.no_grad()
     def token_log_probs(self, input_ids):
-        """log p(x_t | x_<t) for t >= 1 as (B, L - 1) fp32, with a mask (B, L - 1) of the positions
+        """log p(x_t | x_<t) for t >= 1 as (B, L - 1) fp32 (fp64 for fp64 models), with a mask (B, L - 1) of the positions
         that count (not pad, and not N when config.loss_ignore_n)."""
         self._check_ids(input_ids)
-        logits = self.forward(input_ids).logits[:, :-1].float()  # (B, L-1, V)
+        logits = self.forward(input_ids).logits[:, :-1]  # (B, L-1, V)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         tgt = self._loss_targets(input_ids)[:, 1:]  # (B, L-1)
         keep = tgt != IGNORE_INDEX
         lp = torch.log_softmax(logits, -1).gather(-1, tgt.clamp(min=0)[..., None])[..., 0]
@@ -414,7 +416,8 @@ class HybriDNA(nn.Module):
         reduce="sum" sums log p over the predicted positions (every token after the first that is not
         pad or N); "mean" divides by their count (nats per base). rc_average=True averages with the
         score of the reverse complement (nucleotides reversed and complemented, special and prompt
-        tokens kept in place). Prepend <bos> to score the first base too. Returns (B,) fp32."""
+        tokens kept in place). Prepend <bos> to score the first base too. Returns (B,) fp32 (fp64 for
+        fp64 models)."""
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce: expected 'sum' or 'mean', got {reduce!r}")
         lp, keep = self.token_log_probs(input_ids)

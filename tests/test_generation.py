@@ -1,0 +1,184 @@
+"""Cached generation: decoding logits equal a full forward pass at every step, ragged prompt batches,
+sampling controls, eos, and (GPU) the CUDA-graph decode step."""
+import pytest
+import torch
+from helpers import DEVICE, HAS_CUDA, assert_close, dtype_id, tol
+
+import hybridna_kernels.utils as ku
+from hybridna import HybriDNA, HybriDNAConfig
+from hybridna.generation import allocate_cache, decode_step, generate, prefill, sample_next
+from hybridna.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+def tiny(dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    return HybriDNA(HybriDNAConfig.preset("tiny", **kw)).to(dtype)
+
+
+def rand_ids(B, L, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(5, 9, (B, L), generator=g)
+
+
+@pytest.fixture(autouse=True)
+def _reference_backend(request):
+    if request.node.originalname.startswith("test_gpu_"):
+        yield
+        return
+    with ku.backend("reference"):
+        yield
+
+
+VARIANTS = {
+    "default": {},
+    "rotary": dict(rotary=True),
+    "window5": dict(attn_window=5),
+    "untied-rotary-window": dict(tie_embeddings=False, rotary=True, attn_window=9),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cached_decode_matches_full_forward(variant, dtype):
+    """Greedy generation with the recurrent cache: the logits each new token was drawn from equal the
+    full-forward logits at that position, at every step. The prompt (70) is longer than the chunk (64)
+    so the prefill crosses a chunk boundary."""
+    if dtype == torch.float32 and variant != "default":
+        pytest.skip("fp32 once is enough; variants are checked in fp64")
+    m = tiny(dtype, **VARIANTS[variant])
+    prompt = rand_ids(2, 70, seed=1)
+    T = 12
+    out, step_logits = generate(m, prompt, T, temperature=0, return_logits=True)
+    assert out.shape == (2, 70 + T) and torch.equal(out[:, :70], prompt)
+    full = m(out).logits[:, 69: 69 + T]  # position t predicts token t + 1
+    assert_close(f"decode-logits-{variant}", full, step_logits, tol(dtype, "fwd"))
+    allowed = step_logits.index_fill(-1, torch.tensor([PAD_ID, BOS_ID]), float("-inf"))  # never generated
+    assert torch.equal(out[:, 70:], allowed.argmax(-1))
+
+
+def test_ragged_prompts_match_generating_alone():
+    m = tiny(rotary=True, attn_window=20)
+    lens = [37, 21, 5]
+    prompts = rand_ids(3, 37, seed=2)
+    for b, n in enumerate(lens):
+        prompts[b, n:] = PAD_ID
+    T = 15
+    out, lg = generate(m, prompts, T, temperature=0, return_logits=True)
+    assert out.shape == (3, 37 + T)
+    for b, n in enumerate(lens):
+        alone, lg1 = generate(m, prompts[b: b + 1, :n], T, temperature=0, return_logits=True)
+        assert torch.equal(out[b, : n + T], alone[0]), f"row {b}"
+        assert (out[b, n + T:] == PAD_ID).all()
+        assert_close(f"row{b}-logits", lg1[0], lg[b], 1e-10)
+    # Explicit lengths (a prompt may end in a token that looks like padding).
+    out2 = generate(m, prompts, T, temperature=0, lengths=torch.tensor(lens))
+    assert torch.equal(out2, out)
+
+
+def test_prefill_then_steps_equals_forward_states():
+    """prefill + decode_step directly, with a cache of the exact size; a full cache is refused."""
+    m = tiny()
+    ids = rand_ids(2, 30, seed=3)
+    cache = allocate_cache(m, 2, 30)
+    logits = prefill(m, ids[:, :25], [25, 25], cache)
+    full = m(ids).logits
+    assert_close("prefill", full[:, 24], logits, 1e-10)
+    for t in range(25, 30):
+        logits = decode_step(m, ids[:, t], cache)
+        assert_close(f"step{t}", full[:, t], logits, 1e-10)
+    with pytest.raises(ValueError, match="cache: full"):
+        decode_step(m, ids[:, 0], cache)
+
+
+def test_sampling_controls():
+    m = tiny()
+    prompt = rand_ids(2, 16, seed=4)
+    a = generate(m, prompt, 20, temperature=1.0, seed=7)
+    b = generate(m, prompt, 20, temperature=1.0, seed=7)
+    c = generate(m, prompt, 20, temperature=1.0, seed=8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    greedy = generate(m, prompt, 20, temperature=0)
+    assert torch.equal(generate(m, prompt, 20, temperature=1.0, top_k=1, seed=3), greedy)
+    assert torch.equal(generate(m, prompt, 20, temperature=0.7, top_p=1e-6, seed=3), greedy)
+    assert not (a[:, 16:] == PAD_ID).any() and not (a[:, 16:] == BOS_ID).any()
+    assert torch.equal(generate(m, prompt, 0), prompt)
+
+
+def test_sample_next_truncation():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, 4)
+    top2 = sample_next(logits, top_k=2, generator=g)
+    assert set(top2.tolist()) == {0, 1}
+    # Nucleus 0.7: {0.5, 0.3} reaches it; the renormalised frequencies are 5/8 and 3/8.
+    nuc = sample_next(logits, top_p=0.7, generator=g)
+    assert set(nuc.tolist()) == {0, 1}
+    assert abs((nuc == 0).float().mean().item() - 0.625) < 0.04
+    full = sample_next(logits, generator=g)
+    assert set(full.tolist()) == {0, 1, 2, 3}
+    assert abs((full == 3).float().mean().item() - 0.05) < 0.02
+    cold = sample_next(logits, temperature=0.05, generator=g)
+    assert (cold == 0).all()
+
+
+def test_eos_stops_rows():
+    m = tiny()
+    prompt = rand_ids(2, 10, seed=5)
+    T = 6
+    greedy = generate(m, prompt, T, temperature=0)
+    eos = int(greedy[0, 12])  # a token row 0 emits greedily; each row must stop at its first occurrence
+    out = generate(m, prompt, T, temperature=0, eos_token_id=eos)
+    stops = []
+    for b in range(2):
+        new = greedy[b, 10:]
+        hit = (new == eos).nonzero()
+        k = int(hit[0]) + 1 if len(hit) else T  # new tokens kept, the eos included
+        stops.append(k)
+        assert torch.equal(out[b, 10: 10 + k], new[:k]) and (out[b, 10 + k:] == PAD_ID).all()
+    assert stops[0] <= 3
+    assert out.shape[1] == 10 + max(stops)
+    # One row that stops: generation ends right after its eos.
+    alone = generate(m, prompt[:1], T, temperature=0, eos_token_id=eos)
+    assert alone.shape == (1, 10 + stops[0]) and alone[0, -1] == eos
+    assert EOS_ID == 2
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(temperature=-0.5), "temperature"),
+    (dict(top_k=0), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(eos_token_id=99), "eos_token_id"),
+    (dict(lengths=[11, 3]), "lengths"),
+])
+def test_generate_validation(kw, match):
+    m = tiny()
+    args = dict(max_new_tokens=3)
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        generate(m, rand_ids(2, 10), **args)
+
+
+def test_cuda_graph_needs_cuda():
+    if HAS_CUDA:
+        pytest.skip("CPU-only check")
+    with pytest.raises(ValueError, match="cuda_graph"):
+        generate(tiny(), rand_ids(1, 10), 3, cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+def test_gpu_kernels_decode_and_cuda_graph(dtype):
+    """On the GPU with the Triton kernels: cached decode logits match the full forward (fp64
+    reference), and the CUDA-graph decode step reproduces the eager decode step."""
+    m = tiny(torch.float64, rotary=True).to(DEVICE)
+    prompt = rand_ids(2, 100, seed=6).to(DEVICE)
+    T = 16
+    with ku.backend("reference"):
+        out_ref = generate(m, prompt, T, temperature=0)
+        ref = m(out_ref).logits[:, 99: 99 + T]
+    m = m.to(dtype)
+    _, lg = generate(m, prompt, T, temperature=0, return_logits=True, forced_tokens=out_ref[:, 100:])
+    assert_close(f"gpu-decode-{dtype_id(dtype)}", ref, lg, tol(dtype, "fwd"))
+    _, lg_graph = generate(m, prompt, T, temperature=0, return_logits=True, cuda_graph=True,
+                           forced_tokens=out_ref[:, 100:])
+    assert_close(f"gpu-graph-{dtype_id(dtype)}", lg.double(), lg_graph, tol(dtype, "fwd"))
