@@ -23,6 +23,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: GPU-only benchmark shape")
 
 
+def pytest_collect_file(file_path, parent):
+    """Collect bench/bench_*.py under `pytest bench/` (pytest.ini's python_files only names test_*.py).
+    Files given on the command line, or already matched by python_files, are collected by pytest itself."""
+    from fnmatch import fnmatch
+
+    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and str(file_path.parent) == os.path.dirname(os.path.abspath(__file__))
+            and not parent.session.isinitpath(file_path)
+            and not any(fnmatch(file_path.name, pat) for pat in parent.config.getini("python_files"))):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return
