@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -73,6 +74,7 @@ class TrainConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     resume: bool | str = False         # True: the latest checkpoint under out/; or a checkpoint directory
+    stop_at: int | None = None         # stop (with a checkpoint) after this step, as an interruption would
     device: str | None = None          # "cpu" / "cuda"; default CUDA when available
     dtype: str = "auto"                # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16", "fp32"
     compile: bool = False
@@ -121,13 +123,15 @@ class TrainConfig:
 # ---- model ---------------------------------------------------------------------------------------
 
 def model_config(spec):
-    """HybriDNAConfig from a preset name or a dict of fields (optionally {"preset": base, ...})."""
+    """HybriDNAConfig from a preset name, a JSON file, or a dict of fields ({"preset": base, ...})."""
     from hybridna.config import HybriDNAConfig
 
     if isinstance(spec, HybriDNAConfig):
         return spec
     if isinstance(spec, str):
-        if spec.endswith(".json") and os.path.exists(spec):
+        if spec.endswith(".json"):
+            if not os.path.exists(spec):
+                raise ValueError(f"model: config file {spec!r} does not exist")
             with open(spec) as f:
                 return model_config(json.load(f))
         return HybriDNAConfig.preset(spec)
@@ -135,8 +139,8 @@ def model_config(spec):
         d = dict(spec)
         base = d.pop("preset", None)
         if base is not None:
-            return dataclasses.replace(HybriDNAConfig.preset(base), **d)
-        return HybriDNAConfig(**d)
+            return HybriDNAConfig.preset(base, **d)
+        return HybriDNAConfig.from_dict(d)
     raise ValueError(f"model: expected a preset name or a dict of config fields, got {type(spec).__name__}")
 
 
@@ -151,18 +155,12 @@ def model_flops_per_token(model, seq_len: int) -> float:
     from .metrics import attention_flops_per_token, linear_flops_per_token, ssd_flops_per_token
 
     cfg = model.config
+    n_attn = len(cfg.attn_layer_idx)
     flops = linear_flops_per_token(model)
-    n_layer = cfg.n_layer
-    attn_layers = [i for i in range(n_layer) if cfg.is_attention_layer(i)] if hasattr(cfg, "is_attention_layer") \
-        else [i for i in range(n_layer) if i % getattr(cfg, "attn_every", 8) == getattr(cfg, "attn_offset", 4)]
-    n_attn = len(attn_layers)
-    q_dim = cfg.n_heads * cfg.head_dim if hasattr(cfg, "head_dim") else cfg.d_model
-    flops += attention_flops_per_token(seq_len, n_layers=n_attn, q_dim=q_dim, window=getattr(cfg, "attn_window", None))
-    d_inner = getattr(cfg, "expand", 2) * cfg.d_model
-    headdim = getattr(cfg, "ssm_headdim", getattr(cfg, "headdim", 64))
-    flops += ssd_flops_per_token(n_layers=n_layer - n_attn, nheads=d_inner // headdim, headdim=headdim,
-                                 d_state=getattr(cfg, "d_state", 128), ngroups=getattr(cfg, "ngroups", 1),
-                                 chunk_size=getattr(cfg, "chunk_size", 256))
+    flops += attention_flops_per_token(seq_len, n_layers=n_attn, q_dim=cfg.attn_n_heads * cfg.attn_head_dim,
+                                       window=cfg.attn_window)
+    flops += ssd_flops_per_token(n_layers=cfg.n_layer - n_attn, nheads=cfg.nheads, headdim=cfg.headdim,
+                                 d_state=cfg.d_state, ngroups=cfg.ngroups, chunk_size=cfg.chunk_size)
     return flops
 
 
@@ -207,41 +205,54 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, *, reduction: str = "
 
 # ---- data ----------------------------------------------------------------------------------------
 
-def _store_regions(stores, val_frac: float):
-    """Per store, per contig: (train interval, validation interval) splitting off the contig's tail."""
+def _holdout(stores, val_frac: float) -> list[dict]:
+    """Per store: {contig: cut}; bases at and after `cut` (the contig's last val_frac) are held out."""
     from hybridna.data import open_store
 
     out = []
     for path in stores:
         st = open_store(path)
-        tr, va = [], []
-        for name, length in zip(st.contig_names, st.lengths):
-            cut = int(length * (1.0 - val_frac))
-            tr.append((name, 0, cut))
-            if cut < length:
-                va.append((name, cut, int(length)))
-        out.append((tr, va))
+        out.append({name: int(length) - int(round(int(length) * val_frac)) for name, length in zip(st.names, st.lengths)})
     return out
 
 
 class _Batches:
-    """Fixed-length windows from GenomeWindows, stacked into (micro_batch, seq_len) batches, with the
-    position kept so a resumed run draws exactly the windows it would have drawn."""
+    """Training windows from GenomeWindows stacked into (micro_batch, seq_len) batches.
 
-    def __init__(self, cfg: TrainConfig, seq_len: int, info: DistInfo, stage: int, regions):
+    Windows that reach into a held-out contig tail are skipped. The stream's position (samples drawn,
+    skipped ones included) is GenomeWindows' resume state, so a resumed run draws exactly the windows
+    it would have drawn.
+    """
+
+    def __init__(self, cfg: TrainConfig, seq_len: int, info: DistInfo, stage: int, holdout: list[dict]):
         from hybridna.data import GenomeWindows
 
         self.seq_len = seq_len
-        # Every rank and every stage draws its own stream; the seed fixes all of them.
-        kwargs = dict(seed=cfg.seed + 1000 * stage, rc_prob=cfg.rc_prob, max_n_frac=cfg.max_n_frac)
-        self.ds = GenomeWindows(cfg.data, seq_len, intervals=regions, rank=info.rank, world_size=info.world_size,
-                                **kwargs)
+        # Every stage draws its own stream (the seed fixes all of them); ranks are disjoint within it.
+        self.ds = GenomeWindows(cfg.data, seq_len, seed=cfg.seed + 1000 * stage, rc_prob=cfg.rc_prob,
+                                max_n_frac=cfg.max_n_frac, rank=info.rank, world_size=info.world_size)
+        self.cut = {}
+        for si, cuts in enumerate(holdout):
+            sp = self.ds.species_of(si)
+            for name, c in cuts.items():
+                self.cut[(sp, name)] = min(c, self.cut.get((sp, name), c))
         self._it = None
 
     def next(self, n: int) -> torch.Tensor:
         if self._it is None:
             self._it = iter(self.ds)
-        return torch.stack([next(self._it)["input_ids"] for _ in range(n)])
+        rows, skipped = [], 0
+        while len(rows) < n:
+            item = next(self._it)
+            cut = self.cut.get((item["species"], item["contig"]))
+            if cut is not None and item["start"] + self.seq_len > cut:
+                skipped += 1
+                if skipped > 100_000:
+                    raise ValueError(f"val_frac: almost every {self.seq_len}-base window overlaps the held-out "
+                                     "contig tails; lower --val-frac or --seq-len")
+                continue
+            rows.append(item["input_ids"])
+        return torch.stack(rows)
 
     def state_dict(self):
         return self.ds.state_dict()
@@ -251,15 +262,25 @@ class _Batches:
         self._it = None
 
 
-def _val_batches(cfg: TrainConfig, seq_len: int, regions) -> list[torch.Tensor]:
-    """The same held-out windows at every evaluation (fixed seed, contig tails only)."""
-    from hybridna.data import GenomeWindows
+def _val_batches(cfg: TrainConfig, seq_len: int, holdout: list[dict]) -> list[torch.Tensor]:
+    """Held-out windows: the contig tails cut into non-overlapping windows, at most cfg.val_windows of
+    them spread evenly; the same windows at every evaluation."""
+    from hybridna.data import open_store
 
-    if not regions:
+    spots = []
+    for path, cuts in zip(cfg.data, holdout):
+        st = open_store(path)
+        for name, length in zip(st.names, st.lengths):
+            start = cuts[name]
+            while start + seq_len <= int(length):
+                spots.append((st, name, start))
+                start += seq_len
+    if not spots:
         return []
-    ds = GenomeWindows(cfg.data, seq_len, intervals=regions, seed=12345, rc_prob=0.0, max_n_frac=cfg.max_n_frac)
-    it = iter(ds)
-    rows = [next(it)["input_ids"] for _ in range(cfg.val_windows)]
+    if len(spots) > cfg.val_windows:
+        pick = np.linspace(0, len(spots) - 1, cfg.val_windows).round().astype(int)
+        spots = [spots[i] for i in pick]
+    rows = [torch.from_numpy(st.tokens(name, s, s + seq_len).astype(np.int64)) for st, name, s in spots]
     bs = max(1, cfg.micro_batch)
     return [torch.stack(rows[i:i + bs]) for i in range(0, len(rows), bs)]
 
@@ -356,11 +377,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         raise ValueError("steps: give --steps or a context schedule with step counts")
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
     tokens_per_step = sched.tokens_per_step * info.world_size
-    regions = _store_regions(cfg.data, cfg.val_frac)
-    train_regions = [r[0] for r in regions]
-    val_regions = [r[1] for r in regions]
+    holdout = _holdout(cfg.data, cfg.val_frac)
     val_seq = cfg.val_seq_len or stages[0].seq_len
-    val_batches = _val_batches(cfg, val_seq, val_regions) if cfg.val_frac > 0 else []
+    val_batches = _val_batches(cfg, val_seq, holdout) if cfg.val_frac > 0 else []
+    if cfg.val_frac > 0 and not val_batches and info.is_main:
+        print(f"[pretrain] no contig tail holds a {val_seq}-base window: validation is off")
     # Each rank evaluates its share of the held-out windows; the sums are all-reduced.
     val_batches = val_batches[info.rank::info.world_size]
 
@@ -385,7 +406,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if data_file.exists():
             for k, st in load_json(data_file).items():
                 stage = int(k)
-                loaders[stage] = _Batches(cfg, stages[stage].seq_len, info, stage, train_regions)
+                loaders[stage] = _Batches(cfg, stages[stage].seq_len, info, stage, holdout)
                 loaders[stage].load_state_dict(st)
 
     if info.is_main:
@@ -395,7 +416,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
 
     def loader(stage: int) -> _Batches:
         if stage not in loaders:
-            loaders[stage] = _Batches(cfg, stages[stage].seq_len, info, stage, train_regions)
+            loaders[stage] = _Batches(cfg, stages[stage].seq_len, info, stage, holdout)
         return loaders[stage]
 
     def save(step_now: int) -> Path:
@@ -449,7 +470,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                mininterval=1.0, desc="pretrain")
     last_ckpt = resume_dir
     t_last, tok_last = time.perf_counter(), 0
-    while step < total_steps:
+    stop = total_steps if cfg.stop_at is None else min(cfg.stop_at, total_steps)
+    while step < stop:
         stage = sched.stage_index(step)
         seq_len, micro, accum = sched.at(step)
         lr = lr_at(step, max_lr=cfg.lr, min_lr=min_lr, warmup_steps=cfg.warmup_steps, total_steps=total_steps)
@@ -512,7 +534,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                 bar.write(f"[pretrain] step {step}: validation loss {v['val_loss']:.4f}, "
                           f"{v['val_bpb']:.4f} bits per base")
             t_last = time.perf_counter()
-        if step % cfg.save_every == 0 or step == total_steps:
+        if step % cfg.save_every == 0 or step == stop:
             last_ckpt = save(step)
             t_last = time.perf_counter()
     bar.close()
@@ -521,7 +543,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if cfg.plot:
             plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
     return {"losses": losses, "val": val_hist, "out": str(out), "checkpoint": str(last_ckpt) if last_ckpt else None,
-            "step": step, "n_params": n_params}
+            "step": step, "n_params": n_params, "model": base}
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -553,6 +575,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=S)
     p.add_argument("--resume", nargs="?", const=True, default=S,
                    help="continue from the latest checkpoint under --out (or the checkpoint directory given)")
+    p.add_argument("--stop-at", type=int, default=S, help="stop with a checkpoint after this step (schedule unchanged)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=S)
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default=S)
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
