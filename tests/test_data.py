@@ -1,7 +1,9 @@
 """hybridna.data: FASTA -> Zarr token stores, window datasets, resume, sharding, CLI (CPU, no downloads)."""
 import gzip
 import hashlib
+import json
 import os
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -222,6 +224,8 @@ def test_streaming_memory_is_bounded(tmp_path, rng):
     with open(p, "wb") as f:
         f.write(b">big\n")
         f.write(body.tobytes())
+    # warm-up: zarr's first use allocates ~12 MB of one-time state (imports, codec registry)
+    build_store(write_fasta(tmp_path / "w.fa", [("w", "ACGT")]), tmp_path / "w.zarr", progress=False)
     tracemalloc.start()
     try:
         out = build_store([p], tmp_path / "big.zarr", chunk_bases=1 << 20, block_bytes=1 << 20, progress=False)
@@ -252,6 +256,7 @@ def _bad_cases(tmp_path):
         "invalid_char": (b">a\nACGT\nACXT\n", 3, "column 3: invalid character 'X'"),
         "invalid_digit": (b">a\r\nAC\r\nGG1\r\n", 3, "invalid character '1'"),
         "empty_header": (b">\nACGT\n", 1, "empty header"),
+        "gt_inside_line": (b">a\nACGT\nAC>GT\n>b\nAA\n", 3, "column 3: invalid character '>'"),
         "no_sequence": (b">a\n>b\n", None, "no sequence"),
         "truncated_gzip": (full[: len(full) // 2], None, "truncated gzip"),
         "corrupt_gzip": (full[:20] + b"\x00" * 40 + full[60:], None, "gzip"),
@@ -259,7 +264,7 @@ def _bad_cases(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["empty", "blank", "no_header", "seq_before_header", "dup_in_file",
-                                  "dup_across_files", "invalid_char", "invalid_digit", "empty_header",
+                                  "dup_across_files", "invalid_char", "invalid_digit", "empty_header", "gt_inside_line",
                                   "no_sequence", "truncated_gzip", "corrupt_gzip"])
 def test_bad_input_errors_write_nothing(tmp_path, case):
     cases, good = _bad_cases(tmp_path)
@@ -481,6 +486,38 @@ def test_ranks_disjoint(store):
     ds_r1 = GenomeWindows(path, 25, seed=9, rc_prob=0.5, rank=1, world_size=2, num_samples=40)
     with pytest.raises(ValueError, match="world_size"):
         ds_r1.load_state_dict(state)
+
+
+def _ddp_child(rank, world, init_file, store_path, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ds = GenomeWindows(store_path, 25, seed=9, rc_prob=0.5, num_samples=40)  # rank from torch.distributed
+        keys = [list(_key(x)[:3]) for x in ds]
+        state = ds.state_dict()
+    finally:
+        torch.distributed.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"keys": keys, "state": state}, f)
+
+
+def test_ranks_from_torch_distributed(tmp_path, store):
+    """Two gloo processes: each rank takes its rank / world size from torch.distributed."""
+    path, _ = store
+    single = [list(_key(x)[:3]) for x in GenomeWindows(path, 25, seed=9, rc_prob=0.5, num_samples=80)]
+    torch.multiprocessing.start_processes(_ddp_child, args=(2, str(tmp_path / "pg"), path, str(tmp_path)),
+                                          nprocs=2, start_method="spawn")
+    got = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    assert got[0]["keys"] == single[0::2] and got[1]["keys"] == single[1::2]
+    assert [g["state"]["world_size"] for g in got] == [2, 2] and [g["state"]["rank"] for g in got] == [0, 1]
+
+
+def test_windows_pickle_roundtrip(store):
+    """Spawned DataLoader workers receive a pickled dataset: memory maps are dropped and reopened."""
+    path, _ = store
+    ds = GenomeWindows(path, 40, seed=4, rc_prob=0.5, num_samples=20)
+    before = [_key(x) for x in ds]
+    ds2 = pickle.loads(pickle.dumps(ds))
+    assert [_key(x) for x in ds2] == before
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -42,9 +42,8 @@ def main(args) -> int:
             return 2
         dt = time.perf_counter() - t0
         s = open_store(path)
-        nbytes = sum(x["bytes"] for x in s.metadata["sources"])
         print(f"{path}: {len(s.names)} contigs, {s.total_bases:,} bases from {len(args.fasta)} file(s) "
-              f"in {dt:.2f} s ({nbytes / dt / 1e6:.1f} MB/s of input)")
+              f"in {dt:.2f} s ({s.total_bases / dt / 1e6:.1f} Mb/s)")
         return 0
     if args.data_command == "info":
         try:

@@ -166,11 +166,13 @@ class FastaReader:
                         seen_non_ws = True
                         continue
                     # sequence text up to the next header ('>' at the start of a line)
-                    if at_line_start and block[pos] == 62:  # '>'
-                        hstart = pos
-                    else:
-                        k = block.find(b"\n>", pos)
-                        hstart = -1 if k < 0 else k + 1
+                    # '>' is rare (headers only), so a one-byte memchr search beats searching "\n>"
+                    hstart = block.find(b">", pos)
+                    while hstart > pos and block[hstart - 1] != 10:  # '>' inside a line: invalid, below
+                        hstart = block.find(b">", hstart + 1)
+                    if hstart == pos and not at_line_start:
+                        hstart = block.find(b"\n>", pos)
+                        hstart = -1 if hstart < 0 else hstart + 1
                     end = n if hstart < 0 else hstart
                     if end > pos:
                         seg = block[pos:end]

@@ -64,6 +64,16 @@ class _StoreWriter:
                   compressors=compressor, config={"write_empty_chunks": True})
         self.tok_arr = group.create_array("tokens", **kw)
         self.mask_arr = group.create_array("softmask", **kw)
+        # Uncompressed: a chunk file is the chunk's raw bytes ("bytes" codec, default key encoding
+        # "c/<i>"), so write it directly and let zarr only record the final shape. 0.8 s -> 0.55 s
+        # for 70 Mb (zarr's per-chunk write path costs ~7 ms per 4 MiB chunk).
+        self.raw_dirs = None
+        if compressor is None:
+            root = group.store.root if hasattr(group.store, "root") else None
+            if root is not None:
+                self.raw_dirs = [os.path.join(str(root), name, "c") for name in ("tokens", "softmask")]
+                for d in self.raw_dirs:
+                    os.makedirs(d, exist_ok=True)
         self.tok_buf = np.empty(chunk_bases, np.uint8)
         self.mask_buf = np.empty(chunk_bases, np.uint8)
         self.fill = 0  # bytes in the buffers
@@ -122,13 +132,23 @@ class _StoreWriter:
         if self.fill == 0:
             return
         a, b = self.written, self.written + self.fill
-        for arr, buf in ((self.tok_arr, self.tok_buf), (self.mask_arr, self.mask_buf)):
-            arr.resize((b,))
-            arr[a:b] = buf[: self.fill]
+        if self.raw_dirs is not None:
+            ci = a // self.chunk
+            for d, buf in zip(self.raw_dirs, (self.tok_buf, self.mask_buf)):
+                buf[self.fill:] = 0  # the edge chunk is stored full size, padded with the fill value
+                with open(os.path.join(d, str(ci)), "wb") as f:
+                    f.write(buf.data)
+        else:
+            for arr, buf in ((self.tok_arr, self.tok_buf), (self.mask_arr, self.mask_buf)):
+                arr.resize((b,))
+                arr[a:b] = buf[: self.fill]
         self.written, self.fill = b, 0
 
     def close(self):
         self._flush()
+        if self.raw_dirs is not None:
+            for arr in (self.tok_arr, self.mask_arr):
+                arr.resize((self.written,))
 
 
 def build_store(fasta_paths, out, *, chunk_bases: int = DEFAULT_CHUNK_BASES, compressor=None,

@@ -56,6 +56,8 @@ def _complement_lut() -> np.ndarray:
 
 
 _COMP = _complement_lut()
+# GenomeWindows' fast reverse complement relies on the id contract A, C, G, T, N = 5, 6, 7, 8, 9.
+assert (A_ID, C_ID, G_ID, T_ID, N_ID) == (5, 6, 7, 8, 9)
 
 
 def _revcomp_u8(x: np.ndarray) -> np.ndarray:
@@ -210,6 +212,12 @@ class GenomeWindows(torch.utils.data.IterableDataset):
         raise RuntimeError(f"GenomeWindows: no window with at most {self.max_n_frac:.3f} N found in "
                            f"{self.max_tries} draws (sample {g}); lower the window or raise max_n_frac")
 
+    def _scratch(self):
+        sc = getattr(self, "_scratch_bufs", None)
+        if sc is None or sc[0].shape[0] != self.window:
+            sc = self._scratch_bufs = (np.empty(self.window, np.uint8), np.empty(self.window, np.uint8))
+        return sc
+
     def sample(self, index: int, *, rank: int | None = None, world_size: int | None = None) -> dict:
         """The item with number `index` on this rank (what iteration yields at that position)."""
         r, w = _dist_info(self._rank if rank is None else rank, self._world if world_size is None else world_size)
@@ -220,7 +228,14 @@ class GenomeWindows(torch.utils.data.IterableDataset):
         row, start, rc = self._draw(g, buf)
         ids = torch.empty(self.window, dtype=torch.int64)
         if rc:
-            ids.numpy()[:] = _revcomp_u8(buf)
+            # Complement with contiguous uint8 arithmetic (A,C,G,T = 5..8 -> 13 - x; N = 9 stays), then
+            # reverse while widening: ~2x faster than a table lookup through a reversed view.
+            comp, isn = self._scratch()
+            np.subtract(13, buf, out=comp)
+            np.equal(buf, N_ID, out=isn.view(bool))
+            np.multiply(isn, 2 * N_ID - 13, out=isn)
+            np.add(comp, isn, out=comp)
+            ids.numpy()[:] = comp[::-1]
         else:
             ids.numpy()[:] = buf
         return {"input_ids": ids, "contig": self._row_name[row], "start": start, "strand": "-" if rc else "+",
