@@ -49,7 +49,7 @@ SWEEP_TOKENS = int(os.environ.get("HYBRIDNA_BENCH_TOKENS", 131072))
 SWEEP_CONTEXTS = [int(c) for c in os.environ.get(
     "HYBRIDNA_BENCH_CONTEXTS", "1024,2048,4096,8192,16384,32768,65536,131072").split(",")]
 ROUNDS = int(os.environ.get("HYBRIDNA_BENCH_ROUNDS", 3))
-WARMUP = int(os.environ.get("HYBRIDNA_BENCH_WARMUP", 1))
+WARMUP = max(1, int(os.environ.get("HYBRIDNA_BENCH_WARMUP", 1)))
 CPU_PRESET, CPU_SHAPE = "tiny", (2, 256)
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
@@ -250,6 +250,10 @@ def test_train_step(benchmark, kind, preset, batch, seqlen, ckpt):
         release_cuda_memory()
         record_oom(benchmark, oom)  # skips
 
+    # Correctness before timing: the warm-up steps' losses are finite (the kernels themselves are
+    # checked against the references by test_train_step_matches_reference and tests/).
+    warm = torch.stack(losses).float()
+    assert torch.isfinite(warm).all(), f"non-finite loss in the warm-up of {kind} {batch}x{seqlen}: {warm.tolist()}"
     if HAS_CUDA:
         static = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
