@@ -109,7 +109,8 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
 def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              eos_token_id: int | None = None, lengths=None, attention_mask=None, return_logits: bool = False,
-             cuda_graph: bool = False, forced_tokens: torch.Tensor | None = None):
+             cuda_graph: bool = False, forced_tokens: torch.Tensor | None = None,
+             suppress_tokens=(PAD_ID, BOS_ID)):
     """Continue each prompt by up to max_new_tokens tokens.
 
     Args:
@@ -120,6 +121,8 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
             when every row has stopped.
         return_logits: also return the logits each new token was drawn from, (B, T, V).
         cuda_graph: replay the decode step from CUDA graphs (CUDA, prompts of equal length).
+        suppress_tokens: ids never sampled (default <pad> and <bos>, never continuations; an
+            untrained model may still rank them high). return_logits gives the raw logits.
         forced_tokens: (B, max_new_tokens) tokens fed instead of sampled ones (teacher forcing, to
             compare decoding paths on the same tokens).
     Returns:
@@ -153,15 +156,18 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
             raise ValueError("cuda_graph: needs a CUDA model and prompts of equal length")
         decoder = CUDAGraphDecoder(model, cache)
 
-    banned = torch.tensor([PAD_ID, BOS_ID], device=device)
+    banned = torch.tensor(sorted(set(int(t) for t in suppress_tokens)), dtype=torch.long, device=device)
+    if banned.numel() and (int(banned.min()) < 0 or int(banned.max()) >= V):
+        raise ValueError(f"suppress_tokens: expected ids in [0, {V}), got {banned.tolist()}")
+    if banned.numel() >= V:
+        raise ValueError("suppress_tokens: suppresses every token")
     new_tokens, all_logits = [], []
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
         if return_logits:
             all_logits.append(logits)
-        # <pad> and <bos> are never continuations (an untrained model may still rank them high).
-        tok = sample_next(logits.index_fill(-1, banned, float("-inf")), temperature=temperature, top_k=top_k,
-                          top_p=top_p, generator=gen)
+        allowed = logits.index_fill(-1, banned, float("-inf")) if banned.numel() else logits
+        tok = sample_next(allowed, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
         if forced_tokens is not None:
             tok = forced_tokens[:, t]
         tok = tok.masked_fill(done, PAD_ID)

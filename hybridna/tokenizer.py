@@ -20,7 +20,7 @@ import numpy as np
 
 __all__ = [
     "VOCAB", "PAD_ID", "BOS_ID", "EOS_ID", "SEP_ID", "UNK_ID", "A_ID", "C_ID", "G_ID", "T_ID", "N_ID",
-    "NUM_BASE_TOKENS", "BYTE_TO_ID", "INVALID_BYTE", "COMPLEMENT_ID", "ID_TO_BASE", "DNATokenizer",
+    "NUM_BASE_TOKENS", "NUCLEOTIDE_IDS", "BYTE_TO_ID", "INVALID_BYTE", "COMPLEMENT_ID", "ID_TO_BASE", "DNATokenizer",
     "reverse_complement_ids",
 ]
 
