@@ -172,6 +172,28 @@ def test_tokens_touch_only_covering_chunks(tmp_path, rng, monkeypatch):
     assert s._mappable["tokens"]
 
 
+def test_open_maps_are_capped(tmp_path, rng, monkeypatch):
+    from hybridna.data import store as store_mod
+
+    seq = random_seq(rng, 5000)
+    s = open_store(build_store(write_fasta(tmp_path / "x.fa", [("x", seq)]), tmp_path / "s", chunk_bases=100,
+                               progress=False))
+    monkeypatch.setattr(store_mod, "MAX_OPEN_MAPS", 3)
+    for a in rng.integers(0, 4900, 200):
+        np.testing.assert_array_equal(s.tokens("x", a, a + 100), ref_tokens(seq[a:a + 100]))
+        assert len(s._mmaps["tokens"]) <= 3
+    np.testing.assert_array_equal(s.tokens("x"), ref_tokens(seq))
+
+
+def test_progress_bar_and_empty_last_contig(tmp_path, capsys):
+    p = tmp_path / "x.fa"
+    p.write_bytes(b">a\nACGT\n>b")  # last record: a header without sequence or newline
+    s = open_store(build_store([p], tmp_path / "s", progress=True))
+    assert s.names == ["a", "b"] and s.lengths.tolist() == [4, 0]
+    assert s.tokens("b").shape == (0,)
+    assert "building s" in capsys.readouterr().err
+
+
 def test_bad_slices(tmp_path, genome):
     files, _ = genome
     s = open_store(build_store(files, tmp_path / "g", progress=False))

@@ -220,6 +220,7 @@ class FastaReader:
                 raise FastaError(path, None, f"no sequence: {summary.contigs} header(s) but 0 bases")
         finally:
             stream.close()
+            hr.close()  # GzipFile does not close a file object it was given
         summary.nbytes = hr.nbytes
         summary.sha256 = hr.sha.hexdigest()
         summary.lines = line

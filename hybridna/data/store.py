@@ -21,6 +21,7 @@ import mmap
 import os
 import shutil
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -38,6 +39,9 @@ FORMAT_VERSION = 1
 # ~750 chunk files per array (few enough to keep every chunk memory-mapped at once).
 DEFAULT_CHUNK_BASES = 1 << 22
 _N_BYTE = bytes([N_ID])
+# Chunk maps kept open per array and process (each holds a file descriptor); 512 x 4 MiB = 2 GiB of
+# genome mapped at once. Least recently used maps are closed beyond this.
+MAX_OPEN_MAPS = 512
 
 
 def _resolve_compressor(compressor):
@@ -291,7 +295,7 @@ class GenomeStore:
         self._index = {n: i for i, n in enumerate(self.names)}
         self._group = group
         self._arrays = {}
-        self._mmaps: dict[str, dict[int, np.ndarray]] = {"tokens": {}, "softmask": {}}
+        self._mmaps: dict[str, OrderedDict[int, np.ndarray]] = {"tokens": OrderedDict(), "softmask": OrderedDict()}
         self._mappable = {name: self._is_mappable(group[name]) for name in ("tokens", "softmask")}
 
     # -- pickling (DataLoader workers under spawn): drop maps and zarr handles, reopen lazily --------
@@ -299,7 +303,7 @@ class GenomeStore:
         d = self.__dict__.copy()
         d["_group"] = None
         d["_arrays"] = {}
-        d["_mmaps"] = {"tokens": {}, "softmask": {}}
+        d["_mmaps"] = {"tokens": OrderedDict(), "softmask": OrderedDict()}
         return d
 
     def __setstate__(self, d):
@@ -369,10 +373,15 @@ class GenomeStore:
         self.read_into("softmask", a, out)
         return out.view(bool)
 
-    def _chunk_map(self, name: str, ci: int) -> np.ndarray | None:
+    def _chunk_map(self, name: str, ci: int) -> np.ndarray:
         maps = self._mmaps[name]
         m = maps.get(ci)
-        if m is None:
+        if m is not None:
+            maps.move_to_end(ci)
+        else:
+            if len(maps) >= MAX_OPEN_MAPS:
+                # Python's mmap keeps a duplicate file descriptor per map: cap them (least recently used)
+                maps.popitem(last=False)
             f = os.path.join(self.path, name, "c", str(ci))
             try:
                 with open(f, "rb") as fh:
