@@ -126,6 +126,41 @@ def comparison_table(mrows) -> str:
                 "hybrid GiB", "Transformer GiB", "memory ratio"], body)
 
 
+# Issue 10's table: the peers' figures on an H100 and the targets for hybridna (tokens/s, GiB).
+ISSUE10 = [
+    ((8, 8192), "128.9k tok/s, 65.9 GiB", "111.3k tok/s, 75.8 GiB", ">= 170k tok/s, <= 45 GiB"),
+    ((1, 32768), "109.6k tok/s, 34.9 GiB", "52.7k tok/s, 40.0 GiB", ">= 145k tok/s"),
+    ((1, 65536), "93.9k tok/s, 65.9 GiB", "31.7k tok/s, 75.8 GiB", ">= 125k tok/s, <= 45 GiB"),
+    ((1, 131072), "OOM; 56.5k tok/s with ckpt (23.4 GiB)", "13.7k with ckpt", ">= 80k tok/s without ckpt, in 80 GB"),
+]
+
+
+def _fig(m) -> str:
+    if m is None:
+        return "not run"
+    if m["status"] == "oom":
+        return "OOM"
+    return f"{fmt_tokens(m['tokens_per_s'])} tok/s, {fmt_num(m['peak_gib'], 1)} GiB"
+
+
+def issue10_table(mrows) -> str:
+    """Issue 10's shapes: ours (checkpointing off; on in brackets) next to the peers' figures and targets."""
+    idx = {(m["model"], m["batch"], m["seqlen"], m["ckpt"]): m for m in mrows}
+    body = []
+    for (b, L), peer_h, peer_t, target in ISSUE10:
+        if not any((k, b, L, c) in idx for k in ("hybrid", "transformer") for c in (False, True)):
+            continue
+        cells = []
+        for kind in ("hybrid", "transformer"):
+            off, on = idx.get((kind, b, L, False)), idx.get((kind, b, L, True))
+            cells.append(_fig(off) + (f" (ckpt: {_fig(on)})" if on is not None else ""))
+        body.append([f"{b} x {L}", cells[0], cells[1], peer_h, peer_t, target])
+    if not body:
+        return ""
+    return _md(["tokens per step", "hybridna hybrid", "Transformer (SDPA)", "peer hybrid (issue 10)",
+                "peer Transformer (issue 10)", "target"], body)
+
+
 def check_table(rows) -> str:
     body = []
     for r in rows:
@@ -241,8 +276,11 @@ def build_report(rows, profiles=()) -> str:
     mrows = model_rows(rows)
     if mrows:
         dev = sorted({m["device"] for m in mrows if m["device"]})
-        parts += ["## Model training step" + (f" ({', '.join(dev)})" if dev else ""), "",
-                  comparison_table(mrows), "", model_table(mrows), ""]
+        parts += ["## Model training step" + (f" ({', '.join(dev)})" if dev else ""), ""]
+        i10 = issue10_table(mrows)
+        if i10:
+            parts += [i10, ""]
+        parts += [comparison_table(mrows), "", model_table(mrows), ""]
     chk = check_table(rows)
     if chk:
         parts += ["## Training step: kernels vs references", "", chk, ""]

@@ -70,6 +70,13 @@ def test_model_rows_and_tables(bench_json):
     line = next(l for l in cmp_md.splitlines() if l.startswith("| 1 x 65536 | on"))
     assert line.split("|")[3].strip() == "-" and "25.0k" in line  # no hybrid row with checkpointing
 
+    i10 = report.issue10_table(m)
+    line = next(l for l in i10.splitlines() if l.startswith("| 8 x 8192"))
+    assert "160.0k tok/s, 42.0 GiB" in line and "100.0k tok/s, 70.0 GiB" in line and ">= 170k" in line
+    line = next(l for l in i10.splitlines() if l.startswith("| 1 x 65536"))
+    assert "30.0k tok/s, 76.0 GiB (ckpt: 25.0k tok/s, 20.0 GiB)" in line
+    assert "| 1 x 131072 | not run | OOM |" in i10
+
     md = report.build_report(rows)
     assert "out of memory" in md
     assert "test_ssd[fwd]" in md and "1500.00" in md
