@@ -343,3 +343,57 @@ def test_decode_dispatch_and_its_backward():
     q, k, v = _make(1, 2, 1100, 4, 1, 16, torch.float32)
     assert use_decode(q, k, None)
     _check(q, k, v, causal=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: full shapes in bf16 / fp16 (fp32 with ieee dots where cheap enough)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_autotune(monkeypatch):
+    """One fixed config per kernel: timing every config of every variant would cost minutes of compiles."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "TUNE", False)
+
+
+_GPU_SHAPES = [
+    (2, 2048, 2048, 16, 4, 64, True, None),
+    (1, 4096, 4096, 8, 8, 128, True, None),
+    (1, 4096, 4096, 16, 4, 64, True, 512),
+    (2, 1000, 3000, 8, 2, 128, True, None),     # chunked prefill
+    (1, 1500, 1500, 4, 1, 256, True, None),     # headdim 256
+    (1, 1000, 1000, 4, 2, 96, False, None),     # headdim 96 padded to 128
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("shape", _GPU_SHAPES, ids=_shape_id)
+def test_gpu_full_shapes(shape, dtype, no_autotune):
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, dtype)
+    _check(q, k, v, causal=causal, window=window)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=dtype_id)
+def test_gpu_varlen_long(dtype, no_autotune):
+    lens = [0, 1, 3000, 777, 4096, 129]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+    q, k, v = _make(1, sum(lens), sum(lens), 8, 2, 64, dtype)
+    _check(q, k, v, causal=True, window=1000, cu_seqlens=cu, max_seqlen=max(lens))
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("Lq", [1, 16], ids=lambda n: f"Lq{n}")
+@pytest.mark.parametrize("window", [None, 4096], ids=["causal", "W4096"])
+def test_gpu_decode_long_cache(Lq, window, no_autotune):
+    from hybridna_kernels.attention.decode import use_decode
+
+    q, k, v = _make(1, Lq, 131072, 16, 4, 64, torch.bfloat16)
+    assert use_decode(q, k, None)
+    _check(q, k, v, causal=True, window=window, grads=False)

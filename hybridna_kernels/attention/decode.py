@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..utils import autotune, cdiv, interpret_mode, new_empty
+from . import flash
 from .flash import LOG2E
 
 DECODE_MAX_Q = 16          # seqlen_q up to this uses split-K ...
@@ -157,6 +158,8 @@ def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, B
     grid = (n_splits, B * Hkv)
     if interpret_mode():
         _attn_decode_split_kernel[grid](*args, **meta)
+    elif not flash.TUNE:
+        _attn_decode_split_kernel[grid](*args, **meta, num_warps=4, num_stages=3)
     else:
         _decode_tuned[grid](*args, **meta)
     _attn_decode_merge_kernel[(B * Hkv, group * Lq)](
