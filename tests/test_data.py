@@ -224,6 +224,13 @@ def test_compressed_store(tmp_path, genome):
         np.testing.assert_array_equal(comp.softmask(name), plain.softmask(name))
     size = lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())  # noqa: E731
     assert size(tmp_path / "c") < size(tmp_path / "p")
+    # DataLoader workers (forked) read compressed chunks through zarr
+    ds = GenomeWindows(comp.path, 200, seed=2, num_samples=12)
+    want = [_key(x) for x in ds]
+    got = []
+    for batch in ds.loader(batch_size=3, num_workers=2):
+        got += list(zip(batch["contig"], batch["start"].tolist(), batch["strand"], batch["index"].tolist()))
+    assert got == want
 
 
 def test_bundled_lambda_genome(tmp_path):
@@ -568,6 +575,19 @@ def test_interval_windows_list_and_bed(tmp_path, store):
     assert [iv.name for iv in read_bed(bed)] == ["peak1", "peak2"]
 
 
+def test_interval_variable_lengths_pad_collate(store):
+    from hybridna.data import pad_collate
+
+    path, expected = store
+    ds = IntervalWindows(path, [("chr1", 0, 7), ("chr2", 5, 8, "-"), ("chr3", 100, 112)])
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=pad_collate)))
+    assert batch["input_ids"].shape == (3, 12) and batch["lengths"].tolist() == [7, 3, 12]
+    assert batch["attention_mask"].sum(1).tolist() == [7, 3, 12]
+    np.testing.assert_array_equal(batch["input_ids"][1, :3].numpy(), ref_revcomp(ref_tokens(expected["chr2"][5:8])))
+    assert (batch["input_ids"][1, 3:] == PAD_ID).all()
+    assert batch["contig"] == ["chr1", "chr2", "chr3"] and batch["start"].tolist() == [0, 5, 100]
+
+
 def test_interval_errors(tmp_path, store):
     path, _ = store
     with pytest.raises(ValueError, match="not in store"):
@@ -595,8 +615,10 @@ def test_cli_build_and_info(tmp_path, genome, capsys):
     assert main(["data", "info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "testus" in text and "chr1" in text and f"{sum(map(len, expected.values())):,}" in text
-    assert main(["data", "build", *files, "--out", str(tmp_path / "z"), "--compress", "--quiet"]) == 0
+    assert main(["data", "build", "--compress", *files, "--out", str(tmp_path / "z"), "--quiet"]) == 0
     assert open_store(tmp_path / "z").metadata["compressor"] == "zstd"
+    assert main(["data", "build", *files, "--out", str(tmp_path / "b"), "--compressor", "blosc", "--quiet"]) == 0
+    assert open_store(tmp_path / "b").metadata["compressor"] == "blosc"
     bad = tmp_path / "bad.fa"
     bad.write_text(">a\nACGU!\n")
     assert main(["data", "build", str(bad), "--out", str(tmp_path / "bad.zarr"), "--quiet"]) == 2

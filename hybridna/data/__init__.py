@@ -15,7 +15,7 @@ from pathlib import Path
 from .fasta import FastaError, read_fasta
 from .store import DEFAULT_CHUNK_BASES, GenomeStore, build_store, open_store
 
-_LAZY = {"GenomeWindows", "Interval", "IntervalWindows", "WindowLoader", "read_bed"}
+_LAZY = {"GenomeWindows", "Interval", "IntervalWindows", "WindowLoader", "read_bed", "pad_collate"}
 
 
 def __getattr__(name):
@@ -36,5 +36,5 @@ def bundled_genome() -> Path:
 
 __all__ = [
     "build_store", "open_store", "GenomeStore", "GenomeWindows", "IntervalWindows", "Interval", "read_bed",
-    "WindowLoader", "FastaError", "read_fasta", "LAMBDA_GENOME", "bundled_genome", "DEFAULT_CHUNK_BASES",
+    "WindowLoader", "pad_collate", "FastaError", "read_fasta", "LAMBDA_GENOME", "bundled_genome", "DEFAULT_CHUNK_BASES",
 ]

@@ -17,8 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                             "go into one store")
     b.add_argument("--out", required=True, help="store directory to create")
     b.add_argument("--chunk-bases", type=int, default=None, help="bases per chunk (default 4194304)")
-    b.add_argument("--compress", nargs="?", const="zstd", default=None, choices=["zstd", "blosc"],
-                   help="compress chunks (zstd by default); compressed stores are not memory-mapped")
+    b.add_argument("--compress", action="store_true",
+                   help="compress chunks (zstd; see --compressor); compressed stores are read through zarr "
+                        "instead of memory maps")
+    b.add_argument("--compressor", choices=["zstd", "blosc"], default=None,
+                   help="codec for --compress (default zstd); implies --compress")
     b.add_argument("--species", default=None, help="species label stored in the metadata")
     b.add_argument("--overwrite", action="store_true", help="replace an existing store")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -35,7 +38,7 @@ def main(args) -> int:
         t0 = time.perf_counter()
         try:
             path = build_store(args.fasta, args.out, chunk_bases=args.chunk_bases or DEFAULT_CHUNK_BASES,
-                               compressor=args.compress, species=args.species, overwrite=args.overwrite,
+                               compressor=args.compressor or ("zstd" if args.compress else None), species=args.species, overwrite=args.overwrite,
                                progress=False if args.quiet else None)
         except (FastaError, ValueError, FileExistsError) as e:
             print(f"hybridna data build: error: {e}", file=sys.stderr)

@@ -36,7 +36,7 @@ from hybridna.tokenizer import A_ID, C_ID, G_ID, N_ID, PAD_ID, T_ID
 
 from .store import GenomeStore, as_stores, open_store
 
-__all__ = ["GenomeWindows", "IntervalWindows", "Interval", "read_bed", "WindowLoader"]
+__all__ = ["GenomeWindows", "IntervalWindows", "Interval", "read_bed", "WindowLoader", "pad_collate"]
 
 _M64 = (1 << 64) - 1
 _INV53 = 1.0 / (1 << 53)
@@ -407,7 +407,7 @@ class IntervalWindows(torch.utils.data.Dataset):
 
     Items: input_ids (LongTensor), contig, start, end (the window's coordinates, possibly past the
     contig ends when padded), strand ("-" items are reverse-complemented), name, index.
-    Use a DistributedSampler for DDP.
+    Use a DistributedSampler for DDP, and `collate_fn=pad_collate` for variable-length intervals.
     """
 
     def __init__(self, store, intervals, *, window: int | None = None, pad_id: int = PAD_ID):
@@ -462,3 +462,22 @@ class IntervalWindows(torch.utils.data.Dataset):
             buf = _revcomp_u8(buf)
         return {"input_ids": torch.from_numpy(buf.astype(np.int64)), "contig": iv.contig, "start": s, "end": e,
                 "strand": iv.strand, "name": iv.name, "index": i}
+
+
+def pad_collate(items: Sequence[dict], *, pad_id: int = PAD_ID) -> dict:
+    """Collate items of different lengths: input_ids right-padded with pad_id to (B, L_max), plus
+    attention_mask (B, L_max) bool and lengths (B,); other fields as lists (ints as a LongTensor)."""
+    if not items:
+        raise ValueError("items: expected at least one item")
+    lengths = torch.tensor([len(it["input_ids"]) for it in items], dtype=torch.int64)
+    L = int(lengths.max())
+    ids = torch.full((len(items), L), pad_id, dtype=torch.int64)
+    for r, it in enumerate(items):
+        ids[r, : len(it["input_ids"])] = it["input_ids"]
+    out = {"input_ids": ids, "attention_mask": torch.arange(L)[None, :] < lengths[:, None], "lengths": lengths}
+    for k in items[0]:
+        if k == "input_ids":
+            continue
+        vals = [it[k] for it in items]
+        out[k] = torch.tensor(vals, dtype=torch.int64) if all(isinstance(v, int) for v in vals) else vals
+    return out
