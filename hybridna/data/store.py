@@ -326,6 +326,11 @@ class GenomeStore:
             self._arrays[name] = self._group[name]
         return self._arrays[name]
 
+    @property
+    def contigs(self) -> list[str]:
+        """Contig names in store order (alias of `names`)."""
+        return self.names
+
     def __len__(self) -> int:
         return len(self.names)
 

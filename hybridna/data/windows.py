@@ -101,6 +101,11 @@ class GenomeWindows(torch.utils.data.IterableDataset):
 
     Items are dicts: input_ids (LongTensor (window,)), contig (str), start (int, 0-based forward-strand
     start), strand ("+" or "-"), species (str), index (int, the sample's number on this rank).
+
+    Resume: iterating in the main process keeps `state_dict()` current by itself. With DataLoader worker
+    processes the main-process object cannot see what the workers yield (they also prefetch), so
+    iterate `ds.loader(batch_size, num_workers=...)`, which counts the batches handed out, or record
+    the position yourself with `set_consumed(n)` (n = samples consumed = the last batch's index + 1).
     """
 
     def __init__(self, stores, window: int, *, seed: int = 0, rc_prob: float = 0.0, max_n_frac: float = 1.0,
