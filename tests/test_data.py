@@ -598,6 +598,9 @@ def test_interval_errors(tmp_path, store):
     bed.write_text("chr1\t5\t10\nchr1\tfive\t10\n")
     with pytest.raises(ValueError, match=f"{bed}:2:"):
         IntervalWindows(path, bed)
+    bed.write_text("# header\nchr1\t5\t10\n\nchrQ\t1\t10\n")
+    with pytest.raises(ValueError, match=f"{bed}:4: contig 'chrQ' is not in store"):
+        IntervalWindows(path, bed)
 
 
 # ---------------------------------------------------------------------------------------------------

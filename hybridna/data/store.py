@@ -16,14 +16,12 @@ sha256, contigs, bases), the species label, chunk size and compressor.
 from __future__ import annotations
 
 import datetime
-import json
 import mmap
 import os
 import shutil
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -368,6 +368,10 @@ def read_bed(path) -> list[Interval]:
 
     Lines starting with '#', 'track' or 'browser' and blank lines are skipped. Errors name file and line.
     """
+    return [iv for _, iv in _read_bed_lines(path)]
+
+
+def _read_bed_lines(path) -> list[tuple[int, Interval]]:
     path = os.fspath(path)
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
@@ -392,7 +396,7 @@ def read_bed(path) -> list[Interval]:
                 strand = "+"
             if strand not in "+-":
                 raise ValueError(f"{path}:{ln}: strand must be '+', '-' or '.', got {strand!r}")
-            out.append(Interval(cols[0], start, end, strand, cols[3] if len(cols) > 3 else ""))
+            out.append((ln, Interval(cols[0], start, end, strand, cols[3] if len(cols) > 3 else "")))
     if not out:
         raise ValueError(f"{path}: no intervals")
     return out
@@ -421,13 +425,13 @@ class IntervalWindows(torch.utils.data.Dataset):
             raise ValueError(f"window: expected None or a positive int, got {window!r}")
         self.window = window
         self.pad_id = int(pad_id)
-        src = None
+        src, lines = None, None
         if isinstance(intervals, (str, os.PathLike)):
             src = os.fspath(intervals)
-            intervals = read_bed(src)
+            lines, intervals = zip(*_read_bed_lines(src))
         out = []
         for k, iv in enumerate(intervals):
-            where = f"{src}: interval {k + 1}" if src else f"intervals[{k}]"
+            where = f"{src}:{lines[k]}" if src else f"intervals[{k}]"
             if isinstance(iv, Interval):
                 pass
             elif isinstance(iv, (tuple, list)) and 3 <= len(iv) <= 5:
