@@ -257,3 +257,146 @@ def test_ssd_step_rejects_bad_input(case):
     s, x, dt, A, B, C = (args.pop(k) for k in ("state", "x", "dt", "A", "B", "C"))
     with pytest.raises(ValueError, match=match):
         ssd_step(s, x, dt, A, B, C, **args)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels (Triton; the interpreter on CPU) against the float64 sequential reference.
+
+def _kernel_scan(x, dt, A, B, C, *, chunk_size, **kw):
+    from hybridna_kernels.ssd.chunk import ssd_scan_fn
+
+    lim = kw.pop("dt_limit", (0.0, math.inf))
+    return ssd_scan_fn(x, dt, A, B, C, chunk_size, kw.pop("D", None), kw.pop("z", None), kw.pop("dt_bias", None),
+                       kw.pop("dt_softplus", False), lim, kw.pop("initial_states", None), kw.pop("seq_idx", None),
+                       kw.pop("cu_seqlens", None), kw.pop("return_final_states", False))
+
+
+def check_kernel_vs_reference(shape, opt, dtype, seed=0, strided=False):
+    """y, final states and every gradient of the kernel path against autograd of the fp64 recurrence."""
+    b, L, H, P, G, N, Q = shape
+    t, kw = make_inputs(b, L, H, P, G, N, OPTIONS[opt], dtype=dtype, device=DEVICE, seed=seed, requires_grad=True)
+    t64 = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
+    ref = _as_tuple(_call(ssd_sequential_ref, t64, kw))
+    tk = dict(t)
+    if strided:  # same values seen through padded (non-contiguous) views; last dims stay unit-stride
+        for k in ("x", "z", "B", "C", "dt"):
+            if k in tk:
+                v = tk[k]
+                big = torch.zeros(*v.shape[:-1], v.shape[-1] + 3, dtype=v.dtype, device=v.device)
+                big[..., 1:1 + v.shape[-1]] = v
+                tk[k] = big[..., 1:1 + v.shape[-1]]
+                assert not tk[k].is_contiguous()
+    out = _as_tuple(_call(_kernel_scan, tk, kw, chunk_size=Q))
+    assert out[0].dtype == dtype and len(out) == len(ref)
+    for name, r, o in zip(("y", "final_states"), ref, out):
+        assert_close(name, r, o, tol(dtype, "fwd"))
+    if len(out) == 2:
+        assert out[1].dtype == torch.float32
+    g_ref = _grads(t64, ref)
+    g_out = _grads(t, out)
+    for k in g_ref:
+        assert g_out[k] is not None, f"d{k} missing"
+        assert g_out[k].dtype == t[k].dtype, f"d{k} dtype"
+        assert_close(f"d{k}", g_ref[k], g_out[k], tol(dtype, "grad"))
+
+
+KERNEL_CASES = (
+    [((2, 63, 4, 16, 2, 16, 16), opt, torch.float32) for opt in OPTIONS]
+    + [((2, 1, 2, 16, 1, 32, 16), opt, torch.float32) for opt in ("all", "all-cuseq", "all-seqidx")]
+    + [((1, 500, 2, 16, 2, 32, 64), opt, torch.float32) for opt in ("all", "all-seqidx", "all-cuseq")]
+    + [((2, 63, 4, 16, 2, 16, 16), opt, torch.float16) for opt in ("all", "all-seqidx", "all-cuseq", "dtproc")]
+    + [((1, 500, 2, 16, 1, 32, 64), opt, torch.float16) for opt in ("all", "all-cuseq")]
+    + [((1, 100, 2, 12, 1, 20, 32), "all", torch.float32)]  # headdim / dstate that are not powers of two
+)
+
+
+@pytest.mark.parametrize("shape, opt, dtype", KERNEL_CASES,
+                         ids=[f"{_shape_id(s)}-{o}-{dtype_id(d)}" for s, o, d in KERNEL_CASES])
+def test_kernel_matches_reference(shape, opt, dtype):
+    check_kernel_vs_reference(shape, opt, dtype)
+
+
+def test_kernel_strided_inputs():
+    check_kernel_vs_reference((2, 40, 4, 16, 2, 16, 16), "all", torch.float32, strided=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+def test_step_kernel_matches_scan_token_by_token(dtype):
+    b, L, H, P, G, N = 3, 6, 4, 16, 2, 32
+    t, kw = make_inputs(b, L, H, P, G, N, OPTIONS["all"], dtype=dtype, device=DEVICE)
+    t["D"] = t["D"][:, 0].contiguous()  # per-head D here; per-channel D is covered by the scan tests
+    y_scan, h_scan = _call(ssd_scan, t, kw, chunk_size=16)
+    state = t["initial_states"].float().clone()
+    for i in range(L):
+        y = ssd_step(state, t["x"][:, i], t["dt"][:, i], t["A"], t["B"][:, i], t["C"][:, i], D=t["D"],
+                     z=t["z"][:, i], dt_bias=t["dt_bias"], dt_softplus=True)
+        assert y.dtype == dtype
+        assert_close(f"y[{i}]", y_scan[:, i].float(), y.float(), tol(dtype, "fwd"))
+    assert_close("state", h_scan, state, tol(dtype, "fwd"))
+
+
+def test_step_kernel_dt_limit_and_chan_D():
+    b, H, P, G, N = 2, 4, 8, 1, 16
+    t, _ = make_inputs(b, 1, H, P, G, N, OPTIONS["all"], dtype=torch.float32, device=DEVICE)
+    st = t["initial_states"].clone()
+    st_ref = st.double().clone()
+    args = (t["x"][:, 0], t["dt"][:, 0], t["A"], t["B"][:, 0], t["C"][:, 0])
+    kw = dict(D=t["D"], z=t["z"][:, 0], dt_bias=t["dt_bias"], dt_softplus=True, dt_limit=(0.2, 0.6))
+    y = ssd_step(st, *args, **kw)
+    y_ref = ssd_step_ref(st_ref, *(a.double() for a in args), **{k: (v.double() if torch.is_tensor(v) else v)
+                                                                    for k, v in kw.items()})
+    assert_close("y", y_ref, y, tol(torch.float32, "fwd"))
+    assert_close("state", st_ref, st, tol(torch.float32, "fwd"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU: bf16 and full shapes, determinism, 64-bit addressing.
+
+GPU_SHAPES = [  # (b, L, H, P, G, N, Q)
+    (2, 1000, 8, 64, 1, 128, 256),
+    (1, 2100, 4, 32, 2, 16, 128),
+    (1, 777, 4, 128, 1, 256, 64),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("opt", ["all", "all-seqidx", "all-cuseq", "plain"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=[_shape_id(s) for s in GPU_SHAPES])
+def test_kernel_full_shapes_gpu(shape, opt, dtype):
+    check_kernel_vs_reference(shape, opt, dtype, seed=3)
+
+
+@pytest.mark.gpu
+def test_kernel_deterministic_gpu():
+    t, kw = make_inputs(2, 3000, 8, 64, 1, 128, OPTIONS["all"], dtype=torch.bfloat16, device=DEVICE,
+                        requires_grad=True)
+    runs = []
+    for _ in range(2):
+        out = _as_tuple(_call(ssd_scan, t, kw, chunk_size=256))
+        runs.append([o.detach().clone() for o in out] + list(_grads(t, out).values()))
+    for a, b_ in zip(*runs):
+        assert torch.equal(a, b_)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_kernel_long_sequence_int64_addressing_gpu():
+    """131072 tokens x 64 heads x 128 state: offsets pass 2^31. The scan over the whole sequence must
+    agree with the scan of its last chunk restarted from the state entering that chunk."""
+    b, L, H, P, G, N, Q = 1, 131072, 64, 64, 1, 128, 256
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    x = torch.randn(b, L, H, P, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+    dt = torch.randn(b, L, H, device=DEVICE, dtype=torch.bfloat16, generator=gen) * 0.5
+    A = -torch.rand(H, device=DEVICE, generator=gen) - 0.1
+    Bm = torch.randn(b, L, G, N, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+    Cm = torch.randn(b, L, G, N, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+    kw = dict(chunk_size=Q, dt_softplus=True, return_final_states=True)
+    y, h = ssd_scan(x, dt, A, Bm, Cm, **kw)
+    assert torch.isfinite(y).all() and torch.isfinite(h).all()
+    cut = L - Q
+    _, h_cut = ssd_scan(x[:, :cut], dt[:, :cut], A, Bm[:, :cut], Cm[:, :cut], **kw)
+    y_tail, h_tail = ssd_scan(x[:, cut:], dt[:, cut:], A, Bm[:, cut:], Cm[:, cut:], initial_states=h_cut, **kw)
+    assert_close("y[tail]", y_tail.float(), y[:, cut:].float(), 1e-2)
+    assert_close("final_states", h_tail, h, 1e-2)

@@ -131,13 +131,15 @@ def ssd_scan(x, dt, A, B, C, *, chunk_size=256, D=None, z=None, dt_bias=None, dt
 
     Differentiable in x, dt, A, B, C, D, z, dt_bias and initial_states.
 
-    Dispatch: Triton kernels on CUDA (interpreter on CPU with TRITON_INTERPRET=1) once chunk.py
-    lands; until then, and always for fp64, the chunked reference `ssd_chunked_ref`.
+    Dispatch: the Triton kernels of chunk.py on CUDA (through the interpreter on CPU when
+    TRITON_INTERPRET=1); otherwise, and always for fp64, the chunked reference `ssd_chunked_ref`.
+    Kernels are deterministic (no atomics). With seq_idx / cu_seqlens the call syncs with the host
+    once to lay the segments out on chunk boundaries.
     """
     lim, _ = check_scan_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_states, seq_idx,
                              cu_seqlens)
     kernels = _kernels() if use_kernel(x) and x.dtype != torch.float64 else None
-    if kernels is not None and hasattr(kernels[0], "ssd_scan_fn"):
+    if kernels is not None:
         return kernels[0].ssd_scan_fn(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, lim,
                                       initial_states, seq_idx, cu_seqlens, return_final_states)
     return ssd_chunked_ref(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
@@ -180,11 +182,11 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus
         y: (batch, nheads, headdim) in x's dtype, equal to ssd_scan's output at the next position.
 
     Not differentiable (decoding). Dispatch: the Triton kernel of step.py on CUDA (interpreter on CPU
-    with TRITON_INTERPRET=1) once it lands; until then, and for fp64, `ssd_step_ref`.
+    with TRITON_INTERPRET=1); otherwise, and for fp64, `ssd_step_ref`.
     """
     lim = check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_limit)
     kernels = _kernels() if use_kernel(x) and x.dtype != torch.float64 else None
-    if kernels is not None and hasattr(kernels[1], "ssd_step_fwd"):
+    if kernels is not None:
         return kernels[1].ssd_step_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, lim)
     with torch.no_grad():
         return ssd_step_ref(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=lim)

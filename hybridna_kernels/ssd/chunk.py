@@ -1,0 +1,835 @@
+"""Triton kernels of the chunked SSD scan (forward and backward) and their autograd wiring.
+
+Notation (README.md): b batch, T tokens, H heads, P headdim, G groups, N dstate, Q chunk size,
+nc = cdiv(T, Q) chunks; u = processed dt, a = u * A, cs = within-chunk cumsum of a.
+
+Forward:  cumsum -> bmm (CB = C B^T per group and chunk) -> chunk_state (local chunk states)
+          -> state_pass (states entering each chunk, final states) -> chunk_scan (y).
+Backward: gate (dz, dy * silu(z)) -> chunk_state in reverse mode (dy-side local states)
+          -> state_pass_bwd (gradient of each chunk's end state, d(initial), d cs_last)
+          -> scan_bwd_dx (dx, du, d cs, dD) -> scan_bwd_dc / scan_bwd_db (per group, looping over
+          its heads) -> cumsum_bwd (ddt, dA, d dt_bias).
+
+Every reduction over programs goes through a partial buffer summed by torch, so results are
+deterministic (no atomics). Packed sequences (seq_idx / cu_seqlens) are re-laid out so that every
+segment starts on a chunk boundary (README.md, "Packed sequences"); the kernels then only see
+per-chunk tables: valid length, state reset (and which initial state), final-state slot.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..utils import new_empty
+
+# Chunk tables for packed input: chunk_init[c] = -2 (carry the state in), -1 (start from zero),
+# k >= 0 (start from initial_states[k]); chunk_final[c] = k >= 0 when the state after chunk c is
+# final_states[k], -3 when a segment ends there without a final slot, -1 inside a segment;
+# chunk_len[c] = valid tokens of chunk c (the rest is padding, u = 0).
+CONTINUE, NOT_END, DISCARD = -2, -1, -3
+
+
+def _p2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(n)))
+
+
+@triton.jit
+def _softplus(d):
+    # torch's softplus (threshold 20); log(1 + e) is replaced by its series where e is tiny.
+    e = tl.exp(tl.minimum(d, 20.0))
+    sp = tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e))
+    return tl.where(d <= 20.0, sp, d)
+
+
+# ------------------------------------------------------------------------------------------------
+# forward kernels
+
+
+@triton.jit
+def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr,
+                       T, H, nc, s_dt_b, s_dt_t, s_dt_h, lo, hi,
+                       Q: tl.constexpr, BH: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                       HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr):
+    i_b = tl.program_id(0).to(tl.int64)
+    i_c = tl.program_id(1).to(tl.int64)
+    i_h = tl.program_id(2)
+    o_t = tl.arange(0, Q)
+    o_h = i_h * BH + tl.arange(0, BH)
+    m_h = o_h < H
+    n_valid = T - i_c * Q
+    if IS_VARLEN:
+        n_valid = tl.load(clen_ptr + i_c).to(tl.int64)
+    m_t = o_t < n_valid
+    m = m_t[:, None] & m_h[None, :]
+    p_dt = dt_ptr + i_b * s_dt_b + (i_c * Q + o_t)[:, None] * s_dt_t + o_h[None, :] * s_dt_h
+    d = tl.load(p_dt, mask=m, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        d += tl.load(bias_ptr + o_h, mask=m_h, other=0.0).to(tl.float32)[None, :]
+    if SOFTPLUS:
+        d = _softplus(d)
+    d = tl.maximum(d, lo)
+    if HAS_HI:
+        d = tl.minimum(d, hi)
+    d = tl.where(m, d, 0.0)
+    A = tl.load(A_ptr + o_h, mask=m_h, other=0.0).to(tl.float32)
+    cs = tl.cumsum(d * A[None, :], axis=0)
+    o_out = ((i_b * H + o_h[None, :]) * nc + i_c) * Q + o_t[:, None]
+    tl.store(u_ptr + o_out, d, mask=m_h[None, :])
+    tl.store(cs_ptr + o_out, cs, mask=m_h[None, :])
+
+
+@triton.jit
+def _bmm_fwd_kernel(C_ptr, B_ptr, cb_ptr, T, G, N, nc, s_b, s_t, s_g,
+                    Q: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DOT_PREC: tl.constexpr):
+    """cb[b, c, g, i, j] = C_i . B_j for the lower block triangle (upper blocks are never read)."""
+    i_bc = tl.program_id(0).to(tl.int64)
+    i_g = tl.program_id(1).to(tl.int64)
+    i_mn = tl.program_id(2)
+    nb = Q // BM
+    i_m = i_mn // nb
+    i_n = i_mn % nb
+    if i_n > i_m:
+        return
+    i_b = i_bc // nc
+    i_c = i_bc % nc
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_n = i_n * BM + tl.arange(0, BM)
+    t_m = i_c * Q + o_m
+    t_n = i_c * Q + o_n
+    base = i_b * s_b + i_g * s_g
+    acc = tl.zeros([BM, BM], dtype=tl.float32)
+    for k in range(0, N, BK):
+        o_k = k + tl.arange(0, BK)
+        m_k = o_k < N
+        c = tl.load(C_ptr + base + t_m[:, None] * s_t + o_k[None, :], mask=(t_m < T)[:, None] & m_k[None, :], other=0.0)
+        bT = tl.load(B_ptr + base + t_n[None, :] * s_t + o_k[:, None], mask=(t_n < T)[None, :] & m_k[:, None], other=0.0)
+        acc += tl.dot(c, bT, input_precision=DOT_PREC)
+    p = cb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :]
+    tl.store(p, acc.to(cb_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
+                        T, H, G, nc, P, N, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
+                        Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        REVERSE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """out[b, c, h] (P x N) = sum_k w_k x_k B_k^T over the chunk, fp32.
+
+    Forward (chunk end state): w_k = exp(cs_last - cs_k) u_k.  REVERSE (gradient side, x = dy,
+    B = C): w_k = exp(cs_k), the decay from the chunk start to k.
+    """
+    i_bc = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1).to(tl.int64)
+    i_pn = tl.program_id(2)
+    i_b = i_bc // nc
+    i_c = i_bc % nc
+    i_g = i_h // (H // G)
+    nbn = tl.cdiv(N, BN)
+    o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
+    o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
+    m_p = o_p < P
+    m_n = o_n < N
+    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g
+    acc = tl.zeros([BP, BN], dtype=tl.float32)
+    for k in range(0, Q, BK):
+        o_k = k + tl.arange(0, BK)
+        t_k = i_c * Q + o_k
+        m_k = t_k < T
+        xT = tl.load(p_x + t_k[None, :] * s_x_t + o_p[:, None], mask=m_k[None, :] & m_p[:, None], other=0.0)
+        b = tl.load(p_B + t_k[:, None] * s_B_t + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
+        cs_k = tl.load(cs_ptr + o_uc + o_k)
+        if REVERSE:
+            w = tl.exp(tl.minimum(cs_k, 0.0))
+        else:
+            w = tl.exp(tl.minimum(cs_last - cs_k, 0.0)) * tl.load(u_ptr + o_uc + o_k)
+        xw = (xT.to(tl.float32) * w[None, :]).to(xT.dtype)
+        acc += tl.dot(xw, b, input_precision=DOT_PREC)
+    p_o = out_ptr + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :]
+    tl.store(p_o, acc, mask=m_p[:, None] & m_n[None, :])
+
+
+@triton.jit
+def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, fin_ptr,
+                           H, nc, PN,
+                           Q: tl.constexpr, BS: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Sequential over chunks: hin[c] = state entering chunk c; h <- exp(cs_last) h + local[c]."""
+    i_b = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1).to(tl.int64)
+    o_s = tl.program_id(2) * BS + tl.arange(0, BS)
+    m_s = o_s < PN
+    if HAS_INIT and not IS_VARLEN:
+        h = tl.load(init_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BS], dtype=tl.float32)
+    for c in range(nc):
+        if IS_VARLEN:
+            ci = tl.load(cinit_ptr + c)
+            if ci != -2:
+                if HAS_INIT:
+                    k = tl.maximum(ci, 0).to(tl.int64)
+                    h = tl.load(init_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0), other=0.0).to(tl.float32)
+                else:
+                    h = tl.zeros([BS], dtype=tl.float32)
+        o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
+        s = tl.load(st_ptr + o_st, mask=m_s, other=0.0)
+        tl.store(hin_ptr + o_st, h.to(hin_ptr.dtype.element_ty), mask=m_s)
+        cs_last = tl.load(cs_ptr + ((i_b * H + i_h) * nc + c) * Q + Q - 1)
+        h = tl.exp(tl.minimum(cs_last, 0.0)) * h + s
+        if IS_VARLEN:
+            cf = tl.load(cfin_ptr + c)
+            k2 = tl.maximum(cf, 0).to(tl.int64)
+            tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
+    if not IS_VARLEN:
+        tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
+
+
+@triton.jit
+def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, D_ptr, y_ptr, ypre_ptr,
+                           T, H, G, nc, P, N,
+                           s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_b, s_C_t, s_C_g, s_y_b, s_y_t, s_y_h,
+                           Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
+                           HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
+                           STORE_YPRE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i))."""
+    i_bc = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1).to(tl.int64)
+    i_mp = tl.program_id(2)
+    i_b = i_bc // nc
+    i_c = i_bc % nc
+    i_g = i_h // (H // G)
+    nbp = tl.cdiv(P, BP)
+    i_m = i_mp // nbp
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_p = (i_mp % nbp) * BP + tl.arange(0, BP)
+    t_m = i_c * Q + o_m
+    m_m = t_m < T
+    m_p = o_p < P
+    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+    cs_m = tl.load(cs_ptr + o_uc + o_m)
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h
+    dt_in = x_ptr.dtype.element_ty
+
+    acc = tl.zeros([BM, BP], dtype=tl.float32)
+    p_hin = hin_ptr + (i_bc * H + i_h) * P * N
+    p_C = C_ptr + i_b * s_C_b + i_g * s_C_g
+    for n in range(0, N, BN):
+        o_n = n + tl.arange(0, BN)
+        m_n = o_n < N
+        c = tl.load(p_C + t_m[:, None] * s_C_t + o_n[None, :], mask=m_m[:, None] & m_n[None, :], other=0.0)
+        hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+        acc += tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
+    acc *= tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+
+    p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
+    for k in range(0, (i_m + 1) * BM, BK):
+        o_k = k + tl.arange(0, BK)
+        t_k = i_c * Q + o_k
+        cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :]).to(tl.float32)
+        cs_k = tl.load(cs_ptr + o_uc + o_k)
+        u_k = tl.load(u_ptr + o_uc + o_k)
+        w = cb * tl.exp(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0)) * u_k[None, :]
+        w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
+        xk = tl.load(p_x + t_k[:, None] * s_x_t + o_p[None, :], mask=(t_k < T)[:, None] & m_p[None, :], other=0.0)
+        acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
+
+    m = m_m[:, None] & m_p[None, :]
+    if HAS_D:
+        xm = tl.load(p_x + t_m[:, None] * s_x_t + o_p[None, :], mask=m, other=0.0).to(tl.float32)
+        if D_PER_CHAN:
+            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        acc += Dv * xm
+    o_y = i_b * s_y_b + t_m[:, None] * s_y_t + i_h * s_y_h + o_p[None, :]
+    if HAS_Z:
+        if STORE_YPRE:
+            tl.store(ypre_ptr + o_y, acc.to(ypre_ptr.dtype.element_ty), mask=m)
+        z = tl.load(z_ptr + i_b * s_z_b + t_m[:, None] * s_z_t + i_h * s_z_h + o_p[None, :], mask=m, other=0.0)
+        z = z.to(tl.float32)
+        acc *= z * tl.sigmoid(z)
+    tl.store(y_ptr + o_y, acc.to(y_ptr.dtype.element_ty), mask=m)
+
+
+# ------------------------------------------------------------------------------------------------
+# backward kernels
+
+
+@triton.jit
+def _gate_bwd_kernel(dy_ptr, z_ptr, ypre_ptr, dyp_ptr, dz_ptr, n, BLOCK: tl.constexpr):
+    """dz = dy * ypre * silu'(z); dy_pre = dy * silu(z) (all buffers contiguous)."""
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = o < n
+    dy = tl.load(dy_ptr + o, mask=m, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + o, mask=m, other=0.0).to(tl.float32)
+    yp = tl.load(ypre_ptr + o, mask=m, other=0.0).to(tl.float32)
+    sg = tl.sigmoid(z)
+    tl.store(dz_ptr + o, (dy * yp * sg * (1.0 + z * (1.0 - sg))).to(dz_ptr.dtype.element_ty), mask=m)
+    tl.store(dyp_ptr + o, (dy * z * sg).to(dyp_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_ptr, cfin_ptr, dinit_ptr, ddal_ptr,
+                           H, nc, PN,
+                           Q: tl.constexpr, BS: tl.constexpr, HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr,
+                           IS_VARLEN: tl.constexpr):
+    """Reverse state passing. In: ldh[c] = sum_i exp(cs_i) dy_i C_i^T. Out (in place of ldh): the
+    gradient of the state after chunk c; dinit; per-block partials of d cs_last = <dh_out, h_out>."""
+    i_b = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1).to(tl.int64)
+    i_s = tl.program_id(2)
+    nbs = tl.num_programs(2)
+    o_s = i_s * BS + tl.arange(0, BS)
+    m_s = o_s < PN
+    g = tl.zeros([BS], dtype=tl.float32)
+    if HAS_DFIN and not IS_VARLEN:
+        g = tl.load(dfin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    for cc in range(nc):
+        c = nc - 1 - cc
+        o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
+        if IS_VARLEN:
+            cf = tl.load(cfin_ptr + c)
+            k = tl.maximum(cf, 0).to(tl.int64)
+            if cf != -1:  # a segment ends here: its end state is final (cf >= 0) or discarded
+                if HAS_DFIN:
+                    g = tl.load(dfin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0), other=0.0).to(tl.float32)
+                else:
+                    g = tl.zeros([BS], dtype=tl.float32)
+                hout = tl.load(fin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0), other=0.0).to(tl.float32)
+            else:
+                hout = tl.load(hin_ptr + o_st + H * PN, mask=m_s, other=0.0).to(tl.float32)
+        else:
+            if c == nc - 1:
+                hout = tl.load(fin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+            else:
+                hout = tl.load(hin_ptr + o_st + H * PN, mask=m_s, other=0.0).to(tl.float32)
+        o_cs = ((i_b * H + i_h) * nc + c)
+        tl.store(ddal_ptr + o_cs * nbs + i_s, tl.sum(g * hout, axis=0))
+        ldh = tl.load(ldh_ptr + o_st, mask=m_s, other=0.0)
+        tl.store(ldh_ptr + o_st, g, mask=m_s)
+        cs_last = tl.load(cs_ptr + o_cs * Q + Q - 1)
+        g = ldh + tl.exp(tl.minimum(cs_last, 0.0)) * g
+        if IS_VARLEN:
+            ci = tl.load(cinit_ptr + c)
+            if HAS_INIT:
+                k0 = tl.maximum(ci, 0).to(tl.int64)
+                tl.store(dinit_ptr + (k0 * H + i_h) * PN + o_s, g, mask=m_s & ((o_s * 0 + ci) >= 0))
+    if HAS_INIT and not IS_VARLEN:
+        tl.store(dinit_ptr + (i_b * H + i_h) * PN + o_s, g, mask=m_s)
+
+
+@triton.jit
+def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_ptr,
+                        dx_ptr, du_ptr, dcs_ptr, rowt_ptr, dD_ptr,
+                        T, H, G, nc, P, N,
+                        s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
+                        s_dx_b, s_dx_t, s_dx_h,
+                        Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                        HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One chunk and head. For rows j: Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j;
+    dx_j = u_j Z_j + D dy_j; du_j = x_j . Z_j.
+    The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once in fp32 so that
+    its row sums (rowt) and column sums cancel exactly where they should:
+    dcs = rowsum(T) - colsum(T) - V + R (+ the chunk-end term), V_j = u_j e^{cs_last-cs_j} x_j . dS B_j.
+    Here: dcs <- -colsum(T) - V, rowt <- rowsum(T)."""
+    i_bc = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1).to(tl.int64)
+    i_b = i_bc // nc
+    i_c = i_bc % nc
+    i_g = i_h // (H // G)
+    NB: tl.constexpr = Q // BJ
+    o_p = tl.arange(0, BP)
+    o_nb = tl.arange(0, NB)
+    m_p = o_p < P
+    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    dt_in = x_ptr.dtype.element_ty
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h
+    p_dy = dy_ptr + i_b * s_dy_b + i_h * s_dy_h
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g
+    p_ds = ds_ptr + (i_bc * H + i_h) * P * N
+    p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
+    if HAS_D:
+        if D_PER_CHAN:
+            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        dD = tl.zeros([BP], dtype=tl.float32)
+    rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
+    for jb in range(NB):
+        o_j = jb * BJ + tl.arange(0, BJ)
+        t_j = i_c * Q + o_j
+        m_j = t_j < T
+        m = m_j[:, None] & m_p[None, :]
+        cs_j = tl.load(cs_ptr + o_uc + o_j)
+        u_j = tl.load(u_ptr + o_uc + o_j)
+        xj = tl.load(p_x + t_j[:, None] * s_x_t + o_p[None, :], mask=m, other=0.0)
+        acc = tl.zeros([BJ, BP], dtype=tl.float32)
+        for n in range(0, N, BN):
+            o_n = n + tl.arange(0, BN)
+            m_n = o_n < N
+            b = tl.load(p_B + t_j[:, None] * s_B_t + o_n[None, :], mask=m_j[:, None] & m_n[None, :], other=0.0)
+            dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+            acc += tl.dot(b.to(dt_in), dsT.to(dt_in), input_precision=DOT_PREC)
+        acc *= tl.exp(tl.minimum(cs_last - cs_j, 0.0))[:, None]
+        colt = u_j * tl.sum(acc * xj.to(tl.float32), axis=1)  # V_j
+        for ib in range(jb, NB):
+            o_i = ib * BJ + tl.arange(0, BJ)
+            t_i = i_c * Q + o_i
+            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)
+            cs_i = tl.load(cs_ptr + o_uc + o_i)
+            w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0))
+            w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
+            dyi = tl.load(p_dy + t_i[:, None] * s_dy_t + o_p[None, :], mask=(t_i < T)[:, None] & m_p[None, :],
+                          other=0.0).to(dt_in)
+            acc += tl.dot(w.to(dt_in), dyi, input_precision=DOT_PREC)
+            tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC) * w * u_j[:, None]  # T^T block (j, i)
+            colt += tl.sum(tt, axis=1)
+            rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt, axis=0)[None, :], rowacc)
+        xf = xj.to(tl.float32)
+        du = tl.sum(acc * xf, axis=1)
+        dx = acc * u_j[:, None]
+        if HAS_D:
+            dyj = tl.load(p_dy + t_j[:, None] * s_dy_t + o_p[None, :], mask=m, other=0.0).to(tl.float32)
+            dx += Dv * dyj
+            dD += tl.sum(dyj * xf, axis=0)
+        tl.store(dx_ptr + i_b * s_dx_b + t_j[:, None] * s_dx_t + i_h * s_dx_h + o_p[None, :],
+                 dx.to(dx_ptr.dtype.element_ty), mask=m)
+        tl.store(du_ptr + o_uc + o_j, du)
+        tl.store(dcs_ptr + o_uc + o_j, -colt)
+    tl.store(rowt_ptr + o_uc + o_nb[:, None] * BJ + tl.arange(0, BJ)[None, :], rowacc)
+    if HAS_D:
+        tl.store(dD_ptr + (i_bc * H + i_h) * P + o_p, dD, mask=m_p)
+
+
+@triton.jit
+def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds_ptr, dB_ptr, dC_ptr, r_ptr,
+                         T, H, G, nc, P, N,
+                         s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g, s_d_b, s_d_t, s_d_g,
+                         Q: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                         IS_DB: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Per group g and rows m of a chunk, summed over the heads of the group, with
+    K_ij = (dy_i . x_j) e^{cs_i - cs_j} u_j (j <= i):
+      dC (IS_DB false): dC_m = sum_h [ sum_{j<=m} K_mj B_j + e^{cs_m} dy_m hin ]
+      dB (IS_DB true):  dB_m = sum_h [ sum_{i>=m} K_im C_i + e^{cs_last - cs_m} u_m x_m dS ]
+    The dC pass also writes, per head, R_m = e^{cs_m} dy_m . (hin C_m), the decay gradient of the
+    output-from-state term."""
+    i_bc = tl.program_id(0).to(tl.int64)
+    i_g = tl.program_id(1).to(tl.int64)
+    i_m = tl.program_id(2)
+    i_b = i_bc // nc
+    i_c = i_bc % nc
+    hpg = H // G
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_p = tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    t_m = i_c * Q + o_m
+    m_m = t_m < T
+    m_p = o_p < P
+    m_n = o_n < N
+    dt_in = x_ptr.dtype.element_ty
+    if IS_DB:
+        p_own = x_ptr + i_b * s_x_b
+        s_own_t = s_x_t
+        s_own_h = s_x_h
+        p_oth = dy_ptr + i_b * s_dy_b
+        s_oth_t = s_dy_t
+        s_oth_h = s_dy_h
+        p_st = ds_ptr
+        p_mat = C_ptr + i_b * s_B_b + i_g * s_B_g
+    else:
+        p_own = dy_ptr + i_b * s_dy_b
+        s_own_t = s_dy_t
+        s_own_h = s_dy_h
+        p_oth = x_ptr + i_b * s_x_b
+        s_oth_t = s_x_t
+        s_oth_h = s_x_h
+        p_st = hin_ptr
+        p_mat = B_ptr + i_b * s_B_b + i_g * s_B_g
+        c_m = tl.load(C_ptr + i_b * s_B_b + i_g * s_B_g + t_m[:, None] * s_B_t + o_n[None, :],
+                      mask=m_m[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for hh in range(hpg):
+        i_h = i_g * hpg + hh
+        o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+        cs_m = tl.load(cs_ptr + o_uc + o_m)
+        own = tl.load(p_own + t_m[:, None] * s_own_t + i_h * s_own_h + o_p[None, :],
+                      mask=m_m[:, None] & m_p[None, :], other=0.0)
+        st = tl.load(p_st + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :],
+                     mask=m_p[:, None] & m_n[None, :], other=0.0)
+        acc_h = tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
+        if IS_DB:
+            cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+            u_m = tl.load(u_ptr + o_uc + o_m)
+            acc_h *= (tl.exp(tl.minimum(cs_last - cs_m, 0.0)) * u_m)[:, None]
+            k_lo = i_m * BM
+            k_hi = Q
+        else:
+            acc_h *= tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+            tl.store(r_ptr + o_uc + o_m, tl.sum(acc_h * c_m, axis=1))
+            k_lo = 0
+            k_hi = (i_m + 1) * BM
+        for k in range(k_lo, k_hi, BK):
+            o_k = k + tl.arange(0, BK)
+            t_k = i_c * Q + o_k
+            m_k = t_k < T
+            othT = tl.load(p_oth + t_k[None, :] * s_oth_t + i_h * s_oth_h + o_p[:, None],
+                           mask=m_k[None, :] & m_p[:, None], other=0.0)
+            kk = tl.dot(own.to(dt_in), othT.to(dt_in), input_precision=DOT_PREC)  # (BM, BK)
+            cs_k = tl.load(cs_ptr + o_uc + o_k)
+            if IS_DB:
+                # rows m are j, columns k are i >= j
+                kk *= tl.exp(tl.minimum(cs_k[None, :] - cs_m[:, None], 0.0)) * u_m[:, None]
+                kk = tl.where(o_k[None, :] >= o_m[:, None], kk, 0.0)
+            else:
+                u_k = tl.load(u_ptr + o_uc + o_k)
+                kk *= tl.exp(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0)) * u_k[None, :]
+                kk = tl.where(o_m[:, None] >= o_k[None, :], kk, 0.0)
+            mat = tl.load(p_mat + t_k[:, None] * s_B_t + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
+            acc_h += tl.dot(kk.to(dt_in), mat.to(dt_in), input_precision=DOT_PREC)
+        acc += acc_h
+    p_o = (dB_ptr if IS_DB else dC_ptr) + i_b * s_d_b + i_g * s_d_g + t_m[:, None] * s_d_t + o_n[None, :]
+    tl.store(p_o, acc.to(p_o.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
+
+
+@triton.jit
+def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr, rowt_ptr, r_ptr, ddal_ptr,
+                       ddt_ptr, dA_ptr, dbias_ptr,
+                       T, H, nc, s_dt_b, s_dt_t, s_dt_h, s_ddt_b, s_ddt_t, s_ddt_h, lo, hi,
+                       Q: tl.constexpr, BH: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                       HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """da_j = sum_{i>=j} dcs_i (+ d cs_last at the end); du = du_direct + A da; then back through
+    clamp / softplus / bias to ddt. Partials of dA and d dt_bias per chunk."""
+    i_b = tl.program_id(0).to(tl.int64)
+    i_c = tl.program_id(1).to(tl.int64)
+    i_h = tl.program_id(2)
+    o_t = tl.arange(0, Q)
+    o_h = i_h * BH + tl.arange(0, BH)
+    m_h = o_h < H
+    n_valid = T - i_c * Q
+    if IS_VARLEN:
+        n_valid = tl.load(clen_ptr + i_c).to(tl.int64)
+    m_t = o_t < n_valid
+    m = m_t[:, None] & m_h[None, :]
+    o_uc = ((i_b * H + o_h[None, :]) * nc + i_c) * Q + o_t[:, None]
+    dcs = tl.load(dcs_ptr + o_uc, mask=m_h[None, :], other=0.0)
+    dcs += tl.load(rowt_ptr + o_uc, mask=m_h[None, :], other=0.0)
+    dcs += tl.load(r_ptr + o_uc, mask=m_h[None, :], other=0.0)
+    ddal = tl.load(ddal_ptr + (i_b * H + o_h) * nc + i_c, mask=m_h, other=0.0)
+    dcs += tl.where(o_t[:, None] == Q - 1, ddal[None, :], 0.0)
+    tot = tl.sum(dcs, axis=0)
+    da = tot[None, :] - tl.cumsum(dcs, axis=0) + dcs
+    u = tl.load(u_ptr + o_uc, mask=m_h[None, :], other=0.0)
+    A = tl.load(A_ptr + o_h, mask=m_h, other=0.0).to(tl.float32)
+    du = tl.load(du_ptr + o_uc, mask=m_h[None, :], other=0.0) + A[None, :] * da
+    tl.store(dA_ptr + (i_b * nc + i_c) * H + o_h, tl.sum(tl.where(m, u * da, 0.0), axis=0), mask=m_h)
+
+    p_dt = dt_ptr + i_b * s_dt_b + (i_c * Q + o_t)[:, None] * s_dt_t + o_h[None, :] * s_dt_h
+    d = tl.load(p_dt, mask=m, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        d += tl.load(bias_ptr + o_h, mask=m_h, other=0.0).to(tl.float32)[None, :]
+    if SOFTPLUS:
+        sp = _softplus(d)
+        gsp = tl.where(d <= 20.0, tl.sigmoid(d), 1.0)
+    else:
+        sp = d
+        gsp = tl.full(d.shape, 1.0, tl.float32)
+    keep = sp >= lo
+    if HAS_HI:
+        keep = keep & (sp <= hi)
+    ddt = tl.where(m & keep, du * gsp, 0.0)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + (i_b * nc + i_c) * H + o_h, tl.sum(ddt, axis=0), mask=m_h)
+    m_out = (i_c * Q + o_t < T)[:, None] & m_h[None, :]
+    p_ddt = ddt_ptr + i_b * s_ddt_b + (i_c * Q + o_t)[:, None] * s_ddt_t + o_h[None, :] * s_ddt_h
+    tl.store(p_ddt, ddt.to(ddt_ptr.dtype.element_ty), mask=m_out)
+
+
+# ------------------------------------------------------------------------------------------------
+# launchers
+
+
+def _cfg(Q, P, N, dtype):
+    """One block configuration per kernel, chosen from the shapes (no autotuning, so gradients never
+    depend on a timing race)."""
+    BP = _p2(P)
+    BN = _p2(N)
+    blk = min(64, Q)
+    return {
+        "BP": BP, "BN": BN, "BM": blk, "BK": blk,
+        "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
+        "BP_STATE": min(BP, 64),
+        "BN_STATE": min(BN, 128),
+        "BS": 1024,
+        "BM_DBC": 32 if BN > 128 else blk,
+        "warps": 4,
+        "warps_big": 8 if BN >= 128 else 4,
+        "stages": 2,
+        "prec": "ieee" if dtype == torch.float32 else "tf32",
+    }
+
+
+def _strides3(t):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+class _Tables:
+    """Per-chunk tables of the packed layout (int32 tensors on the device)."""
+
+    def __init__(self, clen, cinit, cfin, nfinal):
+        self.clen, self.cinit, self.cfin, self.nfinal = clen, cinit, cfin, nfinal
+
+
+def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store_ypre):
+    b, T, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    nc = triton.cdiv(T, Q)
+    dev = x.device
+    cfg = _cfg(Q, P, N, x.dtype)
+    varlen = tables is not None
+    f32 = torch.float32
+    u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    cs = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    BH = 8
+    dummy = u
+    _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
+        dt, dt_bias if dt_bias is not None else dummy, A, tables.clen if varlen else dummy, u, cs,
+        T, H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
+        Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
+        IS_VARLEN=varlen, num_warps=4)
+    cb_dtype = f32 if x.dtype == f32 else x.dtype
+    cb = new_empty((b, nc, G, Q, Q), dtype=cb_dtype, device=dev)
+    BMb = min(64, Q)
+    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
+        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
+        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+    states = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+    BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
+    _chunk_state_kernel[(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs))](
+        x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
+        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"],
+        num_warps=cfg["warps_big"], num_stages=cfg["stages"])
+    hin_dtype = f32 if x.dtype == f32 else x.dtype
+    hin = new_empty((b, nc, H, P, N), dtype=hin_dtype, device=dev)
+    nfin = tables.nfinal if varlen else b
+    final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
+    PN = P * N
+    BS = min(cfg["BS"], triton.next_power_of_2(PN))
+    _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
+        states, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
+        tables.cfin if varlen else dummy, hin, final, H, nc, PN,
+        Q=Q, BS=BS, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+    del states
+    y = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
+    ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
+    BPc = min(cfg["BP"], 64)
+    zz = z if z is not None else x
+    _chunk_scan_fwd_kernel[(b * nc, H, (Q // cfg["BM"]) * triton.cdiv(P, BPc))](
+        x, zz, C, cb, u, cs, hin, D if D is not None else dummy, y, ypre,
+        T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
+        Q=Q, BM=cfg["BM"], BP=BPc, BK=cfg["BK"], BN=cfg["BN_SCAN"],
+        HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
+        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], num_warps=cfg["warps"],
+        num_stages=cfg["stages"])
+    return y, final, hin, ypre
+
+
+def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, hin, final, ypre):
+    b, T, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    nc = triton.cdiv(T, Q)
+    dev = x.device
+    cfg = _cfg(Q, P, N, x.dtype)
+    varlen = tables is not None
+    f32 = torch.float32
+    dummy = hin
+    # recompute the cheap forward pieces: u, cs and CB
+    u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    cs = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    BH = 8
+    hi_arg = float(hi) if hi != float("inf") else 0.0
+    _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
+        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, cs,
+        T, H, nc, *_strides3(dt), float(lo), hi_arg,
+        Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
+        IS_VARLEN=varlen, num_warps=4)
+    cb = new_empty((b, nc, G, Q, Q), dtype=f32 if x.dtype == f32 else x.dtype, device=dev)
+    BMb = min(64, Q)
+    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
+        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
+        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+
+    dy = dy.contiguous()
+    dz = None
+    if z is not None:
+        zc = z.contiguous()
+        dz = new_empty(zc.shape, dtype=z.dtype, device=dev)
+        dyp = new_empty(dy.shape, dtype=x.dtype, device=dev)
+        n = dy.numel()
+        BLOCK = 1024
+        _gate_bwd_kernel[(triton.cdiv(n, BLOCK),)](dy, zc, ypre, dyp, dz, n, BLOCK=BLOCK, num_warps=4)
+        dy = dyp
+    elif dy.dtype != x.dtype:
+        dy = dy.to(x.dtype)
+
+    # dy-side local states, then the reverse state pass (in place: ldh becomes dS, the gradient of
+    # each chunk's end state)
+    ldh = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+    BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
+    _chunk_state_kernel[(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs))](
+        dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
+        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"],
+        num_warps=cfg["warps_big"], num_stages=cfg["stages"])
+    PN = P * N
+    BS = min(cfg["BS"], triton.next_power_of_2(PN))
+    nbs = triton.cdiv(PN, BS)
+    ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
+    dinit = None
+    if init is not None:
+        dinit = (torch.zeros if varlen else new_empty)(init.shape, dtype=f32, device=dev)
+    _state_pass_bwd_kernel[(b, H, nbs)](
+        ldh, cs, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
+        tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
+        Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+    ds = ldh
+    ddal = ddal.sum(-1)
+
+    dx = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
+    du = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    dcs = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    rowt = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    dD_part = new_empty((b * nc, H, P), dtype=f32, device=dev) if D is not None else u
+    _scan_bwd_dx_kernel[(b * nc, H)](
+        x, dy, B, cb, u, cs, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
+        T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
+        Q=Q, BJ=cfg["BM"], BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
+        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], num_warps=cfg["warps"],
+        num_stages=cfg["stages"])
+
+    dB = new_empty(B.shape, dtype=B.dtype, device=dev)
+    dC = new_empty(C.shape, dtype=C.dtype, device=dev)
+    BMd = cfg["BM_DBC"]
+    for is_db, out in ((True, dB), (False, dC)):
+        _scan_bwd_dbc_kernel[(b * nc, G, Q // BMd)](
+            x, dy, B, C, u, cs, hin, ds, dB, dC, rterm, T, H, G, nc, P, N,
+            *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, DOT_PREC=cfg["prec"],
+            num_warps=cfg["warps_big"], num_stages=cfg["stages"])
+
+    ddt = new_empty(dt.shape, dtype=dt.dtype, device=dev)
+    dA_part = new_empty((b, nc, H), dtype=f32, device=dev)
+    dbias_part = new_empty((b, nc, H), dtype=f32, device=dev) if dt_bias is not None else u
+    _cumsum_bwd_kernel[(b, nc, triton.cdiv(H, BH))](
+        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, du, dcs, rowt, rterm, ddal,
+        ddt, dA_part, dbias_part, T, H, nc, *_strides3(dt), *_strides3(ddt), float(lo), hi_arg,
+        Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
+        IS_VARLEN=varlen, num_warps=4)
+    dA = dA_part.sum((0, 1)).to(A.dtype)
+    dbias = dbias_part.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
+    dD = None
+    if D is not None:
+        dD = dD_part.sum(0)
+        dD = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
+    if dinit is not None:
+        dinit = dinit.to(init.dtype)
+    return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit
+
+
+class _SSDScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, init, Q, softplus, lo, hi, tables):
+        needs_grad = any(ctx.needs_input_grad)
+        y, final, hin, ypre = _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables,
+                                   store_ypre=needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, init, hin, final, ypre if z is not None else None)
+        ctx.cfg = (Q, softplus, lo, hi, tables)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, z, dt_bias, init, hin, final, ypre = ctx.saved_tensors
+        Q, softplus, lo, hi, tables = ctx.cfg
+        if dy is None:
+            dy = torch.zeros_like(x)
+        grads = _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, hin, final, ypre)
+        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = grads
+        return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, None, None, None, None, None
+
+
+def _segments(seq_idx, cu_seqlens, b, L):
+    """List of (row, start, end, init_row or -1, final_row) for every non-empty segment, and the
+    number of final-state rows."""
+    segs = []
+    if cu_seqlens is not None:
+        cu = cu_seqlens.tolist()
+        for s in range(len(cu) - 1):
+            if cu[s + 1] > cu[s]:
+                segs.append((0, cu[s], cu[s + 1], s, s))
+        return segs, len(cu) - 1
+    si = seq_idx.cpu()
+    for r in range(b):
+        row = si[r]
+        cuts = (torch.nonzero(row[1:] != row[:-1]).flatten() + 1).tolist()
+        bounds = [0] + cuts + [L]
+        n = len(bounds) - 1
+        for k in range(n):
+            segs.append((r, bounds[k], bounds[k + 1], r if k == 0 else -1, r if k == n - 1 else DISCARD))
+    return segs, b
+
+
+def _layout(seq_idx, cu_seqlens, b, L, Q, has_init, device):
+    """Chunk-aligned packed layout: each segment starts on a chunk boundary."""
+    segs, nfinal = _segments(seq_idx, cu_seqlens, b, L)
+    dest, clen, cinit, cfin = [], [], [], []
+    nonempty = torch.zeros(nfinal, dtype=torch.bool)
+    pos = 0
+    for r, s, e, ir, fr in segs:  # segments come in (row, time) order, like the flattened tokens
+        n = e - s
+        nch = -(-n // Q)
+        dest.append(torch.arange(pos, pos + n))
+        for k in range(nch):
+            clen.append(min(Q, n - k * Q))
+            cinit.append((ir if has_init else -1) if k == 0 else CONTINUE)
+            cfin.append(fr if k == nch - 1 else NOT_END)
+        if fr >= 0:
+            nonempty[fr] = True
+        pos += nch * Q
+    dest = torch.cat(dest)  # dest[token] = its position in the aligned layout
+    i32 = dict(dtype=torch.int32, device=device)
+    tables = _Tables(torch.tensor(clen, **i32), torch.tensor(cinit, **i32), torch.tensor(cfin, **i32), nfinal)
+    return dest.to(device), pos, tables, nonempty.to(device)
+
+
+def _align(t, dest, total):
+    """(b, L, ...) -> (1, total, ...) with token k at position dest[k], zeros elsewhere."""
+    flat = t.reshape(-1, *t.shape[2:])
+    out = flat.new_zeros((total, *t.shape[2:])).index_copy(0, dest, flat)
+    return out[None]
+
+
+def ssd_scan_fn(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
+                cu_seqlens, return_final_states):
+    """Kernel path of ssd_scan (arguments already validated by the public function)."""
+    lo, hi = dt_limit
+    Q = int(chunk_size)
+    b, L, H, P = x.shape
+    if A.dtype != torch.float32:
+        A = A.float()
+    if seq_idx is None and cu_seqlens is None:
+        y, final = _SSDScanFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, Q, dt_softplus, lo, hi, None)
+        return (y, final) if return_final_states else y
+    dest, total, tables, nonempty = _layout(seq_idx, cu_seqlens, b, L, Q, initial_states is not None, x.device)
+    xa, dta, Ba, Ca = (_align(t, dest, total) for t in (x, dt, B, C))
+    za = _align(z, dest, total) if z is not None else None
+    ya, final = _SSDScanFn.apply(xa, dta, A, Ba, Ca, D, za, dt_bias, initial_states, Q, dt_softplus, lo, hi, tables)
+    y = ya[0].index_select(0, dest).reshape(b, L, H, P)
+    if not bool(nonempty.all()):
+        fill = initial_states.float() if initial_states is not None else torch.zeros_like(final)
+        final = torch.where(nonempty[:, None, None, None], final, fill)
+    return (y, final) if return_final_states else y
