@@ -821,6 +821,10 @@ def ssd_scan_fn(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit
     b, L, H, P = x.shape
     if A.dtype != torch.float32:
         A = A.float()
+    # tl.dot needs one operand dtype: B, C and z follow x (a differentiable cast, usually a no-op)
+    B, C = B.to(x.dtype), C.to(x.dtype)
+    if z is not None:
+        z = z.to(x.dtype)
     if seq_idx is None and cu_seqlens is None:
         y, final = _SSDScanFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, Q, dt_softplus, lo, hi, None)
         return (y, final) if return_final_states else y

@@ -1,0 +1,238 @@
+"""ssd_scan / ssd_step benchmarks (issue 4).
+
+Providers: hybridna (Triton kernels), reference (the chunked PyTorch reference, forward at the
+smallest GPU shape only: it materialises the (chunk x chunk) decay matrices), and mamba_ssm's Triton
+`mamba_chunk_scan_combined` when importable (put the Triton ops of its sdist on sys.path, for example
+under .peers/ which this file adds when present; peer code is never committed).
+
+    pytest bench/bench_ssd.py --benchmark-only        # pytest-benchmark, rates in extra_info
+    python bench/bench_ssd.py                          # one markdown table (GPU)
+
+Rates: forward FLOPs count the causal halves: per chunk and head Q^2 P (intra-chunk) + 4 Q P N
+(chunk state, output from state), plus Q^2 N per chunk and group (C B^T); backward is counted as
+twice the forward. Bytes: x, y (and dx / dy / dz ...) once each, B, C, dt once.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEERS = os.path.join(os.path.dirname(HERE), ".peers")
+if os.path.isdir(PEERS) and PEERS not in sys.path:
+    sys.path.append(PEERS)
+
+from conftest import HAS_CUDA, run_benchmark  # noqa: E402
+
+from hybridna_kernels import ssd_scan, ssd_step  # noqa: E402
+from hybridna_kernels.ssd.naive import ssd_chunked_ref  # noqa: E402
+
+try:  # the peer; only its Triton ops are needed
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _peer_scan
+except Exception:  # noqa: BLE001 - any import failure just means "peer not available"
+    _peer_scan = None
+
+H, P, N, G, Q = 32, 64, 128, 1, 256
+GPU_SHAPES = [(8, 8192), (2, 32768), (1, 131072)]
+CPU_SHAPES = [(1, 200)]
+
+
+def make(batch, seqlen, dtype=torch.bfloat16, device="cuda", requires_grad=False, heads=H, headdim=P, dstate=N):
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rnd(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, device=device, dtype=torch.float32) * scale).to(dtype)
+
+    t = dict(x=rnd(batch, seqlen, heads, headdim), dt=rnd(batch, seqlen, heads, scale=0.5),
+             A=-(torch.rand(heads, generator=g, device=device) * 4 + 0.5),
+             B=rnd(batch, seqlen, G, dstate), C=rnd(batch, seqlen, G, dstate),
+             D=rnd(heads, scale=1.0).float(), dt_bias=rnd(heads, scale=0.5).float() - 2.0)
+    for v in t.values():
+        v.requires_grad_(requires_grad)
+    return t
+
+
+def _ours(t, **kw):
+    return ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=Q, D=t["D"], dt_bias=t["dt_bias"],
+                    dt_softplus=True, **kw)
+
+
+def _peer(t):
+    return _peer_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], Q, D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
+
+
+def _ref(t):
+    return ssd_chunked_ref(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=Q, D=t["D"], dt_bias=t["dt_bias"],
+                           dt_softplus=True)
+
+
+PROVIDERS = {"hybridna": _ours, "mamba_ssm": _peer, "reference": _ref}
+
+
+def flops(batch, seqlen, heads=H, headdim=P, dstate=N, groups=G, chunk=Q):
+    nc = math.ceil(seqlen / chunk)
+    per_head = chunk * chunk * headdim + 4 * chunk * headdim * dstate
+    return batch * nc * (heads * per_head + groups * chunk * chunk * dstate)
+
+
+def nbytes(batch, seqlen, mode, itemsize=2, heads=H, headdim=P, dstate=N, groups=G):
+    x = batch * seqlen * heads * headdim * itemsize
+    bc = 2 * batch * seqlen * groups * dstate * itemsize
+    dt = batch * seqlen * heads * itemsize
+    fwd = 2 * x + bc + dt
+    return fwd if mode == "fwd" else fwd + (3 * x + 2 * bc + 2 * dt)  # bwd: read x, dy; write dx, dB, dC, ddt
+
+
+def _fn(provider, t, mode):
+    fn = PROVIDERS[provider]
+    if mode == "fwd":
+        return lambda: fn(t)
+    y0 = fn(t)
+    dy = torch.randn_like(y0)
+    del y0
+    leaves = [t[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
+
+    def fwd_bwd():
+        y = fn(t)
+        torch.autograd.grad(y, leaves, dy)
+
+    return fwd_bwd
+
+
+def _skip_reason(provider, batch, seqlen, mode):
+    if provider == "mamba_ssm" and _peer_scan is None:
+        return "mamba_ssm Triton ops not importable"
+    if provider == "reference" and HAS_CUDA and ((batch, seqlen) != GPU_SHAPES[0] or mode != "fwd"):
+        return "reference: forward at the first shape only (memory)"
+    if provider == "mamba_ssm" and not HAS_CUDA:
+        return "peer needs CUDA"
+    return None
+
+
+SHAPES = [pytest.param(s, marks=pytest.mark.gpu) for s in GPU_SHAPES] + CPU_SHAPES
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}-T{s[1]}")
+def test_ssd_scan(benchmark, copy_bandwidth_gbs, shape, provider, mode):
+    batch, seqlen = shape
+    reason = _skip_reason(provider, batch, seqlen, mode)
+    if reason:
+        pytest.skip(reason)
+    dev = "cuda" if HAS_CUDA else "cpu"
+    kw = {} if HAS_CUDA else dict(heads=2, headdim=16, dstate=16)
+    t = make(batch, seqlen, dtype=torch.bfloat16 if HAS_CUDA else torch.float32, device=dev,
+             requires_grad=mode != "fwd", **kw)
+    fl = flops(batch, seqlen) * (1 if mode == "fwd" else 3)
+    run_benchmark(benchmark, _fn(provider, t, mode), flops=fl, nbytes=nbytes(batch, seqlen, mode),
+                  copy_gbs=copy_bandwidth_gbs, shape=f"B{batch} T{seqlen} H{H} P{P} N{N} G{G} Q{Q} bf16")
+
+
+def _step_inputs(batch, device, heads=H, headdim=P, dstate=N):
+    g = torch.Generator(device=device).manual_seed(0)
+    dt_ = torch.bfloat16 if device == "cuda" else torch.float32
+    state = torch.randn(batch, heads, headdim, dstate, device=device, generator=g)
+    x = torch.randn(batch, heads, headdim, device=device, generator=g).to(dt_)
+    dt = torch.randn(batch, heads, device=device, generator=g).to(dt_)
+    A = -torch.rand(heads, device=device, generator=g) - 0.5
+    Bm = torch.randn(batch, G, dstate, device=device, generator=g).to(dt_)
+    Cm = torch.randn(batch, G, dstate, device=device, generator=g).to(dt_)
+    D = torch.randn(heads, device=device, generator=g)
+    bias = torch.randn(heads, device=device, generator=g)
+    return state, x, dt, A, Bm, Cm, D, bias
+
+
+@pytest.mark.parametrize("batch", [pytest.param(64, marks=pytest.mark.gpu), 2])
+def test_ssd_step(benchmark, copy_bandwidth_gbs, batch):
+    dev = "cuda" if HAS_CUDA else "cpu"
+    if not HAS_CUDA and batch != 2:
+        pytest.skip("GPU shape")
+    kw = {} if HAS_CUDA else dict(heads=2, headdim=16, dstate=16)
+    state, x, dt, A, Bm, Cm, D, bias = _step_inputs(batch, dev, **kw)
+    fn = lambda: ssd_step(state, x, dt, A, Bm, Cm, D=D, dt_bias=bias, dt_softplus=True)  # noqa: E731
+    run_benchmark(benchmark, fn, nbytes=2 * state.numel() * 4, copy_gbs=copy_bandwidth_gbs,
+                  shape=f"B{batch} H{state.shape[1]} P{state.shape[2]} N{state.shape[3]} fp32 state")
+
+
+def main():  # one markdown table, same run for every provider
+    import triton.testing
+
+    assert HAS_CUDA, "GPU only"
+    n = 512 * 1024 * 1024
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    copy_gbs = 2 * n * 2 / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
+    del src, dst
+    print(f"device {torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s, torch {torch.__version__}, "
+          f"triton {triton.__version__}, peer {'yes' if _peer_scan else 'no'}")
+    print("| shape | mode | hybridna ms | mamba_ssm ms | peer/ours | ours TFLOP/s | ours GB/s (floor ms) | "
+          "rel diff vs peer |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for batch, seqlen in GPU_SHAPES:
+        for mode in ("fwd", "fwd_bwd"):
+            t = make(batch, seqlen, requires_grad=mode != "fwd")
+            res = {}
+            for prov in ("hybridna", "mamba_ssm"):
+                if _skip_reason(prov, batch, seqlen, mode):
+                    continue
+                res[prov] = triton.testing.do_bench(_fn(prov, t, mode), return_mode="median")
+                torch.cuda.empty_cache()
+            diff = ""
+            if "mamba_ssm" in res and mode == "fwd":
+                with torch.no_grad():
+                    a, b = _ours(t).float(), _peer(t).float()
+                diff = f"{((a - b).norm() / b.norm()).item():.1e}"
+                del a, b
+            ms = res["hybridna"]
+            fl = flops(batch, seqlen) * (1 if mode == "fwd" else 3)
+            nb = nbytes(batch, seqlen, mode)
+            peer = res.get("mamba_ssm")
+            print(f"| B{batch} T{seqlen} | {mode} | {ms:.3f} | {peer and f'{peer:.3f}'} | "
+                  f"{peer and f'{peer / ms:.2f}'} | {fl / ms / 1e9:.0f} | {nb / ms / 1e6:.0f} "
+                  f"({nb / copy_gbs / 1e6:.3f}) | {diff} |", flush=True)
+            del t
+            torch.cuda.empty_cache()
+    state, x, dt, A, Bm, Cm, D, bias = _step_inputs(64, "cuda")
+    ms = triton.testing.do_bench(lambda: ssd_step(state, x, dt, A, Bm, Cm, D=D, dt_bias=bias, dt_softplus=True),
+                                 return_mode="median")
+    gbs = 2 * state.numel() * 4 / ms / 1e6
+    print(f"ssd_step B64 H{H} P{P} N{N}: {ms * 1e3:.1f} us, {gbs:.0f} GB/s = {gbs / copy_gbs:.2f} of copy")
+
+
+def profile(batch=8, seqlen=8192):
+    """Per-kernel CUDA time of one forward + backward, ours and the peer's (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    for prov in ("hybridna", "mamba_ssm"):
+        if _skip_reason(prov, batch, seqlen, "fwd_bwd"):
+            continue
+        t = make(batch, seqlen, requires_grad=True)
+        fn = _fn(prov, t, "fwd_bwd")
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                fn()
+            torch.cuda.synchronize()
+        print(f"--- {prov} B{batch} T{seqlen} fwd+bwd, CUDA time per call by kernel")
+        rows = []
+        for ev in prof.key_averages():
+            tt = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if tt > 0:
+                rows.append((tt / 5 / 1e3, ev.count // 5, ev.key[:70]))
+        for ms, cnt, key in sorted(rows, reverse=True)[:20]:
+            print(f"{ms:8.3f} ms  x{cnt:<3d} {key}")
+        del t, fn
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
+    if "--profile" in sys.argv:
+        profile()
