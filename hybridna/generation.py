@@ -200,21 +200,26 @@ class CUDAGraphDecoder:
     `flash_attention` calls in between run eagerly. With 3 attention layers in 24 (300m) that is 4
     graph replays and 3 attention launches per token instead of a few hundred kernel launches."""
 
-    def __init__(self, model: HybriDNA, cache: InferenceCache, warmup: int = 2):
+    def __init__(self, model: HybriDNA, cache: InferenceCache, warmup: int = 2, use_graphs: bool = True):
+        """use_graphs=False runs the same segments eagerly (a CPU check of the segmentation)."""
         self.model, self.cache = model, cache
         n0 = cache.lengths[0]
         if any(n != n0 for n in cache.lengths):
             raise ValueError("cache: CUDA graphs need rows of equal length")
-        self.B = len(cache.lengths)
         dev = model.embedding.weight.device
+        if use_graphs and dev.type != "cuda":
+            raise ValueError(f"cuda_graph: needs a model on a CUDA device, got {dev}")
+        self.B = len(cache.lengths)
         self.pos = torch.full((1,), n0, dtype=torch.long, device=dev)  # cache length before the token
         self.tok = torch.zeros(self.B, dtype=torch.long, device=dev)
         self.attn = [i for i, blk in enumerate(model.layers) if blk.is_attention]
-        self.graphs = None
+        self.use_graphs = use_graphs
+        if not use_graphs:
+            return
         # Warm up (Triton autotuning, allocator) on copies of the state so the real cache is untouched.
         saved = [self._clone_state(st) for st in cache.layers]
         for _ in range(warmup):
-            self._run_eager_segments()
+            self._run_eager_segments(n0)
         for st, sv in zip(cache.layers, saved):
             self._restore_state(st, sv)
         self._capture()
@@ -268,8 +273,7 @@ class CUDAGraphDecoder:
         lo = 0 if W is None else max(0, n + 1 - W)
         return flash_attention(self.q, st.k[:, lo: n + 1], st.v[:, lo: n + 1], causal=True)
 
-    def _run_eager_segments(self):
-        n = int(self.pos.item())
+    def _run_eager_segments(self, n: int):
         for s in range(len(self.attn) + 1):
             self._segment(s)
             if s < len(self.attn):
@@ -303,6 +307,11 @@ class CUDAGraphDecoder:
         if n >= cache.max_len:
             raise ValueError(f"cache: full ({cache.max_len} tokens); allocate a larger cache")
         self.tok.copy_(tokens)
+        if not self.use_graphs:
+            logits = self._run_eager_segments(n)
+            self.pos.add_(1)
+            cache.lengths = [n + 1] * self.B
+            return logits
         for s, g in enumerate(self.graphs):
             g.replay()
             if s < len(self.attn):

@@ -22,7 +22,7 @@ def rand_ids(B, L, seed=0):
 
 @pytest.fixture(autouse=True)
 def _reference_backend(request):
-    if request.node.originalname.startswith("test_gpu_"):
+    if request.node.originalname.startswith(("test_gpu_", "test_kernels_")):
         yield
         return
     with ku.backend("reference"):
@@ -163,6 +163,39 @@ def test_cuda_graph_needs_cuda():
         pytest.skip("CPU-only check")
     with pytest.raises(ValueError, match="cuda_graph"):
         generate(tiny(), rand_ids(1, 10), 3, cuda_graph=True)
+
+
+@pytest.mark.parametrize("variant", ["default", "untied-rotary-window"])
+def test_graph_segments_match_decode_step(variant):
+    """The piecewise segmentation the CUDA-graph decoder captures, run eagerly on CPU, reproduces
+    decode_step exactly (the capture itself is checked on the GPU)."""
+    from hybridna.generation import CUDAGraphDecoder
+
+    m = tiny(**VARIANTS[variant])
+    ids = rand_ids(2, 30, seed=8)
+    caches = [allocate_cache(m, 2, 30) for _ in range(2)]
+    for c in caches:
+        prefill(m, ids[:, :22], [22, 22], c)
+    dec = CUDAGraphDecoder(m, caches[1], use_graphs=False)
+    for t in range(22, 30):
+        want = decode_step(m, ids[:, t], caches[0])
+        got = dec.step(ids[:, t])
+        assert_close(f"segments-step{t}", want, got, 1e-12)
+    assert caches[1].lengths == [30, 30]
+
+
+def test_kernels_decode_matches_reference():
+    """Prefill and decode through the Triton kernels (the interpreter on CPU: ssd_step,
+    causal_conv1d_step, flash_attention with seqlen_q = 1) against the fp64 reference full forward,
+    on the same tokens; short, so the interpreter stays fast."""
+    m = tiny(torch.float64, rotary=True).to(DEVICE)
+    ids = rand_ids(2, 24, seed=7).to(DEVICE)
+    with ku.backend("reference"):
+        ref = m(ids).logits[:, 19:23]
+    m = m.float()
+    with ku.backend("triton"):
+        _, lg = generate(m, ids[:, :20], 4, temperature=0, return_logits=True, forced_tokens=ids[:, 20:])
+    assert_close("kernel-decode-fp32", ref, lg, tol(torch.float32, "fwd"))
 
 
 @pytest.mark.gpu
