@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from .checkpoint import (atomic_dir, checkpoint_name, latest_checkpoint, load_json, load_train_state, mark_latest,
                          prune_checkpoints, rng_state, save_json, save_train_state, set_rng_state)
-from .dist import (DistInfo, all_reduce_mean, apply_activation_checkpointing, cleanup_distributed, init_distributed,
-                   unwrap_model, wrap_model)
+from .dist import (DistInfo, all_reduce_mean, apply_activation_checkpointing, broadcast_object, cleanup_distributed,
+                   init_distributed, unwrap_model, wrap_model)
 from .metrics import LN2, MetricsLog, mfu, peak_flops, plot_loss_curve
 from .schedule import ContextSchedule, lr_at, parse_context_schedule
 
@@ -75,6 +75,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool | str = False         # True: the latest checkpoint under out/; or a checkpoint directory
     stop_at: int | None = None         # stop (with a checkpoint) after this step, as an interruption would
+    time_limit_s: float | None = None  # stop early (validated, checkpointed) once training took this long
+    eval_at_start: bool = False        # validate before the first step (the untrained baseline)
     device: str | None = None          # "cpu" / "cuda"; default CUDA when available
     dtype: str = "auto"                # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16", "fp32"
     compile: bool = False
@@ -469,8 +471,19 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     bar = tqdm(total=total_steps, initial=step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True,
                mininterval=1.0, desc="pretrain")
     last_ckpt = resume_dir
-    t_last, tok_last = time.perf_counter(), 0
+    tok_last = 0
     stop = total_steps if cfg.stop_at is None else min(cfg.stop_at, total_steps)
+    if cfg.eval_at_start and step == 0 and val_batches:
+        v = evaluate(fwd_model, val_batches, device, autocast, info)
+        v.update(kind="val", step=0, tokens=0)
+        val_hist.append(v)
+        if log:
+            log.log(v)
+        if info.is_main:
+            bar.write(f"[pretrain] step 0: validation loss {v['val_loss']:.4f}, {v['val_bpb']:.4f} bits per base")
+    t_start = time.perf_counter()
+    t_last = t_start
+    pending: list[torch.Tensor] = []  # per-step losses not yet read back from the device
     while step < stop:
         stage = sched.stage_index(step)
         seq_len, micro, accum = sched.at(step)
@@ -501,12 +514,25 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tok_last += tokens_per_step
-        loss_val = all_reduce_mean(loss_acc, info).item()
-        losses.append(loss_val)
-        if not math.isfinite(loss_val):
-            raise FloatingPointError(f"loss is {loss_val} at step {step}")
+        pending.append(loss_acc)
         bar.update(1)
-        if step % cfg.log_every == 0 or step == total_steps:
+        if cfg.time_limit_s is not None and step < stop and (step % cfg.log_every == 0 or not info.enabled):
+            # Rank 0's clock decides, at the same step on every rank (the broadcast is collective).
+            over = broadcast_object(time.perf_counter() - t_start > cfg.time_limit_s, info)
+            if over:
+                if info.is_main:
+                    bar.write(f"[pretrain] time limit of {cfg.time_limit_s:.0f} s reached: stopping at step {step}")
+                stop = step
+        final = step == stop
+        if step % cfg.log_every == 0 or final or step % cfg.save_every == 0:
+            # One host sync (and one all-reduce) per log interval, not per step.
+            vals = all_reduce_mean(torch.stack(pending), info).tolist()
+            pending.clear()
+            losses.extend(vals)
+            if not all(math.isfinite(v) for v in vals):
+                raise FloatingPointError(f"loss is not finite ({vals[-1]}) at or before step {step}")
+            loss_val = vals[-1]
+        if step % cfg.log_every == 0 or final:
             dt = time.perf_counter() - t_last
             tps = tok_last / max(dt, 1e-9)
             if seq_len not in flops_cache:
@@ -524,7 +550,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                 post["MFU"] = f"{100 * m:.1f}%"
             bar.set_postfix(post, refresh=False)
             t_last, tok_last = time.perf_counter(), 0
-        if val_batches and (step % cfg.val_every == 0 or step == total_steps):
+        t_pause = time.perf_counter()
+        if val_batches and (step % cfg.val_every == 0 or final):
             v = evaluate(fwd_model, val_batches, device, autocast, info)
             v.update(kind="val", step=step, tokens=step * tokens_per_step)
             val_hist.append(v)
@@ -533,10 +560,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             if info.is_main:
                 bar.write(f"[pretrain] step {step}: validation loss {v['val_loss']:.4f}, "
                           f"{v['val_bpb']:.4f} bits per base")
-            t_last = time.perf_counter()
-        if step % cfg.save_every == 0 or step == stop:
+        if step % cfg.save_every == 0 or final:
             last_ckpt = save(step)
-            t_last = time.perf_counter()
+        t_last += time.perf_counter() - t_pause  # tokens/s counts training time only
     bar.close()
     if log:
         log.close()
@@ -576,6 +602,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=S,
                    help="continue from the latest checkpoint under --out (or the checkpoint directory given)")
     p.add_argument("--stop-at", type=int, default=S, help="stop with a checkpoint after this step (schedule unchanged)")
+    p.add_argument("--time-limit", dest="time_limit_s", type=float, default=S,
+                   help="seconds of training after which to stop (validated and checkpointed)")
+    p.add_argument("--eval-at-start", action="store_true", default=S, help="validate the untrained model too")
     p.add_argument("--device", choices=["cpu", "cuda"], default=S)
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default=S)
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
