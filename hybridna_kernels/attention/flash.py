@@ -428,7 +428,7 @@ INTERPRET_BLOCKS = {"fwd": (64, 32), "dkdv": (32, 64), "dq": (64, 32)}
 
 def _keep(conf, BD):
     bm, bn = conf.kwargs["BM"], conf.kwargs["BN"]
-    if BD >= 256 and bm * bn > 64 * 64:
+    if BD >= 256 and (bm * bn > 64 * 32 or conf.num_stages > 2):  # 64x64 x 3 stages: 256 KiB smem on H100
         return False
     if BD >= 128 and bm * bn > 128 * 64 and conf.num_stages > 2:
         return False
