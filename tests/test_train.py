@@ -247,21 +247,23 @@ def test_pretrain_learns_and_checkpoint_loads(lambda_store, tmp_path):
     from hybridna.model import HybriDNA
     from hybridna.train.pretrain import train
 
-    res = train(_cfg(lambda_store, tmp_path, steps=30, seq_len=128, micro_batch=4, grad_accum=1, val_every=30,
-                     log_every=10, save_every=30, plot=True, context_schedule="64:15,128:15",
-                     activation_checkpointing=True))
+    res = train(_cfg(lambda_store, tmp_path, steps=20, micro_batch=4, grad_accum=1, val_every=20, log_every=10,
+                     save_every=20, plot=True, context_schedule="64:10,128:10", activation_checkpointing=True,
+                     eval_at_start=True))
     losses = res["losses"]
-    assert math.isfinite(losses[-1]) and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05
-    assert res["val"][-1]["val_bpb"] < 2.1
+    assert len(losses) == 20 and math.isfinite(losses[-1])
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
+    # untrained: about log2(10 tokens) = 3.3 bits; after 20 steps it has at least learnt the base alphabet
+    assert res["val"][0]["val_bpb"] > 3.0 and res["val"][-1]["val_bpb"] < 2.3
     assert (tmp_path / "loss_curve.png").exists()
     m = HybriDNA.from_pretrained(res["checkpoint"])
     for (n, p), (_, q) in zip(res["model"].named_parameters(), m.named_parameters()):
         assert torch.equal(p, q), n
     state = torch.load(os.path.join(res["checkpoint"], "train_state.pt"), weights_only=True)
-    assert state["step"] == 30 and "exp_avg" in state["optimizer"]["state"][0]
-    # context schedule 64 -> 128 at 512 tokens per step: micro-batches of 8 then 4 windows
+    assert state["step"] == 20 and "exp_avg" in state["optimizer"]["state"][0]
+    # context schedule 64 -> 128 at 256 tokens per step (4 windows, then 2)
     seq_lens = [r["seq_len"] for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if r["kind"] == "train"]
-    assert seq_lens == [64, 128, 128]
+    assert seq_lens == [64, 128]
 
 
 def _gloo_worker(rank, world, port, store, out, strategy, q):
