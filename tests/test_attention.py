@@ -397,3 +397,31 @@ def test_gpu_decode_long_cache(Lq, window, no_autotune):
     q, k, v = _make(1, Lq, 131072, 16, 4, 64, torch.bfloat16)
     assert use_decode(q, k, None)
     _check(q, k, v, causal=True, window=window, grads=False)
+
+
+def test_kernel_lse_gradient():
+    """lse is differentiable too: d lse / d s = p folds into delta."""
+    q, k, v = _make(1, 40, 40, 4, 2, 16, torch.float32)
+    o, lse = flash_attention(q, k, v, window=7, return_lse=True)
+    do, dl = torch.randn_like(o, dtype=torch.float64), torch.randn_like(lse, dtype=torch.float64)
+    grads = torch.autograd.grad((o * do).sum() + (lse * dl).sum(), (q, k, v))
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    o_ref, lse_ref = attention_ref(qd, kd, vd, window=7, return_lse=True)
+    refs = torch.autograd.grad((o_ref * do).sum() + (lse_ref * dl).sum(), (qd, kd, vd))
+    for name, r, g in zip(("dq", "dk", "dv"), refs, grads):
+        assert_close(name, r, g, tol(torch.float32, "grad"))
+
+
+def test_registered_ops_compile_without_graph_break():
+    from hybridna_kernels.attention.flash import flash_attn_fwd_op
+
+    q, k, v = _make(1, 20, 20, 2, 1, 16, torch.float32)
+    torch.library.opcheck(flash_attn_fwd_op, (q, k, v, True, 5, 0.25, None, None),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    fn = torch.compile(lambda q, k, v: flash_attention(q, k, v, window=5) * 2, fullgraph=True, backend="aot_eager")
+    o = fn(q, k, v)
+    assert_close("o", flash_attention(q, k, v, window=5).detach() * 2, o.detach(), 1e-6)
+    grads = torch.autograd.grad(o.sum(), (q, k, v))
+    refs = torch.autograd.grad((flash_attention(q, k, v, window=5) * 2).sum(), (q, k, v))
+    for name, r, g in zip(("dq", "dk", "dv"), refs, grads):
+        assert_close(name, r, g, 1e-6)

@@ -77,8 +77,9 @@ def flash_attention(q, k, v, *, causal=True, window=None, softmax_scale=None, cu
     Returns:
         o: like q. With return_lse, (o, lse) where lse is (batch, nheads_q, seqlen_q) fp32, natural
         log. A query that sees no key (possible when seqlen_q > seqlen_k) gets o = 0, lse = -inf.
-        Differentiable in q, k, v (lse is returned without a gradient path).
+        Differentiable in q, k, v, through o and lse.
 
+    Registered as torch.library ops (hybridna::flash_attn_fwd / _bwd): torch.compile keeps them whole.
     Dispatch: Triton kernels on CUDA tensors (fp16 / bf16 / fp32), through the Triton interpreter on
     CPU when TRITON_INTERPRET=1, else the pure-PyTorch reference (`naive.attention_ref`, also used
     for fp64). Few queries (seqlen_q <= 16) over >= 1024 keys take the split-K decode kernel.
@@ -87,10 +88,9 @@ def flash_attention(q, k, v, *, causal=True, window=None, softmax_scale=None, cu
     if softmax_scale is None:
         softmax_scale = q.shape[-1] ** -0.5
     if q.dtype != torch.float64 and use_kernel(q):
-        from .flash import FlashAttnFunction
+        from .flash import flash_attn_fwd_op
 
-        o, lse = FlashAttnFunction.apply(q, k, v, bool(causal), window, float(softmax_scale), cu_seqlens,
-                                         max_seqlen)
+        o, lse = flash_attn_fwd_op(q, k, v, bool(causal), window, float(softmax_scale), cu_seqlens, max_seqlen)
         return (o, lse) if return_lse else o
     return attention_ref(q, k, v, causal=causal, window=window, softmax_scale=float(softmax_scale),
                          cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, return_lse=return_lse)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -529,8 +530,9 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
 
 
 def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seqlens=None, max_seqlen=None,
-                  blocks=None):
-    """Launch the backward kernels. Returns dq, dk, dv (contiguous, dtypes of q, k, v)."""
+                  blocks=None, dlse=None):
+    """Launch the backward kernels. Returns dq, dk, dv (contiguous, dtypes of q, k, v).
+    dlse: gradient of the lse output, if any; since d lse / d s = p it folds into delta."""
     if do.stride(-1) != 1:
         do = do.contiguous()
     B, Lq, Hq, D = q.shape
@@ -550,6 +552,8 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
         BMD = 64
         _attn_bwd_delta_kernel[(cdiv(Lq, BMD), B * Hq)](
             o, do, delta, *o.stride()[:3], *do.stride()[:3], Lq, Hq, HEAD_DIM=D, BD=BD, BM=BMD)
+        if dlse is not None:
+            delta = delta - torch.where(torch.isneginf(lse), 0.0, dlse.float())
     scale = softmax_scale
     common = (Lq, Lk, Hq, Lq)
     if max_k > 0 and nb > 0 and Hkv > 0:
@@ -568,27 +572,56 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     return dq, dk, dv
 
 
-class FlashAttnFunction(torch.autograd.Function):
-    """o, lse = attention; the backward recomputes p from q, k and the saved lse."""
+def _fwd_impl(q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen):
+    from .decode import attention_decode, use_decode
 
-    @staticmethod
-    def forward(ctx, q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen):
-        from .decode import attention_decode, use_decode
+    if use_decode(q, k, cu_seqlens):
+        return attention_decode(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale)
+    return attention_fwd(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale,
+                         cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
 
-        if use_decode(q, k, cu_seqlens):
-            o, lse = attention_decode(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale)
-        else:
-            o, lse = attention_fwd(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale,
-                                   cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
-        ctx.args = (causal, window, softmax_scale, max_seqlen)
-        ctx.mark_non_differentiable(lse)
-        return o, lse
 
-    @staticmethod
-    def backward(ctx, do, dlse):
-        q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
-        causal, window, softmax_scale, max_seqlen = ctx.args
-        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, causal=causal, window=window, softmax_scale=softmax_scale,
-                                   cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-        return dq, dk, dv, None, None, None, None, None
+# Registered ops: torch.compile sees opaque calls with fake (shape-only) implementations, no graph break.
+@torch.library.custom_op("hybridna::flash_attn_fwd", mutates_args=())
+def flash_attn_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: Optional[int],
+                      softmax_scale: float, cu_seqlens: Optional[torch.Tensor],
+                      max_seqlen: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_impl(q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen)
+
+
+@flash_attn_fwd_op.register_fake
+def _(q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen):
+    B, Lq, Hq, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, Hq, Lq), dtype=torch.float32)
+
+
+@torch.library.custom_op("hybridna::flash_attn_bwd", mutates_args=())
+def flash_attn_bwd_op(do: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor,
+                      v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, causal: bool, window: Optional[int],
+                      softmax_scale: float, cu_seqlens: Optional[torch.Tensor],
+                      max_seqlen: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_bwd(do, q, k, v, o, lse, causal=causal, window=window, softmax_scale=softmax_scale,
+                         cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, dlse=dlse)
+
+
+@flash_attn_bwd_op.register_fake
+def _(do, dlse, q, k, v, o, lse, causal, window, softmax_scale, cu_seqlens, max_seqlen):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+    ctx.args = (causal, window, softmax_scale, max_seqlen)
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+    causal, window, softmax_scale, max_seqlen = ctx.args
+    dq, dk, dv = flash_attn_bwd_op(do, dlse, q, k, v, o, lse, causal, window, softmax_scale, cu_seqlens,
+                                   max_seqlen)
+    return dq, dk, dv, None, None, None, None, None
+
+
+flash_attn_fwd_op.register_autograd(_backward, setup_context=_setup_context)
