@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_DIR ?= runs/demo
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv clean
@@ -28,7 +29,9 @@ test: $(VENV)/.installed
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 demo: $(VENV)/.installed
-	$(PY) -m hybridna.demo --out $(DEMO_DIR)
+	@# CPU: the tiny preset for at most 7 minutes of training; GPU: Triton kernels, bf16, longer. Extra flags:
+	@# make demo DEMO_ARGS="--steps 1000 --seq-len 256"
+	$(PY) -m hybridna.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

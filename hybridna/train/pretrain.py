@@ -577,8 +577,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # unset flags leave the config file's (or the dataclass's) value alone
     p.add_argument("--config", help="JSON file with any TrainConfig keys (flags override it)")
-    p.add_argument("--preset", dest="model", default=S, help="model preset: tiny, 300m, 3b, 7b (default tiny)")
-    p.add_argument("--model-config", dest="model", default=S, help="JSON file of HybriDNAConfig fields")
+    p.add_argument("--preset", dest="model", default=S, metavar="NAME", help="model preset: tiny, 300m, 3b, 7b (default tiny)")
+    p.add_argument("--model-config", dest="model", default=S, metavar="JSON", help="JSON file of HybriDNAConfig fields")
     p.add_argument("--data", nargs="+", default=S, metavar="STORE", help="Zarr token stores (hybridna data build)")
     p.add_argument("--out", default=S, help="run directory: metrics.jsonl, loss_curve.png, checkpoints/")
     p.add_argument("--steps", type=int, default=S, help="optimizer steps")
