@@ -50,6 +50,7 @@ SWEEP_CONTEXTS = [int(c) for c in os.environ.get(
     "HYBRIDNA_BENCH_CONTEXTS", "1024,2048,4096,8192,16384,32768,65536,131072").split(",")]
 ROUNDS = int(os.environ.get("HYBRIDNA_BENCH_ROUNDS", 3))
 WARMUP = max(1, int(os.environ.get("HYBRIDNA_BENCH_WARMUP", 1)))
+LOG = os.environ.get("HYBRIDNA_BENCH_LOG")  # also append each finished row here (JSON lines), as it goes
 CPU_PRESET, CPU_SHAPE = "tiny", (2, 128)
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
@@ -206,6 +207,17 @@ def make_step(model, opt, input_ids, losses: list):
 
 # ---- the training-step benchmark ------------------------------------------------------------------
 
+def log_row(benchmark, median_s: float | None) -> None:
+    """Append the row to HYBRIDNA_BENCH_LOG, in --benchmark-json's layout, so that a run cut off by a
+    time limit keeps what it finished (pytest-benchmark writes its JSON only at the end)."""
+    if not LOG:
+        return
+    row = dict(name=benchmark.name, fullname=benchmark.fullname, group=benchmark.group,
+               stats=dict(median=median_s), extra_info=dict(benchmark.extra_info))
+    with open(LOG, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def _gpu_shapes() -> list[tuple[int, int]]:
     shapes = list(ISSUE10_SHAPES)
     for ctx in sorted(SWEEP_CONTEXTS):
@@ -257,6 +269,8 @@ def test_train_step(benchmark, kind, preset, batch, seqlen, ckpt):
         opt.zero_grad(set_to_none=True)
         del step, input_ids, losses
         release_cuda_memory()
+        benchmark.extra_info.update(status="oom", error=oom[:300])
+        log_row(benchmark, None)
         record_oom(benchmark, oom)  # skips
 
     # Correctness before timing: the warm-up steps' losses are finite (the kernels themselves are
@@ -298,6 +312,7 @@ def test_train_step(benchmark, kind, preset, batch, seqlen, ckpt):
         mm = matmul_tflops()
         ex["matmul_tflops"] = round(mm, 1)
         ex["frac_of_matmul"] = round(ex["model_tflops"] / mm, 3)
+    log_row(benchmark, median_s)
     del step, input_ids, losses
     set_checkpointing(model, False)
 
@@ -365,6 +380,7 @@ def test_train_step_matches_reference(benchmark, preset, batch, seqlen, autocast
         ex["ref_bf16_loss_rel_err"] = _rel(loss_rb, loss_ref)
         ex["ref_bf16_grad_rel_err"] = _rel(g_rb, g_ref)
         del g_rb
+    log_row(benchmark, benchmark.stats.stats.median)
     assert torch.isfinite(loss_k) and torch.isfinite(g_k).all(), "non-finite loss or gradient through the kernels"
     assert ex["loss_rel_err"] <= tol_loss, f"loss: kernels {loss_k.item()} vs reference {loss_ref.item()}"
     assert ex["grad_rel_err"] <= tol_grad, f"gradients: relative error {ex['grad_rel_err']:.3g} > {tol_grad}"

@@ -2,6 +2,8 @@
 
     python bench/report.py out.json [more.json ...] [--plots DIR] [--out REPORT.md] [--profile P.json ...]
 
+Inputs are --benchmark-json files or bench_model.py's HYBRIDNA_BENCH_LOG (.jsonl, one row per line).
+
 Tables: the model training step (bench_model.py rows: tokens/s, peak GiB, status, hybrid vs
 Transformer side by side with ratios), the kernels-vs-reference step check, and every other benchmark
 (median ms and the rates its extra_info holds). Plots (PNG, matplotlib Agg), one pair per tokens-per-step
@@ -28,7 +30,10 @@ def load(paths) -> list[dict]:
     rows: dict[str, dict] = {}
     for path in paths:
         with open(path) as f:
-            data = json.load(f)
+            if str(path).endswith(".jsonl"):  # bench_model.py's HYBRIDNA_BENCH_LOG: one benchmark per line
+                data = dict(benchmarks=[json.loads(line) for line in f if line.strip()])
+            else:
+                data = json.load(f)
         if "benchmarks" not in data:
             raise ValueError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' key)")
         machine = data.get("machine_info", {})

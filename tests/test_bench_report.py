@@ -110,6 +110,14 @@ def test_cli(bench_json, tmp_path):
     assert "train_tokens_per_s_T65536.png" in md
 
 
+def test_jsonl_log(tmp_path):
+    """bench_model.py's HYBRIDNA_BENCH_LOG rows (one JSON object per line) load like --benchmark-json."""
+    p = tmp_path / "rows.jsonl"
+    p.write_text("\n".join(json.dumps(_model(n, "hybrid", 1, L, False, 1e5, 10.0)) for n, L in (("a", 1024), ("b", 2048))))
+    m = report.model_rows(report.load([str(p)]))
+    assert [r["seqlen"] for r in m] == [1024, 2048] and m[0]["tokens_per_s"] == 1e5
+
+
 def test_rejects_non_benchmark_json(tmp_path):
     p = tmp_path / "x.json"
     p.write_text("{}")
