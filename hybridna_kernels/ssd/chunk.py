@@ -146,7 +146,7 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
             w = tl.exp(tl.minimum(cs_k, 0.0))
         else:
             w = tl.exp(tl.minimum(cs_last - cs_k, 0.0)) * tl.load(u_ptr + o_uc + o_k)
-        xw = (xT.to(tl.float32) * w[None, :]).to(xT.dtype)
+        xw = (xT.to(tl.float32) * w[None, :]).to(b.dtype)
         acc += tl.dot(xw, b, input_precision=DOT_PREC)
     p_o = out_ptr + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :]
     tl.store(p_o, acc, mask=m_p[:, None] & m_n[None, :])
@@ -277,7 +277,9 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
                            Q: tl.constexpr, BS: tl.constexpr, HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr,
                            IS_VARLEN: tl.constexpr):
     """Reverse state passing. In: ldh[c] = sum_i exp(cs_i) dy_i C_i^T. Out (in place of ldh): the
-    gradient of the state after chunk c; dinit; per-block partials of d cs_last = <dh_out, h_out>."""
+    gradient of the state after chunk c; dinit; per-block partials of d cs_last = <dh_out, h_out>.
+    The loads for chunk c - 1 are issued before chunk c is processed (latency hiding: long
+    sequences run few programs through many chunks)."""
     i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
     i_s = tl.program_id(2)
@@ -287,36 +289,41 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
     g = tl.zeros([BS], dtype=tl.float32)
     if HAS_DFIN and not IS_VARLEN:
         g = tl.load(dfin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    # h_out of the last chunk is a final state (its table entry says which one when packed)
+    hout = tl.load(fin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    c0 = nc - 1
+    ldh = tl.load(ldh_ptr + ((i_b * nc + c0) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
+    cs_last = tl.load(cs_ptr + ((i_b * H + i_h) * nc + c0) * Q + Q - 1)
     for cc in range(nc):
         c = nc - 1 - cc
+        cp = tl.maximum(c - 1, 0)
         o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
+        ldh_n = tl.load(ldh_ptr + ((i_b * nc + cp) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
+        cs_n = tl.load(cs_ptr + ((i_b * H + i_h) * nc + cp) * Q + Q - 1)
+        hin_c = tl.load(hin_ptr + o_st, mask=m_s, other=0.0).to(tl.float32)  # h_out of chunk c - 1
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
             k = tl.maximum(cf, 0).to(tl.int64)
             if cf != -1:  # a segment ends here: its end state is final (cf >= 0) or discarded
                 if HAS_DFIN:
-                    g = tl.load(dfin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0), other=0.0).to(tl.float32)
+                    g = tl.load(dfin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
+                                other=0.0).to(tl.float32)
                 else:
                     g = tl.zeros([BS], dtype=tl.float32)
-                hout = tl.load(fin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0), other=0.0).to(tl.float32)
-            else:
-                hout = tl.load(hin_ptr + o_st + H * PN, mask=m_s, other=0.0).to(tl.float32)
-        else:
-            if c == nc - 1:
-                hout = tl.load(fin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
-            else:
-                hout = tl.load(hin_ptr + o_st + H * PN, mask=m_s, other=0.0).to(tl.float32)
+                hout = tl.load(fin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
+                               other=0.0).to(tl.float32)
         o_cs = ((i_b * H + i_h) * nc + c)
         tl.store(ddal_ptr + o_cs * nbs + i_s, tl.sum(g * hout, axis=0))
-        ldh = tl.load(ldh_ptr + o_st, mask=m_s, other=0.0)
         tl.store(ldh_ptr + o_st, g, mask=m_s)
-        cs_last = tl.load(cs_ptr + o_cs * Q + Q - 1)
         g = ldh + tl.exp(tl.minimum(cs_last, 0.0)) * g
         if IS_VARLEN:
             ci = tl.load(cinit_ptr + c)
             if HAS_INIT:
                 k0 = tl.maximum(ci, 0).to(tl.int64)
                 tl.store(dinit_ptr + (k0 * H + i_h) * PN + o_s, g, mask=m_s & ((o_s * 0 + ci) >= 0))
+        ldh = ldh_n
+        cs_last = cs_n
+        hout = hin_c
     if HAS_INIT and not IS_VARLEN:
         tl.store(dinit_ptr + (i_b * H + i_h) * PN + o_s, g, mask=m_s)
 
@@ -328,15 +335,17 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
                         s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
                         s_dx_b, s_dx_t, s_dx_h,
                         Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                        HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, DOT_PREC: tl.constexpr):
-    """One chunk and head. For rows j: Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j;
-    dx_j = u_j Z_j + D dy_j; du_j = x_j . Z_j.
-    The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once in fp32 so that
-    its row sums (rowt) and column sums cancel exactly where they should:
+                        HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, DOT_PREC: tl.constexpr,
+                        MIXED_T: tl.constexpr, STATE_PREC: tl.constexpr):
+    """Rows j (one block) of one chunk and head:
+    Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
+    du_j = x_j . Z_j. The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once
+    in fp32 so that its row sums and column sums cancel exactly where they should:
     dcs = rowsum(T) - colsum(T) - V + R (+ the chunk-end term), V_j = u_j e^{cs_last-cs_j} x_j . dS B_j.
-    Here: dcs <- -colsum(T) - V, rowt <- rowsum(T)."""
+    Here: dcs[j] <- -colsum(T)_j - V_j; rowt[jb, i] <- sum_{j in block} T_ij (this block's share)."""
     i_bc = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
+    jb = tl.program_id(2)
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -347,74 +356,114 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     o_uc = ((i_b * H + i_h) * nc + i_c) * Q
     cs_last = tl.load(cs_ptr + o_uc + Q - 1)
     dt_in = x_ptr.dtype.element_ty
-    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h
     p_dy = dy_ptr + i_b * s_dy_b + i_h * s_dy_h
     p_B = B_ptr + i_b * s_B_b + i_g * s_B_g
     p_ds = ds_ptr + (i_bc * H + i_h) * P * N
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
+    o_j = jb * BJ + tl.arange(0, BJ)
+    t_j = i_c * Q + o_j
+    m_j = t_j < T
+    m = m_j[:, None] & m_p[None, :]
+    cs_j = tl.load(cs_ptr + o_uc + o_j)
+    u_j = tl.load(u_ptr + o_uc + o_j)
+    xj = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t_j[:, None] * s_x_t + o_p[None, :], mask=m, other=0.0)
+    xf = xj.to(tl.float32)
+    acc = tl.zeros([BJ, BP], dtype=tl.float32)
+    for n in range(0, N, BN):
+        o_n = n + tl.arange(0, BN)
+        m_n = o_n < N
+        b = tl.load(p_B + t_j[:, None] * s_B_t + o_n[None, :], mask=m_j[:, None] & m_n[None, :], other=0.0)
+        dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+        # fp32 x tf32 here: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many tokens)
+        acc += tl.dot(b.to(tl.float32), dsT, input_precision=STATE_PREC)
+    acc *= tl.exp(tl.minimum(cs_last - cs_j, 0.0))[:, None]
+    du = tl.sum(acc * xf, axis=1)  # state part of du; u_j * this is V_j
+    rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
+    for ib in range(jb, NB):
+        o_i = ib * BJ + tl.arange(0, BJ)
+        t_i = i_c * Q + o_i
+        cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)
+        cs_i = tl.load(cs_ptr + o_uc + o_i)
+        w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0))
+        w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
+        dyi = tl.load(p_dy + t_i[:, None] * s_dy_t + o_p[None, :], mask=(t_i < T)[:, None] & m_p[None, :], other=0.0)
+        acc += tl.dot(w.to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+        if MIXED_T:  # 16-bit x with an fp32 (gated) dy: tf32 keeps more of dy than a 16-bit cast
+            tt = tl.dot(xf, tl.trans(dyi.to(tl.float32)), input_precision="tf32")
+        else:
+            tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
+        tt = tt * w  # T^T block (j, i) without its u_j factor
+        du += tl.sum(tt, axis=1)  # intra part of du from the fp32 T, not from the 16-bit dot above
+        rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * u_j[:, None], axis=0)[None, :], rowacc)
+    colt = u_j * du  # colsum(T)_j + V_j
+    dx = acc * u_j[:, None]
     if HAS_D:
         if D_PER_CHAN:
             Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
         else:
             Dv = tl.load(D_ptr + i_h).to(tl.float32)
-        dD = tl.zeros([BP], dtype=tl.float32)
-    rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
-    for jb in range(NB):
-        o_j = jb * BJ + tl.arange(0, BJ)
-        t_j = i_c * Q + o_j
-        m_j = t_j < T
-        m = m_j[:, None] & m_p[None, :]
-        cs_j = tl.load(cs_ptr + o_uc + o_j)
-        u_j = tl.load(u_ptr + o_uc + o_j)
-        xj = tl.load(p_x + t_j[:, None] * s_x_t + o_p[None, :], mask=m, other=0.0)
-        acc = tl.zeros([BJ, BP], dtype=tl.float32)
-        for n in range(0, N, BN):
-            o_n = n + tl.arange(0, BN)
-            m_n = o_n < N
-            b = tl.load(p_B + t_j[:, None] * s_B_t + o_n[None, :], mask=m_j[:, None] & m_n[None, :], other=0.0)
-            dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
-            acc += tl.dot(b.to(dt_in), dsT.to(dt_in), input_precision=DOT_PREC)
-        acc *= tl.exp(tl.minimum(cs_last - cs_j, 0.0))[:, None]
-        colt = u_j * tl.sum(acc * xj.to(tl.float32), axis=1)  # V_j
-        for ib in range(jb, NB):
-            o_i = ib * BJ + tl.arange(0, BJ)
-            t_i = i_c * Q + o_i
-            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)
-            cs_i = tl.load(cs_ptr + o_uc + o_i)
-            w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0))
-            w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
-            dyi = tl.load(p_dy + t_i[:, None] * s_dy_t + o_p[None, :], mask=(t_i < T)[:, None] & m_p[None, :],
-                          other=0.0).to(dt_in)
-            acc += tl.dot(w.to(dt_in), dyi, input_precision=DOT_PREC)
-            tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC) * w * u_j[:, None]  # T^T block (j, i)
-            colt += tl.sum(tt, axis=1)
-            rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt, axis=0)[None, :], rowacc)
-        xf = xj.to(tl.float32)
-        du = tl.sum(acc * xf, axis=1)
-        dx = acc * u_j[:, None]
-        if HAS_D:
-            dyj = tl.load(p_dy + t_j[:, None] * s_dy_t + o_p[None, :], mask=m, other=0.0).to(tl.float32)
-            dx += Dv * dyj
-            dD += tl.sum(dyj * xf, axis=0)
-        tl.store(dx_ptr + i_b * s_dx_b + t_j[:, None] * s_dx_t + i_h * s_dx_h + o_p[None, :],
-                 dx.to(dx_ptr.dtype.element_ty), mask=m)
-        tl.store(du_ptr + o_uc + o_j, du)
-        tl.store(dcs_ptr + o_uc + o_j, -colt)
-    tl.store(rowt_ptr + o_uc + o_nb[:, None] * BJ + tl.arange(0, BJ)[None, :], rowacc)
-    if HAS_D:
-        tl.store(dD_ptr + (i_bc * H + i_h) * P + o_p, dD, mask=m_p)
+        dyj = tl.load(p_dy + t_j[:, None] * s_dy_t + o_p[None, :], mask=m, other=0.0).to(tl.float32)
+        dx += Dv * dyj
+        tl.store(dD_ptr + ((i_bc * NB + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
+    tl.store(dx_ptr + i_b * s_dx_b + t_j[:, None] * s_dx_t + i_h * s_dx_h + o_p[None, :],
+             dx.to(dx_ptr.dtype.element_ty), mask=m)
+    tl.store(du_ptr + o_uc + o_j, du)
+    tl.store(dcs_ptr + o_uc + o_j, -colt)
+    tl.store(rowt_ptr + ((((i_b * H + i_h) * nc + i_c) * NB + jb) * Q) + o_nb[:, None] * BJ
+             + tl.arange(0, BJ)[None, :], rowacc)
 
 
 @triton.jit
-def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds_ptr, dB_ptr, dC_ptr, r_ptr,
-                         T, H, G, nc, P, N,
+def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, dcb_ptr,
+                         T, H, G, nc, P,
+                         s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
+                         Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
+    summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head."""
+    i_bc = tl.program_id(0).to(tl.int64)
+    i_g = tl.program_id(1).to(tl.int64)
+    i_mn = tl.program_id(2)
+    nb = Q // BM
+    i_m = i_mn // nb
+    i_n = i_mn % nb
+    if i_n > i_m:
+        return
+    i_b = i_bc // nc
+    i_c = i_bc % nc
+    hpg = H // G
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_n = i_n * BM + tl.arange(0, BM)
+    o_p = tl.arange(0, BP)
+    t_m = i_c * Q + o_m
+    t_n = i_c * Q + o_n
+    m_p = o_p < P
+    dt_in = x_ptr.dtype.element_ty
+    acc = tl.zeros([BM, BM], dtype=tl.float32)
+    for hh in range(hpg):
+        i_h = i_g * hpg + hh
+        o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+        dyi = tl.load(dy_ptr + i_b * s_dy_b + i_h * s_dy_h + t_m[:, None] * s_dy_t + o_p[None, :],
+                      mask=(t_m < T)[:, None] & m_p[None, :], other=0.0)
+        xT = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t_n[None, :] * s_x_t + o_p[:, None],
+                     mask=(t_n < T)[None, :] & m_p[:, None], other=0.0)
+        k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
+        cs_i = tl.load(cs_ptr + o_uc + o_m)
+        cs_j = tl.load(cs_ptr + o_uc + o_n)
+        u_j = tl.load(u_ptr + o_uc + o_n)
+        acc += k * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0)) * u_j[None, :]
+    acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
+    tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
+
+
+@triton.jit
+def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds_ptr, dcb_ptr, dB_ptr, dC_ptr,
+                         r_ptr, T, H, G, nc, P, N,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g, s_d_b, s_d_t, s_d_g,
                          Q: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                          IS_DB: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Per group g and rows m of a chunk, summed over the heads of the group, with
-    K_ij = (dy_i . x_j) e^{cs_i - cs_j} u_j (j <= i):
-      dC (IS_DB false): dC_m = sum_h [ sum_{j<=m} K_mj B_j + e^{cs_m} dy_m hin ]
-      dB (IS_DB true):  dB_m = sum_h [ sum_{i>=m} K_im C_i + e^{cs_last - cs_m} u_m x_m dS ]
+    """Rows m of one chunk and group:
+      dC (IS_DB false): dC_m = sum_{j<=m} dCB_mj B_j + sum_h e^{cs_m} dy_m hin_h
+      dB (IS_DB true):  dB_m = sum_{i>=m} dCB_im C_i + sum_h e^{cs_last - cs_m} u_m x_m dS_h
     The dC pass also writes, per head, R_m = e^{cs_m} dy_m . (hin C_m), the decay gradient of the
     output-from-state term."""
     i_bc = tl.program_id(0).to(tl.int64)
@@ -435,18 +484,12 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
         p_own = x_ptr + i_b * s_x_b
         s_own_t = s_x_t
         s_own_h = s_x_h
-        p_oth = dy_ptr + i_b * s_dy_b
-        s_oth_t = s_dy_t
-        s_oth_h = s_dy_h
         p_st = ds_ptr
         p_mat = C_ptr + i_b * s_B_b + i_g * s_B_g
     else:
         p_own = dy_ptr + i_b * s_dy_b
         s_own_t = s_dy_t
         s_own_h = s_dy_h
-        p_oth = x_ptr + i_b * s_x_b
-        s_oth_t = s_x_t
-        s_oth_h = s_x_h
         p_st = hin_ptr
         p_mat = B_ptr + i_b * s_B_b + i_g * s_B_g
         c_m = tl.load(C_ptr + i_b * s_B_b + i_g * s_B_g + t_m[:, None] * s_B_t + o_n[None, :],
@@ -457,40 +500,36 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
         o_uc = ((i_b * H + i_h) * nc + i_c) * Q
         cs_m = tl.load(cs_ptr + o_uc + o_m)
         own = tl.load(p_own + t_m[:, None] * s_own_t + i_h * s_own_h + o_p[None, :],
-                      mask=m_m[:, None] & m_p[None, :], other=0.0)
+                      mask=m_m[:, None] & m_p[None, :], other=0.0).to(tl.float32)
         st = tl.load(p_st + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :],
                      mask=m_p[:, None] & m_n[None, :], other=0.0)
-        acc_h = tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
         if IS_DB:
             cs_last = tl.load(cs_ptr + o_uc + Q - 1)
             u_m = tl.load(u_ptr + o_uc + o_m)
-            acc_h *= (tl.exp(tl.minimum(cs_last - cs_m, 0.0)) * u_m)[:, None]
-            k_lo = i_m * BM
-            k_hi = Q
+            own *= (tl.exp(tl.minimum(cs_last - cs_m, 0.0)) * u_m)[:, None]
+            acc += tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
         else:
-            acc_h *= tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+            own *= tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+            acc_h = tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
             tl.store(r_ptr + o_uc + o_m, tl.sum(acc_h * c_m, axis=1))
-            k_lo = 0
-            k_hi = (i_m + 1) * BM
-        for k in range(k_lo, k_hi, BK):
-            o_k = k + tl.arange(0, BK)
-            t_k = i_c * Q + o_k
-            m_k = t_k < T
-            othT = tl.load(p_oth + t_k[None, :] * s_oth_t + i_h * s_oth_h + o_p[:, None],
-                           mask=m_k[None, :] & m_p[:, None], other=0.0)
-            kk = tl.dot(own.to(dt_in), othT.to(dt_in), input_precision=DOT_PREC)  # (BM, BK)
-            cs_k = tl.load(cs_ptr + o_uc + o_k)
-            if IS_DB:
-                # rows m are j, columns k are i >= j
-                kk *= tl.exp(tl.minimum(cs_k[None, :] - cs_m[:, None], 0.0)) * u_m[:, None]
-                kk = tl.where(o_k[None, :] >= o_m[:, None], kk, 0.0)
-            else:
-                u_k = tl.load(u_ptr + o_uc + o_k)
-                kk *= tl.exp(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0)) * u_k[None, :]
-                kk = tl.where(o_m[:, None] >= o_k[None, :], kk, 0.0)
-            mat = tl.load(p_mat + t_k[:, None] * s_B_t + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
-            acc_h += tl.dot(kk.to(dt_in), mat.to(dt_in), input_precision=DOT_PREC)
-        acc += acc_h
+            acc += acc_h
+    p_dcb = dcb_ptr + (i_bc * G + i_g) * Q * Q
+    if IS_DB:
+        k_lo = i_m * BM
+        k_hi = Q
+    else:
+        k_lo = 0
+        k_hi = (i_m + 1) * BM
+    for k in range(k_lo, k_hi, BK):
+        o_k = k + tl.arange(0, BK)
+        t_k = i_c * Q + o_k
+        m_k = t_k < T
+        if IS_DB:
+            w = tl.load(p_dcb + o_k[None, :] * Q + o_m[:, None])  # dCB^T (rows m = j, columns k = i)
+        else:
+            w = tl.load(p_dcb + o_m[:, None] * Q + o_k[None, :])
+        mat = tl.load(p_mat + t_k[:, None] * s_B_t + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
+        acc += tl.dot(w.to(dt_in), mat.to(dt_in), input_precision=DOT_PREC)
     p_o = (dB_ptr if IS_DB else dC_ptr) + i_b * s_d_b + i_g * s_d_g + t_m[:, None] * s_d_t + o_n[None, :]
     tl.store(p_o, acc.to(p_o.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
 
@@ -500,7 +539,7 @@ def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr
                        ddt_ptr, dA_ptr, dbias_ptr,
                        T, H, nc, s_dt_b, s_dt_t, s_dt_h, s_ddt_b, s_ddt_t, s_ddt_h, lo, hi,
                        Q: tl.constexpr, BH: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                       HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr):
+                       HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr, NB: tl.constexpr):
     """da_j = sum_{i>=j} dcs_i (+ d cs_last at the end); du = du_direct + A da; then back through
     clamp / softplus / bias to ddt. Partials of dA and d dt_bias per chunk."""
     i_b = tl.program_id(0).to(tl.int64)
@@ -516,7 +555,9 @@ def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr
     m = m_t[:, None] & m_h[None, :]
     o_uc = ((i_b * H + o_h[None, :]) * nc + i_c) * Q + o_t[:, None]
     dcs = tl.load(dcs_ptr + o_uc, mask=m_h[None, :], other=0.0)
-    dcs += tl.load(rowt_ptr + o_uc, mask=m_h[None, :], other=0.0)
+    o_rt = (((i_b * H + o_h[None, :]) * nc + i_c) * NB) * Q + o_t[:, None]
+    for jb in range(NB):
+        dcs += tl.load(rowt_ptr + o_rt + jb * Q, mask=m_h[None, :], other=0.0)
     dcs += tl.load(r_ptr + o_uc, mask=m_h[None, :], other=0.0)
     ddal = tl.load(ddal_ptr + (i_b * H + o_h) * nc + i_c, mask=m_h, other=0.0)
     dcs += tl.where(o_t[:, None] == Q - 1, ddal[None, :], 0.0)
@@ -600,8 +641,9 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         T, H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, num_warps=4)
-    cb_dtype = f32 if x.dtype == f32 else x.dtype
-    cb = new_empty((b, nc, G, Q, Q), dtype=cb_dtype, device=dev)
+    # CB in fp32 even for 16-bit inputs: the decay gradient multiplies it into T (README.md), where a
+    # 16-bit CB cost dA most of its bf16 tolerance
+    cb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     BMb = min(64, Q)
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
@@ -656,7 +698,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         T, H, nc, *_strides3(dt), float(lo), hi_arg,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, num_warps=4)
-    cb = new_empty((b, nc, G, Q, Q), dtype=f32 if x.dtype == f32 else x.dtype, device=dev)
+    cb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     BMb = min(64, Q)
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
@@ -667,7 +709,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     if z is not None:
         zc = z.contiguous()
         dz = new_empty(zc.shape, dtype=z.dtype, device=dev)
-        dyp = new_empty(dy.shape, dtype=x.dtype, device=dev)
+        dyp = new_empty(dy.shape, dtype=f32, device=dev)  # kept in fp32: it feeds the decay gradient
         n = dy.numel()
         BLOCK = 1024
         _gate_bwd_kernel[(triton.cdiv(n, BLOCK),)](dy, zc, ypre, dyp, dz, n, BLOCK=BLOCK, num_warps=4)
@@ -700,22 +742,29 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     dx = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
     du = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     dcs = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    rowt = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    BJ = cfg["BM"]
+    NB = Q // BJ
+    rowt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev)
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    dD_part = new_empty((b * nc, H, P), dtype=f32, device=dev) if D is not None else u
-    _scan_bwd_dx_kernel[(b * nc, H)](
+    dD_part = new_empty((b * nc * NB, H, P), dtype=f32, device=dev) if D is not None else u
+    _scan_bwd_dx_kernel[(b * nc, H, NB)](
         x, dy, B, cb, u, cs, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
-        Q=Q, BJ=cfg["BM"], BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
-        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], num_warps=cfg["warps"],
-        num_stages=cfg["stages"])
+        Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
+        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"],
+        MIXED_T=dy.dtype == f32 and x.dtype != f32, STATE_PREC="ieee" if x.dtype == f32 else "tf32",
+        num_warps=cfg["warps"], num_stages=cfg["stages"])
 
+    dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    _scan_bwd_dcb_kernel[(b * nc, G, NB * NB)](
+        x, dy, u, cs, dcb, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
+        Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], num_warps=cfg["warps"], num_stages=cfg["stages"])
     dB = new_empty(B.shape, dtype=B.dtype, device=dev)
     dC = new_empty(C.shape, dtype=C.dtype, device=dev)
     BMd = cfg["BM_DBC"]
     for is_db, out in ((True, dB), (False, dC)):
         _scan_bwd_dbc_kernel[(b * nc, G, Q // BMd)](
-            x, dy, B, C, u, cs, hin, ds, dB, dC, rterm, T, H, G, nc, P, N,
+            x, dy, B, C, u, cs, hin, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, DOT_PREC=cfg["prec"],
@@ -728,7 +777,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, du, dcs, rowt, rterm, ddal,
         ddt, dA_part, dbias_part, T, H, nc, *_strides3(dt), *_strides3(ddt), float(lo), hi_arg,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
-        IS_VARLEN=varlen, num_warps=4)
+        IS_VARLEN=varlen, NB=NB, num_warps=4)
     dA = dA_part.sum((0, 1)).to(A.dtype)
     dbias = dbias_part.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
     dD = None
