@@ -7,9 +7,10 @@ the K, V cache (B, max_len, Hkv, hd) of the attention layers. Each new token the
 `flash_attention` with seqlen_q = 1 over the cache per attention layer.
 
 Prompts of different lengths: right-padded input_ids with their true lengths. Left padding would be
-wrong for the SSM (pad tokens would flow into the state), so each prompt is prefilled at its own
-length (one prefill per row when lengths differ) and the attention layers attend, row by row, over
-exactly that row's keys. A row's continuation is then the one it gets when generated alone.
+wrong for the SSM (pad tokens would flow into the state), so prompts of different lengths are packed
+into one row and prefilled with the kernels' variable-length modes (ssd_scan cu_seqlens, conv
+seq_idx, flash_attention cu_seqlens), each at its own length; while decoding, the attention layers
+attend, row by row, over exactly that row's keys. A row's continuation is then the one it gets when generated alone.
 """
 from __future__ import annotations
 
@@ -52,12 +53,11 @@ def prefill(model: HybriDNA, input_ids: torch.Tensor, lengths: list[int], cache:
     if all(n == lengths[0] for n in lengths):
         h, _ = model.hidden(input_ids[:, : lengths[0]], state=cache)  # (B, L, d)
         last = h[:, -1]
-    else:
-        last = []
-        for b, n in enumerate(lengths):
-            h, _ = model.hidden(input_ids[b: b + 1, :n], state=cache, rows=slice(b, b + 1))
-            last.append(h[:, -1])
-        last = torch.cat(last)
+    else:  # pack the prompts into one row: every kernel runs once, each prompt at its own length
+        flat = torch.cat([input_ids[b, :n] for b, n in enumerate(lengths)])[None]  # (1, total)
+        h, _ = model.hidden(flat, state=cache, lengths=lengths)
+        ends = torch.tensor(lengths, device=h.device).cumsum(0) - 1
+        last = h[0, ends]  # (B, d)
     cache.lengths = list(lengths)
     assert last.shape[0] == B
     return model.logits_from_hidden(last)  # (B, V)

@@ -66,6 +66,25 @@ class KVState:
     v: torch.Tensor  # (B, max_len, Hkv, hd)
 
 
+@dataclass
+class Packed:
+    """Several sequences packed into one row (1, total): boundaries for the kernels' varlen modes."""
+    cu_seqlens: torch.Tensor  # (nseq + 1,) int32 offsets
+    seq_idx: torch.Tensor  # (1, total) int32 segment id per token (the conv's varlen mode)
+    positions: torch.Tensor  # (1, total) int64 position within its sequence (rotary)
+    max_seqlen: int
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], device) -> "Packed":
+        lens = torch.tensor(lengths, dtype=torch.long, device=device)
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.long, device=device)
+        cu[1:] = lens.cumsum(0)
+        seq_idx = torch.repeat_interleave(torch.arange(len(lengths), device=device), lens)
+        positions = torch.arange(int(cu[-1]), device=device) - cu[:-1][seq_idx]
+        return cls(cu_seqlens=cu.to(torch.int32), seq_idx=seq_idx.to(torch.int32)[None], positions=positions[None],
+                   max_seqlen=max(lengths))
+
+
 class Mamba2Mixer(nn.Module):
     """in_proj -> causal conv1d (SiLU) on x, B, C -> SSD scan (dt_bias, softplus, D, gate z) -> RMSNorm
     -> out_proj. The gate is applied inside the scan (y * silu(z)) and the norm follows it, which is
@@ -106,17 +125,26 @@ class Mamba2Mixer(nn.Module):
     def _A(self, x):
         return -torch.exp(self.A_log.to(_compute_dtype(x)))  # (H,) fp32, negative
 
-    def forward(self, u, state: MambaState | None = None, rows=None):
-        """u: (B, L, d_model). With `state`, also stores the conv and SSD final states in state[rows]."""
+    def forward(self, u, state: MambaState | None = None, rows=None, packed: Packed | None = None):
+        """u: (B, L, d_model), or (1, total) packed sequences with `packed`. With `state`, also stores
+        the conv and SSD final states (of each sequence) in state[rows]."""
         Bsz, L, _ = u.shape
         di, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
         zxbcdt = self.in_proj(u)  # (B, L, 2di + 2GN + H)
         z, xBC, dt = torch.split(zxbcdt, [di, self.conv_dim, H], dim=-1)
         # (B, conv_dim, L) view with channels contiguous: the conv's channel-last fast path.
         conv_out = causal_conv1d(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, activation="silu",
-                                 return_final_states=state is not None)
+                                 return_final_states=state is not None and packed is None,
+                                 seq_idx=None if packed is None else packed.seq_idx)
         if state is not None:
-            conv_out, conv_final = conv_out
+            if packed is None:
+                conv_out, conv_final = conv_out
+            else:  # the conv state of each sequence: its last width - 1 inputs, zeros before its start
+                W1 = self.cfg.d_conv - 1
+                cu = packed.cu_seqlens.long()
+                idx = cu[1:, None] - W1 + torch.arange(W1, device=u.device)  # (nseq, W1)
+                taps = xBC[0, idx.clamp(min=0)]  # (nseq, W1, conv_dim)
+                conv_final = taps.masked_fill((idx < cu[:-1, None])[..., None], 0).transpose(1, 2)
         xBC = conv_out.transpose(1, 2)  # (B, L, conv_dim)
         if xBC.stride(-1) != 1:
             xBC = xBC.contiguous()
@@ -129,9 +157,10 @@ class Mamba2Mixer(nn.Module):
             Cm.unflatten(-1, (G, N)),
             chunk_size=self.cfg.chunk_size, D=self.D, z=z.unflatten(-1, (H, P)), dt_bias=self.dt_bias,
             dt_softplus=True, dt_limit=self.cfg.dt_limit, return_final_states=state is not None,
+            cu_seqlens=None if packed is None else packed.cu_seqlens,
         )
         if state is not None:
-            y, ssm_final = y
+            y, ssm_final = y  # (B or nseq, H, P, N)
             rows = slice(None) if rows is None else rows
             state.conv[rows] = conv_final.to(state.conv.dtype)
             state.ssm[rows] = ssm_final.to(state.ssm.dtype)
@@ -202,16 +231,29 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
-    def forward(self, x, state: KVState | None = None, rows=None):
-        """x: (B, L, d_model). With `state`, also writes K and V into state[rows, :L]."""
+    def forward(self, x, state: KVState | None = None, rows=None, packed: Packed | None = None):
+        """x: (B, L, d_model), or (1, total) packed sequences with `packed` (they never see each other).
+        With `state`, also writes K and V into state[rows, :L] (each packed sequence into its row)."""
         B, L, _ = x.shape
-        positions = torch.arange(L, device=x.device).expand(B, L) if self.cfg.rotary else None
+        positions = None
+        if self.cfg.rotary:
+            positions = torch.arange(L, device=x.device).expand(B, L) if packed is None else packed.positions
         q, k, v = self._qkv(x, positions)
-        o = flash_attention(q, k, v, causal=True, window=self.cfg.attn_window)  # (B, L, hq, hd)
+        if packed is None:
+            o = flash_attention(q, k, v, causal=True, window=self.cfg.attn_window)  # (B, L, hq, hd)
+        else:
+            o = flash_attention(q, k, v, causal=True, window=self.cfg.attn_window, cu_seqlens=packed.cu_seqlens,
+                                max_seqlen=packed.max_seqlen)
         if state is not None:
             rows = slice(None) if rows is None else rows
-            state.k[rows, :L] = k.to(state.k.dtype)
-            state.v[rows, :L] = v.to(state.v.dtype)
+            if packed is None:
+                state.k[rows, :L] = k.to(state.k.dtype)
+                state.v[rows, :L] = v.to(state.v.dtype)
+            else:
+                cu = packed.cu_seqlens.tolist()
+                for i, r in enumerate(range(state.k.shape[0])[rows]):
+                    state.k[r, : cu[i + 1] - cu[i]] = k[0, cu[i]: cu[i + 1]]
+                    state.v[r, : cu[i + 1] - cu[i]] = v[0, cu[i]: cu[i + 1]]
         return self.out_proj(o.reshape(B, L, self.hq * self.hd))  # (B, L, d)
 
     def allocate_state(self, batch: int, max_len: int, dtype, device) -> KVState:
@@ -265,8 +307,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.d_model, cfg.d_intermediate) if cfg.d_intermediate else None
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if self.mlp is not None else None
 
-    def forward(self, x, state=None, rows=None):  # (B, L, d)
-        x = x + self.mixer(self.norm1(x), state, rows)
+    def forward(self, x, state=None, rows=None, packed=None):  # (B, L, d)
+        x = x + self.mixer(self.norm1(x), state, rows, packed)
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
         return x
@@ -348,13 +390,24 @@ class HybriDNA(nn.Module):
         if input_ids.shape[1] < 1:
             raise ValueError("input_ids: expected at least one token per row")
 
-    def hidden(self, input_ids, *, output_hidden_states=False, state=None, rows=None):
+    def hidden(self, input_ids, *, output_hidden_states=False, state=None, rows=None, lengths=None):
         """The final normed hidden states (B, L, d) and, optionally, all n_layer + 1 hidden states
-        (embeddings, then the output of every block; the last one is normed)."""
+        (embeddings, then the output of every block; the last one is normed).
+
+        lengths: with input_ids (1, total), the lengths of the sequences packed into the row; each is
+        processed as if alone (SSD and conv states restart, attention stays within the sequence).
+        state / rows: an InferenceCache and the cache rows this call fills (one per packed sequence)."""
+        packed = None
+        if lengths is not None:
+            lengths = [int(n) for n in lengths]
+            if input_ids.shape[0] != 1 or sum(lengths) != input_ids.shape[1] or min(lengths) < 1:
+                raise ValueError(f"lengths: expected positive lengths summing to seqlen {input_ids.shape[1]} "
+                                 f"of a (1, total) input, got {lengths} for shape {tuple(input_ids.shape)}")
+            packed = Packed.from_lengths(lengths, input_ids.device)
         x = self.embedding(input_ids)  # (B, L, d)
         hs = [x] if output_hidden_states else None
         for i, blk in enumerate(self.layers):
-            x = blk(x, None if state is None else state.layers[i], rows)
+            x = blk(x, None if state is None else state.layers[i], rows, packed)
             if output_hidden_states:
                 hs.append(x)
         x = self.norm_f(x)

@@ -194,16 +194,21 @@ def test_graph_segments_match_decode_step(variant):
 
 
 def test_kernels_decode_matches_reference():
-    """Prefill and decode through the Triton kernels (the interpreter on CPU: ssd_step,
-    causal_conv1d_step, flash_attention with seqlen_q = 1) against the fp64 reference full forward,
-    on the same tokens; short, so the interpreter stays fast."""
+    """Prefill (two prompts of different lengths, packed: the kernels' varlen modes) and decode through
+    the Triton kernels (the interpreter on CPU: ssd_step, causal_conv1d_step, flash_attention with
+    seqlen_q = 1) against the fp64 reference full forward of each row on the same tokens; short, so
+    the interpreter stays fast."""
     m = tiny(torch.float64, rotary=True).to(DEVICE)
     ids = rand_ids(2, 19, seed=7).to(DEVICE)
+    lens, T = [16, 11], 3
+    prompts = ids[:, :16].clone()
+    prompts[1, 11:] = PAD_ID
+    forced = torch.stack([ids[0, 16:19], ids[1, 11:14]])
     with ku.backend("reference"):
-        ref = m(ids).logits[:, 15:18]
+        ref = torch.stack([m(ids[:1, :19]).logits[0, 15:18], m(ids[1:, :14]).logits[0, 10:13]])
     m = m.float()
     with ku.backend("triton"):
-        _, lg = generate(m, ids[:, :16], 3, temperature=0, return_logits=True, forced_tokens=ids[:, 16:])
+        _, lg = generate(m, prompts, T, temperature=0, return_logits=True, forced_tokens=forced, lengths=lens)
     assert_close("kernel-decode-fp32", ref, lg, tol(torch.float32, "fwd"))
 
 

@@ -141,6 +141,20 @@ def test_causal_and_right_padding_invariant():
     torch.testing.assert_close(m(batch).logits[1, :33], m(ids2[:, :33]).logits[0], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kw", [{}, dict(rotary=True, attn_window=6)], ids=["default", "rotary-window"])
+def test_packed_sequences_are_independent(kw):
+    """hidden(..., lengths=) on sequences packed into one row equals each sequence alone."""
+    m = tiny(**kw).double()
+    lens = [17, 1, 70, 5]
+    seqs = [rand_ids(1, n, seed=10 + i)[0] for i, n in enumerate(lens)]
+    h, _ = m.hidden(torch.cat(seqs)[None], lengths=lens)
+    for i, s in enumerate(seqs):
+        o = sum(lens[:i])
+        torch.testing.assert_close(h[0, o: o + lens[i]], m.hidden(s[None])[0][0], rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="lengths"):
+        m.hidden(torch.cat(seqs)[None], lengths=[17, 1, 70])
+
+
 def test_hidden_states_and_backward():
     m = tiny(tie_embeddings=False)
     ids = rand_ids(2, 33)
