@@ -21,7 +21,8 @@ from hybridna_kernels import causal_conv1d, causal_conv1d_step, flash_attention,
 from .config import HybriDNAConfig
 from .tokenizer import A_ID, BOS_ID, N_ID, NUM_BASE_TOKENS, PAD_ID, DNATokenizer, reverse_complement_ids
 
-__all__ = ["HybriDNA", "HybriDNAOutput", "RMSNorm", "Mamba2Mixer", "Attention", "SwiGLU", "Block"]
+__all__ = ["HybriDNA", "HybriDNAOutput", "RMSNorm", "Mamba2Mixer", "Attention", "SwiGLU", "Block", "Packed",
+           "MambaState", "KVState"]
 
 IGNORE_INDEX = -100
 
@@ -258,7 +259,8 @@ class Attention(nn.Module):
 
     def allocate_state(self, batch: int, max_len: int, dtype, device) -> KVState:
         shape = (batch, max_len, self.hkv, self.hd)
-        return KVState(k=torch.zeros(shape, dtype=dtype, device=device), v=torch.zeros(shape, dtype=dtype, device=device))
+        return KVState(k=torch.zeros(shape, dtype=dtype, device=device),
+                       v=torch.zeros(shape, dtype=dtype, device=device))
 
     def step(self, x, state: KVState, lengths: list[int]):
         """One decoding step. x: (B, d_model); lengths: each row's cache length before this token
@@ -428,7 +430,8 @@ class HybriDNA(nn.Module):
         loss = None
         if labels is not None:
             if tuple(labels.shape) != tuple(input_ids.shape):
-                raise ValueError(f"labels: expected shape {tuple(input_ids.shape)} like input_ids, got {tuple(labels.shape)}")
+                raise ValueError(f"labels: expected shape {tuple(input_ids.shape)} like input_ids, "
+                                 f"got {tuple(labels.shape)}")
             lg = logits[:, :-1].reshape(-1, logits.shape[-1])
             loss = F.cross_entropy(lg.to(torch.promote_types(lg.dtype, torch.float32)),
                                    self._loss_targets(labels)[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
@@ -452,8 +455,8 @@ class HybriDNA(nn.Module):
     # ---- scoring -------------------------------------------------------------------------------------
     @torch.no_grad()
     def token_log_probs(self, input_ids):
-        """log p(x_t | x_<t) for t >= 1 as (B, L - 1) fp32 (fp64 for fp64 models), with a mask (B, L - 1) of the positions
-        that count (not pad, and not N when config.loss_ignore_n)."""
+        """log p(x_t | x_<t) for t >= 1 as (B, L - 1) fp32 (fp64 for fp64 models), with a mask
+        (B, L - 1) of the positions that count (not pad, and not N when config.loss_ignore_n)."""
         self._check_ids(input_ids)
         logits = self.forward(input_ids).logits[:, :-1]  # (B, L-1, V)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
