@@ -165,6 +165,7 @@ _CU = torch.tensor([0, 2, 4], dtype=torch.int32)
         (_qkv, {"causal": False, "window": 4}, "window: a sliding window needs causal=True"),
         (_qkv, {"window": 0}, "window: expected an int >= 1"),
         (_qkv, {"window": 2.5}, "window: expected an int >= 1"),
+        (_qkv, {"softmax_scale": -0.5}, "softmax_scale: expected a float > 0"),
         (lambda: _qkv(B=2), {"cu_seqlens": _CU, "max_seqlen": 2}, "cu_seqlens: packed sequences need batch == 1"),
         (_qkv, {"cu_seqlens": _CU.long(), "max_seqlen": 2}, "cu_seqlens: expected dtype int32"),
         (_qkv, {"cu_seqlens": _CU}, "max_seqlen: expected an int >= 0 with cu_seqlens"),
@@ -173,7 +174,7 @@ _CU = torch.tensor([0, 2, 4], dtype=torch.int32)
         (_qkv, {"max_seqlen": 4}, "max_seqlen: only meaningful together with cu_seqlens"),
     ],
     ids=["q-rank", "k-rank", "heads", "headdim", "v-shape", "v-dtype", "q-dtype", "q-stride", "headdim-max",
-         "window-noncausal", "window-zero", "window-float", "cu-batch", "cu-dtype", "cu-maxseqlen",
+         "window-noncausal", "window-zero", "window-float", "scale-negative", "cu-batch", "cu-dtype", "cu-maxseqlen",
          "cu-offsets", "cu-maxseqlen-small", "maxseqlen-alone"],
 )
 def test_validation_names_the_argument(make, kwargs, match):

@@ -34,8 +34,9 @@ def _validate(q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen):
             raise ValueError("window: a sliding window needs causal=True")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window: expected an int >= 1 or None, got {window!r}")
-    if softmax_scale is not None and not isinstance(softmax_scale, (int, float)):
-        raise ValueError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))
+                                      or not softmax_scale > 0):
+        raise ValueError(f"softmax_scale: expected a float > 0 or None, got {softmax_scale!r}")
     if cu_seqlens is not None:
         check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,), min_len={0: 1})
         if B != 1:
@@ -68,7 +69,7 @@ def flash_attention(q, k, v, *, causal=True, window=None, softmax_scale=None, cu
             at key position p = i + seqlen_k - seqlen_q and sees keys j <= p.
         window: W >= 1, needs causal: query at position p sees keys p - W < j <= p (W keys including
             itself). Cost grows with W, not with seqlen.
-        softmax_scale: defaults to headdim ** -0.5.
+        softmax_scale: > 0, defaults to headdim ** -0.5.
         cu_seqlens: int32 (nseq + 1,) offsets of packed sequences, with batch == 1 and q, k, v of
             shape (1, total, heads, headdim); sequences never see each other. Needs max_seqlen.
         max_seqlen: the longest sequence in cu_seqlens (sizes the launch grid).
@@ -79,7 +80,8 @@ def flash_attention(q, k, v, *, causal=True, window=None, softmax_scale=None, cu
         log. A query that sees no key (possible when seqlen_q > seqlen_k) gets o = 0, lse = -inf.
         Differentiable in q, k, v, through o and lse.
 
-    Registered as torch.library ops (hybridna::flash_attn_fwd / _bwd): torch.compile keeps them whole.
+    Under torch.compile it calls the registered ops hybridna::flash_attn_fwd / _bwd (no graph break);
+    eagerly, an autograd.Function over the same launchers (less dispatch overhead).
     Dispatch: Triton kernels on CUDA tensors (fp16 / bf16 / fp32), through the Triton interpreter on
     CPU when TRITON_INTERPRET=1, else the pure-PyTorch reference (`naive.attention_ref`, also used
     for fp64). Few queries (seqlen_q <= 16) over >= 1024 keys take the split-K decode kernel.
@@ -88,9 +90,13 @@ def flash_attention(q, k, v, *, causal=True, window=None, softmax_scale=None, cu
     if softmax_scale is None:
         softmax_scale = q.shape[-1] ** -0.5
     if q.dtype != torch.float64 and use_kernel(q):
-        from .flash import flash_attn_fwd_op
+        from .flash import FlashAttnFunction, flash_attn_fwd_op
 
-        o, lse = flash_attn_fwd_op(q, k, v, bool(causal), window, float(softmax_scale), cu_seqlens, max_seqlen)
+        args = (q, k, v, bool(causal), window, float(softmax_scale), cu_seqlens, max_seqlen)
+        if torch.compiler.is_compiling():
+            o, lse = flash_attn_fwd_op(*args)
+        else:
+            o, lse = FlashAttnFunction.apply(*args)
         return (o, lse) if return_lse else o
     return attention_ref(q, k, v, causal=causal, window=window, softmax_scale=float(softmax_scale),
                          cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, return_lse=return_lse)

@@ -57,16 +57,16 @@ def _attn_decode_split_kernel(
         m_kv = (o_k < end)[:, None] & m_d[None, :]
         b_k = tl.load(p_k, mask=m_kv, other=0.0)
         b_v = tl.load(p_v, mask=m_kv, other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
         vis = m_r[:, None] & (o_k < end)[None, :]
         if IS_CAUSAL:
             vis = vis & (o_k[None, :] <= pos[:, None])
         if HAS_WINDOW:
             vis = vis & (o_k[None, :] > pos[:, None] - window)
         b_s = tl.where(vis, b_s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(b_s, 1))
+        m_new = tl.maximum(m_i, tl.max(b_s, 1) * qk_scale)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        b_p = tl.math.exp2(b_s - m_use[:, None])
+        b_p = tl.math.exp2(b_s * qk_scale - m_use[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(b_p, 1)
         acc = tl.dot(b_p.to(b_v.dtype), b_v, acc * alpha[:, None], input_precision=DOT_PREC)
