@@ -266,49 +266,65 @@ def test_pretrain_learns_and_checkpoint_loads(lambda_store, tmp_path):
     assert seq_lens == [64, 128]
 
 
-def _gloo_worker(rank, world, port, store, out, strategy, q):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _gloo_worker(rank, world, ports, store, out, strategy, q):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)
     from hybridna.train.pretrain import train
 
-    res = train(_cfg(store, out, steps=4, strategy=strategy, save_every=4, val_every=4))
+    def run(port, sub, **kw):
+        os.environ["MASTER_PORT"] = str(port)
+        return train(_cfg(store, os.path.join(out, sub), steps=4, strategy=strategy, save_every=2, val_every=2, **kw))
+
+    res = run(ports[0], "a")
     m = res["model"]
-    flat = torch.cat([(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().reshape(-1)
-                      for p in m.parameters()]) if strategy == "ddp" else None
-    q.put((rank, res["losses"], None if flat is None else flat.double().sum().item(), res["checkpoint"]))
+    flat = torch.cat([p.detach().reshape(-1) for p in m.parameters()]) if strategy == "ddp" else None
+    run(ports[1], "b", stop_at=2)
+    resumed = run(ports[2], "b", resume=True)
+    q.put((rank, res["losses"], None if flat is None else flat.double().sum().item(), res["checkpoint"],
+           resumed["losses"]))
+
+
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_gloo(lambda_store, tmp_path, strategy):
-    import socket
-
+    """Two CPU processes (gloo) train together, stay in sync (DDP), write one checkpoint that loads,
+    and resume exactly (per-rank data positions; FSDP2 optimizer state gathered and re-sharded)."""
     import torch.multiprocessing as mp
 
     from hybridna.model import HybriDNA
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_gloo_worker, args=(r, 2, port, lambda_store, str(tmp_path), strategy, q))
+    ports = _free_ports(3)
+    procs = [ctx.Process(target=_gloo_worker, args=(r, 2, ports, lambda_store, str(tmp_path), strategy, q))
              for r in range(2)]
     for p in procs:
         p.start()
     got = {}
     for _ in range(2):
-        rank, losses, checksum, ckpt = q.get(timeout=240)
-        got[rank] = (losses, checksum, ckpt)
+        rank, losses, checksum, ckpt, resumed = q.get(timeout=300)
+        got[rank] = (losses, checksum, ckpt, resumed)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    (l0, c0, ck), (l1, c1, _) = got[0], got[1]
+    (l0, c0, ck, r0), (l1, c1, _, r1) = got[0], got[1]
     assert len(l0) == 4 and all(math.isfinite(x) for x in l0)
     assert l0 == l1  # the logged loss is the all-reduced mean: every rank reports the same
+    assert r0 == l0 and r1 == l0  # interrupted at step 2 and resumed: the same curve
     if strategy == "ddp":
         assert c0 == c1  # replicas stay in sync
     m = HybriDNA.from_pretrained(ck)  # rank 0 wrote a complete checkpoint (gathered for FSDP)
     assert sum(p.numel() for p in m.parameters()) > 0
     assert all(torch.isfinite(p).all() for p in m.parameters())
-    assert (tmp_path / "checkpoints" / "step_0000004" / "data_state.rank1.json").exists()
+    assert (tmp_path / "a" / "checkpoints" / "step_0000004" / "data_state.rank1.json").exists()

@@ -115,8 +115,13 @@ def wrap_model(model: nn.Module, info: DistInfo, *, strategy: str = "ddp", param
 
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DDP(model, device_ids=ids)
+    import warnings
+
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # The logits are a slice (padded vocabulary) of the head's output; nothing modifies them in place.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
     mesh = init_device_mesh(info.device.type, (info.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
