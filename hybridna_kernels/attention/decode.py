@@ -108,10 +108,13 @@ def _attn_decode_merge_kernel(
     tl.store(LSE + (i_b * nheads_kv * GROUP + h) * seqlen_q + i, lse)
 
 
+# BN is tuned too: key slices are multiples of SPLIT_ALIGN keys, a multiple of every BN below.
+SPLIT_ALIGN = 128
 _decode_tuned = autotune(
-    [triton.Config({}, num_warps=4, num_stages=3), triton.Config({}, num_warps=4, num_stages=4),
-     triton.Config({}, num_warps=8, num_stages=3), triton.Config({}, num_warps=4, num_stages=2)],
-    key=["BD", "BM", "BN", "IS_CAUSAL", "HAS_WINDOW"],
+    [triton.Config({"BN": 64}, num_warps=4, num_stages=3), triton.Config({"BN": 64}, num_warps=4, num_stages=4),
+     triton.Config({"BN": 128}, num_warps=4, num_stages=3), triton.Config({"BN": 128}, num_warps=8, num_stages=3),
+     triton.Config({"BN": 64}, num_warps=8, num_stages=4)],
+    key=["BD", "BM", "IS_CAUSAL", "HAS_WINDOW"],
 )(_attn_decode_split_kernel)
 
 
@@ -137,29 +140,28 @@ def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, B
     lse = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
     BD = max(16, triton.next_power_of_2(D))
     BM = max(16, triton.next_power_of_2(group * Lq))
-    if BN is None:
-        BN = 64 if BD <= 128 else 32
     # keys any query can see: the window of the first query starts at (seqlen_k - seqlen_q) - W + 1
     key_lo = max(0, Lk - Lq - window + 1) if window is not None else 0
-    n_blocks = max(cdiv(Lk - key_lo, BN), 1)
+    align = BN if BN is not None else SPLIT_ALIGN
+    n_blocks = max(cdiv(Lk - key_lo, align), 1)
     if n_splits is None:
         sms = _num_sms(q.device.index or 0) if q.is_cuda else 4
         n_splits = cdiv(2 * sms, B * Hkv)
     n_splits = max(1, min(n_splits, n_blocks, MAX_SPLITS))
-    keys_per_split = cdiv(n_blocks, n_splits) * BN
+    keys_per_split = cdiv(n_blocks, n_splits) * align
     n_splits = max(1, cdiv(Lk - key_lo, keys_per_split))
     op = torch.empty((B * Hkv, n_splits, BM, BD), dtype=torch.float32, device=q.device)
     lsep = torch.empty((B * Hkv, n_splits, BM), dtype=torch.float32, device=q.device)
     args = (q, k, v, op, lsep, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             Lq, Lk, Hkv, key_lo, keys_per_split, n_splits, softmax_scale * LOG2E,
             window if window is not None else 0)
-    meta = dict(GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, BN=BN, IS_CAUSAL=bool(causal),
+    meta = dict(GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, IS_CAUSAL=bool(causal),
                 HAS_WINDOW=window is not None, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
     grid = (n_splits, B * Hkv)
-    if interpret_mode():
-        _attn_decode_split_kernel[grid](*args, **meta)
-    elif not flash.TUNE:
-        _attn_decode_split_kernel[grid](*args, **meta, num_warps=4, num_stages=3)
+    if BN is None and (interpret_mode() or not flash.TUNE or BD > 128):
+        BN = 64 if BD <= 128 else 32
+    if BN is not None:
+        _attn_decode_split_kernel[grid](*args, **meta, BN=BN, num_warps=4, num_stages=3 if BD <= 128 else 2)
     else:
         _decode_tuned[grid](*args, **meta)
     _attn_decode_merge_kernel[(B * Hkv, group * Lq)](
