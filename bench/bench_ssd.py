@@ -197,11 +197,66 @@ def main():  # one markdown table, same run for every provider
                   f"({nb / copy_gbs / 1e6:.3f}) | {diff} |", flush=True)
             del t
             torch.cuda.empty_cache()
+    step_table(copy_gbs)
+
+
+def step_table(copy_gbs):
+    """ssd_step at batch 64: the public call (Python checks + launch), and the same call replayed from
+    a CUDA graph (what a decode loop gets), per step."""
+    import triton.testing
+
     state, x, dt, A, Bm, Cm, D, bias = _step_inputs(64, "cuda")
-    ms = triton.testing.do_bench(lambda: ssd_step(state, x, dt, A, Bm, Cm, D=D, dt_bias=bias, dt_softplus=True),
-                                 return_mode="median")
-    gbs = 2 * state.numel() * 4 / ms / 1e6
-    print(f"ssd_step B64 H{H} P{P} N{N}: {ms * 1e3:.1f} us, {gbs:.0f} GB/s = {gbs / copy_gbs:.2f} of copy")
+
+    def step():
+        return ssd_step(state, x, dt, A, Bm, Cm, D=D, dt_bias=bias, dt_softplus=True)
+
+    nb = 2 * state.numel() * 4
+    ms = triton.testing.do_bench(step, return_mode="median")
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(10):
+            step()
+    ms_graph = triton.testing.do_bench(graph.replay, return_mode="median") / 10
+    for name, t in (("public call", ms), ("CUDA graph", ms_graph)):
+        gbs = nb / t / 1e6
+        print(f"ssd_step B64 H{H} P{P} N{N} ({name}): {t * 1e3:.1f} us, {gbs:.0f} GB/s = {gbs / copy_gbs:.2f} of copy")
+
+
+SWEEP = {
+    "default": {},
+    "scan BM128 w8": {"BM_SCAN": 128, "warps_scan": 8},
+    "scan BK32": {"BK_SCAN": 32},
+    "stages3": {"stages": 3},
+    "state BN64 w4": {"BN_STATE": 64, "warps_state": 4},
+    "bwd warps8": {"warps": 8},
+    "dbc BM32 w4": {"BM_DBC": 32, "warps_dbc": 4},
+    "dbc BM128 w8": {"BM_DBC": 128},
+}
+
+
+def sweep(batch=8, seqlen=8192):
+    """Time block-shape variants (chunk.CFG_OVERRIDE) at one shape, forward and forward+backward."""
+    import triton.testing
+
+    from hybridna_kernels.ssd import chunk
+
+    print("| variant | fwd ms | fwd+bwd ms |")
+    print("| --- | --- | --- |")
+    for name, over in SWEEP.items():
+        chunk.CFG_OVERRIDE.clear()
+        chunk.CFG_OVERRIDE.update(over)
+        row = []
+        for mode in ("fwd", "fwd_bwd"):
+            t = make(batch, seqlen, requires_grad=mode != "fwd")
+            try:
+                row.append(f"{triton.testing.do_bench(_fn('hybridna', t, mode), return_mode='median'):.3f}")
+            except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
+                row.append(f"failed: {type(e).__name__}")
+            del t
+        print(f"| {name} | {row[0]} | {row[1]} |", flush=True)
+    chunk.CFG_OVERRIDE.clear()
 
 
 def profile(batch=8, seqlen=8192):
@@ -233,6 +288,8 @@ def profile(batch=8, seqlen=8192):
 
 
 if __name__ == "__main__":
+    if "--sweep" in sys.argv:
+        sweep()
     main()
     if "--profile" in sys.argv:
         profile()

@@ -593,24 +593,36 @@ def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr
 # launchers
 
 
+# Benchmarks may set entries here to try other block shapes (bench/bench_ssd.py --sweep); every
+# entry is a plain launch parameter, so correctness does not depend on it (tests cover the defaults).
+CFG_OVERRIDE: dict = {}
+
+
 def _cfg(Q, P, N, dtype):
     """One block configuration per kernel, chosen from the shapes (no autotuning, so gradients never
     depend on a timing race)."""
     BP = _p2(P)
     BN = _p2(N)
     blk = min(64, Q)
-    return {
+    cfg = {
         "BP": BP, "BN": BN, "BM": blk, "BK": blk,
+        "BM_SCAN": blk, "BK_SCAN": blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
+        "warps_state": 8 if BN >= 128 else 4,
         "BS": 1024,
         "BM_DBC": 32 if BN > 128 else blk,
+        "warps_dbc": 8 if BN >= 128 else 4,
         "warps": 4,
-        "warps_big": 8 if BN >= 128 else 4,
         "stages": 2,
         "prec": "ieee" if dtype == torch.float32 else "tf32",
     }
+    for k, v in CFG_OVERRIDE.items():
+        if k in ("BM_SCAN", "BK_SCAN"):
+            v = min(v, Q)
+        cfg[k] = v
+    return cfg
 
 
 def _strides3(t):
@@ -641,9 +653,9 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         T, H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, num_warps=4)
-    # CB in fp32 even for 16-bit inputs: the decay gradient multiplies it into T (README.md), where a
-    # 16-bit CB cost dA most of its bf16 tolerance
-    cb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    # The forward keeps CB in the input dtype (it is a matmul operand); the backward recomputes it in
+    # fp32, because the decay gradient multiplies it into T (README.md).
+    cb = new_empty((b, nc, G, Q, Q), dtype=x.dtype, device=dev)
     BMb = min(64, Q)
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
@@ -653,7 +665,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     _chunk_state_kernel[(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs))](
         x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
         Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"],
-        num_warps=cfg["warps_big"], num_stages=cfg["stages"])
+        num_warps=cfg["warps_state"], num_stages=cfg["stages"])
     hin_dtype = f32 if x.dtype == f32 else x.dtype
     hin = new_empty((b, nc, H, P, N), dtype=hin_dtype, device=dev)
     nfin = tables.nfinal if varlen else b
@@ -667,14 +679,14 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     del states
     y = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
     ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
-    BPc = min(cfg["BP"], 64)
+    BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
-    _chunk_scan_fwd_kernel[(b * nc, H, (Q // cfg["BM"]) * triton.cdiv(P, BPc))](
+    _chunk_scan_fwd_kernel[(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc))](
         x, zz, C, cb, u, cs, hin, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
-        Q=Q, BM=cfg["BM"], BP=BPc, BK=cfg["BK"], BN=cfg["BN_SCAN"],
+        Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], num_warps=cfg["warps"],
+        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"])
     return y, final, hin, ypre
 
@@ -724,7 +736,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     _chunk_state_kernel[(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs))](
         dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
         Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"],
-        num_warps=cfg["warps_big"], num_stages=cfg["stages"])
+        num_warps=cfg["warps_state"], num_stages=cfg["stages"])
     PN = P * N
     BS = min(cfg["BS"], triton.next_power_of_2(PN))
     nbs = triton.cdiv(PN, BS)
@@ -768,7 +780,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, DOT_PREC=cfg["prec"],
-            num_warps=cfg["warps_big"], num_stages=cfg["stages"])
+            num_warps=cfg["warps_dbc"], num_stages=cfg["stages"])
 
     ddt = new_empty(dt.shape, dtype=dt.dtype, device=dev)
     dA_part = new_empty((b, nc, H), dtype=f32, device=dev)
