@@ -353,7 +353,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
 
         model = HybriDNA.from_pretrained(resume_dir)
     else:
-        model = build_model(cfg.model)
+        # Built on the training device: initialising a 7b model on the CPU takes minutes. Every rank
+        # draws the same initial weights (same seed), which FSDP2 relies on when it keeps its shard.
+        with torch.device(device):
+            model = build_model(cfg.model)
     n_params = sum(p.numel() for p in model.parameters())
     model.to(device)
     model.train()
