@@ -156,7 +156,9 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
 def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, fin_ptr,
                            H, nc, PN,
                            Q: tl.constexpr, BS: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """Sequential over chunks: hin[c] = state entering chunk c; h <- exp(cs_last) h + local[c]."""
+    """Sequential over chunks: hin[c] = state entering chunk c; h <- exp(cs_last) h + local[c].
+    Loads run two chunks ahead: long sequences put few programs through many chunks, and without
+    the prefetch every chunk pays a full memory latency."""
     i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
     o_s = tl.program_id(2) * BS + tl.arange(0, BS)
@@ -165,19 +167,31 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
         h = tl.load(init_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
     else:
         h = tl.zeros([BS], dtype=tl.float32)
+    o_cs = (i_b * H + i_h) * nc * Q + Q - 1
+    s1 = tl.load(st_ptr + ((i_b * nc) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
+    l1 = tl.load(cs_ptr + o_cs)
+    c2 = tl.minimum(1, nc - 1)
+    s2 = tl.load(st_ptr + ((i_b * nc + c2) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
+    l2 = tl.load(cs_ptr + o_cs + c2 * Q)
     for c in range(nc):
+        s = s1
+        cs_last = l1
+        s1 = s2
+        l1 = l2
+        cn = tl.minimum(c + 2, nc - 1)
+        s2 = tl.load(st_ptr + ((i_b * nc + cn) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
+        l2 = tl.load(cs_ptr + o_cs + cn * Q)
         if IS_VARLEN:
             ci = tl.load(cinit_ptr + c)
             if ci != -2:
                 if HAS_INIT:
                     k = tl.maximum(ci, 0).to(tl.int64)
-                    h = tl.load(init_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0), other=0.0).to(tl.float32)
+                    h = tl.load(init_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0),
+                                other=0.0).to(tl.float32)
                 else:
                     h = tl.zeros([BS], dtype=tl.float32)
         o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
-        s = tl.load(st_ptr + o_st, mask=m_s, other=0.0)
         tl.store(hin_ptr + o_st, h.to(hin_ptr.dtype.element_ty), mask=m_s)
-        cs_last = tl.load(cs_ptr + ((i_b * H + i_h) * nc + c) * Q + Q - 1)
         h = tl.exp(tl.minimum(cs_last, 0.0)) * h + s
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
@@ -291,16 +305,27 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
         g = tl.load(dfin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
     # h_out of the last chunk is a final state (its table entry says which one when packed)
     hout = tl.load(fin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    o_cs = (i_b * H + i_h) * nc * Q + Q - 1
     c0 = nc - 1
-    ldh = tl.load(ldh_ptr + ((i_b * nc + c0) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
-    cs_last = tl.load(cs_ptr + ((i_b * H + i_h) * nc + c0) * Q + Q - 1)
+    c1 = tl.maximum(nc - 2, 0)
+    ldh1 = tl.load(ldh_ptr + ((i_b * nc + c0) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
+    l1 = tl.load(cs_ptr + o_cs + c0 * Q)
+    ldh2 = tl.load(ldh_ptr + ((i_b * nc + c1) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
+    l2 = tl.load(cs_ptr + o_cs + c1 * Q)
+    hin1 = tl.load(hin_ptr + ((i_b * nc + c0) * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
     for cc in range(nc):
         c = nc - 1 - cc
-        cp = tl.maximum(c - 1, 0)
+        cp = tl.maximum(c - 2, 0)
+        cq = tl.maximum(c - 1, 0)
         o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
-        ldh_n = tl.load(ldh_ptr + ((i_b * nc + cp) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
-        cs_n = tl.load(cs_ptr + ((i_b * H + i_h) * nc + cp) * Q + Q - 1)
-        hin_c = tl.load(hin_ptr + o_st, mask=m_s, other=0.0).to(tl.float32)  # h_out of chunk c - 1
+        ldh = ldh1
+        cs_last = l1
+        hin_c = hin1  # h_out of chunk c - 1
+        ldh1 = ldh2
+        l1 = l2
+        ldh2 = tl.load(ldh_ptr + ((i_b * nc + cp) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
+        l2 = tl.load(cs_ptr + o_cs + cp * Q)
+        hin1 = tl.load(hin_ptr + ((i_b * nc + cq) * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
             k = tl.maximum(cf, 0).to(tl.int64)
@@ -312,8 +337,7 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
                     g = tl.zeros([BS], dtype=tl.float32)
                 hout = tl.load(fin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
                                other=0.0).to(tl.float32)
-        o_cs = ((i_b * H + i_h) * nc + c)
-        tl.store(ddal_ptr + o_cs * nbs + i_s, tl.sum(g * hout, axis=0))
+        tl.store(ddal_ptr + ((i_b * H + i_h) * nc + c) * nbs + i_s, tl.sum(g * hout, axis=0))
         tl.store(ldh_ptr + o_st, g, mask=m_s)
         g = ldh + tl.exp(tl.minimum(cs_last, 0.0)) * g
         if IS_VARLEN:
@@ -321,8 +345,6 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
             if HAS_INIT:
                 k0 = tl.maximum(ci, 0).to(tl.int64)
                 tl.store(dinit_ptr + (k0 * H + i_h) * PN + o_s, g, mask=m_s & ((o_s * 0 + ci) >= 0))
-        ldh = ldh_n
-        cs_last = cs_n
         hout = hin_c
     if HAS_INIT and not IS_VARLEN:
         tl.store(dinit_ptr + (i_b * H + i_h) * PN + o_s, g, mask=m_s)
@@ -611,7 +633,7 @@ def _cfg(Q, P, N, dtype):
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
-        "BS": 1024,
+        "BS": 256,
         "BM_DBC": 32 if BN > 128 else blk,
         "warps_dbc": 8 if BN >= 128 else 4,
         "warps": 4,
