@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     warmup = max(1, min(30, steps // 10))
     cfg = TrainConfig(model="tiny", data=[str(store_path)], out=str(out / "pretrain"), steps=steps, seq_len=seq_len,
                       micro_batch=micro, lr=args.lr, min_lr=args.lr / 10, warmup_steps=warmup, weight_decay=0.1,
-                      val_frac=val_frac, val_windows=32, val_every=max(1, steps // 4), log_every=max(1, min(10, steps)),
+                      val_frac=val_frac, val_windows=32, val_every=max(1, steps // 10), log_every=max(1, min(10, steps)),
                       save_every=steps, keep_checkpoints=1, seed=args.seed, device=device,
                       kernel_backend="auto" if cuda else "reference", time_limit_s=time_limit, eval_at_start=True,
                       progress=args.progress)

@@ -65,6 +65,11 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike
     if val:
         ax.plot([r["tokens"] for r in val], [r["val_bpb"] for r in val], "o-", ms=4, label="validation")
     ax.axhline(2.0, color="grey", ls=":", lw=1, label="uniform over ACGT (2 bits)")
+    ys = [r["loss"] / LN2 for r in train] + [r["val_bpb"] for r in val]
+    if ys:
+        # The first steps (about log2(vocab) = 3.3 bits) would flatten the part worth reading.
+        lo = min(ys)
+        ax.set_ylim(lo - 0.02, max(min(max(ys), lo + 0.6), 2.02) + 0.02)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("bits per base")
     ax.set_title(title or "HybriDNA pretraining")
