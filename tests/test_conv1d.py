@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from helpers import DEVICE, KERNEL_DTYPES, assert_close, dtype_id, tol
 
 from hybridna_kernels import causal_conv1d, causal_conv1d_step
-from hybridna_kernels.conv1d import causal_conv1d_ref, causal_conv1d_step_ref
+from hybridna_kernels.conv1d import causal_conv1d_ref, causal_conv1d_step_ref, conv
 from hybridna_kernels.utils import backend
 
 WIDTHS = list(range(2, 9))
@@ -372,3 +372,49 @@ def test_step_kernel_matches_full_kernel(W, dtype):
     assert_close("y_vs_ref", y_ref, y, tol(dtype, "fwd"))
     assert_close("conv_state_vs_ref", ht_ref, state, tol(dtype, "fwd"))
     assert cache[..., :2].eq(0).all() and cache[..., W + 1:].eq(0).all(), "step wrote outside conv_state"
+
+
+def _cfg_id(c):
+    return "-".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in c.items())
+
+
+def _variant_inputs(B, D, L, W, dtype, seed, with_seq=True):
+    g = _gen(seed)
+    x = torch.randn(B, L, D, generator=g).transpose(1, 2).to(DEVICE, dtype)
+    w = (torch.randn(D, W, generator=g) / W**0.5).to(DEVICE, dtype)
+    b = torch.randn(D, generator=g).to(DEVICE, dtype)
+    h0 = torch.randn(B, D, W - 1, generator=g).to(DEVICE, dtype)
+    seq_idx = _seq_idx(B, L, 4, seed=seed, device=DEVICE) if with_seq else None
+    return x, w, b, h0, seq_idx
+
+
+# (B, D, L, W, dtype, with seq_idx); on GPU the W8 shape skips seq_idx (its compiles take ~30 s each)
+_VARIANT_SHAPES = [(1, 37, 150, 4, torch.float32, True)] + (
+    [(2, 300, 700, 8, torch.bfloat16, False), (1, 2064, 257, 3, torch.float16, True)] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("shape", _VARIANT_SHAPES, ids=lambda s: f"B{s[0]}-D{s[1]}-L{s[2]}-W{s[3]}-{dtype_id(s[4])}" + ("-seq" if s[5] else ""))
+@pytest.mark.parametrize("config", conv._bwd_configs(), ids=_cfg_id)
+def test_bwd_tile_variants(config, shape):
+    """Every backward tiling the benchmark may pick computes the same gradients (states, seq_idx, silu)."""
+    B, D, L, W, dtype, with_seq = shape
+    x, w, b, h0, seq_idx = _variant_inputs(B, D, L, W, dtype, seed=L, with_seq=with_seq)
+    dy = torch.randn(B, D, L, device=DEVICE, dtype=dtype)
+    dht = torch.randn(B, D, W - 1, device=DEVICE, dtype=dtype)
+    dx, dw, db, dh0 = conv.causal_conv1d_bwd(x, w, b, "silu", h0, seq_idx, dy, dht, True, config=config)
+    refs = [t.double().requires_grad_() for t in (x, w, b, h0)]
+    y, ht = causal_conv1d_ref(*refs[:3], "silu", refs[3], True, seq_idx)
+    grads = torch.autograd.grad((y * dy.double()).sum() + (ht * dht.double()).sum(), refs)
+    for name, r, o in zip(("dx", "dweight", "dbias", "dinitial_states"), grads, (dx, dw, db, dh0)):
+        assert_close(name, r, o, tol(dtype, "grad"))
+
+
+@pytest.mark.parametrize("shape", _VARIANT_SHAPES, ids=lambda s: f"B{s[0]}-D{s[1]}-L{s[2]}-W{s[3]}-{dtype_id(s[4])}" + ("-seq" if s[5] else ""))
+@pytest.mark.parametrize("config", conv._fwd_configs(), ids=_cfg_id)
+def test_fwd_tile_variants(config, shape):
+    B, D, L, W, dtype, with_seq = shape
+    x, w, b, h0, seq_idx = _variant_inputs(B, D, L, W, dtype, seed=L + 1, with_seq=with_seq)
+    y, ht = conv.causal_conv1d_fwd(x, w, b, "silu", h0, True, seq_idx, config=config)
+    yr, htr = causal_conv1d_ref(x.double(), w.double(), b.double(), "silu", h0.double(), True, seq_idx)
+    assert_close("y", yr, y, tol(dtype, "fwd"))
+    assert_close("final_states", htr, ht, tol(dtype, "fwd"))

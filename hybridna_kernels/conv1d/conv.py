@@ -40,12 +40,23 @@ def _load_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W: tl.constexpr, HAS_H0: tl.
 
 
 @triton.jit
+def _seg(p_s, tt, L, sst):
+    """Segment id at times tt, clamped into [0, L): times before 0 belong to the first segment."""
+    return tl.load(p_s + tl.minimum(tl.maximum(tt, 0), L - 1).to(tl.int64) * sst)
+
+
+@triton.jit
+def _wcol(WT, o_d, m_d, swd, swk, k):
+    return tl.load(WT + o_d.to(tl.int64) * swd + k * swk, mask=m_d, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _conv1d_fwd_kernel(
     X, WT, BIAS, H0, SEQ, Y, HT,
     L, D,
     sxb, sxd, sxt, swd, swk, syb, syd, syt, shb, shd, shk, ssb, sst, stb, std, stk,
     W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    HAS_SEQ: tl.constexpr, STORE_HT: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+    HAS_SEQ: tl.constexpr, STORE_HT: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, SYNC: tl.constexpr,
 ):
     i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
@@ -53,20 +64,21 @@ def _conv1d_fwd_kernel(
     m_t, m_d = o_t < L, o_d < D
     p_x = X + i_b * sxb + o_d.to(tl.int64)[None, :] * sxd
     p_h0 = H0 + i_b * shb + o_d.to(tl.int64)[None, :] * shd
+    p_s = SEQ + i_b * ssb
     if HAS_SEQ:
-        p_s = SEQ + i_b * ssb
-        b_s = tl.load(p_s + o_t.to(tl.int64) * sst, mask=m_t, other=0)
+        b_s = _seg(p_s, o_t, L, sst)
 
-    acc = tl.zeros([BT, BD], dtype=tl.float32)
-    for k in tl.static_range(W):
+    # the unshifted tap first: with SYNC, a barrier after it lets the W - 1 shifted re-reads of
+    # the same rows hit L1 instead of all missing to L2 at once
+    acc = _wcol(WT, o_d, m_d, swd, swk, W - 1)[None, :] * _load_x(X, H0, p_x, p_h0, o_t, m_d, L, sxt, shk, W, HAS_H0)
+    if SYNC:
+        tl.debug_barrier()
+    for k in tl.static_range(W - 1):
         tt = o_t - (W - 1) + k
         b_x = _load_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0)
-        b_w = tl.load(WT + o_d.to(tl.int64) * swd + k * swk, mask=m_d, other=0.0).to(tl.float32)
         if HAS_SEQ:
-            # times before 0 belong to the first segment: clamp the lookup to t = 0
-            b_st = tl.load(p_s + tl.maximum(tt, 0).to(tl.int64) * sst, mask=m_t, other=0)
-            b_x = tl.where((b_st == b_s)[:, None], b_x, 0.0)
-        acc += b_w[None, :] * b_x
+            b_x = tl.where((_seg(p_s, tt, L, sst) == b_s)[:, None], b_x, 0.0)
+        acc += _wcol(WT, o_d, m_d, swd, swk, k)[None, :] * b_x
     if HAS_BIAS:
         acc += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
     if SILU:
@@ -78,62 +90,139 @@ def _conv1d_fwd_kernel(
         # the program holding the last time tile writes the last W - 1 inputs (final_states)
         if (i_t + 1) * BT >= L:
             o_j = tl.arange(0, WP)
-            tt = L - (W - 1) + o_j
-            b_h = _load_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0)
+            t_h = L - (W - 1) + o_j
+            b_h = _load_x(X, H0, p_x, p_h0, t_h, m_d, L, sxt, shk, W, HAS_H0)
             if HAS_SEQ:
-                b_last = tl.load(p_s + (L - 1) * sst)
-                b_st = tl.load(p_s + tl.maximum(tt, 0).to(tl.int64) * sst, mask=o_j < W - 1, other=0)
-                b_h = tl.where((b_st == b_last)[:, None], b_h, 0.0)
+                b_h = tl.where((_seg(p_s, t_h, L, sst) == _seg(p_s, L - 1 + 0 * o_j, L, sst))[:, None], b_h, 0.0)
             p_ht = HT + i_b * stb + o_d.to(tl.int64)[None, :] * std + o_j.to(tl.int64)[:, None] * stk
             tl.store(p_ht, b_h.to(HT.dtype.element_ty), mask=(o_j < W - 1)[:, None] & m_d[None, :])
 
 
 @triton.jit
+def _acc_j(u0, u1, u2, u3, u4, u5, u6, u7, c, j: tl.constexpr):
+    """u_j += c for a compile-time j (the W pre-activations live in named registers)."""
+    if j == 0:
+        u0 += c
+    if j == 1:
+        u1 += c
+    if j == 2:
+        u2 += c
+    if j == 3:
+        u3 += c
+    if j == 4:
+        u4 += c
+    if j == 5:
+        u5 += c
+    if j == 6:
+        u6 += c
+    if j == 7:
+        u7 += c
+    return u0, u1, u2, u3, u4, u5, u6, u7
+
+
+@triton.jit
+def _set_j(u0, u1, u2, u3, u4, u5, u6, u7, c, j: tl.constexpr):
+    """u_j = c for a compile-time j."""
+    if j == 0:
+        u0 = c
+    if j == 1:
+        u1 = c
+    if j == 2:
+        u2 = c
+    if j == 3:
+        u3 = c
+    if j == 4:
+        u4 = c
+    if j == 5:
+        u5 = c
+    if j == 6:
+        u6 = c
+    if j == 7:
+        u7 = c
+    return u0, u1, u2, u3, u4, u5, u6, u7
+
+
+@triton.jit
+def _pick_j(u0, u1, u2, u3, u4, u5, u6, u7, j: tl.constexpr):
+    if j == 0:
+        r = u0
+    if j == 1:
+        r = u1
+    if j == 2:
+        r = u2
+    if j == 3:
+        r = u3
+    if j == 4:
+        r = u4
+    if j == 5:
+        r = u5
+    if j == 6:
+        r = u6
+    if j == 7:
+        r = u7
+    return r
+
+
+@triton.jit
 def _conv1d_bwd_tile(
-    X, WT, BIAS, H0, SEQ, DY, GH, p_x, p_h0, p_dy, p_s, p_gh, o_t, o_d, m_d, L,
-    sxt, swd, swk, shk, sdt, sst, sgk,
-    W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, WITH_DW: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+    X, BIAS, H0, DY, GH, p_x, p_h0, p_dy, p_s, p_gh, o_t, o_d, m_d, L,
+    sxt, shk, sdt, sst, sgk, w0, w1, w2, w3, w4, w5, w6, w7,
+    W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, SHARE: tl.constexpr,
 ):
-    """dx at times o_t (negative times are initial_states' positions), and when WITH_DW the tile's
-    du (at times o_t) with the W input taps of each time, for dweight / dbias."""
-    o_j = tl.arange(0, WP)
-    m_j = o_j < W
-    # u and du at times tau[j, t] = o_t[t] + j: the outputs whose tap W - 1 - j reads x at o_t
-    tau = o_t[None, :] + o_j[:, None]  # (WP, BT)
-    m_tau = (tau >= 0) & (tau < L) & m_j[:, None]
-    tau_c = tl.where(m_tau, tau, 0).to(tl.int64)
-    m3 = m_tau[:, :, None] & m_d[None, None, :]
-    b_du = tl.load(p_dy[None, :, :] + tau_c[:, :, None] * sdt, mask=m3, other=0.0).to(tl.float32)
+    """dx at times o_t (negative times: initial_states' positions) and du at times o_t.
+
+    dx[t] = sum_j w[W - 1 - j] * du[t + j]; with SiLU, du[t + j] = dy * silu'(u[t + j]) needs the
+    pre-activations u at the W times t + j. SHARE: build all W of them from 2W - 1 shifted loads of x
+    (fewer loads, W live tiles); otherwise one at a time from W loads each (W^2 loads, 1 live tile)."""
     if HAS_SEQ:
-        b_s_tau = tl.load(p_s + tau_c * sst, mask=m_tau, other=-1)  # (WP, BT)
+        b_s = _seg(p_s, o_t, L, sst)
     if SILU:
-        b_u = tl.zeros([WP, BT, BD], dtype=tl.float32)
+        bias0 = tl.zeros([BT, BD], dtype=tl.float32)
         if HAS_BIAS:
-            b_u += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)[None, None, :]
-        for r in tl.static_range(2 * W - 1):
-            tt = o_t + (r - (W - 1))  # x times o_t + j + k - (W - 1) for k = r - j
-            b_x = _load_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0)
-            o_k = r - o_j
-            m_k = (o_k >= 0) & (o_k < W)
-            b_w = tl.load(WT + o_d.to(tl.int64)[None, :] * swd + tl.where(m_k, o_k, 0)[:, None] * swk,
-                          mask=m_k[:, None] & m_d[None, :], other=0.0).to(tl.float32)  # (WP, BD)
-            contrib = b_w[:, None, :] * b_x[None, :, :]
-            if HAS_SEQ:
-                b_st = tl.load(p_s + tl.maximum(tt, 0).to(tl.int64) * sst, mask=tt < L, other=-2)
-                contrib = tl.where((b_st[None, :] == b_s_tau)[:, :, None], contrib, 0.0)
-            b_u += contrib
-        b_sig = 1.0 / (1.0 + tl.exp(-b_u))
-        b_du = b_du * b_sig * (1.0 + b_u * (1.0 - b_sig))
-    # dx[t] = sum_j w[W - 1 - j] * du[t + j], no tap across a segment boundary
-    o_kf = W - 1 - o_j
-    b_wf = tl.load(WT + o_d.to(tl.int64)[None, :] * swd + tl.where(m_j, o_kf, 0)[:, None] * swk,
-                   mask=m_j[:, None] & m_d[None, :], other=0.0).to(tl.float32)
-    b_dxs = b_wf[:, None, :] * b_du
-    if HAS_SEQ:
-        b_s_t = tl.load(p_s + tl.maximum(o_t, 0).to(tl.int64) * sst, mask=o_t < L, other=-3)
-        b_dxs = tl.where((b_s_t[None, :] == b_s_tau)[:, :, None], b_dxs, 0.0)
-    b_dx = tl.sum(b_dxs, axis=0)
+            bias0 += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+        if SHARE:
+            u0, u1, u2, u3, u4, u5, u6, u7 = bias0, bias0, bias0, bias0, bias0, bias0, bias0, bias0
+            for r in tl.static_range(2 * W - 1):
+                tt = o_t + (r - (W - 1))  # x at this time is tap k = r - j of the output at t + j
+                b_x = _load_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0)
+                if HAS_SEQ:
+                    b_sr = _seg(p_s, tt, L, sst)
+                for j in tl.static_range(W):
+                    if r >= j:
+                        if r - j < W:
+                            c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, r - j)[None, :] * b_x
+                            if HAS_SEQ:
+                                c = tl.where((b_sr == _seg(p_s, o_t + j, L, sst))[:, None], c, 0.0)
+                            u0, u1, u2, u3, u4, u5, u6, u7 = _acc_j(u0, u1, u2, u3, u4, u5, u6, u7, c, j)
+    b_dx = tl.zeros([BT, BD], dtype=tl.float32)
+    for j in tl.static_range(W):
+        tau = o_t + j
+        m_tau = (tau >= 0) & (tau < L)
+        b_du = tl.load(p_dy + tl.where(m_tau, tau, 0).to(tl.int64)[:, None] * sdt,
+                       mask=m_tau[:, None] & m_d[None, :], other=0.0).to(tl.float32)
+        if HAS_SEQ:
+            b_stau = _seg(p_s, tau, L, sst)
+        if SILU:
+            if SHARE:
+                b_u = _pick_j(u0, u1, u2, u3, u4, u5, u6, u7, j)
+            else:
+                b_u = bias0
+                for k in tl.static_range(W):
+                    tt = tau - (W - 1) + k
+                    c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, k)[None, :] * _load_x(
+                        X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0)
+                    if HAS_SEQ:
+                        c = tl.where((_seg(p_s, tt, L, sst) == b_stau)[:, None], c, 0.0)
+                    b_u += c
+            b_sig = 1.0 / (1.0 + tl.exp(-b_u))
+            b_du = b_du * b_sig * (1.0 + b_u * (1.0 - b_sig))
+        if j == 0:
+            b_du0 = b_du
+        c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1 - j)[None, :] * b_du
+        if HAS_SEQ:
+            c = tl.where((b_s == b_stau)[:, None], c, 0.0)
+        b_dx += c
     if HAS_GH:
         # final_states[j] = x at time L - (W - 1) + j: its gradient lands on that input
         jj = o_t - (L - (W - 1))
@@ -141,38 +230,63 @@ def _conv1d_bwd_tile(
         b_gh = tl.load(p_gh + tl.where(m_g, jj, 0).to(tl.int64)[:, None] * sgk,
                        mask=m_g[:, None] & m_d[None, :], other=0.0).to(tl.float32)
         if HAS_SEQ:
-            b_last = tl.load(p_s + (L - 1) * sst)
-            b_s_g = tl.load(p_s + tl.maximum(o_t, 0).to(tl.int64) * sst, mask=o_t < L, other=-4)
-            b_gh = tl.where((b_s_g == b_last)[:, None], b_gh, 0.0)
+            b_gh = tl.where((b_s == _seg(p_s, L - 1 + 0 * o_t, L, sst))[:, None], b_gh, 0.0)
         b_dx += b_gh
-    b_du0 = tl.sum(tl.where((o_j == 0)[:, None, None], b_du, 0.0), axis=0)  # du at times o_t
-    b_dw = tl.zeros([WP, BD], dtype=tl.float32)
-    if WITH_DW:
-        # dw[k] += sum_t du[t] * x[t - (W - 1) + k]
-        tk = o_t[None, :] + o_j[:, None] - (W - 1)  # (WP, BT)
-        m_x = (tk >= 0) & (tk < L) & m_j[:, None]
-        b_x3 = tl.load(p_x[None, :, :] + tl.where(m_x, tk, 0).to(tl.int64)[:, :, None] * sxt,
-                       mask=m_x[:, :, None] & m_d[None, None, :], other=0.0).to(tl.float32)
-        if HAS_H0:
-            m_h = (tk < 0) & m_j[:, None]
-            b_x3 += tl.load(p_h0[None, :, :] + tl.where(m_h, tk + (W - 1), 0).to(tl.int64)[:, :, None] * shk,
-                            mask=m_h[:, :, None] & m_d[None, None, :], other=0.0).to(tl.float32)
+    return b_dx, b_du0
+
+
+@triton.jit
+def _du_rows(X, BIAS, H0, p_x, p_h0, p_dy, p_s, tt, o_d, m_d, L, sxt, shk, sdt, sst,
+             w0, w1, w2, w3, w4, w5, w6, w7,
+             W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+             HAS_SEQ: tl.constexpr):
+    """du = dy * act'(u) at times tt (zero outside [0, L)), recomputing u from W shifted loads of x."""
+    m_t = (tt >= 0) & (tt < L)
+    b_du = tl.load(p_dy + tl.where(m_t, tt, 0).to(tl.int64)[:, None] * sdt,
+                   mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)
+    if SILU:
         if HAS_SEQ:
-            b_s_t0 = tl.load(p_s + tl.maximum(o_t, 0).to(tl.int64) * sst, mask=o_t < L, other=-5)
-            b_s_k = tl.load(p_s + tl.maximum(tk, 0).to(tl.int64) * sst, mask=tk < L, other=-6)
-            b_x3 = tl.where((b_s_k == b_s_t0[None, :])[:, :, None], b_x3, 0.0)
-        b_dw = tl.sum(b_x3 * b_du0[None, :, :], axis=1)
-    return b_dx, b_du0, b_dw
+            b_s = _seg(p_s, tt, L, sst)
+        b_u = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1)[None, :] * _load_x(
+            X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0)
+        for k in tl.static_range(W - 1):
+            tk = tt - (W - 1) + k
+            c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, k)[None, :] * _load_x(
+                X, H0, p_x, p_h0, tk, m_d, L, sxt, shk, W, HAS_H0)
+            if HAS_SEQ:
+                c = tl.where((_seg(p_s, tk, L, sst) == b_s)[:, None], c, 0.0)
+            b_u += c
+        if HAS_BIAS:
+            b_u += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+        b_sig = 1.0 / (1.0 + tl.exp(-b_u))
+        b_du = b_du * b_sig * (1.0 + b_u * (1.0 - b_sig))
+    return b_du
+
+
+@triton.jit
+def _dw_acc(X, H0, p_x, p_h0, p_s, o_t, m_d, L, sxt, shk, sst, b_du0, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7,
+            W: tl.constexpr, HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """dw[k] += du[t] * x[t - (W - 1) + k], elementwise (summed over time at the end)."""
+    if HAS_SEQ:
+        b_s = _seg(p_s, o_t, L, sst)
+    for k in tl.static_range(W):
+        tt = o_t - (W - 1) + k
+        b_x = _load_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0)
+        if HAS_SEQ:
+            b_x = tl.where((_seg(p_s, tt, L, sst) == b_s)[:, None], b_x, 0.0)
+        dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_du0 * b_x, k)
+    return dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7
 
 
 @triton.jit
 def _conv1d_bwd_kernel(
-    X, WT, BIAS, H0, SEQ, DY, GH, DX, DH0, DWP, DBP,
+    X, WT, BIAS, H0, SEQ, DY, GH, DX, DH0, DWP, DBP, SCR,
     L, D, CH,
     sxb, sxd, sxt, swd, swk, shb, shd, shk, ssb, sst, sdb, sdd, sdt, sgb, sgd, sgk,
     sxgb, sxgd, sxgt, shgb, shgd, shgk,
-    W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    W: tl.constexpr, HP: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+    SHARE: tl.constexpr, SCRATCH: tl.constexpr,
 ):
     i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -185,61 +299,121 @@ def _conv1d_bwd_kernel(
     p_s = SEQ + i_b * ssb
     p_dx = DX + i_b * sxgb + o_d64 * sxgd
 
-    b_dw = tl.zeros([WP, BD], dtype=tl.float32)
-    b_db = tl.zeros([BD], dtype=tl.float32)
+    # the W weight columns, loaded once, in named registers (w_k for k >= W are unused zeros)
+    w0 = _wcol(WT, o_d, m_d, swd, swk, 0)
+    w1, w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0, w0
+    for k in tl.static_range(1, W):
+        w0, w1, w2, w3, w4, w5, w6, w7 = _set_j(w0, w1, w2, w3, w4, w5, w6, w7, _wcol(WT, o_d, m_d, swd, swk, k), k)
+    # dweight / dbias of this program's time chunk: elementwise (BT, BD) accumulators per tap, reduced
+    # over time once at the end (a reduction per tile costs shared-memory round trips and barriers)
+    dw0 = tl.zeros([BT, BD], dtype=tl.float32)
+    dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db = dw0, dw0, dw0, dw0, dw0, dw0, dw0, dw0
     t_end = tl.minimum(i_c * CH + CH, L)
+    if SCRATCH:
+        # this program's (BT + HP, BD) fp32 scratch rows: du of the tile plus its W - 1 halo rows,
+        # written once and re-read shifted (L1/L2), instead of recomputing u at W shifts
+        prog = (i_b * tl.num_programs(1) + i_d) * tl.num_programs(0) + i_c
+        o_r = tl.arange(0, BT)
+        o_hr = tl.arange(0, HP)
+        p_scr = SCR + prog * (BT + HP) * BD + tl.arange(0, BD)[None, :]
     for t0 in range(i_c * CH, t_end, BT):
         o_t = t0 + tl.arange(0, BT)
         m_t = o_t < t_end
-        b_dx, b_du0, b_dwt = _conv1d_bwd_tile(
-            X, WT, BIAS, H0, SEQ, DY, GH, p_x, p_h0, p_dy, p_s, p_gh, o_t, o_d, m_d, L,
-            sxt, swd, swk, shk, sdt, sst, sgk,
-            W, WP, SILU, HAS_BIAS, HAS_H0, HAS_SEQ, HAS_GH, True, BT, BD)
+        if SCRATCH:
+            b_du0 = _du_rows(X, BIAS, H0, p_x, p_h0, p_dy, p_s, o_t, o_d, m_d, L, sxt, shk, sdt, sst,
+                             w0, w1, w2, w3, w4, w5, w6, w7, W, SILU, HAS_BIAS, HAS_H0, HAS_SEQ)
+            # dweight / dbias first, while the x taps just loaded are still in registers
+            b_du0 = tl.where(m_t[:, None], b_du0, 0.0)
+            b_db += b_du0
+            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _dw_acc(
+                X, H0, p_x, p_h0, p_s, o_t, m_d, L, sxt, shk, sst, b_du0,
+                dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, W, HAS_H0, HAS_SEQ)
+            b_duh = _du_rows(X, BIAS, H0, p_x, p_h0, p_dy, p_s, t0 + BT + o_hr, o_d, m_d, L, sxt, shk, sdt, sst,
+                             w0, w1, w2, w3, w4, w5, w6, w7, W, SILU, HAS_BIAS, HAS_H0, HAS_SEQ)
+            tl.store(p_scr + o_r[:, None] * BD, b_du0)
+            tl.store(p_scr + (BT + o_hr)[:, None] * BD, b_duh)
+            tl.debug_barrier()
+            if HAS_SEQ:
+                b_s = _seg(p_s, o_t, L, sst)
+            b_dx = tl.zeros([BT, BD], dtype=tl.float32)
+            for j in tl.static_range(W):
+                c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1 - j)[None, :] * tl.load(p_scr + (o_r + j)[:, None] * BD)
+                if HAS_SEQ:
+                    c = tl.where((b_s == _seg(p_s, o_t + j, L, sst))[:, None], c, 0.0)
+                b_dx += c
+            if HAS_GH:
+                jj = o_t - (L - (W - 1))
+                m_g = (jj >= 0) & (jj < W - 1)
+                b_gh = tl.load(p_gh + tl.where(m_g, jj, 0).to(tl.int64)[:, None] * sgk,
+                               mask=m_g[:, None] & m_d[None, :], other=0.0).to(tl.float32)
+                if HAS_SEQ:
+                    b_gh = tl.where((b_s == _seg(p_s, L - 1 + 0 * o_t, L, sst))[:, None], b_gh, 0.0)
+                b_dx += b_gh
+            tl.debug_barrier()  # every thread has read the scratch before the next tile overwrites it
+        else:
+            b_dx, b_du0 = _conv1d_bwd_tile(
+                X, BIAS, H0, DY, GH, p_x, p_h0, p_dy, p_s, p_gh, o_t, o_d, m_d, L,
+                sxt, shk, sdt, sst, sgk, w0, w1, w2, w3, w4, w5, w6, w7,
+                W, SILU, HAS_BIAS, HAS_H0, HAS_SEQ, HAS_GH, BT, BD, SHARE)
+            b_du0 = tl.where(m_t[:, None], b_du0, 0.0)
+            b_db += b_du0
+            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _dw_acc(
+                X, H0, p_x, p_h0, p_s, o_t, m_d, L, sxt, shk, sst, b_du0,
+                dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, W, HAS_H0, HAS_SEQ)
         tl.store(p_dx + o_t.to(tl.int64)[:, None] * sxgt, b_dx.to(DX.dtype.element_ty),
                  mask=m_t[:, None] & m_d[None, :])
-        b_dw += b_dwt
-        b_db += tl.sum(b_du0, axis=0)  # du is zero at times >= L (dy is masked there)
-    o_j = tl.arange(0, WP)
     row = i_b * tl.num_programs(0) + i_c
-    tl.store(DWP + row * W * D + o_j.to(tl.int64)[:, None] * D + o_d64, b_dw,
-             mask=(o_j < W)[:, None] & m_d[None, :])
-    tl.store(DBP + row * D + o_d, b_db, mask=m_d)
+    p_dw = DWP + row * W * D + o_d
+    for k in tl.static_range(W):
+        tl.store(p_dw + k * D, tl.sum(_pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), axis=0), mask=m_d)
+    tl.store(DBP + row * D + o_d, tl.sum(b_db, axis=0), mask=m_d)
 
     if STORE_DH0:
         if i_c == 0:
-            o_t = o_j - (W - 1)  # times -(W-1) .. -1 (WP >= W - 1 rows, the rest masked)
-            b_dh, b_du0, b_dwt = _conv1d_bwd_tile(
-                X, WT, BIAS, H0, SEQ, DY, GH, p_x, p_h0, p_dy, p_s, p_gh, o_t, o_d, m_d, L,
-                sxt, swd, swk, shk, sdt, sst, sgk,
-                W, WP, SILU, HAS_BIAS, HAS_H0, HAS_SEQ, HAS_GH, False, WP, BD)
-            p_dh = DH0 + i_b * shgb + o_d64 * shgd + tl.where(o_t < 0, o_j, 0).to(tl.int64)[:, None] * shgk
-            tl.store(p_dh, b_dh.to(DH0.dtype.element_ty), mask=(o_t < 0)[:, None] & m_d[None, :])
+            o_j = tl.arange(0, HP)
+            o_h = o_j - (W - 1)  # times -(W-1) .. -1 (HP >= W - 1 rows, the rest masked)
+            b_dh, b_duh = _conv1d_bwd_tile(
+                X, BIAS, H0, DY, GH, p_x, p_h0, p_dy, p_s, p_gh, o_h, o_d, m_d, L,
+                sxt, shk, sdt, sst, sgk, w0, w1, w2, w3, w4, w5, w6, w7,
+                W, SILU, HAS_BIAS, HAS_H0, HAS_SEQ, HAS_GH, HP, BD, SHARE)
+            p_dh = DH0 + i_b * shgb + o_d64 * shgd + tl.where(o_h < 0, o_j, 0).to(tl.int64)[:, None] * shgk
+            tl.store(p_dh, b_dh.to(DH0.dtype.element_ty), mask=(o_h < 0)[:, None] & m_d[None, :])
 
 
 def _fwd_configs():
-    """Tile configs the benchmark sweeps (bench/bench_conv1d.py --sweep)."""
-    return [triton.Config({"BT": bt, "BD": bd}, num_warps=nw) for bt, bd, nw in [
-        (64, 128, 4), (32, 128, 4), (64, 128, 8), (128, 64, 4), (16, 256, 4), (32, 256, 8),
-        (128, 128, 8), (256, 32, 4), (64, 64, 4)]]
+    """Tile configs the benchmark sweeps (bench/bench_conv1d.py --sweep); tests run every one."""
+    return [dict(BT=bt, BD=bd, num_warps=nw, SYNC=sy) for bt, bd, nw in [
+        (16, 256, 4), (32, 128, 4), (16, 128, 4), (8, 256, 4), (64, 64, 4), (32, 256, 8), (16, 512, 8),
+        (8, 128, 4)] for sy in (False, True)]
 
 
 def _bwd_configs():
-    return [triton.Config({"BT": bt, "BD": bd}, num_warps=nw) for bt, bd, nw in [
-        (32, 64, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8), (16, 64, 4), (8, 256, 4), (64, 128, 8)]]
+    cfgs = [dict(BT=bt, BD=bd, num_warps=nw, SHARE=True, SCRATCH=sc) for sc in (False, True) for bt, bd, nw in [
+        (4, 128, 4), (8, 128, 4), (4, 256, 4), (8, 64, 4), (16, 128, 8), (8, 256, 8)]]
+    return cfgs + [dict(BT=4, BD=128, num_warps=4, SHARE=False, SCRATCH=False)]
 
 
 # Fixed tile choices instead of autotuning: first-call tuning would cost ~20 compiles per key, and
-# the best tiles depend on layout and width only (bench/RESULTS.md has the sweep).
+# the best tiles depend on layout and width only (bench/RESULTS.md has the sweep). The overrides let
+# the benchmark time a config end to end through the public function.
+FWD_CONFIG_OVERRIDE = None
+BWD_CONFIG_OVERRIDE = None
+
+
 def _fwd_config(x, W):
+    if FWD_CONFIG_OVERRIDE is not None:
+        return FWD_CONFIG_OVERRIDE
     if x.stride(2) == 1 and x.shape[2] > 1:  # time-contiguous (channel-first): long rows along t
-        return dict(BT=128, BD=32, num_warps=4)
-    return dict(BT=64, BD=128, num_warps=4)
+        return dict(BT=128, BD=32, num_warps=4, SYNC=False)
+    return dict(BT=16, BD=256, num_warps=4, SYNC=False)
 
 
 def _bwd_config(x, W):
+    if BWD_CONFIG_OVERRIDE is not None:
+        return BWD_CONFIG_OVERRIDE
     if x.stride(2) == 1 and x.shape[2] > 1:
-        return dict(BT=64, BD=16, num_warps=4)
-    return dict(BT=32, BD=64, num_warps=4)
+        return dict(BT=32, BD=16, num_warps=4, SHARE=True, SCRATCH=False)
+    return dict(BT=8, BD=128, num_warps=4, SHARE=True, SCRATCH=False)
 
 
 def _layout_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -273,7 +447,8 @@ def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_states=None
                  HAS_H0=initial_states is not None, HAS_SEQ=seq_idx is not None, STORE_HT=ht is not None)
     cfg = config or _fwd_config(x, W)
     grid = (cdiv(L, cfg["BT"]), cdiv(D, cfg["BD"]), B)
-    _conv1d_fwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], num_warps=cfg.get("num_warps", 4))
+    _conv1d_fwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], SYNC=cfg.get("SYNC", False),
+                             num_warps=cfg.get("num_warps", 4))
     return y, ht
 
 
@@ -297,20 +472,26 @@ def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, 
     dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
     dwp = new_empty((B * n_c, W, D), dtype=torch.float32, device=x.device)
     dbp = new_empty((B * n_c, D), dtype=torch.float32, device=x.device)
+    HP = _pow2(max(W - 1, 2))
+    scratch = cfg.get("SCRATCH", False)
+    n_prog = n_c * cdiv(D, cfg["BD"]) * B
+    scr = new_empty((n_prog * (cfg["BT"] + HP) * cfg["BD"],) if scratch else (1,), dtype=torch.float32,
+                    device=x.device)
     dummy = x
     args = (
         x, weight, bias if bias is not None else dummy, initial_states if initial_states is not None else dummy,
         seq_idx if seq_idx is not None else dummy, dy, dht if dht is not None else dummy, dx,
-        dh0 if dh0 is not None else dummy, dwp, dbp,
+        dh0 if dh0 is not None else dummy, dwp, dbp, scr,
         L, D, CH, *x.stride(), *weight.stride(), *_strides3(initial_states),
         *(tuple(seq_idx.stride()) if seq_idx is not None else (0, 0)), *dy.stride(), *_strides3(dht),
         *dx.stride(), *_strides3(dh0),
     )
-    flags = dict(W=W, WP=_pow2(W), SILU=activation == "silu", HAS_BIAS=bias is not None,
+    flags = dict(W=W, HP=HP, SILU=activation == "silu", HAS_BIAS=bias is not None,
                  HAS_H0=initial_states is not None, HAS_SEQ=seq_idx is not None, HAS_GH=dht is not None,
                  STORE_DH0=dh0 is not None)
     grid = (n_c, cdiv(D, cfg["BD"]), B)
-    _conv1d_bwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], num_warps=cfg.get("num_warps", 4))
+    _conv1d_bwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], SHARE=cfg.get("SHARE", True),
+                             SCRATCH=scratch, num_warps=cfg.get("num_warps", 4))
     # fixed-order reduction of the per-program partials: deterministic
     dw = dwp.sum(0).t().to(weight.dtype)
     db = dbp.sum(0).to(bias.dtype) if bias is not None else None
