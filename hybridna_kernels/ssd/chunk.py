@@ -95,15 +95,17 @@ def _bmm_fwd_kernel(C_ptr, B_ptr, cb_ptr, T, G, N, nc, s_b, s_t, s_g,
     i_c = i_bc % nc
     o_m = i_m * BM + tl.arange(0, BM)
     o_n = i_n * BM + tl.arange(0, BM)
-    t_m = i_c * Q + o_m
-    t_n = i_c * Q + o_n
-    base = i_b * s_b + i_g * s_g
+    # int64 scalar bases, int32 tile offsets (int64 tiles of pointers cost registers and spills)
+    base = i_b * s_b + i_g * s_g + i_c * Q * s_t
+    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
     acc = tl.zeros([BM, BM], dtype=tl.float32)
     for k in range(0, N, BK):
         o_k = k + tl.arange(0, BK)
         m_k = o_k < N
-        c = tl.load(C_ptr + base + t_m[:, None] * s_t + o_k[None, :], mask=(t_m < T)[:, None] & m_k[None, :], other=0.0)
-        bT = tl.load(B_ptr + base + t_n[None, :] * s_t + o_k[:, None], mask=(t_n < T)[None, :] & m_k[:, None], other=0.0)
+        c = tl.load(C_ptr + base + (o_m[:, None] * s_t + o_k[None, :]), mask=(o_m < nv)[:, None] & m_k[None, :],
+                    other=0.0)
+        bT = tl.load(B_ptr + base + (o_n[None, :] * s_t + o_k[:, None]), mask=(o_n < nv)[None, :] & m_k[:, None],
+                     other=0.0)
         acc += tl.dot(c, bT, input_precision=DOT_PREC)
     p = cb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :]
     tl.store(p, acc.to(cb_ptr.dtype.element_ty))
@@ -132,15 +134,15 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
     m_n = o_n < N
     o_uc = ((i_b * H + i_h) * nc + i_c) * Q
     cs_last = tl.load(cs_ptr + o_uc + Q - 1)
-    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h
-    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g
+    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
     acc = tl.zeros([BP, BN], dtype=tl.float32)
     for k in range(0, Q, BK):
         o_k = k + tl.arange(0, BK)
-        t_k = i_c * Q + o_k
-        m_k = t_k < T
-        xT = tl.load(p_x + t_k[None, :] * s_x_t + o_p[:, None], mask=m_k[None, :] & m_p[:, None], other=0.0)
-        b = tl.load(p_B + t_k[:, None] * s_B_t + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
+        m_k = o_k < nv
+        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+        b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
         cs_k = tl.load(cs_ptr + o_uc + o_k)
         if REVERSE:
             w = tl.exp(tl.minimum(cs_k, 0.0))
@@ -219,21 +221,22 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
     i_m = i_mp // nbp
     o_m = i_m * BM + tl.arange(0, BM)
     o_p = (i_mp % nbp) * BP + tl.arange(0, BP)
-    t_m = i_c * Q + o_m
-    m_m = t_m < T
+    t0 = i_c * Q
+    nv = tl.minimum(T - t0, Q).to(tl.int32)
+    m_m = o_m < nv
     m_p = o_p < P
     o_uc = ((i_b * H + i_h) * nc + i_c) * Q
     cs_m = tl.load(cs_ptr + o_uc + o_m)
-    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
     dt_in = x_ptr.dtype.element_ty
 
     acc = tl.zeros([BM, BP], dtype=tl.float32)
     p_hin = hin_ptr + (i_bc * H + i_h) * P * N
-    p_C = C_ptr + i_b * s_C_b + i_g * s_C_g
+    p_C = C_ptr + i_b * s_C_b + i_g * s_C_g + t0 * s_C_t
     for n in range(0, N, BN):
         o_n = n + tl.arange(0, BN)
         m_n = o_n < N
-        c = tl.load(p_C + t_m[:, None] * s_C_t + o_n[None, :], mask=m_m[:, None] & m_n[None, :], other=0.0)
+        c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
         hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         acc += tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
     acc *= tl.exp(tl.minimum(cs_m, 0.0))[:, None]
@@ -241,31 +244,32 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     for k in range(0, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
-        t_k = i_c * Q + o_k
         cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :]).to(tl.float32)
         cs_k = tl.load(cs_ptr + o_uc + o_k)
         u_k = tl.load(u_ptr + o_uc + o_k)
         w = cb * tl.exp(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0)) * u_k[None, :]
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
-        xk = tl.load(p_x + t_k[:, None] * s_x_t + o_p[None, :], mask=(t_k < T)[:, None] & m_p[None, :], other=0.0)
+        xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
 
     m = m_m[:, None] & m_p[None, :]
     if HAS_D:
-        xm = tl.load(p_x + t_m[:, None] * s_x_t + o_p[None, :], mask=m, other=0.0).to(tl.float32)
+        xm = tl.load(p_x + (o_m[:, None] * s_x_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
         if D_PER_CHAN:
             Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
         else:
             Dv = tl.load(D_ptr + i_h).to(tl.float32)
         acc += Dv * xm
-    o_y = i_b * s_y_b + t_m[:, None] * s_y_t + i_h * s_y_h + o_p[None, :]
+    o_y = (o_m[:, None] * s_y_t + o_p[None, :])
+    b_y = i_b * s_y_b + t0 * s_y_t + i_h * s_y_h
     if HAS_Z:
         if STORE_YPRE:
-            tl.store(ypre_ptr + o_y, acc.to(ypre_ptr.dtype.element_ty), mask=m)
-        z = tl.load(z_ptr + i_b * s_z_b + t_m[:, None] * s_z_t + i_h * s_z_h + o_p[None, :], mask=m, other=0.0)
+            tl.store(ypre_ptr + b_y + o_y, acc.to(ypre_ptr.dtype.element_ty), mask=m)
+        z = tl.load(z_ptr + i_b * s_z_b + t0 * s_z_t + i_h * s_z_h + (o_m[:, None] * s_z_t + o_p[None, :]), mask=m,
+                    other=0.0)
         z = z.to(tl.float32)
         acc *= z * tl.sigmoid(z)
-    tl.store(y_ptr + o_y, acc.to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(y_ptr + b_y + o_y, acc.to(y_ptr.dtype.element_ty), mask=m)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,23 +382,25 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     o_uc = ((i_b * H + i_h) * nc + i_c) * Q
     cs_last = tl.load(cs_ptr + o_uc + Q - 1)
     dt_in = x_ptr.dtype.element_ty
-    p_dy = dy_ptr + i_b * s_dy_b + i_h * s_dy_h
-    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g
+    t0 = i_c * Q
+    nv = tl.minimum(T - t0, Q).to(tl.int32)
+    p_dy = dy_ptr + i_b * s_dy_b + i_h * s_dy_h + t0 * s_dy_t
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
     p_ds = ds_ptr + (i_bc * H + i_h) * P * N
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     o_j = jb * BJ + tl.arange(0, BJ)
-    t_j = i_c * Q + o_j
-    m_j = t_j < T
+    m_j = o_j < nv
     m = m_j[:, None] & m_p[None, :]
     cs_j = tl.load(cs_ptr + o_uc + o_j)
     u_j = tl.load(u_ptr + o_uc + o_j)
-    xj = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t_j[:, None] * s_x_t + o_p[None, :], mask=m, other=0.0)
+    xj = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t + (o_j[:, None] * s_x_t + o_p[None, :]), mask=m,
+                 other=0.0)
     xf = xj.to(tl.float32)
     acc = tl.zeros([BJ, BP], dtype=tl.float32)
     for n in range(0, N, BN):
         o_n = n + tl.arange(0, BN)
         m_n = o_n < N
-        b = tl.load(p_B + t_j[:, None] * s_B_t + o_n[None, :], mask=m_j[:, None] & m_n[None, :], other=0.0)
+        b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
         dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         # fp32 x tf32 here: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many tokens)
         acc += tl.dot(b.to(tl.float32), dsT, input_precision=STATE_PREC)
@@ -403,12 +409,11 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
     for ib in range(jb, NB):
         o_i = ib * BJ + tl.arange(0, BJ)
-        t_i = i_c * Q + o_i
         cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)
         cs_i = tl.load(cs_ptr + o_uc + o_i)
         w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0))
         w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
-        dyi = tl.load(p_dy + t_i[:, None] * s_dy_t + o_p[None, :], mask=(t_i < T)[:, None] & m_p[None, :], other=0.0)
+        dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
         if MIXED_T:  # 16-bit x with an fp32 (gated) dy: tf32 keeps more of dy than a 16-bit cast
             tt = tl.dot(xf, tl.trans(dyi.to(tl.float32)), input_precision="tf32")
@@ -424,10 +429,10 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
             Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
         else:
             Dv = tl.load(D_ptr + i_h).to(tl.float32)
-        dyj = tl.load(p_dy + t_j[:, None] * s_dy_t + o_p[None, :], mask=m, other=0.0).to(tl.float32)
+        dyj = tl.load(p_dy + (o_j[:, None] * s_dy_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
         dx += Dv * dyj
         tl.store(dD_ptr + ((i_bc * NB + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
-    tl.store(dx_ptr + i_b * s_dx_b + t_j[:, None] * s_dx_t + i_h * s_dx_h + o_p[None, :],
+    tl.store(dx_ptr + i_b * s_dx_b + t0 * s_dx_t + i_h * s_dx_h + (o_j[:, None] * s_dx_t + o_p[None, :]),
              dx.to(dx_ptr.dtype.element_ty), mask=m)
     tl.store(du_ptr + o_uc + o_j, du)
     tl.store(dcs_ptr + o_uc + o_j, -colt)
@@ -456,18 +461,22 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, dcb_ptr,
     o_m = i_m * BM + tl.arange(0, BM)
     o_n = i_n * BM + tl.arange(0, BM)
     o_p = tl.arange(0, BP)
-    t_m = i_c * Q + o_m
-    t_n = i_c * Q + o_n
+    t0 = i_c * Q
+    nv = tl.minimum(T - t0, Q).to(tl.int32)
     m_p = o_p < P
     dt_in = x_ptr.dtype.element_ty
+    p_dy = dy_ptr + i_b * s_dy_b + t0 * s_dy_t
+    p_x = x_ptr + i_b * s_x_b + t0 * s_x_t
+    o_dy = o_m[:, None] * s_dy_t + o_p[None, :]
+    o_xT = o_n[None, :] * s_x_t + o_p[:, None]
+    m_dy = (o_m < nv)[:, None] & m_p[None, :]
+    m_xT = (o_n < nv)[None, :] & m_p[:, None]
     acc = tl.zeros([BM, BM], dtype=tl.float32)
     for hh in range(hpg):
         i_h = i_g * hpg + hh
         o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-        dyi = tl.load(dy_ptr + i_b * s_dy_b + i_h * s_dy_h + t_m[:, None] * s_dy_t + o_p[None, :],
-                      mask=(t_m < T)[:, None] & m_p[None, :], other=0.0)
-        xT = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t_n[None, :] * s_x_t + o_p[:, None],
-                     mask=(t_n < T)[None, :] & m_p[:, None], other=0.0)
+        dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
+        xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
         k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
         cs_i = tl.load(cs_ptr + o_uc + o_m)
         cs_j = tl.load(cs_ptr + o_uc + o_n)
@@ -497,34 +506,35 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
     o_m = i_m * BM + tl.arange(0, BM)
     o_p = tl.arange(0, BP)
     o_n = tl.arange(0, BN)
-    t_m = i_c * Q + o_m
-    m_m = t_m < T
+    t0 = i_c * Q
+    nv = tl.minimum(T - t0, Q).to(tl.int32)
+    m_m = o_m < nv
     m_p = o_p < P
     m_n = o_n < N
     dt_in = x_ptr.dtype.element_ty
     if IS_DB:
-        p_own = x_ptr + i_b * s_x_b
+        p_own = x_ptr + i_b * s_x_b + t0 * s_x_t
         s_own_t = s_x_t
         s_own_h = s_x_h
         p_st = ds_ptr
-        p_mat = C_ptr + i_b * s_B_b + i_g * s_B_g
+        p_mat = C_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
     else:
-        p_own = dy_ptr + i_b * s_dy_b
+        p_own = dy_ptr + i_b * s_dy_b + t0 * s_dy_t
         s_own_t = s_dy_t
         s_own_h = s_dy_h
         p_st = hin_ptr
-        p_mat = B_ptr + i_b * s_B_b + i_g * s_B_g
-        c_m = tl.load(C_ptr + i_b * s_B_b + i_g * s_B_g + t_m[:, None] * s_B_t + o_n[None, :],
+        p_mat = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
+        c_m = tl.load(C_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t + (o_m[:, None] * s_B_t + o_n[None, :]),
                       mask=m_m[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+    o_own = o_m[:, None] * s_own_t + o_p[None, :]
+    o_st = o_p[:, None] * N + o_n[None, :]
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for hh in range(hpg):
         i_h = i_g * hpg + hh
         o_uc = ((i_b * H + i_h) * nc + i_c) * Q
         cs_m = tl.load(cs_ptr + o_uc + o_m)
-        own = tl.load(p_own + t_m[:, None] * s_own_t + i_h * s_own_h + o_p[None, :],
-                      mask=m_m[:, None] & m_p[None, :], other=0.0).to(tl.float32)
-        st = tl.load(p_st + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :],
-                     mask=m_p[:, None] & m_n[None, :], other=0.0)
+        own = tl.load(p_own + i_h * s_own_h + o_own, mask=m_m[:, None] & m_p[None, :], other=0.0).to(tl.float32)
+        st = tl.load(p_st + (i_bc * H + i_h) * P * N + o_st, mask=m_p[:, None] & m_n[None, :], other=0.0)
         if IS_DB:
             cs_last = tl.load(cs_ptr + o_uc + Q - 1)
             u_m = tl.load(u_ptr + o_uc + o_m)
@@ -544,15 +554,14 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
         k_hi = (i_m + 1) * BM
     for k in range(k_lo, k_hi, BK):
         o_k = k + tl.arange(0, BK)
-        t_k = i_c * Q + o_k
-        m_k = t_k < T
+        m_k = o_k < nv
         if IS_DB:
             w = tl.load(p_dcb + o_k[None, :] * Q + o_m[:, None])  # dCB^T (rows m = j, columns k = i)
         else:
             w = tl.load(p_dcb + o_m[:, None] * Q + o_k[None, :])
-        mat = tl.load(p_mat + t_k[:, None] * s_B_t + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
+        mat = tl.load(p_mat + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), mat.to(dt_in), input_precision=DOT_PREC)
-    p_o = (dB_ptr if IS_DB else dC_ptr) + i_b * s_d_b + i_g * s_d_g + t_m[:, None] * s_d_t + o_n[None, :]
+    p_o = (dB_ptr if IS_DB else dC_ptr) + i_b * s_d_b + i_g * s_d_g + t0 * s_d_t + (o_m[:, None] * s_d_t + o_n[None, :])
     tl.store(p_o, acc.to(p_o.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
 
 
@@ -628,7 +637,9 @@ def _cfg(Q, P, N, dtype):
     blk = min(64, Q)
     cfg = {
         "BP": BP, "BN": BN, "BM": blk, "BK": blk,
-        "BM_SCAN": blk, "BK_SCAN": blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
+        # 8 warps where a 64 x 64 tile meets 64-wide rows: at 4 warps ptxas spills (sm_90, checked
+        # offline with triton.compile + cuobjdump: 96 B of stack in the scan, 200 B in dx)
+        "BM_SCAN": blk, "BK_SCAN": blk, "BP_SCAN": min(BP, 64), "warps_scan": 8 if blk * min(BP, 64) >= 4096 else 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
@@ -636,7 +647,7 @@ def _cfg(Q, P, N, dtype):
         "BS": 256,
         "BM_DBC": 32 if BN > 128 else blk,
         "warps_dbc": 8 if BN >= 128 else 4,
-        "warps": 4,
+        "warps": 8 if blk * BP >= 4096 else 4,
         "stages": 2,
         "prec": "ieee" if dtype == torch.float32 else "tf32",
     }
