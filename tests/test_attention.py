@@ -426,3 +426,15 @@ def test_registered_ops_compile_without_graph_break():
     refs = torch.autograd.grad((flash_attention(q, k, v, window=5) * 2).sum(), (q, k, v))
     for name, r, g in zip(("dq", "dk", "dv"), refs, grads):
         assert_close(name, r, g, 1e-6)
+
+
+@pytest.mark.parametrize("B, Lq, Lk", [(1, 5, 0), (1, 0, 5), (0, 5, 5), (0, 1, 2000), (2, 0, 0)],
+                         ids=["no-keys", "no-queries", "batch0", "batch0-decode", "all-empty"])
+def test_kernel_empty_shapes(B, Lq, Lk):
+    q, k, v = _make(B, Lq, Lk, 2, 1, 16, torch.float32)
+    o, lse = flash_attention(q, k, v, return_lse=True)
+    assert o.shape == q.shape and lse.shape == (B, 2, Lq)
+    assert torch.equal(o, torch.zeros_like(o)) and torch.isneginf(lse).all()
+    grads = torch.autograd.grad(o.sum(), (q, k, v))
+    for g, t in zip(grads, (q, k, v)):
+        assert g.shape == t.shape and torch.equal(g, torch.zeros_like(g))

@@ -126,7 +126,7 @@ def _num_sms(index: int) -> int:
 def use_decode(q, k, cu_seqlens) -> bool:
     """Split-K pays off when few query blocks would leave most of the GPU idle over long keys."""
     Lq, Hq, Lk, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
-    return (cu_seqlens is None and 1 <= Lq <= DECODE_MAX_Q and Lk >= DECODE_MIN_K
+    return (cu_seqlens is None and q.shape[0] > 0 and 1 <= Lq <= DECODE_MAX_Q and Lk >= DECODE_MIN_K
             and (Hq // Hkv) * Lq <= DECODE_MAX_ROWS)
 
 
