@@ -400,3 +400,36 @@ def test_kernel_long_sequence_int64_addressing_gpu():
     y_tail, h_tail = ssd_scan(x[:, cut:], dt[:, cut:], A, Bm[:, cut:], Cm[:, cut:], initial_states=h_cut, **kw)
     assert_close("y[tail]", y_tail.float(), y[:, cut:].float(), 1e-2)
     assert_close("final_states", h_tail, h, 1e-2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.compile: the registered ops trace without a graph break and give the eager results.
+
+@pytest.mark.parametrize("opt", ["all", "all-cuseq"])
+def test_ssd_scan_compiles_without_graph_break(opt):
+    t, kw = make_inputs(1, 40, 2, 16, 1, 16, OPTIONS[opt], dtype=torch.float32, device=DEVICE, requires_grad=True)
+    names = list(t)
+
+    def fn(*vals):
+        d = dict(zip(names, vals))
+        return _call(ssd_scan, d, kw, chunk_size=16)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    ref = _as_tuple(fn(*t.values()))
+    out = _as_tuple(compiled(*t.values()))
+    for name, r, o in zip(("y", "final_states"), ref, out):
+        assert_close(name, r, o, 1e-6)
+    g_ref, g_out = _grads(t, ref), _grads(t, out)
+    for k in g_ref:
+        assert_close(f"d{k}", g_ref[k], g_out[k], 1e-6)
+
+
+def test_ssd_step_compiles_without_graph_break():
+    t, _ = make_inputs(2, 1, 4, 16, 2, 16, OPTIONS["all"], dtype=torch.float32, device=DEVICE)
+    args = (t["x"][:, 0], t["dt"][:, 0], t["A"], t["B"][:, 0], t["C"][:, 0])
+    kw = dict(D=t["D"], z=t["z"][:, 0], dt_bias=t["dt_bias"], dt_softplus=True)
+    s_ref, s_out = t["initial_states"].clone(), t["initial_states"].clone()
+    y_ref = ssd_step(s_ref, *args, **kw)
+    y_out = torch.compile(lambda s, *a: ssd_step(s, *a, **kw), fullgraph=True, backend="aot_eager")(s_out, *args)
+    assert_close("y", y_ref, y_out, 1e-6)
+    assert_close("state", s_ref, s_out, 1e-6)

@@ -26,7 +26,7 @@ def _check_dt_limit(dt_limit):
         lo, hi = (float(v) for v in dt_limit)
     except (TypeError, ValueError):
         raise ValueError(f"dt_limit: expected a pair (lo, hi) of floats, got {dt_limit!r}") from None
-    if not (0.0 <= lo <= hi) or math.isnan(hi):
+    if not (0.0 <= lo <= hi) or hi != hi:  # hi != hi: NaN (math.isnan does not trace)
         raise ValueError(f"dt_limit: expected 0 <= lo <= hi, got {dt_limit!r}")
     return lo, hi
 
@@ -34,8 +34,8 @@ def _check_dt_limit(dt_limit):
 def _check_A(A, H, x):
     want = (torch.float64,) if x.dtype == torch.float64 else (torch.float32,)
     check_tensor("A", A, shape=(H,), dtypes=want)
-    # Checking values on CUDA would cost a host sync per call; the CPU check is free.
-    if A.device.type == "cpu" and not bool((A < 0).all()):
+    # Checking values on CUDA would cost a host sync per call; the CPU check is free (not traced).
+    if A.device.type == "cpu" and not torch.compiler.is_compiling() and not bool((A < 0).all()):
         raise ValueError("A: expected negative values (the decay is exp(dt * A))")
 
 
@@ -77,16 +77,18 @@ def check_scan_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial
         raise ValueError("cu_seqlens: give either seq_idx or cu_seqlens, not both")
     if seq_idx is not None:
         check_tensor("seq_idx", seq_idx, shape=(b, L), dtypes=_IDX_DTYPES)
-        if seq_idx.device.type == "cpu" and L > 1 and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
+        if seq_idx.device.type == "cpu" and L > 1 and not torch.compiler.is_compiling() \
+                and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
             raise ValueError("seq_idx: expected non-decreasing segment ids along the sequence")
     if cu_seqlens is not None:
         check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=_IDX_DTYPES, min_len={0: 2})
         if b != 1:
             raise ValueError(f"cu_seqlens: packed sequences need batch 1, got x of shape {tuple(x.shape)}")
-        cu = cu_seqlens.tolist()  # a few integers; the sync is the price of checking them
-        if cu[0] != 0 or cu[-1] != L or any(cu[i + 1] < cu[i] for i in range(len(cu) - 1)):
-            raise ValueError(f"cu_seqlens: expected non-decreasing offsets from 0 to seqlen={L}, got {cu}")
-        nseq = len(cu) - 1
+        nseq = cu_seqlens.shape[0] - 1
+        if not torch.compiler.is_compiling():  # values: a host sync, the price of checking them
+            cu = cu_seqlens.tolist()
+            if cu[0] != 0 or cu[-1] != L or any(cu[i + 1] < cu[i] for i in range(len(cu) - 1)):
+                raise ValueError(f"cu_seqlens: expected non-decreasing offsets from 0 to seqlen={L}, got {cu}")
     Pn = B.shape[3]
     if initial_states is not None:
         check_tensor("initial_states", initial_states, shape=(nseq or b, H, P, Pn), dtypes=_X_DTYPES,
@@ -187,6 +189,8 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus
     lim = check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_limit)
     kernels = _kernels() if use_kernel(x) and x.dtype != torch.float64 else None
     if kernels is not None:
+        if torch.compiler.is_compiling():
+            return kernels[1].ssd_step_op(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), *lim)
         return kernels[1].ssd_step_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, lim)
     with torch.no_grad():
         return ssd_step_ref(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=lim)

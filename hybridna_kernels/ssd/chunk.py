@@ -17,6 +17,8 @@ per-chunk tables: valid length, state reset (and which initial state), final-sta
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -834,28 +836,6 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit
 
 
-class _SSDScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, init, Q, softplus, lo, hi, tables):
-        needs_grad = any(ctx.needs_input_grad)
-        y, final, hin, ypre = _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables,
-                                   store_ypre=needs_grad)
-        if needs_grad:
-            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, init, hin, final, ypre if z is not None else None)
-        ctx.cfg = (Q, softplus, lo, hi, tables)
-        return y, final
-
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, init, hin, final, ypre = ctx.saved_tensors
-        Q, softplus, lo, hi, tables = ctx.cfg
-        if dy is None:
-            dy = torch.zeros_like(x)
-        grads = _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, hin, final, ypre)
-        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = grads
-        return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, None, None, None, None, None
-
-
 def _segments(seq_idx, cu_seqlens, b, L):
     """List of (row, start, end, init_row or -1, final_row) for every non-empty segment, and the
     number of final-state rows."""
@@ -907,27 +887,196 @@ def _align(t, dest, total):
     return out[None]
 
 
+def _unalign(t, dest, shape):
+    """Inverse of _align: (1, total, ...) -> shape, reading the token positions dest."""
+    return t[0].index_select(0, dest).reshape(shape)
+
+
+def scan_forward(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, Q, softplus, lo, hi, keep):
+    """Forward in the caller's layout (no autograd). Returns y, final_states and what the backward
+    needs: hin, ypre (None without z) and the packed layout (None when not packed)."""
+    if seq_idx is None and cu_seqlens is None:
+        y, final, hin, ypre = _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, None, keep)
+        return y, final, hin, (ypre if z is not None else None), None
+    b, L = x.shape[:2]
+    layout = _layout(seq_idx, cu_seqlens, b, L, Q, init is not None, x.device)
+    dest, total, tables, nonempty = layout
+    xa, dta, Ba, Ca = (_align(t, dest, total) for t in (x, dt, B, C))
+    za = _align(z, dest, total) if z is not None else None
+    ya, final, hin, ypre = _fwd(xa, dta, A, Ba, Ca, Q, D, za, dt_bias, softplus, lo, hi, init, tables, keep)
+    y = _unalign(ya, dest, x.shape)
+    if not bool(nonempty.all()):  # an empty sequence's final state is its initial state
+        fill = init.float() if init is not None else torch.zeros_like(final)
+        final = torch.where(nonempty[:, None, None, None], final, fill)
+    return y, final, hin, (ypre if z is not None else None), layout
+
+
+def scan_backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, Q, softplus, lo, hi,
+                  hin, ypre, final, layout):
+    """Gradients (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit) in the caller's layout, None where an
+    input is None. hin / ypre / layout may be None: they are recomputed."""
+    if dy is None:
+        dy = torch.zeros_like(x)
+    if seq_idx is None and cu_seqlens is None:
+        if hin is None or (z is not None and ypre is None):
+            _, final, hin, ypre = _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, None, True)
+        return _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, None, hin, final, ypre)
+    b, L = x.shape[:2]
+    recompute = layout is None or hin is None or (z is not None and ypre is None)
+    if layout is None:
+        layout = _layout(seq_idx, cu_seqlens, b, L, Q, init is not None, x.device)
+    dest, total, tables, nonempty = layout
+    xa, dta, Ba, Ca = (_align(t, dest, total) for t in (x, dt, B, C))
+    za = _align(z, dest, total) if z is not None else None
+    if recompute:
+        _, final, hin, ypre = _fwd(xa, dta, A, Ba, Ca, Q, D, za, dt_bias, softplus, lo, hi, init, tables, True)
+    dfin_k = dfinal
+    if dfinal is not None and not bool(nonempty.all()):
+        dfin_k = torch.where(nonempty[:, None, None, None], dfinal, torch.zeros_like(dfinal))
+    grads = _bwd(_align(dy, dest, total), dfin_k, xa, dta, A, Ba, Ca, Q, D, za, dt_bias, softplus, lo, hi, init,
+                 tables, hin, final, ypre)
+    dxa, ddta, dA, dBa, dCa, dD, dza, dbias, dinit = grads
+    dx = _unalign(dxa, dest, x.shape)
+    ddt = _unalign(ddta, dest, dt.shape)
+    dB = _unalign(dBa, dest, B.shape)
+    dC = _unalign(dCa, dest, C.shape)
+    dz = _unalign(dza, dest, z.shape) if dza is not None else None
+    if dinit is not None and dfinal is not None and not bool(nonempty.all()):
+        dinit = dinit + torch.where(nonempty[:, None, None, None], torch.zeros_like(dfinal), dfinal).to(dinit.dtype)
+    return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit
+
+
+def _prep(x, A, B, C, z):
+    """tl.dot wants one operand dtype: B, C and z follow x; A is fp32."""
+    return A.float(), B.to(x.dtype), C.to(x.dtype), (z.to(x.dtype) if z is not None else None)
+
+
+def _cast_grads(grads, B, C, z):
+    dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = grads
+    return (dx, ddt, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz.to(z.dtype) if dz is not None else None,
+            dbias, dinit)
+
+
+class SSDScanFunction(torch.autograd.Function):
+    """The eager path (torch.compile goes through the registered ops below, same launchers)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, Q, softplus, lo, hi):
+        keep = any(ctx.needs_input_grad)
+        A32, Bx, Cx, zx = _prep(x, A, B, C, z)
+        y, final, hin, ypre, layout = scan_forward(x, dt, A32, Bx, Cx, D, zx, dt_bias, init, seq_idx, cu_seqlens,
+                                                   Q, softplus, lo, hi, keep)
+        if keep:
+            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, hin, ypre, final)
+            ctx.layout = layout
+        ctx.cfg = (Q, softplus, lo, hi)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, hin, ypre, final = ctx.saved_tensors
+        Q, softplus, lo, hi = ctx.cfg
+        A32, Bx, Cx, zx = _prep(x, A, B, C, z)
+        grads = scan_backward(dy, dfinal, x, dt, A32, Bx, Cx, D, zx, dt_bias, init, seq_idx, cu_seqlens, Q, softplus,
+                              lo, hi, hin, ypre, final, ctx.layout)
+        grads = _cast_grads(grads, B, C, z)
+        dA = grads[2].to(A.dtype)
+        return (grads[0], grads[1], dA, *grads[3:], None, None, None, None, None, None)
+
+
+# Registered ops: torch.compile sees opaque calls with shape-only fake implementations, no graph break.
+# The forward op hands hin / ypre to the backward op when their shapes are static; packed input
+# (seq_idx / cu_seqlens, data-dependent layout) gets empty placeholders and the backward recomputes.
+_EMPTY = (0,)
+
+
+@torch.library.custom_op("hybridna::ssd_scan_fwd", mutates_args=())
+def ssd_scan_fwd_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+                    initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
+                    cu_seqlens: Optional[torch.Tensor], chunk_size: int, dt_softplus: bool, lo: float,
+                    hi: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    A32, Bx, Cx, zx = _prep(x, A, B, C, z)
+    y, final, hin, ypre, layout = scan_forward(x, dt, A32, Bx, Cx, D, zx, dt_bias, initial_states, seq_idx,
+                                               cu_seqlens, chunk_size, dt_softplus, lo, hi, True)
+    if layout is not None:
+        hin = ypre = None
+    hin = hin if hin is not None else x.new_empty(_EMPTY)
+    ypre = ypre if ypre is not None else x.new_empty(_EMPTY)
+    return y, final, hin, ypre
+
+
+@ssd_scan_fwd_op.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, chunk_size, dt_softplus, lo, hi):
+    b, L, H, P = x.shape
+    N = B.shape[-1]
+    nfin = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
+    packed = seq_idx is not None or cu_seqlens is not None
+    nc = -(-L // chunk_size)
+    hin_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
+    hin = x.new_empty(_EMPTY) if packed else x.new_empty((b, nc, H, P, N), dtype=hin_dtype)
+    ypre = x.new_empty((b, L, H, P)) if (z is not None and not packed) else x.new_empty(_EMPTY)
+    return x.new_empty(x.shape), x.new_empty((nfin, H, P, N), dtype=torch.float32), hin, ypre
+
+
+@torch.library.custom_op("hybridna::ssd_scan_bwd", mutates_args=())
+def ssd_scan_bwd_op(dy: torch.Tensor, dfinal: Optional[torch.Tensor], x: torch.Tensor, dt: torch.Tensor,
+                    A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+                    z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+                    initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
+                    cu_seqlens: Optional[torch.Tensor], hin: torch.Tensor, ypre: torch.Tensor,
+                    final: torch.Tensor, chunk_size: int, dt_softplus: bool, lo: float,
+                    hi: float) -> list[torch.Tensor]:
+    A32, Bx, Cx, zx = _prep(x, A, B, C, z)
+    grads = scan_backward(dy, dfinal, x, dt, A32, Bx, Cx, D, zx, dt_bias, initial_states, seq_idx, cu_seqlens,
+                          chunk_size, dt_softplus, lo, hi, hin if hin.numel() else None,
+                          ypre if ypre.numel() else None, final, None)
+    grads = _cast_grads(grads, B, C, z)
+    out = [grads[0], grads[1], grads[2].to(A.dtype), grads[3], grads[4]]
+    # absent inputs get empty placeholders (an op cannot return None)
+    out += [g if g is not None else x.new_empty(_EMPTY) for g in grads[5:]]
+    return out
+
+
+@ssd_scan_bwd_op.register_fake
+def _(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, hin, ypre, final, chunk_size,
+      dt_softplus, lo, hi):
+    def like(t):
+        return t.new_empty(t.shape) if t is not None else x.new_empty(_EMPTY)
+
+    return [like(x), like(dt), like(A), like(B), like(C), like(D), like(z), like(dt_bias), like(initial_states)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, Q, softplus, lo, hi = inputs
+    y, final, hin, ypre = output
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, hin, ypre, final)
+    ctx.cfg = (Q, softplus, lo, hi)
+    ctx.present = [t is not None for t in (D, z, dt_bias, init)]
+
+
+def _backward(ctx, dy, dfinal, _dhin, _dypre):
+    x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, hin, ypre, final = ctx.saved_tensors
+    Q, softplus, lo, hi = ctx.cfg
+    if dy is None:
+        dy = torch.zeros_like(x)
+    g = ssd_scan_bwd_op(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, hin, ypre, final, Q,
+                        softplus, lo, hi)
+    opt = [gi if present else None for gi, present in zip(g[5:], ctx.present)]
+    return (g[0], g[1], g[2], g[3], g[4], *opt, None, None, None, None, None, None)
+
+
+ssd_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def ssd_scan_fn(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
                 cu_seqlens, return_final_states):
     """Kernel path of ssd_scan (arguments already validated by the public function)."""
-    lo, hi = dt_limit
-    Q = int(chunk_size)
-    b, L, H, P = x.shape
-    if A.dtype != torch.float32:
-        A = A.float()
-    # tl.dot needs one operand dtype: B, C and z follow x (a differentiable cast, usually a no-op)
-    B, C = B.to(x.dtype), C.to(x.dtype)
-    if z is not None:
-        z = z.to(x.dtype)
-    if seq_idx is None and cu_seqlens is None:
-        y, final = _SSDScanFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, Q, dt_softplus, lo, hi, None)
-        return (y, final) if return_final_states else y
-    dest, total, tables, nonempty = _layout(seq_idx, cu_seqlens, b, L, Q, initial_states is not None, x.device)
-    xa, dta, Ba, Ca = (_align(t, dest, total) for t in (x, dt, B, C))
-    za = _align(z, dest, total) if z is not None else None
-    ya, final = _SSDScanFn.apply(xa, dta, A, Ba, Ca, D, za, dt_bias, initial_states, Q, dt_softplus, lo, hi, tables)
-    y = ya[0].index_select(0, dest).reshape(b, L, H, P)
-    if not bool(nonempty.all()):
-        fill = initial_states.float() if initial_states is not None else torch.zeros_like(final)
-        final = torch.where(nonempty[:, None, None, None], final, fill)
+    lo, hi = float(dt_limit[0]), float(dt_limit[1])
+    args = (x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, int(chunk_size), bool(dt_softplus),
+            lo, hi)
+    if torch.compiler.is_compiling():
+        y, final = ssd_scan_fwd_op(*args)[:2]
+    else:
+        y, final = SSDScanFunction.apply(*args)
     return (y, final) if return_final_states else y

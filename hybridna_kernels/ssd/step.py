@@ -5,6 +5,8 @@ program owns a (BP x dstate) slab of one head.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -74,3 +76,16 @@ def ssd_step_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit):
         BP=BP, BN=BN, HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_HI=hi != float("inf"), num_warps=4)
     return y
+
+
+@torch.library.custom_op("hybridna::ssd_step", mutates_args=("state",))
+def ssd_step_op(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+                dt_softplus: bool, lo: float, hi: float) -> torch.Tensor:
+    """Registered form of ssd_step_fwd for torch.compile (state is mutated in place)."""
+    return ssd_step_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, (lo, hi))
+
+
+@ssd_step_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, lo, hi):
+    return x.new_empty(x.shape)
