@@ -418,3 +418,59 @@ def test_fwd_tile_variants(config, shape):
     yr, htr = causal_conv1d_ref(x.double(), w.double(), b.double(), "silu", h0.double(), True, seq_idx)
     assert_close("y", yr, y, tol(dtype, "fwd"))
     assert_close("final_states", htr, ht, tol(dtype, "fwd"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch.library registration: torch.compile traces the kernels without a graph break
+# ---------------------------------------------------------------------------------------------------
+
+
+def _compile_inputs(W=4, dtype=torch.float32, seed=0):
+    B, D, L = 2, 12, 19
+    x, w, b, h0 = (t.to(DEVICE, dtype) for t in _inputs(B, D, L, W, seed=seed)[:4])
+    seq_idx = _seq_idx(B, L, 3, seed=seed, device=DEVICE)
+    return x, w, b, h0, seq_idx
+
+
+def test_registered_ops_opcheck():
+    """Schema, fake (meta) implementations and autograd registration agree with the real kernels."""
+    x, w, b, h0, seq_idx = _compile_inputs()
+    for args in [(x, w, b, "silu", h0, True, seq_idx), (x.contiguous(), w, None, None, None, False, None)]:
+        args = tuple(t.clone().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                     for t in args)
+        torch.library.opcheck(torch.ops.hybridna.causal_conv1d_fwd.default, args)
+    dy = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.hybridna.causal_conv1d_bwd.default,
+                          (x, w, b, "silu", h0, seq_idx, dy, torch.randn_like(h0), True))
+    torch.library.opcheck(torch.ops.hybridna.causal_conv1d_step.default, (x[..., 0], h0.clone(), w, b, "silu"))
+
+
+@pytest.mark.parametrize("which", ["kernel", "reference"])
+def test_torch_compile_fullgraph(which):
+    """fullgraph=True fails on any graph break; outputs and gradients match eager mode."""
+    x, w, b, h0, seq_idx = _compile_inputs(W=3, seed=5)
+
+    def f(x, w, b, h0):
+        y, ht = causal_conv1d(x, w, b, activation="silu", initial_states=h0, return_final_states=True,
+                              seq_idx=seq_idx)
+        return (y * y).sum() + (ht * 2).sum()
+
+    def step(xt, state):
+        return causal_conv1d_step(xt, state, w, b, activation="silu")
+
+    with backend("triton" if which == "kernel" else "reference"):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b, h0)]
+        loss = f(*leaves)
+        grads = torch.autograd.grad(loss, leaves)
+        torch._dynamo.reset()
+        cleaves = [t.clone().requires_grad_() for t in (x, w, b, h0)]
+        closs = torch.compile(f, backend="aot_eager", fullgraph=True)(*cleaves)
+        cgrads = torch.autograd.grad(closs, cleaves)
+        s_eager, s_comp = h0.clone(), h0.clone()
+        y_eager = step(x[..., 0], s_eager)
+        y_comp = torch.compile(step, backend="aot_eager", fullgraph=True)(x[..., 0], s_comp)
+    assert_close("loss", loss.detach(), closs.detach(), 1e-6)
+    for name, g, cg in zip(("dx", "dweight", "dbias", "dinitial_states"), grads, cgrads):
+        assert_close(name, g, cg, 1e-6)
+    assert_close("y_step", y_eager, y_comp, 1e-6)
+    assert_close("conv_state", s_eager, s_comp, 1e-6)

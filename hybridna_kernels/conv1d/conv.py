@@ -11,7 +11,8 @@ Backward: one pass. Each program recomputes u = w * x (+ bias) at the W shifted 
 dx = (flipped w) * du. dweight / dbias are reduced per program over a fixed time chunk into an fp32
 partial buffer and summed afterwards in a fixed order (deterministic; no atomics).
 """
-from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -493,7 +494,7 @@ def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, 
     _conv1d_bwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], SHARE=cfg.get("SHARE", True),
                              SCRATCH=scratch, num_warps=cfg.get("num_warps", 4))
     # fixed-order reduction of the per-program partials: deterministic
-    dw = dwp.sum(0).t().to(weight.dtype)
+    dw = dwp.sum(0).t().to(weight.dtype).contiguous()
     db = dbp.sum(0).to(bias.dtype) if bias is not None else None
     return dx, dw, db, dh0
 
@@ -519,7 +520,83 @@ class _CausalConv1dFn(torch.autograd.Function):
         return dx, dw, db, None, dh0, None, None
 
 
+# torch.library registration: torch.compile traces the ops as opaque nodes (fake impls give the output
+# shapes and strides) instead of breaking the graph at the Triton launch. Eager calls keep the plain
+# autograd.Function above, which skips the custom-op dispatch overhead.
+_EMPTY = (0,)
+
+
+def _fake_like_x(x, dtype):
+    B, D, L = x.shape
+    if x.stride(1) == 1 and L > 1 and D > 1:
+        return x.new_empty((B, L, D), dtype=dtype).transpose(1, 2)
+    return x.new_empty((B, D, L), dtype=dtype)
+
+
+@torch.library.custom_op("hybridna::causal_conv1d_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
+            initial_states: Optional[torch.Tensor], return_final_states: bool,
+            seq_idx: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    y, ht = causal_conv1d_fwd(x, weight, bias, activation, initial_states, return_final_states, seq_idx)
+    return y, (ht if ht is not None else x.new_empty(_EMPTY))
+
+
+@_fwd_op.register_fake
+def _fwd_fake(x, weight, bias, activation, initial_states, return_final_states, seq_idx):
+    B, D, _ = x.shape
+    ht = x.new_empty((B, D, weight.shape[1] - 1)) if return_final_states else x.new_empty(_EMPTY)
+    return _fake_like_x(x, x.dtype), ht
+
+
+@torch.library.custom_op("hybridna::causal_conv1d_bwd", mutates_args=())
+def _bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
+            initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor], dy: torch.Tensor,
+            dht: Optional[torch.Tensor], need_dh0: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db, dh0 = causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0)
+    return (dx, dw, db if db is not None else x.new_empty(_EMPTY),
+            dh0 if dh0 is not None else x.new_empty(_EMPTY))
+
+
+@_bwd_op.register_fake
+def _bwd_fake(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0):
+    db = bias.new_empty(bias.shape) if bias is not None else x.new_empty(_EMPTY)
+    dh0 = initial_states.new_empty(initial_states.shape) if need_dh0 else x.new_empty(_EMPTY)
+    return _fake_like_x(x, x.dtype), weight.new_empty(weight.shape), db, dh0
+
+
+def _op_setup_context(ctx, inputs, output):
+    x, weight, bias, activation, initial_states, return_final_states, seq_idx = inputs
+    ctx.save_for_backward(x, weight, bias, initial_states, seq_idx)
+    ctx.activation = activation
+    ctx.has_ht = return_final_states
+    ctx.has_bias = bias is not None
+    ctx.has_h0 = initial_states is not None
+
+
+def _op_backward(ctx, dy, dht):
+    x, weight, bias, initial_states, seq_idx = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(x)
+    need_dh0 = ctx.has_h0 and ctx.needs_input_grad[4]
+    dx, dw, db, dh0 = _bwd_op(x, weight, bias, ctx.activation, initial_states, seq_idx, dy,
+                              dht if ctx.has_ht else None, need_dh0)
+    return dx, dw, (db if ctx.has_bias else None), None, (dh0 if need_dh0 else None), None, None
+
+
+_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # torch < 2.3
+        return False
+
+
 def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False,
                      seq_idx=None):
     """Differentiable kernel path of causal_conv1d (inputs already validated)."""
+    if _is_compiling():
+        y, ht = _fwd_op(x, weight, bias, activation, initial_states, return_final_states, seq_idx)
+        return (y, ht) if return_final_states else y
     return _CausalConv1dFn.apply(x, weight, bias, activation, initial_states, return_final_states, seq_idx)

@@ -1,6 +1,8 @@
 """Triton decode step of the causal depthwise conv1d: y = act(bias + w . [state, x]), state shifted in place."""
-from __future__ import annotations
 
+from typing import Optional
+
+import torch
 import triton
 import triton.language as tl
 
@@ -43,7 +45,7 @@ def _conv1d_step_kernel(
     tl.store(p_s, b_new.to(S.dtype.element_ty), mask=m_s)
 
 
-def causal_conv1d_step_fwd(x, conv_state, weight, bias=None, activation=None):
+def _step_launch(x, conv_state, weight, bias=None, activation=None):
     """Launch the step kernel: returns y (batch, dim); conv_state (batch, dim, width - 1) is updated in place."""
     B, D = x.shape
     W = weight.shape[1]
@@ -57,3 +59,26 @@ def causal_conv1d_step_fwd(x, conv_state, weight, bias=None, activation=None):
         num_warps=4,
     )
     return y
+
+
+# Registered for torch.compile (conv_state is mutated in place); eager calls launch directly.
+@torch.library.custom_op("hybridna::causal_conv1d_step", mutates_args=("conv_state",))
+def _step_op(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+             activation: Optional[str]) -> torch.Tensor:
+    return _step_launch(x, conv_state, weight, bias, activation)
+
+
+@_step_op.register_fake
+def _step_fake(x, conv_state, weight, bias, activation):
+    return x.new_empty(x.shape)
+
+
+def causal_conv1d_step_fwd(x, conv_state, weight, bias=None, activation=None):
+    """Launch the step kernel: returns y (batch, dim); conv_state (batch, dim, width - 1) is updated in place."""
+    try:
+        compiling = torch.compiler.is_compiling()
+    except AttributeError:  # torch < 2.3
+        compiling = False
+    if compiling:
+        return _step_op(x, conv_state, weight, bias, activation)
+    return _step_launch(x, conv_state, weight, bias, activation)
