@@ -273,15 +273,28 @@ def _gloo_worker(rank, world, ports, store, out, strategy, q):
 
     def run(port, sub, **kw):
         os.environ["MASTER_PORT"] = str(port)
-        return train(_cfg(store, os.path.join(out, sub), steps=4, strategy=strategy, save_every=2, val_every=2, **kw))
+        return train(_cfg(store, os.path.join(out, sub), **{**dict(steps=4, strategy=strategy, save_every=2,
+                                                                   val_every=2), **kw}))
 
-    res = run(ports[0], "a")
+    try:
+        _gloo_runs(rank, run, ports, strategy, q)
+    except BaseException as e:  # report instead of leaving the parent waiting on the queue
+        import traceback
+
+        q.put((rank, "error", traceback.format_exc()))
+        raise
+
+
+def _gloo_runs(rank, run, ports, strategy, q):
+    res = run(ports[0], "a", val_frac=0.0)  # no held-out tails: the global batches equal a 1-process run's
     m = res["model"]
     flat = torch.cat([p.detach().reshape(-1) for p in m.parameters()]) if strategy == "ddp" else None
-    run(ports[1], "b", stop_at=2)
-    resumed = run(ports[2], "b", resume=True)
+    run(ports[1], "b", stop_at=2, val_frac=0.0)
+    resumed = run(ports[2], "b", resume=True, val_frac=0.0)
+    # Validation split across ranks and all-reduced: the untrained model's held-out loss.
+    val = run(ports[3], "c", steps=1, eval_at_start=True)["val"][0]["val_loss"]
     q.put((rank, res["losses"], None if flat is None else flat.double().sum().item(), res["checkpoint"],
-           resumed["losses"]))
+           resumed["losses"], val))
 
 
 def _free_ports(n):
@@ -306,22 +319,33 @@ def test_two_processes_gloo(lambda_store, tmp_path, strategy):
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    ports = _free_ports(3)
+    ports = _free_ports(4)
     procs = [ctx.Process(target=_gloo_worker, args=(r, 2, ports, lambda_store, str(tmp_path), strategy, q))
              for r in range(2)]
     for p in procs:
         p.start()
     got = {}
     for _ in range(2):
-        rank, losses, checksum, ckpt, resumed = q.get(timeout=300)
-        got[rank] = (losses, checksum, ckpt, resumed)
+        item = q.get(timeout=300)
+        assert item[1] != "error", f"rank {item[0]} failed:\n{item[2]}"
+        rank, losses, checksum, ckpt, resumed, val = item
+        got[rank] = (losses, checksum, ckpt, resumed, val)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    (l0, c0, ck, r0), (l1, c1, _, r1) = got[0], got[1]
+    (l0, c0, ck, r0, v0), (l1, c1, _, r1, v1) = got[0], got[1]
     assert len(l0) == 4 and all(math.isfinite(x) for x in l0)
     assert l0 == l1  # the logged loss is the all-reduced mean: every rank reports the same
     assert r0 == l0 and r1 == l0  # interrupted at step 2 and resumed: the same curve
+    # Same global batch in one process (rank r takes global samples r, r + 2, ...): the same curve
+    # up to the order of floating-point sums; the same held-out loss.
+    from hybridna.train.pretrain import train
+
+    single = train(_cfg(lambda_store, tmp_path / "single", steps=4, micro_batch=4, grad_accum=2, val_frac=0.0,
+                        save_every=4, val_every=4))
+    np.testing.assert_allclose(l0, single["losses"], rtol=2e-5)
+    single_val = train(_cfg(lambda_store, tmp_path / "single_val", steps=1, eval_at_start=True))["val"][0]["val_loss"]
+    assert v0 == v1 and v0 == pytest.approx(single_val, rel=1e-6)
     if strategy == "ddp":
         assert c0 == c1  # replicas stay in sync
     m = HybriDNA.from_pretrained(ck)  # rank 0 wrote a complete checkpoint (gathered for FSDP)
