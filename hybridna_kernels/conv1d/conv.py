@@ -1,4 +1,5 @@
-"""Triton causal depthwise conv1d: forward and backward kernels, launchers, autograd Function.
+"""Triton causal depthwise conv1d: forward and backward kernels, launchers, autograd Function, and
+torch.library ops for torch.compile.
 
 Maths and the seq_idx / state conventions: README.md. Work partition: one program per
 (time tile, channel block, batch row); the width - 1 halo is re-read through L1/L2 by shifted masked
@@ -6,12 +7,13 @@ loads (one per tap), so HBM sees each input once. Strides are kernel arguments: 
 stride equal to 1, so channel-last (x.stride(1) == 1) and channel-first layouts both get coalesced
 accesses without copies. Addresses are int64.
 
-Backward: one pass. Each program recomputes u = w * x (+ bias) at the W shifted times it needs
-(a (W, BT, BD) block built from 2W - 1 shifted loads of x), forms du = dy * act'(u), and writes
-dx = (flipped w) * du. dweight / dbias are reduced per program over a fixed time chunk into an fp32
-partial buffer and summed afterwards in a fixed order (deterministic; no atomics).
+Backward: one pass over x and dy, one program per (time chunk, channel block, batch row) looping
+over BT-row tiles. With SiLU, du at the W times t + j that dx[t] needs is rebuilt either from 2W - 1
+shifted loads of x shared by all j (SHARE) or from a per-program fp32 scratch holding the tile's du
+and its W - 1 halo rows (SCRATCH). dweight / dbias accumulate elementwise per program, are reduced
+once per program into an fp32 partial buffer, and summed afterwards in a fixed order
+(deterministic; no atomics).
 """
-
 from typing import Optional, Tuple
 
 import torch
