@@ -474,3 +474,31 @@ def test_torch_compile_fullgraph(which):
         assert_close(name, g, cg, 1e-6)
     assert_close("y_step", y_eager, y_comp, 1e-6)
     assert_close("conv_state", s_eager, s_comp, 1e-6)
+
+
+def test_kernel_model_layout_and_mixed_dtypes():
+    """What the model feeds: x a transposed column slice of a projection (channel-last, time stride >
+    dim), fp16 activations with fp32 weight and bias; the step reads a strided row of the same kind."""
+    B, L, D, W, extra = 2, 45, 40, 4, 24
+    g = _gen(11)
+    proj = torch.randn(B, L, D + extra, generator=g).to(DEVICE, torch.float16)
+    x = proj[:, :, 8: 8 + D].transpose(1, 2).requires_grad_()  # (B, D, L), strides (L*(D+extra), 1, D+extra)
+    w = (torch.randn(D, W, generator=g) / 2).to(DEVICE).requires_grad_()
+    b = torch.randn(D, generator=g).to(DEVICE).requires_grad_()
+    y, ht = causal_conv1d(x, w, b, activation="silu", return_final_states=True)
+    assert y.dtype == torch.float16 and ht.dtype == torch.float16
+    gy = torch.randn(y.shape, generator=g).to(DEVICE, torch.float16)
+    grads = torch.autograd.grad(y, (x, w, b), gy)
+    assert grads[1].dtype == torch.float32 and grads[0].dtype == torch.float16
+    refs = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    yr, htr = causal_conv1d_ref(*refs, "silu", None, True)
+    grads_r = torch.autograd.grad(yr, refs, gy.double())
+    assert_close("y", yr, y, tol(torch.float16, "fwd"))
+    assert_close("final_states", htr, ht, tol(torch.float16, "fwd"))
+    for name, r, o in zip(("dx", "dweight", "dbias"), grads_r, grads):
+        assert_close(name, r, o, tol(torch.float16, "grad"))
+    state = ht.clone()
+    nxt = torch.randn(B, D + extra, generator=g).to(DEVICE, torch.float16)[:, 8: 8 + D]
+    y1 = causal_conv1d_step(nxt, state, w.detach(), b.detach(), activation="silu")
+    y_full = causal_conv1d_ref(torch.cat([x.detach(), nxt[:, :, None]], -1).double(), w.double(), b.double(), "silu")
+    assert_close("y_step", y_full[..., -1], y1, tol(torch.float16, "fwd"))
