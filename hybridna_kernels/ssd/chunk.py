@@ -647,7 +647,8 @@ def _cfg(Q, P, N, dtype):
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
         "BS": 256,
-        "BM_DBC": 32 if BN > 128 else blk,
+        # headdim 128 / dstate 256 rows: smaller row blocks, or ptxas spills (sm_90, checked offline)
+        "BM_DBC": min(blk, 16 if (BN > 128 and BP >= 128) else 32 if (BN > 128 or BP >= 128) else 64),
         "warps_dbc": 8 if BN >= 128 else 4,
         "warps": 8 if blk * BP >= 4096 else 4,
         "stages": 2,
