@@ -141,12 +141,12 @@ def test_regress_trainable_backbone_cnn(tmp_path):
     from hybridna.train.finetune import finetune_supervised
 
     rng = random.Random(0)
-    seqs = ["".join(rng.choice("ACGT") for _ in range(20)) for _ in range(40)]
+    seqs = ["".join(rng.choice("ACGT") for _ in range(16)) for _ in range(32)]
     gc = [sum(c in "GC" for c in s) / len(s) for s in seqs]  # target: GC content
     res = finetune_supervised(task="regression", train_seqs=seqs, train_labels=gc, preset="tiny",
-                              out=str(tmp_path / "reg"), head="cnn", freeze=False, epochs=6, batch_size=8, lr=3e-3,
+                              out=str(tmp_path / "reg"), head="cnn", freeze=False, epochs=4, batch_size=8, lr=3e-3,
                               backbone_lr=1e-3, val_frac=0.25, progress=False, kernel_backend="reference")
-    assert len(res["history"]) == 6
+    assert len(res["history"]) == 4
     assert res["best"]["pearson"] > 0.5, res["history"]
     assert (tmp_path / "reg" / "best" / "backbone" / "model.safetensors").exists()
 
@@ -172,11 +172,11 @@ def test_generative_prompt_tokens(tmp_path):
     from hybridna.tokenizer import DNATokenizer
 
     # <polyA> sequences are all A, <polyC> all C: after fine-tuning the prompt decides the sample.
-    seqs = ["A" * 30] * 8 + ["C" * 30] * 8
+    seqs = ["A" * 16] * 8 + ["C" * 16] * 8
     labels = ["polyA"] * 8 + ["polyC"] * 8
     _write_csv(tmp_path / "gen.csv", seqs, labels)
     rc = main(["finetune", "generate", "--preset", "tiny", "--train", str(tmp_path / "gen.csv"), "--out",
-               str(tmp_path / "gen"), "--steps", "25", "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "3",
+               str(tmp_path / "gen"), "--steps", "20", "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "3",
                "--kernel-backend", "reference", "--no-progress"])
     assert rc == 0
     tok = DNATokenizer.from_pretrained(tmp_path / "gen")
