@@ -4,7 +4,7 @@
     hybridna finetune classify --model M --fasta promoter=prom.fa background=bg.fa --out runs/cls
     hybridna finetune regress  --model M --train expr.csv --out runs/reg
     hybridna finetune generate --model M --train labelled.csv --out runs/gen --steps 200
-    hybridna generate --model runs/gen --prompt "<HepG2>" --max-new-tokens 200
+    hybridna generate --model runs/gen --seq "<HepG2>" --max-new-tokens 200
 
 Classification and regression read each sequence twice ([x, x], echo embeddings) and pool the hidden
 states of the second copy, so every pooled position has seen the whole sequence. The backbone is
@@ -14,7 +14,7 @@ validation metric is kept (`<out>/best`).
 
 Generative fine-tuning turns each labelled sequence into `<label>` + sequence + <eos>, adds the
 `<label>` tokens to the tokenizer and the embedding, and trains the next-token loss, so that
-`hybridna generate --prompt "<label>"` samples sequences of that class.
+`hybridna generate --seq "<label>"` samples sequences of that class.
 """
 from __future__ import annotations
 
@@ -513,12 +513,15 @@ def finetune_generative(*, train_seqs: list[str], train_labels: list[str], model
                         batch_size: int = 8, lr: float = 3e-4, warmup_steps: int = 20, weight_decay: float = 0.1,
                         max_len: int = 1024, seed: int = 0, device: str | None = None, progress: bool = True,
                         kernel_backend: str = "auto") -> dict:
-    """Prompt-token fine-tuning: train `<bos><label>sequence<eos>`; save a model `hybridna generate` loads.
+    """Prompt-token fine-tuning: train `<label>sequence<eos>`; save a model `hybridna generate` loads.
 
-    Sequences longer than max_len - 3 are cut to a random window each time they are drawn.
+    No <bos>: a prompt is just "<label>", as `hybridna generate --seq "<label>"` encodes it (pretraining
+    windows have no <bos> either).
+
+    Sequences longer than max_len - 2 are cut to a random window each time they are drawn.
     Returns {"losses": [...], "tokens": ["<label>", ...], "path": out}.
     """
-    from hybridna.tokenizer import BOS_ID, EOS_ID, PAD_ID, DNATokenizer
+    from hybridna.tokenizer import EOS_ID, PAD_ID, DNATokenizer
     from hybridna_kernels.utils import backend as kbackend
 
     from .pretrain import lm_loss
@@ -539,14 +542,14 @@ def finetune_generative(*, train_seqs: list[str], train_labels: list[str], model
         backbone.to(dev)
         body = [torch.from_numpy(tok.encode(s)) for s in train_seqs]
         heads = [tok.token_to_id(label_token(l)) for l in train_labels]
-        room = max_len - 3
+        room = max_len - 2
 
         def example(i):
             x = body[i]
             if x.numel() > room:
                 s = rng.randrange(0, x.numel() - room + 1)
                 x = x[s:s + room]
-            return torch.cat([torch.tensor([BOS_ID, heads[i]]), x, torch.tensor([EOS_ID])])
+            return torch.cat([torch.tensor([heads[i]]), x, torch.tensor([EOS_ID])])
 
         from .pretrain import TrainConfig, make_optimizer
 
