@@ -75,7 +75,9 @@ def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr,
         d = tl.minimum(d, hi)
     d = tl.where(m, d, 0.0)
     A = tl.load(A_ptr + o_h, mask=m_h, other=0.0).to(tl.float32)
-    cs = tl.cumsum(d * A[None, :], axis=0)
+    # fp64 cumsum: kernels take differences cs_i - cs_j of values that can be large (|cs| ~ 1e3..1e4
+    # with big dt); in fp32 those differences lost ~1e-4 absolute, i.e. relative error in the decays
+    cs = tl.cumsum((d * A[None, :]).to(tl.float64), axis=0)
     o_out = ((i_b * H + o_h[None, :]) * nc + i_c) * Q + o_t[:, None]
     tl.store(u_ptr + o_out, d, mask=m_h[None, :])
     tl.store(cs_ptr + o_out, cs, mask=m_h[None, :])
@@ -147,9 +149,9 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
         b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
         cs_k = tl.load(cs_ptr + o_uc + o_k)
         if REVERSE:
-            w = tl.exp(tl.minimum(cs_k, 0.0))
+            w = tl.exp(tl.minimum(cs_k, 0.0).to(tl.float32))
         else:
-            w = tl.exp(tl.minimum(cs_last - cs_k, 0.0)) * tl.load(u_ptr + o_uc + o_k)
+            w = tl.exp(tl.minimum(cs_last - cs_k, 0.0).to(tl.float32)) * tl.load(u_ptr + o_uc + o_k)
         xw = (xT.to(tl.float32) * w[None, :]).to(b.dtype)
         acc += tl.dot(xw, b, input_precision=DOT_PREC)
     p_o = out_ptr + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :]
@@ -196,7 +198,7 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
                     h = tl.zeros([BS], dtype=tl.float32)
         o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
         tl.store(hin_ptr + o_st, h.to(hin_ptr.dtype.element_ty), mask=m_s)
-        h = tl.exp(tl.minimum(cs_last, 0.0)) * h + s
+        h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + s
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
             k2 = tl.maximum(cf, 0).to(tl.int64)
@@ -241,7 +243,7 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
         c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
         hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         acc += tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
-    acc *= tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+    acc *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     for k in range(0, (i_m + 1) * BM, BK):
@@ -249,7 +251,7 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
         cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :]).to(tl.float32)
         cs_k = tl.load(cs_ptr + o_uc + o_k)
         u_k = tl.load(u_ptr + o_uc + o_k)
-        w = cb * tl.exp(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0)) * u_k[None, :]
+        w = cb * tl.exp(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0).to(tl.float32)) * u_k[None, :]
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
         xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
@@ -345,7 +347,7 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
                                other=0.0).to(tl.float32)
         tl.store(ddal_ptr + ((i_b * H + i_h) * nc + c) * nbs + i_s, tl.sum(g * hout, axis=0))
         tl.store(ldh_ptr + o_st, g, mask=m_s)
-        g = ldh + tl.exp(tl.minimum(cs_last, 0.0)) * g
+        g = ldh + tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * g
         if IS_VARLEN:
             ci = tl.load(cinit_ptr + c)
             if HAS_INIT:
@@ -406,14 +408,15 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
         dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         # fp32 x tf32 here: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many tokens)
         acc += tl.dot(b.to(tl.float32), dsT, input_precision=STATE_PREC)
-    acc *= tl.exp(tl.minimum(cs_last - cs_j, 0.0))[:, None]
+    acc *= tl.exp(tl.minimum(cs_last - cs_j, 0.0).to(tl.float32))[:, None]
     du = tl.sum(acc * xf, axis=1)  # state part of du; u_j * this is V_j
+    dcol = du  # V_j / u_j + the strictly-lower column sum of T / u_j
     rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
     for ib in range(jb, NB):
         o_i = ib * BJ + tl.arange(0, BJ)
         cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)
         cs_i = tl.load(cs_ptr + o_uc + o_i)
-        w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0))
+        w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0).to(tl.float32))
         w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
         dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
@@ -423,8 +426,12 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
             tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
         tt = tt * w  # T^T block (j, i) without its u_j factor
         du += tl.sum(tt, axis=1)  # intra part of du from the fp32 T, not from the 16-bit dot above
+        # T_jj enters the row and the column sum of d cs_j alike: leave it out of both (with large
+        # u it dwarfs the rest, and the two fp32 sums would cancel it only to its rounding)
+        tt = tl.where(o_i[None, :] > o_j[:, None], tt, 0.0)
+        dcol += tl.sum(tt, axis=1)
         rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * u_j[:, None], axis=0)[None, :], rowacc)
-    colt = u_j * du  # colsum(T)_j + V_j
+    colt = u_j * dcol  # strictly-lower colsum(T)_j + V_j
     dx = acc * u_j[:, None]
     if HAS_D:
         if D_PER_CHAN:
@@ -483,7 +490,7 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, dcb_ptr,
         cs_i = tl.load(cs_ptr + o_uc + o_m)
         cs_j = tl.load(cs_ptr + o_uc + o_n)
         u_j = tl.load(u_ptr + o_uc + o_n)
-        acc += k * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0)) * u_j[None, :]
+        acc += k * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32)) * u_j[None, :]
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
     tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
 
@@ -540,10 +547,10 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
         if IS_DB:
             cs_last = tl.load(cs_ptr + o_uc + Q - 1)
             u_m = tl.load(u_ptr + o_uc + o_m)
-            own *= (tl.exp(tl.minimum(cs_last - cs_m, 0.0)) * u_m)[:, None]
+            own *= (tl.exp(tl.minimum(cs_last - cs_m, 0.0).to(tl.float32)) * u_m)[:, None]
             acc += tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
         else:
-            own *= tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+            own *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
             acc_h = tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
             tl.store(r_ptr + o_uc + o_m, tl.sum(acc_h * c_m, axis=1))
             acc += acc_h
@@ -681,7 +688,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     varlen = tables is not None
     f32 = torch.float32
     u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    cs = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
     BH = 8
     dummy = u
     _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
@@ -738,7 +745,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     dummy = hin
     # recompute the cheap forward pieces: u, cs and CB
     u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    cs = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
     BH = 8
     hi_arg = float(hi) if hi != float("inf") else 0.0
     _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
