@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from helpers import DEVICE, KERNEL_DTYPES, assert_close, dtype_id, tol
+from helpers import DEVICE, assert_close, dtype_id, tol
 from hybridna_kernels import ssd_scan, ssd_step
 from hybridna_kernels.ssd.naive import ssd_chunked_ref, ssd_sequential_ref, ssd_step_ref
 
