@@ -224,18 +224,6 @@ def step_table(copy_gbs):
         print(f"ssd_step B64 H{H} P{P} N{N} ({name}): {t * 1e3:.1f} us, {gbs:.0f} GB/s = {gbs / copy_gbs:.2f} of copy")
 
 
-SWEEP = {
-    "default": {},
-    "scan BM128 w8": {"BM_SCAN": 128, "warps_scan": 8},
-    "scan BK32": {"BK_SCAN": 32},
-    "stages3": {"stages": 3},
-    "state BN64 w4": {"BN_STATE": 64, "warps_state": 4},
-    "bwd warps8": {"warps": 8},
-    "dbc BM32 w4": {"BM_DBC": 32, "warps_dbc": 4},
-    "dbc BM128 w8": {"BM_DBC": 128},
-}
-
-
 def sweep(batch=8, seqlen=8192):
     """Time block-shape variants (chunk.CFG_OVERRIDE) at one shape, forward and forward+backward."""
     import triton.testing
@@ -244,7 +232,7 @@ def sweep(batch=8, seqlen=8192):
 
     print("| variant | fwd ms | fwd+bwd ms |")
     print("| --- | --- | --- |")
-    for name, over in SWEEP.items():
+    for name, over in chunk.SWEEP_CONFIGS.items():
         chunk.CFG_OVERRIDE.clear()
         chunk.CFG_OVERRIDE.update(over)
         row = []

@@ -316,6 +316,19 @@ def test_kernel_matches_reference(shape, opt, dtype):
     check_kernel_vs_reference(shape, opt, dtype)
 
 
+@pytest.mark.parametrize("variant", ["scan BM128 w8", "scan BK32", "state BN64 w4", "dbc BM32 w4", "dbc BM128 w8"])
+def test_kernel_sweep_configs(variant):
+    """Every launch config the benchmark sweep may pick gives the same (correct) results: correctness
+    never depends on a tuning choice. (Warps / stages do not change the interpreter's results.)"""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:  # chunk 128, so 128-row variants are not clamped back to the default
+        check_kernel_vs_reference((1, 150, 2, 16, 1, 32, 128), "all-seqidx", torch.float32)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
 def test_kernel_strided_inputs():
     check_kernel_vs_reference((2, 40, 4, 16, 2, 16, 16), "all", torch.float32, strided=True)
 

@@ -248,7 +248,8 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     for k in range(0, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
-        cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :]).to(tl.float32)
+        cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :], mask=o_m[:, None] >= o_k[None, :], other=0.0)
+        cb = cb.to(tl.float32)
         cs_k = tl.load(cs_ptr + o_uc + o_k)
         u_k = tl.load(u_ptr + o_uc + o_k)
         w = cb * tl.exp(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0).to(tl.float32)) * u_k[None, :]
@@ -414,7 +415,8 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
     for ib in range(jb, NB):
         o_i = ib * BJ + tl.arange(0, BJ)
-        cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)
+        cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
+        cbT = cbT.to(tl.float32)
         cs_i = tl.load(cs_ptr + o_uc + o_i)
         w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0).to(tl.float32))
         w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
@@ -564,10 +566,11 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
     for k in range(k_lo, k_hi, BK):
         o_k = k + tl.arange(0, BK)
         m_k = o_k < nv
-        if IS_DB:
-            w = tl.load(p_dcb + o_k[None, :] * Q + o_m[:, None])  # dCB^T (rows m = j, columns k = i)
+        # dCB is written only on and below the diagonal, in blocks of its own size: mask the rest
+        if IS_DB:  # dCB^T (rows m = j, columns k = i)
+            w = tl.load(p_dcb + o_k[None, :] * Q + o_m[:, None], mask=o_k[None, :] >= o_m[:, None], other=0.0)
         else:
-            w = tl.load(p_dcb + o_m[:, None] * Q + o_k[None, :])
+            w = tl.load(p_dcb + o_m[:, None] * Q + o_k[None, :], mask=o_m[:, None] >= o_k[None, :], other=0.0)
         mat = tl.load(p_mat + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), mat.to(dt_in), input_precision=DOT_PREC)
     p_o = (dB_ptr if IS_DB else dC_ptr) + i_b * s_d_b + i_g * s_d_g + t0 * s_d_t + (o_m[:, None] * s_d_t + o_n[None, :])
@@ -637,6 +640,18 @@ def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr
 # entry is a plain launch parameter, so correctness does not depend on it (tests cover the defaults).
 CFG_OVERRIDE: dict = {}
 
+# The variants bench_ssd.py --sweep times; tests/test_ssd.py checks every one of them for correctness.
+SWEEP_CONFIGS = {
+    "default": {},
+    "scan BM128 w8": {"BM_SCAN": 128, "warps_scan": 8},
+    "scan BK32": {"BK_SCAN": 32},
+    "stages3": {"stages": 3},
+    "state BN64 w4": {"BN_STATE": 64, "warps_state": 4},
+    "bwd warps4": {"warps": 4},
+    "dbc BM32 w4": {"BM_DBC": 32, "warps_dbc": 4},
+    "dbc BM128 w8": {"BM_DBC": 128},
+}
+
 
 def _cfg(Q, P, N, dtype):
     """One block configuration per kernel, chosen from the shapes (no autotuning, so gradients never
@@ -662,7 +677,7 @@ def _cfg(Q, P, N, dtype):
         "prec": "ieee" if dtype == torch.float32 else "tf32",
     }
     for k, v in CFG_OVERRIDE.items():
-        if k in ("BM_SCAN", "BK_SCAN"):
+        if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
             v = min(v, Q)
         cfg[k] = v
     return cfg
