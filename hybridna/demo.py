@@ -1,6 +1,6 @@
 """The README's main job (`make demo`): shards -> pretraining -> validation -> save -> reload -> sample.
 
-    python -m hybridna.demo --out runs/demo            # CPU: about 3-5 minutes on 2 cores
+    python -m hybridna.demo --out runs/demo            # CPU: ~1 minute on 2 idle cores (training capped at 7)
     python -m hybridna.demo --out runs/demo --steps 5  # a smoke run
 
 On a fresh CPU machine it pretrains the tiny preset on the bundled lambda phage genome (48,502 bases)
