@@ -17,6 +17,11 @@ if not HAS_CUDA:
     # Tiny CPU shapes run the kernels through the interpreter so the suite stays green without a GPU.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(__file__))
+# Benchmarks never NaN-poison outputs (tests do): the extra fill would be timed with each call.
+os.environ["HYBRIDNA_POISON"] = "0"
+import hybridna_kernels.utils as _ku  # noqa: E402
+
+_ku.set_poison(False)
 
 
 def pytest_configure(config):
