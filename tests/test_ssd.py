@@ -468,9 +468,9 @@ def test_cu_seqlens_with_empty_sequences(path):
         out = _as_tuple(_call(ssd_chunked_ref, t, kw, chunk_size=Q))
         tol_f = tol_g = 1e-10
         tk = t
-    else:
-        tk = {k: v.detach().float().requires_grad_(True) for k, v in t.items()}
-        out = _as_tuple(_call(_kernel_scan, tk, kw, chunk_size=Q))
+    else:  # on the test device: on a CUDA machine the kernels cannot read CPU tensors
+        tk = {k: v.detach().float().to(DEVICE).requires_grad_(True) for k, v in t.items()}
+        out = _as_tuple(_call(_kernel_scan, tk, dict(kw, cu_seqlens=cu.to(DEVICE)), chunk_size=Q))
         tol_f, tol_g = tol(torch.float32, "fwd"), tol(torch.float32, "grad")
     for name, r, o in zip(("y", "final_states"), ref, out):
         assert_close(name, r, o, tol_f)
@@ -486,7 +486,7 @@ def test_kernel_large_dt_and_long_decay_stay_finite():
     chunked reference misses it by 3e-3 (dA accuracy is covered at ordinary scales above)."""
     b, L, H, P, G, N, Q = 1, 70, 2, 16, 1, 16, 32
     t, kw = make_inputs(b, L, H, P, G, N, {"init": True, "final": True, "dt_softplus": True}, dtype=torch.float32,
-                        requires_grad=True)
+                        device=DEVICE, requires_grad=True)
     with torch.no_grad():
         t["dt"].mul_(40.0)  # softplus(dt) up to ~100: exp(dt * A) ~ e^-150
         t["A"].mul_(20.0)
