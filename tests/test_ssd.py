@@ -10,6 +10,58 @@ from helpers import DEVICE, assert_close, dtype_id, tol
 from hybridna_kernels import ssd_scan, ssd_step
 from hybridna_kernels.ssd.naive import ssd_chunked_ref, ssd_sequential_ref, ssd_step_ref
 
+@pytest.fixture(autouse=True)
+def _gpu_tf32_in_interpreter(monkeypatch):
+    """Under the interpreter, give tl.dot(..., input_precision="tf32") the GPU's tf32 numerics.
+
+    The interpreter multiplies fp32 operands in full fp32 whatever input_precision says; a GPU's
+    tensor cores drop the low 13 mantissa bits of fp32 operands in tf32 mode. Without this the CPU
+    tests cannot see a tf32 precision loss (they passed while fp16 d dt_bias failed on the H100).
+    Truncation, the worse of the two roundings."""
+    if DEVICE.type != "cpu":
+        return
+    import numpy as np
+    import triton.runtime.interpreter as interp
+    from triton._C.libtriton import ir
+
+    orig = interp.InterpreterBuilder.create_dot
+
+    def tf32(h):
+        if h.data.dtype != np.float32:
+            return h
+        bits = np.ascontiguousarray(h.data).view(np.uint32) & np.uint32(0xFFFFE000)
+        return interp.TensorHandle(bits.view(np.float32), h.dtype.scalar)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if input_precision == ir.INPUT_PRECISION.TF32:
+            a, b = tf32(a), tf32(b)
+        return orig(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(interp.InterpreterBuilder, "create_dot", create_dot)
+
+
+def test_tf32_emulation_is_active():
+    """The fixture above really truncates tf32 operands under the interpreter (and ieee stays exact)."""
+    if DEVICE.type != "cpu":
+        pytest.skip("interpreter only")
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _k(a_ptr, b_ptr, o_ptr, PREC: tl.constexpr):
+        r = tl.arange(0, 16)
+        a = tl.load(a_ptr + r[:, None] * 16 + r[None, :])
+        b = tl.load(b_ptr + r[:, None] * 16 + r[None, :])
+        tl.store(o_ptr + r[:, None] * 16 + r[None, :], tl.dot(a, b, input_precision=PREC))
+
+    a = torch.eye(16)
+    b = torch.full((16, 16), 1.0 + 2.0 ** -20)
+    for prec, want in (("tf32", 1.0), ("ieee", 1.0 + 2.0 ** -20)):
+        o = torch.empty(16, 16)
+        _k[(1,)](a, b, o, PREC=prec)
+        assert torch.all(o == want), prec
+
+
 # Option sets: every optional argument alone and all together.
 OPTIONS = {
     "plain": {},

@@ -44,6 +44,18 @@ def _softplus(d):
     return tl.where(d <= 20.0, sp, d)
 
 
+@triton.jit
+def _dot_exact_f32(a, b):
+    """a @ b for fp32 b and an `a` whose values are exact in tf32 (16-bit inputs widened to fp32),
+    to about 21 bits: b = hi + lo with hi its tf32 part, two tf32 products.
+
+    A plain tf32 dot drops b's low 13 mantissa bits on the GPU (the interpreter computes it in full
+    fp32, so CPU tests never saw that loss): measured with the tf32 rounding emulated on CPU, it pushed
+    d dt_bias to 5.5e-3 > 5e-3 in fp16. Two tf32 products cost less than tf32x3's three."""
+    hi = (b.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return tl.dot(a, hi, input_precision="tf32") + tl.dot(a, b - hi, input_precision="tf32")
+
+
 # ------------------------------------------------------------------------------------------------
 # forward kernels
 
@@ -367,7 +379,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
                         s_dx_b, s_dx_t, s_dx_h,
                         Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                         HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, DOT_PREC: tl.constexpr,
-                        MIXED_T: tl.constexpr, STATE_PREC: tl.constexpr):
+                        MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr):
     """Rows j (one block) of one chunk and head:
     Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
     du_j = x_j . Z_j. The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once
@@ -407,8 +419,12 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
         m_n = o_n < N
         b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
         dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
-        # fp32 x tf32 here: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many tokens)
-        acc += tl.dot(b.to(tl.float32), dsT, input_precision=STATE_PREC)
+        # dS in (nearly) full fp32: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many
+        # tokens), and so does a plain tf32 product on the GPU
+        if SPLIT_F32:
+            acc += _dot_exact_f32(b.to(tl.float32), dsT)
+        else:
+            acc += tl.dot(b, dsT, input_precision="ieee")
     acc *= tl.exp(tl.minimum(cs_last - cs_j, 0.0).to(tl.float32))[:, None]
     du = tl.sum(acc * xf, axis=1)  # state part of du; u_j * this is V_j
     dcol = du  # V_j / u_j + the strictly-lower column sum of T / u_j
@@ -422,8 +438,8 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
         w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
         dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
-        if MIXED_T:  # 16-bit x with an fp32 (gated) dy: tf32 keeps more of dy than a 16-bit cast
-            tt = tl.dot(xf, tl.trans(dyi.to(tl.float32)), input_precision="tf32")
+        if MIXED_T:  # 16-bit x with an fp32 (gated) dy: keep dy in fp32 (not a 16-bit cast, not tf32)
+            tt = _dot_exact_f32(xf, tl.trans(dyi.to(tl.float32)))
         else:
             tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
         tt = tt * w  # T^T block (j, i) without its u_j factor
@@ -822,7 +838,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
         Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
         D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"],
-        MIXED_T=dy.dtype == f32 and x.dtype != f32, STATE_PREC="ieee" if x.dtype == f32 else "tf32",
+        MIXED_T=dy.dtype == f32 and x.dtype != f32, SPLIT_F32=x.dtype != f32,
         num_warps=cfg["warps"], num_stages=cfg["stages"])
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
