@@ -552,3 +552,17 @@ def test_kernel_large_dt_and_long_decay_stay_finite():
     for k in g_ref:
         if k != "A":
             assert_close(f"d{k}", g_ref[k], g_out[k], tol(torch.float32, "grad"))
+
+
+def test_kernel_fp16_decay_gradient_uses_fp32_chunk_states():
+    """dA / ddt in fp16 with states carried over 25 chunks, to a quarter of the fp16 tolerance. The
+    chunk-end decay gradient <dS, h_out> once read a 16-bit copy of the chunk states: dA 1.9e-3 here
+    (5.2e-4 with fp32 states). bf16 rounds 8x coarser: the likely cause of the bf16 GPU failures (dA
+    2.24e-2 > 2e-2 in an earlier version; the plain T2100 case, whose message was not seen)."""
+    b, L, H, P, G, N, Q = 2, 400, 2, 16, 1, 16, 16
+    t, kw = make_inputs(b, L, H, P, G, N, OPTIONS["states"], dtype=torch.float16, device=DEVICE, requires_grad=True)
+    t64 = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
+    g_ref = _grads(t64, _as_tuple(_call(ssd_sequential_ref, t64, kw)))
+    g_out = _grads(t, _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q)))
+    for k in ("A", "dt"):
+        assert_close(f"d{k}", g_ref[k], g_out[k], tol(torch.float16, "grad") / 4)
