@@ -659,6 +659,7 @@ CFG_OVERRIDE: dict = {}
 # The variants bench_ssd.py --sweep times; tests/test_ssd.py checks every one of them for correctness.
 SWEEP_CONFIGS = {
     "default": {},
+    "scan w8": {"warps_scan": 8},
     "scan BM128 w8": {"BM_SCAN": 128, "warps_scan": 8},
     "scan BK32": {"BK_SCAN": 32},
     "stages3": {"stages": 3},
@@ -677,9 +678,11 @@ def _cfg(Q, P, N, dtype):
     blk = min(64, Q)
     cfg = {
         "BP": BP, "BN": BN, "BM": blk, "BK": blk,
-        # 8 warps where a 64 x 64 tile meets 64-wide rows: at 4 warps ptxas spills (sm_90, checked
-        # offline with triton.compile + cuobjdump: 96 B of stack in the scan, 200 B in dx)
-        "BM_SCAN": blk, "BK_SCAN": blk, "BP_SCAN": min(BP, 64), "warps_scan": 8 if blk * min(BP, 64) >= 4096 else 4,
+        # Scan: 4 warps, the setting of the one measured-fast run (a0a5de0, H100: 0.86 ms at B8 T8192
+        # with 448 B of spills). 8 warps (adb4283) removed the spills but holds 254 registers x 256
+        # threads, one CTA per SM, and the next run measured the kernel at 2.24 ms; now (sm_90 offline
+        # compile, triton 3.9) 4 warps spill 232 B. Not re-timed: bench_ssd --sweep "scan w8" compares.
+        "BM_SCAN": blk, "BK_SCAN": blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
@@ -688,6 +691,9 @@ def _cfg(Q, P, N, dtype):
         # headdim 128 / dstate 256 rows: smaller row blocks, or ptxas spills (sm_90, checked offline)
         "BM_DBC": min(blk, 16 if (BN > 128 and BP >= 128) else 32 if (BN > 128 or BP >= 128) else 64),
         "warps_dbc": 8 if BN >= 128 else 4,
+        # dx / dCB: 8 warps at 64 x 64 tiles. dx spills 576 B at 4 warps, 200 B at 8 (offline sm_90
+        # compile); its only timing (4.09 ms, 8 warps) is of this kernel, the earlier 2.34 ms of a
+        # different decomposition, so no measured reason to change it; the sweep's "bwd warps4" times 4.
         "warps": 8 if blk * BP >= 4096 else 4,
         "stages": 2,
         "prec": "ieee" if dtype == torch.float32 else "tf32",
