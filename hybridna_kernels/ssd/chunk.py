@@ -428,6 +428,10 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     acc *= tl.exp(tl.minimum(cs_last - cs_j, 0.0).to(tl.float32))[:, None]
     du = tl.sum(acc * xf, axis=1)  # state part of du; u_j * this is V_j
     dcol = du  # V_j / u_j + the strictly-lower column sum of T / u_j
+    # dx = u_j Z_j: u_j goes into the 16-bit operand below rather than onto the sum, so that the
+    # operand is CB e^{..} u_j, as in the forward (CB e^{..} alone passes 65504 in fp16 once
+    # |C . B| does, while CB u_j, like y, stays in range for small dt)
+    acc = acc * u_j[:, None]
     rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
     for ib in range(jb, NB):
         o_i = ib * BJ + tl.arange(0, BJ)
@@ -437,7 +441,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
         w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0).to(tl.float32))
         w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
         dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :], other=0.0)
-        acc += tl.dot(w.to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+        acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
         if MIXED_T:  # 16-bit x with an fp32 (gated) dy: keep dy in fp32 (not a 16-bit cast, not tf32)
             tt = _dot_exact_f32(xf, tl.trans(dyi.to(tl.float32)))
         else:
@@ -450,7 +454,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
         dcol += tl.sum(tt, axis=1)
         rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * u_j[:, None], axis=0)[None, :], rowacc)
     colt = u_j * dcol  # strictly-lower colsum(T)_j + V_j
-    dx = acc * u_j[:, None]
+    dx = acc
     if HAS_D:
         if D_PER_CHAN:
             Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
@@ -733,9 +737,11 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         T, H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, num_warps=4)
-    # The forward keeps CB in the input dtype (it is a matmul operand); the backward recomputes it in
-    # fp32, because the decay gradient multiplies it into T (README.md).
-    cb = new_empty((b, nc, G, Q, Q), dtype=x.dtype, device=dev)
+    # CB in fp32 (the backward recomputes it in fp32 too): a 16-bit copy overflows to inf once
+    # |C . B| > 65504 in fp16, and inf times a decay of 0 is NaN where the true term is 0 (measured:
+    # y non-finite with |CB| up to 1e5 and small dt, true |y| <= 1.6e3). The 16-bit operand of the
+    # product is CB e^{..} u, formed in fp32 first.
+    cb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     BMb = min(64, Q)
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
