@@ -568,6 +568,7 @@ def test_kernel_fp16_decay_gradient_uses_fp32_chunk_states():
         assert_close(f"d{k}", g_ref[k], g_out[k], tol(torch.float16, "grad") / 4)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # ddt (out of fp16 range)
 def test_kernel_fp16_large_cb_small_dt_stays_finite():
     """fp16 with |C . B| up to ~1e5 (past fp16's 65504) and small dt, so that y = sum CB e^{..} u x and
     dx stay in range: no intermediate may hold CB in 16 bits (a 16-bit CB gave inf * 0 = NaN in y, and
