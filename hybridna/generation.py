@@ -14,6 +14,7 @@ attend, row by row, over exactly that row's keys. A row's continuation is then t
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -110,7 +111,7 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              eos_token_id: int | None = None, lengths=None, attention_mask=None, return_logits: bool = False,
              cuda_graph: bool = False, forced_tokens: torch.Tensor | None = None,
-             suppress_tokens=(PAD_ID, BOS_ID)):
+             suppress_tokens=(PAD_ID, BOS_ID), stats: dict | None = None):
     """Continue each prompt by up to max_new_tokens tokens.
 
     Args:
@@ -123,6 +124,9 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
         cuda_graph: replay the decode step from CUDA graphs (CUDA, prompts of equal length).
         suppress_tokens: ids never sampled (default <pad> and <bos>, never continuations; an
             untrained model may still rank them high). return_logits gives the raw logits.
+        stats: a dict to fill with wall times (the device synchronised at the boundaries):
+            "prefill_s" (prompt into the cache), "setup_s" (graph capture), "decode_s" (the token
+            loop, sampling included) and "new_tokens".
         forced_tokens: (B, max_new_tokens) tokens fed instead of sampled ones (teacher forcing, to
             compare decoding paths on the same tokens).
     Returns:
@@ -147,14 +151,21 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
 
+    uniform = all(n == lens[0] for n in lens)
+    if cuda_graph and max_new_tokens > 1 and not (device.type == "cuda" and uniform):
+        raise ValueError("cuda_graph: needs a CUDA model and prompts of equal length")
+
+    def clock():
+        if stats is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    t0 = clock()
     cache = allocate_cache(model, B, max(lens) + max_new_tokens)
     logits = prefill(model, input_ids, lens, cache)  # (B, V)
-    uniform = all(n == lens[0] for n in lens)
-    decoder = None
-    if cuda_graph and max_new_tokens > 1:
-        if not (device.type == "cuda" and uniform):
-            raise ValueError("cuda_graph: needs a CUDA model and prompts of equal length")
-        decoder = CUDAGraphDecoder(model, cache)
+    t1 = clock()
+    decoder = CUDAGraphDecoder(model, cache) if cuda_graph and max_new_tokens > 1 else None
+    t2 = clock()
 
     banned = torch.tensor(sorted(set(int(t) for t in suppress_tokens)), dtype=torch.long, device=device)
     if banned.numel() and (int(banned.min()) < 0 or int(banned.max()) >= V):
@@ -180,6 +191,8 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
             logits = decoder.step(tok) if decoder is not None else decode_step(model, tok, cache)
 
     T = len(new_tokens)
+    if stats is not None:
+        stats.update(prefill_s=t1 - t0, setup_s=t2 - t1, decode_s=clock() - t2, new_tokens=T)
     out = torch.full((B, max(lens) + T), PAD_ID, dtype=torch.long, device=device)
     new = torch.stack(new_tokens, 1) if T else out.new_zeros((B, 0))  # (B, T)
     for b, n in enumerate(lens):

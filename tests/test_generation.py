@@ -111,6 +111,9 @@ def test_sampling_controls():
     assert torch.equal(generate(m, prompt, 20, temperature=0.7, top_p=1e-6, seed=3), greedy)
     assert not (a[:, 16:] == PAD_ID).any() and not (a[:, 16:] == BOS_ID).any()
     assert torch.equal(generate(m, prompt, 0), prompt)
+    st = {}
+    assert torch.equal(generate(m, prompt, 20, temperature=0, stats=st), greedy)
+    assert st["new_tokens"] == 20 and min(st["prefill_s"], st["decode_s"]) > 0
 
 
 def test_sample_next_truncation():
