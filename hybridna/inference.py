@@ -34,8 +34,8 @@ def _common(p: argparse.ArgumentParser, inputs: bool = True):
     p.add_argument("--model", required=True,
                    help="directory written by save_pretrained (config.json, model.safetensors)")
     if inputs:
-        p.add_argument("--seq", action="append", default=[],
-                       help="a sequence (repeatable); '<HepG2>ACGT' for prompt tokens")
+        p.add_argument("--seq", "--prompt", dest="seq", action="append", default=[],
+                       help="a sequence or prompt (repeatable); '<HepG2>ACGT' for prompt tokens")
         p.add_argument("--fasta", help="FASTA (.gz ok) or text file with one sequence per line")
         p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--add-bos", action="store_true", help="prepend <bos> to every sequence")

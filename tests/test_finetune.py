@@ -202,7 +202,7 @@ def test_generative_prompt_tokens(tmp_path):
 
 
 def test_generate_cli_loads_finetuned(tmp_path, capsys):
-    """The checkpoint written by `finetune generate` works with `hybridna generate --seq "<label>"`."""
+    """The checkpoint written by `finetune generate` works with `hybridna generate --prompt "<label>"` (issue 8's spelling; --seq is the same option)."""
     from hybridna.cli import main
 
     seqs, labels = ["G" * 20] * 4, ["g"] * 4
@@ -211,7 +211,7 @@ def test_generate_cli_loads_finetuned(tmp_path, capsys):
           "--steps", "2", "--kernel-backend", "reference", "--no-progress"])
     capsys.readouterr()
     with backend("reference"):
-        rc = main(["generate", "--model", str(tmp_path / "m"), "--seq", "<g>", "--max-new-tokens", "5", "--seed", "0"])
+        rc = main(["generate", "--model", str(tmp_path / "m"), "--prompt", "<g>", "--max-new-tokens", "5", "--seed", "0"])
     assert rc == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(">") and "<g>" in out[0]
