@@ -9,10 +9,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HYBRIDNA_POISON", "1")
 sys.path.insert(0, os.path.dirname(__file__))
-# Under pytest-xdist each worker gets one intra-op thread: two workers with two OpenMP threads each
-# on CI's two cores made the model tests 10-20x slower.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
+# One intra-op thread: the tests' models are tiny, and `make test` runs two pytest workers on CI's two
+# cores; two workers with two OpenMP threads each made the model tests 10-20x slower there.
+torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 

@@ -15,16 +15,6 @@ from hybridna.train.finetune import (accuracy, auroc, classification_metrics, ec
 from hybridna_kernels.utils import backend
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: `make test` runs two pytest workers on two cores, and two workers each
-    spinning two OpenMP threads made these small models 10-20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # ---- metrics ---------------------------------------------------------------------------------------
 
 def test_binary_metrics_by_hand():

@@ -20,15 +20,6 @@ def rand_ids(B, L, seed=0):
     return torch.randint(5, 9, (B, L), generator=g)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only contend on the busy 2-core CI box (8x slower measured there).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _reference_backend(request):
     if request.node.originalname.startswith(("test_gpu_", "test_kernels_")):

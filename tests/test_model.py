@@ -27,15 +27,6 @@ def rand_ids(B, L, seed=0, lo=5, hi=9):  # A C G T
 _KERNEL_TESTS = {"test_tiny_kernels_match_reference"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only contend on the busy 2-core CI box (8x slower measured there).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _reference_backend(request):
     # Whole models are too slow for the interpreter: the pure-PyTorch references, except where a

@@ -18,16 +18,6 @@ from hybridna.train.metrics import (MetricsLog, attention_flops_per_token, linea
 from hybridna.train.schedule import ContextSchedule, ContextStage, lr_at, parse_context_schedule
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: `make test` runs two pytest workers on two cores, and two workers each
-    spinning two OpenMP threads made these small models 10-20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # ---- learning-rate schedule ------------------------------------------------------------------------
 
 def test_lr_warmup_then_cosine():
