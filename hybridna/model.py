@@ -33,12 +33,15 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim in fp32 (fp64 for fp64 x), weight applied before the one cast back."""
     xf = x.to(_compute_dtype(x))
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return (y * weight.to(y.dtype)).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm; with group_size, normalised per group of group_size channels (Mamba2's gated norm)."""
+
     def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None):
         super().__init__()
         self.eps = eps
@@ -48,10 +51,10 @@ class RMSNorm(nn.Module):
     def forward(self, x):  # (..., dim)
         if self.group_size == x.shape[-1]:
             return rms_norm(x, self.weight, self.eps)
-        shape = x.shape
-        xg = x.unflatten(-1, (-1, self.group_size))  # (..., G, dim / G)
-        y = rms_norm(xg, torch.ones((), dtype=x.dtype, device=x.device), self.eps)
-        return y.reshape(shape) * self.weight.to(x.dtype)
+        # per group: (..., G, dim / G) against the weight viewed as (G, dim / G), so the weight is
+        # applied in fp32 before the one cast back (no extra pass, no second 16-bit rounding)
+        xg = x.unflatten(-1, (-1, self.group_size))
+        return rms_norm(xg, self.weight.view(-1, self.group_size), self.eps).flatten(-2)
 
 
 # ---- state carried between decoding steps ----------------------------------------------------------
@@ -289,6 +292,30 @@ class Attention(nn.Module):
         return self.out_proj(o.reshape(B, self.hq * self.hd))  # (B, d)
 
 
+class _SwiGLUFn(torch.autograd.Function):
+    """silu(g) * u of h = [g | u] (the gate_up output, (..., 2F)). Same ops as the plain expression,
+    bit for bit, but only h is saved (silu(g) is recomputed in the backward instead of kept, one
+    (..., F) activation less per layer) and dg, du are written into halves of one (..., 2F) gradient,
+    so the backward of chunk() does not cat them into a new buffer."""
+
+    @staticmethod
+    def forward(ctx, h):
+        g, u = h.chunk(2, dim=-1)
+        ctx.save_for_backward(h)
+        return F.silu(g) * u
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        (h,) = ctx.saved_tensors
+        g, u = h.chunk(2, dim=-1)
+        dh = torch.empty_like(h, memory_format=torch.contiguous_format)
+        dg, du = dh.chunk(2, dim=-1)
+        torch.mul(dout, F.silu(g), out=du)
+        torch.ops.aten.silu_backward.grad_input(dout * u, g, grad_input=dg)
+        return dh
+
+
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, d_intermediate: int):
         super().__init__()
@@ -296,8 +323,11 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(d_intermediate, d_model, bias=False)
 
     def forward(self, x):  # (..., d)
-        g, u = self.gate_up(x).chunk(2, dim=-1)  # (..., di) each
-        return self.down(F.silu(g) * u)
+        h = self.gate_up(x)  # (..., 2F) = [g | u]
+        if torch.compiler.is_compiling():  # Dynamo refuses the out= writes; the compiler's partitioner
+            g, u = h.chunk(2, dim=-1)      # decides what to save and fuses the backward itself
+            return self.down(F.silu(g) * u)
+        return self.down(_SwiGLUFn.apply(h))  # silu(g) * u, (..., F)
 
 
 class Block(nn.Module):

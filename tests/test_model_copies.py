@@ -1,0 +1,159 @@
+"""No hidden copies of activations in a block's forward (issue 10).
+
+A TorchDispatchMode records every aten copy-type op (copy_, clone, _to_copy, cat, ...) whose output is
+an activation-sized tensor: leading dim = batch, numel >= batch * seqlen * d_model. Weights (the
+autocast casts of Linear weights) and small tensors do not count, nor do the CPU<->numpy transfers of
+the Triton interpreter itself (ops issued from inside triton's interpreter). The block runs through
+the Triton kernels (interpreter on CPU), the path the GPU takes, so copies in the kernels' Python glue
+count too. In fp32 a block's forward makes no such copy; under bf16 autocast the only ones left are
+the fp32 round trips of the unfused RMSNorms (need a fused norm kernel). The backward is held to a
+ceiling: the copies that remain there are listed, and a new one fails the test.
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import hybridna_kernels.utils as ku
+from hybridna import HybriDNA, HybriDNAConfig
+
+_COPY_OPS = {"copy_", "clone", "_to_copy", "cat", "stack", "constant_pad_nd", "index_select", "gather",
+             "as_strided_copy", "_reshape_copy", "new_zeros", "zeros_like"}
+
+
+def _in_triton_interpreter() -> bool:
+    f = sys._getframe(2)
+    while f is not None:
+        fn = f.f_code.co_filename.replace("\\", "/")
+        if "/triton/" in fn and "interpreter" in fn:
+            return True
+        f = f.f_back
+    return False
+
+
+class LargeCopies(TorchDispatchMode):
+    """Records (op, shape, dtype) of copy-type ops with an activation-sized output."""
+
+    def __init__(self, batch: int, min_numel: int):
+        super().__init__()
+        self.batch, self.min_numel = batch, min_numel
+        self.copies: list[tuple[str, tuple, torch.dtype]] = []
+        self.n_large = 0  # every large activation op, copies or not (shows the mode sees the block)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        big = [o for o in outs if isinstance(o, torch.Tensor) and o.dim() >= 2 and o.shape[0] == self.batch
+               and o.numel() >= self.min_numel]
+        if big and not _in_triton_interpreter():
+            self.n_large += 1
+            name = func.overloadpacket.__name__
+            if name in _COPY_OPS:
+                self.copies.append((name, tuple(big[0].shape), big[0].dtype))
+        return out
+
+
+B, L = 3, 40  # batch 3: no weight of the tiny preset has 3 rows; seqlen 40 is not a chunk multiple
+
+
+def _block(layer: int, autocast: bool, backward: bool = False):
+    """Record one forward (or, with backward=True, the backward after an unrecorded forward)."""
+    torch.manual_seed(0)
+    cfg = HybriDNAConfig.preset("tiny")
+    blk = HybriDNA(cfg).layers[layer]
+    x = torch.randn(B, L, cfg.d_model, requires_grad=True)  # fp32 residual stream
+    rec = LargeCopies(B, B * L * cfg.d_model)
+    with ku.backend("triton"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        if backward:
+            y = blk(x)
+            with rec:
+                y.sum().backward()
+            assert x.grad is not None
+        else:
+            with rec:
+                y = blk(x)
+    assert y.shape == x.shape
+    return cfg, rec
+
+
+def test_recorder_sees_copies():
+    """Positive control: the recorder counts a transpose made contiguous and a cast, not a view."""
+    rec = LargeCopies(2, 2 * 8 * 16)
+    x = torch.randn(2, 8, 16)
+    with rec:
+        x.transpose(1, 2).reshape(2, -1)  # a copy
+        x.reshape(2, -1)  # a view
+        x.to(torch.float16)
+    assert [c[0] for c in rec.copies] == ["clone", "_to_copy"], rec.copies
+
+
+@pytest.mark.parametrize("layer", [0, 4], ids=["mamba", "attention"])
+def test_block_forward_fp32_makes_no_activation_copy(layer):
+    """in_proj outputs split as views, the conv fed a channel-last (B, D, L) view, its output read back
+    as a view, SSD output reshaped as a view: not one activation copy in the forward."""
+    cfg, rec = _block(layer, autocast=False)
+    assert rec.n_large >= 4, "the recorder saw almost nothing of the block"
+    assert rec.copies == [], f"{'attention' if cfg.is_attention(layer) else 'Mamba'} block copies: {rec.copies}"
+
+
+def test_mamba_block_forward_autocast_copies():
+    """Under bf16 autocast (fp32 weights, the training set-up) the only large copies are the casts
+    around the unfused fp32 RMSNorms: norm1's fp32 output cast by in_proj, the gated norm's upcast of
+    the bf16 SSD output and its downcast for out_proj, norm2's output cast by gate_up."""
+    cfg, rec = _block(0, autocast=True)
+    resid = (B, L, cfg.d_model)
+    gated = (B, L, cfg.d_inner) if cfg.ngroups == 1 else (B, L, cfg.ngroups, cfg.d_inner // cfg.ngroups)
+    want = [("_to_copy", resid, torch.bfloat16), ("_to_copy", gated, torch.float32),
+            ("_to_copy", gated, torch.bfloat16), ("_to_copy", resid, torch.bfloat16)]
+    assert rec.copies == want, rec.copies
+
+
+def test_mamba_block_backward_copies_ceiling():
+    """fp32 backward of a Mamba block: at most the copies that remain today, each named here.
+    - cat (B, L, 2di + 2GN + H): autograd of the split of the in_proj output into z, xBC, dt;
+    - cat (B, L, di + 2GN): autograd of the split of the conv output into x, B, C;
+    - clone (B, L, H, P): the SSD backward's z.contiguous() (the gate kernel reads z flat).
+    The SwiGLU's cat (B, L, 2F) is gone (_SwiGLUFn writes dg, du into one buffer): a regression
+    there, or any other new copy, fails."""
+    cfg, rec = _block(0, autocast=False, backward=True)
+    di, G, N, H = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads
+    allowed = Counter([("cat", (B, L, 2 * di + 2 * G * N + H), torch.float32),
+                       ("cat", (B, L, di + 2 * G * N), torch.float32),
+                       ("clone", (B, L, H, cfg.headdim), torch.float32)])
+    got = Counter(rec.copies)
+    assert got <= allowed, f"new copies in the backward: {dict(got - allowed)}"
+    assert rec.n_large >= 4, "the recorder saw almost nothing of the backward"
+
+
+def test_swiglu_saves_only_its_input_and_gate_up_output():
+    """Saved activations of the MLP: x (for gate_up), h = [g | u] and silu(g) * u (for down), not a
+    separate silu(g); gradients bit-identical to the plain expression."""
+    torch.manual_seed(0)
+    from hybridna.model import SwiGLU
+
+    mlp = SwiGLU(16, 32)
+    x = torch.randn(B, L, 16, requires_grad=True)
+    params = {p.data_ptr() for p in mlp.parameters()}
+    storages = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = mlp(x)
+    assert sum(storages.values()) == 4 * B * L * (16 + 2 * 32 + 32), storages
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    gx, gw = x.grad.clone(), [p.grad.clone() for p in mlp.parameters()]
+    x.grad = None
+    mlp.zero_grad()
+    g, u = mlp.gate_up(x).chunk(2, dim=-1)
+    mlp.down(torch.nn.functional.silu(g) * u).backward(dy)
+    assert torch.equal(gx, x.grad)
+    assert all(torch.equal(a, p.grad) for a, p in zip(gw, mlp.parameters()))
