@@ -5,14 +5,14 @@ or an op wrapper grows a `.item()`, `.tolist()`, a check on tensor values or dat
 flow on the training path. With the Triton backend the kernels must appear in the graph as the
 registered custom ops (hybridna::ssd_scan_fwd, causal_conv1d_fwd, flash_attn_fwd), not be traced
 into or replaced by the reference. aot_eager also traces the backward (AOTAutograd), so the
-registered backward ops are exercised too. Inductor is not used here: its CPU C++ compile of a
-whole model takes minutes on CI.
+registered backward ops are exercised too. The inductor variants are marked slow (their CPU C++
+compile takes 20-45 s per case here; they ran green on CPU, and are the GPU path of `--compile`).
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close, tol
+from helpers import DEVICE, assert_close, tol
 
 import hybridna_kernels.utils as ku
 from hybridna import HybriDNA, HybriDNAConfig
@@ -28,29 +28,36 @@ def _train_step(model, params, ids):
     return loss.detach().clone(), {n: p.grad.detach().clone() for n, p in params.items()}
 
 
-def _recording_backend(seen: list):
-    """aot_eager, after noting the targets of the call_function nodes of every graph Dynamo hands it."""
-    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+def _recording_backend(seen: list, name: str):
+    """Backend `name`, after noting the targets of the call_function nodes of every graph Dynamo hands it."""
+    inner = torch._dynamo.lookup_backend(name)
 
     def backend(gm, example_inputs):
         seen.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
-        return aot_eager(gm, example_inputs)
+        return inner(gm, example_inputs)
 
     return backend
 
 
-@pytest.mark.parametrize("which,seqlen", [("reference", 64), ("triton", 40)])
-def test_whole_model_compiles_fullgraph(which, seqlen):
+@pytest.mark.parametrize("which,seqlen,compiler", [
+    ("reference", 64, "aot_eager"),
+    ("triton", 40, "aot_eager"),
+    pytest.param("reference", 64, "inductor", marks=pytest.mark.slow),
+    pytest.param("triton", 40, "inductor", marks=pytest.mark.slow),
+])
+def test_whole_model_compiles_fullgraph(which, seqlen, compiler):
     """Tiny preset, batch 1: compiled forward + backward equals eager (loss and every gradient)."""
+    if which == "reference" and DEVICE.type == "cuda":
+        pytest.skip("the reference backend is the CPU path")
     torch.manual_seed(0)
-    model = HybriDNA(HybriDNAConfig.preset("tiny"))  # fp32, 8 layers, attention at layer 4
+    model = HybriDNA(HybriDNAConfig.preset("tiny")).to(DEVICE)  # fp32, 8 layers, attention at layer 4
     params = dict(model.named_parameters())
-    ids = torch.randint(1, 9, (1, seqlen))  # seqlen 40: not a multiple of the SSD chunk (64)
+    ids = torch.randint(1, 9, (1, seqlen), device=DEVICE)  # seqlen 40: not a multiple of the SSD chunk (64)
     torch._dynamo.reset()
     graphs: list = []
     with ku.backend(which):
         ref_loss, ref_grads = _train_step(model, params, ids)
-        compiled = torch.compile(model, fullgraph=True, backend=_recording_backend(graphs))
+        compiled = torch.compile(model, fullgraph=True, backend=_recording_backend(graphs, compiler))
         loss, grads = _train_step(compiled, params, ids)
         # a second step reuses the graph (no recompilation on an equal input)
         loss2, _ = _train_step(compiled, params, ids)
