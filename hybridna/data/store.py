@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybridna._fs import replace_dir
 from hybridna.tokenizer import N_ID, PAD_ID, VOCAB
 
 from .fasta import FastaError, FastaReader
@@ -240,13 +241,7 @@ def build_store(fasta_paths, out, *, chunk_bases: int = DEFAULT_CHUNK_BASES, com
             "complete": True,
         }
         group.attrs["hybridna"] = meta
-        if out.exists():  # overwrite=True: move the old store aside, then swap
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        replace_dir(tmp, out)  # with overwrite=True the old store is swapped out whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

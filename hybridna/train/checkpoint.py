@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hybridna._fs import replace_dir
+
 __all__ = [
     "atomic_dir", "atomic_write_text", "checkpoint_name", "latest_checkpoint", "mark_latest", "prune_checkpoints",
     "save_train_state", "load_train_state", "rng_state", "set_rng_state", "to_jsonable", "save_json", "load_json",
@@ -64,13 +66,7 @@ def atomic_dir(final: str | os.PathLike):
     try:
         yield tmp
         _fsync_tree(tmp)
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
         _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
