@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import os
 import sys
@@ -65,6 +66,16 @@ def _inputs(args) -> list[tuple[str, str]]:
     return seqs
 
 
+@contextlib.contextmanager
+def _output(path: str):
+    """The --out file, or standard output for "-" (left open)."""
+    if path == "-":
+        yield sys.stdout
+    else:
+        with open(path, "w") as f:
+            yield f
+
+
 def _batches(items, n):
     if n < 1:
         raise SystemExit(f"--batch-size: expected >= 1, got {n}")
@@ -97,8 +108,7 @@ def generate_main(args) -> int:
     # Samples are DNA: every token but A C G T N (and <eos> with --stop-at-eos) is suppressed.
     keep = set(NUCLEOTIDE_IDS) | ({EOS_ID} if args.stop_at_eos else set())
     suppress = [i for i in range(model.config.vocab_size) if i not in keep]
-    out = sys.stdout if args.out == "-" else open(args.out, "w")
-    try:
+    with _output(args.out) as out:
         for bi, batch in enumerate(_batches(items, args.batch_size)):
             texts = [s for _, s in batch]
             add_bos = args.add_bos or any(not t for t in texts)  # an empty prompt starts from <bos>
@@ -117,9 +127,6 @@ def generate_main(args) -> int:
                 out.write(f">{name} prompt={prompt[:60]}{'...' if len(prompt) > 60 else ''} new_tokens={n_new}\n")
                 for i in range(0, len(text), 80):
                     out.write(text[i: i + 80] + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
     return 0
 
 
@@ -143,7 +150,6 @@ def _apply_variant(ref: str, pos: int, alt: str, name: str) -> str:
 def score_main(args) -> int:
     model, tok, device = _load(args)
     seqs = _inputs(args)
-    out = sys.stdout if args.out == "-" else open(args.out, "w")
 
     def score_texts(texts):
         res = []
@@ -152,7 +158,7 @@ def score_main(args) -> int:
             res += model.score(ids, reduce=args.reduce, rc_average=args.rc_average).tolist()
         return res
 
-    try:
+    with _output(args.out) as out:
         if args.variants:
             refs = dict(seqs)
             rows = []
@@ -177,9 +183,6 @@ def score_main(args) -> int:
             out.write(f"name\tlength\tloglik_{args.reduce}\n")
             for (n, s), v in zip(seqs, score_texts([s for _, s in seqs])):
                 out.write(f"{n}\t{len(s)}\t{v:.6f}\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
     return 0
 
 
