@@ -276,6 +276,9 @@ def profile(batch=8, seqlen=8192):
 
 
 if __name__ == "__main__":
+    if "--profile-only" in sys.argv:  # just the per-kernel profile (short GPU calls)
+        profile()
+        sys.exit(0)
     if "--sweep" in sys.argv:
         sweep()
     main()
