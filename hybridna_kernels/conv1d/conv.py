@@ -426,6 +426,19 @@ def _push(a1, a2, a3, a4, a5, a6, a7, v, W: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(p, t0, st, lim, m_d, R: tl.constexpr):
+    """Rows t0 .. t0 + R - 1 (zero from lim on) in x's dtype, as R named vectors (the rest alias row 0)."""
+    for r in tl.static_range(R):
+        tt = t0 + r
+        b = tl.load(p + tt.to(tl.int64) * st, mask=_rm(m_d, tt < lim), other=0.0)
+        if r == 0:
+            v0, v1, v2, v3, v4, v5, v6, v7 = b, b, b, b, b, b, b, b
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
 def _row_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W: tl.constexpr, HAS_H0: tl.constexpr):
     """x row at scalar time tt (initial_states for -(W-1) <= tt < 0, zero outside)."""
     b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=_rm(m_d, (tt >= 0) & (tt < L)), other=0.0).to(tl.float32)
@@ -448,6 +461,7 @@ def _conv1d_fwd_rows_kernel(
     sxb, sxd, sxt, swd, swk, syb, syd, syt, shb, shd, shk, ssb, sst, stb, std, stk,
     W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, STORE_HT: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
+    PF: tl.constexpr,
 ):
     i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -477,16 +491,16 @@ def _conv1d_fwd_rows_kernel(
                                            _row_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0), W)
         if HAS_SEQ:
             s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, _seg1(p_s, tt, L, sst), W)
+    if PF:  # prefetch: the next step's rows load while this step computes
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, c0, sxt, c1, m_d, R)
     for t0 in range(c0, c1, R):
-        v0 = tl.zeros([BD], dtype=tl.float32)
-        v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
+        if PF:
+            n0, n1, n2, n3, n4, n5, n6, n7 = _load_rows(p_x, t0 + R, sxt, c1, m_d, R)
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, t0, sxt, c1, m_d, R)
         for r in tl.static_range(R):
             tt = t0 + r
-            b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=_rm(m_d, tt < c1), other=0.0).to(tl.float32)
-            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
-        for r in tl.static_range(R):
-            tt = t0 + r
-            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r)
+            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r).to(tl.float32)
             acc = b_b + _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1) * v
             if HAS_SEQ:
                 s = _seg1(p_s, tt, L, sst)
@@ -501,6 +515,8 @@ def _conv1d_fwd_rows_kernel(
             a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7, v, W)
             if HAS_SEQ:
                 s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+        if PF:
+            v0, v1, v2, v3, v4, v5, v6, v7 = n0, n1, n2, n3, n4, n5, n6, n7
 
     if STORE_HT:
         if c1 >= L:
@@ -522,6 +538,7 @@ def _conv1d_bwd_rows_kernel(
     sxgb, sxgd, sxgt, shgb, shgd, shgk,
     W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
+    PF: tl.constexpr,
 ):
     """Row t = tau walks [c0, c1 + W - 1): it loads x[tau], dy[tau], rebuilds u[tau] from the carried
     x rows, forms du[tau], adds to dweight / dbias when tau < c1, and emits dx[tau - (W - 1)] from the
@@ -565,21 +582,20 @@ def _conv1d_bwd_rows_kernel(
     # the first chunk also emits dx at the initial_states' positions (times -(W-1) .. -1)
     t_lo = tl.where(i_c == 0, -(W - 1), c0)
     t_end = tl.minimum(c1 + (W - 1), L)
+    if PF:  # prefetch: the next step's rows load while this step computes
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, c0, sxt, t_end, m_d, R)
+        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows(p_dy, c0, sdt, t_end, m_d, R)
     for t0 in range(c0, c1 + (W - 1), R):
-        v0 = tl.zeros([BD], dtype=tl.float32)
-        v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
-        g0, g1, g2, g3, g4, g5, g6, g7 = v0, v0, v0, v0, v0, v0, v0, v0
+        if PF:
+            n0, n1, n2, n3, n4, n5, n6, n7 = _load_rows(p_x, t0 + R, sxt, t_end, m_d, R)
+            h0, h1, h2, h3, h4, h5, h6, h7 = _load_rows(p_dy, t0 + R, sdt, t_end, m_d, R)
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, t0, sxt, t_end, m_d, R)
+            g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows(p_dy, t0, sdt, t_end, m_d, R)
         for r in tl.static_range(R):
             tt = t0 + r
-            m = _rm(m_d, tt < t_end)
-            b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=m, other=0.0).to(tl.float32)
-            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
-            b = tl.load(p_dy + tt.to(tl.int64) * sdt, mask=m, other=0.0).to(tl.float32)
-            g0, g1, g2, g3, g4, g5, g6, g7 = _set_j(g0, g1, g2, g3, g4, g5, g6, g7, b, r)
-        for r in tl.static_range(R):
-            tt = t0 + r
-            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r)
-            du = _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r)
+            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r).to(tl.float32)
+            du = _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r).to(tl.float32)
             if HAS_SEQ:
                 s = _seg1(p_s, tt, L, sst)
             if SILU:
@@ -629,6 +645,9 @@ def _conv1d_bwd_rows_kernel(
             e1, e2, e3, e4, e5, e6, e7 = _push(e1, e2, e3, e4, e5, e6, e7, du, W)
             if HAS_SEQ:
                 s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+        if PF:
+            v0, v1, v2, v3, v4, v5, v6, v7 = n0, n1, n2, n3, n4, n5, n6, n7
+            g0, g1, g2, g3, g4, g5, g6, g7 = h0, h1, h2, h3, h4, h5, h6, h7
     row = i_b * tl.num_programs(0) + i_c
     p_dw = DWP + row * W * D + o_d
     for k in tl.static_range(W):
@@ -641,18 +660,20 @@ def _fwd_configs():
     (BT, BD) tiles with shifted re-reads; KIND "rows": the row-walking kernel (CH rows per program;
     BD / (32 * num_warps) channels per thread)."""
     tiles = [dict(KIND="tile", BT=bt, BD=bd, num_warps=nw, SYNC=False) for bt, bd, nw in [(16, 256, 4), (32, 128, 4)]]
-    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch) for bd, nw, r, ch in [
-        (256, 2, 8, 128), (256, 1, 8, 128), (128, 1, 8, 128), (256, 2, 4, 128), (512, 4, 8, 128),
-        (256, 2, 8, 64), (256, 2, 8, 256)]]
+    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=pf) for bd, nw, r, ch, pf in [
+        (256, 2, 8, 128, False), (256, 1, 8, 128, False), (128, 1, 8, 128, False), (256, 2, 4, 128, False),
+        (512, 4, 8, 128, False), (256, 2, 8, 64, False), (256, 2, 8, 256, False),
+        (256, 2, 8, 128, True), (256, 2, 4, 128, True), (128, 1, 8, 128, True)]]
     return tiles + rows
 
 
 def _bwd_configs():
     tiles = [dict(KIND="tile", BT=bt, BD=bd, num_warps=nw, SHARE=True, SCRATCH=sc) for bt, bd, nw, sc in [
         (8, 128, 4, False), (8, 64, 4, True)]]
-    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch) for bd, nw, r, ch in [
-        (128, 1, 8, 128), (64, 1, 8, 128), (128, 2, 8, 128), (128, 1, 4, 128), (256, 2, 8, 128),
-        (128, 1, 8, 64), (128, 1, 8, 256)]]
+    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=pf) for bd, nw, r, ch, pf in [
+        (128, 1, 8, 128, False), (64, 1, 8, 128, False), (128, 2, 8, 128, False), (128, 1, 4, 128, False),
+        (256, 2, 8, 128, False), (128, 1, 8, 64, False), (128, 1, 8, 256, False),
+        (128, 1, 4, 128, True), (128, 2, 8, 128, True), (64, 1, 8, 128, True)]]
     return tiles + rows
 
 
@@ -736,6 +757,7 @@ def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_states=None
         CH = _rows_chunk(x, cfg)
         grid = (cdiv(L, CH), cdiv(D, cfg["BD"]), B)
         _conv1d_fwd_rows_kernel[grid](*args[:9], CH, *args[9:], **flags, BD=cfg["BD"], R=cfg["R"],
+                                      PF=cfg.get("PF", False),
                                       num_warps=cfg.get("num_warps", 1))
         return y, ht
     grid = (cdiv(L, cfg["BT"]), cdiv(D, cfg["BD"]), B)
@@ -814,7 +836,8 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
                  HAS_H0=initial_states is not None, HAS_SEQ=seq_idx is not None, HAS_GH=dht is not None,
                  STORE_DH0=dh0 is not None)
     grid = (n_c, cdiv(D, cfg["BD"]), B)
-    _conv1d_bwd_rows_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], num_warps=cfg.get("num_warps", 1))
+    _conv1d_bwd_rows_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], PF=cfg.get("PF", False),
+                                  num_warps=cfg.get("num_warps", 1))
     dw = dwp.sum(0).t().to(weight.dtype).contiguous()
     db = dbp.sum(0).to(bias.dtype) if bias is not None else None
     return dx, dw, db, dh0
