@@ -426,11 +426,27 @@ def _push(a1, a2, a3, a4, a5, a6, a7, v, W: tl.constexpr):
 
 
 @triton.jit
+def _sigmoid(u, FAST: tl.constexpr):
+    """1 / (1 + exp(-u)). FAST (CUDA only, inline PTX): ex2.approx.ftz and rcp.approx.ftz, about
+    1e-7 relative error, 5 instructions instead of 12 (no denormal fix-ups, no division sequence)."""
+    if FAST:
+        e = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [u * -1.4426950408889634],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        sg = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [1.0 + e],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        sg = 1.0 / (1.0 + tl.exp(-u))
+    return sg
+
+
+@triton.jit
 def _load_rows(p, t0, st, lim, m_d, R: tl.constexpr):
-    """Rows t0 .. t0 + R - 1 (zero from lim on) in x's dtype, as R named vectors (the rest alias row 0)."""
+    """Rows t0 .. t0 + R - 1 (zero from lim on) in x's dtype, as R named vectors (the rest alias row 0).
+    One 64-bit base address per step; the rows add the loop-invariant offsets r * st."""
+    pb = p + tl.cast(t0, tl.int64) * st
     for r in tl.static_range(R):
         tt = t0 + r
-        b = tl.load(p + tt.to(tl.int64) * st, mask=_rm(m_d, tt < lim), other=0.0)
+        b = tl.load(pb + r * st, mask=_rm(m_d, tt < lim), other=0.0)
         if r == 0:
             v0, v1, v2, v3, v4, v5, v6, v7 = b, b, b, b, b, b, b, b
         else:
@@ -461,7 +477,7 @@ def _conv1d_fwd_rows_kernel(
     sxb, sxd, sxt, swd, swk, syb, syd, syt, shb, shd, shk, ssb, sst, stb, std, stk,
     W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, STORE_HT: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
-    PF: tl.constexpr,
+    PF: tl.constexpr, FAST: tl.constexpr,
 ):
     i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -498,6 +514,7 @@ def _conv1d_fwd_rows_kernel(
             n0, n1, n2, n3, n4, n5, n6, n7 = _load_rows(p_x, t0 + R, sxt, c1, m_d, R)
         else:
             v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, t0, sxt, c1, m_d, R)
+        p_yb = p_y + tl.cast(t0, tl.int64) * syt
         for r in tl.static_range(R):
             tt = t0 + r
             v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r).to(tl.float32)
@@ -510,8 +527,8 @@ def _conv1d_fwd_rows_kernel(
                     c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s, c, 0.0)
                 acc += c
             if SILU:
-                acc = acc / (1.0 + tl.exp(-acc))
-            tl.store(p_y + tt.to(tl.int64) * syt, acc.to(Y.dtype.element_ty), mask=_rm(m_d, tt < c1))
+                acc = acc * _sigmoid(acc, FAST)
+            tl.store(p_yb + r * syt, acc.to(Y.dtype.element_ty), mask=_rm(m_d, tt < c1))
             a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7, v, W)
             if HAS_SEQ:
                 s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
@@ -538,7 +555,7 @@ def _conv1d_bwd_rows_kernel(
     sxgb, sxgd, sxgt, shgb, shgd, shgk,
     W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
-    PF: tl.constexpr,
+    PF: tl.constexpr, FAST: tl.constexpr,
 ):
     """Row t = tau walks [c0, c1 + W - 1): it loads x[tau], dy[tau], rebuilds u[tau] from the carried
     x rows, forms du[tau], adds to dweight / dbias when tau < c1, and emits dx[tau - (W - 1)] from the
@@ -592,6 +609,7 @@ def _conv1d_bwd_rows_kernel(
         else:
             v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, t0, sxt, t_end, m_d, R)
             g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows(p_dy, t0, sdt, t_end, m_d, R)
+        p_dxb = p_dx + tl.cast(t0 - (W - 1), tl.int64) * sxgt  # dx rows lag the loaded rows by W - 1
         for r in tl.static_range(R):
             tt = t0 + r
             v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r).to(tl.float32)
@@ -605,7 +623,7 @@ def _conv1d_bwd_rows_kernel(
                     if HAS_SEQ:
                         c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s, c, 0.0)
                     u += c
-                sg = 1.0 / (1.0 + tl.exp(-u))
+                sg = _sigmoid(u, FAST)
                 du = du * sg * (1.0 + u * (1.0 - sg))
             # dweight / dbias over this chunk's own times only
             dsel = tl.where(tt < c1, du, 0.0)
@@ -636,8 +654,7 @@ def _conv1d_bwd_rows_kernel(
                 if HAS_SEQ:
                     b_gh = tl.where(s_t == s_last, b_gh, 0.0)
                 b_dx += b_gh
-            tl.store(p_dx + tl.maximum(t, 0).to(tl.int64) * sxgt, b_dx.to(DX.dtype.element_ty),
-                     mask=_rm(m_d, (t >= c0) & (t < c1)))
+            tl.store(p_dxb + r * sxgt, b_dx.to(DX.dtype.element_ty), mask=_rm(m_d, (t >= c0) & (t < c1)))
             if STORE_DH0:
                 tl.store(p_dh + tl.maximum(t + (W - 1), 0).to(tl.int64) * shgk, b_dx.to(DH0.dtype.element_ty),
                          mask=_rm(m_d, (t < 0) & (t >= t_lo)))
@@ -658,23 +675,21 @@ def _conv1d_bwd_rows_kernel(
 def _fwd_configs():
     """Configs the benchmark sweeps (bench/bench_conv1d.py --sweep); tests run every one. KIND "tile":
     (BT, BD) tiles with shifted re-reads; KIND "rows": the row-walking kernel (CH rows per program;
-    BD / (32 * num_warps) channels per thread)."""
-    tiles = [dict(KIND="tile", BT=bt, BD=bd, num_warps=nw, SYNC=False) for bt, bd, nw in [(16, 256, 4), (32, 128, 4)]]
+    BD / (32 * num_warps) channels per thread; R rows loaded per step; PF: prefetch the next step;
+    FAST=False: the plain exp / division SiLU instead of the approximate PTX one)."""
+    tiles = [dict(KIND="tile", BT=32, BD=128, num_warps=4, SYNC=False)]
     rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=pf) for bd, nw, r, ch, pf in [
-        (256, 2, 8, 128, False), (256, 1, 8, 128, False), (128, 1, 8, 128, False), (256, 2, 4, 128, False),
-        (512, 4, 8, 128, False), (256, 2, 8, 64, False), (256, 2, 8, 256, False),
-        (256, 2, 8, 128, True), (256, 2, 4, 128, True), (128, 1, 8, 128, True)]]
-    return tiles + rows
+        (256, 2, 8, 128, False), (256, 2, 4, 128, False), (128, 1, 8, 128, False), (256, 2, 8, 64, False),
+        (256, 2, 4, 64, False), (256, 2, 8, 128, True), (256, 2, 4, 128, True)]]
+    return tiles + rows + [dict(KIND="rows", BD=256, num_warps=2, R=8, CH=128, PF=False, FAST=False)]
 
 
 def _bwd_configs():
-    tiles = [dict(KIND="tile", BT=bt, BD=bd, num_warps=nw, SHARE=True, SCRATCH=sc) for bt, bd, nw, sc in [
-        (8, 128, 4, False), (8, 64, 4, True)]]
+    tiles = [dict(KIND="tile", BT=8, BD=64, num_warps=4, SHARE=True, SCRATCH=True)]
     rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=pf) for bd, nw, r, ch, pf in [
-        (128, 1, 8, 128, False), (64, 1, 8, 128, False), (128, 2, 8, 128, False), (128, 1, 4, 128, False),
-        (256, 2, 8, 128, False), (128, 1, 8, 64, False), (128, 1, 8, 256, False),
-        (128, 1, 4, 128, True), (128, 2, 8, 128, True), (64, 1, 8, 128, True)]]
-    return tiles + rows
+        (128, 1, 8, 64, False), (128, 1, 8, 128, False), (256, 2, 8, 64, False), (128, 2, 8, 128, False),
+        (64, 1, 8, 128, False), (128, 1, 4, 64, False), (128, 1, 8, 64, True), (128, 1, 4, 64, True)]]
+    return tiles + rows + [dict(KIND="rows", BD=128, num_warps=1, R=8, CH=64, PF=False, FAST=False)]
 
 
 # Fixed configs instead of autotuning: first-call tuning would cost ~20 compiles per key, and the
@@ -698,8 +713,11 @@ def _bwd_config(x, W):
         return BWD_CONFIG_OVERRIDE
     if x.stride(2) == 1 and x.shape[2] > 1:
         return dict(KIND="tile", BT=32, BD=16, num_warps=4, SHARE=True, SCRATCH=False)
-    # 4 channels per thread up to W4 (~130 registers), 2 above (W8 ~125 registers; 4 would take ~240)
-    return dict(KIND="rows", BD=128 if W <= 4 else 64, num_warps=1, R=8, CH=128)
+    # 4 channels per thread up to W4 (~135 registers), 2 above (W8 ~125 registers; 4 would take ~240).
+    # H100 sweep (bench/RESULTS.md): BD128 1 warp CH64 best at W4, BD128 2 warps at W8.
+    if W <= 4:
+        return dict(KIND="rows", BD=128, num_warps=1, R=8, CH=64)
+    return dict(KIND="rows", BD=128, num_warps=2, R=8, CH=128)
 
 
 def _rows_chunk(x, cfg) -> int:
@@ -757,7 +775,7 @@ def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_states=None
         CH = _rows_chunk(x, cfg)
         grid = (cdiv(L, CH), cdiv(D, cfg["BD"]), B)
         _conv1d_fwd_rows_kernel[grid](*args[:9], CH, *args[9:], **flags, BD=cfg["BD"], R=cfg["R"],
-                                      PF=cfg.get("PF", False),
+                                      PF=cfg.get("PF", False), FAST=x.is_cuda and cfg.get("FAST", True),
                                       num_warps=cfg.get("num_warps", 1))
         return y, ht
     grid = (cdiv(L, cfg["BT"]), cdiv(D, cfg["BD"]), B)
@@ -837,6 +855,7 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
                  STORE_DH0=dh0 is not None)
     grid = (n_c, cdiv(D, cfg["BD"]), B)
     _conv1d_bwd_rows_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], PF=cfg.get("PF", False),
+                                  FAST=x.is_cuda and cfg.get("FAST", True),
                                   num_warps=cfg.get("num_warps", 1))
     dw = dwp.sum(0).t().to(weight.dtype).contiguous()
     db = dbp.sum(0).to(bias.dtype) if bias is not None else None
