@@ -301,7 +301,8 @@ if os.environ.get("HYBRIDNA_SWEEP_SHAPES"):   # e.g. "1,2,128,64/1,2,128,128" fo
 SWEEP = {
     64: {
         "fwd": ["fwd=128,64,4,3", "fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,128,8,3", "fwd=128,64,4,4",
-                "fwd=256,64,8,3", "fwd=256,64,8,2", "fwd=128,64,8,3;mmajor=fwd", "fwd=128,64,4,3;mmajor=fwd"],
+                "fwd=256,64,8,3", "fwd=256,64,8,2", "fwd=128,64,8,3;mmajor=fwd", "fwd=128,64,4,3;mmajor=fwd",
+                "fwd=128,64,4,3;poly=1", "fwd=128,64,8,3;poly=1", "fwd=128,128,8,3;poly=1", "fwd=256,64,8,3;poly=1"],
         "dkdv": ["dkdv=32,128,4,3", "dkdv=32,128,8,3", "dkdv=32,128,8,2", "dkdv=64,128,8,3", "dkdv=64,64,8,3",
                  "dkdv=32,64,4,3", "dkdv=64,64,4,3", "dkdv=32,128,8,3;mmajor=dkdv", "dkdv=32,128,8,3;atomic_dq=1",
                  "dkdv=64,128,8,3;atomic_dq=1", "dkdv=64,64,8,3;atomic_dq=1", "dkdv=32,64,4,3;atomic_dq=1",
@@ -311,7 +312,7 @@ SWEEP = {
     },
     128: {
         "fwd": ["fwd=128,64,8,3", "fwd=128,64,8,2", "fwd=128,128,8,2", "fwd=64,64,4,3", "fwd=128,64,8,4",
-                "fwd=128,64,8,3;mmajor=fwd"],
+                "fwd=128,64,8,3;mmajor=fwd", "fwd=128,64,8,3;poly=1", "fwd=128,128,8,2;poly=1"],
         "dkdv": ["dkdv=64,128,8,3", "dkdv=32,128,8,3", "dkdv=32,128,8,2", "dkdv=32,64,4,3", "dkdv=64,64,8,2",
                  "dkdv=64,64,8,3", "dkdv=32,128,8,3;mmajor=dkdv", "dkdv=32,128,8,3;atomic_dq=1",
                  "dkdv=32,64,4,3;atomic_dq=1", "dkdv=64,64,8,2;atomic_dq=1"],
