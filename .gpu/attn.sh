@@ -4,7 +4,6 @@
 # Runs from the repo root after the wheel line; writes details under $OUT. About 140 s.
 T0=$(date +%s)
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_attn_cache}
-export HYBRIDNA_POISON=0
 OUT=${OUT:-/tmp/attn_out}; mkdir -p $OUT
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 # compile the sweep's variants (4 processes, tiny shapes) while the tests run
