@@ -15,6 +15,7 @@ echo "tests rc=$? ($(( $(date +%s) - T0 )) s): $(grep -E 'passed|failed|error' $
 grep -E "^FAILED|^ERROR" $OUT/tests.txt | head -8
 wait
 grep -l -E "Error|Traceback" $OUT/warm*.txt > /dev/null && echo "warm errors: $(grep -h -E '^[A-Za-z]*Error' $OUT/warm*.txt | sort | uniq -c | head -3)"
+timeout 25 python3 bench/bench_attention.py host 2> $OUT/host_err.txt || tail -3 $OUT/host_err.txt
 LEFT=$(( 148 - ($(date +%s) - T0) ))
 echo "sweep (limit ${LEFT} s):"
 timeout $LEFT python3 bench/bench_attention.py sweep $OUT 2> $OUT/sweep_err.txt

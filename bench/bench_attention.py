@@ -362,6 +362,14 @@ def _small_check(D, variant):
 def _warm_sweep(index, nproc):
     """Compile variants index::nproc at a tiny length (same specialisation as the timed shapes)."""
     jobs = [(D, H, v) for (B, H, L, D) in SWEEP_SHAPES[:2] for _, v in _sweep_variants(D)]
+    if index == nproc - 1:   # the host-time cases: autotuned defaults and fixed configs (decode, H8 D64)
+        for variant in ("", HOST_FIXED):
+            _set_variant(variant)
+            qd, kd = torch.randn(1, 1, 16, 64, device=DEV, dtype=DT), torch.randn(1, 2048, 4, 64, device=DEV, dtype=DT)
+            flash_attention(qd, kd, kd)
+            q, k, v = (torch.randn(1, 512, 8, 64, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
+            o = flash_attention(q, k, v, causal=True)
+            torch.autograd.grad(o, (q, k, v), torch.randn_like(o))
     for D, H, variant in jobs[index::nproc]:
         _set_variant(variant)
         q, k, v = (torch.randn(1, 512, H, D, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
@@ -519,6 +527,48 @@ def _sweep(outdir):
     open(os.path.join(outdir, "sweep.md"), "w").write("\n".join(lines + [""] + summary) + "\n")
 
 
+HOST_FIXED = "fwd=128,64,4,3;dkdv=32,128,8,3;dq=64,64,4,3;decode=64,4,3"
+
+
+def _host():
+    """Host time to enqueue one eager call (mean of 200, no sync), default vs fixed configs vs fixed
+    configs + fastlaunch; outputs of each checked against the default's."""
+    from hybridna_kernels.attention import flash
+
+    rows = ["| case | default (autotuned) us | fixed configs us | fixed + fastlaunch us | max abs diff |",
+            "| --- | --- | --- | --- | --- |"]
+    fixed = HOST_FIXED
+    g = torch.Generator(device="cpu").manual_seed(0)
+    mk = lambda *shape: torch.randn(*shape, generator=g).to(DEV, DT)  # noqa: E731
+    qd, kd, vd = mk(1, 1, 16, 64), mk(1, 131072, 4, 64), mk(1, 131072, 4, 64)
+    qs, ks, vs = (mk(2, 2048, 8, 64).requires_grad_() for _ in range(3))
+    do = mk(2, 2048, 8, 64)
+
+    def fb():
+        o = flash_attention(qs, ks, vs)
+        return torch.autograd.grad(o, (qs, ks, vs), do)
+
+    cases = [("decode B1 Hq16:4 Lk131072", lambda: (flash_attention(qd, kd, vd),)),
+             ("fwd B2 H8 L2048 D64", lambda: (flash_attention(qs.detach(), ks.detach(), vs.detach()),)),
+             ("fwd+bwd B2 H8 L2048 D64", fb)]
+    for name, fn in cases:
+        cells, outs = [], []
+        for variant in ("", fixed, fixed + ";fastlaunch=1"):
+            _set_variant(variant)
+            outs.append([t.float() for t in fn()])
+            fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                fn()
+            cells.append((time.perf_counter() - t0) / 200 * 1e6)
+            torch.cuda.synchronize()
+        diff = max((a - b).abs().max().item() for o in outs[1:] for a, b in zip(o, outs[0]))
+        rows.append(f"| {name} | {cells[0]:.0f} | {cells[1]:.0f} | {cells[2]:.0f} | {diff:.1e} |")
+    _set_variant("")
+    print("\n".join(rows), flush=True)
+
+
 if __name__ == "__main__":
     import sys
 
@@ -526,6 +576,8 @@ if __name__ == "__main__":
         _warm(int(sys.argv[2]), int(sys.argv[3]))
     elif sys.argv[1] == "warm-sweep":
         _warm_sweep(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "host":
+        _host()
     elif sys.argv[1] == "sweep":
         _sweep(sys.argv[2])
     else:
