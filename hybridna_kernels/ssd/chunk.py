@@ -56,6 +56,42 @@ def _dot_exact_f32(a, b):
     return tl.dot(a, hi, input_precision="tf32") + tl.dot(a, b - hi, input_precision="tf32")
 
 
+@triton.jit
+def _split64(c):
+    """fp64 vector -> (hi, lo) fp32 with hi + lo = c to about 48 bits."""
+    hi = c.to(tl.float32)
+    return hi, (c - hi.to(tl.float64)).to(tl.float32)
+
+
+@triton.jit
+def _seg_decay(ci, cj, CS64: tl.constexpr):
+    """exp(min(ci[:, None] - cj[None, :], 0)) in fp32 from fp64 cumsum vectors.
+
+    CS64: the tile difference in fp64 (fp64 tile arithmetic, twice the registers). Otherwise the
+    vectors are split into fp32 hi + lo first (1-D work) and the tile difference is
+    (hi_i - hi_j) + (lo_i - lo_j) in fp32: the large parts cancel in the hi difference, so the result
+    keeps a relative error of ~1e-7 of the difference itself, not of |cs|."""
+    if CS64:
+        d = tl.minimum(ci[:, None] - cj[None, :], 0.0).to(tl.float32)
+    else:
+        hi_i, lo_i = _split64(ci)
+        hi_j, lo_j = _split64(cj)
+        d = tl.minimum((hi_i[:, None] - hi_j[None, :]) + (lo_i[:, None] - lo_j[None, :]), 0.0)
+    return tl.exp(d)
+
+
+@triton.jit
+def _seg_decay_t(ci, cj, CS64: tl.constexpr):
+    """exp(min(ci[None, :] - cj[:, None], 0)): _seg_decay laid out transposed (rows j, columns i)."""
+    if CS64:
+        d = tl.minimum(ci[None, :] - cj[:, None], 0.0).to(tl.float32)
+    else:
+        hi_i, lo_i = _split64(ci)
+        hi_j, lo_j = _split64(cj)
+        d = tl.minimum((hi_i[None, :] - hi_j[:, None]) + (lo_i[None, :] - lo_j[:, None]), 0.0)
+    return tl.exp(d)
+
+
 # ------------------------------------------------------------------------------------------------
 # forward kernels
 
@@ -225,7 +261,8 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
                            s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_b, s_C_t, s_C_g, s_y_b, s_y_t, s_y_h,
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
-                           STORE_YPRE: tl.constexpr, DOT_PREC: tl.constexpr):
+                           STORE_YPRE: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
+                           CB_MASK: tl.constexpr):
     """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i))."""
     i_bc = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
@@ -260,11 +297,14 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     for k in range(0, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
-        cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :], mask=o_m[:, None] >= o_k[None, :], other=0.0)
+        if CB_MASK:
+            cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :], mask=o_m[:, None] >= o_k[None, :], other=0.0)
+        else:  # blocks above the diagonal hold garbage; the tl.where below drops it (NaN included)
+            cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :])
         cb = cb.to(tl.float32)
         cs_k = tl.load(cs_ptr + o_uc + o_k)
         u_k = tl.load(u_ptr + o_uc + o_k)
-        w = cb * tl.exp(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0).to(tl.float32)) * u_k[None, :]
+        w = cb * _seg_decay(cs_m, cs_k, CS64) * u_k[None, :]
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
         xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
@@ -378,7 +418,8 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
                         s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
                         s_dx_b, s_dx_t, s_dx_h,
                         Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                        HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, DOT_PREC: tl.constexpr,
+                        HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
+                        CB_MASK: tl.constexpr,
                         MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr):
     """Rows j (one block) of one chunk and head:
     Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
@@ -435,10 +476,13 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
     for ib in range(jb, NB):
         o_i = ib * BJ + tl.arange(0, BJ)
-        cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
+        if CB_MASK:
+            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
+        else:  # as in the forward scan: the tl.where below drops the unwritten upper blocks
+            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
         cbT = cbT.to(tl.float32)
         cs_i = tl.load(cs_ptr + o_uc + o_i)
-        w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0).to(tl.float32))
+        w = cbT * _seg_decay_t(cs_i, cs_j, CS64)
         w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
         dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
@@ -475,7 +519,8 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
 def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, dcb_ptr,
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
-                         Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr):
+                         Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
+                         CS64: tl.constexpr):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head."""
     i_bc = tl.program_id(0).to(tl.int64)
@@ -512,7 +557,7 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, dcb_ptr,
         cs_i = tl.load(cs_ptr + o_uc + o_m)
         cs_j = tl.load(cs_ptr + o_uc + o_n)
         u_j = tl.load(u_ptr + o_uc + o_n)
-        acc += k * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32)) * u_j[None, :]
+        acc += k * _seg_decay(cs_i, cs_j, CS64) * u_j[None, :]
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
     tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
 
@@ -671,6 +716,15 @@ SWEEP_CONFIGS = {
     "bwd warps4": {"warps": 4},
     "dbc BM32 w4": {"BM_DBC": 32, "warps_dbc": 4},
     "dbc BM128 w8": {"BM_DBC": 128},
+    "cs64": {"cs64": True},
+    "cb16": {"cb16": True},
+    "cb16 scan w8": {"cb16": True, "warps_scan": 8},
+    "cb16 BK32 bwd w4": {"cb16": True, "BK_SCAN": 32, "warps": 4},
+    "cb16 BK32 w4 st3": {"cb16": True, "BK_SCAN": 32, "warps": 4, "stages": 3},
+    "nomask": {"cb_mask": False},
+    "cb16 nomask": {"cb16": True, "cb_mask": False},
+    "cb16 hin16 nomask": {"cb16": True, "hin16": True, "cb_mask": False},
+    "cb16 hin16 nomask w8": {"cb16": True, "hin16": True, "cb_mask": False, "warps_scan": 8},
 }
 
 
@@ -701,6 +755,15 @@ def _cfg(Q, P, N, dtype):
         "warps": 8 if blk * BP >= 4096 else 4,
         "stages": 2,
         "prec": "ieee" if dtype == torch.float32 else "tf32",
+        # decay tiles exp(cs_i - cs_j): fp32 hi/lo split of the fp64 cumsum (False) or fp64 tile math
+        "cs64": False,
+        # forward CB buffer in bf16 for bf16 inputs (half the CB traffic of the scan; fp16 keeps fp32)
+        "cb16": False,
+        # masked CB loads in the scan / dx kernels (the upper blocks are never written; a tl.where drops
+        # them either way, so False only saves the per-element predicates)
+        "cb_mask": True,
+        # hin (states entering each chunk, also saved for the backward) in bf16 for bf16 inputs
+        "hin16": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -741,7 +804,8 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     # |C . B| > 65504 in fp16, and inf times a decay of 0 is NaN where the true term is 0 (measured:
     # y non-finite with |CB| up to 1e5 and small dt, true |y| <= 1.6e3). The 16-bit operand of the
     # product is CB e^{..} u, formed in fp32 first.
-    cb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    cb_dt = x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32  # bf16 has fp32's range
+    cb = new_empty((b, nc, G, Q, Q), dtype=cb_dt, device=dev)
     BMb = min(64, Q)
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
@@ -755,7 +819,8 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
-    hin = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+    hin = new_empty((b, nc, H, P, N), dtype=x.dtype if (cfg["hin16"] and x.dtype == torch.bfloat16) else f32,
+                    device=dev)
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
     PN = P * N
@@ -774,7 +839,8 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], num_warps=cfg["warps_scan"],
+        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], CS64=cfg["cs64"], CB_MASK=cfg["cb_mask"],
+        num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"])
     return y, final, hin, ypre
 
@@ -851,14 +917,15 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         x, dy, B, cb, u, cs, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
         Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
-        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"],
+        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], CS64=cfg["cs64"], CB_MASK=cfg["cb_mask"],
         MIXED_T=dy.dtype == f32 and x.dtype != f32, SPLIT_F32=x.dtype != f32,
         num_warps=cfg["warps"], num_stages=cfg["stages"])
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     _scan_bwd_dcb_kernel[(b * nc, G, NB * NB)](
         x, dy, u, cs, dcb, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
-        Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], num_warps=cfg["warps"], num_stages=cfg["stages"])
+        Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], num_warps=cfg["warps"],
+        num_stages=cfg["stages"])
     dB = new_empty(B.shape, dtype=B.dtype, device=dev)
     dC = new_empty(C.shape, dtype=C.dtype, device=dev)
     BMd = cfg["BM_DBC"]
