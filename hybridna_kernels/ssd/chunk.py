@@ -64,30 +64,35 @@ def _split64(c):
 
 
 @triton.jit
-def _seg_decay(ci, cj, CS64: tl.constexpr):
-    """exp(min(ci[:, None] - cj[None, :], 0)) in fp32 from fp64 cumsum vectors.
-
-    CS64: the tile difference in fp64 (fp64 tile arithmetic, twice the registers). Otherwise the
-    vectors are split into fp32 hi + lo first (1-D work) and the tile difference is
-    (hi_i - hi_j) + (lo_i - lo_j) in fp32: the large parts cancel in the hi difference, so the result
-    keeps a relative error of ~1e-7 of the difference itself, not of |cs|."""
+def _ld_cs(cs_ptr, csh_ptr, csl_ptr, off, CS64: tl.constexpr):
+    """Within-chunk cumsum at `off` as (hi, lo) fp32 with hi + lo = cs to ~48 bits: from the fp32 planes
+    the cumsum kernel writes (no fp64 work here), or (CS64) the fp64 value and a dummy lo."""
     if CS64:
-        d = tl.minimum(ci[:, None] - cj[None, :], 0.0).to(tl.float32)
+        return tl.load(cs_ptr + off), 0.0
     else:
-        hi_i, lo_i = _split64(ci)
-        hi_j, lo_j = _split64(cj)
+        return tl.load(csh_ptr + off), tl.load(csl_ptr + off)
+
+
+@triton.jit
+def _seg_decay(hi_i, lo_i, hi_j, lo_j, CS64: tl.constexpr):
+    """exp(min(cs_i[:, None] - cs_j[None, :], 0)) in fp32.
+
+    CS64: hi is the fp64 cumsum, the tile difference in fp64 (fp64 tile arithmetic and an fp64->fp32
+    conversion per element). Otherwise (hi_i - hi_j) + (lo_i - lo_j) in fp32: the large parts cancel in
+    the hi difference, so the result keeps a relative error of ~1e-7 of the difference, not of |cs|."""
+    if CS64:
+        d = tl.minimum(hi_i[:, None] - hi_j[None, :], 0.0).to(tl.float32)
+    else:
         d = tl.minimum((hi_i[:, None] - hi_j[None, :]) + (lo_i[:, None] - lo_j[None, :]), 0.0)
     return tl.exp(d)
 
 
 @triton.jit
-def _seg_decay_t(ci, cj, CS64: tl.constexpr):
-    """exp(min(ci[None, :] - cj[:, None], 0)): _seg_decay laid out transposed (rows j, columns i)."""
+def _seg_decay_t(hi_i, lo_i, hi_j, lo_j, CS64: tl.constexpr):
+    """exp(min(cs_i[None, :] - cs_j[:, None], 0)): _seg_decay laid out transposed (rows j, columns i)."""
     if CS64:
-        d = tl.minimum(ci[None, :] - cj[:, None], 0.0).to(tl.float32)
+        d = tl.minimum(hi_i[None, :] - hi_j[:, None], 0.0).to(tl.float32)
     else:
-        hi_i, lo_i = _split64(ci)
-        hi_j, lo_j = _split64(cj)
         d = tl.minimum((hi_i[None, :] - hi_j[:, None]) + (lo_i[None, :] - lo_j[:, None]), 0.0)
     return tl.exp(d)
 
@@ -97,7 +102,7 @@ def _seg_decay_t(ci, cj, CS64: tl.constexpr):
 
 
 @triton.jit
-def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr,
+def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                        T, H, nc, s_dt_b, s_dt_t, s_dt_h, lo, hi,
                        Q: tl.constexpr, BH: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                        HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr):
@@ -129,6 +134,10 @@ def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr,
     o_out = ((i_b * H + o_h[None, :]) * nc + i_c) * Q + o_t[:, None]
     tl.store(u_ptr + o_out, d, mask=m_h[None, :])
     tl.store(cs_ptr + o_out, cs, mask=m_h[None, :])
+    # the same as fp32 planes hi + lo for the kernels that form Q x Q decay tiles (no fp64 tile math)
+    cs_hi = cs.to(tl.float32)
+    tl.store(csh_ptr + o_out, cs_hi, mask=m_h[None, :])
+    tl.store(csl_ptr + o_out, (cs - cs_hi.to(tl.float64)).to(tl.float32), mask=m_h[None, :])
 
 
 @triton.jit
@@ -256,7 +265,8 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
 
 
 @triton.jit
-def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, D_ptr, y_ptr, ypre_ptr,
+def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr,
+                           ypre_ptr,
                            T, H, G, nc, P, N,
                            s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_b, s_C_t, s_C_g, s_y_b, s_y_t, s_y_h,
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
@@ -279,7 +289,7 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
     m_m = o_m < nv
     m_p = o_p < P
     o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-    cs_m = tl.load(cs_ptr + o_uc + o_m)
+    cs_m, csl_m = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
     p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
     dt_in = x_ptr.dtype.element_ty
 
@@ -302,9 +312,9 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
         else:  # blocks above the diagonal hold garbage; the tl.where below drops it (NaN included)
             cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :])
         cb = cb.to(tl.float32)
-        cs_k = tl.load(cs_ptr + o_uc + o_k)
+        cs_k, csl_k = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_k, CS64)
         u_k = tl.load(u_ptr + o_uc + o_k)
-        w = cb * _seg_decay(cs_m, cs_k, CS64) * u_k[None, :]
+        w = cb * _seg_decay(cs_m, csl_m, cs_k, csl_k, CS64) * u_k[None, :]
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
         xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
@@ -412,7 +422,7 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
 
 
 @triton.jit
-def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_ptr,
+def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
                         dx_ptr, du_ptr, dcs_ptr, rowt_ptr, dD_ptr,
                         T, H, G, nc, P, N,
                         s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
@@ -449,7 +459,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     o_j = jb * BJ + tl.arange(0, BJ)
     m_j = o_j < nv
     m = m_j[:, None] & m_p[None, :]
-    cs_j = tl.load(cs_ptr + o_uc + o_j)
+    cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_j, CS64)
     u_j = tl.load(u_ptr + o_uc + o_j)
     xj = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t + (o_j[:, None] * s_x_t + o_p[None, :]), mask=m,
                  other=0.0)
@@ -466,7 +476,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
             acc += _dot_exact_f32(b.to(tl.float32), dsT)
         else:
             acc += tl.dot(b, dsT, input_precision="ieee")
-    acc *= tl.exp(tl.minimum(cs_last - cs_j, 0.0).to(tl.float32))[:, None]
+    acc *= tl.exp(tl.minimum(cs_last - cs_j - csl_j, 0.0).to(tl.float32))[:, None]  # 1-D, fp64
     du = tl.sum(acc * xf, axis=1)  # state part of du; u_j * this is V_j
     dcol = du  # V_j / u_j + the strictly-lower column sum of T / u_j
     # dx = u_j Z_j: u_j goes into the 16-bit operand below rather than onto the sum, so that the
@@ -481,8 +491,8 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
         else:  # as in the forward scan: the tl.where below drops the unwritten upper blocks
             cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
         cbT = cbT.to(tl.float32)
-        cs_i = tl.load(cs_ptr + o_uc + o_i)
-        w = cbT * _seg_decay_t(cs_i, cs_j, CS64)
+        cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
+        w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
         w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
         dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
@@ -516,7 +526,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
 
 
 @triton.jit
-def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, dcb_ptr,
+def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr,
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -554,10 +564,10 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, dcb_ptr,
         dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
         xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
         k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
-        cs_i = tl.load(cs_ptr + o_uc + o_m)
-        cs_j = tl.load(cs_ptr + o_uc + o_n)
+        cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
+        cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
         u_j = tl.load(u_ptr + o_uc + o_n)
-        acc += k * _seg_decay(cs_i, cs_j, CS64) * u_j[None, :]
+        acc += k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64) * u_j[None, :]
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
     tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
 
@@ -793,10 +803,12 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     f32 = torch.float32
     u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
+    csh = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    csl = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     BH = 8
     dummy = u
     _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
-        dt, dt_bias if dt_bias is not None else dummy, A, tables.clen if varlen else dummy, u, cs,
+        dt, dt_bias if dt_bias is not None else dummy, A, tables.clen if varlen else dummy, u, cs, csh, csl,
         T, H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, num_warps=4)
@@ -835,7 +847,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
     _chunk_scan_fwd_kernel[(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc))](
-        x, zz, C, cb, u, cs, hin, D if D is not None else dummy, y, ypre,
+        x, zz, C, cb, u, cs, csh, csl, hin, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
@@ -857,10 +869,12 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     # recompute the cheap forward pieces: u, cs and CB
     u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
+    csh = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    csl = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     BH = 8
     hi_arg = float(hi) if hi != float("inf") else 0.0
     _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
-        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, cs,
+        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, cs, csh, csl,
         T, H, nc, *_strides3(dt), float(lo), hi_arg,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, num_warps=4)
@@ -914,7 +928,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     dD_part = new_empty((b * nc * NB, H, P), dtype=f32, device=dev) if D is not None else u
     _scan_bwd_dx_kernel[(b * nc, H, NB)](
-        x, dy, B, cb, u, cs, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
+        x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
         Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
         D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], CS64=cfg["cs64"], CB_MASK=cfg["cb_mask"],
@@ -923,7 +937,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     _scan_bwd_dcb_kernel[(b * nc, G, NB * NB)](
-        x, dy, u, cs, dcb, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
+        x, dy, u, cs, csh, csl, dcb, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
         Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], num_warps=cfg["warps"],
         num_stages=cfg["stages"])
     dB = new_empty(B.shape, dtype=B.dtype, device=dev)
