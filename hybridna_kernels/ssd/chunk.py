@@ -97,6 +97,21 @@ def _seg_decay_t(hi_i, lo_i, hi_j, lo_j, CS64: tl.constexpr):
     return tl.exp(d)
 
 
+@triton.jit
+def _pids(HFIRST: tl.constexpr):
+    """(chunk index b * nc + c, head, block) of this program. HFIRST: the grid is (H, blocks, b * nc), so
+    the programs of one chunk (all heads and blocks) run next to one another and share its CB / B / C
+    tiles in L2; otherwise (b * nc, H, blocks)."""
+    if HFIRST:
+        return tl.program_id(2).to(tl.int64), tl.program_id(0).to(tl.int64), tl.program_id(1)
+    else:
+        return tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
+
+
+def _grid(b_nc, H, nblk, hfirst):
+    return (H, nblk, b_nc) if (hfirst and b_nc <= 65535) else (b_nc, H, nblk)
+
+
 # ------------------------------------------------------------------------------------------------
 # forward kernels
 
@@ -176,15 +191,13 @@ def _bmm_fwd_kernel(C_ptr, B_ptr, cb_ptr, T, G, N, nc, s_b, s_t, s_g,
 def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
                         T, H, G, nc, P, N, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                         Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                        REVERSE: tl.constexpr, DOT_PREC: tl.constexpr):
+                        REVERSE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr):
     """out[b, c, h] (P x N) = sum_k w_k x_k B_k^T over the chunk, fp32.
 
     Forward (chunk end state): w_k = exp(cs_last - cs_k) u_k.  REVERSE (gradient side, x = dy,
     B = C): w_k = exp(cs_k), the decay from the chunk start to k.
     """
-    i_bc = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1).to(tl.int64)
-    i_pn = tl.program_id(2)
+    i_bc, i_h, i_pn = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -271,12 +284,10 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
                            s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_b, s_C_t, s_C_g, s_y_b, s_y_t, s_y_h,
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
-                           STORE_YPRE: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
+                           STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
                            CB_MASK: tl.constexpr):
     """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i))."""
-    i_bc = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1).to(tl.int64)
-    i_mp = tl.program_id(2)
+    i_bc, i_h, i_mp = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -428,7 +439,8 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
                         s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
                         s_dx_b, s_dx_t, s_dx_h,
                         Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                        HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
+                        HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
+                        CS64: tl.constexpr,
                         CB_MASK: tl.constexpr,
                         MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr):
     """Rows j (one block) of one chunk and head:
@@ -437,9 +449,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
     in fp32 so that its row sums and column sums cancel exactly where they should:
     dcs = rowsum(T) - colsum(T) - V + R (+ the chunk-end term), V_j = u_j e^{cs_last-cs_j} x_j . dS B_j.
     Here: dcs[j] <- -colsum(T)_j - V_j; rowt[jb, i] <- sum_{j in block} T_ij (this block's share)."""
-    i_bc = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1).to(tl.int64)
-    jb = tl.program_id(2)
+    i_bc, i_h, jb = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -735,6 +745,10 @@ SWEEP_CONFIGS = {
     "cb16 nomask": {"cb16": True, "cb_mask": False},
     "cb16 hin16 nomask": {"cb16": True, "hin16": True, "cb_mask": False},
     "cb16 hin16 nomask w8": {"cb16": True, "hin16": True, "cb_mask": False, "warps_scan": 8},
+    "hfirst": {"hfirst": True},
+    "hfirst nomask": {"hfirst": True, "cb_mask": False},
+    "hfirst cb16 nomask": {"hfirst": True, "cb16": True, "cb_mask": False},
+    "hfirst cb16 hin16 nomask": {"hfirst": True, "cb16": True, "hin16": True, "cb_mask": False},
 }
 
 
@@ -774,6 +788,8 @@ def _cfg(Q, P, N, dtype):
         "cb_mask": True,
         # hin (states entering each chunk, also saved for the backward) in bf16 for bf16 inputs
         "hin16": False,
+        # grid order: heads fastest, chunk slowest (L2 reuse of the chunk's CB / B / C across heads)
+        "hfirst": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -824,9 +840,9 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
     states = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
     BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-    _chunk_state_kernel[(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs))](
+    _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
         x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
-        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"],
+        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
         num_warps=cfg["warps_state"], num_stages=cfg["stages"])
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
@@ -846,12 +862,13 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
     BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
-    _chunk_scan_fwd_kernel[(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc))](
+    _chunk_scan_fwd_kernel[_grid(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
         x, zz, C, cb, u, cs, csh, csl, hin, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], CS64=cfg["cs64"], CB_MASK=cfg["cb_mask"],
+        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
+        CB_MASK=cfg["cb_mask"],
         num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"])
     return y, final, hin, ypre
@@ -901,9 +918,9 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     # each chunk's end state)
     ldh = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
     BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-    _chunk_state_kernel[(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs))](
+    _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
         dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
-        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"],
+        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
         num_warps=cfg["warps_state"], num_stages=cfg["stages"])
     PN = P * N
     BS = min(cfg["BS"], triton.next_power_of_2(PN))
@@ -927,11 +944,12 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     rowt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev)
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     dD_part = new_empty((b * nc * NB, H, P), dtype=f32, device=dev) if D is not None else u
-    _scan_bwd_dx_kernel[(b * nc, H, NB)](
+    _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
         x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
         Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
-        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], CS64=cfg["cs64"], CB_MASK=cfg["cb_mask"],
+        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
+        CB_MASK=cfg["cb_mask"],
         MIXED_T=dy.dtype == f32 and x.dtype != f32, SPLIT_F32=x.dtype != f32,
         num_warps=cfg["warps"], num_stages=cfg["stages"])
 
