@@ -382,7 +382,7 @@ def test_kernel_sweep_configs(variant):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["cb16", "hfirst cb16 hin16 nomask", "cs64", "nomask"]
+BF16_VARIANTS = ["cb16", "hfirst cb16 hin16 nomask", "hfirst cb16 cbb16 nomask", "cs64", "nomask"]
 
 
 @pytest.mark.gpu

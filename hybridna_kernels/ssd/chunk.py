@@ -749,6 +749,7 @@ SWEEP_CONFIGS = {
     "hfirst nomask": {"hfirst": True, "cb_mask": False},
     "hfirst cb16 nomask": {"hfirst": True, "cb16": True, "cb_mask": False},
     "hfirst cb16 hin16 nomask": {"hfirst": True, "cb16": True, "hin16": True, "cb_mask": False},
+    "hfirst cb16 cbb16 nomask": {"hfirst": True, "cb16": True, "cbb16": True, "cb_mask": False},
 }
 
 
@@ -790,6 +791,8 @@ def _cfg(Q, P, N, dtype):
         "hin16": False,
         # grid order: heads fastest, chunk slowest (L2 reuse of the chunk's CB / B / C across heads)
         "hfirst": False,
+        # the backward's recomputed CB (read by dx) in bf16 for bf16 inputs
+        "cbb16": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -895,7 +898,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         T, H, nc, *_strides3(dt), float(lo), hi_arg,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, num_warps=4)
-    cb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    cb = new_empty((b, nc, G, Q, Q), dtype=x.dtype if (cfg["cbb16"] and x.dtype == torch.bfloat16) else f32,
+                   device=dev)
     BMb = min(64, Q)
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
