@@ -750,6 +750,7 @@ SWEEP_CONFIGS = {
     "hfirst cb16 nomask": {"hfirst": True, "cb16": True, "cb_mask": False},
     "hfirst cb16 hin16 nomask": {"hfirst": True, "cb16": True, "hin16": True, "cb_mask": False},
     "hfirst cb16 cbb16 nomask": {"hfirst": True, "cb16": True, "cbb16": True, "cb_mask": False},
+    "hfirst cb16 nomask bwd4": {"hfirst": True, "cb16": True, "cb_mask": False, "warps": 4},
 }
 
 
