@@ -842,7 +842,7 @@ def _bwd_configs():
         (128, 1, 8, 64, False), (128, 2, 8, 128, False), (256, 2, 8, 64, False), (128, 1, 4, 64, False),
         (128, 1, 8, 64, True)]]
     streams = [dict(KIND="streams", BD=bd, num_warps=ns, NS=ns, R=r, CH=ch) for bd, ns, r, ch in [
-        (128, 4, 8, 64), (128, 4, 8, 128), (128, 2, 8, 64), (64, 4, 8, 128)]]
+        (128, 4, 8, 64), (128, 4, 8, 128), (128, 2, 8, 64), (64, 4, 8, 128), (128, 1, 8, 64)]]
     return (tiles + rows + [dict(KIND="rows", BD=128, num_warps=1, R=8, CH=64, PF=False, FAST=False)]
             + streams)
 
