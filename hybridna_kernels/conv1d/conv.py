@@ -824,27 +824,23 @@ def _conv1d_bwd_streams_kernel(
 
 
 def _fwd_configs():
-    """Configs the benchmark sweeps (bench/bench_conv1d.py --sweep); tests run every one. KIND "tile":
-    (BT, BD) tiles with shifted re-reads; KIND "rows": the row-walking kernel (CH rows per program;
-    BD / (32 * num_warps) channels per thread; R rows loaded per step; PF: prefetch the next step;
-    FAST=False: the plain exp / division SiLU instead of the approximate PTX one)."""
-    tiles = [dict(KIND="tile", BT=32, BD=128, num_warps=4, SYNC=False)]
-    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=pf) for bd, nw, r, ch, pf in [
-        (256, 2, 8, 128, False), (256, 2, 4, 128, False), (128, 1, 8, 128, False), (256, 2, 8, 64, False),
-        (128, 2, 8, 128, False), (256, 2, 8, 128, True), (256, 2, 4, 128, True)]]
-    return tiles + rows + [dict(KIND="rows", BD=256, num_warps=2, R=8, CH=128, PF=False, FAST=False)]
+    """Configs the benchmark sweeps (bench/bench_conv1d.py --sweep); tests run every one. KIND "rows":
+    the row-walking kernel (CH rows per program; BD / (32 * num_warps) channels per thread; R rows
+    loaded per step; PF: prefetch the next step; FAST=False: the plain exp / division SiLU instead of
+    the approximate PTX one). The tile kernels (KIND "tile", the channel-first default) were swept in
+    earlier runs (bench/RESULTS.md)."""
+    return [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=pf, FAST=fast) for bd, nw, r, ch, pf, fast in [
+        (256, 2, 8, 128, False, True), (256, 2, 4, 128, False, True), (128, 2, 8, 128, False, True),
+        (256, 2, 8, 128, True, True), (256, 2, 8, 128, False, False)]]
 
 
 def _bwd_configs():
     """KIND "streams": NS chunks per program (one warp each), dweight / dbias summed in the program."""
-    tiles = [dict(KIND="tile", BT=8, BD=64, num_warps=4, SHARE=True, SCRATCH=True)]
-    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=pf) for bd, nw, r, ch, pf in [
-        (128, 1, 8, 64, False), (128, 2, 8, 128, False), (256, 2, 8, 64, False), (128, 1, 4, 64, False),
-        (128, 1, 8, 64, True)]]
+    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=False) for bd, nw, r, ch in [
+        (128, 1, 8, 64), (128, 2, 8, 128)]]
     streams = [dict(KIND="streams", BD=bd, num_warps=ns, NS=ns, R=r, CH=ch) for bd, ns, r, ch in [
-        (128, 4, 8, 64), (128, 4, 8, 128), (128, 2, 8, 64), (64, 4, 8, 128), (128, 1, 8, 64)]]
-    return (tiles + rows + [dict(KIND="rows", BD=128, num_warps=1, R=8, CH=64, PF=False, FAST=False)]
-            + streams)
+        (128, 4, 8, 64), (128, 4, 8, 128), (64, 4, 8, 128)]]
+    return rows + streams
 
 
 # Fixed configs instead of autotuning: first-call tuning would cost ~20 compiles per key, and the
