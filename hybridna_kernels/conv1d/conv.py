@@ -855,8 +855,11 @@ def _fwd_config(x, W):
         return FWD_CONFIG_OVERRIDE
     if x.stride(2) == 1 and x.shape[2] > 1:  # time-contiguous (channel-first): long rows along t
         return dict(KIND="tile", BT=128, BD=32, num_warps=4, SYNC=False)
-    # 4 channels per thread: ~80 registers at W4, ~130 at W8, no spills (Triton 3.6, sm_90)
-    return dict(KIND="rows", BD=256, num_warps=2, R=8, CH=128)
+    # H100 round-2 sweep (bench/RESULTS.md): 4 channels per thread at W <= 4 (0.2215 ms at B8 L8192,
+    # 0.909 of copy), 2 above (W8: 0.2326 ms vs 0.2393 with 4)
+    if W <= 4:
+        return dict(KIND="rows", BD=256, num_warps=2, R=8, CH=128)
+    return dict(KIND="rows", BD=128, num_warps=2, R=8, CH=128)
 
 
 def _bwd_config(x, W):
@@ -864,11 +867,9 @@ def _bwd_config(x, W):
         return BWD_CONFIG_OVERRIDE
     if x.stride(2) == 1 and x.shape[2] > 1:
         return dict(KIND="tile", BT=32, BD=16, num_warps=4, SHARE=True, SCRATCH=False)
-    # 4 channels per thread up to W4 (~135 registers), 2 above (W8 ~125 registers; 4 would take ~240).
-    # H100 sweep (bench/RESULTS.md): BD128 1 warp CH64 best at W4, BD128 2 warps at W8.
-    if W <= 4:
-        return dict(KIND="rows", BD=128, num_warps=1, R=8, CH=64)
-    return dict(KIND="rows", BD=128, num_warps=2, R=8, CH=128)
+    # H100 round-2 sweep (bench/RESULTS.md): 4 chunks of 128 rows per program, 2 channels per thread,
+    # best backward at W4 (0.3609 ms, 0.837 of copy) and W8 (0.4597 ms); ~80 / ~130 registers
+    return dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=128)
 
 
 def _rows_chunk(x, cfg) -> int:
@@ -886,10 +887,16 @@ def _rows_chunk(x, cfg) -> int:
 
 
 def _cpu_rows(x, cfg):
-    """Under the interpreter (CPU), wider channel blocks for the default row config: the cost is per
-    program and per row, hardly per element. The variant tests still run every GPU config as is."""
-    if x.device.type == "cpu" and cfg.get("KIND") == "rows":
+    """Under the interpreter (CPU), wider channel blocks for the default row / streams config: the cost
+    is per program and per row, hardly per element; and for streams no longer chunks or more streams
+    than the sequence fills (a streams program walks CH + W - 1 rows whatever L is). The variant tests
+    still run every GPU config as is."""
+    if x.device.type == "cpu" and cfg.get("KIND") in ("rows", "streams"):
         cfg = dict(cfg, BD=max(cfg["BD"], min(1024, _pow2(x.shape[1]))))
+        if cfg["KIND"] == "streams":
+            ch = min(cfg["CH"], cdiv(x.shape[2], cfg["R"]) * cfg["R"])
+            ns = min(cfg["NS"], _pow2(cdiv(x.shape[2], ch)))
+            cfg = dict(cfg, CH=ch, NS=ns, num_warps=ns)
     return cfg
 
 
