@@ -661,7 +661,24 @@ def _run(kind, grid, blocks, args, meta):
         conf = next(c for c in _configs(kind) if _keep(c, meta["BD"]))
         raw[grid(conf.kwargs)](*args, **meta, **conf.kwargs, num_warps=conf.num_warps, num_stages=conf.num_stages)
     else:
+        _tuned_launch(tuned, raw, kind, grid, args, meta, lambda c: c.kwargs)
+
+
+# fastlaunch: the autotuner's pick per key, so later calls skip the autotuner and launch the raw kernel
+_PICKS: dict = {}
+
+
+def _tuned_launch(tuned, raw, kind, grid, args, meta, blocks_of):
+    fast = VARIANT.get("fastlaunch")
+    key = (kind, args[0].dtype, tuple(sorted(meta.items()))) if fast else None
+    pick = _PICKS.get(key) if fast else None
+    if pick is None:
         tuned[grid](*args, **meta)
+        if fast:
+            c = tuned.best_config
+            _PICKS[key] = dict(blocks_of(c), num_warps=c.num_warps, num_stages=c.num_stages)
+    else:
+        _launch(raw, grid(pick), args, dict(meta, **pick))
 
 
 def _flags(q, k, causal, window, cu_seqlens, max_len):
