@@ -242,7 +242,7 @@ def _variant_error(seqlen=2048):
     return f"{errs['y'].item():.1e} / {worst} {errs[worst].item():.1e}"
 
 
-def sweep(batch=8, seqlen=8192, names=None):
+def sweep(batch=8, seqlen=8192, names=None, with_peer=True):
     """Time launch / precision variants (chunk.CFG_OVERRIDE) at one shape, forward and forward+backward,
     each first checked against the fp64 reference (y error / worst gradient error), and the peer."""
     import triton.testing
@@ -272,7 +272,7 @@ def sweep(batch=8, seqlen=8192, names=None):
         if not row[1].startswith("failed") and not err.startswith("failed"):
             fb[name] = float(row[1])
     chunk.CFG_OVERRIDE.clear()
-    if _peer_scan is not None:
+    if _peer_scan is not None and with_peer:  # last: its autotuning takes a while
         row = []
         for mode in ("fwd", "fwd_bwd"):
             t = make(batch, seqlen, requires_grad=mode != "fwd")
@@ -282,11 +282,11 @@ def sweep(batch=8, seqlen=8192, names=None):
     return fb
 
 
-def profile(batch=8, seqlen=8192, top=20):
+def profile(batch=8, seqlen=8192, top=20, providers=("hybridna", "mamba_ssm")):
     """Per-kernel CUDA time of one forward + backward, ours and the peer's (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
-    for prov in ("hybridna", "mamba_ssm"):
+    for prov in providers:
         if _skip_reason(prov, batch, seqlen, "fwd_bwd"):
             continue
         t = make(batch, seqlen, requires_grad=True)
@@ -316,13 +316,16 @@ if __name__ == "__main__":
         sys.exit(0)
     if "--sweep-only" in sys.argv:  # variants from SSD_VARIANTS (comma-separated; all when unset)
         sel = [v for v in os.environ.get("SSD_VARIANTS", "").split(",") if v]
-        fb = sweep(names=sel or None)
+        fb = sweep(names=sel or None, with_peer=False)
         best = os.environ.get("SSD_PROFILE") or (min(fb, key=fb.get) if fb else None)
         if best:  # per-kernel profile of one variant (default: the fastest fwd+bwd)
             from hybridna_kernels.ssd import chunk
             print(f"profile of variant '{best}'")
             chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[best])
-            profile(top=int(os.environ.get("SSD_PROFILE_TOP", "14")))
+            profile(top=int(os.environ.get("SSD_PROFILE_TOP", "14")),
+                    providers=("hybridna", "mamba_ssm") if os.environ.get("SSD_PROFILE_PEER") else ("hybridna",))
+        if os.environ.get("SSD_PEER", "1") == "1":  # the peer last (its autotuning takes a while)
+            sweep(names=["default"], with_peer=True)  # default again, next to the peer
         sys.exit(0)
     if "--sweep" in sys.argv:
         sweep()

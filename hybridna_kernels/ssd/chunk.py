@@ -278,6 +278,70 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
 
 
 @triton.jit
+def _state_fused_fwd_kernel(x_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, fin_ptr,
+                            T, H, G, nc, P, N,
+                            s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
+                            Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                            HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+    """chunk_state and state_pass in one kernel: one program per (batch, head, P x N block) walks the
+    chunks in order, keeping the running state h in registers: hin[c] = h, then
+    h <- exp(cs_last) h + sum_k exp(cs_last - cs_k) u_k x_k B_k^T. The fp32 local states are never
+    written or read back (the two-kernel path moves them through memory twice)."""
+    i_pn = tl.program_id(0)
+    i_h = tl.program_id(1).to(tl.int64)
+    i_b = tl.program_id(2).to(tl.int64)
+    i_g = i_h // (H // G)
+    nbn = tl.cdiv(N, BN)
+    o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
+    o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
+    m_p = o_p < P
+    m_n = o_n < N
+    m_s = m_p[:, None] & m_n[None, :]
+    PN = P * N
+    o_s = o_p[:, None] * N + o_n[None, :]
+    if HAS_INIT and not IS_VARLEN:
+        h = tl.load(init_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BP, BN], dtype=tl.float32)
+    p_x0 = x_ptr + i_b * s_x_b + i_h * s_x_h
+    p_B0 = B_ptr + i_b * s_B_b + i_g * s_B_g
+    for c in range(nc):
+        if IS_VARLEN:
+            ci = tl.load(cinit_ptr + c)
+            if ci != -2:
+                if HAS_INIT:
+                    k0 = tl.maximum(ci, 0).to(tl.int64)
+                    h = tl.load(init_ptr + (k0 * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0),
+                                other=0.0).to(tl.float32)
+                else:
+                    h = tl.zeros([BP, BN], dtype=tl.float32)
+        tl.store(hin_ptr + ((i_b * nc + c) * H + i_h) * PN + o_s, h.to(hin_ptr.dtype.element_ty), mask=m_s)
+        o_uc = ((i_b * H + i_h) * nc + c) * Q
+        hl = tl.load(csh_ptr + o_uc + Q - 1)
+        ll = tl.load(csl_ptr + o_uc + Q - 1)
+        nv = tl.minimum(T - c * Q, Q)
+        p_x = p_x0 + c * Q * s_x_t
+        p_B = p_B0 + c * Q * s_B_t
+        acc = tl.zeros([BP, BN], dtype=tl.float32)
+        for k in range(0, Q, BK):
+            o_k = k + tl.arange(0, BK)
+            m_k = o_k < nv
+            xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+            bb = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
+            d = (hl - tl.load(csh_ptr + o_uc + o_k)) + (ll - tl.load(csl_ptr + o_uc + o_k))
+            w = tl.exp(tl.minimum(d, 0.0)) * tl.load(u_ptr + o_uc + o_k)
+            xw = (xT.to(tl.float32) * w[None, :]).to(bb.dtype)
+            acc += tl.dot(xw, bb, input_precision=DOT_PREC)
+        h = tl.exp(tl.minimum(hl + ll, 0.0)) * h + acc
+        if IS_VARLEN:
+            cf = tl.load(cfin_ptr + c)
+            k2 = tl.maximum(cf, 0).to(tl.int64)
+            tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
+    if not IS_VARLEN:
+        tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
+
+
+@triton.jit
 def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr,
                            ypre_ptr,
                            T, H, G, nc, P, N,
@@ -751,6 +815,10 @@ SWEEP_CONFIGS = {
     "hfirst cb16 hin16 nomask": {"hfirst": True, "cb16": True, "hin16": True, "cb_mask": False},
     "hfirst cb16 cbb16 nomask": {"hfirst": True, "cb16": True, "cbb16": True, "cb_mask": False},
     "hfirst cb16 nomask bwd4": {"hfirst": True, "cb16": True, "cb_mask": False, "warps": 4},
+    "fused": {"fused_state": True},
+    "fused w4": {"fused_state": True, "warps_fused": 4},
+    "fused st3": {"fused_state": True, "stages_fused": 3},
+    "hfirst cb16 nomask fused": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True},
 }
 
 
@@ -794,6 +862,8 @@ def _cfg(Q, P, N, dtype):
         "hfirst": False,
         # the backward's recomputed CB (read by dx) in bf16 for bf16 inputs
         "cbb16": False,
+        # forward chunk states and state passing in one sequential-over-chunks kernel (no fp32 states buffer)
+        "fused_state": False, "warps_fused": 8, "stages_fused": 2,  # 4 warps spill (sm_90 offline)
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -842,12 +912,6 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
         Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
-    states = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
-    BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-    _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
-        x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
-        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
-        num_warps=cfg["warps_state"], num_stages=cfg["stages"])
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
@@ -855,13 +919,33 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
                     device=dev)
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
-    PN = P * N
-    BS = min(cfg["BS"], triton.next_power_of_2(PN))
-    _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
-        states, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
-        tables.cfin if varlen else dummy, hin, final, H, nc, PN,
-        Q=Q, BS=BS, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
-    del states
+    if cfg["fused_state"]:
+        BPf, BNf = min(cfg["BP"], 64), min(cfg["BN"], 128)
+        while b * H * triton.cdiv(P, BPf) * triton.cdiv(N, BNf) < 264 and BNf > 32:  # keep the SMs busy
+            if BPf > 32:
+                BPf //= 2
+            else:
+                BNf //= 2
+        _state_fused_fwd_kernel[(triton.cdiv(P, BPf) * triton.cdiv(N, BNf), H, b)](
+            x, B, u, csh, csl, init if init is not None else dummy, tables.cinit if varlen else dummy,
+            tables.cfin if varlen else dummy, hin, final, T, H, G, nc, P, N,
+            *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
+            Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
+            num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
+    else:
+        states = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
+        _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
+            x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
+            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
+            num_warps=cfg["warps_state"], num_stages=cfg["stages"])
+        PN = P * N
+        BS = min(cfg["BS"], triton.next_power_of_2(PN))
+        _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
+            states, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
+            tables.cfin if varlen else dummy, hin, final, H, nc, PN,
+            Q=Q, BS=BS, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+        del states
     y = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
     ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
     BPc = cfg["BP_SCAN"]
