@@ -369,7 +369,7 @@ def test_kernel_matches_reference(shape, opt, dtype):
 
 
 @pytest.mark.parametrize("variant", ["scan BM128 w8", "scan BK32", "state BN64 w4", "dbc BM32 w4", "dbc BM128 w8",
-                                     "cs64", "hfirst nomask", "fused"])
+                                     "cs64", "hfirst nomask", "fused2"])
 def test_kernel_sweep_configs(variant):
     """Every launch config the benchmark sweep may pick gives the same (correct) results: correctness
     never depends on a tuning choice. (Warps / stages do not change the interpreter's results.)"""
@@ -383,7 +383,7 @@ def test_kernel_sweep_configs(variant):
 
 
 BF16_VARIANTS = ["cb16", "hfirst cb16 hin16 nomask", "hfirst cb16 cbb16 nomask", "cs64", "nomask",
-                 "hfirst cb16 nomask fused"]
+                 "hfirst cb16 nomask fused2"]
 
 
 @pytest.mark.gpu

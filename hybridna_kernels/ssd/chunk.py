@@ -497,6 +497,77 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
 
 
 @triton.jit
+def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_ptr, cfin_ptr, ds_ptr,
+                            dinit_ptr, ddal_ptr,
+                            T, H, G, nc, P, N,
+                            s_dy_b, s_dy_t, s_dy_h, s_C_b, s_C_t, s_C_g,
+                            Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                            HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr,
+                            DOT_PREC: tl.constexpr):
+    """Reverse chunk_state and reverse state passing in one kernel: one program per (batch, head,
+    P x N block) walks the chunks backwards with g = the gradient of the state after chunk c:
+    ds[c] = g, d cs_last partial <g, h_out>, then g <- sum_i exp(cs_i) dy_i C_i^T + exp(cs_last) g.
+    The dy-side local states never go through memory."""
+    i_pn = tl.program_id(0)
+    i_h = tl.program_id(1).to(tl.int64)
+    i_b = tl.program_id(2).to(tl.int64)
+    nbs = tl.num_programs(0)
+    i_g = i_h // (H // G)
+    nbn = tl.cdiv(N, BN)
+    o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
+    o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
+    m_p = o_p < P
+    m_n = o_n < N
+    m_s = m_p[:, None] & m_n[None, :]
+    PN = P * N
+    o_s = o_p[:, None] * N + o_n[None, :]
+    g = tl.zeros([BP, BN], dtype=tl.float32)
+    if HAS_DFIN and not IS_VARLEN:
+        g = tl.load(dfin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    hout = tl.load(fin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    p_dy0 = dy_ptr + i_b * s_dy_b + i_h * s_dy_h
+    p_C0 = C_ptr + i_b * s_C_b + i_g * s_C_g
+    for cc in range(nc):
+        c = nc - 1 - cc
+        if IS_VARLEN:
+            cf = tl.load(cfin_ptr + c)
+            k = tl.maximum(cf, 0).to(tl.int64)
+            if cf != -1:  # a segment ends here: its end state is final (cf >= 0) or discarded
+                if HAS_DFIN:
+                    g = tl.load(dfin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
+                                other=0.0).to(tl.float32)
+                else:
+                    g = tl.zeros([BP, BN], dtype=tl.float32)
+                hout = tl.load(fin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
+                               other=0.0).to(tl.float32)
+        tl.store(ddal_ptr + ((i_b * H + i_h) * nc + c) * nbs + i_pn, tl.sum(tl.sum(g * hout, axis=1), axis=0))
+        o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
+        tl.store(ds_ptr + o_st, g, mask=m_s)
+        hout = tl.load(hin_ptr + o_st, mask=m_s, other=0.0).to(tl.float32)  # h_out of chunk c - 1
+        o_uc = ((i_b * H + i_h) * nc + c) * Q
+        nv = tl.minimum(T - c * Q, Q)
+        p_dy = p_dy0 + c * Q * s_dy_t
+        p_C = p_C0 + c * Q * s_C_t
+        acc = tl.zeros([BP, BN], dtype=tl.float32)
+        for kk in range(0, Q, BK):
+            o_k = kk + tl.arange(0, BK)
+            m_k = o_k < nv
+            dyT = tl.load(p_dy + (o_k[None, :] * s_dy_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+            cc_ = tl.load(p_C + (o_k[:, None] * s_C_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
+            w = tl.exp(tl.minimum(tl.load(csh_ptr + o_uc + o_k), 0.0))
+            xw = (dyT.to(tl.float32) * w[None, :]).to(cc_.dtype)
+            acc += tl.dot(xw, cc_, input_precision=DOT_PREC)
+        g = acc + tl.exp(tl.minimum(tl.load(csh_ptr + o_uc + Q - 1), 0.0)) * g
+        if IS_VARLEN:
+            ci = tl.load(cinit_ptr + c)
+            if HAS_INIT:
+                k0 = tl.maximum(ci, 0).to(tl.int64)
+                tl.store(dinit_ptr + (k0 * H + i_h) * PN + o_s, g, mask=m_s & ((o_s * 0 + ci) >= 0))
+    if HAS_INIT and not IS_VARLEN:
+        tl.store(dinit_ptr + (i_b * H + i_h) * PN + o_s, g, mask=m_s)
+
+
+@triton.jit
 def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
                         dx_ptr, du_ptr, dcs_ptr, rowt_ptr, dD_ptr,
                         T, H, G, nc, P, N,
@@ -819,6 +890,10 @@ SWEEP_CONFIGS = {
     "fused w4": {"fused_state": True, "warps_fused": 4},
     "fused st3": {"fused_state": True, "stages_fused": 3},
     "hfirst cb16 nomask fused": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True},
+    "fused2": {"fused_state": True, "fused_state_bwd": True},
+    "fused2 bwdN128": {"fused_state": True, "fused_state_bwd": True, "BN_FUSED_BWD": 128},
+    "hfirst cb16 nomask fused2": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True,
+                                  "fused_state_bwd": True},
 }
 
 
@@ -862,14 +937,28 @@ def _cfg(Q, P, N, dtype):
         "hfirst": False,
         # the backward's recomputed CB (read by dx) in bf16 for bf16 inputs
         "cbb16": False,
-        # forward chunk states and state passing in one sequential-over-chunks kernel (no fp32 states buffer)
-        "fused_state": False, "warps_fused": 8, "stages_fused": 2,  # 4 warps spill (sm_90 offline)
+        # chunk states and state passing in one sequential-over-chunks kernel (no fp32 local-states buffer),
+        # forward / backward; 8 warps (4 spill in the sm_90 offline compile)
+        "fused_state": False, "fused_state_bwd": False, "warps_fused": 8, "stages_fused": 2,
+        "BN_FUSED_BWD": 64,  # 64 x 128 blocks spill 128 B in the backward (g, h_out and the product live)
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
             v = min(v, Q)
         cfg[k] = v
     return cfg
+
+
+def _fused_blocks(b, H, P, N, cfg, bn_max=128):
+    """P x N block of the fused state kernels: one program per (batch, head, block) runs through all
+    chunks, so smaller blocks when batch x heads alone would leave SMs idle."""
+    BPf, BNf = min(cfg["BP"], 64), min(cfg["BN"], bn_max)
+    while b * H * triton.cdiv(P, BPf) * triton.cdiv(N, BNf) < 264 and BNf > 32:
+        if BPf > 32:
+            BPf //= 2
+        else:
+            BNf //= 2
+    return BPf, BNf
 
 
 def _strides3(t):
@@ -920,12 +1009,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
     if cfg["fused_state"]:
-        BPf, BNf = min(cfg["BP"], 64), min(cfg["BN"], 128)
-        while b * H * triton.cdiv(P, BPf) * triton.cdiv(N, BNf) < 264 and BNf > 32:  # keep the SMs busy
-            if BPf > 32:
-                BPf //= 2
-            else:
-                BNf //= 2
+        BPf, BNf = _fused_blocks(b, H, P, N, cfg)
         _state_fused_fwd_kernel[(triton.cdiv(P, BPf) * triton.cdiv(N, BNf), H, b)](
             x, B, u, csh, csl, init if init is not None else dummy, tables.cinit if varlen else dummy,
             tables.cfin if varlen else dummy, hin, final, T, H, G, nc, P, N,
@@ -1004,25 +1088,38 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         dy = dy.to(x.dtype)
 
     # dy-side local states, then the reverse state pass (in place: ldh becomes dS, the gradient of
-    # each chunk's end state)
-    ldh = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
-    BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-    _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
-        dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
-        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
-        num_warps=cfg["warps_state"], num_stages=cfg["stages"])
-    PN = P * N
-    BS = min(cfg["BS"], triton.next_power_of_2(PN))
-    nbs = triton.cdiv(PN, BS)
-    ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
+    # each chunk's end state); or both in one reverse-over-chunks kernel (fused_state_bwd)
     dinit = None
     if init is not None:
         dinit = (torch.zeros if varlen else new_empty)(init.shape, dtype=f32, device=dev)
-    _state_pass_bwd_kernel[(b, H, nbs)](
-        ldh, cs, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
-        tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
-        Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
-    ds = ldh
+    if cfg["fused_state_bwd"]:
+        BPf, BNf = _fused_blocks(b, H, P, N, cfg, cfg["BN_FUSED_BWD"])
+        nbs = triton.cdiv(P, BPf) * triton.cdiv(N, BNf)
+        ds = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+        ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
+        _state_fused_bwd_kernel[(nbs, H, b)](
+            dy, C, csh, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
+            tables.cfin if varlen else u, ds, dinit if dinit is not None else u, ddal,
+            T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
+            Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_DFIN=dfinal is not None, HAS_INIT=init is not None,
+            IS_VARLEN=varlen, DOT_PREC=cfg["prec"], num_warps=cfg["warps_fused"],
+            num_stages=cfg["stages_fused"])
+    else:
+        ldh = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
+        _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
+            dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
+            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
+            num_warps=cfg["warps_state"], num_stages=cfg["stages"])
+        PN = P * N
+        BS = min(cfg["BS"], triton.next_power_of_2(PN))
+        nbs = triton.cdiv(PN, BS)
+        ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
+        _state_pass_bwd_kernel[(b, H, nbs)](
+            ldh, cs, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
+            tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
+            Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+        ds = ldh
     ddal = ddal.sum(-1)
 
     dx = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
