@@ -8,7 +8,7 @@ timeout 55 python3 -m pytest tests/test_ssd.py -n 8 -v -rf -p no:cacheprovider -
 echo "tests: $(grep -c ' PASSED ' $OUT/ssd_tests.txt) passed, $(grep -c ' FAILED ' $OUT/ssd_tests.txt) failed, $(grep -c ' SKIPPED ' $OUT/ssd_tests.txt) skipped; $(tail -1 $OUT/ssd_tests.txt)"
 grep -E " FAILED |^E  .*(mismatch|rel|Error)" $OUT/ssd_tests.txt | cut -c1-200 | head -14
 date -u +%T
-SSD_VARIANTS="default,hfirst nomask,hfirst cb16 nomask,hfirst cb16 nomask fused,hfirst cb16 nomask fused2,fused,fused2,hfirst cb16 nomask bwd4,cs64,hfirst cb16 hin16 nomask,hfirst cb16 cbb16 nomask" \
+SSD_VARIANTS="default,hfirst nomask,hfirst cb16 nomask,hfirst cb16 nomask fused,hfirst cb16 nomask fused2,hfirst cb16 nomask fused2 sb2,hfirst cb16 nomask fused2 sb3,fused2,hfirst cb16 nomask bwd4,cs64,hfirst cb16 hin16 nomask,hfirst cb16 cbb16 nomask" \
 PYTHONPATH=$PYTHONPATH:$PWD/.peers timeout 90 python3 bench/bench_ssd.py --sweep-only > $OUT/ssd_bench.txt 2>&1
 echo "rc=$?" >> $OUT/ssd_bench.txt
 grep -v "^\s*$" $OUT/ssd_bench.txt | grep -v -i "warn" | tail -50 | cut -c1-200

@@ -383,7 +383,7 @@ def test_kernel_sweep_configs(variant):
 
 
 BF16_VARIANTS = ["cb16", "hfirst cb16 hin16 nomask", "hfirst cb16 cbb16 nomask", "cs64", "nomask",
-                 "hfirst cb16 nomask fused2"]
+                 "hfirst cb16 nomask fused2", "hfirst cb16 nomask fused2 sb2", "hfirst cb16 nomask fused2 sb3"]
 
 
 @pytest.mark.gpu

@@ -112,6 +112,19 @@ def _grid(b_nc, H, nblk, hfirst):
     return (H, nblk, b_nc) if (hfirst and b_nc <= 65535) else (b_nc, H, nblk)
 
 
+@triton.jit
+def _dot_split_bf16(a, b, TERMS: tl.constexpr):
+    """a @ b for a bf16 `a` and an fp32 `b` split into TERMS bf16 pieces (8 bits each: 2 -> ~16 bits,
+    3 -> ~24 bits), TERMS bf16 products (a tf32 product costs two bf16 ones on the tensor cores)."""
+    b1 = b.to(tl.bfloat16)
+    r = b - b1.to(tl.float32)
+    b2 = r.to(tl.bfloat16)
+    acc = tl.dot(a, b1) + tl.dot(a, b2)
+    if TERMS == 3:
+        acc += tl.dot(a, (r - b2.to(tl.float32)).to(tl.bfloat16))
+    return acc
+
+
 # ------------------------------------------------------------------------------------------------
 # forward kernels
 
@@ -577,7 +590,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
                         HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
                         CS64: tl.constexpr,
                         CB_MASK: tl.constexpr,
-                        MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr):
+                        MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr):
     """Rows j (one block) of one chunk and head:
     Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
     du_j = x_j . Z_j. The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once
@@ -617,7 +630,9 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
         dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         # dS in (nearly) full fp32: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many
         # tokens), and so does a plain tf32 product on the GPU
-        if SPLIT_F32:
+        if STATE_BF16 > 0:  # bf16 B: dS as STATE_BF16 bf16 pieces
+            acc += _dot_split_bf16(b, dsT, STATE_BF16)
+        elif SPLIT_F32:
             acc += _dot_exact_f32(b.to(tl.float32), dsT)
         else:
             acc += tl.dot(b, dsT, input_precision="ieee")
@@ -892,6 +907,10 @@ SWEEP_CONFIGS = {
     "hfirst cb16 nomask fused": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True},
     "fused2": {"fused_state": True, "fused_state_bwd": True},
     "fused2 bwdN128": {"fused_state": True, "fused_state_bwd": True, "BN_FUSED_BWD": 128},
+    "hfirst cb16 nomask fused2 sb2": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True,
+                                      "fused_state_bwd": True, "state_bf16": 2},
+    "hfirst cb16 nomask fused2 sb3": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True,
+                                      "fused_state_bwd": True, "state_bf16": 3},
     "hfirst cb16 nomask fused2": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True,
                                   "fused_state_bwd": True},
 }
@@ -940,7 +959,9 @@ def _cfg(Q, P, N, dtype):
         # chunk states and state passing in one sequential-over-chunks kernel (no fp32 local-states buffer),
         # forward / backward; 8 warps (4 spill in the sm_90 offline compile)
         "fused_state": False, "fused_state_bwd": False, "warps_fused": 8, "stages_fused": 2,
-        "BN_FUSED_BWD": 64,  # 64 x 128 blocks spill 128 B in the backward (g, h_out and the product live)
+        "BN_FUSED_BWD": 64,
+        # dx's state term with bf16 B: dS split into this many bf16 pieces (0: two tf32 products)
+        "state_bf16": 0,  # 64 x 128 blocks spill 128 B in the backward (g, h_out and the product live)
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1137,6 +1158,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
         CB_MASK=cfg["cb_mask"],
         MIXED_T=dy.dtype == f32 and x.dtype != f32, SPLIT_F32=x.dtype != f32,
+        STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0,
         num_warps=cfg["warps"], num_stages=cfg["stages"])
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
