@@ -690,12 +690,16 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
-                         CS64: tl.constexpr):
+                         CS64: tl.constexpr, MFIRST: tl.constexpr):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head."""
-    i_bc = tl.program_id(0).to(tl.int64)
+    if MFIRST:  # grid (tiles, G, b * nc): the tiles of a chunk share its x / dy rows in L2
+        i_bc = tl.program_id(2).to(tl.int64)
+        i_mn = tl.program_id(0)
+    else:
+        i_bc = tl.program_id(0).to(tl.int64)
+        i_mn = tl.program_id(2)
     i_g = tl.program_id(1).to(tl.int64)
-    i_mn = tl.program_id(2)
     nb = Q // BM
     i_m = i_mn // nb
     i_n = i_mn % nb
@@ -737,15 +741,19 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
                          r_ptr, T, H, G, nc, P, N,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g, s_d_b, s_d_t, s_d_g,
                          Q: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                         IS_DB: tl.constexpr, DOT_PREC: tl.constexpr):
+                         IS_DB: tl.constexpr, MFIRST: tl.constexpr, DOT_PREC: tl.constexpr):
     """Rows m of one chunk and group:
       dC (IS_DB false): dC_m = sum_{j<=m} dCB_mj B_j + sum_h e^{cs_m} dy_m hin_h
       dB (IS_DB true):  dB_m = sum_{i>=m} dCB_im C_i + sum_h e^{cs_last - cs_m} u_m x_m dS_h
     The dC pass also writes, per head, R_m = e^{cs_m} dy_m . (hin C_m), the decay gradient of the
     output-from-state term."""
-    i_bc = tl.program_id(0).to(tl.int64)
+    if MFIRST:  # grid (row blocks, G, b * nc): the row blocks of a chunk share its per-head state tiles in L2
+        i_bc = tl.program_id(2).to(tl.int64)
+        i_m = tl.program_id(0)
+    else:
+        i_bc = tl.program_id(0).to(tl.int64)
+        i_m = tl.program_id(2)
     i_g = tl.program_id(1).to(tl.int64)
-    i_m = tl.program_id(2)
     i_b = i_bc // nc
     i_c = i_bc % nc
     hpg = H // G
@@ -952,7 +960,8 @@ def _cfg(Q, P, N, dtype):
         "cb_mask": True,
         # hin (states entering each chunk, also saved for the backward) in bf16 for bf16 inputs
         "hin16": False,
-        # grid order: heads fastest, chunk slowest (L2 reuse of the chunk's CB / B / C across heads)
+        # grid order: heads / row blocks fastest, chunk slowest (L2 reuse of a chunk's CB, B, C, states
+        # across heads and row blocks): chunk_state, scan, dx, dCB, dB / dC
         "hfirst": False,
         # the backward's recomputed CB (read by dx) in bf16 for bf16 inputs
         "cbb16": False,
@@ -1162,19 +1171,21 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         num_warps=cfg["warps"], num_stages=cfg["stages"])
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
-    _scan_bwd_dcb_kernel[(b * nc, G, NB * NB)](
+    mfirst = cfg["hfirst"] and b * nc <= 65535
+    _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
         x, dy, u, cs, csh, csl, dcb, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
-        Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], num_warps=cfg["warps"],
+        Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, num_warps=cfg["warps"],
         num_stages=cfg["stages"])
     dB = new_empty(B.shape, dtype=B.dtype, device=dev)
     dC = new_empty(C.shape, dtype=C.dtype, device=dev)
     BMd = cfg["BM_DBC"]
     for is_db, out in ((True, dB), (False, dC)):
-        _scan_bwd_dbc_kernel[(b * nc, G, Q // BMd)](
+        mfirst = cfg["hfirst"] and b * nc <= 65535
+        _scan_bwd_dbc_kernel[(Q // BMd, G, b * nc) if mfirst else (b * nc, G, Q // BMd)](
             x, dy, B, C, u, cs, hin, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
-            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, DOT_PREC=cfg["prec"],
+            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=mfirst, DOT_PREC=cfg["prec"],
             num_warps=cfg["warps_dbc"], num_stages=cfg["stages"])
 
     ddt = new_empty(dt.shape, dtype=dt.dtype, device=dev)
