@@ -369,7 +369,7 @@ def test_kernel_matches_reference(shape, opt, dtype):
 
 
 @pytest.mark.parametrize("variant", ["scan BM128 w8", "scan BK32", "state BN64 w4", "dbc BM32 w4", "dbc BM128 w8",
-                                     "cs64", "hfirst nomask", "fused2"])
+                                     "cs64", "old default", "fused2"])
 def test_kernel_sweep_configs(variant):
     """Every launch config the benchmark sweep may pick gives the same (correct) results: correctness
     never depends on a tuning choice. (Warps / stages do not change the interpreter's results.)"""
@@ -382,23 +382,30 @@ def test_kernel_sweep_configs(variant):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["cb16", "hfirst cb16 hin16 nomask", "hfirst cb16 cbb16 nomask", "cs64", "nomask",
-                 "hfirst cb16 nomask fused2", "hfirst cb16 nomask fused2 sb2", "hfirst cb16 nomask fused2 sb3"]
+BF16_VARIANTS = ["default", "old default", "fused2", "sb2", "sb3", "rtf32", "hin16", "cbb16"]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", BF16_VARIANTS)
 def test_kernel_sweep_configs_bf16_gpu(variant):
-    """The precision variants (bf16 CB / hin, fp64 decay tiles, unmasked CB loads) at the tolerances of
-    the defaults, in bf16 where they differ from fp32, packed sequences included."""
+    """The benchmark's variants (precision and launch choices) at the tolerances of the defaults, in
+    bf16 where the precision choices differ from fp32, packed sequences included, at the first
+    full GPU shape."""
     from hybridna_kernels.ssd import chunk
 
     chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
     try:
         for opt in ("all", "all-cuseq"):
-            check_kernel_vs_reference((1, 600, 8, 64, 1, 128, 256), opt, torch.bfloat16, seed=3)
+            check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
     finally:
         chunk.CFG_OVERRIDE.clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["all", "all-cuseq"])
+def test_kernel_bf16_single_sequence_partial_chunk_gpu(opt):
+    """One sequence of 600 tokens (last chunk partial) at the benchmark's head and state sizes, bf16."""
+    check_kernel_vs_reference((1, 600, 8, 64, 1, 128, 256), opt, torch.bfloat16, seed=3)
 
 
 def test_kernel_strided_inputs():

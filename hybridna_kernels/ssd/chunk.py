@@ -741,7 +741,7 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
                          r_ptr, T, H, G, nc, P, N,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g, s_d_b, s_d_t, s_d_g,
                          Q: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                         IS_DB: tl.constexpr, MFIRST: tl.constexpr, DOT_PREC: tl.constexpr):
+                         IS_DB: tl.constexpr, MFIRST: tl.constexpr, R_TF32: tl.constexpr, DOT_PREC: tl.constexpr):
     """Rows m of one chunk and group:
       dC (IS_DB false): dC_m = sum_{j<=m} dCB_mj B_j + sum_h e^{cs_m} dy_m hin_h
       dB (IS_DB true):  dB_m = sum_{i>=m} dCB_im C_i + sum_h e^{cs_last - cs_m} u_m x_m dS_h
@@ -796,7 +796,10 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
             acc += tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
         else:
             own *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
-            acc_h = tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
+            if R_TF32:
+                acc_h = tl.dot(own, st.to(tl.float32), input_precision="tf32")
+            else:
+                acc_h = tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
             tl.store(r_ptr + o_uc + o_m, tl.sum(acc_h * c_m, axis=1))
             acc += acc_h
     p_dcb = dcb_ptr + (i_bc * G + i_g) * Q * Q
@@ -886,41 +889,25 @@ CFG_OVERRIDE: dict = {}
 # The variants bench_ssd.py --sweep times; tests/test_ssd.py checks every one of them for correctness.
 SWEEP_CONFIGS = {
     "default": {},
-    "scan w8": {"warps_scan": 8},
-    "scan BM128 w8": {"BM_SCAN": 128, "warps_scan": 8},
-    "scan BK32": {"BK_SCAN": 32},
-    "stages3": {"stages": 3},
-    "state BN64 w4": {"BN_STATE": 64, "warps_state": 4},
-    "bwd warps4": {"warps": 4},
-    "dbc BM32 w4": {"BM_DBC": 32, "warps_dbc": 4},
-    "dbc BM128 w8": {"BM_DBC": 128},
-    "cs64": {"cs64": True},
-    "cb16": {"cb16": True},
-    "cb16 scan w8": {"cb16": True, "warps_scan": 8},
-    "cb16 BK32 bwd w4": {"cb16": True, "BK_SCAN": 32, "warps": 4},
-    "cb16 BK32 w4 st3": {"cb16": True, "BK_SCAN": 32, "warps": 4, "stages": 3},
-    "nomask": {"cb_mask": False},
-    "cb16 nomask": {"cb16": True, "cb_mask": False},
-    "cb16 hin16 nomask": {"cb16": True, "hin16": True, "cb_mask": False},
-    "cb16 hin16 nomask w8": {"cb16": True, "hin16": True, "cb_mask": False, "warps_scan": 8},
-    "hfirst": {"hfirst": True},
-    "hfirst nomask": {"hfirst": True, "cb_mask": False},
-    "hfirst cb16 nomask": {"hfirst": True, "cb16": True, "cb_mask": False},
-    "hfirst cb16 hin16 nomask": {"hfirst": True, "cb16": True, "hin16": True, "cb_mask": False},
-    "hfirst cb16 cbb16 nomask": {"hfirst": True, "cb16": True, "cbb16": True, "cb_mask": False},
-    "hfirst cb16 nomask bwd4": {"hfirst": True, "cb16": True, "cb_mask": False, "warps": 4},
+    "old default": {"hfirst": False, "cb_mask": True, "cb16": False, "warps": 8},
     "fused": {"fused_state": True},
-    "fused w4": {"fused_state": True, "warps_fused": 4},
-    "fused st3": {"fused_state": True, "stages_fused": 3},
-    "hfirst cb16 nomask fused": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True},
     "fused2": {"fused_state": True, "fused_state_bwd": True},
     "fused2 bwdN128": {"fused_state": True, "fused_state_bwd": True, "BN_FUSED_BWD": 128},
-    "hfirst cb16 nomask fused2 sb2": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True,
-                                      "fused_state_bwd": True, "state_bf16": 2},
-    "hfirst cb16 nomask fused2 sb3": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True,
-                                      "fused_state_bwd": True, "state_bf16": 3},
-    "hfirst cb16 nomask fused2": {"hfirst": True, "cb16": True, "cb_mask": False, "fused_state": True,
-                                  "fused_state_bwd": True},
+    "fused2 w4": {"fused_state": True, "fused_state_bwd": True, "warps_fused": 4},
+    "sb2": {"state_bf16": 2},
+    "sb3": {"state_bf16": 3},
+    "rtf32": {"r_prec": "tf32"},
+    "stages3": {"stages": 3},
+    "hin16": {"hin16": True},
+    "cbb16": {"cbb16": True},
+    "cs64": {"cs64": True},
+    "scan w8": {"warps_scan": 8},
+    "scan BK32": {"BK_SCAN": 32},
+    "scan BM128 w8": {"BM_SCAN": 128, "warps_scan": 8},
+    "state BN64 w4": {"BN_STATE": 64, "warps_state": 4},
+    "dbc BM32 w4": {"BM_DBC": 32, "warps_dbc": 4},
+    "dbc BM128 w8": {"BM_DBC": 128},
+    "fused2 sb3 stages3": {"fused_state": True, "fused_state_bwd": True, "state_bf16": 3, "stages": 3},
 }
 
 
@@ -932,10 +919,11 @@ def _cfg(Q, P, N, dtype):
     blk = min(64, Q)
     cfg = {
         "BP": BP, "BN": BN, "BM": blk, "BK": blk,
-        # Scan: 4 warps, the setting of the one measured-fast run (a0a5de0, H100: 0.86 ms at B8 T8192
-        # with 448 B of spills). 8 warps (adb4283) removed the spills but holds 254 registers x 256
-        # threads, one CTA per SM, and the next run measured the kernel at 2.24 ms; now (sm_90 offline
-        # compile, triton 3.9) 4 warps spill 232 B. Not re-timed: bench_ssd --sweep "scan w8" compares.
+        # Measured on an H100 (bf16, B8 T8192 H32 P64 N128 Q256, 2026-11-25 12:07 UTC; fwd / fwd+bwd ms):
+        # old defaults 2.390 / 9.551 with fp64 decay tiles, 1.999 / 8.873 with the fp32 hi/lo ones;
+        # + unmasked CB loads 1.753 / 8.273; + heads-fastest grid order 1.420 / 7.587; + bf16 forward CB
+        # 1.304 / 7.445; + 4 warps for dx / dCB 1.303 / 6.084 (those four are the defaults below).
+        # Scan: 4 warps (8 warps measured slower at a0a5de0 / adb4283 despite no spills).
         "BM_SCAN": blk, "BK_SCAN": blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
         "BP_STATE": min(BP, 64),
@@ -945,32 +933,35 @@ def _cfg(Q, P, N, dtype):
         # headdim 128 / dstate 256 rows: smaller row blocks, or ptxas spills (sm_90, checked offline)
         "BM_DBC": min(blk, 16 if (BN > 128 and BP >= 128) else 32 if (BN > 128 or BP >= 128) else 64),
         "warps_dbc": 8 if BN >= 128 else 4,
-        # dx / dCB: 8 warps at 64 x 64 tiles. dx spills 576 B at 4 warps, 200 B at 8 (offline sm_90
-        # compile); its only timing (4.09 ms, 8 warps) is of this kernel, the earlier 2.34 ms of a
-        # different decomposition, so no measured reason to change it; the sweep's "bwd warps4" times 4.
-        "warps": 8 if blk * BP >= 4096 else 4,
+        # dx / dCB: 4 warps at headdim <= 64 (fwd+bwd 7.445 -> 6.084 ms against 8 warps, although the
+        # offline sm_90 compile shows dx spilling ~350 B at 4 warps and none at 8); 8 at headdim 128.
+        "warps": 4 if BP <= 64 else 8,
         "stages": 2,
         "prec": "ieee" if dtype == torch.float32 else "tf32",
-        # decay tiles exp(cs_i - cs_j): fp32 hi/lo split of the fp64 cumsum (False) or fp64 tile math
+        # decay tiles exp(cs_i - cs_j): fp32 hi/lo planes of the fp64 cumsum (False) or fp64 tile math
         "cs64": False,
-        # forward CB buffer in bf16 for bf16 inputs (half the CB traffic of the scan; fp16 keeps fp32)
-        "cb16": False,
-        # masked CB loads in the scan / dx kernels (the upper blocks are never written; a tl.where drops
-        # them either way, so False only saves the per-element predicates)
-        "cb_mask": True,
+        # forward CB buffer in bf16 for bf16 inputs (bf16 has fp32's range; fp16 keeps fp32 CB)
+        "cb16": True,
+        # masked CB loads in the scan / dx kernels. The upper blocks are never written and a tl.where
+        # drops them (NaN included) either way, so False only saves the per-element predicates.
+        "cb_mask": False,
         # hin (states entering each chunk, also saved for the backward) in bf16 for bf16 inputs
         "hin16": False,
         # grid order: heads / row blocks fastest, chunk slowest (L2 reuse of a chunk's CB, B, C, states
         # across heads and row blocks): chunk_state, scan, dx, dCB, dB / dC
-        "hfirst": False,
+        "hfirst": True,
         # the backward's recomputed CB (read by dx) in bf16 for bf16 inputs
         "cbb16": False,
-        # chunk states and state passing in one sequential-over-chunks kernel (no fp32 local-states buffer),
-        # forward / backward; 8 warps (4 spill in the sm_90 offline compile)
+        # chunk states and state passing in one sequential-over-chunks kernel (no fp32 local-states
+        # buffer), forward / backward; 8 warps (4 spill in the sm_90 offline compile); backward blocks
+        # 64 x 64 (64 x 128 spills 128 B: g, h_out and the product are live together)
         "fused_state": False, "fused_state_bwd": False, "warps_fused": 8, "stages_fused": 2,
         "BN_FUSED_BWD": 64,
         # dx's state term with bf16 B: dS split into this many bf16 pieces (0: two tf32 products)
-        "state_bf16": 0,  # 64 x 128 blocks spill 128 B in the backward (g, h_out and the product live)
+        "state_bf16": 0,
+        # precision of the dC pass's per-head product e^{cs} dy hin^T, whose row sums with C give the
+        # decay-gradient term R: 16-bit operands ("16") or tf32 ("tf32")
+        "r_prec": "16",
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1185,7 +1176,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             x, dy, B, C, u, cs, hin, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
-            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=mfirst, DOT_PREC=cfg["prec"],
+            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=mfirst,
+            R_TF32=cfg["r_prec"] == "tf32" and x.dtype != f32, DOT_PREC=cfg["prec"],
             num_warps=cfg["warps_dbc"], num_stages=cfg["stages"])
 
     ddt = new_empty(dt.shape, dtype=dt.dtype, device=dev)
