@@ -113,6 +113,27 @@ def _grid(b_nc, H, nblk, hfirst):
 
 
 @triton.jit
+def _dot_exact_f32_a(a, b):
+    """_dot_exact_f32 with the roles swapped: fp32 `a` (split into tf32 hi + lo), tf32-exact `b`."""
+    hi = (a.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return tl.dot(hi, b, input_precision="tf32") + tl.dot(a - hi, b, input_precision="tf32")
+
+
+@triton.jit
+def _dot_f32_16(a, b, SPLIT: tl.constexpr):
+    """a @ b for an fp32 `a` and a 16-bit `b` (fp32 accumulation). SPLIT 0: `a` rounded to b's dtype,
+    one 16-bit product. SPLIT 1: `a` kept to ~16 bits (bf16: hi + lo bf16 pieces, two bf16 products;
+    fp16: tf32 hi + lo, two tf32 products, which also avoids fp16's range)."""
+    if SPLIT == 0:
+        return tl.dot(a.to(b.dtype), b)
+    elif b.dtype == tl.bfloat16:
+        hi = a.to(tl.bfloat16)
+        return tl.dot(hi, b) + tl.dot((a - hi.to(tl.float32)).to(tl.bfloat16), b)
+    else:
+        return _dot_exact_f32_a(a, b.to(tl.float32))
+
+
+@triton.jit
 def _dot_split_bf16(a, b, TERMS: tl.constexpr):
     """a @ b for a bf16 `a` and an fp32 `b` split into TERMS bf16 pieces (8 bits each: 2 -> ~16 bits,
     3 -> ~24 bits), TERMS bf16 products (a tf32 product costs two bf16 ones on the tensor cores)."""
@@ -204,7 +225,8 @@ def _bmm_fwd_kernel(C_ptr, B_ptr, cb_ptr, T, G, N, nc, s_b, s_t, s_g,
 def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
                         T, H, G, nc, P, N, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                         Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                        REVERSE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr):
+                        REVERSE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
+                        XW_SPLIT: tl.constexpr):
     """out[b, c, h] (P x N) = sum_k w_k x_k B_k^T over the chunk, fp32.
 
     Forward (chunk end state): w_k = exp(cs_last - cs_k) u_k.  REVERSE (gradient side, x = dy,
@@ -235,8 +257,11 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
             w = tl.exp(tl.minimum(cs_k, 0.0).to(tl.float32))
         else:
             w = tl.exp(tl.minimum(cs_last - cs_k, 0.0).to(tl.float32)) * tl.load(u_ptr + o_uc + o_k)
-        xw = (xT.to(tl.float32) * w[None, :]).to(b.dtype)
-        acc += tl.dot(xw, b, input_precision=DOT_PREC)
+        xw = xT.to(tl.float32) * w[None, :]
+        if XW_SPLIT >= 0:
+            acc += _dot_f32_16(xw, b, XW_SPLIT)
+        else:
+            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
     p_o = out_ptr + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :]
     tl.store(p_o, acc, mask=m_p[:, None] & m_n[None, :])
 
@@ -295,7 +320,8 @@ def _state_fused_fwd_kernel(x_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, init_ptr, cin
                             T, H, G, nc, P, N,
                             s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                             Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                            HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+                            HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+                            XW_SPLIT: tl.constexpr):
     """chunk_state and state_pass in one kernel: one program per (batch, head, P x N block) walks the
     chunks in order, keeping the running state h in registers: hin[c] = h, then
     h <- exp(cs_last) h + sum_k exp(cs_last - cs_k) u_k x_k B_k^T. The fp32 local states are never
@@ -343,8 +369,11 @@ def _state_fused_fwd_kernel(x_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, init_ptr, cin
             bb = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
             d = (hl - tl.load(csh_ptr + o_uc + o_k)) + (ll - tl.load(csl_ptr + o_uc + o_k))
             w = tl.exp(tl.minimum(d, 0.0)) * tl.load(u_ptr + o_uc + o_k)
-            xw = (xT.to(tl.float32) * w[None, :]).to(bb.dtype)
-            acc += tl.dot(xw, bb, input_precision=DOT_PREC)
+            xw = xT.to(tl.float32) * w[None, :]
+            if XW_SPLIT >= 0:
+                acc += _dot_f32_16(xw, bb, XW_SPLIT)
+            else:
+                acc += tl.dot(xw.to(bb.dtype), bb, input_precision=DOT_PREC)
         h = tl.exp(tl.minimum(hl + ll, 0.0)) * h + acc
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
@@ -516,7 +545,7 @@ def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, 
                             s_dy_b, s_dy_t, s_dy_h, s_C_b, s_C_t, s_C_g,
                             Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                             HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr,
-                            DOT_PREC: tl.constexpr):
+                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr):
     """Reverse chunk_state and reverse state passing in one kernel: one program per (batch, head,
     P x N block) walks the chunks backwards with g = the gradient of the state after chunk c:
     ds[c] = g, d cs_last partial <g, h_out>, then g <- sum_i exp(cs_i) dy_i C_i^T + exp(cs_last) g.
@@ -568,8 +597,11 @@ def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, 
             dyT = tl.load(p_dy + (o_k[None, :] * s_dy_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
             cc_ = tl.load(p_C + (o_k[:, None] * s_C_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
             w = tl.exp(tl.minimum(tl.load(csh_ptr + o_uc + o_k), 0.0))
-            xw = (dyT.to(tl.float32) * w[None, :]).to(cc_.dtype)
-            acc += tl.dot(xw, cc_, input_precision=DOT_PREC)
+            xw = dyT.to(tl.float32) * w[None, :]
+            if XW_SPLIT >= 0:
+                acc += _dot_f32_16(xw, cc_, XW_SPLIT)
+            else:
+                acc += tl.dot(xw.to(cc_.dtype), cc_, input_precision=DOT_PREC)
         g = acc + tl.exp(tl.minimum(tl.load(csh_ptr + o_uc + Q - 1), 0.0)) * g
         if IS_VARLEN:
             ci = tl.load(cinit_ptr + c)
@@ -582,7 +614,7 @@ def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, 
 
 @triton.jit
 def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
-                        dx_ptr, du_ptr, dcs_ptr, rowt_ptr, dD_ptr,
+                        dx_ptr, du_ptr, dcs_ptr, rowt_ptr, colt_ptr, dD_ptr,
                         T, H, G, nc, P, N,
                         s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
                         s_dx_b, s_dx_t, s_dx_h,
@@ -590,13 +622,16 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
                         HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
                         CS64: tl.constexpr,
                         CB_MASK: tl.constexpr,
-                        MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr):
+                        MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr,
+                        TSUM: tl.constexpr):
     """Rows j (one block) of one chunk and head:
     Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
     du_j = x_j . Z_j. The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once
     in fp32 so that its row sums and column sums cancel exactly where they should:
     dcs = rowsum(T) - colsum(T) - V + R (+ the chunk-end term), V_j = u_j e^{cs_last-cs_j} x_j . dS B_j.
-    Here: dcs[j] <- -colsum(T)_j - V_j; rowt[jb, i] <- sum_{j in block} T_ij (this block's share)."""
+    Here: dcs[j] <- -colsum(T)_j - V_j; rowt[jb, i] <- sum_{j in block} T_ij (this block's share).
+    TSUM: the dCB kernel (run first) has written the T sums (rowt, and colt: per i-block column sums
+    without u); only the diagonal T_jj / u_j = (x_j . dy_j) CB_jj is formed here, for du."""
     i_bc, i_h, jb = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
@@ -643,30 +678,53 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
     # operand is CB e^{..} u_j, as in the forward (CB e^{..} alone passes 65504 in fp16 once
     # |C . B| does, while CB u_j, like y, stays in range for small dt)
     acc = acc * u_j[:, None]
-    rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
-    for ib in range(jb, NB):
-        o_i = ib * BJ + tl.arange(0, BJ)
-        if CB_MASK:
-            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
-        else:  # as in the forward scan: the tl.where below drops the unwritten upper blocks
-            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
-        cbT = cbT.to(tl.float32)
-        cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
-        w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
-        w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
-        dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :], other=0.0)
-        acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
-        if MIXED_T:  # 16-bit x with an fp32 (gated) dy: keep dy in fp32 (not a 16-bit cast, not tf32)
-            tt = _dot_exact_f32(xf, tl.trans(dyi.to(tl.float32)))
-        else:
-            tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
-        tt = tt * w  # T^T block (j, i) without its u_j factor
-        du += tl.sum(tt, axis=1)  # intra part of du from the fp32 T, not from the 16-bit dot above
-        # T_jj enters the row and the column sum of d cs_j alike: leave it out of both (with large
-        # u it dwarfs the rest, and the two fp32 sums would cancel it only to its rounding)
-        tt = tl.where(o_i[None, :] > o_j[:, None], tt, 0.0)
-        dcol += tl.sum(tt, axis=1)
-        rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * u_j[:, None], axis=0)[None, :], rowacc)
+    if TSUM:
+        for ib in range(jb, NB):
+            o_i = ib * BJ + tl.arange(0, BJ)
+            if CB_MASK:
+                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
+            else:
+                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
+            cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
+            w = cbT.to(tl.float32) * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
+            w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
+            dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
+                          other=0.0)
+            acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+        o_ct = ((i_b * H + i_h) * nc + i_c) * NB * Q + o_j
+        csum = tl.load(colt_ptr + o_ct + jb * Q)
+        for ib in range(jb + 1, NB):
+            csum += tl.load(colt_ptr + o_ct + ib * Q)
+        dyj_t = tl.load(p_dy + (o_j[:, None] * s_dy_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
+        cbjj = tl.load(p_cb + o_j * (Q + 1)).to(tl.float32)
+        du += csum + tl.sum(xf * dyj_t, axis=1) * cbjj
+        dcol += csum
+    else:
+        rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
+        for ib in range(jb, NB):
+            o_i = ib * BJ + tl.arange(0, BJ)
+            if CB_MASK:
+                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
+            else:  # as in the forward scan: the tl.where below drops the unwritten upper blocks
+                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
+            cbT = cbT.to(tl.float32)
+            cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
+            w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
+            w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
+            dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
+                          other=0.0)
+            acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+            if MIXED_T:  # 16-bit x with an fp32 (gated) dy: keep dy in fp32 (not a 16-bit cast, not tf32)
+                tt = _dot_exact_f32(xf, tl.trans(dyi.to(tl.float32)))
+            else:
+                tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
+            tt = tt * w  # T^T block (j, i) without its u_j factor
+            du += tl.sum(tt, axis=1)  # intra part of du from the fp32 T, not from the 16-bit dot above
+            # T_jj enters the row and the column sum of d cs_j alike: leave it out of both (with large
+            # u it dwarfs the rest, and the two fp32 sums would cancel it only to its rounding)
+            tt = tl.where(o_i[None, :] > o_j[:, None], tt, 0.0)
+            dcol += tl.sum(tt, axis=1)
+            rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * u_j[:, None], axis=0)[None, :], rowacc)
     colt = u_j * dcol  # strictly-lower colsum(T)_j + V_j
     dx = acc
     if HAS_D:
@@ -681,18 +739,25 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
              dx.to(dx_ptr.dtype.element_ty), mask=m)
     tl.store(du_ptr + o_uc + o_j, du)
     tl.store(dcs_ptr + o_uc + o_j, -colt)
-    tl.store(rowt_ptr + ((((i_b * H + i_h) * nc + i_c) * NB + jb) * Q) + o_nb[:, None] * BJ
-             + tl.arange(0, BJ)[None, :], rowacc)
+    if not TSUM:
+        tl.store(rowt_ptr + ((((i_b * H + i_h) * nc + i_c) * NB + jb) * Q) + o_nb[:, None] * BJ
+                 + tl.arange(0, BJ)[None, :], rowacc)
 
 
 @triton.jit
-def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr,
+def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr, cb_ptr, rowt_ptr, colt_ptr,
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
-                         CS64: tl.constexpr, MFIRST: tl.constexpr):
+                         CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
-    summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head."""
+    summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head.
+
+    TSUM: the same per-head product also gives the decay-gradient sums of T_ij = K_ij CB_ij u_j
+    (K_ij = (dy_i . x_j) e^{cs_i - cs_j}), strictly below the diagonal, per head: this tile's share of
+    the row sums, rowt[h, j-block, i] = sum_j T_ij, and of the column sums without u,
+    colt[h, i-block, j] = sum_i K_ij CB_ij. The dx kernel then needs no (x . dy) product of its own.
+    Tiles above the diagonal write zeros there."""
     if MFIRST:  # grid (tiles, G, b * nc): the tiles of a chunk share its x / dy rows in L2
         i_bc = tl.program_id(2).to(tl.int64)
         i_mn = tl.program_id(0)
@@ -703,13 +768,19 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     nb = Q // BM
     i_m = i_mn // nb
     i_n = i_mn % nb
-    if i_n > i_m:
-        return
     i_b = i_bc // nc
     i_c = i_bc % nc
     hpg = H // G
     o_m = i_m * BM + tl.arange(0, BM)
     o_n = i_n * BM + tl.arange(0, BM)
+    if i_n > i_m:
+        if TSUM:
+            for hh in range(hpg):
+                i_h = i_g * hpg + hh
+                o_hc = ((i_b * H + i_h) * nc + i_c) * nb
+                tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.zeros([BM], dtype=tl.float32))
+                tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.zeros([BM], dtype=tl.float32))
+        return
     o_p = tl.arange(0, BP)
     t0 = i_c * Q
     nv = tl.minimum(T - t0, Q).to(tl.int32)
@@ -722,16 +793,29 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     m_dy = (o_m < nv)[:, None] & m_p[None, :]
     m_xT = (o_n < nv)[None, :] & m_p[:, None]
     acc = tl.zeros([BM, BM], dtype=tl.float32)
+    if TSUM:
+        strict = o_m[:, None] > o_n[None, :]
+        cbt = tl.load(cb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :]).to(tl.float32)
+        cbt = tl.where(strict, cbt, 0.0)
     for hh in range(hpg):
         i_h = i_g * hpg + hh
         o_uc = ((i_b * H + i_h) * nc + i_c) * Q
         dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
         xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
-        k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
+        if TSUM and MIXED_T:  # fp32 (gated) dy against 16-bit x: dy kept to ~21 bits, as in dx
+            k = _dot_exact_f32_a(dyi.to(tl.float32), xT.to(tl.float32))
+        else:
+            k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
         cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
         cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
         u_j = tl.load(u_ptr + o_uc + o_n)
-        acc += k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64) * u_j[None, :]
+        kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
+        acc += kd * u_j[None, :]
+        if TSUM:
+            tq = kd * cbt
+            o_hc = ((i_b * H + i_h) * nc + i_c) * nb
+            tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
+            tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
     tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
 
@@ -894,6 +978,7 @@ SWEEP_CONFIGS = {
     "fused2": {"fused_state": True, "fused_state_bwd": True},
     "fused2 bwdN128": {"fused_state": True, "fused_state_bwd": True, "BN_FUSED_BWD": 128},
     "fused2 w4": {"fused_state": True, "fused_state_bwd": True, "warps_fused": 4},
+    "fused2 n64": {"fused_state": True, "fused_state_bwd": True, "BN_FUSED_FWD": 64},
     "sb2": {"state_bf16": 2},
     "sb3": {"state_bf16": 3},
     "rtf32": {"r_prec": "tf32"},
@@ -907,6 +992,11 @@ SWEEP_CONFIGS = {
     "state BN64 w4": {"BN_STATE": 64, "warps_state": 4},
     "dbc BM32 w4": {"BM_DBC": 32, "warps_dbc": 4},
     "dbc BM128 w8": {"BM_DBC": 128},
+    "tsum": {"tsum_dcb": True},
+    "xw0": {"xw_split": 0},
+    "xwb1": {"xw_split_bwd": 1},
+    "tsum dcbw8": {"tsum_dcb": True, "warps_dcb": 8},
+    "fused2 tsum": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True},
     "fused2 sb3 stages3": {"fused_state": True, "fused_state_bwd": True, "state_bf16": 3, "stages": 3},
 }
 
@@ -956,12 +1046,19 @@ def _cfg(Q, P, N, dtype):
         # buffer), forward / backward; 8 warps (4 spill in the sm_90 offline compile); backward blocks
         # 64 x 64 (64 x 128 spills 128 B: g, h_out and the product are live together)
         "fused_state": False, "fused_state_bwd": False, "warps_fused": 8, "stages_fused": 2,
-        "BN_FUSED_BWD": 64,
+        "BN_FUSED_FWD": 128, "BN_FUSED_BWD": 64,
         # dx's state term with bf16 B: dS split into this many bf16 pieces (0: two tf32 products)
         "state_bf16": 0,
         # precision of the dC pass's per-head product e^{cs} dy hin^T, whose row sums with C give the
         # decay-gradient term R: 16-bit operands ("16") or tf32 ("tf32")
         "r_prec": "16",
+        # the decay-gradient sums of T formed in the dCB kernel (which has the per-head dy . x product
+        # anyway) instead of a second product in dx; warps of the dCB kernel (None: as dx)
+        "tsum_dcb": False, "warps_dcb": None,
+        # chunk-state products with 16-bit inputs: the fp32 operand x_k e^{..} u_k (forward) / dy_k e^{cs_k}
+        # (backward) rounded to 16 bits (0) or kept to ~16 bits as two pieces (1). The forward one
+        # decides dA: fp16, B1 T150 Q64 cu_seqlens, dA relative error 3.6e-2 rounded, 4e-4 split.
+        "xw_split": 1, "xw_split_bwd": 0,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1030,19 +1127,21 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
     if cfg["fused_state"]:
-        BPf, BNf = _fused_blocks(b, H, P, N, cfg)
+        BPf, BNf = _fused_blocks(b, H, P, N, cfg, cfg["BN_FUSED_FWD"])
         _state_fused_fwd_kernel[(triton.cdiv(P, BPf) * triton.cdiv(N, BNf), H, b)](
             x, B, u, csh, csl, init if init is not None else dummy, tables.cinit if varlen else dummy,
             tables.cfin if varlen else dummy, hin, final, T, H, G, nc, P, N,
             *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
+            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split"],
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
     else:
         states = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
         BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
         _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
             x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
-            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
+            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"],
+            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split"], HFIRST=cfg["hfirst"],
             num_warps=cfg["warps_state"], num_stages=cfg["stages"])
         PN = P * N
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
@@ -1123,14 +1222,16 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             tables.cfin if varlen else u, ds, dinit if dinit is not None else u, ddal,
             T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_DFIN=dfinal is not None, HAS_INIT=init is not None,
-            IS_VARLEN=varlen, DOT_PREC=cfg["prec"], num_warps=cfg["warps_fused"],
+            IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
+            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split_bwd"], num_warps=cfg["warps_fused"],
             num_stages=cfg["stages_fused"])
     else:
         ldh = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
         BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
         _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
             dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
-            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
+            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"],
+            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split_bwd"], HFIRST=cfg["hfirst"],
             num_warps=cfg["warps_state"], num_stages=cfg["stages"])
         PN = P * N
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
@@ -1151,22 +1252,30 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     rowt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev)
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     dD_part = new_empty((b * nc * NB, H, P), dtype=f32, device=dev) if D is not None else u
+    tsum = cfg["tsum_dcb"]
+    colt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev) if tsum else rowt
+    mixed_t = dy.dtype == f32 and x.dtype != f32
+
+    def launch_dcb():
+        mfirst = cfg["hfirst"] and b * nc <= 65535
+        _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
+            x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
+            Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
+            MIXED_T=mixed_t, num_warps=cfg["warps_dcb"] or cfg["warps"], num_stages=cfg["stages"])
+
+    dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    if tsum:  # the dCB kernel writes the T sums that dx reads
+        launch_dcb()
     _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
-        x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
+        x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
         Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
         D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
-        CB_MASK=cfg["cb_mask"],
-        MIXED_T=dy.dtype == f32 and x.dtype != f32, SPLIT_F32=x.dtype != f32,
-        STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0,
+        CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
+        STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
         num_warps=cfg["warps"], num_stages=cfg["stages"])
-
-    dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
-    mfirst = cfg["hfirst"] and b * nc <= 65535
-    _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
-        x, dy, u, cs, csh, csl, dcb, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
-        Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, num_warps=cfg["warps"],
-        num_stages=cfg["stages"])
+    if not tsum:
+        launch_dcb()
     dB = new_empty(B.shape, dtype=B.dtype, device=dev)
     dC = new_empty(C.shape, dtype=C.dtype, device=dev)
     BMd = cfg["BM_DBC"]
