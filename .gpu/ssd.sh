@@ -4,7 +4,7 @@
 # messages print), then the rest of tests/test_ssd.py (cut at 40 s; counts printed even when cut).
 # Then every variant at B8 T8192 bf16, each first checked against the fp64 reference (B1 T4096), a
 # per-kernel profile of the fastest, and the peer with our default again last.
-V="default,old default,xw0,fused,fused2,fused2 n64,tsum,fused2 tsum,sb2,sb3,rtf32,stages3,xwb1"
+V="default,old default,xw0,fused2,fused2 n64,tsum,fused2 tsum,sb3,rtf32,stages3,scan BK32,dbc BM128 w8,combo"
 date -u +%T
 mkdir -p $OUT/warm
 IFS=',' read -ra VS <<< "$V"

@@ -385,7 +385,7 @@ def test_kernel_sweep_configs(variant):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["default", "old default", "xw0", "fused2", "tsum", "fused2 tsum", "sb3", "rtf32", "hin16"]
+BF16_VARIANTS = ["default", "old default", "xw0", "fused2 tsum", "sb3", "rtf32", "hin16", "combo"]
 
 
 @pytest.mark.gpu

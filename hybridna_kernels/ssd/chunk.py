@@ -997,6 +997,8 @@ SWEEP_CONFIGS = {
     "xwb1": {"xw_split_bwd": 1},
     "tsum dcbw8": {"tsum_dcb": True, "warps_dcb": 8},
     "fused2 tsum": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True},
+    "combo": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True, "BK_SCAN": 32, "stages": 3,
+              "BM_DBC": 128},
     "fused2 sb3 stages3": {"fused_state": True, "fused_state_bwd": True, "state_bf16": 3, "stages": 3},
 }
 
