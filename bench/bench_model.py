@@ -50,6 +50,10 @@ SWEEP_CONTEXTS = [int(c) for c in os.environ.get(
     "HYBRIDNA_BENCH_CONTEXTS", "1024,2048,4096,8192,16384,32768,65536,131072").split(",")]
 ROUNDS = int(os.environ.get("HYBRIDNA_BENCH_ROUNDS", 3))
 WARMUP = max(1, int(os.environ.get("HYBRIDNA_BENCH_WARMUP", 1)))
+# torch.compile the hybrid: "1" / "model" the whole model in one graph, "block" each block on its own
+# (blocks of one kind share one compiled graph, so compiling takes two graphs instead of 24 layers)
+COMPILE = {"0": None, "": None, "1": "model"}.get(os.environ.get("HYBRIDNA_BENCH_COMPILE", "0"),
+                                                  os.environ.get("HYBRIDNA_BENCH_COMPILE"))
 LOG = os.environ.get("HYBRIDNA_BENCH_LOG")  # also append each finished row here (JSON lines), as it goes
 CPU_PRESET, CPU_SHAPE = "tiny", (2, 128)
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -162,6 +166,15 @@ def get_model(kind: str, preset: str):
         model = build_model(kind, preset)
         # fused AdamW on CUDA (what the issue 10 reference uses); the default foreach path on CPU.
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=HAS_CUDA)
+        if COMPILE and kind == "hybrid":
+            # the whole model in one graph (tests/test_compile.py): inductor fuses the elementwise
+            # chains around the kernels (norms, gates, residual adds, casts); the parameters and so
+            # the optimizer are those of the eager module
+            if COMPILE == "block":
+                for blk in find_blocks(model):
+                    blk.compile()
+            else:
+                model = torch.compile(model)
         _Cache.key, _Cache.model, _Cache.opt = (kind, preset), model, opt
     return _Cache.model, _Cache.opt
 
@@ -481,9 +494,63 @@ def profile_train_step(kind: str, batch: int, seqlen: int, out_dir: str, *, pres
     return summary
 
 
+def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET, ckpt: bool = False,
+                    warmup: int = WARMUP, rounds: int = ROUNDS) -> dict:
+    """Time `rounds` training steps after `warmup` (CUDA-synchronised wall time, median), without
+    pytest: tokens/s and peak GiB of one shape, or status "oom"."""
+    import time
+
+    model, opt = get_model(kind, preset)
+    set_checkpointing(model, ckpt)
+    input_ids = random_bases(batch, seqlen)
+    losses: list = []
+    step = make_step(model, opt, input_ids, losses)
+    row = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, ckpt=ckpt, compile=COMPILE if kind == "hybrid" else None)
+    times = []
+    try:
+        with op_backend(kind):
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                step()
+            row["warmup_s"] = round(time.perf_counter() - t0, 2)
+            if HAS_CUDA:
+                torch.cuda.reset_peak_memory_stats()
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 - only OOM is tolerated
+        if not is_oom(e):
+            raise
+        row.update(status="oom")
+        opt.zero_grad(set_to_none=True)
+        del step, input_ids, losses
+        set_checkpointing(model, False)
+        release_cuda_memory()
+        return row
+    loss = torch.stack(losses).float()
+    assert torch.isfinite(loss).all(), f"non-finite loss: {loss.tolist()}"
+    med = sorted(times)[len(times) // 2]
+    row.update(status="ok", loss=round(loss[-1].item(), 4), step_ms=round(med * 1e3, 1),
+               tokens_per_s=round(batch * seqlen / med, 1))
+    if HAS_CUDA:
+        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    del step, input_ids, losses
+    set_checkpointing(model, False)
+    return row
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    ps = sub.add_parser("step", help="time training steps of one shape (no pytest); prints one JSON line")
+    ps.add_argument("--model", choices=MODELS, default="hybrid")
+    ps.add_argument("--preset", default=PRESET)
+    ps.add_argument("--batch", type=int, default=1)
+    ps.add_argument("--seqlen", type=int, default=32768)
+    ps.add_argument("--ckpt", action="store_true")
+    ps.add_argument("--rounds", type=int, default=ROUNDS)
+    ps.add_argument("--log", help="also append the row to this JSON-lines file")
     pp = sub.add_parser("profile", help="torch.profiler summary of one training step, by kernel")
     pp.add_argument("--model", choices=MODELS, default="hybrid")
     pp.add_argument("--preset", default=PRESET)
@@ -493,6 +560,13 @@ def main(argv=None):
     pp.add_argument("--top", type=int, default=30)
     pp.add_argument("--out", required=True, help="folder for profile_<tag>.txt / .json")
     a = p.parse_args(argv)
+    if a.cmd == "step":
+        row = time_train_step(a.model, a.batch, a.seqlen, preset=a.preset, ckpt=a.ckpt, rounds=a.rounds)
+        print(json.dumps(row))
+        if a.log:
+            with open(a.log, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return
     s = profile_train_step(a.model, a.batch, a.seqlen, a.out, preset=a.preset, ckpt=a.ckpt, top=a.top)
     print(json.dumps({k: v for k, v in s.items() if k != "top_kernels"}, indent=1))
     for k in s["top_kernels"][:10]:
