@@ -999,6 +999,8 @@ SWEEP_CONFIGS = {
     "fused2 tsum": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True},
     "combo": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True, "BK_SCAN": 32, "stages": 3,
               "BM_DBC": 128},
+    "combo sb3": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True, "BK_SCAN": 32, "stages": 3,
+                  "BM_DBC": 128, "state_bf16": 3},
     "fused2 sb3 stages3": {"fused_state": True, "fused_state_bwd": True, "state_bf16": 3, "stages": 3},
 }
 
