@@ -4,7 +4,7 @@
 # each first checked against the fp64 reference (B1 T4096), printing row by row; then a per-kernel
 # profile and the issue's other two shapes for the fastest. The peer is not re-timed (round 1, same
 # H100 model: 1.43 / 5.96 ms). (2) The FULL tests/test_ssd.py on the GPU (-n 16), after the timing.
-V="default,fused2,tsum,fused2 tsum,sb3,combo,combo sb3,stages3,scan BK32,dbc BM128 w8"
+V="default,combo,fused2 tsum,tsum,fused2,sb3,combo sb3"
 date -u +%T
 IFS=',' read -ra VS <<< "$V"
 for v in "${VS[@]:1}"; do
