@@ -505,7 +505,8 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
     input_ids = random_bases(batch, seqlen)
     losses: list = []
     step = make_step(model, opt, input_ids, losses)
-    row = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, ckpt=ckpt, compile=COMPILE if kind == "hybrid" else None)
+    row = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, ckpt=ckpt, compile=COMPILE if kind == "hybrid" else None,
+               fused_norms=os.environ.get("HYBRIDNA_FUSED_NORMS", "1") != "0")
     times = []
     try:
         with op_backend(kind):

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hybridna_kernels import causal_conv1d, causal_conv1d_step, flash_attention, ssd_scan, ssd_step
+from hybridna_kernels.norm import gated_rms_norm
+from hybridna_kernels.norm import rms_norm as fused_rms_norm
 
 from .config import HybriDNAConfig
 from .tokenizer import A_ID, BOS_ID, N_ID, NUM_BASE_TOKENS, PAD_ID, DNATokenizer, reverse_complement_ids
@@ -25,6 +27,10 @@ __all__ = ["HybriDNA", "HybriDNAOutput", "RMSNorm", "Mamba2Mixer", "Attention", 
            "MambaState", "KVState"]
 
 IGNORE_INDEX = -100
+# The fused norms (hybridna_kernels.norm): residual add + RMSNorm in one op, the Mamba2 gate applied
+# in the gated norm instead of inside the SSD scan, outputs in the autocast dtype. "0" restores the
+# unfused PyTorch norms and the gate inside the scan (same maths; kept to measure the difference).
+FUSED_NORMS = os.environ.get("HYBRIDNA_FUSED_NORMS", "1") != "0"
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -39,8 +45,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (y * weight.to(y.dtype)).to(x.dtype)
 
 
+def _autocast_dtype(x: torch.Tensor):
+    """The dtype the next matmul would cast to under autocast (the norms write it directly), else None."""
+    dev = x.device.type
+    if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
 class RMSNorm(nn.Module):
-    """RMSNorm; with group_size, normalised per group of group_size channels (Mamba2's gated norm)."""
+    """RMSNorm; with group_size, normalised per group of group_size channels (Mamba2's gated norm).
+
+    forward(x) -> norm(x); forward(x, delta) -> (norm(x + delta), x + delta), the residual add fused
+    in; gated(y, z) -> norm(y * silu(z)). Under autocast the output is in the autocast dtype."""
 
     def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None):
         super().__init__()
@@ -48,7 +65,21 @@ class RMSNorm(nn.Module):
         self.group_size = group_size or dim  # the gated norm of Mamba2 normalises per group of heads
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):  # (..., dim)
+    def forward(self, x, delta=None):  # (..., dim)
+        if FUSED_NORMS:
+            return fused_rms_norm(x, self.weight, self.eps, delta=delta, out_dtype=_autocast_dtype(x))
+        if delta is not None:
+            x = x + delta
+            return self._unfused(x), x
+        return self._unfused(x)
+
+    def gated(self, y, z):  # (..., dim) each -> norm(y * silu(z)) * weight, per group
+        if FUSED_NORMS:
+            return gated_rms_norm(y, z, self.weight, self.eps, group_size=self.group_size,
+                                  out_dtype=_autocast_dtype(y))
+        return self._unfused(y * F.silu(z))
+
+    def _unfused(self, x):
         if self.group_size == x.shape[-1]:
             return rms_norm(x, self.weight, self.eps)
         # per group: (..., G, dim / G) against the weight viewed as (G, dim / G), so the weight is
@@ -159,16 +190,18 @@ class Mamba2Mixer(nn.Module):
             self._A(u),
             Bm.unflatten(-1, (G, N)),  # (B, L, G, N)
             Cm.unflatten(-1, (G, N)),
-            chunk_size=self.cfg.chunk_size, D=self.D, z=z.unflatten(-1, (H, P)), dt_bias=self.dt_bias,
-            dt_softplus=True, dt_limit=self.cfg.dt_limit, return_final_states=state is not None,
-            cu_seqlens=None if packed is None else packed.cu_seqlens,
+            chunk_size=self.cfg.chunk_size, D=self.D, z=None if FUSED_NORMS else z.unflatten(-1, (H, P)),
+            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.cfg.dt_limit,
+            return_final_states=state is not None, cu_seqlens=None if packed is None else packed.cu_seqlens,
         )
         if state is not None:
             y, ssm_final = y  # (B or nseq, H, P, N)
             rows = slice(None) if rows is None else rows
             state.conv[rows] = conv_final.to(state.conv.dtype)
             state.ssm[rows] = ssm_final.to(state.ssm.dtype)
-        y = self.norm(y.reshape(Bsz, L, di))  # (B, L, di)
+        y = y.reshape(Bsz, L, di)
+        # gate and norm in one pass: norm(y * silu(z)) * w, z read in place from the in_proj output
+        y = self.norm.gated(y, z) if FUSED_NORMS else self.norm(y)  # (B, L, di)
         return self.out_proj(y)  # (B, L, d)
 
     def allocate_state(self, batch: int, dtype, device) -> MambaState:
@@ -193,10 +226,11 @@ class Mamba2Mixer(nn.Module):
             self._A(u),
             Bm.unflatten(-1, (G, N)),  # (B, G, N)
             Cm.unflatten(-1, (G, N)),
-            D=self.D, z=z.unflatten(-1, (H, P)), dt_bias=self.dt_bias, dt_softplus=True,
+            D=self.D, z=None if FUSED_NORMS else z.unflatten(-1, (H, P)), dt_bias=self.dt_bias, dt_softplus=True,
             dt_limit=self.cfg.dt_limit,
         )
-        return self.out_proj(self.norm(y.reshape(Bsz, di)))  # (B, d)
+        y = y.reshape(Bsz, di)
+        return self.out_proj(self.norm.gated(y, z) if FUSED_NORMS else self.norm(y))  # (B, d)
 
 
 def rotary_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype):
@@ -339,11 +373,21 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.d_model, cfg.d_intermediate) if cfg.d_intermediate else None
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if self.mlp is not None else None
 
-    def forward(self, x, state=None, rows=None, packed=None):  # (B, L, d)
-        x = x + self.mixer(self.norm1(x), state, rows, packed)
-        if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
-        return x
+    def forward(self, x, state=None, rows=None, packed=None, delta=None, defer_add: bool = False):  # (B, L, d)
+        """x + mixer(norm(x)), then + mlp(norm(.)). With defer_add, the block's input is x + delta
+        (delta None: x alone) and it returns (x', delta') whose sum is its output: each residual add
+        is then fused into the RMSNorm that follows it, so the stream is read and written once per
+        norm. (One forward for both, so module hooks such as FSDP's unsharding see every call.)"""
+        if delta is None:
+            h = self.norm1(x)
+        else:
+            h, x = self.norm1(x, delta)
+        m = self.mixer(h, state, rows, packed)
+        if self.mlp is None:
+            return (x, m) if defer_add else x + m
+        h, x = self.norm2(x, m)
+        m = self.mlp(h)
+        return (x, m) if defer_add else x + m
 
     def step(self, x, state, lengths):  # (B, d)
         if self.is_attention:
@@ -437,15 +481,19 @@ class HybriDNA(nn.Module):
                                  f"of a (1, total) input, got {lengths} for shape {tuple(input_ids.shape)}")
             packed = Packed.from_lengths(lengths, input_ids.device)
         x = self.embedding(input_ids)  # (B, L, d)
-        hs = [x] if output_hidden_states else None
-        for i, blk in enumerate(self.layers):
-            x = blk(x, None if state is None else state.layers[i], rows, packed)
-            if output_hidden_states:
-                hs.append(x)
-        x = self.norm_f(x)
         if output_hidden_states:
+            hs = [x]
+            for i, blk in enumerate(self.layers):
+                x = blk(x, None if state is None else state.layers[i], rows, packed)
+                hs.append(x)
+            x = self.norm_f(x)
             hs[-1] = x
-        return x, (tuple(hs) if output_hidden_states else None)
+            return x, tuple(hs)
+        delta = None  # the residual stream is x + delta; the adds happen inside the next norm
+        for i, blk in enumerate(self.layers):
+            x, delta = blk(x, None if state is None else state.layers[i], rows, packed, delta=delta, defer_add=True)
+        x = self.norm_f(x) if delta is None else self.norm_f(x, delta)[0]
+        return x, None
 
     def logits_from_hidden(self, h):  # (..., d) -> (..., vocab_size)
         return self.lm_head(h)[..., : self.config.vocab_size]

@@ -1,0 +1,126 @@
+"""Fused norms (hybridna_kernels.norm): forward and every gradient against the fp64 reference.
+
+CPU runs the Triton kernels through the interpreter in fp32 and fp16; bf16 runs on the GPU only.
+Outputs are NaN-poisoned (conftest), so an element a kernel forgets to write fails."""
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import DEVICE, KERNEL_DTYPES, assert_close, dtype_id, tol
+
+from hybridna_kernels.norm import gated_rms_norm, gated_rms_norm_ref, rms_norm, rms_norm_ref
+
+SHAPES = [(1, 1, 64), (2, 63, 300), (1, 37, 1040), (3, 5, 3)]  # N = 1 is degenerate: dx = 0 exactly
+
+
+def _lowest(*dtypes):
+    order = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+    return max((d for d in dtypes if d is not None), key=order.index)
+
+
+def _leaf(t, dtype=None):
+    return t.detach().to(dtype or t.dtype).requires_grad_()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-N{}".format(*s))
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("mode", ["plain", "delta", "delta16-out16"])
+def test_rms_norm(shape, dtype, mode):
+    torch.manual_seed(0)
+    N = shape[-1]
+    x = (torch.randn(shape, device=DEVICE) * 3 + 0.5).to(dtype)
+    w = torch.randn(N, device=DEVICE).to(dtype)
+    delta = out_dtype = None
+    if mode == "delta":
+        delta = torch.randn(shape, device=DEVICE).to(dtype)
+    elif mode == "delta16-out16":  # the model's case: fp32 residual + 16-bit mixer output, 16-bit norm output
+        if dtype != torch.float32:
+            pytest.skip("mixed case is fp32 residual with a 16-bit delta")
+        half = torch.bfloat16 if DEVICE.type == "cuda" else torch.float16
+        delta, out_dtype = torch.randn(shape, device=DEVICE).to(half), half
+    inputs = [x, w] + ([delta] if delta is not None else [])
+    leaves = [_leaf(t) for t in inputs]
+    refs = [_leaf(t, torch.float64) for t in inputs]
+    out = rms_norm(leaves[0], leaves[1], 1e-5, delta=leaves[2] if delta is not None else None, out_dtype=out_dtype)
+    ref = rms_norm_ref(refs[0], refs[1], 1e-5, refs[2] if delta is not None else None)
+    outs = out if isinstance(out, tuple) else (out,)
+    rout = ref if isinstance(ref, tuple) else (ref,)
+    assert outs[0].dtype == (out_dtype or dtype)
+    low = _lowest(dtype, out_dtype, None if delta is None else delta.dtype)
+    assert_close("y", rout[0], outs[0], tol(_lowest(dtype, out_dtype), "fwd"))
+    if delta is not None:
+        assert outs[1].dtype == dtype
+        assert_close("s", rout[1], outs[1], tol(low, "fwd"))
+    grads = [torch.randn_like(o, dtype=torch.float32).to(o.dtype) for o in outs]
+    torch.autograd.backward(outs, grads)
+    torch.autograd.backward(rout, [g.double() for g in grads])
+    for name, lf, rf in zip(["dx", "dweight", "ddelta"], leaves, refs):
+        assert lf.grad.dtype == lf.dtype, f"{name}: dtype {lf.grad.dtype} != input dtype {lf.dtype}"
+        assert_close(name, rf.grad, lf.grad, tol(low, "grad"))
+
+
+@pytest.mark.parametrize("shape,group_size", [((2, 63, 256), None), ((1, 1, 64), 16), ((1, 45, 300), 100),
+                                              ((2, 7, 1040), None)],
+                         ids=lambda v: "B{}-T{}-N{}".format(*v) if isinstance(v, tuple) else f"G{v}")
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("z_view", [False, True], ids=["z", "zview"])
+def test_gated_rms_norm(shape, group_size, dtype, z_view):
+    torch.manual_seed(1)
+    N = shape[-1]
+    y = (torch.randn(shape, device=DEVICE) * 2).to(dtype)
+    if z_view:  # z as a slice of a wider projection output, read in place
+        zbig = torch.randn(*shape[:-1], N + 37, device=DEVICE).to(dtype)
+        z = zbig[..., 5: 5 + N]
+    else:
+        z = torch.randn(shape, device=DEVICE).to(dtype)
+    w = (1 + 0.1 * torch.randn(N, device=DEVICE)).to(dtype)
+    leaves = [_leaf(y), _leaf(z), _leaf(w)]
+    if z_view:
+        zl = zbig.detach().clone().requires_grad_()
+        leaves[1] = zl
+        zin = zl[..., 5: 5 + N]
+    else:
+        zin = leaves[1]
+    refs = [_leaf(t, torch.float64) for t in (y, z, w)]
+    out = gated_rms_norm(leaves[0], zin, leaves[2], 1e-5, group_size=group_size)
+    ref = gated_rms_norm_ref(refs[0], refs[1], refs[2], 1e-5, group_size)
+    assert out.dtype == dtype
+    assert_close("out", ref, out, tol(dtype, "fwd"))
+    g = torch.randn_like(out, dtype=torch.float32).to(dtype)
+    out.backward(g)
+    ref.backward(g.double())
+    dz = leaves[1].grad[..., 5: 5 + N] if z_view else leaves[1].grad
+    if z_view:
+        assert leaves[1].grad[..., :5].abs().sum() == 0 and leaves[1].grad[..., 5 + N:].abs().sum() == 0
+    assert_close("dy", refs[0].grad, leaves[0].grad, tol(dtype, "grad"))
+    assert_close("dz", refs[1].grad, dz, tol(dtype, "grad"))
+    assert_close("dweight", refs[2].grad, leaves[2].grad, tol(dtype, "grad"))
+
+
+def test_gated_rms_norm_out_dtype():
+    """fp32 inputs with a 16-bit output (the model under autocast): one rounding at the end."""
+    torch.manual_seed(2)
+    half = torch.bfloat16 if DEVICE.type == "cuda" else torch.float16
+    y, z = torch.randn(2, 40, 128, device=DEVICE), torch.randn(2, 40, 128, device=DEVICE)
+    w = torch.randn(128, device=DEVICE)
+    out = gated_rms_norm(y, z, w, out_dtype=half)
+    assert out.dtype == half
+    assert_close("out", gated_rms_norm_ref(y.double(), z.double(), w.double()), out, tol(half, "fwd"))
+
+
+@pytest.mark.parametrize("which", ["rms", "rms_delta", "gated"])
+def test_registered_ops_opcheck(which):
+    """The torch.library ops that torch.compile sees: fake shapes, autograd registration, schema."""
+    from hybridna_kernels.norm import rms  # noqa: F401 - registers the ops
+
+    torch.manual_seed(3)
+    x = torch.randn(3, 10, 48, device=DEVICE, requires_grad=True)
+    w = torch.randn(48, device=DEVICE, requires_grad=True)
+    if which == "gated":
+        z = torch.randn(3, 10, 48, device=DEVICE, requires_grad=True)
+        torch.library.opcheck(torch.ops.hybridna.gated_rms_norm_fwd.default, (x, z, w, 1e-5, 16, torch.float32),
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    else:
+        d = torch.randn(3, 10, 48, device=DEVICE, requires_grad=True) if which == "rms_delta" else None
+        torch.library.opcheck(torch.ops.hybridna.rms_norm_fwd.default, (x, d, w, 1e-5, torch.float32),
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
