@@ -22,9 +22,11 @@ def _leaf(t, dtype=None):
     return t.detach().to(dtype or t.dtype).requires_grad_()
 
 
+_RMS_CASES = [(d, m) for d in KERNEL_DTYPES for m in ("plain", "delta")] + [(torch.float32, "delta16-out16")]
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-N{}".format(*s))
-@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("mode", ["plain", "delta", "delta16-out16"])
+@pytest.mark.parametrize("dtype,mode", _RMS_CASES, ids=[f"{dtype_id(d)}-{m}" for d, m in _RMS_CASES])
 def test_rms_norm(shape, dtype, mode):
     torch.manual_seed(0)
     N = shape[-1]
@@ -34,8 +36,6 @@ def test_rms_norm(shape, dtype, mode):
     if mode == "delta":
         delta = torch.randn(shape, device=DEVICE).to(dtype)
     elif mode == "delta16-out16":  # the model's case: fp32 residual + 16-bit mixer output, 16-bit norm output
-        if dtype != torch.float32:
-            pytest.skip("mixed case is fp32 residual with a 16-bit delta")
         half = torch.bfloat16 if DEVICE.type == "cuda" else torch.float16
         delta, out_dtype = torch.randn(shape, device=DEVICE).to(half), half
     inputs = [x, w] + ([delta] if delta is not None else [])
@@ -95,6 +95,26 @@ def test_gated_rms_norm(shape, group_size, dtype, z_view):
     assert_close("dy", refs[0].grad, leaves[0].grad, tol(dtype, "grad"))
     assert_close("dz", refs[1].grad, dz, tol(dtype, "grad"))
     assert_close("dweight", refs[2].grad, leaves[2].grad, tol(dtype, "grad"))
+
+
+def test_strided_incoming_gradients():
+    """The gradient of a sum arrives as a stride-0 expansion: read in place, same result."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 9, 64, device=DEVICE, requires_grad=True)
+    d = torch.randn(2, 9, 64, device=DEVICE, requires_grad=True)
+    w = torch.randn(64, device=DEVICE, requires_grad=True)
+    y, s = rms_norm(x, w, delta=d)
+    (y.sum() + 2 * s.sum()).backward()
+    refs = [_leaf(t, torch.float64) for t in (x, w, d)]
+    yr, sr = rms_norm_ref(refs[0], refs[1], 1e-5, refs[2])
+    (yr.sum() + 2 * sr.sum()).backward()
+    for name, a, r in zip(["dx", "dweight", "ddelta"], (x, w, d), refs):
+        assert_close(name, r.grad, a.grad, tol(torch.float32, "grad"))
+    z = torch.randn(2, 9, 64, device=DEVICE, requires_grad=True)
+    gated_rms_norm(x, z, w).sum().backward()
+    zr = _leaf(z, torch.float64)
+    gated_rms_norm_ref(refs[0], zr, refs[1]).sum().backward()
+    assert_close("dz", zr.grad, z.grad, tol(torch.float32, "grad"))
 
 
 def test_gated_rms_norm_out_dtype():
