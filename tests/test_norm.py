@@ -8,7 +8,8 @@ import pytest
 import torch
 from helpers import DEVICE, KERNEL_DTYPES, assert_close, dtype_id, tol
 
-from hybridna_kernels.norm import gated_rms_norm, gated_rms_norm_ref, rms_norm, rms_norm_ref
+from hybridna_kernels.norm import (gated_rms_norm, gated_rms_norm_linear, gated_rms_norm_linear_ref, gated_rms_norm_ref,
+                                   rms_norm, rms_norm_linear, rms_norm_linear_ref, rms_norm_ref)
 
 SHAPES = [(1, 1, 64), (2, 63, 300), (1, 37, 1040), (3, 5, 3)]  # N = 1 is degenerate: dx = 0 exactly
 
@@ -144,3 +145,58 @@ def test_registered_ops_opcheck(which):
         d = torch.randn(3, 10, 48, device=DEVICE, requires_grad=True) if which == "rms_delta" else None
         torch.library.opcheck(torch.ops.hybridna.rms_norm_fwd.default, (x, d, w, 1e-5, torch.float32),
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kind", ["rms", "rms_delta", "gated"])
+def test_norm_linear(dtype, kind):
+    """Norm + linear with the normed activation recomputed in the backward: forward and every
+    gradient (both weights included) against the fp64 composition."""
+    torch.manual_seed(5)
+    B, T, N, O = 2, 37, 96, 72
+    x = torch.randn(B, T, N, device=DEVICE).to(dtype)
+    other = torch.randn(B, T, N, device=DEVICE).to(dtype)  # delta or z
+    nw = (1 + 0.1 * torch.randn(N, device=DEVICE)).to(dtype)
+    lw = (torch.randn(O, N, device=DEVICE) / N ** 0.5).to(dtype)
+    inputs = [x, other, nw, lw] if kind != "rms" else [x, nw, lw]
+    leaves = [_leaf(t) for t in inputs]
+    refs = [_leaf(t, torch.float64) for t in inputs]
+    if kind == "gated":
+        out = gated_rms_norm_linear(*leaves[:2], leaves[2], leaves[3], 1e-5, group_size=32)
+        ref = gated_rms_norm_linear_ref(*refs[:2], refs[2], refs[3], 1e-5, 32)
+        names = ["dy", "dz", "dnorm_weight", "dlinear_weight"]
+    elif kind == "rms_delta":
+        out = rms_norm_linear(leaves[0], leaves[2], leaves[3], delta=leaves[1])
+        ref = rms_norm_linear_ref(refs[0], refs[2], refs[3], 1e-5, refs[1])
+        names = ["dx", "ddelta", "dnorm_weight", "dlinear_weight"]
+    else:
+        out = rms_norm_linear(*leaves)
+        ref = rms_norm_linear_ref(*refs)
+        names = ["dx", "dnorm_weight", "dlinear_weight"]
+    outs = out if isinstance(out, tuple) else (out,)
+    rout = ref if isinstance(ref, tuple) else (ref,)
+    for i, (o, r) in enumerate(zip(outs, rout)):
+        assert_close(f"out{i}", r, o, tol(dtype, "fwd"))
+    grads = [torch.randn_like(o, dtype=torch.float32).to(o.dtype) for o in outs]
+    torch.autograd.backward(outs, grads)
+    torch.autograd.backward(rout, [g.double() for g in grads])
+    for name, lf, rf in zip(names, leaves, refs):
+        assert_close(name, rf.grad, lf.grad, tol(dtype, "grad"))
+
+
+def test_norm_linear_saves_no_normed_activation():
+    """What the backward keeps: the norm's input and the weights (and rstd), not the normed activation."""
+    torch.manual_seed(6)
+    x = torch.randn(2, 30, 64, device=DEVICE, requires_grad=True)
+    nw = torch.ones(64, device=DEVICE, requires_grad=True)
+    lw = torch.randn(48, 64, device=DEVICE, requires_grad=True)
+    big = []
+
+    def pack(t):
+        if t.numel() >= x.numel():
+            big.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        rms_norm_linear(x, nw, lw)
+    assert len(big) == 1 and big[0] is x, [tuple(t.shape) for t in big]

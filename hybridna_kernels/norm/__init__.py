@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 
 from ..utils import check_same_device, check_tensor, use_kernel
-from .naive import gated_rms_norm_ref, rms_norm_ref
-from .rms import gated_rms_norm_fn, rms_norm_fn
+from .linear import GatedRMSNormLinearFn, RMSNormLinearFn
+from .naive import gated_rms_norm_linear_ref, gated_rms_norm_ref, rms_norm_linear_ref, rms_norm_ref
+from .rms import _is_compiling, gated_rms_norm_fn, rms_norm_fn
 
-__all__ = ["rms_norm", "gated_rms_norm", "rms_norm_ref", "gated_rms_norm_ref"]
+__all__ = ["rms_norm", "gated_rms_norm", "rms_norm_linear", "gated_rms_norm_linear", "rms_norm_ref",
+           "gated_rms_norm_ref", "rms_norm_linear_ref", "gated_rms_norm_linear_ref"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -80,3 +82,45 @@ def gated_rms_norm(y, z, weight, eps: float = 1e-5, *, group_size=None, out_dtyp
     if not use_kernel(y) or torch.float64 in (y.dtype, z.dtype, weight.dtype) or y.numel() == 0:
         return gated_rms_norm_ref(y, z, weight, eps, gs, out_dtype)
     return gated_rms_norm_fn(y, z, weight, float(eps), gs, out_dtype)
+
+
+def rms_norm_linear(x, norm_weight, linear_weight, eps: float = 1e-5, *, delta=None, out_dtype=None):
+    """`F.linear(rms_norm(x, norm_weight, eps, delta=delta, out_dtype=out_dtype), linear_weight)`
+    (bias-free), the normed activation recomputed in the backward instead of saved.
+
+    Args: as rms_norm; linear_weight (out_features, N), cast to the normed activation's dtype.
+    Returns: out (..., out_features) in that dtype; with delta, (out, x + delta).
+    Differentiable in x, delta, norm_weight and linear_weight."""
+    check_tensor("x", x, dtypes=_DTYPES)
+    N = x.shape[-1]
+    check_tensor("linear_weight", linear_weight, shape=(None, N), dtypes=_DTYPES)
+    if (not use_kernel(x) or torch.float64 in (x.dtype, norm_weight.dtype) or x.numel() == 0
+            or _is_compiling()):  # compiled: the two ops, and the compiler chooses what to save
+        r = rms_norm(x, norm_weight, eps, delta=delta, out_dtype=out_dtype)
+        h, s = (r, None) if delta is None else r
+        out = torch.nn.functional.linear(h, linear_weight.to(h.dtype))
+        return out if delta is None else (out, s)
+    check_tensor("norm_weight", norm_weight, shape=(N,), dtypes=_DTYPES)
+    if delta is not None:
+        check_tensor("delta", delta, shape=tuple(x.shape), dtypes=_DTYPES)
+    check_same_device(x=x, norm_weight=norm_weight, linear_weight=linear_weight, delta=delta)
+    return RMSNormLinearFn.apply(x, delta, norm_weight, linear_weight, float(eps), out_dtype or x.dtype)
+
+
+def gated_rms_norm_linear(y, z, norm_weight, linear_weight, eps: float = 1e-5, *, group_size=None, out_dtype=None):
+    """`F.linear(gated_rms_norm(y, z, norm_weight, eps, ...), linear_weight)` (bias-free), the normed
+    activation recomputed in the backward instead of saved. Differentiable in y, z and both weights."""
+    check_tensor("y", y, dtypes=_DTYPES)
+    N = y.shape[-1]
+    check_tensor("linear_weight", linear_weight, shape=(None, N), dtypes=_DTYPES)
+    if (not use_kernel(y) or torch.float64 in (y.dtype, z.dtype, norm_weight.dtype) or y.numel() == 0
+            or _is_compiling()):
+        h = gated_rms_norm(y, z, norm_weight, eps, group_size=group_size, out_dtype=out_dtype)
+        return torch.nn.functional.linear(h, linear_weight.to(h.dtype))
+    check_tensor("z", z, shape=tuple(y.shape), dtypes=_DTYPES)
+    check_tensor("norm_weight", norm_weight, shape=(N,), dtypes=_DTYPES)
+    gs = int(group_size or N)
+    if gs < 1 or N % gs:
+        raise ValueError(f"group_size: expected a divisor of N = {N}, got {group_size}")
+    check_same_device(y=y, z=z, norm_weight=norm_weight, linear_weight=linear_weight)
+    return GatedRMSNormLinearFn.apply(y, z, norm_weight, linear_weight, float(eps), gs, out_dtype or y.dtype)

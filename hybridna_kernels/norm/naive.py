@@ -33,3 +33,18 @@ def gated_rms_norm_ref(y, z, weight, eps=1e-5, group_size=None, out_dtype=None):
     out = gg * torch.rsqrt(gg.pow(2).mean(-1, keepdim=True) + eps)
     out = out.flatten(-2) * weight.to(acc)
     return out.to(out_dtype or y.dtype)
+
+
+def rms_norm_linear_ref(x, norm_weight, linear_weight, eps=1e-5, delta=None, out_dtype=None):
+    """linear(rms_norm(x [+ delta])) with the normed activation in out_dtype; returns out, or
+    (out, x + delta) when delta is given."""
+    r = rms_norm_ref(x, norm_weight, eps, delta, out_dtype)
+    h, s = (r, None) if delta is None else r
+    out = F.linear(h, linear_weight.to(h.dtype))
+    return out if delta is None else (out, s)
+
+
+def gated_rms_norm_linear_ref(y, z, norm_weight, linear_weight, eps=1e-5, group_size=None, out_dtype=None):
+    """linear(gated_rms_norm(y, z)), the normed activation in out_dtype."""
+    h = gated_rms_norm_ref(y, z, norm_weight, eps, group_size, out_dtype)
+    return F.linear(h, linear_weight.to(h.dtype))
