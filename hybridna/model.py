@@ -424,9 +424,14 @@ class Block(nn.Module):
         m = self.mixer.mix(p, state, rows, packed)
         if self.mlp is None:
             return (x, m) if defer_add else x + m
-        p, x = self.norm2.linear(self.mlp.gate_up, x, m)
-        m = self.mlp.from_gate_up(p)
+        x, m = self.mlp_residual(x, m)
         return (x, m) if defer_add else x + m
+
+    def mlp_residual(self, x, m):
+        """(x + m, mlp(norm2(x + m))): the residual add, norm2 and the MLP. Its own method so that
+        training code can checkpoint just this part (it saves the most per token after the mixer)."""
+        p, x = self.norm2.linear(self.mlp.gate_up, x, m)
+        return x, self.mlp.from_gate_up(p)
 
     def step(self, x, state, lengths):  # (B, d)
         if self.is_attention:

@@ -88,7 +88,7 @@ def _nprog(M: int, device) -> int:
     if interpret_mode() or device.type != "cuda":
         return max(1, min(M, 4))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(M, 4 * sms))
+    return max(1, min(M, 8 * sms))
 
 
 def rms_norm_fwd(x, weight, eps: float, delta, out_dtype, store_s: bool):
