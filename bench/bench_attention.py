@@ -289,10 +289,296 @@ def _warm(index, nproc):
     torch.cuda.synchronize()
 
 
+# ---------------------------------------------------------------------------------------------
+# Variant sweep (`python bench/bench_attention.py sweep OUTDIR`): fixed configs / grid orders /
+# atomic dq through flash.VARIANT, each checked against the fp64 reference before it is timed.
+# ---------------------------------------------------------------------------------------------
+
+SWEEP_SHAPES = [(8, 16, 8192, 64), (1, 8, 32768, 128), (1, 16, 32768, 64)]   # B, H, L, D; causal MHA
+if os.environ.get("HYBRIDNA_SWEEP_SHAPES"):   # e.g. "1,2,128,64/1,2,128,128" for a CPU dry run
+    SWEEP_SHAPES = [tuple(int(x) for x in t.split(",")) for t in os.environ["HYBRIDNA_SWEEP_SHAPES"].split("/")]
+# D -> kind -> variant strings; the first of each kind is the default-like one the other kinds use
+SWEEP = {
+    64: {
+        "fwd": ["fwd=128,64,4,3", "fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,128,8,3", "fwd=128,64,4,4",
+                "fwd=256,64,8,3", "fwd=256,64,8,2", "fwd=128,64,8,3;mmajor=fwd", "fwd=128,64,4,3;mmajor=fwd",
+                "fwd=128,64,4,3;poly=1", "fwd=128,64,8,3;poly=1", "fwd=128,128,8,3;poly=1", "fwd=256,64,8,3;poly=1"],
+        "dkdv": ["dkdv=32,128,4,3", "dkdv=32,128,8,3", "dkdv=32,128,8,2", "dkdv=64,128,8,3", "dkdv=64,64,8,3",
+                 "dkdv=32,64,4,3", "dkdv=64,64,4,3", "dkdv=32,128,8,3;mmajor=dkdv", "dkdv=32,128,8,3;atomic_dq=1",
+                 "dkdv=64,128,8,3;atomic_dq=1", "dkdv=64,64,8,3;atomic_dq=1", "dkdv=32,64,4,3;atomic_dq=1",
+                 "dkdv=32,128,8,3;atomic_dq=1;mmajor=dkdv"],
+        "dq": ["dq=64,64,4,3", "dq=128,64,8,3", "dq=128,64,8,2", "dq=128,64,4,3", "dq=128,128,8,2", "dq=64,64,4,4",
+               "dq=128,64,8,3;mmajor=dq"],
+    },
+    128: {
+        "fwd": ["fwd=128,64,8,3", "fwd=128,64,8,2", "fwd=128,128,8,2", "fwd=64,64,4,3", "fwd=128,64,8,4",
+                "fwd=128,64,8,3;mmajor=fwd", "fwd=128,64,8,3;poly=1", "fwd=128,128,8,2;poly=1"],
+        "dkdv": ["dkdv=64,128,8,3", "dkdv=32,128,8,3", "dkdv=32,128,8,2", "dkdv=32,64,4,3", "dkdv=64,64,8,2",
+                 "dkdv=64,64,8,3", "dkdv=32,128,8,3;mmajor=dkdv", "dkdv=32,128,8,3;atomic_dq=1",
+                 "dkdv=32,64,4,3;atomic_dq=1", "dkdv=64,64,8,2;atomic_dq=1"],
+        "dq": ["dq=128,64,8,3", "dq=128,64,8,2", "dq=64,64,4,3", "dq=128,32,8,3", "dq=128,64,8,3;mmajor=dq"],
+    },
+}
+
+
+def _sweep_variants(D):
+    """(kind, full variant string) for every entry: other kinds fixed at their first entry."""
+    limit = int(os.environ.get("HYBRIDNA_SWEEP_MAX", "99"))   # CPU dry runs: fewer entries
+    table = {kind: entries[:limit] for kind, entries in SWEEP[D].items()}
+    base = {kind: table[kind][0] for kind in table}
+    out = []
+    for kind, entries in table.items():
+        for e in entries:
+            parts = [e] + [base[k] for k in table if k != kind and not (k == "dq" and "atomic_dq" in e)]
+            if kind == "fwd":
+                parts = [e]
+            out.append((kind, ";".join(parts)))
+    return out
+
+
+def _set_variant(text):
+    from hybridna_kernels.attention import flash
+
+    flash.VARIANT = flash.parse_variant(text)
+
+
+def _small_check(D, variant):
+    """Variant against the fp64 reference: o and every gradient at a ragged causal shape (1, 777, 4:2 heads)."""
+    _set_variant(variant)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    n = 777 if HAS_CUDA else 77
+    q = torch.randn(1, n, 4, D, generator=g).to(DEV, DT).requires_grad_()
+    k, v = (torch.randn(1, n, 2, D, generator=g).to(DEV, DT).requires_grad_() for _ in range(2))
+    o = flash_attention(q, k, v, causal=True)
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    o_ref = attention_ref(qd, kd, vd, causal=True)
+    refs = torch.autograd.grad(o_ref, (qd, kd, vd), do.double())
+    errs = [_rel(o, o_ref)] + [_rel(a, b) for a, b in zip(grads, refs)]
+    return max(errs)
+
+
+def _warm_sweep(index, nproc):
+    """Compile variants index::nproc at a tiny length (same specialisation as the timed shapes)."""
+    jobs = [(D, H, v) for (B, H, L, D) in SWEEP_SHAPES[:2] for _, v in _sweep_variants(D)]
+    if index == nproc - 1:   # the host-time cases: autotuned defaults and fixed configs (decode, H8 D64)
+        for variant in ("", HOST_FIXED):
+            _set_variant(variant)
+            qd, kd = torch.randn(1, 1, 16, 64, device=DEV, dtype=DT), torch.randn(1, 2048, 4, 64, device=DEV, dtype=DT)
+            flash_attention(qd, kd, kd)
+            q, k, v = (torch.randn(1, 512, 8, 64, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
+            o = flash_attention(q, k, v, causal=True)
+            torch.autograd.grad(o, (q, k, v), torch.randn_like(o))
+    for D, H, variant in jobs[index::nproc]:
+        _set_variant(variant)
+        q, k, v = (torch.randn(1, 512, H, D, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
+        o = flash_attention(q, k, v, causal=True)
+        torch.autograd.grad(o, (q, k, v), torch.randn_like(o))
+    torch.cuda.synchronize()
+
+
+def _winner(best):
+    """Variant string of the winners: the best forward; for the backward, the best separate-dq pair
+    (estimated as t(dkdv*) + t(dq*) - t(both at their first entry)) or the best atomic-dq one."""
+    parts = {}
+
+    def add(text):
+        for item in filter(None, text.split(";")):
+            key, _, val = item.partition("=")
+            if key == "mmajor" and key in parts:
+                val = parts[key] + "," + val
+            parts[key] = val
+
+    if "fwd" in best:
+        add(best["fwd"][1].split(";dkdv=")[0])
+    sep = None
+    if "dkdv" in best and "dq" in best:
+        base = best.get("base", (0.0,))[0]
+        sep = best["dkdv"][0] + best["dq"][0] - base
+    if "atomic" in best and (sep is None or best["atomic"][0] < sep):
+        add(";".join(t for t in best["atomic"][1].split(";") if not t.startswith("fwd=")))
+    elif sep is not None:
+        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith(("dkdv=", "mmajor=dkdv"))))
+        add(";".join(t for t in best["dq"][1].split(";") if t.startswith(("dq=", "mmajor=dq"))))
+    return ";".join(f"{k}={v}" for k, v in parts.items())
+
+
+def _sweep(outdir):
+    import triton.testing
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+    from hybridna_kernels.attention.flash import attention_bwd
+
+    from hybridna_kernels.attention import flash
+
+    flash.TUNE = False   # every launch below names its config; nothing may autotune mid-sweep
+    os.makedirs(outdir, exist_ok=True)
+    log = open(os.path.join(outdir, "sweep.jsonl"), "w")
+    if HAS_CUDA:
+        bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")  # noqa: E731
+    else:  # CPU dry run of the sweep's logic (interpreter): one timed call
+        def bench(fn):
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+    checked = {}
+    lines = ["| shape | kind | variant | ms | TFLOP/s | check |", "| --- | --- | --- | --- | --- | --- |"]
+    summary = ["| shape | mode | ours earlier picks | ours best (variant) | FA2 | cuDNN |",
+               "| --- | --- | --- | --- | --- | --- |"]
+    print("\n".join(summary), flush=True)
+    for B, H, L, D in SWEEP_SHAPES:
+        shape = f"B{B} H{H} L{L} D{D}"
+        n_summary = len(summary)
+        ff = _flops(B, H, L, D, True, None, "fwd")
+        fb = ff * 2.5
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(B, L, H, D, device=DEV, dtype=DT) for _ in range(3))
+        do = torch.randn_like(q)
+        best, ranked = {}, {}
+        base = ";".join(entries[0] for entries in SWEEP[D].values())   # the autotuner's earlier picks
+        _set_variant(base)
+        o0, lse0 = flash_attention(q, k, v, causal=True, return_lse=True)
+        g0 = attention_bwd(do, q, k, v, o0, lse0, causal=True, window=None, softmax_scale=D ** -0.5)
+        for kind, variant in _sweep_variants(D):
+            key = (D, variant)
+            if key not in checked:
+                try:
+                    checked[key] = _small_check(D, variant)
+                except Exception as e:  # noqa: BLE001 - a config that cannot compile is reported, not fatal
+                    checked[key] = f"{type(e).__name__}: {str(e)[:80]}"
+            err = checked[key]
+            row = dict(shape=shape, kind=kind, variant=variant, check=err)
+            if not isinstance(err, float) or err > 2e-2:
+                lines.append(f"| {shape} | {kind} | {variant} | - | - | FAIL {err} |")
+                log.write(json.dumps(row) + "\n")
+                continue
+            _set_variant(variant)
+            if kind == "fwd":
+                o, lse = flash_attention(q, k, v, causal=True, return_lse=True)
+                full = _rel(o, o0)
+                ms = bench(lambda: flash_attention(q, k, v, causal=True))
+                rate = ff / ms / 1e9
+            else:
+                o, lse = o0, lse0
+                g = attention_bwd(do, q, k, v, o, lse, causal=True, window=None, softmax_scale=D ** -0.5)
+                full = max(_rel(a, b) for a, b in zip(g, g0))
+                ms = bench(lambda: attention_bwd(do, q, k, v, o, lse, causal=True, window=None,
+                                                 softmax_scale=D ** -0.5))
+                rate = fb / ms / 1e9
+            row.update(ms=ms, tflops=rate, vs_default=full)
+            if full > 2e-2:
+                lines.append(f"| {shape} | {kind} | {variant} | {ms:.3f} | - | FAIL vs default {full:.1e} |")
+            else:
+                lines.append(f"| {shape} | {kind} | {variant} | {ms:.3f} | {rate:.1f} | {err:.1e} |")
+                if kind != "fwd" and "base" not in best:
+                    best["base"] = (ms, variant)       # the first backward entry: both kinds at entry 0
+                slot = "atomic" if "atomic_dq=1" in variant else kind
+                if slot not in best or ms < best[slot][0]:
+                    best[slot] = (ms, variant)
+                ranked.setdefault(slot, []).append((ms, rate, variant))
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+        # the whole step: defaults, the winners combined, SDPA baselines
+        qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+
+        def step(fn):
+            def run():
+                out = fn(qg, kg, vg)
+                torch.autograd.grad(out, (qg, kg, vg), do)
+            return run
+
+        ours = lambda q_, k_, v_: flash_attention(q_, k_, v_, causal=True)  # noqa: E731
+        res = {}
+        _set_variant(base)
+        res["default"] = (bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours)))
+        winner = _winner(best)
+        _set_variant(winner)
+        werr = _small_check(D, winner)
+        _set_variant(winner)
+        res["best"] = (bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours)))
+        _set_variant("")
+        for name, be in (("FA2", SDPBackend.FLASH_ATTENTION), ("cuDNN", SDPBackend.CUDNN_ATTENTION)):
+            sd = lambda q_, k_, v_: F.scaled_dot_product_attention(  # noqa: E731
+                q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2), is_causal=True).transpose(1, 2)
+            try:
+                with sdpa_kernel(be):
+                    e = _rel(sd(q, k, v), o0)
+                    assert e < 2e-2, f"{name} vs ours {e:.1e}"
+                    res[name] = (bench(lambda: sd(q, k, v)), bench(step(sd)))
+            except Exception as ex:  # noqa: BLE001
+                res[name] = (float("nan"), float("nan"))
+                print(f"{name} at {shape}: {type(ex).__name__}: {str(ex)[:100]}")
+        for j, (mode, fl) in enumerate((("fwd", ff), ("fwd+bwd", ff * 3.5))):
+            cell = lambda r: f"{r[j]:.3f} ms ({fl / r[j] / 1e9:.0f})"  # noqa: E731
+            summary.append(f"| {shape} | {mode} | {cell(res['default'])} | {cell(res['best'])} |"
+                           f" {cell(res['FA2'])} | {cell(res['cuDNN'])} |")
+        summary.append(f"| {shape} | winner | `{winner}` (check {werr:.1e}) | | | |")
+        print("\n".join(summary[n_summary:]), flush=True)
+        for slot, rows in ranked.items():
+            top = sorted(rows)[:3]
+            own = lambda v_: ";".join(t for t in v_.split(";") if slot == "fwd" or not t.startswith(  # noqa: E731
+                ("fwd=", "dq=" if slot != "dq" else "dkdv=")))
+            print(f"  {slot} TFLOP/s: " + "; ".join(f"{r:.0f} `{own(v_)}`" for _, r, v_ in top), flush=True)
+        log.write(json.dumps(dict(shape=shape, winner=winner, winner_check=werr,
+                                  **{k_: v_ for k_, v_ in res.items()})) + "\n")
+        del q, k, v, qg, kg, vg, o0, lse0, g0, do
+        torch.cuda.empty_cache()
+    open(os.path.join(outdir, "sweep.md"), "w").write("\n".join(lines + [""] + summary) + "\n")
+
+
+HOST_FIXED = "fwd=128,64,4,3;dkdv=32,128,8,3;dq=64,64,4,3;decode=64,4,3"
+
+
+def _host():
+    """Host time to enqueue one eager call (mean of 200, no sync), default vs fixed configs vs fixed
+    configs + fastlaunch; outputs of each checked against the default's."""
+    from hybridna_kernels.attention import flash
+
+    rows = ["| case | default (autotuned) us | fixed configs us | fixed + fastlaunch us | max abs diff |",
+            "| --- | --- | --- | --- | --- |"]
+    fixed = HOST_FIXED
+    g = torch.Generator(device="cpu").manual_seed(0)
+    mk = lambda *shape: torch.randn(*shape, generator=g).to(DEV, DT)  # noqa: E731
+    qd, kd, vd = mk(1, 1, 16, 64), mk(1, 131072, 4, 64), mk(1, 131072, 4, 64)
+    qs, ks, vs = (mk(2, 2048, 8, 64).requires_grad_() for _ in range(3))
+    do = mk(2, 2048, 8, 64)
+
+    def fb():
+        o = flash_attention(qs, ks, vs)
+        return torch.autograd.grad(o, (qs, ks, vs), do)
+
+    cases = [("decode B1 Hq16:4 Lk131072", lambda: (flash_attention(qd, kd, vd),)),
+             ("fwd B2 H8 L2048 D64", lambda: (flash_attention(qs.detach(), ks.detach(), vs.detach()),)),
+             ("fwd+bwd B2 H8 L2048 D64", fb)]
+    for name, fn in cases:
+        cells, outs = [], []
+        for variant in ("", fixed, fixed + ";fastlaunch=1"):
+            _set_variant(variant)
+            outs.append([t.float() for t in fn()])
+            fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                fn()
+            cells.append((time.perf_counter() - t0) / 200 * 1e6)
+            torch.cuda.synchronize()
+        diff = max((a - b).abs().max().item() for o in outs[1:] for a, b in zip(o, outs[0]))
+        rows.append(f"| {name} | {cells[0]:.0f} | {cells[1]:.0f} | {cells[2]:.0f} | {diff:.1e} |")
+    _set_variant("")
+    print("\n".join(rows), flush=True)
+
+
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1] == "warm":
         _warm(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "warm-sweep":
+        _warm_sweep(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "host":
+        _host()
+    elif sys.argv[1] == "sweep":
+        _sweep(sys.argv[2])
     else:
         _summary(sys.argv[1])

@@ -166,8 +166,8 @@ class _Rows(list):
 
     def append(self, r):
         r["frac_copy"] = r["gbs"] / self.copy if self.copy else float("nan")
-        print(f"{r['shape']:22s} {r['op']:9s} {r['provider']:60s} {r['ms']:8.4f} ms {r['gbs']:7.0f} GB/s "
-              f"{r['frac_copy']:.3f} of copy" + (f"  err {r['rel_err']:.1e}" if "rel_err" in r else ""), flush=True)
+        print(f"| {r['shape']:19s} | {r['op']:9s} | {r['provider']:34s} | {r['ms']:7.4f} | {r['frac_copy']:.3f} |"
+              + (f" {r['rel_err']:.1e} |" if "rel_err" in r else " |"), flush=True)
         super().append(r)
 
 
@@ -188,44 +188,69 @@ def _slice_ref_grads(x, w, b, gy, n=256):
     return torch.autograd.grad(causal_conv1d_ref(xr, wr, br, "silu"), (xr, wr, br), gy[:, :n].double())
 
 
+def cfg_str(c):
+    """Short config name: 'rows BD256 w2 R8 CH128' or 'tile BT16 BD256 w4 SCR'."""
+    if c.get("KIND") == "rows":
+        return f"rows BD{c['BD']} w{c['num_warps']} R{c['R']} CH{c['CH']}"
+    flags = "".join(k[:3] for k in ("SYNC", "SCRATCH") if c.get(k))
+    return f"tile BT{c['BT']} BD{c['BD']} w{c['num_warps']} {flags}".rstrip()
+
+
+def _failed(rows, name, op, c, e):
+    print(f"| {name:19s} | {op:9s} | {cfg_str(c):34s} | FAILED {type(e).__name__}: {str(e)[:80]}", flush=True)
+    list.append(rows, dict(shape=name, op=op, provider=cfg_str(c), config=c, ms=float("nan"), gbs=float("nan"),
+                           error=f"{type(e).__name__}: {e}"))
+
+
 def sweep(rows, name, x, w, b, nb, dtype, bwd=True):
-    """Time every tile config (each checked at this shape first); end-to-end fwd+bwd per bwd config."""
+    """Time every config (each checked at this shape first); end-to-end fwd+bwd for the best ones.
+    A config that fails to compile or run is reported and skipped."""
     from hybridna_kernels.conv1d import conv
 
     n = min(256, x.shape[1])
     yr = causal_conv1d_ref(x[:, :n].double(), w[:n].double(), b[:n].double(), "silu")
     best = None
     for c in conv._fwd_configs():
-        y, _ = conv.causal_conv1d_fwd(x, w, b, "silu", config=c)
-        err = ((y[:, :n].double() - yr).norm() / yr.norm()).item()
-        ok = bool(torch.isfinite(y).all()) and err <= tol(dtype, "fwd")
-        ms = _bench(lambda: conv.causal_conv1d_fwd(x, w, b, "silu", config=c)) if ok else float("nan")
-        rows.append(dict(shape=name, op="fwd-sweep", provider=str(c), ms=ms, gbs=2 * nb / ms / 1e6, rel_err=err))
+        try:
+            y, _ = conv.causal_conv1d_fwd(x, w, b, "silu", config=c)
+            err = ((y[:, :n].double() - yr).norm() / yr.norm()).item()
+            ok = bool(torch.isfinite(y).all()) and err <= tol(dtype, "fwd")
+            ms = _bench(lambda: conv.causal_conv1d_fwd(x, w, b, "silu", config=c)) if ok else float("nan")
+        except Exception as e:  # noqa: BLE001  (report and go on: one run compares every variant)
+            _failed(rows, name, "fwd-sweep", c, e)
+            continue
+        rows.append(dict(shape=name, op="fwd-sweep", provider=cfg_str(c), config=c, ms=ms, gbs=2 * nb / ms / 1e6,
+                         rel_err=err))
         if ok and (best is None or ms < best[0]):
             best = (ms, c)
-    if not bwd:
+    if not bwd or best is None:
         return
     gy = torch.randn_like(x)
     refs = _slice_ref_grads(x, w, b, gy, n)
     timed = []
     for c in conv._bwd_configs():
-        dx, dw, db, _ = conv.causal_conv1d_bwd(x, w, b, "silu", None, None, gy, None, False, config=c)
-        errs = [((o.double() - r).norm() / r.norm()).item() for o, r in zip((dx[:, :n], dw[:n], db[:n]), refs)]
-        ok = all(e <= tol(dtype, "grad") for e in errs) and bool(torch.isfinite(dx).all())
-        ms = _bench(lambda: conv.causal_conv1d_bwd(x, w, b, "silu", None, None, gy, None, False, config=c)) \
-            if ok else float("nan")
-        rows.append(dict(shape=name, op="bwd-sweep", provider=str(c), ms=ms, gbs=3 * nb / ms / 1e6, rel_err=max(errs)))
+        try:
+            dx, dw, db, _ = conv.causal_conv1d_bwd(x, w, b, "silu", None, None, gy, None, False, config=c)
+            errs = [((o.double() - r).norm() / r.norm()).item() for o, r in zip((dx[:, :n], dw[:n], db[:n]), refs)]
+            ok = all(e <= tol(dtype, "grad") for e in errs) and bool(torch.isfinite(dx).all())
+            ms = _bench(lambda: conv.causal_conv1d_bwd(x, w, b, "silu", None, None, gy, None, False, config=c)) \
+                if ok else float("nan")
+        except Exception as e:  # noqa: BLE001
+            _failed(rows, name, "bwd-sweep", c, e)
+            continue
+        rows.append(dict(shape=name, op="bwd-sweep", provider=cfg_str(c), config=c, ms=ms, gbs=3 * nb / ms / 1e6,
+                         rel_err=max(errs)))
         if ok:
             timed.append((ms, c))
     # end to end through the public function for the three fastest backward configs
     xg, wg, bg = (t.detach().clone().requires_grad_() for t in (x, w, b))
     conv.FWD_CONFIG_OVERRIDE = best[1]
     try:
-        for _, c in sorted(timed, key=lambda t: t[0])[:3]:
+        for _, c in sorted(timed, key=lambda t: t[0])[:2]:
             conv.BWD_CONFIG_OVERRIDE = c
             ms2 = _bench(lambda: torch.autograd.grad(causal_conv1d(xg, wg, bg, activation="silu"), (xg, wg, bg), gy))
-            rows.append(dict(shape=name, op="fb-sweep", provider=f"fwd {best[1]} bwd {c}", ms=ms2,
-                             gbs=5 * nb / ms2 / 1e6))
+            rows.append(dict(shape=name, op="fb-sweep", provider=f"best fwd + bwd {cfg_str(c)[5:]}", ms=ms2,
+                             gbs=5 * nb / ms2 / 1e6, config=dict(fwd=best[1], bwd=c)))
     finally:
         conv.FWD_CONFIG_OVERRIDE = conv.BWD_CONFIG_OVERRIDE = None
 
@@ -242,6 +267,7 @@ def main(argv=None):
     rows.copy = copy = _copy_gbs()
     if HAS_CUDA:
         print(f"device {torch.cuda.get_device_name()}  copy bandwidth {copy:.0f} GB/s", flush=True)
+    print("| shape | op | provider / config | ms | frac. of copy | rel. err |\n| --- | --- | --- | --- | --- | --- |")
     shapes = CPU_SHAPES if args.smoke else GPU_SHAPES
     for name, B, D, L, W in shapes:
         x, w, b = make_inputs(B, D, L, W, dtype)
@@ -253,7 +279,7 @@ def main(argv=None):
             err = check_forward(prov, x, w, b, dtype)
             ms = _bench(forward_fn(prov, x, w, b))
             rows.append(dict(shape=name, op="fwd", provider=prov, ms=ms, gbs=2 * nb / ms / 1e6, rel_err=err))
-            if W == 4 and L <= 8192:
+            if L <= 8192 and (W == 4 or prov == "hybridna"):
                 gerr = check_backward(prov, x, w, b, dtype)
                 xg, wg, bg = (t.detach().clone().requires_grad_() for t in (x, w, b))
                 gy = torch.randn_like(xg)
@@ -270,6 +296,29 @@ def main(argv=None):
             with open(args.json, "w") as f:
                 dev = torch.cuda.get_device_name() if HAS_CUDA else "cpu"
                 json.dump(dict(device=dev, copy_gbs=copy, rows=list(rows)), f, indent=1)
+    summary(rows)
+
+
+def summary(rows):
+    """Issue 3's targets against this run's default-config rows (and the best sweep rows)."""
+    def ms(shape, op, prov="hybridna"):
+        r = [r["ms"] for r in rows if r["shape"] == shape and r["op"] == op and r["provider"] == prov]
+        return r[0] if r else float("nan")
+
+    def best(shape, op):
+        r = [r["ms"] for r in rows if r["shape"] == shape and r["op"] == op and r["ms"] == r["ms"]]
+        return min(r) if r else float("nan")
+
+    s4, s8, s1 = (s[0] for s in GPU_SHAPES)
+    f4, f8, fb, f1 = ms(s4, "fwd"), ms(s8, "fwd"), ms(s4, "fwd+bwd"), ms(s1, "fwd")
+    frac = [r["frac_copy"] for r in rows if r["shape"] == s4 and r["op"] == "fwd" and r["provider"] == "hybridna"]
+    print(f"targets (defaults): fwd W4 {f4:.4f} ms = {frac[0] if frac else float('nan'):.3f} of copy (>= 0.90); "
+          f"fwd+bwd W4 {fb:.4f} ms (<= 0.55); B1 L131072 fwd {f1:.4f} ms (<= 0.47); W8/W4 fwd {f8 / f4:.3f} "
+          f"(<= 1.15); F.conv1d/ours fwd W4 {ms(s4, 'fwd', 'reference') / f4:.1f}x, fwd+bwd "
+          f"{ms(s4, 'fwd+bwd', 'reference') / fb:.1f}x; W8 fwd+bwd {ms(s8, 'fwd+bwd'):.4f} ms")
+    print(f"best sweep: fwd W4 {best(s4, 'fwd-sweep'):.4f} W8 {best(s8, 'fwd-sweep'):.4f} B1 {best(s1, 'fwd-sweep'):.4f}; "
+          f"bwd W4 {best(s4, 'bwd-sweep'):.4f} W8 {best(s8, 'bwd-sweep'):.4f}; "
+          f"fwd+bwd W4 {best(s4, 'fb-sweep'):.4f} W8 {best(s8, 'fb-sweep'):.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -224,18 +224,43 @@ def step_table(copy_gbs):
         print(f"ssd_step B64 H{H} P{P} N{N} ({name}): {t * 1e3:.1f} us, {gbs:.0f} GB/s = {gbs / copy_gbs:.2f} of copy")
 
 
-def sweep(batch=8, seqlen=8192):
-    """Time block-shape variants (chunk.CFG_OVERRIDE) at one shape, forward and forward+backward."""
+def _variant_error(seqlen=2048):
+    """Largest norm-relative error of y and of every gradient against the fp64 chunked reference,
+    B1 T{seqlen} at the benchmark's heads / dims (bf16 inputs); run under the current CFG_OVERRIDE."""
+    t = make(1, seqlen, requires_grad=True)
+    leaves = ("x", "dt", "A", "B", "C", "D", "dt_bias")
+    t64 = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
+    y_ref = _ref(t64)
+    dy = torch.randn_like(y_ref)
+    g_ref = torch.autograd.grad(y_ref, [t64[k] for k in leaves], dy)
+    y = _ours(t)
+    g = torch.autograd.grad(y, [t[k] for k in leaves], dy.to(y.dtype))
+    errs = {"y": (y.double() - y_ref).norm() / y_ref.norm()}
+    for k, a, r in zip(leaves, g, g_ref):
+        errs["d" + k] = (a.double() - r).norm() / r.norm().clamp_min(1e-30)
+    worst = max(errs, key=lambda k: errs[k].item())
+    return f"{errs['y'].item():.1e} / {worst} {errs[worst].item():.1e}"
+
+
+def sweep(batch=8, seqlen=8192, names=None):
+    """Time launch / precision variants (chunk.CFG_OVERRIDE) at one shape, forward and forward+backward,
+    each first checked against the fp64 reference (y error / worst gradient error), and the peer."""
     import triton.testing
 
     from hybridna_kernels.ssd import chunk
 
-    print("| variant | fwd ms | fwd+bwd ms |")
-    print("| --- | --- | --- |")
-    for name, over in chunk.SWEEP_CONFIGS.items():
+    names = names or list(chunk.SWEEP_CONFIGS)
+    fb = {}
+    print(f"| variant (B{batch} T{seqlen}) | fwd ms | fwd+bwd ms | err y / worst grad (B1 T2048 vs fp64) |")
+    print("| --- | --- | --- | --- |")
+    for name in names:
         chunk.CFG_OVERRIDE.clear()
-        chunk.CFG_OVERRIDE.update(over)
+        chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[name])
         row = []
+        try:
+            err = _variant_error()
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            err = f"failed: {type(e).__name__}: {str(e)[:60]}"
         for mode in ("fwd", "fwd_bwd"):
             t = make(batch, seqlen, requires_grad=mode != "fwd")
             try:
@@ -243,11 +268,21 @@ def sweep(batch=8, seqlen=8192):
             except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
                 row.append(f"failed: {type(e).__name__}")
             del t
-        print(f"| {name} | {row[0]} | {row[1]} |", flush=True)
+        print(f"| {name} | {row[0]} | {row[1]} | {err} |", flush=True)
+        if not row[1].startswith("failed") and not err.startswith("failed"):
+            fb[name] = float(row[1])
     chunk.CFG_OVERRIDE.clear()
+    if _peer_scan is not None:
+        row = []
+        for mode in ("fwd", "fwd_bwd"):
+            t = make(batch, seqlen, requires_grad=mode != "fwd")
+            row.append(f"{triton.testing.do_bench(_fn('mamba_ssm', t, mode), return_mode='median'):.3f}")
+            del t
+        print(f"| peer mamba_ssm | {row[0]} | {row[1]} | |", flush=True)
+    return fb
 
 
-def profile(batch=8, seqlen=8192):
+def profile(batch=8, seqlen=8192, top=20):
     """Per-kernel CUDA time of one forward + backward, ours and the peer's (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
@@ -269,7 +304,7 @@ def profile(batch=8, seqlen=8192):
             tt = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
             if tt > 0:
                 rows.append((tt / 5 / 1e3, ev.count // 5, ev.key[:70]))
-        for ms, cnt, key in sorted(rows, reverse=True)[:20]:
+        for ms, cnt, key in sorted(rows, reverse=True)[:top]:
             print(f"{ms:8.3f} ms  x{cnt:<3d} {key}")
         del t, fn
         torch.cuda.empty_cache()
@@ -278,6 +313,16 @@ def profile(batch=8, seqlen=8192):
 if __name__ == "__main__":
     if "--profile-only" in sys.argv:  # just the per-kernel profile (short GPU calls)
         profile()
+        sys.exit(0)
+    if "--sweep-only" in sys.argv:  # variants from SSD_VARIANTS (comma-separated; all when unset)
+        sel = [v for v in os.environ.get("SSD_VARIANTS", "").split(",") if v]
+        fb = sweep(names=sel or None)
+        best = os.environ.get("SSD_PROFILE") or (min(fb, key=fb.get) if fb else None)
+        if best:  # per-kernel profile of one variant (default: the fastest fwd+bwd)
+            from hybridna_kernels.ssd import chunk
+            print(f"profile of variant '{best}'")
+            chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[best])
+            profile(top=int(os.environ.get("SSD_PROFILE_TOP", "14")))
         sys.exit(0)
     if "--sweep" in sys.argv:
         sweep()

@@ -42,5 +42,20 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, tol: float) ->
     assert err <= tol, f"{name}: relative error {err:.3e} > tolerance {tol:.1e}"
 
 
+def assert_close_model(name: str, ref: torch.Tensor, out: torch.Tensor, same_dtype_ref: torch.Tensor,
+                       tol: float) -> None:
+    """Whole-model check (many ops chained in one low-precision dtype): ``out`` must be within ``tol`` of
+    the float64 ``ref`` OR no further from it than twice the PyTorch reference path run in the same
+    dtype (``same_dtype_ref``). DESIGN's tolerances are per kernel; in bf16 the pure-PyTorch model itself
+    drifts past 1e-2 over a few layers, so the kernels are held to "no worse than PyTorch in the same
+    dtype" there (the criterion flash-attention's tests use). NaN never passes."""
+    assert tuple(out.shape) == tuple(ref.shape), f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    n_bad = (~torch.isfinite(out.detach())).sum().item()
+    assert n_bad == 0, f"{name}: {n_bad} non-finite values out of {out.numel()}"
+    err, base = rel_err(ref, out), rel_err(ref, same_dtype_ref)
+    assert err <= max(tol, 2 * base), (f"{name}: relative error {err:.3e} > tolerance {tol:.1e} and > 2x the "
+                                       f"same-dtype PyTorch reference's {base:.3e}")
+
+
 def dtype_id(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}[dtype]

@@ -304,6 +304,41 @@ def test_kernel_strided_inputs_and_custom_scale():
     _check(q, k, v, causal=True, softmax_scale=0.3)
 
 
+@pytest.mark.parametrize("variant", ["mmajor=fwd,dkdv,dq", "atomic_dq=1", "atomic_dq=1;mmajor=dkdv", "poly=1",
+                                     "fastlaunch=1"],
+                         ids=["block-major", "atomic-dq", "atomic-dq-block-major", "poly-exp2-fp16", "fastlaunch"])
+@pytest.mark.parametrize("shape", [(1, 111, 141, 4, 1, 32, True, None), (2, 63, 63, 2, 2, 40, True, 9),
+                                   (1, 70, 70, 2, 1, 16, False, None)], ids=["gqa-offset", "W9-D40", "full"])
+def test_kernel_sweep_variants(variant, shape, monkeypatch):
+    """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
+    forward's exponentials by polynomial: 16-bit inputs only) give the same results; with fixed
+    configs on a GPU."""
+    from hybridna_kernels.attention import flash
+
+    v = flash.parse_variant(variant)
+    if DEVICE != "cpu":
+        v.update(flash.parse_variant("fwd=64,64,4,2;dkdv=32,64,4,2;dq=64,32,4,2"))
+    monkeypatch.setattr(flash, "VARIANT", v)
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v_ = _make(B, Lq, Lk, Hq, Hkv, D, torch.float16 if "poly" in variant else torch.float32)
+    _check(q, k, v_, causal=causal, window=window)
+    if "fastlaunch" in variant and DEVICE != "cpu":   # the second call runs the cached compiled kernels
+        _check(q, k, v_, causal=causal, window=window)
+
+
+def test_decode_with_fixed_config_and_fastlaunch(monkeypatch):
+    """Split-K decode through the fixed-config and cached-launch paths (GPU); twice, so the second call
+    runs the cached compiled kernels. On CPU both are the interpreter's plain launches."""
+    from hybridna_kernels.attention import flash
+    from hybridna_kernels.attention.decode import use_decode
+
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("decode=64,4,3;fastlaunch=1"))
+    q, k, v = _make(1, 3, 1100, 8, 2, 32, torch.float32)
+    assert use_decode(q, k, None)
+    for _ in range(2 if DEVICE != "cpu" else 1):
+        _check(q, k, v, causal=True, window=300)
+
+
 def test_kernel_backward_is_deterministic():
     q, k, v = _make(1, 150, 150, 4, 1, 32, torch.float32)
     o = flash_attention(q, k, v, window=40)

@@ -368,7 +368,8 @@ def test_kernel_matches_reference(shape, opt, dtype):
     check_kernel_vs_reference(shape, opt, dtype)
 
 
-@pytest.mark.parametrize("variant", ["scan BM128 w8", "scan BK32", "state BN64 w4", "dbc BM32 w4", "dbc BM128 w8"])
+@pytest.mark.parametrize("variant", ["scan BM128 w8", "scan BK32", "state BN64 w4", "dbc BM32 w4", "dbc BM128 w8",
+                                     "cs64", "hfirst nomask"])
 def test_kernel_sweep_configs(variant):
     """Every launch config the benchmark sweep may pick gives the same (correct) results: correctness
     never depends on a tuning choice. (Warps / stages do not change the interpreter's results.)"""
@@ -377,6 +378,24 @@ def test_kernel_sweep_configs(variant):
     chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
     try:  # chunk 128, so 128-row variants are not clamped back to the default
         check_kernel_vs_reference((1, 150, 2, 16, 1, 32, 128), "all-seqidx", torch.float32)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
+BF16_VARIANTS = ["cb16", "hfirst cb16 hin16 nomask", "hfirst cb16 cbb16 nomask", "cs64", "nomask"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", BF16_VARIANTS)
+def test_kernel_sweep_configs_bf16_gpu(variant):
+    """The precision variants (bf16 CB / hin, fp64 decay tiles, unmasked CB loads) at the tolerances of
+    the defaults, in bf16 where they differ from fp32, packed sequences included."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        for opt in ("all", "all-cuseq"):
+            check_kernel_vs_reference((1, 600, 8, 64, 1, 128, 256), opt, torch.bfloat16, seed=3)
     finally:
         chunk.CFG_OVERRIDE.clear()
 

@@ -160,11 +160,16 @@ def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, B
     grid = (n_splits, B * Hkv)
     if BN is None and (interpret_mode() or not flash.TUNE or BD > 128):
         BN = 64 if BD <= 128 else 32
-    if BN is not None:
-        _attn_decode_split_kernel[grid](*args, **meta, BN=BN, num_warps=4, num_stages=3 if BD <= 128 else 2)
+    fixed = flash.VARIANT.get("decode")
+    if BN is None and fixed is not None and not interpret_mode():
+        BN, w, st = fixed
+        flash._launch(_attn_decode_split_kernel, grid, args, dict(meta, BN=BN, num_warps=w, num_stages=st))
+    elif BN is not None:
+        flash._launch(_attn_decode_split_kernel, grid, args,
+                      dict(meta, BN=BN, num_warps=4, num_stages=3 if BD <= 128 else 2))
     else:
         _decode_tuned[grid](*args, **meta)
-    _attn_decode_merge_kernel[(B * Hkv, group * Lq)](
-        op, lsep, o, lse, *o.stride()[:3], Lq, Hkv, n_splits, GROUP=group, HEAD_DIM=D, BD=BD, BM=BM,
-        NS=max(2, triton.next_power_of_2(n_splits)))
+    flash._launch(_attn_decode_merge_kernel, (B * Hkv, group * Lq),
+                  (op, lsep, o, lse, *o.stride()[:3], Lq, Hkv, n_splits),
+                  dict(GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, NS=max(2, triton.next_power_of_2(n_splits))))
     return o, lse

@@ -92,6 +92,24 @@ def _visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL: tl.constexpr, HAS_
     return vis
 
 
+@triton.jit
+def _exp2_fma(x):
+    """2^x for x <= 0 (-inf included) on the FMA/ALU pipes instead of the special-function unit (16
+    results per clock per SM on an H100, the forward's bottleneck at headdim 64): round x by adding
+    1.5 * 2^23, a degree-4 polynomial of the remainder in [-0.5, 0.5] (relative error < 3e-6), and
+    the integer part added to the exponent bits. No float-to-int conversion (also a slow pipe)."""
+    x = tl.maximum(x, -127.0)
+    t = x + 12582912.0                      # 1.5 * 2^23: the low mantissa bits now hold round(x)
+    r = t - 12582912.0
+    f = x - r
+    p = 0.00956052 * f + 0.05591712
+    p = p * f + 0.24024982
+    p = p * f + 0.69312196
+    p = p * f + 0.99999919
+    j = t.to(tl.int32, bitcast=True) - 0x4B400000     # round(x) as an integer
+    return (p.to(tl.int32, bitcast=True) + (j << 23)).to(tl.float32, bitcast=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +153,42 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d
     return acc, l_i, m_i
 
 
+@triton.jit
+def _fwd_inner_poly(acc, l_i, m_i, b_q, k_base, v_base, skt, svt, start, end, o_d, m_d, qk_scale,
+                    EVEN_D: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The unmasked loop with the key block in two halves: the first half's exponentials on the
+    special-function unit, the second half's by _exp2_fma on the FMA pipes (16-bit inputs only).
+    Two half-width dots per product keep both halves in the dot's own register layout."""
+    HN: tl.constexpr = BN // 2
+    o_h = tl.arange(0, HN)
+    p_k = k_base + o_h[:, None] * skt + o_d[None, :]
+    p_v = v_base + o_h[:, None] * svt + o_d[None, :]
+    for start_n in range(start, end, BN):
+        n64 = tl.zeros([], dtype=tl.int64) + start_n
+        if EVEN_D:
+            k1 = tl.load(p_k + n64 * skt)
+            k2 = tl.load(p_k + (n64 + HN) * skt)
+            v1 = tl.load(p_v + n64 * svt)
+            v2 = tl.load(p_v + (n64 + HN) * svt)
+        else:
+            k1 = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
+            k2 = tl.load(p_k + (n64 + HN) * skt, mask=m_d[None, :], other=0.0)
+            v1 = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
+            v2 = tl.load(p_v + (n64 + HN) * svt, mask=m_d[None, :], other=0.0)
+        s1 = tl.dot(b_q, tl.trans(k1), input_precision=DOT_PREC)
+        s2 = tl.dot(b_q, tl.trans(k2), input_precision=DOT_PREC)
+        m_new = tl.maximum(m_i, tl.max(tl.maximum(s1, s2), 1) * qk_scale)
+        p1 = tl.math.exp2(s1 * qk_scale - m_new[:, None])
+        p2 = _exp2_fma(s2 * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p1 + p2, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p1.to(v1.dtype), v1, acc, input_precision=DOT_PREC)
+        acc = tl.dot(p2.to(v2.dtype), v2, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU,
@@ -142,14 +196,19 @@ def _attn_fwd_kernel(
     seqlen_q, seqlen_k, nheads_q, lse_len, max_len, qk_scale, window, L_BUCKET,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
-    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, POLY: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     n_mblocks = tl.cdiv(max_len, BM)
-    pid_m = pid % n_mblocks
+    if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
+        n_bh = tl.num_programs(0) // n_mblocks
+        pid_m = pid // n_bh
+        pid_bh = pid % n_bh
+    else:        # one head's blocks together (its K/V stays in L2)
+        pid_m = pid % n_mblocks
+        pid_bh = pid // n_mblocks
     if REVERSE_M:  # causal: the longest query blocks first, so the tail of the grid is short
         pid_m = n_mblocks - 1 - pid_m
-    pid_bh = pid // n_mblocks
     i_b = pid_bh // nheads_q
     i_h = pid_bh % nheads_q
     i_hk = i_h // GROUP
@@ -187,9 +246,13 @@ def _attn_fwd_kernel(
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo, lo_full, o_m, o_n, m_d,
                                seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
                                DOT_PREC)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
-                               seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
-                               DOT_PREC)
+    if POLY:
+        acc, l_i, m_i = _fwd_inner_poly(acc, l_i, m_i, b_q, k_base, v_base, skt, svt, lo_full, hi_full, o_d, m_d,
+                                        qk_scale, EVEN_D, BN, DOT_PREC)
+    else:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
+                                   seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
+                                   DOT_PREC)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
                                seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
                                DOT_PREC)
@@ -227,10 +290,10 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, sob, sot, soh, sdob, sdot, sdoh, seqlen
 
 
 @triton.jit
-def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, start, end, o_n, o_mb, m_d,
-                  seqlen_q, seqlen_k, qk_scale, window,
+def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt, start, end, o_n, o_mb,
+                  m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                   MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
-                  BM: tl.constexpr, DOT_PREC: tl.constexpr):
+                  ATOMIC_DQ: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr):
     """Accumulate dk, dv of one key block over query blocks [start, end) of one query head. Works in
     the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose."""
     for start_m in range(start, end, BM):
@@ -263,23 +326,36 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, s
         b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                           # (BN, BM)
         b_dsT = b_pT * (b_dpT - b_delta[None, :])
         b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
+        if ATOMIC_DQ:  # variant: dq += ds k here (fp32 atomics: not bitwise deterministic)
+            b_dq = tl.dot(tl.trans(b_dsT.to(b_k.dtype)), b_k, input_precision=DOT_PREC) * sm_scale   # (BM, BD)
+            if MASK:
+                tl.atomic_add(p_dq + m64 * sdqt, b_dq, mask=(o_m < seqlen_q)[:, None] & m_d[None, :], sem="relaxed")
+            elif EVEN_D:
+                tl.atomic_add(p_dq + m64 * sdqt, b_dq, sem="relaxed")
+            else:
+                tl.atomic_add(p_dq + m64 * sdqt, b_dq, mask=m_d[None, :], sem="relaxed")
     return b_dk, b_dv
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, CU,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQA, CU,
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdob, sdot, sdoh,
-    sdkb, sdkt, sdkh, sdvb, sdvt, sdvh,
+    sdkb, sdkt, sdkh, sdvb, sdvt, sdvh, sdqb, sdqt, sdqh,
     seqlen_q, seqlen_k, nheads_q, lse_len, max_len, sm_scale, qk_scale, window, L_BUCKET,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    M_MAJOR: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_nblocks = tl.cdiv(max_len, BN)
-    pid_n = pid % n_nblocks
-    pid_bh = pid // n_nblocks
+    if M_MAJOR:  # causal: key block 0 sees every query, so every head's first blocks go first
+        n_bh = tl.num_programs(0) // n_nblocks
+        pid_n = pid // n_bh
+        pid_bh = pid % n_bh
+    else:
+        pid_n = pid % n_nblocks
+        pid_bh = pid // n_nblocks
     nheads_kv = nheads_q // GROUP
     i_b = pid_bh // nheads_kv
     i_hk = pid_bh % nheads_kv
@@ -315,16 +391,17 @@ def _attn_bwd_dkdv_kernel(
         p_do = DO + i_b64 * sdob + bos * sdot + i_h * sdoh + o_mb[:, None] * sdot + o_d[None, :]
         p_lse = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
         p_delta = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
+        p_dq = DQA + i_b64 * sdqb + bos * sdqt + i_h * sdqh + o_mb[:, None] * sdqt + o_d[None, :]
         # diagonal blocks (masked), fully visible blocks, the window's far edge (masked)
-        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, lo, lo_full,
-                                   o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
-                                   True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC)
-        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, lo_full, hi_full,
-                                   o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
-                                   False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC)
-        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, hi_full, hi,
-                                   o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
-                                   True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC)
+        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
+                                   lo, lo_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
+                                   True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
+        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
+                                   lo_full, hi_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
+                                   False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
+        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
+                                   hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
+                                   True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
     b_dk = b_dk * sm_scale
     tl.store(DK + i_b64 * sdkb + bos * sdkt + i_hk.to(tl.int64) * sdkh + o_n64[:, None] * sdkt + o_d[None, :],
              b_dk.to(DK.dtype.element_ty), mask=m_kv)
@@ -367,14 +444,19 @@ def _attn_bwd_dq_kernel(
     seqlen_q, seqlen_k, nheads_q, lse_len, max_len, sm_scale, qk_scale, window, L_BUCKET,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
-    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_mblocks = tl.cdiv(max_len, BM)
-    pid_m = pid % n_mblocks
-    if REVERSE_M:
+    if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
+        n_bh = tl.num_programs(0) // n_mblocks
+        pid_m = pid // n_bh
+        pid_bh = pid % n_bh
+    else:        # one head's blocks together (its K/V stays in L2)
+        pid_m = pid % n_mblocks
+        pid_bh = pid // n_mblocks
+    if REVERSE_M:  # causal: the longest query blocks first, so the tail of the grid is short
         pid_m = n_mblocks - 1 - pid_m
-    pid_bh = pid // n_mblocks
     i_b = pid_bh // nheads_q
     i_h = pid_bh % nheads_q
     i_hk = i_h // GROUP
@@ -483,6 +565,86 @@ def _l_bucket(L: int) -> int:
 TUNE = os.environ.get("HYBRIDNA_AUTOTUNE", "1") != "0"
 
 
+def parse_variant(text: str) -> dict:
+    """Run-time variants for sweeps, e.g. "fwd=128,64,4,3;dkdv=32,128,4,3;dq=64,64,4,3;mmajor=fwd,dq;atomic_dq=1".
+    fwd / dkdv / dq: fixed (BM, BN, num_warps, num_stages) instead of autotuning; mmajor: kernels whose
+    grid runs block-major (every head's block i before block i + 1) instead of head-major;
+    fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
+    poly=1: the forward computes half its exponentials with a polynomial on the FMA pipes (16-bit
+    inputs); atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
+    separate dq pass; not bitwise deterministic)."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        key, _, val = item.partition("=")
+        key = key.strip()
+        if key in ("fwd", "dkdv", "dq", "decode"):
+            out[key] = tuple(int(x) for x in val.split(","))
+            if len(out[key]) != (3 if key == "decode" else 4):
+                raise ValueError(f"HYBRIDNA_ATTN_VARIANT: {key} needs BM,BN,warps,stages (decode: BN,warps,stages), "
+                                 f"got {val!r}")
+        elif key == "mmajor":
+            out[key] = frozenset(filter(None, (x.strip() for x in val.split(","))))
+        elif key in ("atomic_dq", "poly", "fastlaunch"):
+            out[key] = val.strip() not in ("", "0")
+        else:
+            raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
+    return out
+
+
+# Set by the benchmark's sweep (or the environment); empty means the defaults.
+VARIANT = parse_variant(os.environ.get("HYBRIDNA_ATTN_VARIANT", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch without Triton's per-call binding (variant fastlaunch=1): the compiled kernel of each
+# (kernel, argument specialisation, constexprs, launch options) is kept and run directly
+# ---------------------------------------------------------------------------------------------
+
+_LAUNCH_CACHE: dict = {}
+_PARAMS: dict = {}
+
+
+def _spec(a):
+    """Everything Triton may specialise an argument on, or more (a finer key is safe)."""
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, a.device, a.data_ptr() % 16 == 0)
+    if isinstance(a, bool) or a is None:
+        return a
+    if isinstance(a, int):
+        return (a % 16 == 0, a == 1, -2 ** 31 <= a < 2 ** 31)
+    if isinstance(a, float):
+        return float
+    return a
+
+
+def _launch(fn, grid, args, kw):
+    """fn[grid](*args, **kw), through a cache of compiled kernels when VARIANT has fastlaunch."""
+    if not VARIANT.get("fastlaunch") or interpret_mode():
+        fn[grid](*args, **kw)
+        return
+    params = _PARAMS.get(fn)
+    if params is None:
+        params = _PARAMS[fn] = [(p.name, p.is_constexpr, p.default) for p in fn.params]
+    full = list(args)
+    for name, _, default in params[len(args):]:
+        full.append(kw[name] if name in kw else default)
+    key = (fn, tuple(a if c else _spec(a) for a, (_, c, _) in zip(full, params)),
+           kw.get("num_warps"), kw.get("num_stages"))
+    kernel = _LAUNCH_CACHE.get(key)
+    if kernel is None:
+        _LAUNCH_CACHE[key] = fn[grid](*args, **kw)
+        return
+    from triton import knobs
+    from triton.runtime import driver
+
+    g = tuple(grid) + (1,) * (3 - len(grid))
+    stream = driver.active.get_current_stream(full[0].device.index)
+    enter = knobs.runtime.launch_enter_hook
+    meta = kernel.launch_metadata(g, stream, *full) if enter is not None else None
+    kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, meta, enter,
+               knobs.runtime.launch_exit_hook, *full)
+
+
 def _run(kind, grid, blocks, args, meta):
     """Launch the autotuned kernel, or the raw one with fixed blocks (interpreter, tests, TUNE off)."""
     tuned, raw = {"fwd": (_attn_fwd_tuned, _attn_fwd_kernel), "dkdv": (_attn_bwd_dkdv_tuned, _attn_bwd_dkdv_kernel),
@@ -492,6 +654,9 @@ def _run(kind, grid, blocks, args, meta):
     if blocks is not None:
         BM, BN = blocks
         raw[grid({"BM": BM, "BN": BN})](*args, **meta, BM=BM, BN=BN, num_warps=4, num_stages=2)
+    elif kind in VARIANT:
+        BM, BN, w, st = VARIANT[kind]
+        _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st))
     elif not TUNE:
         conf = next(c for c in _configs(kind) if _keep(c, meta["BD"]))
         raw[grid(conf.kwargs)](*args, **meta, **conf.kwargs, num_warps=conf.num_warps, num_stages=conf.num_stages)
@@ -526,6 +691,9 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
         return o, lse
     meta = _flags(q, k, causal, window, cu_seqlens, max_len)
     meta["REVERSE_M"] = bool(causal)
+    meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
+    if VARIANT.get("poly") and q.dtype != torch.float32:   # fp32 keeps the exact exp2
+        meta["POLY"] = True
     args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             Lq, Lk, Hq, Lq, max_len, softmax_scale * LOG2E)
@@ -554,21 +722,28 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     delta = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
     if Lq > 0 and Hq > 0:
         BMD = 64
-        _attn_bwd_delta_kernel[(cdiv(Lq, BMD), B * Hq)](
-            o, do, delta, *o.stride()[:3], *do.stride()[:3], Lq, Hq, HEAD_DIM=D, BD=BD, BM=BMD)
+        _launch(_attn_bwd_delta_kernel, (cdiv(Lq, BMD), B * Hq),
+                (o, do, delta, *o.stride()[:3], *do.stride()[:3], Lq, Hq), dict(HEAD_DIM=D, BD=BD, BM=BMD))
         if dlse is not None:
             delta = delta - torch.where(torch.isneginf(lse), 0.0, dlse.float())
     scale = softmax_scale
     common = (Lq, Lk, Hq, Lq)
+    mmajor = VARIANT.get("mmajor", ())
+    atomic = bool(VARIANT.get("atomic_dq")) and blocks is None
+    dqa = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else None
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
-        args = (q, k, v, do, lse, delta, dk, dv, cu_seqlens if cu_seqlens is not None else q,
+        meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
+        args = (q, k, v, do, lse, delta, dk, dv, dqa if atomic else q, cu_seqlens if cu_seqlens is not None else q,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
-                *dv.stride()[:3], *common, max_k, scale, scale * LOG2E)
+                *dv.stride()[:3], *(dqa.stride()[:3] if atomic else (0, 0, 0)), *common, max_k, scale, scale * LOG2E)
         _run("dkdv", lambda m: (cdiv(max_k, m["BN"]) * nb * Hkv,), None if blocks is None else blocks[0], args, meta)
-    if max_q > 0 and nb > 0 and Hq > 0:
+    if atomic:
+        dq.copy_(dqa)
+    elif max_q > 0 and nb > 0 and Hq > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta["REVERSE_M"] = bool(causal)
+        meta["M_MAJOR"] = "dq" in mmajor
         args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
                 *common, max_q, scale, scale * LOG2E)

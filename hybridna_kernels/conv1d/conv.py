@@ -1,6 +1,12 @@
 """Triton causal depthwise conv1d: forward and backward kernels, launchers, autograd Function, and
 torch.library ops for torch.compile.
 
+Two kernel families, picked per call by a config dict (KIND): "rows" (the default unless time is the
+contiguous dimension) walks a chunk of time one row at a time, each thread owning a few adjacent
+channels and carrying the last W - 1 inputs (and du rows, in the backward) in registers: one load per
+input element, one store per output element, no shifted re-reads, dweight / dbias summed in registers
+per program. "tile" (below; the default for channel-first inputs, whose rows are not contiguous):
+
 Maths and the seq_idx / state conventions: README.md. Work partition: one program per
 (time tile, channel block, batch row); the width - 1 halo is re-read through L1/L2 by shifted masked
 loads (one per tap), so HBM sees each input once. Strides are kernel arguments: Triton specialises a
@@ -383,21 +389,275 @@ def _conv1d_bwd_kernel(
             tl.store(p_dh, b_dh.to(DH0.dtype.element_ty), mask=(o_h < 0)[:, None] & m_d[None, :])
 
 
+# ------------------------------------------------------------------------------------------------
+# Row kernels: one program per (time chunk, channel block, batch row) walks its chunk one time row at
+# a time. Each thread owns BD / (32 * num_warps) adjacent channels; the W - 1 previous input rows (and,
+# in the backward, the W - 1 previous du rows and segment ids) are carried in registers, so every
+# element of x, dy, y, dx crosses the memory system once (plus W - 1 halo rows per chunk), with no
+# shifted re-reads and no reductions. R rows are loaded at the top of each loop step so that 2R (bwd)
+# or R (fwd) row loads are in flight per thread.
+# ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rm(m_d, cond):
+    """m_d and a scalar condition (a select: the interpreter rejects vector & scalar bool masks)."""
+    return tl.where(cond, m_d, False)
+
+
+@triton.jit
+def _push(a1, a2, a3, a4, a5, a6, a7, v, W: tl.constexpr):
+    """Shift the carried rows by one (a_k holds the row k steps back), v the newest. Only the W - 1
+    carries in use are touched, so the others are not loop-carried."""
+    if W > 7:
+        a7 = a6
+    if W > 6:
+        a6 = a5
+    if W > 5:
+        a5 = a4
+    if W > 4:
+        a4 = a3
+    if W > 3:
+        a3 = a2
+    if W > 2:
+        a2 = a1
+    a1 = v
+    return a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _row_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W: tl.constexpr, HAS_H0: tl.constexpr):
+    """x row at scalar time tt (initial_states for -(W-1) <= tt < 0, zero outside)."""
+    b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=_rm(m_d, (tt >= 0) & (tt < L)), other=0.0).to(tl.float32)
+    if HAS_H0:
+        th = tl.maximum(tt + (W - 1), 0)
+        b += tl.load(p_h0 + th.to(tl.int64) * shk, mask=_rm(m_d, (tt < 0) & (th >= 0)), other=0.0).to(tl.float32)
+    return b
+
+
+@triton.jit
+def _seg1(p_s, tt, L, sst):
+    """Segment id at scalar time tt clamped into [0, L)."""
+    return tl.load(p_s + tl.minimum(tl.maximum(tt, 0), L - 1).to(tl.int64) * sst)
+
+
+@triton.jit
+def _conv1d_fwd_rows_kernel(
+    X, WT, BIAS, H0, SEQ, Y, HT,
+    L, D, CH,
+    sxb, sxd, sxt, swd, swk, syb, syd, syt, shb, shd, shk, ssb, sst, stb, std, stk,
+    W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr, STORE_HT: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
+):
+    i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_d = o_d < D
+    o_d64 = o_d.to(tl.int64)
+    p_x = X + i_b * sxb + o_d64 * sxd
+    p_h0 = H0 + i_b * shb + o_d64 * shd
+    p_y = Y + i_b * syb + o_d64 * syd
+    p_s = SEQ + i_b * ssb
+    w0 = _wcol(WT, o_d, m_d, swd, swk, 0)
+    w1, w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0, w0
+    for k in tl.static_range(1, W):
+        w0, w1, w2, w3, w4, w5, w6, w7 = _set_j(w0, w1, w2, w3, w4, w5, w6, w7, _wcol(WT, o_d, m_d, swd, swk, k), k)
+    b_b = tl.zeros([BD], dtype=tl.float32)
+    if HAS_BIAS:
+        b_b += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)
+    c0 = i_c * CH
+    c1 = tl.minimum(c0 + CH, L)
+    # carries: a_k = x at time t - k, s_k its segment id
+    a1 = tl.zeros([BD], dtype=tl.float32)
+    a2, a3, a4, a5, a6, a7 = a1, a1, a1, a1, a1, a1
+    s1 = c0 * 0
+    s2, s3, s4, s5, s6, s7 = s1, s1, s1, s1, s1, s1
+    for k in tl.static_range(W - 1):
+        tt = c0 - (W - 1) + k
+        a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7,
+                                           _row_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0), W)
+        if HAS_SEQ:
+            s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, _seg1(p_s, tt, L, sst), W)
+    for t0 in range(c0, c1, R):
+        v0 = tl.zeros([BD], dtype=tl.float32)
+        v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
+        for r in tl.static_range(R):
+            tt = t0 + r
+            b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=_rm(m_d, tt < c1), other=0.0).to(tl.float32)
+            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
+        for r in tl.static_range(R):
+            tt = t0 + r
+            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r)
+            acc = b_b + _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1) * v
+            if HAS_SEQ:
+                s = _seg1(p_s, tt, L, sst)
+            for k in tl.static_range(1, W):
+                c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1 - k) * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
+                if HAS_SEQ:
+                    c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s, c, 0.0)
+                acc += c
+            if SILU:
+                acc = acc / (1.0 + tl.exp(-acc))
+            tl.store(p_y + tt.to(tl.int64) * syt, acc.to(Y.dtype.element_ty), mask=_rm(m_d, tt < c1))
+            a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7, v, W)
+            if HAS_SEQ:
+                s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+
+    if STORE_HT:
+        if c1 >= L:
+            o_j = tl.arange(0, WP)
+            t_h = L - (W - 1) + o_j
+            p_x2 = p_x[None, :]
+            b_h = _load_x(X, H0, p_x2, p_h0[None, :], t_h, m_d, L, sxt, shk, W, HAS_H0)
+            if HAS_SEQ:
+                b_h = tl.where((_seg(p_s, t_h, L, sst) == _seg(p_s, L - 1 + 0 * o_j, L, sst))[:, None], b_h, 0.0)
+            p_ht = HT + i_b * stb + o_d64[None, :] * std + o_j.to(tl.int64)[:, None] * stk
+            tl.store(p_ht, b_h.to(HT.dtype.element_ty), mask=(o_j < W - 1)[:, None] & m_d[None, :])
+
+
+@triton.jit
+def _conv1d_bwd_rows_kernel(
+    X, WT, BIAS, H0, SEQ, DY, GH, DX, DH0, DWP, DBP,
+    L, D, CH,
+    sxb, sxd, sxt, swd, swk, shb, shd, shk, ssb, sst, sdb, sdd, sdt, sgb, sgd, sgk,
+    sxgb, sxgd, sxgt, shgb, shgd, shgk,
+    W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
+):
+    """Row t = tau walks [c0, c1 + W - 1): it loads x[tau], dy[tau], rebuilds u[tau] from the carried
+    x rows, forms du[tau], adds to dweight / dbias when tau < c1, and emits dx[tau - (W - 1)] from the
+    carried du rows (and dinitial_states, at negative times, in the first chunk)."""
+    i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_d = o_d < D
+    o_d64 = o_d.to(tl.int64)
+    p_x = X + i_b * sxb + o_d64 * sxd
+    p_h0 = H0 + i_b * shb + o_d64 * shd
+    p_dy = DY + i_b * sdb + o_d64 * sdd
+    p_gh = GH + i_b * sgb + o_d64 * sgd
+    p_dx = DX + i_b * sxgb + o_d64 * sxgd
+    p_dh = DH0 + i_b * shgb + o_d64 * shgd
+    p_s = SEQ + i_b * ssb
+    w0 = _wcol(WT, o_d, m_d, swd, swk, 0)
+    w1, w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0, w0
+    for k in tl.static_range(1, W):
+        w0, w1, w2, w3, w4, w5, w6, w7 = _set_j(w0, w1, w2, w3, w4, w5, w6, w7, _wcol(WT, o_d, m_d, swd, swk, k), k)
+    b_b = tl.zeros([BD], dtype=tl.float32)
+    if HAS_BIAS:
+        b_b += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)
+    c0 = i_c * CH
+    c1 = tl.minimum(c0 + CH, L)
+    if HAS_SEQ:
+        s_last = _seg1(p_s, L - 1, L, sst)
+    # carries: a_k = x at tau - k, e_k = du at tau - k (zero before c0: dx[t >= c0] never needs it),
+    # s_k the segment id at tau - k
+    a1 = tl.zeros([BD], dtype=tl.float32)
+    a2, a3, a4, a5, a6, a7 = a1, a1, a1, a1, a1, a1
+    e1, e2, e3, e4, e5, e6, e7 = a1, a1, a1, a1, a1, a1, a1
+    dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db = a1, a1, a1, a1, a1, a1, a1, a1, a1
+    s1 = c0 * 0
+    s2, s3, s4, s5, s6, s7 = s1, s1, s1, s1, s1, s1
+    for k in tl.static_range(W - 1):
+        tt = c0 - (W - 1) + k
+        a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7,
+                                           _row_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0), W)
+        if HAS_SEQ:
+            s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, _seg1(p_s, tt, L, sst), W)
+    # the first chunk also emits dx at the initial_states' positions (times -(W-1) .. -1)
+    t_lo = tl.where(i_c == 0, -(W - 1), c0)
+    t_end = tl.minimum(c1 + (W - 1), L)
+    for t0 in range(c0, c1 + (W - 1), R):
+        v0 = tl.zeros([BD], dtype=tl.float32)
+        v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
+        g0, g1, g2, g3, g4, g5, g6, g7 = v0, v0, v0, v0, v0, v0, v0, v0
+        for r in tl.static_range(R):
+            tt = t0 + r
+            m = _rm(m_d, tt < t_end)
+            b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=m, other=0.0).to(tl.float32)
+            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
+            b = tl.load(p_dy + tt.to(tl.int64) * sdt, mask=m, other=0.0).to(tl.float32)
+            g0, g1, g2, g3, g4, g5, g6, g7 = _set_j(g0, g1, g2, g3, g4, g5, g6, g7, b, r)
+        for r in tl.static_range(R):
+            tt = t0 + r
+            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r)
+            du = _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r)
+            if HAS_SEQ:
+                s = _seg1(p_s, tt, L, sst)
+            if SILU:
+                u = b_b + _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1) * v
+                for k in tl.static_range(1, W):
+                    c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1 - k) * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
+                    if HAS_SEQ:
+                        c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s, c, 0.0)
+                    u += c
+                sg = 1.0 / (1.0 + tl.exp(-u))
+                du = du * sg * (1.0 + u * (1.0 - sg))
+            # dweight / dbias over this chunk's own times only
+            dsel = tl.where(tt < c1, du, 0.0)
+            b_db += dsel
+            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, dsel * v, W - 1)
+            for k in tl.static_range(1, W):
+                c = dsel * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
+                if HAS_SEQ:
+                    c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s, c, 0.0)
+                dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, c, W - 1 - k)
+            # dx at t = tau - (W - 1): sum_j w[W-1-j] du[t + j]; du[t + j] is e_{W-1-j} (e_0 = du)
+            t = tt - (W - 1)
+            b_dx = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, 0) * du
+            if HAS_SEQ:
+                s_t = _pick_j(s1, s1, s2, s3, s4, s5, s6, s7, W - 1)
+                b_dx = tl.where(s_t == s, b_dx, 0.0)
+            for k in tl.static_range(1, W):
+                c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, k) * _pick_j(e1, e1, e2, e3, e4, e5, e6, e7, k)
+                if HAS_SEQ:
+                    if k < W - 1:
+                        c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s_t, c, 0.0)
+                b_dx += c
+            if HAS_GH:
+                # final_states[j] = x at time L - (W - 1) + j: its gradient lands on that input
+                jj = t - (L - (W - 1))
+                m_g = (jj >= 0) & (jj < W - 1)
+                b_gh = tl.load(p_gh + tl.maximum(jj, 0).to(tl.int64) * sgk, mask=_rm(m_d, m_g), other=0.0).to(tl.float32)
+                if HAS_SEQ:
+                    b_gh = tl.where(s_t == s_last, b_gh, 0.0)
+                b_dx += b_gh
+            tl.store(p_dx + tl.maximum(t, 0).to(tl.int64) * sxgt, b_dx.to(DX.dtype.element_ty),
+                     mask=_rm(m_d, (t >= c0) & (t < c1)))
+            if STORE_DH0:
+                tl.store(p_dh + tl.maximum(t + (W - 1), 0).to(tl.int64) * shgk, b_dx.to(DH0.dtype.element_ty),
+                         mask=_rm(m_d, (t < 0) & (t >= t_lo)))
+            a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7, v, W)
+            e1, e2, e3, e4, e5, e6, e7 = _push(e1, e2, e3, e4, e5, e6, e7, du, W)
+            if HAS_SEQ:
+                s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+    row = i_b * tl.num_programs(0) + i_c
+    p_dw = DWP + row * W * D + o_d
+    for k in tl.static_range(W):
+        tl.store(p_dw + k * D, _pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), mask=m_d)
+    tl.store(DBP + row * D + o_d, b_db, mask=m_d)
+
+
 def _fwd_configs():
-    """Tile configs the benchmark sweeps (bench/bench_conv1d.py --sweep); tests run every one."""
-    return [dict(BT=bt, BD=bd, num_warps=nw, SYNC=sy) for bt, bd, nw in [
-        (16, 256, 4), (32, 128, 4), (16, 128, 4), (8, 256, 4), (64, 64, 4), (32, 256, 8), (16, 512, 8),
-        (8, 128, 4)] for sy in (False, True)]
+    """Configs the benchmark sweeps (bench/bench_conv1d.py --sweep); tests run every one. KIND "tile":
+    (BT, BD) tiles with shifted re-reads; KIND "rows": the row-walking kernel (CH rows per program;
+    BD / (32 * num_warps) channels per thread)."""
+    tiles = [dict(KIND="tile", BT=bt, BD=bd, num_warps=nw, SYNC=False) for bt, bd, nw in [(16, 256, 4), (32, 128, 4)]]
+    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch) for bd, nw, r, ch in [
+        (256, 2, 8, 128), (256, 1, 8, 128), (128, 1, 8, 128), (256, 2, 4, 128), (512, 4, 8, 128),
+        (256, 2, 8, 64), (256, 2, 8, 256)]]
+    return tiles + rows
 
 
 def _bwd_configs():
-    cfgs = [dict(BT=bt, BD=bd, num_warps=nw, SHARE=True, SCRATCH=sc) for sc in (False, True) for bt, bd, nw in [
-        (4, 128, 4), (8, 128, 4), (4, 256, 4), (8, 64, 4), (16, 128, 8), (8, 256, 8)]]
-    return cfgs + [dict(BT=4, BD=128, num_warps=4, SHARE=False, SCRATCH=False)]
+    tiles = [dict(KIND="tile", BT=bt, BD=bd, num_warps=nw, SHARE=True, SCRATCH=sc) for bt, bd, nw, sc in [
+        (8, 128, 4, False), (8, 64, 4, True)]]
+    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch) for bd, nw, r, ch in [
+        (128, 1, 8, 128), (64, 1, 8, 128), (128, 2, 8, 128), (128, 1, 4, 128), (256, 2, 8, 128),
+        (128, 1, 8, 64), (128, 1, 8, 256)]]
+    return tiles + rows
 
 
-# Fixed tile choices instead of autotuning: first-call tuning would cost ~20 compiles per key, and
-# the best tiles depend on layout and width only (bench/RESULTS.md has the sweep). The overrides let
+# Fixed configs instead of autotuning: first-call tuning would cost ~20 compiles per key, and the
+# best configs depend on layout and width only (bench/RESULTS.md has the sweep). The overrides let
 # the benchmark time a config end to end through the public function.
 FWD_CONFIG_OVERRIDE = None
 BWD_CONFIG_OVERRIDE = None
@@ -407,16 +667,39 @@ def _fwd_config(x, W):
     if FWD_CONFIG_OVERRIDE is not None:
         return FWD_CONFIG_OVERRIDE
     if x.stride(2) == 1 and x.shape[2] > 1:  # time-contiguous (channel-first): long rows along t
-        return dict(BT=128, BD=32, num_warps=4, SYNC=False)
-    return dict(BT=16, BD=256, num_warps=4, SYNC=False)
+        return dict(KIND="tile", BT=128, BD=32, num_warps=4, SYNC=False)
+    # 4 channels per thread: ~80 registers at W4, ~130 at W8, no spills (Triton 3.6, sm_90)
+    return dict(KIND="rows", BD=256, num_warps=2, R=8, CH=128)
 
 
 def _bwd_config(x, W):
     if BWD_CONFIG_OVERRIDE is not None:
         return BWD_CONFIG_OVERRIDE
     if x.stride(2) == 1 and x.shape[2] > 1:
-        return dict(BT=32, BD=16, num_warps=4, SHARE=True, SCRATCH=False)
-    return dict(BT=8, BD=128, num_warps=4, SHARE=True, SCRATCH=False)
+        return dict(KIND="tile", BT=32, BD=16, num_warps=4, SHARE=True, SCRATCH=False)
+    # 4 channels per thread up to W4 (~130 registers), 2 above (W8 ~125 registers; 4 would take ~240)
+    return dict(KIND="rows", BD=128 if W <= 4 else 64, num_warps=1, R=8, CH=128)
+
+
+def _rows_chunk(x, cfg) -> int:
+    """Time rows per program of the row kernels: cfg["CH"], halved (not below 4 * R) while the grid
+    has fewer than ~16 resident warps' worth per SM of an H100 (132 SMs) for short inputs. Not on CPU
+    (the interpreter runs programs one after another, and each costs its W - 1 halo rows)."""
+    B, D, L = x.shape
+    ch = cfg.get("CH", 128)
+    if x.device.type == "cpu":
+        return ch
+    while ch > 4 * cfg["R"] and B * cdiv(D, cfg["BD"]) * cdiv(L, ch) * cfg.get("num_warps", 1) < 132 * 16:
+        ch //= 2
+    return ch
+
+
+def _cpu_rows(x, cfg):
+    """Under the interpreter (CPU), wider channel blocks for the default row config: the cost is per
+    program and per row, hardly per element. The variant tests still run every GPU config as is."""
+    if x.device.type == "cpu" and cfg.get("KIND") == "rows":
+        cfg = dict(cfg, BD=max(cfg["BD"], min(1024, _pow2(x.shape[1]))))
+    return cfg
 
 
 def _layout_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -448,7 +731,13 @@ def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_states=None
     )
     flags = dict(W=W, WP=_pow2(W), SILU=activation == "silu", HAS_BIAS=bias is not None,
                  HAS_H0=initial_states is not None, HAS_SEQ=seq_idx is not None, STORE_HT=ht is not None)
-    cfg = config or _fwd_config(x, W)
+    cfg = config or _cpu_rows(x, _fwd_config(x, W))
+    if cfg.get("KIND", "tile") == "rows":
+        CH = _rows_chunk(x, cfg)
+        grid = (cdiv(L, CH), cdiv(D, cfg["BD"]), B)
+        _conv1d_fwd_rows_kernel[grid](*args[:9], CH, *args[9:], **flags, BD=cfg["BD"], R=cfg["R"],
+                                      num_warps=cfg.get("num_warps", 1))
+        return y, ht
     grid = (cdiv(L, cfg["BT"]), cdiv(D, cfg["BD"]), B)
     _conv1d_fwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], SYNC=cfg.get("SYNC", False),
                              num_warps=cfg.get("num_warps", 4))
@@ -468,7 +757,9 @@ def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, 
     """Launch the backward kernel. Returns (dx, dweight, dbias or None, dinitial_states or None)."""
     B, D, L = x.shape
     W = weight.shape[1]
-    cfg = config or _bwd_config(x, W)
+    cfg = config or _cpu_rows(x, _bwd_config(x, W))
+    if cfg.get("KIND", "tile") == "rows":
+        return _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg)
     CH = max(_chunk_len(L, B, D), cfg["BT"])
     n_c = cdiv(L, CH)
     dx = _layout_like(x, x.dtype)
@@ -496,6 +787,34 @@ def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, 
     _conv1d_bwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], SHARE=cfg.get("SHARE", True),
                              SCRATCH=scratch, num_warps=cfg.get("num_warps", 4))
     # fixed-order reduction of the per-program partials: deterministic
+    dw = dwp.sum(0).t().to(weight.dtype).contiguous()
+    db = dbp.sum(0).to(bias.dtype) if bias is not None else None
+    return dx, dw, db, dh0
+
+
+def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg):
+    B, D, L = x.shape
+    W = weight.shape[1]
+    CH = _rows_chunk(x, cfg)
+    n_c = cdiv(L, CH)
+    dx = _layout_like(x, x.dtype)
+    dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
+    dwp = new_empty((B * n_c, W, D), dtype=torch.float32, device=x.device)
+    dbp = new_empty((B * n_c, D), dtype=torch.float32, device=x.device)
+    dummy = x
+    args = (
+        x, weight, bias if bias is not None else dummy, initial_states if initial_states is not None else dummy,
+        seq_idx if seq_idx is not None else dummy, dy, dht if dht is not None else dummy, dx,
+        dh0 if dh0 is not None else dummy, dwp, dbp,
+        L, D, CH, *x.stride(), *weight.stride(), *_strides3(initial_states),
+        *(tuple(seq_idx.stride()) if seq_idx is not None else (0, 0)), *dy.stride(), *_strides3(dht),
+        *dx.stride(), *_strides3(dh0),
+    )
+    flags = dict(W=W, SILU=activation == "silu", HAS_BIAS=bias is not None,
+                 HAS_H0=initial_states is not None, HAS_SEQ=seq_idx is not None, HAS_GH=dht is not None,
+                 STORE_DH0=dh0 is not None)
+    grid = (n_c, cdiv(D, cfg["BD"]), B)
+    _conv1d_bwd_rows_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], num_warps=cfg.get("num_warps", 1))
     dw = dwp.sum(0).t().to(weight.dtype).contiguous()
     db = dbp.sum(0).to(bias.dtype) if bias is not None else None
     return dx, dw, db, dh0

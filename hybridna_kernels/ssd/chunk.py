@@ -56,12 +56,68 @@ def _dot_exact_f32(a, b):
     return tl.dot(a, hi, input_precision="tf32") + tl.dot(a, b - hi, input_precision="tf32")
 
 
+@triton.jit
+def _split64(c):
+    """fp64 vector -> (hi, lo) fp32 with hi + lo = c to about 48 bits."""
+    hi = c.to(tl.float32)
+    return hi, (c - hi.to(tl.float64)).to(tl.float32)
+
+
+@triton.jit
+def _ld_cs(cs_ptr, csh_ptr, csl_ptr, off, CS64: tl.constexpr):
+    """Within-chunk cumsum at `off` as (hi, lo) fp32 with hi + lo = cs to ~48 bits: from the fp32 planes
+    the cumsum kernel writes (no fp64 work here), or (CS64) the fp64 value and a dummy lo."""
+    if CS64:
+        return tl.load(cs_ptr + off), 0.0
+    else:
+        return tl.load(csh_ptr + off), tl.load(csl_ptr + off)
+
+
+@triton.jit
+def _seg_decay(hi_i, lo_i, hi_j, lo_j, CS64: tl.constexpr):
+    """exp(min(cs_i[:, None] - cs_j[None, :], 0)) in fp32.
+
+    CS64: hi is the fp64 cumsum, the tile difference in fp64 (fp64 tile arithmetic and an fp64->fp32
+    conversion per element). Otherwise (hi_i - hi_j) + (lo_i - lo_j) in fp32: the large parts cancel in
+    the hi difference, so the result keeps a relative error of ~1e-7 of the difference, not of |cs|."""
+    if CS64:
+        d = tl.minimum(hi_i[:, None] - hi_j[None, :], 0.0).to(tl.float32)
+    else:
+        d = tl.minimum((hi_i[:, None] - hi_j[None, :]) + (lo_i[:, None] - lo_j[None, :]), 0.0)
+    return tl.exp(d)
+
+
+@triton.jit
+def _seg_decay_t(hi_i, lo_i, hi_j, lo_j, CS64: tl.constexpr):
+    """exp(min(cs_i[None, :] - cs_j[:, None], 0)): _seg_decay laid out transposed (rows j, columns i)."""
+    if CS64:
+        d = tl.minimum(hi_i[None, :] - hi_j[:, None], 0.0).to(tl.float32)
+    else:
+        d = tl.minimum((hi_i[None, :] - hi_j[:, None]) + (lo_i[None, :] - lo_j[:, None]), 0.0)
+    return tl.exp(d)
+
+
+@triton.jit
+def _pids(HFIRST: tl.constexpr):
+    """(chunk index b * nc + c, head, block) of this program. HFIRST: the grid is (H, blocks, b * nc), so
+    the programs of one chunk (all heads and blocks) run next to one another and share its CB / B / C
+    tiles in L2; otherwise (b * nc, H, blocks)."""
+    if HFIRST:
+        return tl.program_id(2).to(tl.int64), tl.program_id(0).to(tl.int64), tl.program_id(1)
+    else:
+        return tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
+
+
+def _grid(b_nc, H, nblk, hfirst):
+    return (H, nblk, b_nc) if (hfirst and b_nc <= 65535) else (b_nc, H, nblk)
+
+
 # ------------------------------------------------------------------------------------------------
 # forward kernels
 
 
 @triton.jit
-def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr,
+def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                        T, H, nc, s_dt_b, s_dt_t, s_dt_h, lo, hi,
                        Q: tl.constexpr, BH: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                        HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr):
@@ -93,6 +149,10 @@ def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr,
     o_out = ((i_b * H + o_h[None, :]) * nc + i_c) * Q + o_t[:, None]
     tl.store(u_ptr + o_out, d, mask=m_h[None, :])
     tl.store(cs_ptr + o_out, cs, mask=m_h[None, :])
+    # the same as fp32 planes hi + lo for the kernels that form Q x Q decay tiles (no fp64 tile math)
+    cs_hi = cs.to(tl.float32)
+    tl.store(csh_ptr + o_out, cs_hi, mask=m_h[None, :])
+    tl.store(csl_ptr + o_out, (cs - cs_hi.to(tl.float64)).to(tl.float32), mask=m_h[None, :])
 
 
 @triton.jit
@@ -131,15 +191,13 @@ def _bmm_fwd_kernel(C_ptr, B_ptr, cb_ptr, T, G, N, nc, s_b, s_t, s_g,
 def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
                         T, H, G, nc, P, N, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                         Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                        REVERSE: tl.constexpr, DOT_PREC: tl.constexpr):
+                        REVERSE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr):
     """out[b, c, h] (P x N) = sum_k w_k x_k B_k^T over the chunk, fp32.
 
     Forward (chunk end state): w_k = exp(cs_last - cs_k) u_k.  REVERSE (gradient side, x = dy,
     B = C): w_k = exp(cs_k), the decay from the chunk start to k.
     """
-    i_bc = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1).to(tl.int64)
-    i_pn = tl.program_id(2)
+    i_bc, i_h, i_pn = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -220,16 +278,16 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
 
 
 @triton.jit
-def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, D_ptr, y_ptr, ypre_ptr,
+def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr,
+                           ypre_ptr,
                            T, H, G, nc, P, N,
                            s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_b, s_C_t, s_C_g, s_y_b, s_y_t, s_y_h,
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
-                           STORE_YPRE: tl.constexpr, DOT_PREC: tl.constexpr):
+                           STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
+                           CB_MASK: tl.constexpr):
     """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i))."""
-    i_bc = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1).to(tl.int64)
-    i_mp = tl.program_id(2)
+    i_bc, i_h, i_mp = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -242,7 +300,7 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
     m_m = o_m < nv
     m_p = o_p < P
     o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-    cs_m = tl.load(cs_ptr + o_uc + o_m)
+    cs_m, csl_m = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
     p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
     dt_in = x_ptr.dtype.element_ty
 
@@ -260,11 +318,14 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, hin_ptr, 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     for k in range(0, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
-        cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :], mask=o_m[:, None] >= o_k[None, :], other=0.0)
+        if CB_MASK:
+            cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :], mask=o_m[:, None] >= o_k[None, :], other=0.0)
+        else:  # blocks above the diagonal hold garbage; the tl.where below drops it (NaN included)
+            cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :])
         cb = cb.to(tl.float32)
-        cs_k = tl.load(cs_ptr + o_uc + o_k)
+        cs_k, csl_k = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_k, CS64)
         u_k = tl.load(u_ptr + o_uc + o_k)
-        w = cb * tl.exp(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0).to(tl.float32)) * u_k[None, :]
+        w = cb * _seg_decay(cs_m, csl_m, cs_k, csl_k, CS64) * u_k[None, :]
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
         xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
@@ -372,13 +433,15 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
 
 
 @triton.jit
-def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_ptr,
+def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
                         dx_ptr, du_ptr, dcs_ptr, rowt_ptr, dD_ptr,
                         T, H, G, nc, P, N,
                         s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
                         s_dx_b, s_dx_t, s_dx_h,
                         Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                        HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, DOT_PREC: tl.constexpr,
+                        HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
+                        CS64: tl.constexpr,
+                        CB_MASK: tl.constexpr,
                         MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr):
     """Rows j (one block) of one chunk and head:
     Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
@@ -386,9 +449,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     in fp32 so that its row sums and column sums cancel exactly where they should:
     dcs = rowsum(T) - colsum(T) - V + R (+ the chunk-end term), V_j = u_j e^{cs_last-cs_j} x_j . dS B_j.
     Here: dcs[j] <- -colsum(T)_j - V_j; rowt[jb, i] <- sum_{j in block} T_ij (this block's share)."""
-    i_bc = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1).to(tl.int64)
-    jb = tl.program_id(2)
+    i_bc, i_h, jb = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -408,7 +469,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     o_j = jb * BJ + tl.arange(0, BJ)
     m_j = o_j < nv
     m = m_j[:, None] & m_p[None, :]
-    cs_j = tl.load(cs_ptr + o_uc + o_j)
+    cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_j, CS64)
     u_j = tl.load(u_ptr + o_uc + o_j)
     xj = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t + (o_j[:, None] * s_x_t + o_p[None, :]), mask=m,
                  other=0.0)
@@ -425,7 +486,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
             acc += _dot_exact_f32(b.to(tl.float32), dsT)
         else:
             acc += tl.dot(b, dsT, input_precision="ieee")
-    acc *= tl.exp(tl.minimum(cs_last - cs_j, 0.0).to(tl.float32))[:, None]
+    acc *= tl.exp(tl.minimum(cs_last - cs_j - csl_j, 0.0).to(tl.float32))[:, None]  # 1-D, fp64
     du = tl.sum(acc * xf, axis=1)  # state part of du; u_j * this is V_j
     dcol = du  # V_j / u_j + the strictly-lower column sum of T / u_j
     # dx = u_j Z_j: u_j goes into the 16-bit operand below rather than onto the sum, so that the
@@ -435,10 +496,13 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
     rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
     for ib in range(jb, NB):
         o_i = ib * BJ + tl.arange(0, BJ)
-        cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
+        if CB_MASK:
+            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
+        else:  # as in the forward scan: the tl.where below drops the unwritten upper blocks
+            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
         cbT = cbT.to(tl.float32)
-        cs_i = tl.load(cs_ptr + o_uc + o_i)
-        w = cbT * tl.exp(tl.minimum(cs_i[None, :] - cs_j[:, None], 0.0).to(tl.float32))
+        cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
+        w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
         w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
         dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
@@ -472,10 +536,11 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, ds_ptr, D_p
 
 
 @triton.jit
-def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, dcb_ptr,
+def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr,
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
-                         Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr):
+                         Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
+                         CS64: tl.constexpr):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head."""
     i_bc = tl.program_id(0).to(tl.int64)
@@ -509,10 +574,10 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, dcb_ptr,
         dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
         xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
         k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
-        cs_i = tl.load(cs_ptr + o_uc + o_m)
-        cs_j = tl.load(cs_ptr + o_uc + o_n)
+        cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
+        cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
         u_j = tl.load(u_ptr + o_uc + o_n)
-        acc += k * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32)) * u_j[None, :]
+        acc += k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64) * u_j[None, :]
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
     tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
 
@@ -671,6 +736,21 @@ SWEEP_CONFIGS = {
     "bwd warps4": {"warps": 4},
     "dbc BM32 w4": {"BM_DBC": 32, "warps_dbc": 4},
     "dbc BM128 w8": {"BM_DBC": 128},
+    "cs64": {"cs64": True},
+    "cb16": {"cb16": True},
+    "cb16 scan w8": {"cb16": True, "warps_scan": 8},
+    "cb16 BK32 bwd w4": {"cb16": True, "BK_SCAN": 32, "warps": 4},
+    "cb16 BK32 w4 st3": {"cb16": True, "BK_SCAN": 32, "warps": 4, "stages": 3},
+    "nomask": {"cb_mask": False},
+    "cb16 nomask": {"cb16": True, "cb_mask": False},
+    "cb16 hin16 nomask": {"cb16": True, "hin16": True, "cb_mask": False},
+    "cb16 hin16 nomask w8": {"cb16": True, "hin16": True, "cb_mask": False, "warps_scan": 8},
+    "hfirst": {"hfirst": True},
+    "hfirst nomask": {"hfirst": True, "cb_mask": False},
+    "hfirst cb16 nomask": {"hfirst": True, "cb16": True, "cb_mask": False},
+    "hfirst cb16 hin16 nomask": {"hfirst": True, "cb16": True, "hin16": True, "cb_mask": False},
+    "hfirst cb16 cbb16 nomask": {"hfirst": True, "cb16": True, "cbb16": True, "cb_mask": False},
+    "hfirst cb16 nomask bwd4": {"hfirst": True, "cb16": True, "cb_mask": False, "warps": 4},
 }
 
 
@@ -701,6 +781,19 @@ def _cfg(Q, P, N, dtype):
         "warps": 8 if blk * BP >= 4096 else 4,
         "stages": 2,
         "prec": "ieee" if dtype == torch.float32 else "tf32",
+        # decay tiles exp(cs_i - cs_j): fp32 hi/lo split of the fp64 cumsum (False) or fp64 tile math
+        "cs64": False,
+        # forward CB buffer in bf16 for bf16 inputs (half the CB traffic of the scan; fp16 keeps fp32)
+        "cb16": False,
+        # masked CB loads in the scan / dx kernels (the upper blocks are never written; a tl.where drops
+        # them either way, so False only saves the per-element predicates)
+        "cb_mask": True,
+        # hin (states entering each chunk, also saved for the backward) in bf16 for bf16 inputs
+        "hin16": False,
+        # grid order: heads fastest, chunk slowest (L2 reuse of the chunk's CB / B / C across heads)
+        "hfirst": False,
+        # the backward's recomputed CB (read by dx) in bf16 for bf16 inputs
+        "cbb16": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -730,10 +823,12 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     f32 = torch.float32
     u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
+    csh = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    csl = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     BH = 8
     dummy = u
     _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
-        dt, dt_bias if dt_bias is not None else dummy, A, tables.clen if varlen else dummy, u, cs,
+        dt, dt_bias if dt_bias is not None else dummy, A, tables.clen if varlen else dummy, u, cs, csh, csl,
         T, H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, num_warps=4)
@@ -741,21 +836,23 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     # |C . B| > 65504 in fp16, and inf times a decay of 0 is NaN where the true term is 0 (measured:
     # y non-finite with |CB| up to 1e5 and small dt, true |y| <= 1.6e3). The 16-bit operand of the
     # product is CB e^{..} u, formed in fp32 first.
-    cb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    cb_dt = x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32  # bf16 has fp32's range
+    cb = new_empty((b, nc, G, Q, Q), dtype=cb_dt, device=dev)
     BMb = min(64, Q)
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
         Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
     states = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
     BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-    _chunk_state_kernel[(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs))](
+    _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
         x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
-        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"],
+        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
         num_warps=cfg["warps_state"], num_stages=cfg["stages"])
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
-    hin = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+    hin = new_empty((b, nc, H, P, N), dtype=x.dtype if (cfg["hin16"] and x.dtype == torch.bfloat16) else f32,
+                    device=dev)
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
     PN = P * N
@@ -769,12 +866,14 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
     BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
-    _chunk_scan_fwd_kernel[(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc))](
-        x, zz, C, cb, u, cs, hin, D if D is not None else dummy, y, ypre,
+    _chunk_scan_fwd_kernel[_grid(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
+        x, zz, C, cb, u, cs, csh, csl, hin, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], num_warps=cfg["warps_scan"],
+        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
+        CB_MASK=cfg["cb_mask"],
+        num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"])
     return y, final, hin, ypre
 
@@ -791,14 +890,17 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     # recompute the cheap forward pieces: u, cs and CB
     u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
+    csh = new_empty((b, H, nc, Q), dtype=f32, device=dev)
+    csl = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     BH = 8
     hi_arg = float(hi) if hi != float("inf") else 0.0
     _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
-        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, cs,
+        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, cs, csh, csl,
         T, H, nc, *_strides3(dt), float(lo), hi_arg,
         Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, num_warps=4)
-    cb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    cb = new_empty((b, nc, G, Q, Q), dtype=x.dtype if (cfg["cbb16"] and x.dtype == torch.bfloat16) else f32,
+                   device=dev)
     BMb = min(64, Q)
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
@@ -821,9 +923,9 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     # each chunk's end state)
     ldh = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
     BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-    _chunk_state_kernel[(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs))](
+    _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
         dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
-        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"],
+        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
         num_warps=cfg["warps_state"], num_stages=cfg["stages"])
     PN = P * N
     BS = min(cfg["BS"], triton.next_power_of_2(PN))
@@ -847,18 +949,20 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     rowt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev)
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     dD_part = new_empty((b * nc * NB, H, P), dtype=f32, device=dev) if D is not None else u
-    _scan_bwd_dx_kernel[(b * nc, H, NB)](
-        x, dy, B, cb, u, cs, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
+    _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
+        x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
         Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
-        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"],
+        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
+        CB_MASK=cfg["cb_mask"],
         MIXED_T=dy.dtype == f32 and x.dtype != f32, SPLIT_F32=x.dtype != f32,
         num_warps=cfg["warps"], num_stages=cfg["stages"])
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     _scan_bwd_dcb_kernel[(b * nc, G, NB * NB)](
-        x, dy, u, cs, dcb, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
-        Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], num_warps=cfg["warps"], num_stages=cfg["stages"])
+        x, dy, u, cs, csh, csl, dcb, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
+        Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], num_warps=cfg["warps"],
+        num_stages=cfg["stages"])
     dB = new_empty(B.shape, dtype=B.dtype, device=dev)
     dC = new_empty(C.shape, dtype=C.dtype, device=dev)
     BMd = cfg["BM_DBC"]
