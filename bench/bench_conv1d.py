@@ -42,8 +42,9 @@ except ImportError as e:
     PEER_SKIP = f"causal_conv1d not importable: {e}"
 
 # (name, batch, dim, seqlen, width): issue 3's shapes on GPU, a tiny one for CPU runs
-GPU_SHAPES = [("B8-D2304-L8192-W4", 8, 2304, 8192, 4), ("B8-D2304-L8192-W8", 8, 2304, 8192, 8),
-              ("B1-D2304-L131072-W4", 1, 2304, 131072, 4)]
+# the B1 shape (forward only, same compiled kernels as the first) before W8, so a run cut short has it
+GPU_SHAPES = [("B8-D2304-L8192-W4", 8, 2304, 8192, 4), ("B1-D2304-L131072-W4", 1, 2304, 131072, 4),
+              ("B8-D2304-L8192-W8", 8, 2304, 8192, 8)]
 CPU_SHAPES = [("B1-D64-L128-W4", 1, 64, 128, 4)]
 PROVIDERS = ["hybridna", "reference", "causal_conv1d"]
 
@@ -147,7 +148,8 @@ def test_conv1d_fwd_bwd(benchmark, copy_bandwidth_gbs, shape, provider):
 # ------------------------------------------------------------------------------------------------
 
 
-def _bench(fn):
+def _bench(fn, quick=False):
+    """Median ms (do_bench). quick: 25 ms warm-up, 100 ms of repeats (the sweep; the median is stable)."""
     if not HAS_CUDA:  # --smoke on CPU: one interpreted call, wall clock
         import time
 
@@ -156,7 +158,7 @@ def _bench(fn):
         return (time.perf_counter() - t0) * 1e3
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=25 if quick else 50, rep=100 if quick else 200, return_mode="median")
 
 
 class _Rows(list):
@@ -190,8 +192,11 @@ def _slice_ref_grads(x, w, b, gy, n=256):
 
 def cfg_str(c):
     """Short config name: 'rows BD256 w2 R8 CH128' or 'tile BT16 BD256 w4 SCR'."""
+    if c.get("KIND") == "streams":
+        return f"streams NS{c['NS']} BD{c['BD']} R{c['R']} CH{c['CH']}"
     if c.get("KIND") == "rows":
-        return f"rows BD{c['BD']} w{c['num_warps']} R{c['R']} CH{c['CH']}"
+        return (f"rows BD{c['BD']} w{c['num_warps']} R{c['R']} CH{c['CH']}" + (" PF" if c.get("PF") else "")
+                + ("" if c.get("FAST", True) else " noFAST"))
     flags = "".join(k[:3] for k in ("SYNC", "SCRATCH") if c.get(k))
     return f"tile BT{c['BT']} BD{c['BD']} w{c['num_warps']} {flags}".rstrip()
 
@@ -215,7 +220,7 @@ def sweep(rows, name, x, w, b, nb, dtype, bwd=True):
             y, _ = conv.causal_conv1d_fwd(x, w, b, "silu", config=c)
             err = ((y[:, :n].double() - yr).norm() / yr.norm()).item()
             ok = bool(torch.isfinite(y).all()) and err <= tol(dtype, "fwd")
-            ms = _bench(lambda: conv.causal_conv1d_fwd(x, w, b, "silu", config=c)) if ok else float("nan")
+            ms = _bench(lambda: conv.causal_conv1d_fwd(x, w, b, "silu", config=c), True) if ok else float("nan")
         except Exception as e:  # noqa: BLE001  (report and go on: one run compares every variant)
             _failed(rows, name, "fwd-sweep", c, e)
             continue
@@ -233,7 +238,7 @@ def sweep(rows, name, x, w, b, nb, dtype, bwd=True):
             dx, dw, db, _ = conv.causal_conv1d_bwd(x, w, b, "silu", None, None, gy, None, False, config=c)
             errs = [((o.double() - r).norm() / r.norm()).item() for o, r in zip((dx[:, :n], dw[:n], db[:n]), refs)]
             ok = all(e <= tol(dtype, "grad") for e in errs) and bool(torch.isfinite(dx).all())
-            ms = _bench(lambda: conv.causal_conv1d_bwd(x, w, b, "silu", None, None, gy, None, False, config=c)) \
+            ms = _bench(lambda: conv.causal_conv1d_bwd(x, w, b, "silu", None, None, gy, None, False, config=c), True) \
                 if ok else float("nan")
         except Exception as e:  # noqa: BLE001
             _failed(rows, name, "bwd-sweep", c, e)
@@ -248,8 +253,9 @@ def sweep(rows, name, x, w, b, nb, dtype, bwd=True):
     try:
         for _, c in sorted(timed, key=lambda t: t[0])[:2]:
             conv.BWD_CONFIG_OVERRIDE = c
-            ms2 = _bench(lambda: torch.autograd.grad(causal_conv1d(xg, wg, bg, activation="silu"), (xg, wg, bg), gy))
-            rows.append(dict(shape=name, op="fb-sweep", provider=f"best fwd + bwd {cfg_str(c)[5:]}", ms=ms2,
+            ms2 = _bench(lambda: torch.autograd.grad(causal_conv1d(xg, wg, bg, activation="silu"), (xg, wg, bg), gy),
+                         True)
+            rows.append(dict(shape=name, op="fb-sweep", provider=f"best fwd + bwd {cfg_str(c)}", ms=ms2,
                              gbs=5 * nb / ms2 / 1e6, config=dict(fwd=best[1], bwd=c)))
     finally:
         conv.FWD_CONFIG_OVERRIDE = conv.BWD_CONFIG_OVERRIDE = None
@@ -262,6 +268,11 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (interpreter): checks the script runs")
     args = ap.parse_args(argv)
     assert HAS_CUDA or args.smoke, "script mode times on a GPU (use --smoke on CPU)"
+    from hybridna_kernels.utils import poison_enabled, set_poison
+
+    if poison_enabled():  # HYBRIDNA_POISON=1 (a test setting) would time a NaN fill of every output
+        print("HYBRIDNA_POISON=1 in the environment: turned off for timing")
+        set_poison(False)
     dtype = torch.bfloat16 if HAS_CUDA else torch.float32
     rows = _Rows()
     rows.copy = copy = _copy_gbs()
@@ -269,6 +280,14 @@ def main(argv=None):
         print(f"device {torch.cuda.get_device_name()}  copy bandwidth {copy:.0f} GB/s", flush=True)
     print("| shape | op | provider / config | ms | frac. of copy | rel. err |\n| --- | --- | --- | --- | --- | --- |")
     shapes = CPU_SHAPES if args.smoke else GPU_SHAPES
+    dev = torch.cuda.get_device_name() if HAS_CUDA else "cpu"
+
+    def dump():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(device=dev, copy_gbs=copy, rows=list(rows)), f, indent=1)
+
+    # defaults and baselines first (a run cut short keeps them), then the sweeps
     for name, B, D, L, W in shapes:
         x, w, b = make_inputs(B, D, L, W, dtype)
         nb = x.numel() * x.element_size()
@@ -287,20 +306,23 @@ def main(argv=None):
                 ms2 = _bench(lambda: torch.autograd.grad(f(), (xg, wg, bg), gy))
                 rows.append(dict(shape=name, op="fwd+bwd", provider=prov, ms=ms2, gbs=5 * nb / ms2 / 1e6,
                                  rel_err=gerr))
-        if args.sweep:
-            sweep(rows, name, x, w, b, nb, dtype, bwd=L <= 8192)
         del x, w, b
-        if HAS_CUDA:
-            torch.cuda.empty_cache()
-        if args.json:
-            with open(args.json, "w") as f:
-                dev = torch.cuda.get_device_name() if HAS_CUDA else "cpu"
-                json.dump(dict(device=dev, copy_gbs=copy, rows=list(rows)), f, indent=1)
-    summary(rows)
+        dump()
+    summary(rows, swept=False)
+    if args.sweep:
+        # W4 (fwd, bwd), B1 (fwd; the W4 kernels, no new compiles), then W8 (fwd, bwd)
+        for name, B, D, L, W in sorted(shapes, key=lambda s: (s[4], s[3] > 8192)):
+            x, w, b = make_inputs(B, D, L, W, dtype)
+            sweep(rows, name, x, w, b, x.numel() * x.element_size(), dtype, bwd=L <= 8192)
+            del x, w, b
+            if HAS_CUDA:
+                torch.cuda.empty_cache()
+            dump()
+        summary(rows, swept=True)
 
 
-def summary(rows):
-    """Issue 3's targets against this run's default-config rows (and the best sweep rows)."""
+def summary(rows, swept=True):
+    """Issue 3's targets against this run's default-config rows, or (swept) the best sweep rows."""
     def ms(shape, op, prov="hybridna"):
         r = [r["ms"] for r in rows if r["shape"] == shape and r["op"] == op and r["provider"] == prov]
         return r[0] if r else float("nan")
@@ -309,13 +331,15 @@ def summary(rows):
         r = [r["ms"] for r in rows if r["shape"] == shape and r["op"] == op and r["ms"] == r["ms"]]
         return min(r) if r else float("nan")
 
-    s4, s8, s1 = (s[0] for s in GPU_SHAPES)
+    s4, s8, s1 = "B8-D2304-L8192-W4", "B8-D2304-L8192-W8", "B1-D2304-L131072-W4"
     f4, f8, fb, f1 = ms(s4, "fwd"), ms(s8, "fwd"), ms(s4, "fwd+bwd"), ms(s1, "fwd")
     frac = [r["frac_copy"] for r in rows if r["shape"] == s4 and r["op"] == "fwd" and r["provider"] == "hybridna"]
-    print(f"targets (defaults): fwd W4 {f4:.4f} ms = {frac[0] if frac else float('nan'):.3f} of copy (>= 0.90); "
-          f"fwd+bwd W4 {fb:.4f} ms (<= 0.55); B1 L131072 fwd {f1:.4f} ms (<= 0.47); W8/W4 fwd {f8 / f4:.3f} "
-          f"(<= 1.15); F.conv1d/ours fwd W4 {ms(s4, 'fwd', 'reference') / f4:.1f}x, fwd+bwd "
-          f"{ms(s4, 'fwd+bwd', 'reference') / fb:.1f}x; W8 fwd+bwd {ms(s8, 'fwd+bwd'):.4f} ms")
+    if not swept:
+        print(f"targets (defaults): fwd W4 {f4:.4f} ms = {frac[0] if frac else float('nan'):.3f} of copy (>= 0.90); "
+              f"fwd+bwd W4 {fb:.4f} ms (<= 0.55); B1 L131072 fwd {f1:.4f} ms (<= 0.47); W8/W4 fwd {f8 / f4:.3f} "
+              f"(<= 1.15); F.conv1d/ours fwd W4 {ms(s4, 'fwd', 'reference') / f4:.1f}x, fwd+bwd "
+              f"{ms(s4, 'fwd+bwd', 'reference') / fb:.1f}x; W8 fwd+bwd {ms(s8, 'fwd+bwd'):.4f} ms", flush=True)
+        return
     print(f"best sweep: fwd W4 {best(s4, 'fwd-sweep'):.4f} W8 {best(s8, 'fwd-sweep'):.4f} B1 {best(s1, 'fwd-sweep'):.4f}; "
           f"bwd W4 {best(s4, 'bwd-sweep'):.4f} W8 {best(s8, 'bwd-sweep'):.4f}; "
           f"fwd+bwd W4 {best(s4, 'fb-sweep'):.4f} W8 {best(s8, 'fb-sweep'):.4f}", flush=True)

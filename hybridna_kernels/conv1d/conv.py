@@ -372,10 +372,10 @@ def _conv1d_bwd_kernel(
         tl.store(p_dx + o_t.to(tl.int64)[:, None] * sxgt, b_dx.to(DX.dtype.element_ty),
                  mask=m_t[:, None] & m_d[None, :])
     row = i_b * tl.num_programs(0) + i_c
-    p_dw = DWP + row * W * D + o_d
+    p_dw = DWP + row * (W + 1) * D + o_d  # partial row: W dweight rows, then dbias
     for k in tl.static_range(W):
         tl.store(p_dw + k * D, tl.sum(_pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), axis=0), mask=m_d)
-    tl.store(DBP + row * D + o_d, tl.sum(b_db, axis=0), mask=m_d)
+    tl.store(DBP + row * (W + 1) * D + o_d, tl.sum(b_db, axis=0), mask=m_d)
 
     if STORE_DH0:
         if i_c == 0:
@@ -426,6 +426,35 @@ def _push(a1, a2, a3, a4, a5, a6, a7, v, W: tl.constexpr):
 
 
 @triton.jit
+def _sigmoid(u, FAST: tl.constexpr):
+    """1 / (1 + exp(-u)). FAST (CUDA only, inline PTX): ex2.approx.ftz and rcp.approx.ftz, about
+    1e-7 relative error, 5 instructions instead of 12 (no denormal fix-ups, no division sequence)."""
+    if FAST:
+        e = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [u * -1.4426950408889634],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        sg = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [1.0 + e],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        sg = 1.0 / (1.0 + tl.exp(-u))
+    return sg
+
+
+@triton.jit
+def _load_rows(p, t0, st, lim, m_d, R: tl.constexpr):
+    """Rows t0 .. t0 + R - 1 (zero from lim on) in x's dtype, as R named vectors (the rest alias row 0).
+    One 64-bit base address per step; the rows add the loop-invariant offsets r * st."""
+    pb = p + tl.cast(t0, tl.int64) * st
+    for r in tl.static_range(R):
+        tt = t0 + r
+        b = tl.load(pb + r * st, mask=_rm(m_d, tt < lim), other=0.0)
+        if r == 0:
+            v0, v1, v2, v3, v4, v5, v6, v7 = b, b, b, b, b, b, b, b
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
 def _row_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W: tl.constexpr, HAS_H0: tl.constexpr):
     """x row at scalar time tt (initial_states for -(W-1) <= tt < 0, zero outside)."""
     b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=_rm(m_d, (tt >= 0) & (tt < L)), other=0.0).to(tl.float32)
@@ -448,6 +477,7 @@ def _conv1d_fwd_rows_kernel(
     sxb, sxd, sxt, swd, swk, syb, syd, syt, shb, shd, shk, ssb, sst, stb, std, stk,
     W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, STORE_HT: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
+    PF: tl.constexpr, FAST: tl.constexpr,
 ):
     i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -477,16 +507,17 @@ def _conv1d_fwd_rows_kernel(
                                            _row_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0), W)
         if HAS_SEQ:
             s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, _seg1(p_s, tt, L, sst), W)
+    if PF:  # prefetch: the next step's rows load while this step computes
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, c0, sxt, c1, m_d, R)
     for t0 in range(c0, c1, R):
-        v0 = tl.zeros([BD], dtype=tl.float32)
-        v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
+        if PF:
+            n0, n1, n2, n3, n4, n5, n6, n7 = _load_rows(p_x, t0 + R, sxt, c1, m_d, R)
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, t0, sxt, c1, m_d, R)
+        p_yb = p_y + tl.cast(t0, tl.int64) * syt
         for r in tl.static_range(R):
             tt = t0 + r
-            b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=_rm(m_d, tt < c1), other=0.0).to(tl.float32)
-            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
-        for r in tl.static_range(R):
-            tt = t0 + r
-            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r)
+            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r).to(tl.float32)
             acc = b_b + _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1) * v
             if HAS_SEQ:
                 s = _seg1(p_s, tt, L, sst)
@@ -496,11 +527,13 @@ def _conv1d_fwd_rows_kernel(
                     c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s, c, 0.0)
                 acc += c
             if SILU:
-                acc = acc / (1.0 + tl.exp(-acc))
-            tl.store(p_y + tt.to(tl.int64) * syt, acc.to(Y.dtype.element_ty), mask=_rm(m_d, tt < c1))
+                acc = acc * _sigmoid(acc, FAST)
+            tl.store(p_yb + r * syt, acc.to(Y.dtype.element_ty), mask=_rm(m_d, tt < c1))
             a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7, v, W)
             if HAS_SEQ:
                 s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+        if PF:
+            v0, v1, v2, v3, v4, v5, v6, v7 = n0, n1, n2, n3, n4, n5, n6, n7
 
     if STORE_HT:
         if c1 >= L:
@@ -522,6 +555,7 @@ def _conv1d_bwd_rows_kernel(
     sxgb, sxgd, sxgt, shgb, shgd, shgk,
     W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
+    PF: tl.constexpr, FAST: tl.constexpr,
 ):
     """Row t = tau walks [c0, c1 + W - 1): it loads x[tau], dy[tau], rebuilds u[tau] from the carried
     x rows, forms du[tau], adds to dweight / dbias when tau < c1, and emits dx[tau - (W - 1)] from the
@@ -565,21 +599,21 @@ def _conv1d_bwd_rows_kernel(
     # the first chunk also emits dx at the initial_states' positions (times -(W-1) .. -1)
     t_lo = tl.where(i_c == 0, -(W - 1), c0)
     t_end = tl.minimum(c1 + (W - 1), L)
+    if PF:  # prefetch: the next step's rows load while this step computes
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, c0, sxt, t_end, m_d, R)
+        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows(p_dy, c0, sdt, t_end, m_d, R)
     for t0 in range(c0, c1 + (W - 1), R):
-        v0 = tl.zeros([BD], dtype=tl.float32)
-        v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
-        g0, g1, g2, g3, g4, g5, g6, g7 = v0, v0, v0, v0, v0, v0, v0, v0
+        if PF:
+            n0, n1, n2, n3, n4, n5, n6, n7 = _load_rows(p_x, t0 + R, sxt, t_end, m_d, R)
+            h0, h1, h2, h3, h4, h5, h6, h7 = _load_rows(p_dy, t0 + R, sdt, t_end, m_d, R)
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, t0, sxt, t_end, m_d, R)
+            g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows(p_dy, t0, sdt, t_end, m_d, R)
+        p_dxb = p_dx + tl.cast(t0 - (W - 1), tl.int64) * sxgt  # dx rows lag the loaded rows by W - 1
         for r in tl.static_range(R):
             tt = t0 + r
-            m = _rm(m_d, tt < t_end)
-            b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=m, other=0.0).to(tl.float32)
-            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
-            b = tl.load(p_dy + tt.to(tl.int64) * sdt, mask=m, other=0.0).to(tl.float32)
-            g0, g1, g2, g3, g4, g5, g6, g7 = _set_j(g0, g1, g2, g3, g4, g5, g6, g7, b, r)
-        for r in tl.static_range(R):
-            tt = t0 + r
-            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r)
-            du = _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r)
+            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r).to(tl.float32)
+            du = _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r).to(tl.float32)
             if HAS_SEQ:
                 s = _seg1(p_s, tt, L, sst)
             if SILU:
@@ -589,7 +623,7 @@ def _conv1d_bwd_rows_kernel(
                     if HAS_SEQ:
                         c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s, c, 0.0)
                     u += c
-                sg = 1.0 / (1.0 + tl.exp(-u))
+                sg = _sigmoid(u, FAST)
                 du = du * sg * (1.0 + u * (1.0 - sg))
             # dweight / dbias over this chunk's own times only
             dsel = tl.where(tt < c1, du, 0.0)
@@ -620,8 +654,7 @@ def _conv1d_bwd_rows_kernel(
                 if HAS_SEQ:
                     b_gh = tl.where(s_t == s_last, b_gh, 0.0)
                 b_dx += b_gh
-            tl.store(p_dx + tl.maximum(t, 0).to(tl.int64) * sxgt, b_dx.to(DX.dtype.element_ty),
-                     mask=_rm(m_d, (t >= c0) & (t < c1)))
+            tl.store(p_dxb + r * sxgt, b_dx.to(DX.dtype.element_ty), mask=_rm(m_d, (t >= c0) & (t < c1)))
             if STORE_DH0:
                 tl.store(p_dh + tl.maximum(t + (W - 1), 0).to(tl.int64) * shgk, b_dx.to(DH0.dtype.element_ty),
                          mask=_rm(m_d, (t < 0) & (t >= t_lo)))
@@ -629,31 +662,185 @@ def _conv1d_bwd_rows_kernel(
             e1, e2, e3, e4, e5, e6, e7 = _push(e1, e2, e3, e4, e5, e6, e7, du, W)
             if HAS_SEQ:
                 s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+        if PF:
+            v0, v1, v2, v3, v4, v5, v6, v7 = n0, n1, n2, n3, n4, n5, n6, n7
+            g0, g1, g2, g3, g4, g5, g6, g7 = h0, h1, h2, h3, h4, h5, h6, h7
     row = i_b * tl.num_programs(0) + i_c
-    p_dw = DWP + row * W * D + o_d
+    p_dw = DWP + row * (W + 1) * D + o_d  # partial row: W dweight rows, then dbias
     for k in tl.static_range(W):
         tl.store(p_dw + k * D, _pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), mask=m_d)
-    tl.store(DBP + row * D + o_d, b_db, mask=m_d)
+    tl.store(DBP + row * (W + 1) * D + o_d, b_db, mask=m_d)
+
+
+# ------------------------------------------------------------------------------------------------
+# Backward with NS time streams per program: the row kernel's walk on (NS, BD) tiles, stream s of
+# program i_c taking chunk i_c * NS + s (one warp per stream). dweight / dbias are summed over the NS
+# streams inside the program (one cross-warp reduction at the end), so the fp32 partial buffer is NS
+# times smaller than the row kernel's (it was ~5-10% of the backward's bytes at CH 64-128).
+# ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rm2(m_d, cond):
+    """(NS, BD) mask: a per-stream time condition and the channel mask."""
+    return cond[:, None] & m_d[None, :]
+
+
+@triton.jit
+def _load_rows2(p, tb, st, lim, m_d, R: tl.constexpr):
+    """Rows tb + r (per stream, r < R) of a (1, BD) pointer row, zero from lim (per stream) on."""
+    pb = p + tb.to(tl.int64)[:, None] * st
+    for r in tl.static_range(R):
+        tt = tb + r
+        b = tl.load(pb + r * st, mask=_rm2(m_d, tt < lim), other=0.0)
+        if r == 0:
+            v0, v1, v2, v3, v4, v5, v6, v7 = b, b, b, b, b, b, b, b
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
+def _row_x2(H0, p_x, p_h0, tt, m_d, L, sxt, shk, W: tl.constexpr, HAS_H0: tl.constexpr):
+    """x rows at per-stream times tt (initial_states for -(W-1) <= tt < 0, zero outside): (NS, BD)."""
+    b = tl.load(p_x + tt.to(tl.int64)[:, None] * sxt, mask=_rm2(m_d, (tt >= 0) & (tt < L)), other=0.0).to(tl.float32)
+    if HAS_H0:
+        th = tl.maximum(tt + (W - 1), 0)
+        b += tl.load(p_h0 + th.to(tl.int64)[:, None] * shk, mask=_rm2(m_d, (tt < 0) & (th >= 0)),
+                     other=0.0).to(tl.float32)
+    return b
+
+
+@triton.jit
+def _conv1d_bwd_streams_kernel(
+    X, WT, BIAS, H0, SEQ, DY, GH, DX, DH0, DWP, DBP,
+    L, D, CH,
+    sxb, sxd, sxt, swd, swk, shb, shd, shk, ssb, sst, sdb, sdd, sdt, sgb, sgd, sgk,
+    sxgb, sxgd, sxgt, shgb, shgd, shgk,
+    W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
+    NS: tl.constexpr, FAST: tl.constexpr,
+):
+    """_conv1d_bwd_rows_kernel on NS chunks at once; same maths, per-stream times. Chunks past the end
+    (c0 >= L) load, store and add nothing."""
+    i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_d = o_d < D
+    o_d64 = o_d.to(tl.int64)[None, :]
+    p_x = X + i_b * sxb + o_d64 * sxd
+    p_h0 = H0 + i_b * shb + o_d64 * shd
+    p_dy = DY + i_b * sdb + o_d64 * sdd
+    p_gh = GH + i_b * sgb + o_d64 * sgd
+    p_dx = DX + i_b * sxgb + o_d64 * sxgd
+    p_dh = DH0 + i_b * shgb + o_d64 * shgd
+    p_s = SEQ + i_b * ssb
+    w0 = _wcol(WT, o_d, m_d, swd, swk, 0)[None, :]
+    w1, w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0, w0
+    for k in tl.static_range(1, W):
+        w0, w1, w2, w3, w4, w5, w6, w7 = _set_j(w0, w1, w2, w3, w4, w5, w6, w7,
+                                                _wcol(WT, o_d, m_d, swd, swk, k)[None, :], k)
+    b_b = tl.zeros([NS, BD], dtype=tl.float32)
+    if HAS_BIAS:
+        b_b += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+    i_s = i_c * NS + tl.arange(0, NS)  # this program's chunks
+    c0 = i_s * CH
+    c1 = tl.minimum(c0 + CH, L)  # c1 <= c0 for the chunks past NC: nothing loads, stores or adds
+    if HAS_SEQ:
+        s_last = _seg1(p_s, L - 1, L, sst)
+    a1 = tl.zeros([NS, BD], dtype=tl.float32)
+    a2, a3, a4, a5, a6, a7 = a1, a1, a1, a1, a1, a1
+    e1, e2, e3, e4, e5, e6, e7 = a1, a1, a1, a1, a1, a1, a1
+    dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db = a1, a1, a1, a1, a1, a1, a1, a1, a1
+    s1 = c0 * 0
+    s2, s3, s4, s5, s6, s7 = s1, s1, s1, s1, s1, s1
+    for k in tl.static_range(W - 1):
+        tt = c0 - (W - 1) + k
+        a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7,
+                                           _row_x2(H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0), W)
+        if HAS_SEQ:
+            s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, _seg1(p_s, tt, L, sst), W)
+    t_lo = tl.where(i_s == 0, -(W - 1), c0)
+    t_end = tl.minimum(c1 + (W - 1), L)
+    for t0 in range(0, CH + (W - 1), R):
+        tb = c0 + t0
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows2(p_x, tb, sxt, t_end, m_d, R)
+        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows2(p_dy, tb, sdt, t_end, m_d, R)
+        p_dxb = p_dx + (tb - (W - 1)).to(tl.int64)[:, None] * sxgt
+        for r in tl.static_range(R):
+            tt = tb + r
+            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r).to(tl.float32)
+            du = _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r).to(tl.float32)
+            if HAS_SEQ:
+                s = _seg1(p_s, tt, L, sst)
+            if SILU:
+                u = b_b + _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1) * v
+                for k in tl.static_range(1, W):
+                    c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1 - k) * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
+                    if HAS_SEQ:
+                        c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s)[:, None], c, 0.0)
+                    u += c
+                sg = _sigmoid(u, FAST)
+                du = du * sg * (1.0 + u * (1.0 - sg))
+            dsel = tl.where((tt < c1)[:, None], du, 0.0)
+            b_db += dsel
+            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, dsel * v, W - 1)
+            for k in tl.static_range(1, W):
+                c = dsel * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
+                if HAS_SEQ:
+                    c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s)[:, None], c, 0.0)
+                dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, c, W - 1 - k)
+            t = tt - (W - 1)
+            b_dx = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, 0) * du
+            if HAS_SEQ:
+                s_t = _pick_j(s1, s1, s2, s3, s4, s5, s6, s7, W - 1)
+                b_dx = tl.where((s_t == s)[:, None], b_dx, 0.0)
+            for k in tl.static_range(1, W):
+                c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, k) * _pick_j(e1, e1, e2, e3, e4, e5, e6, e7, k)
+                if HAS_SEQ:
+                    if k < W - 1:
+                        c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s_t)[:, None], c, 0.0)
+                b_dx += c
+            if HAS_GH:
+                jj = t - (L - (W - 1))
+                m_g = (jj >= 0) & (jj < W - 1)
+                b_gh = tl.load(p_gh + tl.maximum(jj, 0).to(tl.int64)[:, None] * sgk, mask=_rm2(m_d, m_g),
+                               other=0.0).to(tl.float32)
+                if HAS_SEQ:
+                    b_gh = tl.where((s_t == s_last)[:, None], b_gh, 0.0)
+                b_dx += b_gh
+            tl.store(p_dxb + r * sxgt, b_dx.to(DX.dtype.element_ty), mask=_rm2(m_d, (t >= c0) & (t < c1)))
+            if STORE_DH0:
+                tl.store(p_dh + tl.maximum(t + (W - 1), 0).to(tl.int64)[:, None] * shgk,
+                         b_dx.to(DH0.dtype.element_ty), mask=_rm2(m_d, (t < 0) & (t >= t_lo)))
+            a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7, v, W)
+            e1, e2, e3, e4, e5, e6, e7 = _push(e1, e2, e3, e4, e5, e6, e7, du, W)
+            if HAS_SEQ:
+                s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+    row = i_b * tl.num_programs(0) + i_c
+    p_dw = DWP + row * (W + 1) * D + o_d  # partial row: W dweight rows, then dbias
+    for k in tl.static_range(W):
+        tl.store(p_dw + k * D, tl.sum(_pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), axis=0), mask=m_d)
+    tl.store(DBP + row * (W + 1) * D + o_d, tl.sum(b_db, axis=0), mask=m_d)
 
 
 def _fwd_configs():
-    """Configs the benchmark sweeps (bench/bench_conv1d.py --sweep); tests run every one. KIND "tile":
-    (BT, BD) tiles with shifted re-reads; KIND "rows": the row-walking kernel (CH rows per program;
-    BD / (32 * num_warps) channels per thread)."""
-    tiles = [dict(KIND="tile", BT=bt, BD=bd, num_warps=nw, SYNC=False) for bt, bd, nw in [(16, 256, 4), (32, 128, 4)]]
-    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch) for bd, nw, r, ch in [
-        (256, 2, 8, 128), (256, 1, 8, 128), (128, 1, 8, 128), (256, 2, 4, 128), (512, 4, 8, 128),
-        (256, 2, 8, 64), (256, 2, 8, 256)]]
-    return tiles + rows
+    """Configs the benchmark sweeps (bench/bench_conv1d.py --sweep); tests run every one. KIND "rows":
+    the row-walking kernel (CH rows per program; BD / (32 * num_warps) channels per thread; R rows
+    loaded per step; PF: prefetch the next step; FAST=False: the plain exp / division SiLU instead of
+    the approximate PTX one). The tile kernels (KIND "tile", the channel-first default) were swept in
+    earlier runs (bench/RESULTS.md)."""
+    return [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=pf, FAST=fast) for bd, nw, r, ch, pf, fast in [
+        (256, 2, 8, 128, False, True), (256, 2, 4, 128, False, True), (128, 2, 8, 128, False, True),
+        (256, 2, 8, 128, True, True), (256, 2, 8, 128, False, False)]]
 
 
 def _bwd_configs():
-    tiles = [dict(KIND="tile", BT=bt, BD=bd, num_warps=nw, SHARE=True, SCRATCH=sc) for bt, bd, nw, sc in [
-        (8, 128, 4, False), (8, 64, 4, True)]]
-    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch) for bd, nw, r, ch in [
-        (128, 1, 8, 128), (64, 1, 8, 128), (128, 2, 8, 128), (128, 1, 4, 128), (256, 2, 8, 128),
-        (128, 1, 8, 64), (128, 1, 8, 256)]]
-    return tiles + rows
+    """KIND "streams": NS chunks per program (one warp each), dweight / dbias summed in the program."""
+    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=False) for bd, nw, r, ch in [
+        (128, 1, 8, 64), (128, 2, 8, 128)]]
+    streams = [dict(KIND="streams", BD=bd, num_warps=ns, NS=ns, R=r, CH=ch) for bd, ns, r, ch in [
+        (128, 4, 8, 64), (128, 4, 8, 128), (64, 4, 8, 128)]]
+    return rows + streams
 
 
 # Fixed configs instead of autotuning: first-call tuning would cost ~20 compiles per key, and the
@@ -677,8 +864,11 @@ def _bwd_config(x, W):
         return BWD_CONFIG_OVERRIDE
     if x.stride(2) == 1 and x.shape[2] > 1:
         return dict(KIND="tile", BT=32, BD=16, num_warps=4, SHARE=True, SCRATCH=False)
-    # 4 channels per thread up to W4 (~130 registers), 2 above (W8 ~125 registers; 4 would take ~240)
-    return dict(KIND="rows", BD=128 if W <= 4 else 64, num_warps=1, R=8, CH=128)
+    # 4 channels per thread up to W4 (~135 registers), 2 above (W8 ~125 registers; 4 would take ~240).
+    # H100 sweep (bench/RESULTS.md): BD128 1 warp CH64 best at W4, BD128 2 warps at W8.
+    if W <= 4:
+        return dict(KIND="rows", BD=128, num_warps=1, R=8, CH=64)
+    return dict(KIND="rows", BD=128, num_warps=2, R=8, CH=128)
 
 
 def _rows_chunk(x, cfg) -> int:
@@ -689,7 +879,8 @@ def _rows_chunk(x, cfg) -> int:
     ch = cfg.get("CH", 128)
     if x.device.type == "cpu":
         return ch
-    while ch > 4 * cfg["R"] and B * cdiv(D, cfg["BD"]) * cdiv(L, ch) * cfg.get("num_warps", 1) < 132 * 16:
+    warps = cfg.get("num_warps", 1) // (cfg.get("NS", 1) if cfg.get("KIND") == "streams" else 1)  # per chunk
+    while ch > 4 * cfg["R"] and B * cdiv(D, cfg["BD"]) * cdiv(L, ch) * max(warps, 1) < 132 * 16:
         ch //= 2
     return ch
 
@@ -736,6 +927,7 @@ def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_states=None
         CH = _rows_chunk(x, cfg)
         grid = (cdiv(L, CH), cdiv(D, cfg["BD"]), B)
         _conv1d_fwd_rows_kernel[grid](*args[:9], CH, *args[9:], **flags, BD=cfg["BD"], R=cfg["R"],
+                                      PF=cfg.get("PF", False), FAST=x.is_cuda and cfg.get("FAST", True),
                                       num_warps=cfg.get("num_warps", 1))
         return y, ht
     grid = (cdiv(L, cfg["BT"]), cdiv(D, cfg["BD"]), B)
@@ -758,14 +950,14 @@ def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, 
     B, D, L = x.shape
     W = weight.shape[1]
     cfg = config or _cpu_rows(x, _bwd_config(x, W))
-    if cfg.get("KIND", "tile") == "rows":
+    if cfg.get("KIND", "tile") in ("rows", "streams"):
         return _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg)
     CH = max(_chunk_len(L, B, D), cfg["BT"])
     n_c = cdiv(L, CH)
     dx = _layout_like(x, x.dtype)
     dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
-    dwp = new_empty((B * n_c, W, D), dtype=torch.float32, device=x.device)
-    dbp = new_empty((B * n_c, D), dtype=torch.float32, device=x.device)
+    dwp = new_empty((B * n_c, W + 1, D), dtype=torch.float32, device=x.device)  # dweight rows, dbias row
+    dbp = dwp[:, W]
     HP = _pow2(max(W - 1, 2))
     scratch = cfg.get("SCRATCH", False)
     n_prog = n_c * cdiv(D, cfg["BD"]) * B
@@ -787,9 +979,41 @@ def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, 
     _conv1d_bwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], SHARE=cfg.get("SHARE", True),
                              SCRATCH=scratch, num_warps=cfg.get("num_warps", 4))
     # fixed-order reduction of the per-program partials: deterministic
-    dw = dwp.sum(0).t().to(weight.dtype).contiguous()
-    db = dbp.sum(0).to(bias.dtype) if bias is not None else None
+    dw, db = _reduce_partials(dwp, weight, bias)
     return dx, dw, db, dh0
+
+
+@triton.jit
+def _partials_sum_kernel(P, DW, DB, N, D, sdd, sdk, W: tl.constexpr, HAS_DB: tl.constexpr, RB: tl.constexpr,
+                         BC: tl.constexpr):
+    """Column sums of the (N, (W + 1) * D) fp32 partials in a fixed order (deterministic): column
+    k * D + d is dweight[d, k] for k < W, dbias[d] for k = W. RB rows per step keep loads in flight."""
+    o_c = tl.program_id(0) * BC + tl.arange(0, BC)
+    m_c = o_c < (W + 1) * D
+    o_r = tl.arange(0, RB)
+    acc = tl.zeros([RB, BC], dtype=tl.float32)
+    for n0 in range(0, N, RB):
+        n = n0 + o_r
+        acc += tl.load(P + n.to(tl.int64)[:, None] * ((W + 1) * D) + o_c[None, :],
+                       mask=(n < N)[:, None] & m_c[None, :], other=0.0)
+    s = tl.sum(acc, axis=0)
+    k = o_c // D
+    d = o_c - k * D
+    tl.store(DW + d * sdd + k * sdk, s.to(DW.dtype.element_ty), mask=m_c & (k < W))
+    if HAS_DB:
+        tl.store(DB + d, s.to(DB.dtype.element_ty), mask=m_c & (k == W))
+
+
+def _reduce_partials(dwp, weight, bias):
+    """dweight (D, W) in weight's dtype and dbias in bias's dtype from the (N, W + 1, D) partials: one
+    launch instead of sum / transpose / cast kernels."""
+    N, W1, D = dwp.shape
+    dw = new_empty((D, W1 - 1), dtype=weight.dtype, device=dwp.device)
+    db = new_empty((D,), dtype=bias.dtype, device=dwp.device) if bias is not None else None
+    BC = 128
+    _partials_sum_kernel[(cdiv(W1 * D, BC),)](dwp, dw, db if db is not None else dw, N, D, *dw.stride(),
+                                               W=W1 - 1, HAS_DB=db is not None, RB=32, BC=BC, num_warps=4)
+    return dw, db
 
 
 def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg):
@@ -797,10 +1021,12 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
     W = weight.shape[1]
     CH = _rows_chunk(x, cfg)
     n_c = cdiv(L, CH)
+    NS = cfg.get("NS", 1) if cfg["KIND"] == "streams" else 1
+    n_p = cdiv(n_c, NS)  # programs along time, each with NS chunks
     dx = _layout_like(x, x.dtype)
     dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
-    dwp = new_empty((B * n_c, W, D), dtype=torch.float32, device=x.device)
-    dbp = new_empty((B * n_c, D), dtype=torch.float32, device=x.device)
+    dwp = new_empty((B * n_p, W + 1, D), dtype=torch.float32, device=x.device)  # dweight rows, dbias row
+    dbp = dwp[:, W]
     dummy = x
     args = (
         x, weight, bias if bias is not None else dummy, initial_states if initial_states is not None else dummy,
@@ -813,10 +1039,15 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
     flags = dict(W=W, SILU=activation == "silu", HAS_BIAS=bias is not None,
                  HAS_H0=initial_states is not None, HAS_SEQ=seq_idx is not None, HAS_GH=dht is not None,
                  STORE_DH0=dh0 is not None)
-    grid = (n_c, cdiv(D, cfg["BD"]), B)
-    _conv1d_bwd_rows_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], num_warps=cfg.get("num_warps", 1))
-    dw = dwp.sum(0).t().to(weight.dtype).contiguous()
-    db = dbp.sum(0).to(bias.dtype) if bias is not None else None
+    grid = (n_p, cdiv(D, cfg["BD"]), B)
+    fast = x.is_cuda and cfg.get("FAST", True)
+    if cfg["KIND"] == "streams":
+        _conv1d_bwd_streams_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], NS=NS, FAST=fast,
+                                         num_warps=cfg.get("num_warps", NS))
+    else:
+        _conv1d_bwd_rows_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], PF=cfg.get("PF", False),
+                                      FAST=fast, num_warps=cfg.get("num_warps", 1))
+    dw, db = _reduce_partials(dwp, weight, bias)
     return dx, dw, db, dh0
 
 
