@@ -1048,7 +1048,9 @@ def _cfg(Q, P, N, dtype):
         "cbb16": False,
         # chunk states and state passing in one sequential-over-chunks kernel (no fp32 local-states
         # buffer), forward / backward; 8 warps (4 spill in the sm_90 offline compile); backward blocks
-        # 64 x 64 (64 x 128 spills 128 B: g, h_out and the product are live together)
+        # 64 x 64 (64 x 128 spills 128 B: g, h_out and the product are live together). Off: on the
+        # H100 (round 2) fwd+bwd 6.436 ms against the default's 6.114 at B8 T8192, and serial over
+        # chunks it leaves the GPU idle at batch 1-2 (B1 T131072 forward 6.7 ms with them).
         "fused_state": False, "fused_state_bwd": False, "warps_fused": 8, "stages_fused": 2,
         "BN_FUSED_FWD": 128, "BN_FUSED_BWD": 64,
         # dx's state term with bf16 B: dS split into this many bf16 pieces (0: two tf32 products)
@@ -1057,7 +1059,8 @@ def _cfg(Q, P, N, dtype):
         # decay-gradient term R: 16-bit operands ("16") or tf32 ("tf32")
         "r_prec": "16",
         # the decay-gradient sums of T formed in the dCB kernel (which has the per-head dy . x product
-        # anyway) instead of a second product in dx; warps of the dCB kernel (None: as dx)
+        # anyway) instead of a second product in dx; warps of the dCB kernel (None: as dx). Off: H100
+        # round 2, fwd+bwd 6.280 ms against 6.114 (dx got cheaper, dCB dearer by more).
         "tsum_dcb": False, "warps_dcb": None,
         # chunk-state products with 16-bit inputs: the fp32 operand x_k e^{..} u_k (forward) / dy_k e^{cs_k}
         # (backward) rounded to 16 bits (0) or kept to ~16 bits as two pieces (1). The forward one
