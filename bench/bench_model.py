@@ -404,7 +404,8 @@ def test_train_step_matches_reference(benchmark, preset, batch, seqlen, autocast
 # ---- profile by kernel ----------------------------------------------------------------------------
 
 _CATEGORIES = [
-    ("ssd (Triton)", ("ssd", "chunk_state", "chunk_scan", "state_passing", "bmm_chunk", "chunk_cumsum")),
+    ("ssd (Triton)", ("ssd", "chunk_state", "chunk_scan", "state_pass", "bmm_", "cumsum_", "_scan_", "_gate_bwd")),
+    ("norm (Triton)", ("_rms_", "_gated_")),
     ("conv1d (Triton)", ("conv1d", "conv_")),
     ("attention", ("attn", "flash", "fmha", "attention", "sdpa")),
     ("matmul (cuBLAS/CUTLASS)", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "wgmma", "sm90_", "sm80_")),
@@ -417,7 +418,8 @@ _CATEGORIES = [
 
 
 def kernel_category(name: str) -> str:
-    n = name.lower()
+    # "gpu_kernel_impl_nocast" names a plain elementwise kernel (no dtype conversion): not a cast
+    n = name.lower().replace("nocast", "")
     for cat, keys in _CATEGORIES:
         if any(k in n for k in keys):
             return cat
@@ -505,7 +507,8 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
     input_ids = random_bases(batch, seqlen)
     losses: list = []
     step = make_step(model, opt, input_ids, losses)
-    row = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, ckpt=ckpt, compile=COMPILE if kind == "hybrid" else None)
+    row = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, ckpt=ckpt, compile=COMPILE if kind == "hybrid" else None,
+               fused_norms=os.environ.get("HYBRIDNA_FUSED_NORMS", "1") != "0")
     times = []
     try:
         with op_backend(kind):
@@ -540,9 +543,84 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
     return row
 
 
+def _emit(row: dict, log: str | None) -> None:
+    print(json.dumps(row), flush=True)
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: str | None = None,
+          profile_dir: str | None = None) -> None:
+    """Several measurements in ONE process (the Triton kernels compile and autotune once), each row
+    printed as soon as it is done. items, in order:
+        "BxL"             a timed step of the current variant (tokens/s, peak GiB)
+        "unfused"         switch the model to the unfused norms (HYBRIDNA_FUSED_NORMS=0 path) from here on
+        "fused"           back to the fused norms
+        "check"           the kernels-vs-references loss/gradient check of the 300m at 1 x 2048, bf16 autocast
+        "profile:BxL"     a per-category kernel profile of one step (written under profile_dir)
+        "compile"         torch.compile each block from here on (per-block graphs)"""
+    import hybridna.model as hm
+
+    variant = dict(fused_norms=True, compile=None, ckpt=None)
+    for item in items:
+        t0 = __import__("time").perf_counter()
+        if item in ("fused", "unfused"):
+            hm.FUSED_NORMS = item == "fused"
+            variant["fused_norms"] = hm.FUSED_NORMS
+            continue
+        if item in ("ckpt_mlp", "ckpt_off"):
+            # selective checkpointing: only each block's norm2 + MLP is recomputed in the backward
+            model, _ = get_model("hybrid", preset)
+            for blk in find_blocks(model):
+                if item == "ckpt_mlp" and "mlp_residual" not in blk.__dict__:
+                    blk.mlp_residual = functools.partial(checkpoint, type(blk).mlp_residual.__get__(blk),
+                                                         use_reentrant=False)
+                elif item == "ckpt_off":
+                    blk.__dict__.pop("mlp_residual", None)
+            variant["ckpt"] = "mlp" if item == "ckpt_mlp" else None
+            continue
+        if item == "compile":
+            model, _ = get_model("hybrid", preset)
+            for blk in find_blocks(model):
+                blk.compile()
+            variant["compile"] = "block"
+            continue
+        if item == "check":
+            model, _ = get_model("hybrid", preset)
+            ids = random_bases(1, 2048, torch.Generator().manual_seed(1))
+            lr, gr = _grads(model, ids, backend_name="reference", autocast=False)
+            lk, gk = _grads(model, ids, backend_name="triton", autocast=True)
+            row = dict(item="check", **variant, loss_ref=lr.item(), loss_kernels=lk.item(),
+                       loss_rel_err=_rel(lk, lr), grad_rel_err=_rel(gk, gr), tol_loss=1e-2, tol_grad=2e-2)
+            row["ok"] = bool(torch.isfinite(gk).all()) and row["loss_rel_err"] <= 1e-2 and row["grad_rel_err"] <= 2e-2
+            del gr, gk
+            release_cuda_memory()
+        elif item.startswith("profile:"):
+            b, L = (int(v) for v in item.split(":")[1].split("x"))
+            sm = profile_train_step("hybrid", b, L, profile_dir or "prof", preset=preset, warmup=1, top=40)
+            row = dict(item=item, **variant, total_kernel_ms=sm["total_kernel_ms"],
+                       categories={c: v["ms"] for c, v in sm["categories"].items()},
+                       top=[(k["name"][:70], k["calls"], k["ms"]) for k in sm["top_kernels"][:12]])
+            release_cuda_memory()
+        else:
+            b, L = (int(v) for v in item.split("x"))
+            row = dict(item=item, **time_train_step("hybrid", b, L, preset=preset, warmup=1, rounds=rounds))
+            row.update(variant)
+            release_cuda_memory()
+        row["wall_s"] = round(__import__("time").perf_counter() - t0, 1)
+        _emit(row, log)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    pw = sub.add_parser("sweep", help="several measurements in one process, printed as they finish (see sweep())")
+    pw.add_argument("items", nargs="+")
+    pw.add_argument("--preset", default=PRESET)
+    pw.add_argument("--rounds", type=int, default=ROUNDS)
+    pw.add_argument("--log")
+    pw.add_argument("--profile-dir")
     ps = sub.add_parser("step", help="time training steps of one shape (no pytest); prints one JSON line")
     ps.add_argument("--model", choices=MODELS, default="hybrid")
     ps.add_argument("--preset", default=PRESET)
@@ -560,6 +638,9 @@ def main(argv=None):
     pp.add_argument("--top", type=int, default=30)
     pp.add_argument("--out", required=True, help="folder for profile_<tag>.txt / .json")
     a = p.parse_args(argv)
+    if a.cmd == "sweep":
+        sweep(a.items, preset=a.preset, rounds=a.rounds, log=a.log, profile_dir=a.profile_dir)
+        return
     if a.cmd == "step":
         row = time_train_step(a.model, a.batch, a.seqlen, preset=a.preset, ckpt=a.ckpt, rounds=a.rounds)
         print(json.dumps(row))

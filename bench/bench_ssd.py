@@ -224,7 +224,7 @@ def step_table(copy_gbs):
         print(f"ssd_step B64 H{H} P{P} N{N} ({name}): {t * 1e3:.1f} us, {gbs:.0f} GB/s = {gbs / copy_gbs:.2f} of copy")
 
 
-def _variant_error(seqlen=2048):
+def _variant_error(seqlen=4096):
     """Largest norm-relative error of y and of every gradient against the fp64 chunked reference,
     B1 T{seqlen} at the benchmark's heads / dims (bf16 inputs); run under the current CFG_OVERRIDE."""
     t = make(1, seqlen, requires_grad=True)
@@ -242,7 +242,7 @@ def _variant_error(seqlen=2048):
     return f"{errs['y'].item():.1e} / {worst} {errs[worst].item():.1e}"
 
 
-def sweep(batch=8, seqlen=8192, names=None):
+def sweep(batch=8, seqlen=8192, names=None, with_peer=True):
     """Time launch / precision variants (chunk.CFG_OVERRIDE) at one shape, forward and forward+backward,
     each first checked against the fp64 reference (y error / worst gradient error), and the peer."""
     import triton.testing
@@ -251,7 +251,7 @@ def sweep(batch=8, seqlen=8192, names=None):
 
     names = names or list(chunk.SWEEP_CONFIGS)
     fb = {}
-    print(f"| variant (B{batch} T{seqlen}) | fwd ms | fwd+bwd ms | err y / worst grad (B1 T2048 vs fp64) |")
+    print(f"| variant (B{batch} T{seqlen}) | fwd ms | fwd+bwd ms | err y / worst grad (B1 T4096 vs fp64) |")
     print("| --- | --- | --- | --- |")
     for name in names:
         chunk.CFG_OVERRIDE.clear()
@@ -272,7 +272,7 @@ def sweep(batch=8, seqlen=8192, names=None):
         if not row[1].startswith("failed") and not err.startswith("failed"):
             fb[name] = float(row[1])
     chunk.CFG_OVERRIDE.clear()
-    if _peer_scan is not None:
+    if _peer_scan is not None and with_peer:  # last: its autotuning takes a while
         row = []
         for mode in ("fwd", "fwd_bwd"):
             t = make(batch, seqlen, requires_grad=mode != "fwd")
@@ -282,11 +282,11 @@ def sweep(batch=8, seqlen=8192, names=None):
     return fb
 
 
-def profile(batch=8, seqlen=8192, top=20):
+def profile(batch=8, seqlen=8192, top=20, providers=("hybridna", "mamba_ssm")):
     """Per-kernel CUDA time of one forward + backward, ours and the peer's (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
-    for prov in ("hybridna", "mamba_ssm"):
+    for prov in providers:
         if _skip_reason(prov, batch, seqlen, "fwd_bwd"):
             continue
         t = make(batch, seqlen, requires_grad=True)
@@ -314,15 +314,34 @@ if __name__ == "__main__":
     if "--profile-only" in sys.argv:  # just the per-kernel profile (short GPU calls)
         profile()
         sys.exit(0)
+    if "--warm" in sys.argv:  # compile one variant's kernels (Triton's disk cache) at the sweep's specialisation
+        from hybridna_kernels.ssd import chunk
+        chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[os.environ["SSD_VARIANTS"]])
+        _fn("hybridna", make(1, 4096, requires_grad=True), "fwd_bwd")()
+        torch.cuda.synchronize()
+        sys.exit(0)
     if "--sweep-only" in sys.argv:  # variants from SSD_VARIANTS (comma-separated; all when unset)
         sel = [v for v in os.environ.get("SSD_VARIANTS", "").split(",") if v]
-        fb = sweep(names=sel or None)
+        fb = sweep(names=sel or None, with_peer=False)
         best = os.environ.get("SSD_PROFILE") or (min(fb, key=fb.get) if fb else None)
         if best:  # per-kernel profile of one variant (default: the fastest fwd+bwd)
             from hybridna_kernels.ssd import chunk
             print(f"profile of variant '{best}'")
             chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[best])
-            profile(top=int(os.environ.get("SSD_PROFILE_TOP", "14")))
+            profile(top=int(os.environ.get("SSD_PROFILE_TOP", "14")),
+                    providers=("hybridna", "mamba_ssm") if os.environ.get("SSD_PROFILE_PEER") else ("hybridna",))
+        if best:  # the issue's other two shapes, fastest variant
+            import triton.testing
+            for bsz, sl in GPU_SHAPES[1:]:
+                row = []
+                for mode in ("fwd", "fwd_bwd"):
+                    t = make(bsz, sl, requires_grad=mode != "fwd")
+                    row.append(f"{triton.testing.do_bench(_fn('hybridna', t, mode), return_mode='median'):.3f}")
+                    del t
+                    torch.cuda.empty_cache()
+                print(f"| {best} B{bsz} T{sl} | {row[0]} | {row[1]} | |", flush=True)
+        if os.environ.get("SSD_PEER", "1") == "1":  # the peer last (its autotuning takes a while)
+            sweep(names=["default"], with_peer=True)  # default again, next to the peer
         sys.exit(0)
     if "--sweep" in sys.argv:
         sweep()

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hybridna_kernels import causal_conv1d, causal_conv1d_step, flash_attention, ssd_scan, ssd_step
+from hybridna_kernels.norm import gated_rms_norm, gated_rms_norm_linear, rms_norm_linear
+from hybridna_kernels.norm import rms_norm as fused_rms_norm
 
 from .config import HybriDNAConfig
 from .tokenizer import A_ID, BOS_ID, N_ID, NUM_BASE_TOKENS, PAD_ID, DNATokenizer, reverse_complement_ids
@@ -25,6 +27,10 @@ __all__ = ["HybriDNA", "HybriDNAOutput", "RMSNorm", "Mamba2Mixer", "Attention", 
            "MambaState", "KVState"]
 
 IGNORE_INDEX = -100
+# The fused norms (hybridna_kernels.norm): residual add + RMSNorm in one op, the Mamba2 gate applied
+# in the gated norm instead of inside the SSD scan, outputs in the autocast dtype. "0" restores the
+# unfused PyTorch norms and the gate inside the scan (same maths; kept to measure the difference).
+FUSED_NORMS = os.environ.get("HYBRIDNA_FUSED_NORMS", "1") != "0"
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -39,8 +45,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (y * weight.to(y.dtype)).to(x.dtype)
 
 
+def _autocast_dtype(x: torch.Tensor):
+    """The dtype the next matmul would cast to under autocast (the norms write it directly), else None."""
+    dev = x.device.type
+    if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
 class RMSNorm(nn.Module):
-    """RMSNorm; with group_size, normalised per group of group_size channels (Mamba2's gated norm)."""
+    """RMSNorm; with group_size, normalised per group of group_size channels (Mamba2's gated norm).
+
+    forward(x) -> norm(x); forward(x, delta) -> (norm(x + delta), x + delta), the residual add fused
+    in; gated(y, z) -> norm(y * silu(z)). Under autocast the output is in the autocast dtype."""
 
     def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None):
         super().__init__()
@@ -48,7 +65,38 @@ class RMSNorm(nn.Module):
         self.group_size = group_size or dim  # the gated norm of Mamba2 normalises per group of heads
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):  # (..., dim)
+    def forward(self, x, delta=None):  # (..., dim)
+        if FUSED_NORMS:
+            return fused_rms_norm(x, self.weight, self.eps, delta=delta, out_dtype=_autocast_dtype(x))
+        if delta is not None:
+            x = x + delta
+            return self._unfused(x), x
+        return self._unfused(x)
+
+    def gated(self, y, z):  # (..., dim) each -> norm(y * silu(z)) * weight, per group
+        if FUSED_NORMS:
+            return gated_rms_norm(y, z, self.weight, self.eps, group_size=self.group_size,
+                                  out_dtype=_autocast_dtype(y))
+        return self._unfused(y * F.silu(z))
+
+    def linear(self, lin: nn.Linear, x, delta=None):
+        """lin(self(x [+ delta])) (and x + delta), the normed activation recomputed in the backward
+        instead of saved (hybridna_kernels.norm.rms_norm_linear)."""
+        if FUSED_NORMS and lin.bias is None:
+            return rms_norm_linear(x, self.weight, lin.weight, self.eps, delta=delta, out_dtype=_autocast_dtype(x))
+        if delta is None:
+            return lin(self(x))
+        h, x = self(x, delta)
+        return lin(h), x
+
+    def gated_linear(self, lin: nn.Linear, y, z):
+        """lin(self.gated(y, z)), the normed activation recomputed in the backward."""
+        if FUSED_NORMS and lin.bias is None:
+            return gated_rms_norm_linear(y, z, self.weight, lin.weight, self.eps, group_size=self.group_size,
+                                         out_dtype=_autocast_dtype(y))
+        return lin(self.gated(y, z))
+
+    def _unfused(self, x):
         if self.group_size == x.shape[-1]:
             return rms_norm(x, self.weight, self.eps)
         # per group: (..., G, dim / G) against the weight viewed as (G, dim / G), so the weight is
@@ -132,9 +180,13 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u, state: MambaState | None = None, rows=None, packed: Packed | None = None):
         """u: (B, L, d_model), or (1, total) packed sequences with `packed`. With `state`, also stores
         the conv and SSD final states (of each sequence) in state[rows]."""
-        Bsz, L, _ = u.shape
+        return self.mix(self.in_proj(u), state, rows, packed)
+
+    def mix(self, zxbcdt, state: MambaState | None = None, rows=None, packed: Packed | None = None):
+        """The mixer after in_proj: zxbcdt (B, L, 2di + 2GN + H) -> (B, L, d_model)."""
+        Bsz, L, _ = zxbcdt.shape
+        u = zxbcdt
         di, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
-        zxbcdt = self.in_proj(u)  # (B, L, 2di + 2GN + H)
         z, xBC, dt = torch.split(zxbcdt, [di, self.conv_dim, H], dim=-1)
         # (B, conv_dim, L) view with channels contiguous: the conv's channel-last fast path.
         conv_out = causal_conv1d(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, activation="silu",
@@ -159,17 +211,19 @@ class Mamba2Mixer(nn.Module):
             self._A(u),
             Bm.unflatten(-1, (G, N)),  # (B, L, G, N)
             Cm.unflatten(-1, (G, N)),
-            chunk_size=self.cfg.chunk_size, D=self.D, z=z.unflatten(-1, (H, P)), dt_bias=self.dt_bias,
-            dt_softplus=True, dt_limit=self.cfg.dt_limit, return_final_states=state is not None,
-            cu_seqlens=None if packed is None else packed.cu_seqlens,
+            chunk_size=self.cfg.chunk_size, D=self.D, z=None if FUSED_NORMS else z.unflatten(-1, (H, P)),
+            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.cfg.dt_limit,
+            return_final_states=state is not None, cu_seqlens=None if packed is None else packed.cu_seqlens,
         )
         if state is not None:
             y, ssm_final = y  # (B or nseq, H, P, N)
             rows = slice(None) if rows is None else rows
             state.conv[rows] = conv_final.to(state.conv.dtype)
             state.ssm[rows] = ssm_final.to(state.ssm.dtype)
-        y = self.norm(y.reshape(Bsz, L, di))  # (B, L, di)
-        return self.out_proj(y)  # (B, L, d)
+        y = y.reshape(Bsz, L, di)
+        if FUSED_NORMS:  # gate, norm and out_proj: norm(y * silu(z)) * w in one pass, z read in place
+            return self.norm.gated_linear(self.out_proj, y, z)  # (B, L, d)
+        return self.out_proj(self.norm(y))  # (B, L, d)
 
     def allocate_state(self, batch: int, dtype, device) -> MambaState:
         sdt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -193,10 +247,11 @@ class Mamba2Mixer(nn.Module):
             self._A(u),
             Bm.unflatten(-1, (G, N)),  # (B, G, N)
             Cm.unflatten(-1, (G, N)),
-            D=self.D, z=z.unflatten(-1, (H, P)), dt_bias=self.dt_bias, dt_softplus=True,
+            D=self.D, z=None if FUSED_NORMS else z.unflatten(-1, (H, P)), dt_bias=self.dt_bias, dt_softplus=True,
             dt_limit=self.cfg.dt_limit,
         )
-        return self.out_proj(self.norm(y.reshape(Bsz, di)))  # (B, d)
+        y = y.reshape(Bsz, di)
+        return self.out_proj(self.norm.gated(y, z) if FUSED_NORMS else self.norm(y))  # (B, d)
 
 
 def rotary_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype):
@@ -224,25 +279,32 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(self.hq * self.hd, cfg.d_model, bias=False)
 
     def _qkv(self, x, positions):
-        B, L, _ = x.shape
-        qkv = self.qkv_proj(x)  # (B, L, (hq + 2 hkv) hd)
+        return self._split_qkv(self.qkv_proj(x), positions)
+
+    def _split_qkv(self, qkv, positions):  # (B, L, (hq + 2 hkv) hd) -> q, k, v
+        dt = qkv.dtype if qkv.dtype == torch.float64 else torch.float32
         q, k, v = torch.split(qkv, [self.hq * self.hd, self.hkv * self.hd, self.hkv * self.hd], dim=-1)
         q = q.unflatten(-1, (self.hq, self.hd))  # (B, L, hq, hd)
         k = k.unflatten(-1, (self.hkv, self.hd))  # (B, L, hkv, hd)
         v = v.unflatten(-1, (self.hkv, self.hd))
         if self.cfg.rotary:
-            cos, sin = rotary_cos_sin(positions, self.hd, self.cfg.rope_theta, _compute_dtype(x))
+            cos, sin = rotary_cos_sin(positions, self.hd, self.cfg.rope_theta, dt)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
     def forward(self, x, state: KVState | None = None, rows=None, packed: Packed | None = None):
         """x: (B, L, d_model), or (1, total) packed sequences with `packed` (they never see each other).
         With `state`, also writes K and V into state[rows, :L] (each packed sequence into its row)."""
-        B, L, _ = x.shape
+        return self.mix(self.qkv_proj(x), state, rows, packed)
+
+    def mix(self, qkv, state: KVState | None = None, rows=None, packed: Packed | None = None):
+        """The mixer after qkv_proj: qkv (B, L, (hq + 2 hkv) hd) -> (B, L, d_model)."""
+        B, L, _ = qkv.shape
+        x = qkv
         positions = None
         if self.cfg.rotary:
             positions = torch.arange(L, device=x.device).expand(B, L) if packed is None else packed.positions
-        q, k, v = self._qkv(x, positions)
+        q, k, v = self._split_qkv(qkv, positions)
         if packed is None:
             o = flash_attention(q, k, v, causal=True, window=self.cfg.attn_window)  # (B, L, hq, hd)
         else:
@@ -292,28 +354,35 @@ class Attention(nn.Module):
         return self.out_proj(o.reshape(B, self.hq * self.hd))  # (B, d)
 
 
-class _SwiGLUFn(torch.autograd.Function):
-    """silu(g) * u of h = [g | u] (the gate_up output, (..., 2F)). Same ops as the plain expression,
-    bit for bit, but only h is saved (silu(g) is recomputed in the backward instead of kept, one
-    (..., F) activation less per layer) and dg, du are written into halves of one (..., 2F) gradient,
-    so the backward of chunk() does not cat them into a new buffer."""
+class _SwiGLUDownFn(torch.autograd.Function):
+    """down(silu(g) * u) of h = [g | u] (the gate_up output, (..., 2F)), bias-free. Same ops as the
+    plain expression, but only h is saved: silu(g) * u, the (..., F) input of down, is recomputed in
+    the backward instead of kept (one activation less per layer), and dg, du are written into halves
+    of one (..., 2F) gradient, so the backward of chunk() does not cat them into a new buffer."""
 
     @staticmethod
-    def forward(ctx, h):
+    def forward(ctx, h, w_down):
         g, u = h.chunk(2, dim=-1)
-        ctx.save_for_backward(h)
-        return F.silu(g) * u
+        a = F.silu(g) * u  # (..., F)
+        ctx.save_for_backward(h, w_down)
+        return F.linear(a, w_down.to(a.dtype))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        (h,) = ctx.saved_tensors
+        h, w_down = ctx.saved_tensors
         g, u = h.chunk(2, dim=-1)
+        sg = F.silu(g)
+        a = sg * u
+        dout = dout.to(a.dtype)
+        dw = (dout.reshape(-1, dout.shape[-1]).t() @ a.reshape(-1, a.shape[-1])).to(w_down.dtype)
+        del a
+        da = dout @ w_down.to(dout.dtype)  # (..., F)
         dh = torch.empty_like(h, memory_format=torch.contiguous_format)
         dg, du = dh.chunk(2, dim=-1)
-        torch.mul(dout, F.silu(g), out=du)
-        torch.ops.aten.silu_backward.grad_input(dout * u, g, grad_input=dg)
-        return dh
+        torch.mul(da, sg, out=du)
+        torch.ops.aten.silu_backward.grad_input(da * u, g, grad_input=dg)
+        return dh, dw
 
 
 class SwiGLU(nn.Module):
@@ -323,11 +392,13 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(d_intermediate, d_model, bias=False)
 
     def forward(self, x):  # (..., d)
-        h = self.gate_up(x)  # (..., 2F) = [g | u]
-        if torch.compiler.is_compiling():  # Dynamo refuses the out= writes; the compiler's partitioner
-            g, u = h.chunk(2, dim=-1)      # decides what to save and fuses the backward itself
+        return self.from_gate_up(self.gate_up(x))
+
+    def from_gate_up(self, h):  # h = [g | u] (..., 2F) -> down(silu(g) * u) (..., d)
+        if torch.compiler.is_compiling() or self.down.bias is not None:
+            g, u = h.chunk(2, dim=-1)  # compiled: the partitioner decides what to save and fuses the backward
             return self.down(F.silu(g) * u)
-        return self.down(_SwiGLUFn.apply(h))  # silu(g) * u, (..., F)
+        return _SwiGLUDownFn.apply(h, self.down.weight)
 
 
 class Block(nn.Module):
@@ -339,11 +410,28 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.d_model, cfg.d_intermediate) if cfg.d_intermediate else None
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if self.mlp is not None else None
 
-    def forward(self, x, state=None, rows=None, packed=None):  # (B, L, d)
-        x = x + self.mixer(self.norm1(x), state, rows, packed)
-        if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
-        return x
+    def forward(self, x, state=None, rows=None, packed=None, delta=None, defer_add: bool = False):  # (B, L, d)
+        """x + mixer(norm(x)), then + mlp(norm(.)). With defer_add, the block's input is x + delta
+        (delta None: x alone) and it returns (x', delta') whose sum is its output: each residual add
+        is then fused into the RMSNorm that follows it, so the stream is read and written once per
+        norm. (One forward for both, so module hooks such as FSDP's unsharding see every call.)"""
+        # each norm fused with the projection after it (the normed activation is not saved)
+        lin1 = self.mixer.qkv_proj if self.is_attention else self.mixer.in_proj
+        if delta is None:
+            p = self.norm1.linear(lin1, x)
+        else:
+            p, x = self.norm1.linear(lin1, x, delta)
+        m = self.mixer.mix(p, state, rows, packed)
+        if self.mlp is None:
+            return (x, m) if defer_add else x + m
+        x, m = self.mlp_residual(x, m)
+        return (x, m) if defer_add else x + m
+
+    def mlp_residual(self, x, m):
+        """(x + m, mlp(norm2(x + m))): the residual add, norm2 and the MLP. Its own method so that
+        training code can checkpoint just this part (it saves the most per token after the mixer)."""
+        p, x = self.norm2.linear(self.mlp.gate_up, x, m)
+        return x, self.mlp.from_gate_up(p)
 
     def step(self, x, state, lengths):  # (B, d)
         if self.is_attention:
@@ -437,15 +525,19 @@ class HybriDNA(nn.Module):
                                  f"of a (1, total) input, got {lengths} for shape {tuple(input_ids.shape)}")
             packed = Packed.from_lengths(lengths, input_ids.device)
         x = self.embedding(input_ids)  # (B, L, d)
-        hs = [x] if output_hidden_states else None
-        for i, blk in enumerate(self.layers):
-            x = blk(x, None if state is None else state.layers[i], rows, packed)
-            if output_hidden_states:
-                hs.append(x)
-        x = self.norm_f(x)
         if output_hidden_states:
+            hs = [x]
+            for i, blk in enumerate(self.layers):
+                x = blk(x, None if state is None else state.layers[i], rows, packed)
+                hs.append(x)
+            x = self.norm_f(x)
             hs[-1] = x
-        return x, (tuple(hs) if output_hidden_states else None)
+            return x, tuple(hs)
+        delta = None  # the residual stream is x + delta; the adds happen inside the next norm
+        for i, blk in enumerate(self.layers):
+            x, delta = blk(x, None if state is None else state.layers[i], rows, packed, delta=delta, defer_add=True)
+        x = self.norm_f(x) if delta is None else self.norm_f(x, delta)[0]
+        return x, None
 
     def logits_from_hidden(self, h):  # (..., d) -> (..., vocab_size)
         return self.lm_head(h)[..., : self.config.vocab_size]

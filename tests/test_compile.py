@@ -3,7 +3,8 @@
 `torch.compile(model, fullgraph=True)` raises on any graph break, so these tests fail if the model
 or an op wrapper grows a `.item()`, `.tolist()`, a check on tensor values or data-dependent control
 flow on the training path. With the Triton backend the kernels must appear in the graph as the
-registered custom ops (hybridna::ssd_scan_fwd, causal_conv1d_fwd, flash_attn_fwd), not be traced
+registered custom ops (hybridna::ssd_scan_fwd, causal_conv1d_fwd, flash_attn_fwd, rms_norm_fwd,
+gated_rms_norm_fwd), not be traced
 into or replaced by the reference. aot_eager also traces the backward (AOTAutograd), so the
 registered backward ops are exercised too. The inductor variants are marked slow (their CPU C++
 compile takes 20-45 s per case here; they ran green on CPU, and are the GPU path of `--compile`).
@@ -17,7 +18,7 @@ from helpers import DEVICE, assert_close, tol
 import hybridna_kernels.utils as ku
 from hybridna import HybriDNA, HybriDNAConfig
 
-_OPS = {"ssd_scan_fwd", "causal_conv1d_fwd", "flash_attn_fwd"}
+_OPS = {"ssd_scan_fwd", "causal_conv1d_fwd", "flash_attn_fwd", "rms_norm_fwd", "gated_rms_norm_fwd"}
 
 
 def _train_step(model, params, ids):

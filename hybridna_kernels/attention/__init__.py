@@ -95,8 +95,12 @@ def flash_attention(q, k, v, *, causal=True, window=None, softmax_scale=None, cu
         args = (q, k, v, bool(causal), window, float(softmax_scale), cu_seqlens, max_seqlen)
         if torch.compiler.is_compiling():
             o, lse = flash_attn_fwd_op(*args)
-        else:
+        elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             o, lse = FlashAttnFunction.apply(*args)
+        else:  # nothing to differentiate (decoding, no_grad): skip the autograd.Function's bookkeeping
+            from .flash import _fwd_impl
+
+            o, lse = _fwd_impl(*args)
         return (o, lse) if return_lse else o
     return attention_ref(q, k, v, causal=causal, window=window, softmax_scale=float(softmax_scale),
                          cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, return_lse=return_lse)

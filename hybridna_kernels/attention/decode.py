@@ -168,7 +168,8 @@ def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, B
         flash._launch(_attn_decode_split_kernel, grid, args,
                       dict(meta, BN=BN, num_warps=4, num_stages=3 if BD <= 128 else 2))
     else:
-        _decode_tuned[grid](*args, **meta)
+        flash._tuned_launch(_decode_tuned, _attn_decode_split_kernel, "decode", lambda c: grid, args, meta,
+                            lambda c: {"BN": c.kwargs["BN"]})
     flash._launch(_attn_decode_merge_kernel, (B * Hkv, group * Lq),
                   (op, lsep, o, lse, *o.stride()[:3], Lq, Hkv, n_splits),
                   dict(GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, NS=max(2, triton.next_power_of_2(n_splits))))

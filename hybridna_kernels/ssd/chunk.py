@@ -112,6 +112,40 @@ def _grid(b_nc, H, nblk, hfirst):
     return (H, nblk, b_nc) if (hfirst and b_nc <= 65535) else (b_nc, H, nblk)
 
 
+@triton.jit
+def _dot_exact_f32_a(a, b):
+    """_dot_exact_f32 with the roles swapped: fp32 `a` (split into tf32 hi + lo), tf32-exact `b`."""
+    hi = (a.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return tl.dot(hi, b, input_precision="tf32") + tl.dot(a - hi, b, input_precision="tf32")
+
+
+@triton.jit
+def _dot_f32_16(a, b, SPLIT: tl.constexpr):
+    """a @ b for an fp32 `a` and a 16-bit `b` (fp32 accumulation). SPLIT 0: `a` rounded to b's dtype,
+    one 16-bit product. SPLIT 1: `a` kept to ~16 bits (bf16: hi + lo bf16 pieces, two bf16 products;
+    fp16: tf32 hi + lo, two tf32 products, which also avoids fp16's range)."""
+    if SPLIT == 0:
+        return tl.dot(a.to(b.dtype), b)
+    elif b.dtype == tl.bfloat16:
+        hi = a.to(tl.bfloat16)
+        return tl.dot(hi, b) + tl.dot((a - hi.to(tl.float32)).to(tl.bfloat16), b)
+    else:
+        return _dot_exact_f32_a(a, b.to(tl.float32))
+
+
+@triton.jit
+def _dot_split_bf16(a, b, TERMS: tl.constexpr):
+    """a @ b for a bf16 `a` and an fp32 `b` split into TERMS bf16 pieces (8 bits each: 2 -> ~16 bits,
+    3 -> ~24 bits), TERMS bf16 products (a tf32 product costs two bf16 ones on the tensor cores)."""
+    b1 = b.to(tl.bfloat16)
+    r = b - b1.to(tl.float32)
+    b2 = r.to(tl.bfloat16)
+    acc = tl.dot(a, b1) + tl.dot(a, b2)
+    if TERMS == 3:
+        acc += tl.dot(a, (r - b2.to(tl.float32)).to(tl.bfloat16))
+    return acc
+
+
 # ------------------------------------------------------------------------------------------------
 # forward kernels
 
@@ -191,7 +225,8 @@ def _bmm_fwd_kernel(C_ptr, B_ptr, cb_ptr, T, G, N, nc, s_b, s_t, s_g,
 def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
                         T, H, G, nc, P, N, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                         Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                        REVERSE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr):
+                        REVERSE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
+                        XW_SPLIT: tl.constexpr):
     """out[b, c, h] (P x N) = sum_k w_k x_k B_k^T over the chunk, fp32.
 
     Forward (chunk end state): w_k = exp(cs_last - cs_k) u_k.  REVERSE (gradient side, x = dy,
@@ -222,8 +257,11 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
             w = tl.exp(tl.minimum(cs_k, 0.0).to(tl.float32))
         else:
             w = tl.exp(tl.minimum(cs_last - cs_k, 0.0).to(tl.float32)) * tl.load(u_ptr + o_uc + o_k)
-        xw = (xT.to(tl.float32) * w[None, :]).to(b.dtype)
-        acc += tl.dot(xw, b, input_precision=DOT_PREC)
+        xw = xT.to(tl.float32) * w[None, :]
+        if XW_SPLIT >= 0:
+            acc += _dot_f32_16(xw, b, XW_SPLIT)
+        else:
+            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
     p_o = out_ptr + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :]
     tl.store(p_o, acc, mask=m_p[:, None] & m_n[None, :])
 
@@ -269,6 +307,74 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
         o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
         tl.store(hin_ptr + o_st, h.to(hin_ptr.dtype.element_ty), mask=m_s)
         h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + s
+        if IS_VARLEN:
+            cf = tl.load(cfin_ptr + c)
+            k2 = tl.maximum(cf, 0).to(tl.int64)
+            tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
+    if not IS_VARLEN:
+        tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
+
+
+@triton.jit
+def _state_fused_fwd_kernel(x_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, fin_ptr,
+                            T, H, G, nc, P, N,
+                            s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
+                            Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                            HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+                            XW_SPLIT: tl.constexpr):
+    """chunk_state and state_pass in one kernel: one program per (batch, head, P x N block) walks the
+    chunks in order, keeping the running state h in registers: hin[c] = h, then
+    h <- exp(cs_last) h + sum_k exp(cs_last - cs_k) u_k x_k B_k^T. The fp32 local states are never
+    written or read back (the two-kernel path moves them through memory twice)."""
+    i_pn = tl.program_id(0)
+    i_h = tl.program_id(1).to(tl.int64)
+    i_b = tl.program_id(2).to(tl.int64)
+    i_g = i_h // (H // G)
+    nbn = tl.cdiv(N, BN)
+    o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
+    o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
+    m_p = o_p < P
+    m_n = o_n < N
+    m_s = m_p[:, None] & m_n[None, :]
+    PN = P * N
+    o_s = o_p[:, None] * N + o_n[None, :]
+    if HAS_INIT and not IS_VARLEN:
+        h = tl.load(init_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BP, BN], dtype=tl.float32)
+    p_x0 = x_ptr + i_b * s_x_b + i_h * s_x_h
+    p_B0 = B_ptr + i_b * s_B_b + i_g * s_B_g
+    for c in range(nc):
+        if IS_VARLEN:
+            ci = tl.load(cinit_ptr + c)
+            if ci != -2:
+                if HAS_INIT:
+                    k0 = tl.maximum(ci, 0).to(tl.int64)
+                    h = tl.load(init_ptr + (k0 * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0),
+                                other=0.0).to(tl.float32)
+                else:
+                    h = tl.zeros([BP, BN], dtype=tl.float32)
+        tl.store(hin_ptr + ((i_b * nc + c) * H + i_h) * PN + o_s, h.to(hin_ptr.dtype.element_ty), mask=m_s)
+        o_uc = ((i_b * H + i_h) * nc + c) * Q
+        hl = tl.load(csh_ptr + o_uc + Q - 1)
+        ll = tl.load(csl_ptr + o_uc + Q - 1)
+        nv = tl.minimum(T - c * Q, Q)
+        p_x = p_x0 + c * Q * s_x_t
+        p_B = p_B0 + c * Q * s_B_t
+        acc = tl.zeros([BP, BN], dtype=tl.float32)
+        for k in range(0, Q, BK):
+            o_k = k + tl.arange(0, BK)
+            m_k = o_k < nv
+            xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+            bb = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
+            d = (hl - tl.load(csh_ptr + o_uc + o_k)) + (ll - tl.load(csl_ptr + o_uc + o_k))
+            w = tl.exp(tl.minimum(d, 0.0)) * tl.load(u_ptr + o_uc + o_k)
+            xw = xT.to(tl.float32) * w[None, :]
+            if XW_SPLIT >= 0:
+                acc += _dot_f32_16(xw, bb, XW_SPLIT)
+            else:
+                acc += tl.dot(xw.to(bb.dtype), bb, input_precision=DOT_PREC)
+        h = tl.exp(tl.minimum(hl + ll, 0.0)) * h + acc
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
             k2 = tl.maximum(cf, 0).to(tl.int64)
@@ -433,8 +539,82 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
 
 
 @triton.jit
+def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_ptr, cfin_ptr, ds_ptr,
+                            dinit_ptr, ddal_ptr,
+                            T, H, G, nc, P, N,
+                            s_dy_b, s_dy_t, s_dy_h, s_C_b, s_C_t, s_C_g,
+                            Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                            HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr,
+                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr):
+    """Reverse chunk_state and reverse state passing in one kernel: one program per (batch, head,
+    P x N block) walks the chunks backwards with g = the gradient of the state after chunk c:
+    ds[c] = g, d cs_last partial <g, h_out>, then g <- sum_i exp(cs_i) dy_i C_i^T + exp(cs_last) g.
+    The dy-side local states never go through memory."""
+    i_pn = tl.program_id(0)
+    i_h = tl.program_id(1).to(tl.int64)
+    i_b = tl.program_id(2).to(tl.int64)
+    nbs = tl.num_programs(0)
+    i_g = i_h // (H // G)
+    nbn = tl.cdiv(N, BN)
+    o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
+    o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
+    m_p = o_p < P
+    m_n = o_n < N
+    m_s = m_p[:, None] & m_n[None, :]
+    PN = P * N
+    o_s = o_p[:, None] * N + o_n[None, :]
+    g = tl.zeros([BP, BN], dtype=tl.float32)
+    if HAS_DFIN and not IS_VARLEN:
+        g = tl.load(dfin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    hout = tl.load(fin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    p_dy0 = dy_ptr + i_b * s_dy_b + i_h * s_dy_h
+    p_C0 = C_ptr + i_b * s_C_b + i_g * s_C_g
+    for cc in range(nc):
+        c = nc - 1 - cc
+        if IS_VARLEN:
+            cf = tl.load(cfin_ptr + c)
+            k = tl.maximum(cf, 0).to(tl.int64)
+            if cf != -1:  # a segment ends here: its end state is final (cf >= 0) or discarded
+                if HAS_DFIN:
+                    g = tl.load(dfin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
+                                other=0.0).to(tl.float32)
+                else:
+                    g = tl.zeros([BP, BN], dtype=tl.float32)
+                hout = tl.load(fin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
+                               other=0.0).to(tl.float32)
+        tl.store(ddal_ptr + ((i_b * H + i_h) * nc + c) * nbs + i_pn, tl.sum(tl.sum(g * hout, axis=1), axis=0))
+        o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
+        tl.store(ds_ptr + o_st, g, mask=m_s)
+        hout = tl.load(hin_ptr + o_st, mask=m_s, other=0.0).to(tl.float32)  # h_out of chunk c - 1
+        o_uc = ((i_b * H + i_h) * nc + c) * Q
+        nv = tl.minimum(T - c * Q, Q)
+        p_dy = p_dy0 + c * Q * s_dy_t
+        p_C = p_C0 + c * Q * s_C_t
+        acc = tl.zeros([BP, BN], dtype=tl.float32)
+        for kk in range(0, Q, BK):
+            o_k = kk + tl.arange(0, BK)
+            m_k = o_k < nv
+            dyT = tl.load(p_dy + (o_k[None, :] * s_dy_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+            cc_ = tl.load(p_C + (o_k[:, None] * s_C_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
+            w = tl.exp(tl.minimum(tl.load(csh_ptr + o_uc + o_k), 0.0))
+            xw = dyT.to(tl.float32) * w[None, :]
+            if XW_SPLIT >= 0:
+                acc += _dot_f32_16(xw, cc_, XW_SPLIT)
+            else:
+                acc += tl.dot(xw.to(cc_.dtype), cc_, input_precision=DOT_PREC)
+        g = acc + tl.exp(tl.minimum(tl.load(csh_ptr + o_uc + Q - 1), 0.0)) * g
+        if IS_VARLEN:
+            ci = tl.load(cinit_ptr + c)
+            if HAS_INIT:
+                k0 = tl.maximum(ci, 0).to(tl.int64)
+                tl.store(dinit_ptr + (k0 * H + i_h) * PN + o_s, g, mask=m_s & ((o_s * 0 + ci) >= 0))
+    if HAS_INIT and not IS_VARLEN:
+        tl.store(dinit_ptr + (i_b * H + i_h) * PN + o_s, g, mask=m_s)
+
+
+@triton.jit
 def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
-                        dx_ptr, du_ptr, dcs_ptr, rowt_ptr, dD_ptr,
+                        dx_ptr, du_ptr, dcs_ptr, rowt_ptr, colt_ptr, dD_ptr,
                         T, H, G, nc, P, N,
                         s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
                         s_dx_b, s_dx_t, s_dx_h,
@@ -442,13 +622,16 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
                         HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
                         CS64: tl.constexpr,
                         CB_MASK: tl.constexpr,
-                        MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr):
+                        MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr,
+                        TSUM: tl.constexpr):
     """Rows j (one block) of one chunk and head:
     Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
     du_j = x_j . Z_j. The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once
     in fp32 so that its row sums and column sums cancel exactly where they should:
     dcs = rowsum(T) - colsum(T) - V + R (+ the chunk-end term), V_j = u_j e^{cs_last-cs_j} x_j . dS B_j.
-    Here: dcs[j] <- -colsum(T)_j - V_j; rowt[jb, i] <- sum_{j in block} T_ij (this block's share)."""
+    Here: dcs[j] <- -colsum(T)_j - V_j; rowt[jb, i] <- sum_{j in block} T_ij (this block's share).
+    TSUM: the dCB kernel (run first) has written the T sums (rowt, and colt: per i-block column sums
+    without u); only the diagonal T_jj / u_j = (x_j . dy_j) CB_jj is formed here, for du."""
     i_bc, i_h, jb = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
@@ -482,7 +665,9 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
         dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         # dS in (nearly) full fp32: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many
         # tokens), and so does a plain tf32 product on the GPU
-        if SPLIT_F32:
+        if STATE_BF16 > 0:  # bf16 B: dS as STATE_BF16 bf16 pieces
+            acc += _dot_split_bf16(b, dsT, STATE_BF16)
+        elif SPLIT_F32:
             acc += _dot_exact_f32(b.to(tl.float32), dsT)
         else:
             acc += tl.dot(b, dsT, input_precision="ieee")
@@ -493,30 +678,53 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
     # operand is CB e^{..} u_j, as in the forward (CB e^{..} alone passes 65504 in fp16 once
     # |C . B| does, while CB u_j, like y, stays in range for small dt)
     acc = acc * u_j[:, None]
-    rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
-    for ib in range(jb, NB):
-        o_i = ib * BJ + tl.arange(0, BJ)
-        if CB_MASK:
-            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
-        else:  # as in the forward scan: the tl.where below drops the unwritten upper blocks
-            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
-        cbT = cbT.to(tl.float32)
-        cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
-        w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
-        w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
-        dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :], other=0.0)
-        acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
-        if MIXED_T:  # 16-bit x with an fp32 (gated) dy: keep dy in fp32 (not a 16-bit cast, not tf32)
-            tt = _dot_exact_f32(xf, tl.trans(dyi.to(tl.float32)))
-        else:
-            tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
-        tt = tt * w  # T^T block (j, i) without its u_j factor
-        du += tl.sum(tt, axis=1)  # intra part of du from the fp32 T, not from the 16-bit dot above
-        # T_jj enters the row and the column sum of d cs_j alike: leave it out of both (with large
-        # u it dwarfs the rest, and the two fp32 sums would cancel it only to its rounding)
-        tt = tl.where(o_i[None, :] > o_j[:, None], tt, 0.0)
-        dcol += tl.sum(tt, axis=1)
-        rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * u_j[:, None], axis=0)[None, :], rowacc)
+    if TSUM:
+        for ib in range(jb, NB):
+            o_i = ib * BJ + tl.arange(0, BJ)
+            if CB_MASK:
+                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
+            else:
+                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
+            cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
+            w = cbT.to(tl.float32) * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
+            w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
+            dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
+                          other=0.0)
+            acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+        o_ct = ((i_b * H + i_h) * nc + i_c) * NB * Q + o_j
+        csum = tl.load(colt_ptr + o_ct + jb * Q)
+        for ib in range(jb + 1, NB):
+            csum += tl.load(colt_ptr + o_ct + ib * Q)
+        dyj_t = tl.load(p_dy + (o_j[:, None] * s_dy_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
+        cbjj = tl.load(p_cb + o_j * (Q + 1)).to(tl.float32)
+        du += csum + tl.sum(xf * dyj_t, axis=1) * cbjj
+        dcol += csum
+    else:
+        rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
+        for ib in range(jb, NB):
+            o_i = ib * BJ + tl.arange(0, BJ)
+            if CB_MASK:
+                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
+            else:  # as in the forward scan: the tl.where below drops the unwritten upper blocks
+                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
+            cbT = cbT.to(tl.float32)
+            cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
+            w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
+            w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
+            dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
+                          other=0.0)
+            acc += tl.dot((w * u_j[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+            if MIXED_T:  # 16-bit x with an fp32 (gated) dy: keep dy in fp32 (not a 16-bit cast, not tf32)
+                tt = _dot_exact_f32(xf, tl.trans(dyi.to(tl.float32)))
+            else:
+                tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
+            tt = tt * w  # T^T block (j, i) without its u_j factor
+            du += tl.sum(tt, axis=1)  # intra part of du from the fp32 T, not from the 16-bit dot above
+            # T_jj enters the row and the column sum of d cs_j alike: leave it out of both (with large
+            # u it dwarfs the rest, and the two fp32 sums would cancel it only to its rounding)
+            tt = tl.where(o_i[None, :] > o_j[:, None], tt, 0.0)
+            dcol += tl.sum(tt, axis=1)
+            rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * u_j[:, None], axis=0)[None, :], rowacc)
     colt = u_j * dcol  # strictly-lower colsum(T)_j + V_j
     dx = acc
     if HAS_D:
@@ -531,31 +739,48 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
              dx.to(dx_ptr.dtype.element_ty), mask=m)
     tl.store(du_ptr + o_uc + o_j, du)
     tl.store(dcs_ptr + o_uc + o_j, -colt)
-    tl.store(rowt_ptr + ((((i_b * H + i_h) * nc + i_c) * NB + jb) * Q) + o_nb[:, None] * BJ
-             + tl.arange(0, BJ)[None, :], rowacc)
+    if not TSUM:
+        tl.store(rowt_ptr + ((((i_b * H + i_h) * nc + i_c) * NB + jb) * Q) + o_nb[:, None] * BJ
+                 + tl.arange(0, BJ)[None, :], rowacc)
 
 
 @triton.jit
-def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr,
+def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr, cb_ptr, rowt_ptr, colt_ptr,
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
-                         CS64: tl.constexpr):
+                         CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
-    summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head."""
-    i_bc = tl.program_id(0).to(tl.int64)
+    summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head.
+
+    TSUM: the same per-head product also gives the decay-gradient sums of T_ij = K_ij CB_ij u_j
+    (K_ij = (dy_i . x_j) e^{cs_i - cs_j}), strictly below the diagonal, per head: this tile's share of
+    the row sums, rowt[h, j-block, i] = sum_j T_ij, and of the column sums without u,
+    colt[h, i-block, j] = sum_i K_ij CB_ij. The dx kernel then needs no (x . dy) product of its own.
+    Tiles above the diagonal write zeros there."""
+    if MFIRST:  # grid (tiles, G, b * nc): the tiles of a chunk share its x / dy rows in L2
+        i_bc = tl.program_id(2).to(tl.int64)
+        i_mn = tl.program_id(0)
+    else:
+        i_bc = tl.program_id(0).to(tl.int64)
+        i_mn = tl.program_id(2)
     i_g = tl.program_id(1).to(tl.int64)
-    i_mn = tl.program_id(2)
     nb = Q // BM
     i_m = i_mn // nb
     i_n = i_mn % nb
-    if i_n > i_m:
-        return
     i_b = i_bc // nc
     i_c = i_bc % nc
     hpg = H // G
     o_m = i_m * BM + tl.arange(0, BM)
     o_n = i_n * BM + tl.arange(0, BM)
+    if i_n > i_m:
+        if TSUM:
+            for hh in range(hpg):
+                i_h = i_g * hpg + hh
+                o_hc = ((i_b * H + i_h) * nc + i_c) * nb
+                tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.zeros([BM], dtype=tl.float32))
+                tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.zeros([BM], dtype=tl.float32))
+        return
     o_p = tl.arange(0, BP)
     t0 = i_c * Q
     nv = tl.minimum(T - t0, Q).to(tl.int32)
@@ -568,16 +793,29 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     m_dy = (o_m < nv)[:, None] & m_p[None, :]
     m_xT = (o_n < nv)[None, :] & m_p[:, None]
     acc = tl.zeros([BM, BM], dtype=tl.float32)
+    if TSUM:
+        strict = o_m[:, None] > o_n[None, :]
+        cbt = tl.load(cb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :]).to(tl.float32)
+        cbt = tl.where(strict, cbt, 0.0)
     for hh in range(hpg):
         i_h = i_g * hpg + hh
         o_uc = ((i_b * H + i_h) * nc + i_c) * Q
         dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
         xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
-        k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
+        if TSUM and MIXED_T:  # fp32 (gated) dy against 16-bit x: dy kept to ~21 bits, as in dx
+            k = _dot_exact_f32_a(dyi.to(tl.float32), xT.to(tl.float32))
+        else:
+            k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
         cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
         cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
         u_j = tl.load(u_ptr + o_uc + o_n)
-        acc += k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64) * u_j[None, :]
+        kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
+        acc += kd * u_j[None, :]
+        if TSUM:
+            tq = kd * cbt
+            o_hc = ((i_b * H + i_h) * nc + i_c) * nb
+            tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
+            tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
     tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
 
@@ -587,15 +825,19 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
                          r_ptr, T, H, G, nc, P, N,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g, s_d_b, s_d_t, s_d_g,
                          Q: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                         IS_DB: tl.constexpr, DOT_PREC: tl.constexpr):
+                         IS_DB: tl.constexpr, MFIRST: tl.constexpr, R_TF32: tl.constexpr, DOT_PREC: tl.constexpr):
     """Rows m of one chunk and group:
       dC (IS_DB false): dC_m = sum_{j<=m} dCB_mj B_j + sum_h e^{cs_m} dy_m hin_h
       dB (IS_DB true):  dB_m = sum_{i>=m} dCB_im C_i + sum_h e^{cs_last - cs_m} u_m x_m dS_h
     The dC pass also writes, per head, R_m = e^{cs_m} dy_m . (hin C_m), the decay gradient of the
     output-from-state term."""
-    i_bc = tl.program_id(0).to(tl.int64)
+    if MFIRST:  # grid (row blocks, G, b * nc): the row blocks of a chunk share its per-head state tiles in L2
+        i_bc = tl.program_id(2).to(tl.int64)
+        i_m = tl.program_id(0)
+    else:
+        i_bc = tl.program_id(0).to(tl.int64)
+        i_m = tl.program_id(2)
     i_g = tl.program_id(1).to(tl.int64)
-    i_m = tl.program_id(2)
     i_b = i_bc // nc
     i_c = i_bc % nc
     hpg = H // G
@@ -638,7 +880,10 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
             acc += tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
         else:
             own *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
-            acc_h = tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
+            if R_TF32:
+                acc_h = tl.dot(own, st.to(tl.float32), input_precision="tf32")
+            else:
+                acc_h = tl.dot(own.to(dt_in), st.to(dt_in), input_precision=DOT_PREC)
             tl.store(r_ptr + o_uc + o_m, tl.sum(acc_h * c_m, axis=1))
             acc += acc_h
     p_dcb = dcb_ptr + (i_bc * G + i_g) * Q * Q
@@ -728,29 +973,35 @@ CFG_OVERRIDE: dict = {}
 # The variants bench_ssd.py --sweep times; tests/test_ssd.py checks every one of them for correctness.
 SWEEP_CONFIGS = {
     "default": {},
-    "scan w8": {"warps_scan": 8},
-    "scan BM128 w8": {"BM_SCAN": 128, "warps_scan": 8},
-    "scan BK32": {"BK_SCAN": 32},
+    "old default": {"hfirst": False, "cb_mask": True, "cb16": False, "warps": 8},
+    "fused": {"fused_state": True},
+    "fused2": {"fused_state": True, "fused_state_bwd": True},
+    "fused2 bwdN128": {"fused_state": True, "fused_state_bwd": True, "BN_FUSED_BWD": 128},
+    "fused2 w4": {"fused_state": True, "fused_state_bwd": True, "warps_fused": 4},
+    "fused2 n64": {"fused_state": True, "fused_state_bwd": True, "BN_FUSED_FWD": 64},
+    "sb2": {"state_bf16": 2},
+    "sb3": {"state_bf16": 3},
+    "rtf32": {"r_prec": "tf32"},
     "stages3": {"stages": 3},
+    "hin16": {"hin16": True},
+    "cbb16": {"cbb16": True},
+    "cs64": {"cs64": True},
+    "scan w8": {"warps_scan": 8},
+    "scan BK32": {"BK_SCAN": 32},
+    "scan BM128 w8": {"BM_SCAN": 128, "warps_scan": 8},
     "state BN64 w4": {"BN_STATE": 64, "warps_state": 4},
-    "bwd warps4": {"warps": 4},
     "dbc BM32 w4": {"BM_DBC": 32, "warps_dbc": 4},
     "dbc BM128 w8": {"BM_DBC": 128},
-    "cs64": {"cs64": True},
-    "cb16": {"cb16": True},
-    "cb16 scan w8": {"cb16": True, "warps_scan": 8},
-    "cb16 BK32 bwd w4": {"cb16": True, "BK_SCAN": 32, "warps": 4},
-    "cb16 BK32 w4 st3": {"cb16": True, "BK_SCAN": 32, "warps": 4, "stages": 3},
-    "nomask": {"cb_mask": False},
-    "cb16 nomask": {"cb16": True, "cb_mask": False},
-    "cb16 hin16 nomask": {"cb16": True, "hin16": True, "cb_mask": False},
-    "cb16 hin16 nomask w8": {"cb16": True, "hin16": True, "cb_mask": False, "warps_scan": 8},
-    "hfirst": {"hfirst": True},
-    "hfirst nomask": {"hfirst": True, "cb_mask": False},
-    "hfirst cb16 nomask": {"hfirst": True, "cb16": True, "cb_mask": False},
-    "hfirst cb16 hin16 nomask": {"hfirst": True, "cb16": True, "hin16": True, "cb_mask": False},
-    "hfirst cb16 cbb16 nomask": {"hfirst": True, "cb16": True, "cbb16": True, "cb_mask": False},
-    "hfirst cb16 nomask bwd4": {"hfirst": True, "cb16": True, "cb_mask": False, "warps": 4},
+    "tsum": {"tsum_dcb": True},
+    "xw0": {"xw_split": 0},
+    "xwb1": {"xw_split_bwd": 1},
+    "tsum dcbw8": {"tsum_dcb": True, "warps_dcb": 8},
+    "fused2 tsum": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True},
+    "combo": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True, "BK_SCAN": 32, "stages": 3,
+              "BM_DBC": 128},
+    "combo sb3": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True, "BK_SCAN": 32, "stages": 3,
+                  "BM_DBC": 128, "state_bf16": 3},
+    "fused2 sb3 stages3": {"fused_state": True, "fused_state_bwd": True, "state_bf16": 3, "stages": 3},
 }
 
 
@@ -762,10 +1013,11 @@ def _cfg(Q, P, N, dtype):
     blk = min(64, Q)
     cfg = {
         "BP": BP, "BN": BN, "BM": blk, "BK": blk,
-        # Scan: 4 warps, the setting of the one measured-fast run (a0a5de0, H100: 0.86 ms at B8 T8192
-        # with 448 B of spills). 8 warps (adb4283) removed the spills but holds 254 registers x 256
-        # threads, one CTA per SM, and the next run measured the kernel at 2.24 ms; now (sm_90 offline
-        # compile, triton 3.9) 4 warps spill 232 B. Not re-timed: bench_ssd --sweep "scan w8" compares.
+        # Measured on an H100 (bf16, B8 T8192 H32 P64 N128 Q256, 2026-11-25 12:07 UTC; fwd / fwd+bwd ms):
+        # old defaults 2.390 / 9.551 with fp64 decay tiles, 1.999 / 8.873 with the fp32 hi/lo ones;
+        # + unmasked CB loads 1.753 / 8.273; + heads-fastest grid order 1.420 / 7.587; + bf16 forward CB
+        # 1.304 / 7.445; + 4 warps for dx / dCB 1.303 / 6.084 (those four are the defaults below).
+        # Scan: 4 warps (8 warps measured slower at a0a5de0 / adb4283 despite no spills).
         "BM_SCAN": blk, "BK_SCAN": blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
         "BP_STATE": min(BP, 64),
@@ -775,31 +1027,63 @@ def _cfg(Q, P, N, dtype):
         # headdim 128 / dstate 256 rows: smaller row blocks, or ptxas spills (sm_90, checked offline)
         "BM_DBC": min(blk, 16 if (BN > 128 and BP >= 128) else 32 if (BN > 128 or BP >= 128) else 64),
         "warps_dbc": 8 if BN >= 128 else 4,
-        # dx / dCB: 8 warps at 64 x 64 tiles. dx spills 576 B at 4 warps, 200 B at 8 (offline sm_90
-        # compile); its only timing (4.09 ms, 8 warps) is of this kernel, the earlier 2.34 ms of a
-        # different decomposition, so no measured reason to change it; the sweep's "bwd warps4" times 4.
-        "warps": 8 if blk * BP >= 4096 else 4,
+        # dx / dCB: 4 warps at headdim <= 64 (fwd+bwd 7.445 -> 6.084 ms against 8 warps, although the
+        # offline sm_90 compile shows dx spilling ~350 B at 4 warps and none at 8); 8 at headdim 128.
+        "warps": 4 if BP <= 64 else 8,
         "stages": 2,
         "prec": "ieee" if dtype == torch.float32 else "tf32",
-        # decay tiles exp(cs_i - cs_j): fp32 hi/lo split of the fp64 cumsum (False) or fp64 tile math
+        # decay tiles exp(cs_i - cs_j): fp32 hi/lo planes of the fp64 cumsum (False) or fp64 tile math
         "cs64": False,
-        # forward CB buffer in bf16 for bf16 inputs (half the CB traffic of the scan; fp16 keeps fp32)
-        "cb16": False,
-        # masked CB loads in the scan / dx kernels (the upper blocks are never written; a tl.where drops
-        # them either way, so False only saves the per-element predicates)
-        "cb_mask": True,
+        # forward CB buffer in bf16 for bf16 inputs (bf16 has fp32's range; fp16 keeps fp32 CB)
+        "cb16": True,
+        # masked CB loads in the scan / dx kernels. The upper blocks are never written and a tl.where
+        # drops them (NaN included) either way, so False only saves the per-element predicates.
+        "cb_mask": False,
         # hin (states entering each chunk, also saved for the backward) in bf16 for bf16 inputs
         "hin16": False,
-        # grid order: heads fastest, chunk slowest (L2 reuse of the chunk's CB / B / C across heads)
-        "hfirst": False,
+        # grid order: heads / row blocks fastest, chunk slowest (L2 reuse of a chunk's CB, B, C, states
+        # across heads and row blocks): chunk_state, scan, dx, dCB, dB / dC
+        "hfirst": True,
         # the backward's recomputed CB (read by dx) in bf16 for bf16 inputs
         "cbb16": False,
+        # chunk states and state passing in one sequential-over-chunks kernel (no fp32 local-states
+        # buffer), forward / backward; 8 warps (4 spill in the sm_90 offline compile); backward blocks
+        # 64 x 64 (64 x 128 spills 128 B: g, h_out and the product are live together). Off: on the
+        # H100 (round 2) fwd+bwd 6.436 ms against the default's 6.114 at B8 T8192, and serial over
+        # chunks it leaves the GPU idle at batch 1-2 (B1 T131072 forward 6.7 ms with them).
+        "fused_state": False, "fused_state_bwd": False, "warps_fused": 8, "stages_fused": 2,
+        "BN_FUSED_FWD": 128, "BN_FUSED_BWD": 64,
+        # dx's state term with bf16 B: dS split into this many bf16 pieces (0: two tf32 products)
+        "state_bf16": 0,
+        # precision of the dC pass's per-head product e^{cs} dy hin^T, whose row sums with C give the
+        # decay-gradient term R: 16-bit operands ("16") or tf32 ("tf32")
+        "r_prec": "16",
+        # the decay-gradient sums of T formed in the dCB kernel (which has the per-head dy . x product
+        # anyway) instead of a second product in dx; warps of the dCB kernel (None: as dx). Off: H100
+        # round 2, fwd+bwd 6.280 ms against 6.114 (dx got cheaper, dCB dearer by more).
+        "tsum_dcb": False, "warps_dcb": None,
+        # chunk-state products with 16-bit inputs: the fp32 operand x_k e^{..} u_k (forward) / dy_k e^{cs_k}
+        # (backward) rounded to 16 bits (0) or kept to ~16 bits as two pieces (1). The forward one
+        # decides dA: fp16, B1 T150 Q64 cu_seqlens, dA relative error 3.6e-2 rounded, 4e-4 split.
+        "xw_split": 1, "xw_split_bwd": 0,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
             v = min(v, Q)
         cfg[k] = v
     return cfg
+
+
+def _fused_blocks(b, H, P, N, cfg, bn_max=128):
+    """P x N block of the fused state kernels: one program per (batch, head, block) runs through all
+    chunks, so smaller blocks when batch x heads alone would leave SMs idle."""
+    BPf, BNf = min(cfg["BP"], 64), min(cfg["BN"], bn_max)
+    while b * H * triton.cdiv(P, BPf) * triton.cdiv(N, BNf) < 264 and BNf > 32:
+        if BPf > 32:
+            BPf //= 2
+        else:
+            BNf //= 2
+    return BPf, BNf
 
 
 def _strides3(t):
@@ -842,12 +1126,6 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
         C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
         Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
-    states = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
-    BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-    _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
-        x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
-        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
-        num_warps=cfg["warps_state"], num_stages=cfg["stages"])
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
@@ -855,13 +1133,30 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
                     device=dev)
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
-    PN = P * N
-    BS = min(cfg["BS"], triton.next_power_of_2(PN))
-    _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
-        states, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
-        tables.cfin if varlen else dummy, hin, final, H, nc, PN,
-        Q=Q, BS=BS, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
-    del states
+    if cfg["fused_state"]:
+        BPf, BNf = _fused_blocks(b, H, P, N, cfg, cfg["BN_FUSED_FWD"])
+        _state_fused_fwd_kernel[(triton.cdiv(P, BPf) * triton.cdiv(N, BNf), H, b)](
+            x, B, u, csh, csl, init if init is not None else dummy, tables.cinit if varlen else dummy,
+            tables.cfin if varlen else dummy, hin, final, T, H, G, nc, P, N,
+            *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
+            Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
+            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split"],
+            num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
+    else:
+        states = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
+        _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
+            x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
+            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"],
+            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split"], HFIRST=cfg["hfirst"],
+            num_warps=cfg["warps_state"], num_stages=cfg["stages"])
+        PN = P * N
+        BS = min(cfg["BS"], triton.next_power_of_2(PN))
+        _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
+            states, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
+            tables.cfin if varlen else dummy, hin, final, H, nc, PN,
+            Q=Q, BS=BS, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+        del states
     y = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
     ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
     BPc = cfg["BP_SCAN"]
@@ -920,25 +1215,40 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         dy = dy.to(x.dtype)
 
     # dy-side local states, then the reverse state pass (in place: ldh becomes dS, the gradient of
-    # each chunk's end state)
-    ldh = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
-    BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-    _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
-        dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
-        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"],
-        num_warps=cfg["warps_state"], num_stages=cfg["stages"])
-    PN = P * N
-    BS = min(cfg["BS"], triton.next_power_of_2(PN))
-    nbs = triton.cdiv(PN, BS)
-    ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
+    # each chunk's end state); or both in one reverse-over-chunks kernel (fused_state_bwd)
     dinit = None
     if init is not None:
         dinit = (torch.zeros if varlen else new_empty)(init.shape, dtype=f32, device=dev)
-    _state_pass_bwd_kernel[(b, H, nbs)](
-        ldh, cs, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
-        tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
-        Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
-    ds = ldh
+    if cfg["fused_state_bwd"]:
+        BPf, BNf = _fused_blocks(b, H, P, N, cfg, cfg["BN_FUSED_BWD"])
+        nbs = triton.cdiv(P, BPf) * triton.cdiv(N, BNf)
+        ds = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+        ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
+        _state_fused_bwd_kernel[(nbs, H, b)](
+            dy, C, csh, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
+            tables.cfin if varlen else u, ds, dinit if dinit is not None else u, ddal,
+            T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
+            Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_DFIN=dfinal is not None, HAS_INIT=init is not None,
+            IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
+            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split_bwd"], num_warps=cfg["warps_fused"],
+            num_stages=cfg["stages_fused"])
+    else:
+        ldh = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
+        _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
+            dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
+            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"],
+            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split_bwd"], HFIRST=cfg["hfirst"],
+            num_warps=cfg["warps_state"], num_stages=cfg["stages"])
+        PN = P * N
+        BS = min(cfg["BS"], triton.next_power_of_2(PN))
+        nbs = triton.cdiv(PN, BS)
+        ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
+        _state_pass_bwd_kernel[(b, H, nbs)](
+            ldh, cs, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
+            tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
+            Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+        ds = ldh
     ddal = ddal.sum(-1)
 
     dx = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
@@ -949,29 +1259,41 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     rowt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev)
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     dD_part = new_empty((b * nc * NB, H, P), dtype=f32, device=dev) if D is not None else u
+    tsum = cfg["tsum_dcb"]
+    colt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev) if tsum else rowt
+    mixed_t = dy.dtype == f32 and x.dtype != f32
+
+    def launch_dcb():
+        mfirst = cfg["hfirst"] and b * nc <= 65535
+        _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
+            x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
+            Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
+            MIXED_T=mixed_t, num_warps=cfg["warps_dcb"] or cfg["warps"], num_stages=cfg["stages"])
+
+    dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    if tsum:  # the dCB kernel writes the T sums that dx reads
+        launch_dcb()
     _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
-        x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, dD_part,
+        x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
         Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
         D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
-        CB_MASK=cfg["cb_mask"],
-        MIXED_T=dy.dtype == f32 and x.dtype != f32, SPLIT_F32=x.dtype != f32,
+        CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
+        STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
         num_warps=cfg["warps"], num_stages=cfg["stages"])
-
-    dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
-    _scan_bwd_dcb_kernel[(b * nc, G, NB * NB)](
-        x, dy, u, cs, csh, csl, dcb, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
-        Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], num_warps=cfg["warps"],
-        num_stages=cfg["stages"])
+    if not tsum:
+        launch_dcb()
     dB = new_empty(B.shape, dtype=B.dtype, device=dev)
     dC = new_empty(C.shape, dtype=C.dtype, device=dev)
     BMd = cfg["BM_DBC"]
     for is_db, out in ((True, dB), (False, dC)):
-        _scan_bwd_dbc_kernel[(b * nc, G, Q // BMd)](
+        mfirst = cfg["hfirst"] and b * nc <= 65535
+        _scan_bwd_dbc_kernel[(Q // BMd, G, b * nc) if mfirst else (b * nc, G, Q // BMd)](
             x, dy, B, C, u, cs, hin, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
-            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, DOT_PREC=cfg["prec"],
+            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=mfirst,
+            R_TF32=cfg["r_prec"] == "tf32" and x.dtype != f32, DOT_PREC=cfg["prec"],
             num_warps=cfg["warps_dbc"], num_stages=cfg["stages"])
 
     ddt = new_empty(dt.shape, dtype=dt.dtype, device=dev)

@@ -1,0 +1,27 @@
+"""Compact lines for the rows `bench_model.py sweep` prints (one JSON object per line)."""
+import json
+import sys
+
+for line in sys.stdin:
+    try:
+        r = json.loads(line)
+        v = (("fused" if r.get("fused_norms") else "unfused") + ("+compile" if r.get("compile") else "")
+             + ("+ckpt_mlp" if r.get("ckpt") == "mlp" else ""))
+        it = r["item"]
+        if it == "check":
+            verdict = "PASS" if r["ok"] else "FAIL"
+            print(f"check 300m 1x2048 bf16 ({v}): loss rel err {r['loss_rel_err']:.2e} (tol 1e-2), "
+                  f"grad rel err {r['grad_rel_err']:.2e} (tol 2e-2) -> {verdict}  [{r['wall_s']} s]")
+        elif it.startswith("profile"):
+            print(f"{it} ({v}): {r['total_kernel_ms']} ms kernel time [{r['wall_s']} s]")
+            print("   " + "; ".join(f"{c} {ms:.1f}" for c, ms in r["categories"].items()))
+            for n, c, ms in r["top"]:
+                print(f"   {ms:7.2f} ms {c:4d}x {n}")
+        else:
+            tps = r.get("tokens_per_s")
+            print(f"{it:9s} {v:17s} {r['status']:4s} {tps / 1e3 if tps else 0:6.1f}k tok/s  "
+                  f"{r.get('peak_mem_gib', '-')} GiB  step {r.get('step_ms', '-')} ms  "
+                  f"warm-up {r.get('warmup_s', '-')} s  [{r['wall_s']} s]")
+    except Exception as e:  # noqa: BLE001 - never break the pipe: the bench would die with it
+        print(f"(unparsed: {line.strip()[:200]} / {e})")
+    sys.stdout.flush()

@@ -1,0 +1,63 @@
+"""A norm followed by a bias-free linear layer, with the normed activation recomputed in the
+backward instead of saved: the saved state is the norm's input (which the norm's own backward needs
+anyway) and its per-row rstd. Under bf16 autocast that drops one 16-bit activation per norm from the
+saved set (the d_model-wide input of in_proj / qkv_proj / gate_up, the d_inner-wide input of the
+Mamba out_proj) for one extra norm pass in the backward, which reads the input and writes the
+normed activation again."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .rms import gated_rms_norm_bwd, gated_rms_norm_fwd, rms_norm_bwd, rms_norm_fwd
+
+
+def _linear_bwd(dout, h, lw):
+    """(dh, dW) of out = h @ W^T, W cast to h's dtype as the forward did; dW in W's dtype."""
+    w = lw.to(h.dtype)
+    d2 = dout.reshape(-1, dout.shape[-1])
+    dw = (d2.t() @ h.reshape(-1, h.shape[-1])).to(lw.dtype)
+    return (dout @ w), dw
+
+
+class RMSNormLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, delta, norm_w, lin_w, eps, out_dtype):
+        h, s, rstd = rms_norm_fwd(x, norm_w, eps, delta, out_dtype, store_s=delta is not None)
+        out = F.linear(h, lin_w.to(h.dtype))
+        ctx.save_for_backward(s if s is not None else x, norm_w, lin_w, rstd)
+        ctx.cfg = (eps, out_dtype, x.dtype, delta.dtype if delta is not None else None)
+        return out if s is None else (out, s)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, ds=None):
+        s, norm_w, lin_w, rstd = ctx.saved_tensors
+        eps, out_dtype, x_dtype, d_dtype = ctx.cfg
+        h = rms_norm_fwd(s, norm_w, eps, None, out_dtype, store_s=False)[0]  # the recomputed input of the linear
+        dh, dlw = _linear_bwd(dout, h, lin_w)
+        del h
+        dx, dd, dnw = rms_norm_bwd(s, norm_w, rstd, dh, ds, x_dtype, d_dtype)
+        ddelta = (dd if dd is not None else dx) if d_dtype is not None else None
+        return dx, ddelta, dnw, dlw, None, None
+
+
+class GatedRMSNormLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, z, norm_w, lin_w, eps, group_size, out_dtype):
+        h, rstd = gated_rms_norm_fwd(y, z, norm_w, eps, group_size, out_dtype)
+        out = F.linear(h, lin_w.to(h.dtype))
+        ctx.save_for_backward(y, z, norm_w, lin_w, rstd)
+        ctx.cfg = (eps, group_size, out_dtype)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        y, z, norm_w, lin_w, rstd = ctx.saved_tensors
+        eps, group_size, out_dtype = ctx.cfg
+        h = gated_rms_norm_fwd(y, z, norm_w, eps, group_size, out_dtype)[0]
+        dh, dlw = _linear_bwd(dout, h, lin_w)
+        del h
+        dy, dz, dnw = gated_rms_norm_bwd(y, z, norm_w, rstd, dh, group_size)
+        return dy, dz, dnw, dlw, None, None, None
