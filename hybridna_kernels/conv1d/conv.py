@@ -1,11 +1,13 @@
 """Triton causal depthwise conv1d: forward and backward kernels, launchers, autograd Function, and
 torch.library ops for torch.compile.
 
-Two kernel families, picked per call by a config dict (KIND): "rows" (the default unless time is the
-contiguous dimension) walks a chunk of time one row at a time, each thread owning a few adjacent
+Kernel families, picked per call by a config dict (KIND): "rows" (the forward default unless time is
+the contiguous dimension) walks a chunk of time one row at a time, each thread owning a few adjacent
 channels and carrying the last W - 1 inputs (and du rows, in the backward) in registers: one load per
 input element, one store per output element, no shifted re-reads, dweight / dbias summed in registers
-per program. "tile" (below; the default for channel-first inputs, whose rows are not contiguous):
+per program. "streams" (the backward default, same layouts): the same walk over NS chunks per program,
+one warp each, dweight / dbias also summed across the NS warps. "tile" (below; the default for
+channel-first inputs, whose rows are not contiguous):
 
 Maths and the seq_idx / state conventions: README.md. Work partition: one program per
 (time tile, channel block, batch row); the width - 1 halo is re-read through L1/L2 by shifted masked
