@@ -19,6 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import hybridna_kernels.utils as ku
+from helpers import DEVICE
 from hybridna import HybriDNA, HybriDNAConfig
 
 _COPY_OPS = {"copy_", "clone", "_to_copy", "cat", "stack", "constant_pad_nd", "index_select", "gather",
@@ -64,10 +65,12 @@ def _block(layer: int, autocast: bool, backward: bool = False):
     """Record one forward (or, with backward=True, the backward after an unrecorded forward)."""
     torch.manual_seed(0)
     cfg = HybriDNAConfig.preset("tiny")
-    blk = HybriDNA(cfg).layers[layer]
-    x = torch.randn(B, L, cfg.d_model, requires_grad=True)  # fp32 residual stream
+    # On a CUDA machine the kernels run on the GPU (TRITON_INTERPRET is only set without one, so CPU
+    # tensors could not take the Triton path there); on CPU through the interpreter.
+    blk = HybriDNA(cfg).layers[layer].to(DEVICE)
+    x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)  # fp32 residual stream
     rec = LargeCopies(B, B * L * cfg.d_model)
-    with ku.backend("triton"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with ku.backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16, enabled=autocast):
         if backward:
             y = blk(x)
             with rec:
