@@ -177,6 +177,18 @@ class Mamba2Mixer(nn.Module):
     def _A(self, x):
         return -torch.exp(self.A_log.to(_compute_dtype(x)))  # (H,) fp32, negative
 
+    def _A_step(self, x):
+        """A for decoding without autograd: computed once per (A_log version, storage, dtype) instead of
+        once per token (a cast and an exp kernel per layer and step, about 5% of a 300m decode step).
+        In-place updates of A_log (optimizer steps, load_state_dict) bump its version and recompute it.
+        A CUDAGraphDecoder captures the tensor current at capture time (it is built per generate call)."""
+        if torch.is_grad_enabled() and self.A_log.requires_grad:
+            return self._A(x)
+        key = (self.A_log._version, self.A_log.data_ptr(), self.A_log.device, _compute_dtype(x))
+        if getattr(self, "_A_key", None) != key:
+            self._A_cached, self._A_key = self._A(x), key
+        return self._A_cached
+
     def forward(self, u, state: MambaState | None = None, rows=None, packed: Packed | None = None):
         """u: (B, L, d_model), or (1, total) packed sequences with `packed`. With `state`, also stores
         the conv and SSD final states (of each sequence) in state[rows]."""
@@ -244,7 +256,7 @@ class Mamba2Mixer(nn.Module):
             state.ssm,
             x.unflatten(-1, (H, P)),  # (B, H, P)
             dt,  # (B, H)
-            self._A(u),
+            self._A_step(u),
             Bm.unflatten(-1, (G, N)),  # (B, G, N)
             Cm.unflatten(-1, (G, N)),
             D=self.D, z=None if FUSED_NORMS else z.unflatten(-1, (H, P)), dt_bias=self.dt_bias, dt_softplus=True,

@@ -55,6 +55,20 @@ def test_cached_decode_matches_full_forward(variant, dtype):
     assert torch.equal(out[:, 70:], allowed.argmax(-1))
 
 
+def test_decode_sees_updated_A_log():
+    """Decoding caches A = -exp(A_log) per A_log version: after an in-place update of A_log (an
+    optimizer step, load_state_dict) the cached decode still matches the full forward."""
+    m = tiny(torch.float64)
+    prompt = rand_ids(1, 20, seed=3)
+    generate(m, prompt, 3, temperature=0)  # fills the cache of A
+    with torch.no_grad():
+        for blk in m.layers:
+            if not blk.is_attention:
+                blk.mixer.A_log.add_(0.7)
+    out, step_logits = generate(m, prompt, 4, temperature=0, return_logits=True)
+    assert_close("decode-after-A_log-update", m(out).logits[:, 19: 23], step_logits, tol(torch.float64, "fwd"))
+
+
 def test_ragged_prompts_match_generating_alone():
     m = tiny(rotary=True, attn_window=20)
     lens = [37, 21, 5]
