@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from hybridna_kernels import causal_conv1d, causal_conv1d_step, flash_attention, ssd_scan, ssd_step
 from hybridna_kernels.norm import gated_rms_norm, gated_rms_norm_linear, rms_norm_linear
 from hybridna_kernels.norm import rms_norm as fused_rms_norm
+from hybridna_kernels.swiglu import swiglu, swiglu_bwd, swiglu_fwd
+from hybridna_kernels.utils import use_kernel
 
 from .config import HybriDNAConfig
 from .tokenizer import A_ID, BOS_ID, N_ID, NUM_BASE_TOKENS, PAD_ID, DNATokenizer, reverse_complement_ids
@@ -31,6 +33,10 @@ IGNORE_INDEX = -100
 # in the gated norm instead of inside the SSD scan, outputs in the autocast dtype. "0" restores the
 # unfused PyTorch norms and the gate inside the scan (same maths; kept to measure the difference).
 FUSED_NORMS = os.environ.get("HYBRIDNA_FUSED_NORMS", "1") != "0"
+# The fused SwiGLU activation kernels (hybridna_kernels.swiglu), opt-in with HYBRIDNA_FUSED_SWIGLU=1:
+# default off because the kernels have only run through Triton's CPU interpreter and compiled offline
+# for sm_90, never on a GPU. Same maths and the same saved tensors (only h) as the default path.
+FUSED_SWIGLU = os.environ.get("HYBRIDNA_FUSED_SWIGLU", "0") == "1"
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -373,9 +379,13 @@ class _SwiGLUDownFn(torch.autograd.Function):
     of one (..., 2F) gradient, so the backward of chunk() does not cat them into a new buffer."""
 
     @staticmethod
-    def forward(ctx, h, w_down):
-        g, u = h.chunk(2, dim=-1)
-        a = F.silu(g) * u  # (..., F)
+    def forward(ctx, h, w_down, fused=False):
+        ctx.fused = fused  # the hybridna_kernels.swiglu kernels for silu(g) * u and dh
+        if fused:
+            a = swiglu_fwd(h)
+        else:
+            g, u = h.chunk(2, dim=-1)
+            a = F.silu(g) * u  # (..., F)
         ctx.save_for_backward(h, w_down)
         return F.linear(a, w_down.to(a.dtype))
 
@@ -383,6 +393,12 @@ class _SwiGLUDownFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         h, w_down = ctx.saved_tensors
+        if ctx.fused:
+            a = swiglu_fwd(h)
+            dout = dout.to(a.dtype)
+            dw = (dout.reshape(-1, dout.shape[-1]).t() @ a.reshape(-1, a.shape[-1])).to(w_down.dtype)
+            del a
+            return swiglu_bwd(h, dout @ w_down.to(dout.dtype)), dw, None
         g, u = h.chunk(2, dim=-1)
         sg = F.silu(g)
         a = sg * u
@@ -394,7 +410,7 @@ class _SwiGLUDownFn(torch.autograd.Function):
         dg, du = dh.chunk(2, dim=-1)
         torch.mul(da, sg, out=du)
         torch.ops.aten.silu_backward.grad_input(da * u, g, grad_input=dg)
-        return dh, dw
+        return dh, dw, None
 
 
 class SwiGLU(nn.Module):
@@ -407,10 +423,13 @@ class SwiGLU(nn.Module):
         return self.from_gate_up(self.gate_up(x))
 
     def from_gate_up(self, h):  # h = [g | u] (..., 2F) -> down(silu(g) * u) (..., d)
+        fused = FUSED_SWIGLU and h.dtype != torch.float64 and use_kernel(h)
+        if fused and (torch.compiler.is_compiling() or self.down.bias is not None):
+            return self.down(swiglu(h))  # compiled: an opaque custom op, no graph break
         if torch.compiler.is_compiling() or self.down.bias is not None:
             g, u = h.chunk(2, dim=-1)  # compiled: the partitioner decides what to save and fuses the backward
             return self.down(F.silu(g) * u)
-        return _SwiGLUDownFn.apply(h, self.down.weight)
+        return _SwiGLUDownFn.apply(h, self.down.weight, fused)
 
 
 class Block(nn.Module):
