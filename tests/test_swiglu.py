@@ -99,3 +99,23 @@ def test_swiglu_fp64_and_empty():
     h = torch.randn(3, 10, dtype=torch.float64)
     assert torch.equal(swiglu(h), swiglu_ref(h))
     assert swiglu(torch.randn(0, 10)).shape == (0, 5)
+
+
+def test_model_swiglu_flag(monkeypatch):
+    """SwiGLU.forward with HYBRIDNA_FUSED_SWIGLU on (model.FUSED_SWIGLU) gives the default path's
+    output, dx and weight gradients in fp32."""
+    import hybridna.model as model
+
+    torch.manual_seed(5)
+    mlp = model.SwiGLU(16, 37).to(DEVICE)
+    x = torch.randn(2, 9, 16, device=DEVICE)
+    outs = []
+    for flag in (False, True):
+        monkeypatch.setattr(model, "FUSED_SWIGLU", flag)
+        mlp.zero_grad()
+        xl = x.clone().requires_grad_()
+        y = mlp(xl)
+        y.backward(torch.ones_like(y) * 0.5 + y.detach())
+        outs.append((y.detach(), xl.grad, mlp.gate_up.weight.grad.clone(), mlp.down.weight.grad.clone()))
+    for name, base, fused in zip(["y", "dx", "dW_gate_up", "dW_down"], *outs):
+        assert_close(name, base, fused, tol(torch.float32, "fwd" if name == "y" else "grad"))
