@@ -10,7 +10,7 @@ import torch
 
 from ..utils import check_tensor, use_kernel
 from .naive import swiglu_ref
-from .swiglu import swiglu_bwd, swiglu_fn, swiglu_fwd
+from .kernels import swiglu_bwd, swiglu_fn, swiglu_fwd
 
 __all__ = ["swiglu", "swiglu_ref", "swiglu_fwd", "swiglu_bwd"]
 
