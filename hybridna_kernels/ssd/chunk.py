@@ -1090,6 +1090,19 @@ def _strides3(t):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _chunk_states(a, M, u, cs, b, nc, T, H, G, P, N, Q, cfg, *, reverse, xw_split):
+    """The unfused chunk-state pass, (b, nc, H, P, N) fp32: forward with (x, B) local states, backward
+    (reverse=True) with (dy, C) the per-chunk dy-side states. xw_split is the 16-bit operand split
+    (-1 for fp32 inputs)."""
+    out = new_empty((b, nc, H, P, N), dtype=torch.float32, device=a.device)
+    BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
+    _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
+        a, M, u, cs, out, T, H, G, nc, P, N, *_strides3(a), *_strides3(M),
+        Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=reverse, DOT_PREC=cfg["prec"],
+        XW_SPLIT=xw_split, HFIRST=cfg["hfirst"], num_warps=cfg["warps_state"], num_stages=cfg["stages"])
+    return out
+
+
 class _Tables:
     """Per-chunk tables of the packed layout (int32 tensors on the device)."""
 
@@ -1143,13 +1156,8 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split"],
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
     else:
-        states = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
-        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-        _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
-            x, B, u, cs, states, T, H, G, nc, P, N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
-            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=False, DOT_PREC=cfg["prec"],
-            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split"], HFIRST=cfg["hfirst"],
-            num_warps=cfg["warps_state"], num_stages=cfg["stages"])
+        states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
+                               xw_split=-1 if x.dtype == f32 else cfg["xw_split"])
         PN = P * N
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
         _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
@@ -1233,13 +1241,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split_bwd"], num_warps=cfg["warps_fused"],
             num_stages=cfg["stages_fused"])
     else:
-        ldh = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
-        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"]
-        _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
-            dy, C, u, cs, ldh, T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
-            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=True, DOT_PREC=cfg["prec"],
-            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split_bwd"], HFIRST=cfg["hfirst"],
-            num_warps=cfg["warps_state"], num_stages=cfg["stages"])
+        ldh = _chunk_states(dy, C, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=True,
+                            xw_split=-1 if x.dtype == f32 else cfg["xw_split_bwd"])
         PN = P * N
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
         nbs = triton.cdiv(PN, BS)
