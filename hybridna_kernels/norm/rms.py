@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ..utils import cdiv, interpret_mode, new_empty
+from ..utils import rows_view as _rows
 
 
 # ---- RMSNorm (+ residual add) ---------------------------------------------------------------------
@@ -60,18 +61,6 @@ def _rms_bwd_kernel(S, W, RSTD, DY, DSI, DX, DD, DWP, M, N, rpp, ss, sdy, sdyc, 
                 tl.store(DD + row * sdd + o_n, b_dx.to(DD.dtype.element_ty), mask=m_n)
             b_dw += b_dy * b_xh
     tl.store(DWP + pid.to(tl.int64) * N + o_n, b_dw, mask=m_n)
-
-
-def _rows(t: torch.Tensor, N: int, any_col_stride: bool = False) -> torch.Tensor:
-    """(..., N) -> (M, N) view, with unit stride along N unless any_col_stride (incoming gradients,
-    such as the stride-0 expansion of a sum's gradient, are read in place); a copy only when no
-    such view exists."""
-    if t.stride(-1) != 1 and not any_col_stride:
-        t = t.contiguous()
-    try:
-        return t.view(-1, N)
-    except RuntimeError:
-        return t.reshape(-1, N)
 
 
 def _bn(N: int) -> int:

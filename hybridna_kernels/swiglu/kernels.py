@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from ..utils import cdiv, new_empty
+from ..utils import rows_view as _rows
 
 
 @triton.jit
@@ -40,17 +41,6 @@ def _swiglu_bwd_kernel(H, DO, DH, F, sh, sdo, sdoc, sdh, BF: tl.constexpr):
     p_dg = DH + row * sdh + o_f
     tl.store(p_dg, b_dg.to(DH.dtype.element_ty), mask=m_f)
     tl.store(p_dg + F, b_du.to(DH.dtype.element_ty), mask=m_f)
-
-
-def _rows(t: torch.Tensor, N: int, any_col_stride: bool = False) -> torch.Tensor:
-    """(..., N) -> (M, N) view (unit column stride unless any_col_stride); a copy only when no such
-    view exists (leading dims that do not merge)."""
-    if t.stride(-1) != 1 and not any_col_stride:
-        t = t.contiguous()
-    try:
-        return t.view(-1, N)
-    except RuntimeError:
-        return t.reshape(-1, N)
 
 
 def _bf(F: int) -> int:

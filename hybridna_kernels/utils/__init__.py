@@ -18,6 +18,7 @@ __all__ = [
     "poison_enabled",
     "new_empty",
     "new_empty_like",
+    "rows_view",
     "check_tensor",
     "check_same_device",
     "autotune",
@@ -91,6 +92,18 @@ def new_empty(shape: Sequence[int], *, dtype: torch.dtype, device: torch.device 
 
 def new_empty_like(t: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
     return new_empty(t.shape, dtype=dtype or t.dtype, device=t.device)
+
+
+def rows_view(t: torch.Tensor, n: int, any_col_stride: bool = False) -> torch.Tensor:
+    """(..., n) -> (M, n) for row-wise kernels: a view with unit stride along n unless any_col_stride
+    (incoming gradients, such as the stride-0 expansion of a sum's gradient, are read in place); a
+    copy only when no such view exists (leading dims that do not merge)."""
+    if t.stride(-1) != 1 and not any_col_stride:
+        t = t.contiguous()
+    try:
+        return t.view(-1, n)
+    except RuntimeError:
+        return t.reshape(-1, n)
 
 
 def _fmt_dtypes(dtypes: Iterable[torch.dtype]) -> str:
