@@ -298,14 +298,22 @@ def _gloo_runs(rank, run, ports, strategy, q):
 
 
 def _free_ports(n):
+    """n ports free now, drawn below Linux's ephemeral range (32768-60999): a port the OS handed out
+    with bind(0) could be taken again, before the run that uses it, by the client side of another
+    connection (the other rank's, or the other xdist worker's gloo test): EADDRINUSE, seen in CI."""
     import socket
 
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    rng = random.Random(os.getpid())
+    ports = []
+    while len(ports) < n:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports
 
 
