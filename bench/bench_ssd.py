@@ -282,15 +282,16 @@ def sweep(batch=8, seqlen=8192, names=None, with_peer=True):
     return fb
 
 
-def profile(batch=8, seqlen=8192, top=20, providers=("hybridna", "mamba_ssm")):
-    """Per-kernel CUDA time of one forward + backward, ours and the peer's (torch.profiler)."""
+def profile(batch=8, seqlen=8192, top=20, providers=("hybridna", "mamba_ssm"), mode="fwd_bwd", label=""):
+    """Per-kernel CUDA time of one forward + backward (mode "fwd": forward without grad), ours and the
+    peer's (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     for prov in providers:
-        if _skip_reason(prov, batch, seqlen, "fwd_bwd"):
+        if _skip_reason(prov, batch, seqlen, mode):
             continue
-        t = make(batch, seqlen, requires_grad=True)
-        fn = _fn(prov, t, "fwd_bwd")
+        t = make(batch, seqlen, requires_grad=mode != "fwd")
+        fn = _fn(prov, t, mode)
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
@@ -298,16 +299,66 @@ def profile(batch=8, seqlen=8192, top=20, providers=("hybridna", "mamba_ssm")):
             for _ in range(5):
                 fn()
             torch.cuda.synchronize()
-        print(f"--- {prov} B{batch} T{seqlen} fwd+bwd, CUDA time per call by kernel")
+        print(f"--- {prov}{label} B{batch} T{seqlen} {mode}, CUDA time per call by kernel")
         rows = []
         for ev in prof.key_averages():
             tt = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
             if tt > 0:
                 rows.append((tt / 5 / 1e3, ev.count // 5, ev.key[:70]))
-        for ms, cnt, key in sorted(rows, reverse=True)[:top]:
-            print(f"{ms:8.3f} ms  x{cnt:<3d} {key}")
+        rows.sort(reverse=True)
+        print(f"   total {sum(r[0] for r in rows):.3f} ms:", "; ".join(
+            f"{key.split('(')[0].replace('_kernel', '')[:40]} {ms:.3f}" + (f" x{cnt}" if cnt > 1 else "")
+            for ms, cnt, key in rows[:top]))
         del t, fn
         torch.cuda.empty_cache()
+
+
+def _time_shape(name, bsz, sl):
+    import triton.testing
+
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.clear()
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[name])
+    row = []
+    for mode in ("fwd", "fwd_bwd"):
+        t = make(bsz, sl, requires_grad=mode != "fwd")
+        row.append(f"{triton.testing.do_bench(_fn('hybridna', t, mode), return_mode='median'):.3f}")
+        del t
+        torch.cuda.empty_cache()
+    chunk.CFG_OVERRIDE.clear()
+    print(f"| {name} B{bsz} T{sl} | {row[0]} | {row[1]} | |", flush=True)
+
+
+def session3():
+    """SSD_VARIANTS (comma-separated) timed at B8 T8192, each checked first; per-kernel profiles of the
+    default (fwd and fwd+bwd) and of the fastest fwd+bwd variant; the other two shapes for the default
+    and the fastest; ssd_step at batch 64 (public call and CUDA graph)."""
+    from hybridna_kernels.ssd import chunk
+
+    sel = [v for v in os.environ.get("SSD_VARIANTS", "default").split(",") if v]
+    n = 256 * 1024 * 1024
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    import triton.testing
+    copy_gbs = 2 * n * 2 / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
+    src = dst = None
+    print(f"{torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s, triton {triton.__version__}")
+    step_table(copy_gbs)
+    fb = sweep(names=sel, with_peer=False)
+    best = min(fb, key=fb.get) if fb else "default"
+    top = int(os.environ.get("SSD_PROFILE_TOP", "12"))
+    for name, modes in (("default", ("fwd", "fwd_bwd")), (best, ("fwd", "fwd_bwd"))):
+        chunk.CFG_OVERRIDE.clear()
+        chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[name])
+        for mode in modes:
+            profile(top=top, providers=("hybridna",), mode=mode, label=f" '{name}'")
+        if best == "default":
+            break
+    chunk.CFG_OVERRIDE.clear()
+    for bsz, sl in GPU_SHAPES[1:][::-1]:
+        for name in dict.fromkeys((best, "default")):
+            _time_shape(name, bsz, sl)
 
 
 if __name__ == "__main__":
@@ -318,7 +369,11 @@ if __name__ == "__main__":
         from hybridna_kernels.ssd import chunk
         chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[os.environ["SSD_VARIANTS"]])
         _fn("hybridna", make(1, 4096, requires_grad=True), "fwd_bwd")()
+        _fn("hybridna", make(1, 4096), "fwd")()  # the no-grad forward (bf16 hin with hin16_nograd)
         torch.cuda.synchronize()
+        sys.exit(0)
+    if "--session3" in sys.argv:  # round script of session 3: sweep, profiles, long shapes, ssd_step
+        session3()
         sys.exit(0)
     if "--sweep-only" in sys.argv:  # variants from SSD_VARIANTS (comma-separated; all when unset)
         sel = [v for v in os.environ.get("SSD_VARIANTS", "").split(",") if v]

@@ -385,7 +385,22 @@ def test_kernel_sweep_configs(variant):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["fused2 tsum", "combo", "combo sb3"]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("variant", ["r1", "fast tsum"])
+def test_kernel_rank1_decay_variants(variant, dtype):
+    """The rank-1 decay below the diagonal block (scan_r1, dx_r1; dx with and without the T sums of the
+    dCB kernel) only acts in chunks holding more than one row block of one sequence: 300 unpacked tokens
+    at chunk 128 (two 64-row blocks per chunk; the packed cases above rarely fill one)."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        check_kernel_vs_reference((1, 300, 2, 16, 1, 32, 128), "all", dtype)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
+BF16_VARIANTS = ["launch3", "xwtf32", "fast", "fast tsum"]
 
 
 @pytest.mark.gpu

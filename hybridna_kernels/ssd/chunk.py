@@ -123,9 +123,12 @@ def _dot_exact_f32_a(a, b):
 def _dot_f32_16(a, b, SPLIT: tl.constexpr):
     """a @ b for an fp32 `a` and a 16-bit `b` (fp32 accumulation). SPLIT 0: `a` rounded to b's dtype,
     one 16-bit product. SPLIT 1: `a` kept to ~16 bits (bf16: hi + lo bf16 pieces, two bf16 products;
-    fp16: tf32 hi + lo, two tf32 products, which also avoids fp16's range)."""
+    fp16: tf32 hi + lo, two tf32 products, which also avoids fp16's range). SPLIT 2: one tf32 product
+    (`a` to ~11 bits, no hi / lo split: b widened to fp32, exact in tf32)."""
     if SPLIT == 0:
         return tl.dot(a.to(b.dtype), b)
+    elif SPLIT == 2:
+        return tl.dot(a, b.to(tl.float32), input_precision="tf32")
     elif b.dtype == tl.bfloat16:
         hi = a.to(tl.bfloat16)
         return tl.dot(hi, b) + tl.dot((a - hi.to(tl.float32)).to(tl.bfloat16), b)
@@ -391,8 +394,15 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
                            STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
-                           CB_MASK: tl.constexpr):
-    """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i))."""
+                           CB_MASK: tl.constexpr, R1: tl.constexpr):
+    """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i)).
+
+    R1: below the diagonal block the decay factors through the cumsum c0 just before this row block,
+    exp(cs_i - cs_j) = exp(cs_i - c0) exp(c0 - cs_j), both factors <= 1 (cs does not increase). Those
+    blocks then take a column scale of CB (exp(c0 - cs_j) u_j, one exp per column) and one row scale
+    exp(cs_i - c0) of the sum (shared with the state term, exp(cs_i) = exp(cs_i - c0) exp(c0)); only the
+    diagonal block forms the full Q x Q-style decay tile. The 16-bit operand is CB e^{c0 - cs_j} u_j,
+    rounded once, as before (|.| <= |CB u_j| as before)."""
     i_bc, i_h, i_mp = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
@@ -419,10 +429,28 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
         hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         acc += tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
-    acc *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
-    for k in range(0, (i_m + 1) * BM, BK):
+    if R1:
+        # c0 = cs just before this row block (0 at the chunk start), as hi + lo
+        o_r = o_uc + tl.maximum(i_m * BM - 1, 0)
+        c0h = tl.where(i_m > 0, tl.load(csh_ptr + o_r), 0.0)
+        c0l = tl.where(i_m > 0, tl.load(csl_ptr + o_r), 0.0)
+        acc *= tl.exp(tl.minimum(c0h + c0l, 0.0))
+        for k in range(0, i_m * BM, BK):  # blocks strictly below the diagonal block: all written
+            o_k = k + tl.arange(0, BK)
+            cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :]).to(tl.float32)
+            s_k = tl.exp(tl.minimum((c0h - tl.load(csh_ptr + o_uc + o_k)) + (c0l - tl.load(csl_ptr + o_uc + o_k)),
+                                    0.0)) * tl.load(u_ptr + o_uc + o_k)
+            xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :],
+                         other=0.0)
+            acc += tl.dot((cb * s_k[None, :]).to(dt_in), xk, input_precision=DOT_PREC)
+        acc *= tl.exp(tl.minimum((cs_m - c0h) + (csl_m - c0l), 0.0))[:, None]
+        k_lo = i_m * BM
+    else:
+        acc *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
+        k_lo = 0
+    for k in range(k_lo, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
         if CB_MASK:
             cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :], mask=o_m[:, None] >= o_k[None, :], other=0.0)
@@ -623,7 +651,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
                         CS64: tl.constexpr,
                         CB_MASK: tl.constexpr,
                         MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr,
-                        TSUM: tl.constexpr):
+                        TSUM: tl.constexpr, R1: tl.constexpr):
     """Rows j (one block) of one chunk and head:
     Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
     du_j = x_j . Z_j. The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once
@@ -678,8 +706,42 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
     # operand is CB e^{..} u_j, as in the forward (CB e^{..} alone passes 65504 in fp16 once
     # |C . B| does, while CB u_j, like y, stays in range for small dt)
     acc = acc * u_j[:, None]
+    ib_hi = NB
+    if R1:
+        # blocks i > j (below the diagonal block): exp(cs_i - cs_j) = exp(cs_i - c0) exp(c0 - cs_j) with c0
+        # the cumsum at the end of row block j, both factors <= 1: a column scale a_i and a row scale
+        # b_j u_j of CB^T (two products per element, one exp per row or column), the T sums scaled by
+        # b_j after the loop; no decay tile and no mask there (see the scan)
+        o_r = o_uc + (jb + 1) * BJ - 1
+        c0h = tl.load(csh_ptr + o_r)
+        c0l = tl.load(csl_ptr + o_r)
+        b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
+        ub = u_j * b_j  # in the 16-bit operand (as u_j below: fp16 range), so no second accumulator
+        if not TSUM:
+            du_o = tl.zeros([BJ], dtype=tl.float32)
+            rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
+        for ib in range(jb + 1, NB):
+            o_i = ib * BJ + tl.arange(0, BJ)
+            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)
+            a_i = tl.exp(tl.minimum((tl.load(csh_ptr + o_uc + o_i) - c0h) + (tl.load(csl_ptr + o_uc + o_i) - c0l), 0.0))
+            wa = cbT * a_i[None, :]
+            dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
+                          other=0.0)
+            acc += tl.dot((wa * ub[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+            if not TSUM:
+                if MIXED_T:
+                    tt = _dot_exact_f32(xf, tl.trans(dyi.to(tl.float32)))
+                else:
+                    tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
+                tt = tt * wa  # T^T block (j, i) without its b_j u_j factor
+                du_o += tl.sum(tt, axis=1)
+                rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * ub[:, None], axis=0)[None, :], rowacc)
+        if not TSUM:
+            du += b_j * du_o
+            dcol += b_j * du_o
+        ib_hi = jb + 1
     if TSUM:
-        for ib in range(jb, NB):
+        for ib in range(jb, ib_hi):
             o_i = ib * BJ + tl.arange(0, BJ)
             if CB_MASK:
                 cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
@@ -700,8 +762,9 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
         du += csum + tl.sum(xf * dyj_t, axis=1) * cbjj
         dcol += csum
     else:
-        rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
-        for ib in range(jb, NB):
+        if not R1:
+            rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
+        for ib in range(jb, ib_hi):
             o_i = ib * BJ + tl.arange(0, BJ)
             if CB_MASK:
                 cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
@@ -970,6 +1033,8 @@ def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr
 # entry is a plain launch parameter, so correctness does not depend on it (tests cover the defaults).
 CFG_OVERRIDE: dict = {}
 
+_LAUNCH3 = {"BK_SCAN": 32, "stages": 3, "BM_DBC": 128}
+
 # The variants bench_ssd.py --sweep times; tests/test_ssd.py checks every one of them for correctness.
 SWEEP_CONFIGS = {
     "default": {},
@@ -1002,6 +1067,19 @@ SWEEP_CONFIGS = {
     "combo sb3": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True, "BK_SCAN": 32, "stages": 3,
                   "BM_DBC": 128, "state_bf16": 3},
     "fused2 sb3 stages3": {"fused_state": True, "fused_state_bwd": True, "state_bf16": 3, "stages": 3},
+    # session 3: combo's launch choices on the unfused default (left untested in session 2), then the
+    # rank-1 off-diagonal decay (scan and dx), the single tf32 chunk-state product, bf16 hin without grad
+    "launch3": _LAUNCH3,
+    "r1": {**_LAUNCH3, "scan_r1": True, "dx_r1": True},
+    "r1 w8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "warps_scan": 8},
+    "xwtf32": {**_LAUNCH3, "xw_split": 2},
+    "hin16nog": {**_LAUNCH3, "hin16_nograd": True},
+    "fast": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True},
+    "fast w8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "warps_scan": 8},
+    "fast dx8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "warps": 8,
+                 "warps_dcb": 4},
+    "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True,
+                  "tsum_dcb": True},
 }
 
 
@@ -1066,12 +1144,23 @@ def _cfg(Q, P, N, dtype):
         # (backward) rounded to 16 bits (0) or kept to ~16 bits as two pieces (1). The forward one
         # decides dA: fp16, B1 T150 Q64 cu_seqlens, dA relative error 3.6e-2 rounded, 4e-4 split.
         "xw_split": 1, "xw_split_bwd": 0,
+        # session 3 variants (off until measured): the scan's rank-1 decay below the diagonal block
+        # (scan_r1); hin in bf16 when no backward will read it (hin16_nograd)
+        "scan_r1": False, "hin16_nograd": False, "dx_r1": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
             v = min(v, Q)
         cfg[k] = v
     return cfg
+
+
+def _xw_split(dtype, split):
+    """XW_SPLIT of the chunk-state products: -1 for fp32 inputs; the single tf32 product (2) for bf16
+    only (fp16 keeps its two-piece split, which also covers fp16's range)."""
+    if dtype == torch.float32:
+        return -1
+    return 1 if (split == 2 and dtype != torch.bfloat16) else split
 
 
 def _fused_blocks(b, H, P, N, cfg, bn_max=128):
@@ -1142,8 +1231,10 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
-    hin = new_empty((b, nc, H, P, N), dtype=x.dtype if (cfg["hin16"] and x.dtype == torch.bfloat16) else f32,
-                    device=dev)
+    # (hin16_nograd: a forward whose hin no backward reads (no grad) writes it in bf16 for bf16 inputs:
+    # the scan reads it rounded to 16 bits anyway, so y is unchanged and hin's traffic halves)
+    hin16 = x.dtype == torch.bfloat16 and (cfg["hin16"] or (cfg["hin16_nograd"] and not store_ypre))
+    hin = new_empty((b, nc, H, P, N), dtype=x.dtype if hin16 else f32, device=dev)
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
     if cfg["fused_state"]:
@@ -1153,11 +1244,11 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             tables.cfin if varlen else dummy, hin, final, T, H, G, nc, P, N,
             *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
-            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split"],
+            XW_SPLIT=_xw_split(x.dtype, cfg["xw_split"]),
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
     else:
         states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
-                               xw_split=-1 if x.dtype == f32 else cfg["xw_split"])
+                               xw_split=_xw_split(x.dtype, cfg["xw_split"]))
         PN = P * N
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
         _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
@@ -1175,7 +1266,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
         STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
-        CB_MASK=cfg["cb_mask"],
+        CB_MASK=cfg["cb_mask"], R1=cfg["scan_r1"] and not cfg["cs64"],
         num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"])
     return y, final, hin, ypre
@@ -1238,11 +1329,11 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_DFIN=dfinal is not None, HAS_INIT=init is not None,
             IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
-            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split_bwd"], num_warps=cfg["warps_fused"],
+            XW_SPLIT=_xw_split(x.dtype, cfg["xw_split_bwd"]), num_warps=cfg["warps_fused"],
             num_stages=cfg["stages_fused"])
     else:
         ldh = _chunk_states(dy, C, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=True,
-                            xw_split=-1 if x.dtype == f32 else cfg["xw_split_bwd"])
+                            xw_split=_xw_split(x.dtype, cfg["xw_split_bwd"]))
         PN = P * N
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
         nbs = triton.cdiv(PN, BS)
@@ -1283,6 +1374,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
         CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
         STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
+        R1=cfg["dx_r1"] and not cfg["cs64"],
         num_warps=cfg["warps"], num_stages=cfg["stages"])
     if not tsum:
         launch_dcb()
