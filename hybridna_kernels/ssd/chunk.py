@@ -812,7 +812,8 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
-                         CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr):
+                         CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr,
+                         R1: tl.constexpr):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head.
 
@@ -872,7 +873,18 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
         cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
         cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
         u_j = tl.load(u_ptr + o_uc + o_n)
-        kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
+        if R1:  # tiles below the diagonal: the decay as a row times a column factor (see the scan)
+            o_r = o_uc + (i_n + 1) * BM - 1
+            c0h = tl.load(csh_ptr + o_r)
+            c0l = tl.load(csl_ptr + o_r)
+            if i_m > i_n:
+                a_i = tl.exp(tl.minimum((cs_i - c0h) + (csl_i - c0l), 0.0))
+                b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
+                kd = (k * a_i[:, None]) * b_j[None, :]
+            else:
+                kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
+        else:
+            kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
         acc += kd * u_j[None, :]
         if TSUM:
             tq = kd * cbt
@@ -1145,7 +1157,8 @@ def _cfg(Q, P, N, dtype):
         # decides dA: fp16, B1 T150 Q64 cu_seqlens, dA relative error 3.6e-2 rounded, 4e-4 split.
         "xw_split": 1, "xw_split_bwd": 0,
         # session 3 variants (off until measured): the scan's rank-1 decay below the diagonal block
-        # (scan_r1); hin in bf16 when no backward will read it (hin16_nograd)
+        # (scan_r1; dx_r1: the same in the dx and dCB kernels); hin in bf16 when no backward will read
+        # it (hin16_nograd)
         "scan_r1": False, "hin16_nograd": False, "dx_r1": False,
     }
     for k, v in CFG_OVERRIDE.items():
@@ -1362,7 +1375,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
             Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
-            MIXED_T=mixed_t, num_warps=cfg["warps_dcb"] or cfg["warps"], num_stages=cfg["stages"])
+            MIXED_T=mixed_t, R1=cfg["dx_r1"] and not cfg["cs64"], num_warps=cfg["warps_dcb"] or cfg["warps"],
+            num_stages=cfg["stages"])
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     if tsum:  # the dCB kernel writes the T sums that dx reads
