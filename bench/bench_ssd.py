@@ -224,15 +224,21 @@ def step_table(copy_gbs):
         print(f"ssd_step B64 H{H} P{P} N{N} ({name}): {t * 1e3:.1f} us, {gbs:.0f} GB/s = {gbs / copy_gbs:.2f} of copy")
 
 
+_REF_CACHE: dict = {}
+
+
 def _variant_error(seqlen=4096):
     """Largest norm-relative error of y and of every gradient against the fp64 chunked reference,
     B1 T{seqlen} at the benchmark's heads / dims (bf16 inputs); run under the current CFG_OVERRIDE."""
-    t = make(1, seqlen, requires_grad=True)
     leaves = ("x", "dt", "A", "B", "C", "D", "dt_bias")
-    t64 = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
-    y_ref = _ref(t64)
-    dy = torch.randn_like(y_ref)
-    g_ref = torch.autograd.grad(y_ref, [t64[k] for k in leaves], dy)
+    if _REF_CACHE.get("seqlen") != seqlen:  # the fp64 reference once for all variants
+        t = make(1, seqlen, requires_grad=True)
+        t64 = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
+        y_ref = _ref(t64)
+        dy = torch.randn_like(y_ref)
+        g_ref = torch.autograd.grad(y_ref, [t64[k] for k in leaves], dy)
+        _REF_CACHE.update(seqlen=seqlen, t=t, y_ref=y_ref.detach(), dy=dy, g_ref=g_ref)
+    t, y_ref, dy, g_ref = (_REF_CACHE[k] for k in ("t", "y_ref", "dy", "g_ref"))
     y = _ours(t)
     g = torch.autograd.grad(y, [t[k] for k in leaves], dy.to(y.dtype))
     errs = {"y": (y.double() - y_ref).norm() / y_ref.norm()}

@@ -1090,6 +1090,10 @@ SWEEP_CONFIGS = {
     "fast w8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "warps_scan": 8},
     "fast dx8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "warps": 8,
                  "warps_dcb": 4},
+    "fast bm128": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "BM_SCAN": 128,
+                   "warps_scan": 8},
+    "fast s64": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "BN_STATE": 64,
+                 "warps_state": 4},
     "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
 }
