@@ -7,7 +7,7 @@
 #     variant of $V at B8 T8192 (fwd, fwd+bwd; each first checked against the fp64 reference at B1 T4096),
 #     per-kernel profiles (default fwd and fwd+bwd, and the fastest fwd+bwd variant), then B1 T131072 and
 #     B2 T32768 for the fastest variant and the default. Peer not re-timed (session 2: 1.43 / 5.96 ms).
-V="default,launch3,r1,xwtf32,fast,fast w8,fast bm128,fast dx8,fast s64,fast tsum"
+V="default,launch3,fast,fast split,r1,xwtf32,fast bm128,fast dx8,fast tsum"
 date -u +%T
 IFS=',' read -ra VS <<< "$V"
 for v in "${VS[@]}"; do

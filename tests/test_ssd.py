@@ -400,7 +400,7 @@ def test_kernel_rank1_decay_variants(variant, dtype):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["launch3", "xwtf32", "fast", "fast tsum"]
+BF16_VARIANTS = ["launch3", "xwtf32", "fast", "fast split", "fast tsum"]
 
 
 @pytest.mark.gpu
@@ -537,6 +537,34 @@ def test_ssd_scan_compiles_without_graph_break(opt):
     g_ref, g_out = _grads(t, ref), _grads(t, out)
     for k in g_ref:
         assert_close(f"d{k}", g_ref[k], g_out[k], 1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["default", "fast split"])
+def test_ssd_scan_compiles_bf16_gpu(variant):
+    """torch.compile in bf16, where the saved hin may take another layout (hin_split: two bf16 planes):
+    the registered ops' fake shapes must match what the kernels return, results as in eager mode."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        t, kw = make_inputs(1, 600, 4, 64, 1, 128, OPTIONS["all"], dtype=torch.bfloat16, device=DEVICE,
+                            requires_grad=True)
+        names = list(t)
+
+        def fn(*vals):
+            return _call(ssd_scan, dict(zip(names, vals)), kw, chunk_size=256)
+
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        ref = _as_tuple(fn(*t.values()))
+        out = _as_tuple(compiled(*t.values()))
+        for name, r, o in zip(("y", "final_states"), ref, out):
+            assert_close(name, r, o, 1e-6)
+        g_ref, g_out = _grads(t, ref), _grads(t, out)
+        for k in g_ref:
+            assert_close(f"d{k}", g_ref[k], g_out[k], 1e-6)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
 
 
 def test_ssd_step_compiles_without_graph_break():

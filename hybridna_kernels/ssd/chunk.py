@@ -270,9 +270,19 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
 
 
 @triton.jit
-def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, fin_ptr,
+def _ld_hin(hin_ptr, hinlo_ptr, off, mask, HIN_SPLIT: tl.constexpr):
+    """hin at `off` in fp32: hi + lo planes (HIN_SPLIT) or the one buffer."""
+    h = tl.load(hin_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if HIN_SPLIT:
+        h += tl.load(hinlo_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    return h
+
+
+@triton.jit
+def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
                            H, nc, PN,
-                           Q: tl.constexpr, BS: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr):
+                           Q: tl.constexpr, BS: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr,
+                           HIN_SPLIT: tl.constexpr):
     """Sequential over chunks: hin[c] = state entering chunk c; h <- exp(cs_last) h + local[c].
     Loads run two chunks ahead: long sequences put few programs through many chunks, and without
     the prefetch every chunk pays a full memory latency."""
@@ -308,7 +318,10 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
                 else:
                     h = tl.zeros([BS], dtype=tl.float32)
         o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
-        tl.store(hin_ptr + o_st, h.to(hin_ptr.dtype.element_ty), mask=m_s)
+        h_hi = h.to(hin_ptr.dtype.element_ty)
+        tl.store(hin_ptr + o_st, h_hi, mask=m_s)
+        if HIN_SPLIT:  # 16-bit hi plane (what the scan reads) + 16-bit lo plane: hin to ~16 bits
+            tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
         h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + s
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
@@ -502,10 +515,10 @@ def _gate_bwd_kernel(dy_ptr, z_ptr, ypre_ptr, dyp_ptr, dz_ptr, n, BLOCK: tl.cons
 
 
 @triton.jit
-def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_ptr, cfin_ptr, dinit_ptr, ddal_ptr,
-                           H, nc, PN,
+def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, hinlo_ptr, fin_ptr, dfin_ptr, cinit_ptr, cfin_ptr, dinit_ptr,
+                           ddal_ptr, H, nc, PN,
                            Q: tl.constexpr, BS: tl.constexpr, HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr,
-                           IS_VARLEN: tl.constexpr):
+                           IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr):
     """Reverse state passing. In: ldh[c] = sum_i exp(cs_i) dy_i C_i^T. Out (in place of ldh): the
     gradient of the state after chunk c; dinit; per-block partials of d cs_last = <dh_out, h_out>.
     The loads for chunk c - 1 are issued before chunk c is processed (latency hiding: long
@@ -528,7 +541,7 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
     l1 = tl.load(cs_ptr + o_cs + c0 * Q)
     ldh2 = tl.load(ldh_ptr + ((i_b * nc + c1) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
     l2 = tl.load(cs_ptr + o_cs + c1 * Q)
-    hin1 = tl.load(hin_ptr + ((i_b * nc + c0) * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    hin1 = _ld_hin(hin_ptr, hinlo_ptr, ((i_b * nc + c0) * H + i_h) * PN + o_s, m_s, HIN_SPLIT)
     for cc in range(nc):
         c = nc - 1 - cc
         cp = tl.maximum(c - 2, 0)
@@ -541,7 +554,7 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
         l1 = l2
         ldh2 = tl.load(ldh_ptr + ((i_b * nc + cp) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
         l2 = tl.load(cs_ptr + o_cs + cp * Q)
-        hin1 = tl.load(hin_ptr + ((i_b * nc + cq) * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+        hin1 = _ld_hin(hin_ptr, hinlo_ptr, ((i_b * nc + cq) * H + i_h) * PN + o_s, m_s, HIN_SPLIT)
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
             k = tl.maximum(cf, 0).to(tl.int64)
@@ -1094,6 +1107,7 @@ SWEEP_CONFIGS = {
                    "warps_scan": 8},
     "fast s64": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "BN_STATE": 64,
                  "warps_state": 4},
+    "fast split": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "hin_split": True},
     "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
 }
@@ -1163,7 +1177,7 @@ def _cfg(Q, P, N, dtype):
         # session 3 variants (off until measured): the scan's rank-1 decay below the diagonal block
         # (scan_r1; dx_r1: the same in the dx and dCB kernels); hin in bf16 when no backward will read
         # it (hin16_nograd)
-        "scan_r1": False, "hin16_nograd": False, "dx_r1": False,
+        "scan_r1": False, "hin16_nograd": False, "dx_r1": False, "hin_split": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1178,6 +1192,18 @@ def _xw_split(dtype, split):
     if dtype == torch.float32:
         return -1
     return 1 if (split == 2 and dtype != torch.bfloat16) else split
+
+
+def _hin_layout(dtype, cfg, keep=True):
+    """How the forward stores hin: "32" (fp32), "16" (bf16: hin16, or hin16_nograd without grad) or
+    "split" (hin_split: bf16 hi and lo planes; not with the fused state kernels, which read fp32)."""
+    if dtype != torch.bfloat16:
+        return "32"
+    if cfg["hin16"] or (cfg["hin16_nograd"] and not keep):
+        return "16"
+    if cfg["hin_split"] and not (cfg["fused_state"] or cfg["fused_state_bwd"]):
+        return "split"
+    return "32"
 
 
 def _fused_blocks(b, H, P, N, cfg, bn_max=128):
@@ -1250,8 +1276,14 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
     # (hin16_nograd: a forward whose hin no backward reads (no grad) writes it in bf16 for bf16 inputs:
     # the scan reads it rounded to 16 bits anyway, so y is unchanged and hin's traffic halves)
-    hin16 = x.dtype == torch.bfloat16 and (cfg["hin16"] or (cfg["hin16_nograd"] and not store_ypre))
-    hin = new_empty((b, nc, H, P, N), dtype=x.dtype if hin16 else f32, device=dev)
+    # (hin_split: for bf16 inputs hin as a bf16 hi plane, which the scan and the dC pass read, and a bf16
+    # lo plane, which only the reverse state pass adds back: (2, b, nc, H, P, N), hin to ~16 bits)
+    layout = _hin_layout(x.dtype, cfg, store_ypre)
+    if layout == "split":
+        hin = new_empty((2, b, nc, H, P, N), dtype=x.dtype, device=dev)
+    else:
+        hin = new_empty((b, nc, H, P, N), dtype=x.dtype if layout == "16" else f32, device=dev)
+    hin_hi, hin_lo = (hin[0], hin[1]) if layout == "split" else (hin, hin)
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
     if cfg["fused_state"]:
@@ -1270,15 +1302,15 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
         _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
             states, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
-            tables.cfin if varlen else dummy, hin, final, H, nc, PN,
-            Q=Q, BS=BS, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+            tables.cfin if varlen else dummy, hin_hi, hin_lo, final, H, nc, PN,
+            Q=Q, BS=BS, HAS_INIT=init is not None, IS_VARLEN=varlen, HIN_SPLIT=layout == "split", num_warps=4)
         del states
     y = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
     ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
     BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
     _chunk_scan_fwd_kernel[_grid(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
-        x, zz, C, cb, u, cs, csh, csl, hin, D if D is not None else dummy, y, ypre,
+        x, zz, C, cb, u, cs, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
@@ -1297,6 +1329,10 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     cfg = _cfg(Q, P, N, x.dtype)
     varlen = tables is not None
     f32 = torch.float32
+    hin_split = hin.dim() == 6  # (2, b, nc, H, P, N): hi and lo planes (_hin_layout "split")
+    hin_hi, hin_lo = (hin[0], hin[1]) if hin_split else (hin, hin)
+    assert not (hin_split and cfg["fused_state_bwd"]), "the fused reverse state kernel reads an fp32 hin"
+    hin = hin_hi
     dummy = hin
     # recompute the cheap forward pieces: u, cs and CB
     u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
@@ -1356,9 +1392,10 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         nbs = triton.cdiv(PN, BS)
         ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
         _state_pass_bwd_kernel[(b, H, nbs)](
-            ldh, cs, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
+            ldh, cs, hin_hi, hin_lo, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
             tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
-            Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+            Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen,
+            HIN_SPLIT=hin_split, num_warps=4)
         ds = ldh
     ddal = ddal.sum(-1)
 
@@ -1402,7 +1439,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     for is_db, out in ((True, dB), (False, dC)):
         mfirst = cfg["hfirst"] and b * nc <= 65535
         _scan_bwd_dbc_kernel[(Q // BMd, G, b * nc) if mfirst else (b * nc, G, Q // BMd)](
-            x, dy, B, C, u, cs, hin, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
+            x, dy, B, C, u, cs, hin_hi, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=mfirst,
@@ -1605,7 +1642,9 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, chunk_
     nfin = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
     packed = seq_idx is not None or cu_seqlens is not None
     nc = -(-L // chunk_size)
-    hin = x.new_empty(_EMPTY) if packed else x.new_empty((b, nc, H, P, N), dtype=torch.float32)
+    lay = _hin_layout(x.dtype, _cfg(chunk_size, P, N, x.dtype))
+    hin = (x.new_empty(_EMPTY) if packed else x.new_empty((2, b, nc, H, P, N)) if lay == "split"
+           else x.new_empty((b, nc, H, P, N), dtype=x.dtype if lay == "16" else torch.float32))
     ypre = x.new_empty((b, L, H, P)) if (z is not None and not packed) else x.new_empty(_EMPTY)
     return x.new_empty(x.shape), x.new_empty((nfin, H, P, N), dtype=torch.float32), hin, ypre
 
