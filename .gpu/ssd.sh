@@ -3,11 +3,11 @@
 # (1) The FULL tests/test_ssd.py on the GPU (-n 8, -v into $OUT/ssd_tests.txt, 85 s cap) while the timing
 #     variants compile in niced background processes (Triton's disk cache); prints counts, FAILED lines
 #     and the tests that had not reported when the cap hit.
-# (2) bench_ssd.py --session3 (58 s cap): ssd_step at batch 64 (public call, CUDA graph; bandwidth), every
-#     variant of $V at B8 T8192 (fwd, fwd+bwd; each first checked against the fp64 reference at B1 T4096),
-#     per-kernel profiles (default fwd and fwd+bwd, and the fastest fwd+bwd variant), then B1 T131072 and
-#     B2 T32768 for the fastest variant and the default. Peer not re-timed (session 2: 1.43 / 5.96 ms).
-V="default,launch3,fast,fast split,r1,xwtf32,fast bm128,fast dx8,fast tsum"
+# (2) bench_ssd.py --session3 (58 s cap): ssd_step at batch 64 (public call, CUDA graph; bandwidth),
+#     per-kernel profile of the default (fwd without grad, fwd+bwd), every variant of $V at B8 T8192 (fwd,
+#     fwd+bwd; each first checked against the fp64 reference at B1 T4096), B1 T131072 and B2 T32768 for
+#     the fastest variant and the default, the fastest one's profile. Peer not re-timed (1.43 / 5.96 ms).
+V="default,launch3,fast,fast split,r1,xwtf32,fast dx8,fast bm128,fast mr,fast tsum"
 date -u +%T
 IFS=',' read -ra VS <<< "$V"
 for v in "${VS[@]}"; do

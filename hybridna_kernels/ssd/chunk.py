@@ -1108,6 +1108,7 @@ SWEEP_CONFIGS = {
     "fast s64": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "BN_STATE": 64,
                  "warps_state": 4},
     "fast split": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "hin_split": True},
+    "fast mr": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "maxnreg_state": 128},
     "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
 }
@@ -1178,6 +1179,9 @@ def _cfg(Q, P, N, dtype):
         # (scan_r1; dx_r1: the same in the dx and dCB kernels); hin in bf16 when no backward will read
         # it (hin16_nograd)
         "scan_r1": False, "hin16_nograd": False, "dx_r1": False, "hin_split": False,
+        # register cap of the chunk-state kernels (ptxas takes ~170-230 at 8 warps: one program per SM;
+        # 128 leaves room for two, with no spill in the reverse pass and 56 B in the forward one)
+        "maxnreg_state": None,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1231,7 +1235,8 @@ def _chunk_states(a, M, u, cs, b, nc, T, H, G, P, N, Q, cfg, *, reverse, xw_spli
     _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
         a, M, u, cs, out, T, H, G, nc, P, N, *_strides3(a), *_strides3(M),
         Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=reverse, DOT_PREC=cfg["prec"],
-        XW_SPLIT=xw_split, HFIRST=cfg["hfirst"], num_warps=cfg["warps_state"], num_stages=cfg["stages"])
+        XW_SPLIT=xw_split, HFIRST=cfg["hfirst"], num_warps=cfg["warps_state"], num_stages=cfg["stages"],
+        **({"maxnreg": cfg["maxnreg_state"]} if cfg["maxnreg_state"] else {}))
     return out
 
 
