@@ -257,8 +257,10 @@ def sweep(batch=8, seqlen=8192, names=None, with_peer=True):
 
     names = names or list(chunk.SWEEP_CONFIGS)
     fb = {}
-    print(f"| variant (B{batch} T{seqlen}) | fwd ms | fwd+bwd ms | err y / worst grad (B1 T4096 vs fp64) |")
-    print("| --- | --- | --- | --- |")
+    graph = os.environ.get("SSD_GRAPH", "0") == "1"  # also the forward replayed from a CUDA graph (host-free)
+    print(f"| variant (B{batch} T{seqlen}) | fwd ms | fwd+bwd ms | err y / worst grad (B1 T4096 vs fp64) |"
+          + (" fwd graph ms |" if graph else ""))
+    print("| --- | --- | --- | --- |" + (" --- |" if graph else ""))
     for name in names:
         chunk.CFG_OVERRIDE.clear()
         chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[name])
@@ -273,6 +275,13 @@ def sweep(batch=8, seqlen=8192, names=None, with_peer=True):
                 row.append(f"{triton.testing.do_bench(_fn('hybridna', t, mode), return_mode='median'):.3f}")
             except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
                 row.append(f"failed: {type(e).__name__}")
+            del t
+        if graph:
+            t = make(batch, seqlen)
+            try:
+                err += f" | {triton.testing.do_bench_cudagraph(_fn('hybridna', t, 'fwd'), return_mode='median'):.3f}"
+            except Exception as e:  # noqa: BLE001 - reported, not fatal
+                err += f" | failed: {type(e).__name__}"
             del t
         print(f"| {name} | {row[0]} | {row[1]} | {err} |", flush=True)
         if not row[1].startswith("failed") and not err.startswith("failed"):
