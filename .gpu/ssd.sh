@@ -21,7 +21,7 @@ date -u +%T
 SSD_GRAPH=1 SSD_VARIANTS="$V" timeout 52 python3 bench/bench_ssd.py --session3 2>&1 | grep -v -i "warn" \
   | grep -v "^\s*$" | grep -v USDT | cut -c1-400 | tee $OUT/ssd_bench.txt
 date -u +%T
-timeout 38 python3 -m pytest tests/test_ssd.py -n 8 -v -rf -p no:cacheprovider --tb=line \
+timeout 38 python3 -m pytest tests/test_ssd.py -n 8 -v -rf -p no:cacheprovider --tb=line --durations=30 \
   > $OUT/ssd_tests.txt 2>&1; echo "rc=$?" >> $OUT/ssd_tests.txt
 T=$OUT/ssd_tests.txt
 echo "tests: $(grep -c ' PASSED ' $T) passed, $(grep -c ' FAILED ' $T) failed, $(grep -c ' SKIPPED ' $T) skipped, \
