@@ -19,7 +19,7 @@ python3 -m pytest tests/test_ssd.py --collect-only -q -p no:cacheprovider 2>/dev
 wait
 date -u +%T
 SSD_GRAPH=1 SSD_VARIANTS="$V" timeout 52 python3 bench/bench_ssd.py --session3 2>&1 | grep -v -i "warn" \
-  | grep -v "^\s*$" | grep -v USDT | cut -c1-400 | tee $OUT/ssd_bench.txt
+  | grep -v "^\s*$" | grep -v USDT | cut -c1-400
 date -u +%T
 timeout 38 python3 -m pytest tests/test_ssd.py -n 8 -v -rf -p no:cacheprovider --tb=line --durations=30 \
   > $OUT/ssd_tests.txt 2>&1; echo "rc=$?" >> $OUT/ssd_tests.txt
