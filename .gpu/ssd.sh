@@ -21,7 +21,7 @@ date -u +%T
 SSD_GRAPH=1 SSD_VARIANTS="$V" timeout 52 python3 bench/bench_ssd.py --session3 2>&1 | grep -v -i "warn" \
   | grep -v "^\s*$" | grep -v USDT | cut -c1-400
 date -u +%T
-timeout 38 python3 -m pytest tests/test_ssd.py -n 8 -v -rf -p no:cacheprovider --tb=line --durations=30 \
+timeout -s INT -k 4 36 python3 -m pytest tests/test_ssd.py -n 8 -v -rf -p no:cacheprovider --tb=line --durations=40 \
   > $OUT/ssd_tests.txt 2>&1; echo "rc=$?" >> $OUT/ssd_tests.txt
 T=$OUT/ssd_tests.txt
 echo "tests: $(grep -c ' PASSED ' $T) passed, $(grep -c ' FAILED ' $T) failed, $(grep -c ' SKIPPED ' $T) skipped, \
@@ -30,4 +30,5 @@ grep -E "^FAILED|^E |^/.*Error|^tests/.*: " $T | cut -c1-230 | head -12
 sed -nE 's/.*(PASSED|FAILED|SKIPPED|ERROR) (tests\/test_ssd.py::.*)$/\2/p' $T | sed 's/ *$//' | sort > /tmp/ssd_reported.txt
 sort /tmp/ssd_collected.txt | comm -23 - /tmp/ssd_reported.txt > /tmp/ssd_missing.txt
 echo "not reported ($(wc -l < /tmp/ssd_missing.txt)): $(sed 's/tests\/test_ssd.py:://' /tmp/ssd_missing.txt | tr '\n' ' ' | cut -c1-1200)"
+echo "slowest tests (s): $(grep -A40 'slowest 40' $T | grep -E '^[0-9.]+s ' | sed -E 's/^([0-9.]+)s (call|setup|teardown) +tests\/test_ssd.py::/\1 /' | head -24 | tr '\n' ';' | cut -c1-1500)"
 date -u +%T
