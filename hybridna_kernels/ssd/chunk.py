@@ -1095,6 +1095,11 @@ SWEEP_CONFIGS = {
     # session 3: combo's launch choices on the unfused default (left untested in session 2), then the
     # rank-1 off-diagonal decay (scan and dx), the single tf32 chunk-state product, bf16 hin without grad
     "launch3": _LAUNCH3,
+    # session 2's defaults spelled out (for the benchmark's shape, P64 N128 Q256), to time them once the
+    # defaults move
+    "s2 default": {"BK_SCAN": 64, "stages": 2, "BM_DBC": 64, "scan_r1": False, "dx_r1": False, "xw_split": 1,
+                   "hin16_nograd": False, "hin_split": False, "tsum_dcb": False, "warps": 4, "warps_dcb": None,
+                   "maxnreg_state": None, "warps_scan": 4, "BM_SCAN": 64},
     "r1": {**_LAUNCH3, "scan_r1": True, "dx_r1": True},
     "r1 w8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "warps_scan": 8},
     "xwtf32": {**_LAUNCH3, "xw_split": 2},
