@@ -400,7 +400,7 @@ def test_kernel_rank1_decay_variants(variant, dtype):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["launch3", "xwtf32", "fast", "fast split", "fast tsum"]
+BF16_VARIANTS = ["xwtf32", "r1 all", "split"]
 
 
 @pytest.mark.gpu
@@ -417,6 +417,28 @@ def test_kernel_sweep_configs_bf16_gpu(variant, opt):
         check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
     finally:
         chunk.CFG_OVERRIDE.clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["all", "all-cuseq"])
+@pytest.mark.parametrize("variant", ["default", "nograd16"])
+def test_kernel_nograd_forward_bf16_gpu(variant, opt):
+    """A forward without grad may take other paths (nograd16: the chunk-state operand rounded to 16 bits,
+    hin stored in bf16): y and the final states against the fp64 recurrence at the forward tolerance."""
+    from hybridna_kernels.ssd import chunk
+
+    b, L, H, P, G, N, Q = GPU_SHAPES[0]
+    t, kw = make_inputs(b, L, H, P, G, N, OPTIONS[opt], dtype=torch.bfloat16, device=DEVICE, seed=3)
+    t64 = {k: v.double() for k, v in t.items()}
+    ref = _as_tuple(_call(ssd_sequential_ref, t64, kw))
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        with torch.no_grad():
+            out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+    for name, r, o in zip(("y", "final_states"), ref, out):
+        assert_close(name, r, o, tol(torch.bfloat16, "fwd"))
 
 
 @pytest.mark.gpu
@@ -540,7 +562,7 @@ def test_ssd_scan_compiles_without_graph_break(opt):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["default", "fast split"])
+@pytest.mark.parametrize("variant", ["default", "split"])
 def test_ssd_scan_compiles_bf16_gpu(variant):
     """torch.compile in bf16, where the saved hin may take another layout (hin_split: two bf16 planes):
     the registered ops' fake shapes must match what the kernels return, results as in eager mode."""
