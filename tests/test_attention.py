@@ -305,7 +305,7 @@ def test_kernel_strided_inputs_and_custom_scale():
 
 
 _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": (2, 63, 63, 2, 2, 40, True, 9),
-                   "full": (1, 70, 70, 2, 1, 16, False, None)}
+                   "full": (1, 70, 70, 2, 1, 16, False, None), "B2-gqa2": (2, 100, 130, 4, 2, 32, True, None)}
 
 
 @pytest.mark.parametrize("variant, shape", [
@@ -314,11 +314,13 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("atomic-dq", "atomic_dq=1", ["gqa-offset", "W9-D40", "full"]),
                             ("atomic-dq-block-major", "atomic_dq=1;mmajor=dkdv", ["gqa-offset"]),
                             ("poly-exp2-fp16", "poly=1", ["gqa-offset", "W9-D40"]),
-                            ("fastlaunch", "fastlaunch=1", ["gqa-offset"])]
+                            ("fastlaunch", "fastlaunch=1", ["gqa-offset"]),
+                            ("tma", "tma=1", ["B2-gqa2", "full"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
     """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
-    forward's exponentials by polynomial: 16-bit inputs only, the cached launch) give the same results."""
+    forward's exponentials by polynomial: 16-bit inputs only, the cached launch, K/V loads through TMA
+    descriptors) give the same results."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant(variant))

@@ -93,6 +93,36 @@ def _visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL: tl.constexpr, HAS_
 
 
 @triton.jit
+def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.constexpr, IS_VARLEN: tl.constexpr,
+                         REVERSE_M: tl.constexpr, M_MAJOR: tl.constexpr, BM: tl.constexpr):
+    """This program's (query block, query head) in the forward and dq grids: its first query row, query
+    head, kv head, sequence start in the packed rows, batch index (int64; 0 when packed) and lengths."""
+    pid = tl.program_id(0)
+    n_mblocks = tl.cdiv(max_len, BM)
+    if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
+        n_bh = tl.num_programs(0) // n_mblocks
+        pid_m = pid // n_bh
+        pid_bh = pid % n_bh
+    else:        # one head's blocks together (its K/V stays in L2)
+        pid_m = pid % n_mblocks
+        pid_bh = pid // n_mblocks
+    if REVERSE_M:  # causal: the longest query blocks first, so the tail of the grid is short
+        pid_m = n_mblocks - 1 - pid_m
+    i_b = pid_bh // nheads_q
+    i_h = pid_bh % nheads_q
+    i_hk = i_h // GROUP
+    if IS_VARLEN:
+        bos = tl.load(CU + i_b).to(tl.int64)
+        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
+        seqlen_k = seqlen_q
+        i_b64 = tl.zeros([], dtype=tl.int64)
+    else:
+        bos = tl.zeros([], dtype=tl.int64)
+        i_b64 = i_b.to(tl.int64)
+    return pid_m * BM, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k
+
+
+@triton.jit
 def _exp2_fma(x):
     """2^x for x <= 0 (-inf included) on the FMA/ALU pipes instead of the special-function unit (16
     results per clock per SM on an H100, the forward's bottleneck at headdim 64): round x by adding
@@ -119,11 +149,17 @@ def _exp2_fma(x):
 def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d,
                seqlen_q, seqlen_k, qk_scale, window,
                MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-               EVEN_D: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr):
+               EVEN_D: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr,
+               TMA: tl.constexpr = False, KD=None, VD=None, row0=0, col=0):
+    """Key blocks [start, end) into (acc, l_i, m_i). TMA (unmasked blocks only): K, V through the
+    2-D descriptors KD, VD (rows of all sequences x heads * headdim) at rows row0 + n, column col."""
     for start_n in range(start, end, BN):
         n64 = tl.zeros([], dtype=tl.int64) + start_n
         o_k = start_n + o_n
-        if MASK:
+        if TMA and not MASK:
+            b_k = KD.load([row0 + start_n, col])
+            b_v = VD.load([row0 + start_n, col])
+        elif MASK:
             m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
             b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
             b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
@@ -197,30 +233,10 @@ def _attn_fwd_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
     M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, POLY: tl.constexpr = False,
+    TMA: tl.constexpr = False, KD=None, VD=None,
 ):
-    pid = tl.program_id(0)
-    n_mblocks = tl.cdiv(max_len, BM)
-    if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
-        n_bh = tl.num_programs(0) // n_mblocks
-        pid_m = pid // n_bh
-        pid_bh = pid % n_bh
-    else:        # one head's blocks together (its K/V stays in L2)
-        pid_m = pid % n_mblocks
-        pid_bh = pid // n_mblocks
-    if REVERSE_M:  # causal: the longest query blocks first, so the tail of the grid is short
-        pid_m = n_mblocks - 1 - pid_m
-    i_b = pid_bh // nheads_q
-    i_h = pid_bh % nheads_q
-    i_hk = i_h // GROUP
-    if IS_VARLEN:
-        bos = tl.load(CU + i_b).to(tl.int64)
-        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
-        seqlen_k = seqlen_q
-        i_b64 = tl.zeros([], dtype=tl.int64)
-    else:
-        bos = tl.zeros([], dtype=tl.int64)
-        i_b64 = i_b.to(tl.int64)
-    start_m = pid_m * BM
+    start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
+        CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
     if start_m >= seqlen_q:
         return
     o_m = start_m + tl.arange(0, BM)
@@ -252,7 +268,7 @@ def _attn_fwd_kernel(
     else:
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
                                    seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
-                                   DOT_PREC)
+                                   DOT_PREC, TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
                                seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
                                DOT_PREC)
@@ -446,29 +462,8 @@ def _attn_bwd_dq_kernel(
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
     M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n_mblocks = tl.cdiv(max_len, BM)
-    if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
-        n_bh = tl.num_programs(0) // n_mblocks
-        pid_m = pid // n_bh
-        pid_bh = pid % n_bh
-    else:        # one head's blocks together (its K/V stays in L2)
-        pid_m = pid % n_mblocks
-        pid_bh = pid // n_mblocks
-    if REVERSE_M:  # causal: the longest query blocks first, so the tail of the grid is short
-        pid_m = n_mblocks - 1 - pid_m
-    i_b = pid_bh // nheads_q
-    i_h = pid_bh % nheads_q
-    i_hk = i_h // GROUP
-    if IS_VARLEN:
-        bos = tl.load(CU + i_b).to(tl.int64)
-        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
-        seqlen_k = seqlen_q
-        i_b64 = tl.zeros([], dtype=tl.int64)
-    else:
-        bos = tl.zeros([], dtype=tl.int64)
-        i_b64 = i_b.to(tl.int64)
-    start_m = pid_m * BM
+    start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
+        CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
     if start_m >= seqlen_q:
         return
     o_m = start_m + tl.arange(0, BM)
@@ -591,7 +586,8 @@ def parse_variant(text: str) -> dict:
     grid runs block-major (every head's block i before block i + 1) instead of head-major;
     fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
     poly=1: the forward computes half its exponentials with a polynomial on the FMA pipes (16-bit
-    inputs); atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
+    inputs); tma=1: the forward's unmasked key blocks loaded through TMA descriptors (contiguous K, V);
+    atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
     separate dq pass; not bitwise deterministic)."""
     out = {}
     for item in filter(None, (t.strip() for t in text.split(";"))):
@@ -604,7 +600,7 @@ def parse_variant(text: str) -> dict:
                                  f"got {val!r}")
         elif key == "mmajor":
             out[key] = frozenset(filter(None, (x.strip() for x in val.split(","))))
-        elif key in ("atomic_dq", "poly", "fastlaunch"):
+        elif key in ("atomic_dq", "poly", "fastlaunch", "tma"):
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
@@ -665,8 +661,42 @@ def _launch(fn, grid, args, kw):
                knobs.runtime.launch_exit_hook, *full)
 
 
+def _tma_ok(k, v, D):
+    """K, V viewable as 2-D (rows, heads * headdim) row-major matrices with 16-byte aligned rows, and a
+    power-of-two headdim (the descriptor's block is the whole head)."""
+    if D != _head_block(D) or k.shape[0] * k.shape[1] == 0:
+        return False
+    for t in (k, v):
+        B, L, H, _ = t.shape
+        if t.stride(3) != 1 or t.stride(2) != D or t.stride(1) != H * D or (B > 1 and t.stride(0) != L * H * D):
+            return False
+        if t.data_ptr() % 16 or (H * D * t.element_size()) % 16:
+            return False
+    return True
+
+
+def _kv_desc(t, BN):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    B, L, H, D = t.shape
+    return TensorDescriptor(t, [B * L, H * D], [H * D, 1], [BN, D])
+
+
 def _run(kind, grid, blocks, args, meta):
     """Launch the autotuned kernel, or the raw one with fixed blocks (interpreter, tests, TUNE off)."""
+    tma = meta.pop("_tma", None)
+    if tma is not None:   # descriptors are built for the launched BN: fixed configs only, not the autotuner
+        if blocks is not None:
+            BN = blocks[1]
+        elif interpret_mode():
+            BN = INTERPRET_BLOCKS[kind][1]
+        elif kind in VARIANT:
+            BN = VARIANT[kind][1]
+        elif not TUNE:
+            BN = fixed_config(kind, meta["BD"], meta["L_BUCKET"])[1]
+        else:
+            BN = None
+        meta = dict(meta, **tma(BN)) if BN is not None else dict(meta, TMA=False)
     tuned, raw = {"fwd": (_attn_fwd_tuned, _attn_fwd_kernel), "dkdv": (_attn_bwd_dkdv_tuned, _attn_bwd_dkdv_kernel),
                   "dq": (_attn_bwd_dq_tuned, _attn_bwd_dq_kernel)}[kind]
     if blocks is None and interpret_mode():
@@ -731,6 +761,9 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
     meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
     if VARIANT.get("poly") and q.dtype != torch.float32:   # fp32 keeps the exact exp2
         meta["POLY"] = True
+    if VARIANT.get("tma") and _tma_ok(k, v, D):
+        meta["TMA"] = True
+        meta["_tma"] = lambda BN: {"KD": _kv_desc(k, BN), "VD": _kv_desc(v, BN)}
     args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             Lq, Lk, Hq, Lq, max_len, softmax_scale * LOG2E)
