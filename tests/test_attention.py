@@ -315,7 +315,7 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("atomic-dq-block-major", "atomic_dq=1;mmajor=dkdv", ["gqa-offset"]),
                             ("poly-exp2-fp16", "poly=1", ["gqa-offset", "W9-D40"]),
                             ("fastlaunch", "fastlaunch=1", ["gqa-offset"]),
-                            ("tma", "tma=1", ["B2-gqa2", "full"])]
+                            ("tma", "tma=fwd,dkdv,dq", ["B2-gqa2", "full"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
     """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the

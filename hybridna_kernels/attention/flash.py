@@ -309,13 +309,20 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, sob, sot, soh, sdob, sdot, sdoh, seqlen
 def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt, start, end, o_n, o_mb,
                   m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                   MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
-                  ATOMIC_DQ: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr):
+                  ATOMIC_DQ: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr,
+                  TMA: tl.constexpr = False, QD=None, DOD=None, row0=0, col=0):
     """Accumulate dk, dv of one key block over query blocks [start, end) of one query head. Works in
-    the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose."""
+    the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose.
+    TMA (unmasked blocks): q, dO through the 2-D descriptors QD, DOD at rows row0 + m, column col."""
     for start_m in range(start, end, BM):
         m64 = tl.zeros([], dtype=tl.int64) + start_m
         o_m = start_m + o_mb
-        if MASK:
+        if TMA and not MASK:
+            b_qT = tl.trans(QD.load([row0 + start_m, col]))
+            b_do = DOD.load([row0 + start_m, col])
+            b_lse = tl.load(p_lse + start_m)
+            b_delta = tl.load(p_delta + start_m)
+        elif MASK:
             m_m = o_m < seqlen_q
             b_qT = tl.load(p_qT + m64 * sqt, mask=m_d[:, None] & m_m[None, :], other=0.0)     # (BD, BM)
             b_do = tl.load(p_do + m64 * sdot, mask=m_m[:, None] & m_d[None, :], other=0.0)   # (BM, BD)
@@ -362,6 +369,7 @@ def _attn_bwd_dkdv_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
     M_MAJOR: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    TMA: tl.constexpr = False, QD=None, DOD=None,
 ):
     pid = tl.program_id(0)
     n_nblocks = tl.cdiv(max_len, BN)
@@ -414,7 +422,8 @@ def _attn_bwd_dkdv_kernel(
                                    True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
         b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
                                    lo_full, hi_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
-                                   False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
+                                   False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
+                                   TMA, QD, DOD, (i_b64 * seqlen_q + bos).to(tl.int32), (i_h * HEAD_DIM).to(tl.int32))
         b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
                                    hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                                    True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
@@ -429,11 +438,15 @@ def _attn_bwd_dkdv_kernel(
 def _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d,
                  seqlen_q, seqlen_k, qk_scale, window,
                  MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
-                 BN: tl.constexpr, DOT_PREC: tl.constexpr):
+                 BN: tl.constexpr, DOT_PREC: tl.constexpr,
+                 TMA: tl.constexpr = False, KD=None, VD=None, row0=0, col=0):
     for start_n in range(start, end, BN):
         n64 = tl.zeros([], dtype=tl.int64) + start_n
         o_k = start_n + o_n
-        if MASK:
+        if TMA and not MASK:   # as in _fwd_inner
+            b_k = KD.load([row0 + start_n, col])
+            b_v = VD.load([row0 + start_n, col])
+        elif MASK:
             m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
             b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
             b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
@@ -461,6 +474,7 @@ def _attn_bwd_dq_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
     M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    TMA: tl.constexpr = False, KD=None, VD=None,
 ):
     start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
         CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
@@ -489,7 +503,8 @@ def _attn_bwd_dq_kernel(
     b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_full, o_m, o_n, m_d,
                         seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
     b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
-                        seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
+                        seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC,
+                        TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
     b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
                         seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
     b_dq = b_dq * sm_scale
@@ -586,7 +601,8 @@ def parse_variant(text: str) -> dict:
     grid runs block-major (every head's block i before block i + 1) instead of head-major;
     fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
     poly=1: the forward computes half its exponentials with a polynomial on the FMA pipes (16-bit
-    inputs); tma=1: the forward's unmasked key blocks loaded through TMA descriptors (contiguous K, V);
+    inputs); tma=fwd,dkdv,dq: those kernels load the operands of their unmasked blocks through TMA descriptors
+    (K, V in fwd / dq; q, dO in dk/dv; contiguous (B, L, H, D) tensors only);
     atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
     separate dq pass; not bitwise deterministic)."""
     out = {}
@@ -598,9 +614,9 @@ def parse_variant(text: str) -> dict:
             if len(out[key]) != (3 if key == "decode" else 4):
                 raise ValueError(f"HYBRIDNA_ATTN_VARIANT: {key} needs BM,BN,warps,stages (decode: BN,warps,stages), "
                                  f"got {val!r}")
-        elif key == "mmajor":
+        elif key in ("mmajor", "tma"):
             out[key] = frozenset(filter(None, (x.strip() for x in val.split(","))))
-        elif key in ("atomic_dq", "poly", "fastlaunch", "tma"):
+        elif key in ("atomic_dq", "poly", "fastlaunch"):
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
@@ -661,12 +677,12 @@ def _launch(fn, grid, args, kw):
                knobs.runtime.launch_exit_hook, *full)
 
 
-def _tma_ok(k, v, D):
-    """K, V viewable as 2-D (rows, heads * headdim) row-major matrices with 16-byte aligned rows, and a
-    power-of-two headdim (the descriptor's block is the whole head)."""
-    if D != _head_block(D) or k.shape[0] * k.shape[1] == 0:
+def _tma_ok(tensors, D):
+    """Each tensor viewable as a 2-D (rows, heads * headdim) row-major matrix with 16-byte aligned rows,
+    and a power-of-two headdim (the descriptor's block is the whole head)."""
+    if D != _head_block(D) or tensors[0].shape[0] * tensors[0].shape[1] == 0:
         return False
-    for t in (k, v):
+    for t in tensors:
         B, L, H, _ = t.shape
         if t.stride(3) != 1 or t.stride(2) != D or t.stride(1) != H * D or (B > 1 and t.stride(0) != L * H * D):
             return False
@@ -675,11 +691,12 @@ def _tma_ok(k, v, D):
     return True
 
 
-def _kv_desc(t, BN):
+def _desc(t, rows):
+    """TMA descriptor of (B, L, H, D) t as a (B * L, H * D) matrix, blocks of (rows, D)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     B, L, H, D = t.shape
-    return TensorDescriptor(t, [B * L, H * D], [H * D, 1], [BN, D])
+    return TensorDescriptor(t, [B * L, H * D], [H * D, 1], [rows, D])
 
 
 def _run(kind, grid, blocks, args, meta):
@@ -687,16 +704,16 @@ def _run(kind, grid, blocks, args, meta):
     tma = meta.pop("_tma", None)
     if tma is not None:   # descriptors are built for the launched BN: fixed configs only, not the autotuner
         if blocks is not None:
-            BN = blocks[1]
+            bmn = blocks
         elif interpret_mode():
-            BN = INTERPRET_BLOCKS[kind][1]
+            bmn = INTERPRET_BLOCKS[kind]
         elif kind in VARIANT:
-            BN = VARIANT[kind][1]
+            bmn = VARIANT[kind][:2]
         elif not TUNE:
-            BN = fixed_config(kind, meta["BD"], meta["L_BUCKET"])[1]
+            bmn = fixed_config(kind, meta["BD"], meta["L_BUCKET"])[:2]
         else:
-            BN = None
-        meta = dict(meta, **tma(BN)) if BN is not None else dict(meta, TMA=False)
+            bmn = None
+        meta = dict(meta, **tma(*bmn)) if bmn is not None else dict(meta, TMA=False)
     tuned, raw = {"fwd": (_attn_fwd_tuned, _attn_fwd_kernel), "dkdv": (_attn_bwd_dkdv_tuned, _attn_bwd_dkdv_kernel),
                   "dq": (_attn_bwd_dq_tuned, _attn_bwd_dq_kernel)}[kind]
     if blocks is None and interpret_mode():
@@ -761,9 +778,9 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
     meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
     if VARIANT.get("poly") and q.dtype != torch.float32:   # fp32 keeps the exact exp2
         meta["POLY"] = True
-    if VARIANT.get("tma") and _tma_ok(k, v, D):
+    if "fwd" in VARIANT.get("tma", ()) and _tma_ok((k, v), D):
         meta["TMA"] = True
-        meta["_tma"] = lambda BN: {"KD": _kv_desc(k, BN), "VD": _kv_desc(v, BN)}
+        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
     args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             Lq, Lk, Hq, Lq, max_len, softmax_scale * LOG2E)
@@ -804,6 +821,9 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
+        if "dkdv" in VARIANT.get("tma", ()) and _tma_ok((q, do), D):
+            meta["TMA"] = True
+            meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
         args = (q, k, v, do, lse, delta, dk, dv, dqa if atomic else q, cu_seqlens if cu_seqlens is not None else q,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
                 *dv.stride()[:3], *(dqa.stride()[:3] if atomic else (0, 0, 0)), *common, max_k, scale, scale * LOG2E)
@@ -814,6 +834,9 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta["REVERSE_M"] = bool(causal)
         meta["M_MAJOR"] = "dq" in mmajor
+        if "dq" in VARIANT.get("tma", ()) and _tma_ok((k, v), D):
+            meta["TMA"] = True
+            meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
         args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
                 *common, max_q, scale, scale * LOG2E)
