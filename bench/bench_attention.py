@@ -300,14 +300,19 @@ if os.environ.get("HYBRIDNA_SWEEP_SHAPES"):   # e.g. "1,2,128,64/1,2,128,128" fo
 # D -> kind -> variant strings; the first of each kind is the default-like one the other kinds use
 SWEEP = {
     64: {
-        "fwd": ["fwd=128,64,4,4", "fwd=128,64,8,3", "fwd=128,64,4,3"],
-        "dkdv": ["dkdv=32,128,4,3", "dkdv=64,128,8,3", "dkdv=32,128,4,4", "dkdv=64,64,4,3"],
-        "dq": ["dq=64,64,4,3", "dq=128,64,8,3", "dq=128,64,8,2", "dq=64,64,4,4", "dq=64,128,4,3"],
+        "fwd": ["fwd=128,64,4,4", "fwd=128,64,4,3", "fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,64,4,5",
+                "fwd=128,64,4,4;tma=fwd", "fwd=128,64,4,3;tma=fwd", "fwd=128,64,8,3;tma=fwd", "fwd=128,64,8,4;tma=fwd"],
+        "dkdv": ["dkdv=32,128,4,3", "dkdv=32,128,4,4", "dkdv=32,128,4,2", "dkdv=16,128,4,4", "dkdv=64,128,8,3",
+                 "dkdv=32,128,4,3;tma=dkdv", "dkdv=32,128,4,4;tma=dkdv", "dkdv=64,128,8,3;tma=dkdv",
+                 "dkdv=64,64,4,3;tma=dkdv"],
+        "dq": ["dq=64,64,4,3", "dq=64,128,4,3", "dq=64,64,4,4", "dq=128,64,8,3", "dq=64,64,4,3;tma=dq",
+               "dq=64,64,4,4;tma=dq", "dq=64,128,4,3;tma=dq", "dq=128,64,8,3;tma=dq", "dq=64,64,4,3;dq_delta=1",
+               "dq=64,64,4,3;tma=dq;dq_delta=1"],
     },
     128: {
-        "fwd": ["fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,128,8,2"],
-        "dkdv": ["dkdv=64,128,8,3", "dkdv=32,128,8,3", "dkdv=64,128,8,2", "dkdv=64,64,4,3"],
-        "dq": ["dq=128,64,8,3", "dq=128,64,8,2", "dq=64,64,4,3"],
+        "fwd": ["fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,64,8,3;tma=fwd", "fwd=128,64,8,2;tma=fwd"],
+        "dkdv": ["dkdv=64,128,8,3", "dkdv=64,128,8,3;tma=dkdv", "dkdv=64,128,8,2;tma=dkdv"],
+        "dq": ["dq=128,64,8,3", "dq=128,64,8,3;tma=dq", "dq=64,64,4,3;tma=dq", "dq=128,64,8,3;dq_delta=1"],
     },
 }
 # Round 1 (H100, B8 H16 L8192 D64, TFLOP/s): fwd 128,64,4,4 431.5; 128,64,8,3 431.1; 128,64,8,4 419;
@@ -356,7 +361,10 @@ def _small_check(D, H, variant):
 
 def _warm_sweep(index, nproc):
     """Compile variants index::nproc at a tiny length (same specialisation as the timed shapes)."""
-    jobs = [(D, H, v) for (B, H, L, D) in SWEEP_SHAPES[:2] for _, v in _sweep_variants(D)]
+    first = {}   # one shape per head size: the compiled kernels do not depend on B, H, L
+    for B, H, L, D in SWEEP_SHAPES:
+        first.setdefault(D, H)
+    jobs = [(D, H, v) for D, H in first.items() for _, v in _sweep_variants(D)]
     if index == nproc - 1:   # the host-time cases: autotuned defaults and fixed configs (decode, H8 D64)
         for variant in ("",):
             _set_variant(variant)
@@ -381,7 +389,7 @@ def _winner(best):
     def add(text):
         for item in filter(None, text.split(";")):
             key, _, val = item.partition("=")
-            if key == "mmajor" and key in parts:
+            if key in ("mmajor", "tma") and key in parts:
                 val = parts[key] + "," + val
             parts[key] = val
 
@@ -394,8 +402,8 @@ def _winner(best):
     if "atomic" in best and (sep is None or best["atomic"][0] < sep):
         add(";".join(t for t in best["atomic"][1].split(";") if not t.startswith("fwd=")))
     elif sep is not None:
-        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith(("dkdv=", "mmajor=dkdv"))))
-        add(";".join(t for t in best["dq"][1].split(";") if t.startswith(("dq=", "mmajor=dq"))))
+        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith(("dkdv=", "mmajor=dkdv", "tma=dkdv"))))
+        add(";".join(t for t in best["dq"][1].split(";") if t.startswith(("dq=", "mmajor=dq", "tma=dq", "dq_delta="))))
     return ";".join(f"{k}={v}" for k, v in parts.items())
 
 
@@ -446,6 +454,7 @@ def _sweep(outdir):
             row = dict(shape=shape, kind=kind, variant=variant, check=err)
             if not isinstance(err, float) or err > 2e-2:
                 lines.append(f"| {shape} | {kind} | {variant} | - | - | FAIL {err} |")
+                print(f"  FAIL {shape} {variant}: {err}", flush=True)
                 log.write(json.dumps(row) + "\n")
                 continue
             _set_variant(variant)
@@ -464,6 +473,7 @@ def _sweep(outdir):
             row.update(ms=ms, tflops=rate, vs_default=full)
             if full > 2e-2:
                 lines.append(f"| {shape} | {kind} | {variant} | {ms:.3f} | - | FAIL vs default {full:.1e} |")
+                print(f"  FAIL {shape} {variant} vs default: {full:.1e}", flush=True)
             else:
                 lines.append(f"| {shape} | {kind} | {variant} | {ms:.3f} | {rate:.1f} | {err:.1e} |")
                 if kind != "fwd" and "base" not in best:
@@ -484,34 +494,51 @@ def _sweep(outdir):
             return run
 
         ours = lambda q_, k_, v_: flash_attention(q_, k_, v_, causal=True)  # noqa: E731
-        res = {}
-        _set_variant(base)
-        res["default"] = (bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours)))
+        sd = lambda q_, k_, v_: F.scaled_dot_product_attention(  # noqa: E731
+            q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2), is_causal=True).transpose(1, 2)
         winner = _winner(best)
-        _set_variant(winner)
         werr = _small_check(D, H, winner)
-        _set_variant(winner)
-        res["best"] = (bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours)))
+        backends = {"FA2": SDPBackend.FLASH_ATTENTION, "cuDNN": SDPBackend.CUDNN_ATTENTION}
+        names = ["default", "best"]
         _set_variant("")
-        for name, be in (("FA2", SDPBackend.FLASH_ATTENTION), ("cuDNN", SDPBackend.CUDNN_ATTENTION)):
-            sd = lambda q_, k_, v_: F.scaled_dot_product_attention(  # noqa: E731
-                q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2), is_causal=True).transpose(1, 2)
+        for name, be in backends.items():
             try:
                 with sdpa_kernel(be):
                     e = _rel(sd(q, k, v), o0)
-                    assert e < 2e-2, f"{name} vs ours {e:.1e}"
-                    res[name] = (bench(lambda: sd(q, k, v)), bench(step(sd)))
+                assert e < 2e-2, f"{name} vs ours {e:.1e}"
+                names.append(name)
             except Exception as ex:  # noqa: BLE001
-                res[name] = (float("nan"), float("nan"))
                 print(f"{name} at {shape}: {type(ex).__name__}: {str(ex)[:100]}")
+
+        def timed(name):
+            if name in backends:
+                with sdpa_kernel(backends[name]):
+                    return bench(lambda: sd(q, k, v)), bench(step(sd))
+            _set_variant(base if name == "default" else winner)
+            return bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours))
+
+        # interleaved repeats (default, best, FA2, cuDNN, default, ...): clocks drift over a run, so
+        # every provider sees the same drift; cells are medians over the repeats
+        reps = int(os.environ.get("HYBRIDNA_SWEEP_REPS", "3"))
+        times = {name: [] for name in names}
+        for _ in range(reps):
+            for name in names:
+                times[name].append(timed(name))
+        _set_variant("")
+        med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+        res = {name: (med([t[0] for t in ts]), med([t[1] for t in ts])) for name, ts in times.items()}
+        for name in backends:
+            res.setdefault(name, (float("nan"), float("nan")))
+        spread = "; ".join(f"{n} " + "/".join(f"{t[0]:.3f}" for t in ts) for n, ts in times.items())
         for j, (mode, fl) in enumerate((("fwd", ff), ("fwd+bwd", ff * 3.5))):
             cell = lambda r: f"{r[j]:.3f} ms ({fl / r[j] / 1e9:.0f})"  # noqa: E731
             summary.append(f"| {shape} | {mode} | {cell(res['default'])} | {cell(res['best'])} |"
                            f" {cell(res['FA2'])} | {cell(res['cuDNN'])} |")
         summary.append(f"| {shape} | winner | `{winner}` (check {werr:.1e}) | | | |")
         print("\n".join(summary[n_summary:]), flush=True)
+        print(f"  fwd ms per repeat: {spread}", flush=True)
         for slot, rows in ranked.items():
-            top = sorted(rows)[:3]
+            top = sorted(rows)[:int(os.environ.get("HYBRIDNA_SWEEP_TOP", "3"))]
             other = {"fwd": ("dkdv=", "dq="), "dkdv": ("fwd=", "dq="), "dq": ("fwd=", "dkdv=")}.get(slot, ("fwd=",))
             own = lambda v_: ";".join(t for t in v_.split(";") if not t.startswith(other))  # noqa: E731
             print(f"  {slot} TFLOP/s: " + "; ".join(f"{r:.0f} `{own(v_)}`" for _, r, v_ in top), flush=True)

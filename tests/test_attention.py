@@ -315,12 +315,13 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("atomic-dq-block-major", "atomic_dq=1;mmajor=dkdv", ["gqa-offset"]),
                             ("poly-exp2-fp16", "poly=1", ["gqa-offset", "W9-D40"]),
                             ("fastlaunch", "fastlaunch=1", ["gqa-offset"]),
-                            ("tma", "tma=fwd,dkdv,dq", ["B2-gqa2", "full"])]
+                            ("tma", "tma=fwd,dkdv,dq", ["B2-gqa2", "full"]),
+                            ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
     """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
-    forward's exponentials by polynomial: 16-bit inputs only, the cached launch, K/V loads through TMA
-    descriptors) give the same results."""
+    forward's exponentials by polynomial: 16-bit inputs only, the cached launch, operand loads through TMA
+    descriptors, delta computed by the dq kernel) give the same results."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant(variant))

@@ -474,7 +474,7 @@ def _attn_bwd_dq_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
     M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    TMA: tl.constexpr = False, KD=None, VD=None,
+    TMA: tl.constexpr = False, KD=None, VD=None, DELTA_HERE: tl.constexpr = False, O=None, sob=0, sot=0, soh=0,
 ):
     start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
         CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
@@ -495,7 +495,13 @@ def _attn_bwd_dq_kernel(
     row = (i_b64 * nheads_q + i_h) * lse_len + bos
     b_lse = tl.load(LSE + row + o_m, mask=m_m, other=float("inf"))
     b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
-    b_delta = tl.load(DELTA + row + o_m, mask=m_m, other=0.0)
+    if DELTA_HERE:   # delta = rowsum(dO * O) computed here and stored for the dk/dv kernel that runs next
+        b_o = tl.load(O + i_b64 * sob + bos * sot + i_h.to(tl.int64) * soh + o_m64[:, None] * sot + o_d[None, :],
+                      mask=m_qd, other=0.0)
+        b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
+        tl.store(DELTA + row + o_m, b_delta, mask=m_m)
+    else:
+        b_delta = tl.load(DELTA + row + o_m, mask=m_m, other=0.0)
     p_k = K + i_b64 * skb + bos * skt + i_hk.to(tl.int64) * skh + o_n[:, None] * skt + o_d[None, :]
     p_v = V + i_b64 * svb + bos * svt + i_hk.to(tl.int64) * svh + o_n[:, None] * svt + o_d[None, :]
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
@@ -602,7 +608,8 @@ def parse_variant(text: str) -> dict:
     fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
     poly=1: the forward computes half its exponentials with a polynomial on the FMA pipes (16-bit
     inputs); tma=fwd,dkdv,dq: those kernels load the operands of their unmasked blocks through TMA descriptors
-    (K, V in fwd / dq; q, dO in dk/dv; contiguous (B, L, H, D) tensors only);
+    (K, V in fwd / dq; q, dO in dk/dv; contiguous (B, L, H, D) tensors only); dq_delta=1: no delta
+    kernel: the dq kernel computes delta = rowsum(dO * O) for its rows, stores it, and runs before dk/dv;
     atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
     separate dq pass; not bitwise deterministic)."""
     out = {}
@@ -616,7 +623,7 @@ def parse_variant(text: str) -> dict:
                                  f"got {val!r}")
         elif key in ("mmajor", "tma"):
             out[key] = frozenset(filter(None, (x.strip() for x in val.split(","))))
-        elif key in ("atomic_dq", "poly", "fastlaunch"):
+        elif key in ("atomic_dq", "poly", "fastlaunch", "dq_delta"):
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
@@ -807,7 +814,10 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
         max_q = max_k = max_len
     BD = _head_block(D)
     delta = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    if Lq > 0 and Hq > 0:
+    atomic = bool(VARIANT.get("atomic_dq")) and blocks is None
+    # variant dq_delta: the dq kernel computes delta itself and runs first (no delta kernel)
+    dq_first = bool(VARIANT.get("dq_delta")) and not atomic and dlse is None
+    if Lq > 0 and Hq > 0 and not dq_first:
         BMD = 64
         _launch(_attn_bwd_delta_kernel, (cdiv(Lq, BMD), B * Hq),
                 (o, do, delta, *o.stride()[:3], *do.stride()[:3], Lq, Hq), dict(HEAD_DIM=D, BD=BD, BM=BMD))
@@ -816,8 +826,10 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     scale = softmax_scale
     common = (Lq, Lk, Hq, Lq)
     mmajor = VARIANT.get("mmajor", ())
-    atomic = bool(VARIANT.get("atomic_dq")) and blocks is None
     dqa = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else None
+    if dq_first:
+        _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
+                True)
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
@@ -830,18 +842,30 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
         _run("dkdv", lambda m: (cdiv(max_k, m["BN"]) * nb * Hkv,), None if blocks is None else blocks[0], args, meta)
     if atomic:
         dq.copy_(dqa)
-    elif max_q > 0 and nb > 0 and Hq > 0:
-        meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
-        meta["REVERSE_M"] = bool(causal)
-        meta["M_MAJOR"] = "dq" in mmajor
-        if "dq" in VARIANT.get("tma", ()) and _tma_ok((k, v), D):
-            meta["TMA"] = True
-            meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
-        args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,
-                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-                *common, max_q, scale, scale * LOG2E)
-        _run("dq", lambda m: (cdiv(max_q, m["BM"]) * nb * Hq,), None if blocks is None else blocks[1], args, meta)
+    elif not dq_first:
+        _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
+                False)
     return dq, dk, dv
+
+
+def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
+            delta_here):
+    """Launch the dq kernel; delta_here: it computes delta = rowsum(dO * O) and stores it first."""
+    Hq, D = q.shape[2], q.shape[3]
+    if max_q == 0 or nb == 0 or Hq == 0:
+        return
+    meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
+    meta["REVERSE_M"] = bool(causal)
+    meta["M_MAJOR"] = "dq" in VARIANT.get("mmajor", ())
+    if "dq" in VARIANT.get("tma", ()) and _tma_ok((k, v), D):
+        meta["TMA"] = True
+        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
+    if delta_here:
+        meta.update(DELTA_HERE=True, O=o, sob=o.stride(0), sot=o.stride(1), soh=o.stride(2))
+    args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+            *common, max_q, scale, scale * LOG2E)
+    _run("dq", lambda m: (cdiv(max_q, m["BM"]) * nb * Hq,), None if blocks is None else blocks[1], args, meta)
 
 
 def _fwd_impl(q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen):
