@@ -332,6 +332,16 @@ def test_kernel_sweep_variants(variant, shape, monkeypatch):
         _check(q, k, v_, causal=causal, window=window)
 
 
+def test_default_features(monkeypatch):
+    """Features switched on through DEFAULT_FEATURES (no VARIANT) take the same paths as the variants."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "VARIANT", {})
+    monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True})
+    q, k, v = _make(*_VARIANT_SHAPES["B2-gqa2"][:6], torch.float32)
+    _check(q, k, v, causal=True)
+
+
 def test_decode_with_fixed_config_and_fastlaunch(monkeypatch):
     """Split-K decode through the fixed-config and cached-launch paths (GPU); twice, so the second call
     runs the cached compiled kernels. On CPU both are the interpreter's plain launches."""

@@ -633,6 +633,18 @@ def parse_variant(text: str) -> dict:
 # Set by the benchmark's sweep (or the environment); empty means the defaults.
 VARIANT = parse_variant(os.environ.get("HYBRIDNA_ATTN_VARIANT", ""))
 
+# Kernel features on by default (H100 measurements); a non-empty VARIANT replaces them (sweeps name every
+# feature they time). tma: kernels whose unmasked blocks load through TMA descriptors (fixed configs only:
+# the autotuner's launches keep pointer loads); dq_delta: the dq kernel computes delta.
+DEFAULT_FEATURES = {"tma": frozenset(), "dq_delta": False}
+
+
+def _feature(name):
+    """A kernel feature: from VARIANT when one is set (absent: off), else from DEFAULT_FEATURES."""
+    if VARIANT:
+        return VARIANT.get(name, frozenset() if name == "tma" else False)
+    return DEFAULT_FEATURES[name]
+
 
 # ---------------------------------------------------------------------------------------------
 # Launch without Triton's per-call binding (variant fastlaunch=1): the compiled kernel of each
@@ -785,7 +797,7 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
     meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
     if VARIANT.get("poly") and q.dtype != torch.float32:   # fp32 keeps the exact exp2
         meta["POLY"] = True
-    if "fwd" in VARIANT.get("tma", ()) and _tma_ok((k, v), D):
+    if "fwd" in _feature("tma") and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
     args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
@@ -816,7 +828,7 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     delta = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
     atomic = bool(VARIANT.get("atomic_dq")) and blocks is None
     # variant dq_delta: the dq kernel computes delta itself and runs first (no delta kernel)
-    dq_first = bool(VARIANT.get("dq_delta")) and not atomic and dlse is None
+    dq_first = _feature("dq_delta") and not atomic and dlse is None
     if Lq > 0 and Hq > 0 and not dq_first:
         BMD = 64
         _launch(_attn_bwd_delta_kernel, (cdiv(Lq, BMD), B * Hq),
@@ -833,7 +845,7 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
-        if "dkdv" in VARIANT.get("tma", ()) and _tma_ok((q, do), D):
+        if "dkdv" in _feature("tma") and _tma_ok((q, do), D):
             meta["TMA"] = True
             meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
         args = (q, k, v, do, lse, delta, dk, dv, dqa if atomic else q, cu_seqlens if cu_seqlens is not None else q,
@@ -857,7 +869,7 @@ def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_
     meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
     meta["REVERSE_M"] = bool(causal)
     meta["M_MAJOR"] = "dq" in VARIANT.get("mmajor", ())
-    if "dq" in VARIANT.get("tma", ()) and _tma_ok((k, v), D):
+    if "dq" in _feature("tma") and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
     if delta_here:
