@@ -437,7 +437,9 @@ def _sweep(outdir):
     summary = ["| shape | mode | ours earlier picks | ours best (variant) | FA2 | cuDNN |",
                "| --- | --- | --- | --- | --- | --- |"]
     print("\n".join(summary), flush=True)
-    for B, H, L, D in SWEEP_SHAPES:
+    others = {"fwd": ("dkdv=", "dq="), "dkdv": ("fwd=", "dq="), "dq": ("fwd=", "dkdv=")}
+    own = lambda kind, v_: ";".join(t for t in v_.split(";") if not t.startswith(others.get(kind, ("fwd=",))))  # noqa: E731
+    for i_shape, (B, H, L, D) in enumerate(SWEEP_SHAPES):
         shape = f"B{B} H{H} L{L} D{D}"
         n_summary = len(summary)
         ff = _flops(B, H, L, D, True, None, "fwd")
@@ -489,6 +491,8 @@ def _sweep(outdir):
                 if slot not in best or ms < best[slot][0]:
                     best[slot] = (ms, variant)
                 ranked.setdefault(slot, []).append((ms, rate, variant))
+                if i_shape == 0:   # the first shape row by row, as measured (a cut run keeps them)
+                    print(f"  {shape} {kind:4s} {ms:7.3f} ms {rate:5.1f}  {own(kind, variant)}", flush=True)
             log.write(json.dumps(row) + "\n")
             log.flush()
         # the whole step: defaults, the winners combined, SDPA baselines
@@ -536,24 +540,22 @@ def _sweep(outdir):
         res = {name: (med([t[0] for t in ts]), med([t[1] for t in ts])) for name, ts in times.items()}
         for name in backends:
             res.setdefault(name, (float("nan"), float("nan")))
-        spread = "; ".join(f"{n} " + "/".join(f"{t[0]:.3f}" for t in ts) for n, ts in times.items())
+        spread = "; ".join(f"{n} " + " ".join(f"{t[0]:.3f}/{t[1]:.2f}" for t in ts) for n, ts in times.items())
         for j, (mode, fl) in enumerate((("fwd", ff), ("fwd+bwd", ff * 3.5))):
             cell = lambda r: f"{r[j]:.3f} ms ({fl / r[j] / 1e9:.0f})"  # noqa: E731
             summary.append(f"| {shape} | {mode} | {cell(res['default'])} | {cell(res['best'])} |"
                            f" {cell(res['FA2'])} | {cell(res['cuDNN'])} |")
         summary.append(f"| {shape} | winner | `{winner}` (check {werr:.1e}) | | | |")
         print("\n".join(summary[n_summary:]), flush=True)
-        print(f"  fwd ms per repeat: {spread}", flush=True)
-        for slot, rows in ranked.items():
+        print(f"  fwd/fwd+bwd ms per repeat: {spread}", flush=True)
+        for slot, rows in ranked.items() if i_shape > 0 else ():
             top = sorted(rows)[:int(os.environ.get("HYBRIDNA_SWEEP_TOP", "3"))]
-            other = {"fwd": ("dkdv=", "dq="), "dkdv": ("fwd=", "dq="), "dq": ("fwd=", "dkdv=")}.get(slot, ("fwd=",))
-            own = lambda v_: ";".join(t for t in v_.split(";") if not t.startswith(other))  # noqa: E731
-            print(f"  {slot} TFLOP/s: " + "; ".join(f"{r:.0f} `{own(v_)}`" for _, r, v_ in top), flush=True)
+            print(f"  {slot} TFLOP/s: " + "; ".join(f"{r:.0f} `{own(slot, v_)}`" for _, r, v_ in top), flush=True)
         log.write(json.dumps(dict(shape=shape, winner=winner, winner_check=werr,
                                   **{k_: v_ for k_, v_ in res.items()})) + "\n")
         del q, k, v, qg, kg, vg, o0, lse0, g0, do
         torch.cuda.empty_cache()
-    open(os.path.join(outdir, "sweep.md"), "w").write("\n".join(lines + [""] + summary) + "\n")
+        open(os.path.join(outdir, "sweep.md"), "w").write("\n".join(lines + [""] + summary) + "\n")
 
 
 def _host(outdir):
