@@ -9,7 +9,7 @@
 #     they are measured. $OUT: tests.txt, sweep.md.
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_attn_cache}
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD:$PWD/.gpu TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_attn_cache}
 export PYTHONUNBUFFERED=1 HYBRIDNA_SWEEP_SHAPES=${HYBRIDNA_SWEEP_SHAPES:-"8,16,8192,64/1,16,32768,64/1,8,32768,128"} HYBRIDNA_SWEEP_TOP=9
 OUT=${OUT:-/tmp/attn_out}; W=$(mktemp -d /tmp/attn_w.XXXX); mkdir -p $OUT
 gpu() { nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader | head -1; }
@@ -17,7 +17,7 @@ echo "$(gpu) | commit $(git rev-parse --short HEAD 2>/dev/null)"
 python3 -m pytest tests/test_attention.py --collect-only -q -p no:cacheprovider 2>/dev/null | grep "::" | sort > $W/all.txt &
 for i in 0 1 2; do nice -n 15 timeout 70 python3 bench/bench_attention.py warm-sweep $i 3 > $W/warm$i.txt 2>&1 & done
 timeout -s INT -k 4 66 python3 -m pytest tests/test_attention.py -m gpu -n 3 -v -rf -p no:cacheprovider > $W/tg.txt 2>&1 &
-timeout -s INT -k 4 66 python3 -m pytest tests/test_attention.py -m "not gpu" -n 5 -v -rf -p no:cacheprovider > $W/tc.txt 2>&1 &
+timeout -s INT -k 4 66 python3 -m pytest tests/test_attention.py -m "not gpu" -n 5 -v -rf -p no:cacheprovider -p attn_order > $W/tc.txt 2>&1 &
 wait
 cat $W/tg.txt $W/tc.txt > $OUT/tests.txt
 grep -ohE "(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) tests/test_attention.py::[^ ]+" $W/tg.txt $W/tc.txt | sort -u -k2 > $W/rep.txt
