@@ -338,6 +338,9 @@ def test_default_features(monkeypatch):
 
     monkeypatch.setattr(flash, "VARIANT", {})
     monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True})
+    assert flash._feature("tma", long=True) == {"fwd", "dkdv", "dq"}
+    assert flash._feature("tma", long=False) == frozenset()   # by default TMA only in the long bucket (> 2048)
+    monkeypatch.setattr(flash, "_feature", lambda name, long=True: flash.DEFAULT_FEATURES[name])
     q, k, v = _make(*_VARIANT_SHAPES["B2-gqa2"][:6], torch.float32)
     _check(q, k, v, causal=True)
 

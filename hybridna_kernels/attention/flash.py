@@ -634,15 +634,18 @@ def parse_variant(text: str) -> dict:
 VARIANT = parse_variant(os.environ.get("HYBRIDNA_ATTN_VARIANT", ""))
 
 # Kernel features on by default (H100 measurements); a non-empty VARIANT replaces them (sweeps name every
-# feature they time). tma: kernels whose unmasked blocks load through TMA descriptors (fixed configs only:
-# the autotuner's launches keep pointer loads); dq_delta: the dq kernel computes delta.
+# feature they time). tma: kernels whose unmasked blocks load through TMA descriptors, by default only for
+# sequences in the long bucket (> 2048; building descriptors costs host time per call) and fixed configs (the
+# autotuner's launches keep pointer loads); dq_delta: the dq kernel computes delta.
 DEFAULT_FEATURES = {"tma": frozenset(), "dq_delta": False}
 
 
-def _feature(name):
+def _feature(name, long=True):
     """A kernel feature: from VARIANT when one is set (absent: off), else from DEFAULT_FEATURES."""
     if VARIANT:
         return VARIANT.get(name, frozenset() if name == "tma" else False)
+    if name == "tma" and not long:
+        return frozenset()
     return DEFAULT_FEATURES[name]
 
 
@@ -797,7 +800,7 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
     meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
     if VARIANT.get("poly") and q.dtype != torch.float32:   # fp32 keeps the exact exp2
         meta["POLY"] = True
-    if "fwd" in _feature("tma") and _tma_ok((k, v), D):
+    if "fwd" in _feature("tma", meta["L_BUCKET"] > 2048) and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
     args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
@@ -845,7 +848,7 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
-        if "dkdv" in _feature("tma") and _tma_ok((q, do), D):
+        if "dkdv" in _feature("tma", meta["L_BUCKET"] > 2048) and _tma_ok((q, do), D):
             meta["TMA"] = True
             meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
         args = (q, k, v, do, lse, delta, dk, dv, dqa if atomic else q, cu_seqlens if cu_seqlens is not None else q,
@@ -869,7 +872,7 @@ def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_
     meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
     meta["REVERSE_M"] = bool(causal)
     meta["M_MAJOR"] = "dq" in VARIANT.get("mmajor", ())
-    if "dq" in _feature("tma") and _tma_ok((k, v), D):
+    if "dq" in _feature("tma", meta["L_BUCKET"] > 2048) and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
     if delta_here:
