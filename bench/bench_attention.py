@@ -602,6 +602,86 @@ def _host(outdir):
         f"{os.path.basename(k[0])}:{k[2]} {v[2] / 200 * 1e6:.0f}" for k, v in top), flush=True)
 
 
+S2_DEFAULTS = "fwd=128,64,4,4;dkdv=32,128,4,3;dq=64,64,4,3"   # session 2's fixed configs (D64), no features
+
+
+def _final(outdir):
+    """The defaults at the sweep's shapes: checked against fp64 (o and every gradient) first, then ours,
+    session 2's configs (D64 only), SDPA FA2 and cuDNN timed interleaved HYBRIDNA_SWEEP_REPS times, medians."""
+    import triton.testing
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+
+    from hybridna_kernels.attention import flash
+
+    flash.TUNE = False
+    if HAS_CUDA:
+        bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=80, return_mode="median")  # noqa: E731
+    else:  # CPU dry run (interpreter)
+        def bench(fn):
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+    sd = lambda q_, k_, v_: F.scaled_dot_product_attention(  # noqa: E731
+        q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2), is_causal=True).transpose(1, 2)
+    backends = {"FA2": SDPBackend.FLASH_ATTENTION, "cuDNN": SDPBackend.CUDNN_ATTENTION}
+    print("| shape | mode | ours ms (TFLOP/s) | session 2 configs | FA2 | cuDNN | cuDNN ms / ours ms | check |", flush=True)
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    rows = []
+    for B, H, L, D in SWEEP_SHAPES:
+        shape = f"B{B} H{H} L{L} D{D}"
+        err = _small_check(D, H, "")
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(B, L, H, D, device=DEV, dtype=DT) for _ in range(3))
+        do = torch.randn_like(q)
+        qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+        _set_variant("")
+        o0 = flash_attention(q, k, v, causal=True)
+
+        def step(fn):
+            def run():
+                torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), do)
+            return run
+
+        names = ["ours"] + (["s2"] if D == 64 else [])
+        for name, be in backends.items():
+            try:
+                with sdpa_kernel(be):
+                    e = _rel(sd(q, k, v), o0)
+                assert e < 2e-2, f"{name} vs ours {e:.1e}"
+                names.append(name)
+            except Exception as ex:  # noqa: BLE001
+                print(f"{name} at {shape}: {type(ex).__name__}: {str(ex)[:100]}", flush=True)
+
+        def timed(name):
+            if name in backends:
+                with sdpa_kernel(backends[name]):
+                    return bench(lambda: sd(q, k, v)), bench(step(sd))
+            _set_variant("" if name == "ours" else S2_DEFAULTS)
+            ours = lambda q_, k_, v_: flash_attention(q_, k_, v_, causal=True)  # noqa: E731
+            return bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours))
+
+        times = {name: [] for name in names}
+        for _ in range(int(os.environ.get("HYBRIDNA_SWEEP_REPS", "3"))):
+            for name in names:
+                times[name].append(timed(name))
+        _set_variant("")
+        med = {n: [sorted(t[j] for t in ts)[len(ts) // 2] for j in range(2)] for n, ts in times.items()}
+        ff = _flops(B, H, L, D, True, None, "fwd")
+        for j, (mode, fl) in enumerate((("fwd", ff), ("fwd+bwd", 3.5 * ff))):
+            cell = lambda n: f"{med[n][j]:.3f} ({fl / med[n][j] / 1e9:.0f})" if n in med else "-"  # noqa: E731
+            ratio = f"{med['cuDNN'][j] / med['ours'][j]:.2f}" if "cuDNN" in med else "-"
+            row = f"| {shape} | {mode} | {cell('ours')} | {cell('s2')} | {cell('FA2')} | {cell('cuDNN')} | {ratio} | {err:.1e} |"
+            rows.append(row)
+            print(row, flush=True)
+        print("  per repeat (fwd/fwd+bwd ms): " + "; ".join(
+            f"{n} " + " ".join(f"{t[0]:.3f}/{t[1]:.2f}" for t in ts) for n, ts in times.items()), flush=True)
+        del q, k, v, qg, kg, vg, do, o0
+        torch.cuda.empty_cache()
+    os.makedirs(outdir, exist_ok=True)
+    open(os.path.join(outdir, "final.md"), "w").write("\n".join(rows) + "\n")
+
+
 def _targets(outdir):
     """The issue's sliding-window and decode targets at the current defaults, each checked against the
     fp64 reference first: window 4096 at B1 H16 L131072 D64 (fwd <= 8 ms, fwd+bwd <= 30 ms); decode of
@@ -685,6 +765,8 @@ if __name__ == "__main__":
         _host(sys.argv[2])
     elif sys.argv[1] == "sweep":
         _sweep(sys.argv[2])
+    elif sys.argv[1] == "final":
+        _final(sys.argv[2])
     elif sys.argv[1] == "targets":
         _targets(sys.argv[2])
     else:
