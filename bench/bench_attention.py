@@ -388,6 +388,24 @@ def _warm_sweep(index, nproc):
     torch.cuda.synchronize()
 
 
+def _warm_final(index, nproc):
+    """Compile what `final` and `targets` launch (defaults in the long bucket, session 2's configs, the window
+    and decode kernels), job index::nproc, at small sizes."""
+    jobs = [("", 16, 64, None), (S2_DEFAULTS, 16, 64, None), ("", 8, 128, None), ("", 16, 64, 1024), ("decode",)]
+    for job in jobs[index::nproc]:
+        if job[0] == "decode":
+            _set_variant("")
+            qd, kd = torch.randn(1, 1, 16, 64, device=DEV, dtype=DT), torch.randn(1, 4096, 4, 64, device=DEV, dtype=DT)
+            flash_attention(qd, kd, kd)
+            continue
+        variant, H, D, window = job
+        _set_variant(variant)
+        q, k, v = (torch.randn(1, 4096, H, D, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
+        o = flash_attention(q, k, v, causal=True, window=window)
+        torch.autograd.grad(o, (q, k, v), torch.randn_like(o))
+    torch.cuda.synchronize()
+
+
 def _winner(best):
     """Variant string of the winners: the best forward; for the backward, the best separate-dq pair
     (estimated as t(dkdv*) + t(dq*) - t(both at their first entry)) or the best atomic-dq one."""
@@ -765,6 +783,8 @@ if __name__ == "__main__":
         _host(sys.argv[2])
     elif sys.argv[1] == "sweep":
         _sweep(sys.argv[2])
+    elif sys.argv[1] == "warm-final":
+        _warm_final(int(sys.argv[2]), int(sys.argv[3]))
     elif sys.argv[1] == "final":
         _final(sys.argv[2])
     elif sys.argv[1] == "targets":
