@@ -25,7 +25,14 @@ echo "tests ($(el) s): $(awk '{print $1}' $W/rep.txt | sort | uniq -c | tr '\n' 
      "gpu: $(grep -E '^=+ .* in [0-9.]+s' $W/tg.txt | tail -1 | tr -d '=')"
 grep -hE "^(FAILED|ERROR) " $W/tg.txt $W/tc.txt | cut -c1-230 | head -12
 comm -23 $W/all.txt <(awk '{print $2}' $W/rep.txt | sort) > $W/never.txt
-[ -s $W/never.txt ] && echo "never reported ($(wc -l < $W/never.txt)): $(sed 's/.*:://' $W/never.txt | head -40 | tr '\n' ' ')"
+[ -s $W/never.txt ] && echo "never reported ($(wc -l < $W/never.txt)):" && python3 -c "
+import sys, collections
+g = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name = line.strip().split('::')[-1]
+    fn, _, param = name.partition('[')
+    g[fn[5:]].append(param.rstrip(']'))
+print(' '.join(f'{fn}[{\",\".join(p)}]' if any(p) else fn for fn, p in g.items()))" $W/never.txt | fold -w 280 | head -10
 grep -h "Error" $W/warm*.txt | cut -c1-200 | sort | uniq -c | head -4
 echo "sweep from $(el) s: $(gpu)"
 timeout -s INT -k 2 $(( 114 - $(el) )) python3 bench/bench_attention.py sweep $OUT 2> $W/sweep_err.txt
