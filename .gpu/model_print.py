@@ -6,7 +6,8 @@ for line in sys.stdin:
     try:
         r = json.loads(line)
         v = (("fused" if r.get("fused_norms") else "unfused") + ("+compile" if r.get("compile") else "")
-             + ("+ckpt_mlp" if r.get("ckpt") == "mlp" else ""))
+             + ("+ckpt_mlp" if r.get("ckpt") == "mlp" else "")
+             + "".join(f" {k[0]}{int(bool(r.get(k)))}" for k in ("swiglu", "mlp_re", "conv_re") if k in r))
         it = r["item"]
         if it == "check":
             verdict = "PASS" if r["ok"] else "FAIL"
@@ -19,7 +20,7 @@ for line in sys.stdin:
                 print(f"   {ms:7.2f} ms {c:4d}x {n}")
         else:
             tps = r.get("tokens_per_s")
-            print(f"{it:9s} {v:17s} {r['status']:4s} {tps / 1e3 if tps else 0:6.1f}k tok/s  "
+            print(f"{it:9s} {v:24s} {r['status']:4s} {tps / 1e3 if tps else 0:6.1f}k tok/s  "
                   f"{r.get('peak_mem_gib', '-')} GiB  step {r.get('step_ms', '-')} ms  "
                   f"warm-up {r.get('warmup_s', '-')} s  [{r['wall_s']} s]")
     except Exception as e:  # noqa: BLE001 - never break the pipe: the bench would die with it

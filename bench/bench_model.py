@@ -507,8 +507,10 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
     input_ids = random_bases(batch, seqlen)
     losses: list = []
     step = make_step(model, opt, input_ids, losses)
+    import hybridna.model as hm
+
     row = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, ckpt=ckpt, compile=COMPILE if kind == "hybrid" else None,
-               fused_norms=os.environ.get("HYBRIDNA_FUSED_NORMS", "1") != "0")
+               fused_norms=hm.FUSED_NORMS, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE, conv_re=hm.CONV_RECOMPUTE)
     times = []
     try:
         with op_backend(kind):
@@ -543,6 +545,15 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
     return row
 
 
+def _short_kernel(name: str) -> str:
+    """A kernel name without the namespaces and wrappers that make ATen's elementwise kernels unreadable
+    when cut to one line (the functor and dtypes are what tell them apart)."""
+    for junk in ("void ", "at::native::", "(anonymous namespace)::", "binary_internal::", "std::array<char*, ",
+                 "gpu_kernel_impl_nocast<", "c10::", "TensorIteratorBase&", "::operator()() const", "{lambda()#"):
+        name = name.replace(junk, "")
+    return name
+
+
 def _emit(row: dict, log: str | None) -> None:
     print(json.dumps(row), flush=True)
     if log:
@@ -559,12 +570,28 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
         "fused"           back to the fused norms
         "check"           the kernels-vs-references loss/gradient check of the 300m at 1 x 2048, bf16 autocast
         "profile:BxL"     a per-category kernel profile of one step (written under profile_dir)
-        "compile"         torch.compile each block from here on (per-block graphs)"""
+        "compile"         torch.compile each block from here on (per-block graphs)
+        "swiglu=0|1", "mlp_re=0|1", "conv_re=0|1"   hybridna.model.FUSED_SWIGLU / MLP_RECOMPUTE /
+                          CONV_RECOMPUTE from here on (the fused SwiGLU kernels + the one-node norm2 + MLP,
+                          recomputing the gate_up output, recomputing the conv output in the SSD backward)
+        "old"             all three off (session 2's model); "new" all three on (the defaults)"""
     import hybridna.model as hm
 
-    variant = dict(fused_norms=True, compile=None, ckpt=None)
+    variant = dict(fused_norms=True, compile=None, ckpt=None, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE,
+                   conv_re=hm.CONV_RECOMPUTE)
+    flags = dict(swiglu="FUSED_SWIGLU", mlp_re="MLP_RECOMPUTE", conv_re="CONV_RECOMPUTE")
     for item in items:
         t0 = __import__("time").perf_counter()
+        if item in ("old", "new"):
+            for k, attr in flags.items():
+                setattr(hm, attr, item == "new")
+                variant[k] = item == "new"
+            continue
+        if item.split("=")[0] in flags:
+            k, v = item.split("=")
+            setattr(hm, flags[k], v == "1")
+            variant[k] = v == "1"
+            continue
         if item in ("fused", "unfused"):
             hm.FUSED_NORMS = item == "fused"
             variant["fused_norms"] = hm.FUSED_NORMS
@@ -601,7 +628,7 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
             sm = profile_train_step("hybrid", b, L, profile_dir or "prof", preset=preset, warmup=1, top=40)
             row = dict(item=item, **variant, total_kernel_ms=sm["total_kernel_ms"],
                        categories={c: v["ms"] for c, v in sm["categories"].items()},
-                       top=[(k["name"][:70], k["calls"], k["ms"]) for k in sm["top_kernels"][:12]])
+                       top=[(_short_kernel(k["name"])[:100], k["calls"], k["ms"]) for k in sm["top_kernels"][:24]])
             release_cuda_memory()
         else:
             b, L = (int(v) for v in item.split("x"))
