@@ -7,7 +7,8 @@
 # (session 2's model), "new" = s1 m1 c1 (the new defaults).
 # Order: GPU check of the new model vs fp32 references (1x2048); new 1x32768; old 1x32768 (same card);
 # new 8x8192, 1x65536, 1x131072 (no checkpointing); profile of new 1x32768; s1 m0 c1 (speed without the
-# MLP recompute) at 1x32768, 8x8192 and 1x65536; s1 m0 c0 1x32768; per-block compile at 1x32768 last.
+# MLP recompute) at 1x32768, 8x8192 and 1x65536; m0.5 (recompute in half the blocks) at 1x65536;
+# s1 m0 c0 1x32768; per-block torch.compile (s1 m0 c0) at 1x32768 last.
 # In parallel: GPU tests of what this branch touches (-v into a file; counts and FAILED lines printed).
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out-model}; mkdir -p $OUT
@@ -16,7 +17,7 @@ OUT=${OUT:-/tmp/out-model}; mkdir -p $OUT
   echo "tests rc=$?" >> $OUT/tests.txt ) &
 TP=$!
 timeout 138 python3 bench/bench_model.py sweep check 1x32768 old 1x32768 new 8x8192 1x65536 1x131072 profile:1x32768 \
-  mlp_re=0 1x32768 8x8192 1x65536 conv_re=0 1x32768 compile 1x32768 \
+  mlp_re=0 1x32768 8x8192 1x65536 mlp_re=0.5 1x65536 mlp_re=0 conv_re=0 1x32768 compile 1x32768 \
   --rounds 3 --log /tmp/steps.jsonl --profile-dir $OUT 2> /tmp/bench_err.txt | python3 -u .gpu/model_print.py
 echo "bench exit: ${PIPESTATUS[0]}"
 grep -h -E "Error|error:" /tmp/bench_err.txt | tail -4

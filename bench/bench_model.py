@@ -589,8 +589,9 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
             continue
         if item.split("=")[0] in flags:
             k, v = item.split("=")
-            setattr(hm, flags[k], v == "1")
-            variant[k] = v == "1"
+            val = float(v) if k == "mlp_re" else v == "1"  # mlp_re: a fraction of the blocks
+            setattr(hm, flags[k], val)
+            variant[k] = val
             continue
         if item in ("fused", "unfused"):
             hm.FUSED_NORMS = item == "fused"

@@ -47,7 +47,10 @@ FUSED_SWIGLU = os.environ.get("HYBRIDNA_FUSED_SWIGLU", "1") != "0"
 #   (one extra gate_up matmul per block; 2 * d_intermediate 16-bit values per token and block less);
 # CONV_RECOMPUTE: the conv output x|B|C that ssd_scan saves is recomputed from the conv input (kept
 #   anyway) when the SSD backward needs it (one extra conv forward per Mamba layer; conv_dim values).
-MLP_RECOMPUTE = os.environ.get("HYBRIDNA_MLP_RECOMPUTE", "1") != "0"
+#   A fraction f in (0, 1) recomputes in the first round(f * n_layer) blocks only (memory and time both
+#   scale with the number of blocks; which blocks does not matter for the peak, reached when the
+#   backward starts and every block's activations are alive).
+MLP_RECOMPUTE = float(os.environ.get("HYBRIDNA_MLP_RECOMPUTE", "1"))
 CONV_RECOMPUTE = os.environ.get("HYBRIDNA_CONV_RECOMPUTE", "1") != "0"
 
 
@@ -553,6 +556,10 @@ class Block(nn.Module):
         x, m = self.mlp_residual(x, m)
         return (x, m) if defer_add else x + m
 
+    def _mlp_recompute(self) -> bool:
+        f = float(MLP_RECOMPUTE)
+        return f >= 1 or self.mixer.layer_idx < round(f * self.mixer.cfg.n_layer)
+
     def mlp_residual(self, x, m):
         """(x + m, mlp(norm2(x + m))): the residual add, norm2 and the MLP. Its own method so that
         training code can checkpoint just this part (it saves the most per token after the mixer)."""
@@ -562,7 +569,7 @@ class Block(nn.Module):
                 and x.numel() > 0 and not torch.compiler.is_compiling()):
             # one node: residual add + norm2 + gate_up + SwiGLU + down (_NormMLPFn)
             out, x = _NormMLPFn.apply(x, m, norm2.weight, mlp.gate_up.weight, mlp.down.weight, float(norm2.eps),
-                                      _autocast_dtype(x) or x.dtype, MLP_RECOMPUTE)
+                                      _autocast_dtype(x) or x.dtype, self._mlp_recompute())
             return x, out
         p, x = norm2.linear(mlp.gate_up, x, m)
         return x, mlp.from_gate_up(p)
