@@ -129,6 +129,15 @@ class RMSNorm(nn.Module):
 _RECOMPUTED = object()  # marks a saved tensor that _recompute_saved replaces by a recomputation
 
 
+def _outer_saved_hooks() -> bool:
+    """Whether saved-tensor hooks are already active (activation checkpointing, offloading, a test's
+    recorder): hooks do not nest, so _recompute_saved would take the saved tensors away from them."""
+    try:
+        return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+    except (AttributeError, TypeError, RuntimeError):
+        return True
+
+
 def _recompute_saved(out: torch.Tensor, recompute) -> torch.autograd.graph.saved_tensors_hooks:
     """Hooks under which the tensors the autograd graph saves that are views of out's storage are not
     kept: the backward calls recompute() (once, under the forward's autocast state and op backend) and
@@ -277,7 +286,7 @@ class Mamba2Mixer(nn.Module):
         x, Bm, Cm = torch.split(xBC, [di, G * N, G * N], dim=-1)
         hooks = contextlib.nullcontext()
         if (CONV_RECOMPUTE and state is None and torch.is_grad_enabled() and conv_out.requires_grad
-                and not torch.compiler.is_compiling()):
+                and not torch.compiler.is_compiling() and not _outer_saved_hooks()):
             hooks = _recompute_saved(conv_out, functools.partial(
                 causal_conv1d, zxbcdt.detach()[..., di: di + self.conv_dim].transpose(1, 2), self.conv_weight.detach(),
                 None if self.conv_bias is None else self.conv_bias.detach(), activation="silu",

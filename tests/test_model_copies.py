@@ -281,3 +281,29 @@ def test_conv_output_recomputed_not_saved(monkeypatch):
             assert kept and all(k[0] != nb for k in kept), kept
         assert torch.equal(res[False][0], res[True][0]) and torch.equal(res[False][1], res[True][1])
         assert all(torch.equal(a, b) for a, b in zip(res[False][2], res[True][2]))
+
+
+def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
+    """Saved-tensor hooks do not nest: under activation checkpointing (its own hooks) the mixer leaves
+    the conv output to the checkpoint, and the gradients equal those without checkpointing."""
+    import hybridna.model as hm
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setattr(hm, "CONV_RECOMPUTE", True)
+    calls = []
+    real = hm._recompute_saved
+    monkeypatch.setattr(hm, "_recompute_saved", lambda *a: calls.append(1) or real(*a))
+    cfg = HybriDNAConfig.preset("tiny")
+    torch.manual_seed(0)
+    blk = HybriDNA(cfg).layers[0].to(DEVICE)
+    x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    grads = []
+    for ckpt in (False, True):
+        x.grad = None
+        blk.zero_grad(set_to_none=True)
+        with ku.backend("triton"):
+            y = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+            y.square().sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in blk.parameters()])
+    assert len(calls) == 1, calls  # the plain forward only: neither the checkpointed one nor its recompute
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
