@@ -18,9 +18,10 @@ OUT=${OUT:-/tmp/out-model}; mkdir -p $OUT
 TP=$!
 timeout 108 python3 bench/bench_model.py sweep check 1x32768 old 1x32768 new 8x8192 1x65536 profile:1x32768 1x131072 \
   mlp_re=0 1x32768 8x8192 1x65536 conv_re=0 1x32768 \
-  --rounds 3 --log /tmp/steps.jsonl --profile-dir $OUT 2> /tmp/bench_err.txt | python3 -u .gpu/model_print.py
+  --rounds 3 --log /tmp/steps.jsonl --profile-dir /tmp/prof 2> /tmp/bench_err.txt | python3 -u .gpu/model_print.py
 echo "bench exit: ${PIPESTATUS[0]}"
 grep -h -E "Error|error:" /tmp/bench_err.txt | tail -4
+cp /tmp/prof/*.txt $OUT/ 2>/dev/null
 wait $TP
 echo "tests: $(grep -c ' PASSED' $OUT/tests.txt) passed, $(grep -c ' FAILED' $OUT/tests.txt) failed, $(grep -c ' SKIPPED' $OUT/tests.txt) skipped; $(tail -1 $OUT/tests.txt)"
 grep -E " FAILED|^E  " $OUT/tests.txt | cut -c1-200 | head -12
