@@ -8,7 +8,8 @@
 # Order (most important first; the whole script must end within 120 s): GPU check of the new model vs
 # fp32 references (1x2048); new 1x32768; old 1x32768 (same card, same process); new 8x8192, 1x65536;
 # profile of new 1x32768; new 1x131072 (no checkpointing); s1 m0 c1 (without the MLP recompute) at
-# 1x32768, 8x8192, 1x65536; s1 m0 c0 at 1x32768.
+# 1x32768, 8x8192, 1x65536; n0 (norm + linear backward with the separate recompute pass of session 2)
+# at 1x32768; s1 m0 c0 n1 at 1x32768. n = hybridna_kernels.norm.linear.BWD_WRITES_H ("old" = n0).
 # In parallel: GPU tests of what this branch touches (-v into a file; counts and FAILED lines printed).
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out-model}; mkdir -p $OUT
@@ -17,7 +18,7 @@ OUT=${OUT:-/tmp/out-model}; mkdir -p $OUT
   echo "tests rc=$?" >> $OUT/tests.txt ) &
 TP=$!
 timeout 108 python3 bench/bench_model.py sweep check 1x32768 old 1x32768 new 8x8192 1x65536 profile:1x32768 1x131072 \
-  mlp_re=0 1x32768 8x8192 1x65536 conv_re=0 1x32768 \
+  mlp_re=0 1x32768 8x8192 1x65536 normh=0 1x32768 normh=1 conv_re=0 1x32768 \
   --rounds 3 --log /tmp/steps.jsonl --profile-dir /tmp/prof 2> /tmp/bench_err.txt | python3 -u .gpu/model_print.py
 echo "bench exit: ${PIPESTATUS[0]}"
 grep -h -E "Error|error:" /tmp/bench_err.txt | tail -4

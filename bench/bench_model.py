@@ -510,7 +510,8 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
     import hybridna.model as hm
 
     row = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, ckpt=ckpt, compile=COMPILE if kind == "hybrid" else None,
-               fused_norms=hm.FUSED_NORMS, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE, conv_re=hm.CONV_RECOMPUTE)
+               fused_norms=hm.FUSED_NORMS, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE, conv_re=hm.CONV_RECOMPUTE,
+               normh=__import__("hybridna_kernels.norm.linear", fromlist=["x"]).BWD_WRITES_H)
     times = []
     try:
         with op_backend(kind):
@@ -574,24 +575,36 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
         "swiglu=0|1", "mlp_re=0|1", "conv_re=0|1"   hybridna.model.FUSED_SWIGLU / MLP_RECOMPUTE /
                           CONV_RECOMPUTE from here on (the fused SwiGLU kernels + the one-node norm2 + MLP,
                           recomputing the gate_up output, recomputing the conv output in the SSD backward)
-        "old"             all three off (session 2's model); "new" all three on (the defaults)"""
+        "normh=0|1"       hybridna_kernels.norm.linear.BWD_WRITES_H: the norm + linear backward takes the
+                          normed activation from the norm's backward pass (1) or a separate recompute (0)
+        "old"             all four off (session 2's model); "new" all four on (the defaults)"""
     import hybridna.model as hm
 
+    import hybridna_kernels.norm.linear as nl
+
     variant = dict(fused_norms=True, compile=None, ckpt=None, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE,
-                   conv_re=hm.CONV_RECOMPUTE)
+                   conv_re=hm.CONV_RECOMPUTE, normh=nl.BWD_WRITES_H)
     flags = dict(swiglu="FUSED_SWIGLU", mlp_re="MLP_RECOMPUTE", conv_re="CONV_RECOMPUTE")
     for item in items:
         t0 = __import__("time").perf_counter()
         if item in ("old", "new"):
+            import hybridna_kernels.norm.linear as nl
+
             for k, attr in flags.items():
                 setattr(hm, attr, item == "new")
                 variant[k] = item == "new"
+            nl.BWD_WRITES_H = variant["normh"] = item == "new"
             continue
         if item.split("=")[0] in flags:
             k, v = item.split("=")
             val = float(v) if k == "mlp_re" else v == "1"  # mlp_re: a fraction of the blocks
             setattr(hm, flags[k], val)
             variant[k] = val
+            continue
+        if item.startswith("normh="):  # the norm + linear backward: h from the norm's backward pass (1) or
+            import hybridna_kernels.norm.linear as nl  # a separate recompute pass (0, session 2)
+
+            nl.BWD_WRITES_H = variant["normh"] = item == "normh=1"
             continue
         if item in ("fused", "unfused"):
             hm.FUSED_NORMS = item == "fused"

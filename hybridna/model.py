@@ -504,19 +504,22 @@ class _NormMLPFn(torch.autograd.Function):
     def backward(ctx, dout, ds):
         s, norm_w, w_gu, w_down, rstd, h = ctx.saved_tensors
         eps, out_dtype, x_dtype, m_dtype = ctx.cfg
-        p = rms_norm_fwd(s, norm_w, eps, None, out_dtype, store_s=False)[0]
-        if h is None:
+        p = None
+        if h is None:  # recompute the normed activation p, then h = gate_up(p)
+            p = rms_norm_fwd(s, norm_w, eps, None, out_dtype, store_s=False)[0]
             h = F.linear(p, w_gu.to(p.dtype))
         dout = dout.to(h.dtype)
         dh, a = swiglu_bwd(h, dout @ w_down.to(h.dtype), return_a=True)
         del h
         dw_down = (dout.reshape(-1, dout.shape[-1]).t() @ a.reshape(-1, a.shape[-1])).to(w_down.dtype)
         del a
-        dw_gu = (dh.reshape(-1, dh.shape[-1]).t() @ p.reshape(-1, p.shape[-1])).to(w_gu.dtype)
-        del p
         dp = dh @ w_gu.to(dh.dtype)
-        del dh
-        dx, dm, dnw = rms_norm_bwd(s, norm_w, rstd, dp, ds, x_dtype, m_dtype)
+        if p is None:  # h was kept: the norm's backward pass writes p too (bit-equal to the forward's)
+            dx, dm, dnw, p = rms_norm_bwd(s, norm_w, rstd, dp, ds, x_dtype, m_dtype, y_dtype=out_dtype)
+        else:
+            dx, dm, dnw = rms_norm_bwd(s, norm_w, rstd, dp, ds, x_dtype, m_dtype)
+        del dp
+        dw_gu = (dh.reshape(-1, dh.shape[-1]).t() @ p.reshape(-1, p.shape[-1])).to(w_gu.dtype)
         return dx, (dm if dm is not None else dx), dnw, dw_gu, dw_down, None, None, None
 
 
