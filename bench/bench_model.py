@@ -572,6 +572,7 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
         "check"           the kernels-vs-references loss/gradient check of the 300m at 1 x 2048, bf16 autocast
         "profile:BxL"     a per-category kernel profile of one step (written under profile_dir)
         "compile"         torch.compile each block from here on (per-block graphs)
+        "compile_model"   torch.compile the whole model from here on (one graph)
         "swiglu=0|1", "mlp_re=0|1", "conv_re=0|1"   hybridna.model.FUSED_SWIGLU / MLP_RECOMPUTE /
                           CONV_RECOMPUTE from here on (the fused SwiGLU kernels + the one-node norm2 + MLP,
                           recomputing the gate_up output, recomputing the conv output in the SSD backward)
@@ -626,6 +627,11 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
             for blk in find_blocks(model):
                 blk.compile()
             variant["compile"] = "block"
+            continue
+        if item == "compile_model":  # the whole model in one graph (the loss included), same parameters
+            model, _ = get_model("hybrid", preset)
+            _Cache.model = torch.compile(model)
+            variant["compile"] = "model"
             continue
         if item == "check":
             model, _ = get_model("hybrid", preset)
