@@ -10,7 +10,9 @@
 # profile of new 1x32768; new 1x131072 (no checkpointing); s1 m0 c1 (without the MLP recompute) at
 # 1x32768, 8x8192, 1x65536; n0 (norm + linear backward with the separate recompute pass of session 2)
 # at 1x32768; s1 m0 c0 n1 at 1x32768. n = hybridna_kernels.norm.linear.BWD_WRITES_H ("old" = n0).
-# In parallel: GPU tests of what this branch touches (-v into a file; counts and FAILED lines printed).
+# In parallel: GPU tests of what this branch touches (-v into $OUT/tests.txt, the one file; counts and
+# FAILED lines printed). Each timed row also gives the host time of a step (until its last launch returns,
+# no sync): host close to step means host-bound.
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out-model}; mkdir -p $OUT
 ( timeout 100 python3 -m pytest tests/test_swiglu.py tests/test_norm.py tests/test_model.py tests/test_model_copies.py \
@@ -22,7 +24,6 @@ timeout 108 python3 bench/bench_model.py sweep check 1x32768 old 1x32768 new 8x8
   --rounds 3 --log /tmp/steps.jsonl --profile-dir /tmp/prof 2> /tmp/bench_err.txt | python3 -u .gpu/model_print.py
 echo "bench exit: ${PIPESTATUS[0]}"
 grep -h -E "Error|error:" /tmp/bench_err.txt | tail -4
-cp /tmp/prof/*.txt $OUT/ 2>/dev/null
 wait $TP
 echo "tests: $(grep -c ' PASSED' $OUT/tests.txt) passed, $(grep -c ' FAILED' $OUT/tests.txt) failed, $(grep -c ' SKIPPED' $OUT/tests.txt) skipped; $(tail -1 $OUT/tests.txt)"
 grep -E " FAILED|^E  " $OUT/tests.txt | cut -c1-200 | head -12

@@ -22,7 +22,7 @@ for line in sys.stdin:
         else:
             tps = r.get("tokens_per_s")
             print(f"{it:9s} {v:24s} {r['status']:4s} {tps / 1e3 if tps else 0:6.1f}k tok/s  "
-                  f"{r.get('peak_mem_gib', '-')} GiB  step {r.get('step_ms', '-')} ms  "
+                  f"{r.get('peak_mem_gib', '-')} GiB  step {r.get('step_ms', '-')} ms (host {r.get('host_ms', '-')})  "
                   f"warm-up {r.get('warmup_s', '-')} s  [{r['wall_s']} s]")
     except Exception as e:  # noqa: BLE001 - never break the pipe: the bench would die with it
         print(f"(unparsed: {line.strip()[:200]} / {e})")
