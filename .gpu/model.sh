@@ -10,7 +10,8 @@
 # (same card, same process); new 1x32768, 8x8192, 1x65536;
 # profile of new 1x32768; new 1x131072 (no checkpointing); s1 m0 c1 (without the MLP recompute) at
 # 1x32768, 8x8192, 1x65536; n0 (norm + linear backward with the separate recompute pass of session 2)
-# at 1x32768; s1 m0 c0 n1 at 1x32768. n = hybridna_kernels.norm.linear.BWD_WRITES_H ("old" = n0).
+# at 1x32768; s1 m0 c0 n1 at 1x32768; last, the new defaults with the whole step captured in one CUDA
+# graph (no host work) at 1x32768. n = hybridna_kernels.norm.linear.BWD_WRITES_H ("old" = n0).
 # In parallel: GPU tests of what this branch touches (-v into $OUT/tests.txt, the one file; counts and
 # FAILED lines printed). Each timed row also gives the host time of a step (until its last launch returns,
 # no sync): host close to step means host-bound.
@@ -21,7 +22,7 @@ OUT=${OUT:-/tmp/out-model}; mkdir -p $OUT
   echo "tests rc=$?" >> $OUT/tests.txt; echo "[tests finished at ${SECONDS} s; rows after this ran alone on the GPU]" ) &
 TP=$!
 timeout 108 python3 bench/bench_model.py sweep check 1x32768 old 1x32768 new 1x32768 8x8192 1x65536 profile:1x32768 1x131072 \
-  mlp_re=0 1x32768 8x8192 1x65536 normh=0 1x32768 normh=1 conv_re=0 1x32768 \
+  mlp_re=0 1x32768 8x8192 1x65536 normh=0 1x32768 normh=1 conv_re=0 1x32768 new graph:1x32768 \
   --rounds 3 --log /tmp/steps.jsonl --profile-dir /tmp/prof 2> /tmp/bench_err.txt | python3 -u .gpu/model_print.py
 echo "bench exit: ${PIPESTATUS[0]}"
 grep -h -E "Error|error:" /tmp/bench_err.txt | tail -4

@@ -577,6 +577,8 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
         "profile:BxL"     a per-category kernel profile of one step (written under profile_dir)
         "compile"         torch.compile each block from here on (per-block graphs)
         "compile_model"   torch.compile the whole model from here on (one graph)
+        "graph:BxL"       the whole step captured in a CUDA graph and replayed (time_graph_step); drops the
+                          cached model afterwards
         "swiglu=0|1", "mlp_re=0|1", "conv_re=0|1"   hybridna.model.FUSED_SWIGLU / MLP_RECOMPUTE /
                           CONV_RECOMPUTE from here on (the fused SwiGLU kernels + the one-node norm2 + MLP,
                           recomputing the gate_up output, recomputing the conv output in the SSD backward)
@@ -654,6 +656,14 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
                        categories={c: v["ms"] for c, v in sm["categories"].items()},
                        top=[(_short_kernel(k["name"])[:100], k["calls"], k["ms"]) for k in sm["top_kernels"][:24]])
             release_cuda_memory()
+        elif item.startswith("graph:"):  # the whole step captured in one CUDA graph (host cost gone)
+            b, L = (int(v) for v in item.split(":")[1].split("x"))
+            try:
+                row = dict(item=item, **time_graph_step(b, L, preset=preset, rounds=rounds))
+            except Exception as e:  # noqa: BLE001 - a capture failure is a result, reported as such
+                row = dict(item=item, status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
+            row.update(variant)
+            release_cuda_memory()
         else:
             b, L = (int(v) for v in item.split("x"))
             row = dict(item=item, **time_train_step("hybrid", b, L, preset=preset, warmup=1, rounds=rounds))
@@ -661,6 +671,61 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
             release_cuda_memory()
         row["wall_s"] = round(__import__("time").perf_counter() - t0, 1)
         _emit(row, log)
+
+
+def time_graph_step(batch: int, seqlen: int, *, preset: str = PRESET, rounds: int = ROUNDS) -> dict:
+    """One training step (forward, backward, AdamW) captured in a CUDA graph and replayed: the whole
+    step runs without host work (static shapes and input; fused capturable AdamW; gradients allocated
+    inside the graph, set to None before capture, so each replay writes them afresh). Warm-up steps
+    on a side stream first (Triton autotuning, lazy initialisation). The cached eager optimizer is
+    dropped for it; its own state is that of a fresh capturable AdamW."""
+    import time
+
+    model = get_model("hybrid", preset)[0]
+    _Cache.opt = None
+    release_cuda_memory()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True, capturable=True)
+    ids = random_bases(batch, seqlen)
+
+    def body():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    with torch.cuda.graph(graph):
+        loss = body()
+    torch.cuda.synchronize()
+    capture_s = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        losses.append(loss.float().item())
+    med = sorted(times)[len(times) // 2]
+    row = dict(model="hybrid", preset=preset, batch=batch, seqlen=seqlen, status="ok", graph=True,
+               capture_s=round(capture_s, 2), loss=round(losses[-1], 4), step_ms=round(med * 1e3, 1),
+               tokens_per_s=round(batch * seqlen / med, 1), peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+    if not all(math.isfinite(v) for v in losses):
+        row["status"] = "nonfinite"
+    del graph, loss, opt
+    _Cache.key = _Cache.model = _Cache.opt = None  # the graph pool and the parameters' graph grads go with it
+    return row
 
 
 def main(argv=None):
