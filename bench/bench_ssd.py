@@ -407,15 +407,8 @@ if __name__ == "__main__":
             profile(top=int(os.environ.get("SSD_PROFILE_TOP", "14")),
                     providers=("hybridna", "mamba_ssm") if os.environ.get("SSD_PROFILE_PEER") else ("hybridna",))
         if best:  # the other two shapes, fastest variant
-            import triton.testing
             for bsz, sl in GPU_SHAPES[1:]:
-                row = []
-                for mode in ("fwd", "fwd_bwd"):
-                    t = make(bsz, sl, requires_grad=mode != "fwd")
-                    row.append(f"{triton.testing.do_bench(_fn('hybridna', t, mode), return_mode='median'):.3f}")
-                    del t
-                    torch.cuda.empty_cache()
-                print(f"| {best} B{bsz} T{sl} | {row[0]} | {row[1]} | |", flush=True)
+                _time_shape(best, bsz, sl)
         if os.environ.get("SSD_PEER", "1") == "1":  # the peer last (its autotuning takes a while)
             sweep(names=["default"], with_peer=True)  # default again, next to the peer
         sys.exit(0)

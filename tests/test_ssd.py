@@ -545,11 +545,16 @@ def test_kernel_long_sequence_int64_addressing_gpu():
 @pytest.mark.parametrize("opt", ["all", "all-cuseq"])
 def test_ssd_scan_compiles_without_graph_break(opt):
     t, kw = make_inputs(1, 40, 2, 16, 1, 16, OPTIONS[opt], dtype=torch.float32, device=DEVICE, requires_grad=True)
+    _check_compiled_matches_eager(t, kw, 16)
+
+
+def _check_compiled_matches_eager(t, kw, chunk_size):
+    """ssd_scan under torch.compile (fullgraph, through the registered ops) gives eager mode's outputs and
+    gradients."""
     names = list(t)
 
     def fn(*vals):
-        d = dict(zip(names, vals))
-        return _call(ssd_scan, d, kw, chunk_size=16)
+        return _call(ssd_scan, dict(zip(names, vals)), kw, chunk_size=chunk_size)
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     ref = _as_tuple(fn(*t.values()))
@@ -572,19 +577,7 @@ def test_ssd_scan_compiles_bf16_gpu(variant):
     try:
         t, kw = make_inputs(1, 600, 4, 64, 1, 128, OPTIONS["all"], dtype=torch.bfloat16, device=DEVICE,
                             requires_grad=True)
-        names = list(t)
-
-        def fn(*vals):
-            return _call(ssd_scan, dict(zip(names, vals)), kw, chunk_size=256)
-
-        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-        ref = _as_tuple(fn(*t.values()))
-        out = _as_tuple(compiled(*t.values()))
-        for name, r, o in zip(("y", "final_states"), ref, out):
-            assert_close(name, r, o, 1e-6)
-        g_ref, g_out = _grads(t, ref), _grads(t, out)
-        for k in g_ref:
-            assert_close(f"d{k}", g_ref[k], g_out[k], 1e-6)
+        _check_compiled_matches_eager(t, kw, 256)
     finally:
         chunk.CFG_OVERRIDE.clear()
 
