@@ -400,7 +400,7 @@ def test_kernel_rank1_decay_variants(variant, dtype):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["xwtf32", "r1 all", "split"]
+BF16_VARIANTS = ["xwtf32", "r1 all", "r1 bwd tsum", "split"]
 
 
 @pytest.mark.gpu
