@@ -385,8 +385,8 @@ def test_kernel_sweep_configs(variant):
         chunk.CFG_OVERRIDE.clear()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
-@pytest.mark.parametrize("variant", ["r1", "fast tsum"])
+@pytest.mark.parametrize("variant, dtype", [("r1", torch.float32), ("fast tsum", torch.float16)],
+                         ids=["r1-fp32", "fast tsum-fp16"])
 def test_kernel_rank1_decay_variants(variant, dtype):
     """The rank-1 decay below the diagonal block (scan_r1, dx_r1; dx with and without the T sums of the
     dCB kernel) only acts in chunks holding more than one row block of one sequence: 300 unpacked tokens
