@@ -1162,6 +1162,10 @@ def _cfg(Q, P, N, dtype):
     BP = _p2(P)
     BN = _p2(N)
     blk = min(64, Q)
+    # launch3 (below) where it was measured: 16-bit inputs, headdim <= 64, dstate <= 128. Elsewhere session
+    # 2's settings: fp32 tiles at 3 stages overflow shared memory in dB / dC (256 KiB at P64 N128, sm_90
+    # offline compile) and make dx spill heavily
+    l3 = dtype != torch.float32 and BP <= 64 and BN <= 128
     cfg = {
         "BP": BP, "BN": BN, "BM": blk, "BK": blk,
         # Measured on an H100 (bf16, B8 T8192 H32 P64 N128 Q256, 2026-11-25 12:07 UTC; fwd / fwd+bwd ms):
@@ -1171,19 +1175,19 @@ def _cfg(Q, P, N, dtype):
         # Scan: 4 warps (8 warps measured slower at a0a5de0 / adb4283 despite no spills).
         # BK_SCAN 32, 3 stages, dB / dC rows 128 ("launch3"): H100 session 3 round 1, B8 T8192 fwd / fwd+bwd
         # 1.684 / 6.095 -> 1.550 / 5.533 ms, B1 T131072 3.298 / 12.017 -> 3.054 / 10.932 ms
-        "BM_SCAN": blk, "BK_SCAN": min(32, blk), "BP_SCAN": min(BP, 64), "warps_scan": 4,
+        "BM_SCAN": blk, "BK_SCAN": min(32, blk) if l3 else blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
         "BS": 256,
         # headdim 128 / dstate 256 rows: smaller row blocks, or ptxas spills (sm_90, checked offline)
-        "BM_DBC": min(Q, 16 if (BN > 128 and BP >= 128) else 32 if (BN > 128 or BP >= 128) else 128),
+        "BM_DBC": min(Q, 16 if (BN > 128 and BP >= 128) else 32 if (BN > 128 or BP >= 128) else 128 if l3 else 64),
         "warps_dbc": 8 if BN >= 128 else 4,
         # dx / dCB: 4 warps at headdim <= 64 (fwd+bwd 7.445 -> 6.084 ms against 8 warps, although the
         # offline sm_90 compile shows dx spilling ~350 B at 4 warps and none at 8); 8 at headdim 128.
         "warps": 4 if BP <= 64 else 8,
-        "stages": 3 if (BP <= 64 and BN <= 128) else 2,  # (3 measured at P64 N128 only)
+        "stages": 3 if l3 else 2,
         "prec": "ieee" if dtype == torch.float32 else "tf32",
         # decay tiles exp(cs_i - cs_j): fp32 hi/lo planes of the fp64 cumsum (False) or fp64 tile math
         "cs64": False,
