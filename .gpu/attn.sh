@@ -6,7 +6,7 @@
 # (2) the variant sweep (bench/bench_attention.py sweep): launch configs and TMA loads per kernel at B8 H16 L8192 D64
 #     (then B1 H16 L32768 D64 and B1 H8 L32768 D128 while time lasts), each checked against fp64 before timing;
 #     then defaults / winners / SDPA FA2 / cuDNN timed interleaved 3 times (medians); the first shape's rows print as
-#     they are measured. $OUT: tests.txt, sweep.md.
+#     they are measured. $OUT: tests.txt only (everything else is on stdout).
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD:$PWD/.gpu TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_attn_cache}
@@ -35,6 +35,5 @@ for line in open(sys.argv[1]):
 print(' '.join(f'{fn}[{\",\".join(p)}]' if any(p) else fn for fn, p in g.items()))" $W/never.txt | fold -w 280 | head -10
 grep -h "Error" $W/warm*.txt | cut -c1-200 | sort | uniq -c | head -4
 echo "sweep from $(el) s: $(gpu)"
-timeout -s INT -k 2 $(( 114 - $(el) )) python3 bench/bench_attention.py sweep $OUT 2> $W/sweep_err.txt
+timeout -s INT -k 2 $(( 114 - $(el) )) python3 bench/bench_attention.py sweep $W/sweep 2> $W/sweep_err.txt
 echo "sweep rc=$? at $(el) s: $(gpu)"; grep -v "^\s*$" $W/sweep_err.txt | tail -2 | cut -c1-200
-rm -f $OUT/sweep.jsonl
