@@ -391,7 +391,7 @@ def _warm_sweep(index, nproc):
 def _warm_final(index, nproc):
     """Compile what `final` and `targets` launch (defaults in the long bucket, session 2's configs, the window
     and decode kernels), job index::nproc, at small sizes."""
-    jobs = [("", 16, 64, None), (S2_DEFAULTS, 16, 64, None), ("", 8, 128, None)]
+    jobs = [("", 16, 64, None), (S2_DEFAULTS, 16, 64, None), ("", 8, 128, None), (NO_DQ_DELTA, 16, 64, None)]
     if os.environ.get("HYBRIDNA_WARM_TARGETS") == "1":
         jobs += [("", 16, 64, 1024), ("decode",)]
     for job in jobs[index::nproc]:
@@ -623,6 +623,7 @@ def _host(outdir):
 
 
 S2_DEFAULTS = "fwd=128,64,4,4;dkdv=32,128,4,3;dq=64,64,4,3"   # session 2's fixed configs (D64), no features
+NO_DQ_DELTA = "fwd=128,64,8,4;dkdv=32,128,4,3;dq=128,64,8,3;tma=fwd,dq"   # the D64 long defaults less dq_delta
 
 
 def _final(outdir):
@@ -696,6 +697,21 @@ def _final(outdir):
             print(row, flush=True)
         print("  per repeat (fwd/fwd+bwd ms): " + "; ".join(
             f"{n} " + " ".join(f"{t[0]:.3f}/{t[1]:.2f}" for t in ts) for n, ts in times.items()), flush=True)
+        if D == 64 and B > 1:   # the backward alone, defaults against the same without dq_delta (delta kernel)
+            from hybridna_kernels.attention.flash import attention_bwd
+
+            _set_variant("")
+            o, lse = flash_attention(q, k, v, causal=True, return_lse=True)
+            bw = {"default": [], "no dq_delta": []}
+            for _ in range(2):
+                for name in bw:
+                    _set_variant("" if name == "default" else NO_DQ_DELTA)
+                    bw[name].append(bench(lambda: attention_bwd(do, q, k, v, o, lse, causal=True, window=None,
+                                                                softmax_scale=D ** -0.5)))
+            _set_variant("")
+            print("  backward alone (ms): " + "; ".join(f"{n} " + " ".join(f"{t:.3f}" for t in ts)
+                                                          for n, ts in bw.items()), flush=True)
+            del o, lse
         if HAS_CUDA:   # host-free forward: CUDA-graph replay (no launch or Python time)
             cells = []
             for name in ("ours", "cuDNN"):
