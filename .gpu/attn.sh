@@ -15,11 +15,11 @@ export HYBRIDNA_WARM_TARGETS=1
 W=$(mktemp -d /tmp/attn_w.XXXX)
 gpu() { nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv,noheader | head -1; }
 echo "$(gpu) | commit $(git rev-parse --short HEAD 2>/dev/null)"
-for i in 0 1 2; do timeout 30 python3 bench/bench_attention.py warm-final $i 3 > $W/warm$i.txt 2>&1 & done
+for i in 0 1 2; do timeout 34 python3 bench/bench_attention.py warm-final $i 3 > $W/warm$i.txt 2>&1 & done
 wait
 grep -h "Error" $W/warm*.txt | cut -c1-200 | sort | uniq -c | head -4
 echo "final from $(el) s: $(gpu)"
-timeout -s INT -k 2 $(( 60 - $(el) )) python3 bench/bench_attention.py final $W/final 2> $W/final_err.txt
+timeout -s INT -k 2 $(( 62 - $(el) )) python3 bench/bench_attention.py final $W/final 2> $W/final_err.txt
 echo "final rc=$? at $(el) s: $(gpu)"; grep -v "^\s*$" $W/final_err.txt | tail -2 | cut -c1-200
 timeout -s INT -k 2 $(( 79 - $(el) )) python3 bench/bench_attention.py targets $W/targets 2> $W/targets_err.txt
 echo "targets rc=$? at $(el) s: $(gpu)"; grep -v "^\s*$" $W/targets_err.txt | tail -2 | cut -c1-200
