@@ -93,6 +93,21 @@ def _visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL: tl.constexpr, HAS_
 
 
 @triton.jit
+def _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
+    """Sequence i_b: its first row in the packed rows (varlen; else 0), the batch index to stride by (int64;
+    0 when packed) and its query / key lengths (varlen: both from cu_seqlens)."""
+    if IS_VARLEN:
+        bos = tl.load(CU + i_b).to(tl.int64)
+        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
+        seqlen_k = seqlen_q
+        i_b64 = tl.zeros([], dtype=tl.int64)
+    else:
+        bos = tl.zeros([], dtype=tl.int64)
+        i_b64 = i_b.to(tl.int64)
+    return bos, i_b64, seqlen_q, seqlen_k
+
+
+@triton.jit
 def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.constexpr, IS_VARLEN: tl.constexpr,
                          REVERSE_M: tl.constexpr, M_MAJOR: tl.constexpr, BM: tl.constexpr):
     """This program's (query block, query head) in the forward and dq grids: its first query row, query
@@ -111,14 +126,7 @@ def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.co
     i_b = pid_bh // nheads_q
     i_h = pid_bh % nheads_q
     i_hk = i_h // GROUP
-    if IS_VARLEN:
-        bos = tl.load(CU + i_b).to(tl.int64)
-        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
-        seqlen_k = seqlen_q
-        i_b64 = tl.zeros([], dtype=tl.int64)
-    else:
-        bos = tl.zeros([], dtype=tl.int64)
-        i_b64 = i_b.to(tl.int64)
+    bos, i_b64, seqlen_q, seqlen_k = _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN)
     return pid_m * BM, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k
 
 
@@ -383,14 +391,7 @@ def _attn_bwd_dkdv_kernel(
     nheads_kv = nheads_q // GROUP
     i_b = pid_bh // nheads_kv
     i_hk = pid_bh % nheads_kv
-    if IS_VARLEN:
-        bos = tl.load(CU + i_b).to(tl.int64)
-        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
-        seqlen_k = seqlen_q
-        i_b64 = tl.zeros([], dtype=tl.int64)
-    else:
-        bos = tl.zeros([], dtype=tl.int64)
-        i_b64 = i_b.to(tl.int64)
+    bos, i_b64, seqlen_q, seqlen_k = _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN)
     start_n = pid_n * BN
     if start_n >= seqlen_k:
         return
