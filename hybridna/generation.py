@@ -231,14 +231,20 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
     cache = allocate_cache(model, B, max(lens) + max_new_tokens)
     logits = prefill(model, input_ids, lens, cache)  # (B, V)
     t1 = clock()
-    decoder = CUDAGraphDecoder(model, cache) if cuda_graph and max_new_tokens > 1 else None
-    t2 = clock()
-
     banned = torch.tensor(sorted(set(int(t) for t in suppress_tokens)), dtype=torch.long, device=device)
     if banned.numel() and (int(banned.min()) < 0 or int(banned.max()) >= V):
         raise ValueError(f"suppress_tokens: expected ids in [0, {V}), got {banned.tolist()}")
     if banned.numel() >= V:
         raise ValueError("suppress_tokens: suppresses every token")
+    if (uniform and max_new_tokens > 1 and top_k is None and top_p is None and fused_decode_supported(model)
+            and (cuda_graph or device.type != "cuda" or not DEVICE_LOOP_NEEDS_GRAPH)):
+        out = _device_loop(model, cache, logits, lens, input_ids, max_new_tokens, banned, temperature=temperature,
+                           seed=seed, eos_token_id=eos_token_id, forced=forced_tokens, return_logits=return_logits,
+                           use_graphs=cuda_graph, stats=stats, clock=clock, t0=t0, t1=t1)
+        return out
+    decoder = CUDAGraphDecoder(model, cache) if cuda_graph and max_new_tokens > 1 else None
+    t2 = clock()
+
     new_tokens, all_logits = [], []
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
@@ -270,6 +276,63 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
     return out
 
 
+# The fused decode without CUDA graphs (eager, on CUDA) keeps torch sampling; on CPU (the interpreter
+# tests) the device loop runs eagerly so that its sampling kernel and bookkeeping are tested there.
+DEVICE_LOOP_NEEDS_GRAPH = True
+
+
+def _device_loop(model, cache, logits, lens, input_ids, T, banned, *, temperature, seed, eos_token_id, forced,
+                 return_logits, use_graphs, stats, clock, t0, t1):
+    """generate()'s token loop with sampling on the device (hybridna_kernels.decode.sample_step): each
+    new token is one fused decode step plus one sampling kernel, captured together, so a token costs
+    one CUDA graph replay and no host sync (eos is polled every 16 tokens). Sampling is the
+    Gumbel-max trick on Philox noise keyed by (seed, step, row): the same distribution as
+    sample_next, not the same random stream."""
+    from hybridna_kernels.decode import sample_step
+
+    B, L0, V = len(lens), lens[0], model.config.vocab_size
+    device = logits.device
+    hist = torch.full((B, T), PAD_ID, dtype=torch.long, device=device)
+    lhist = torch.empty((B, T, V), dtype=logits.dtype, device=device) if return_logits else None
+    done = torch.zeros(B, dtype=torch.uint8, device=device)
+    ban = torch.zeros(V, dtype=torch.uint8, device=device)
+    ban[banned] = 1
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))  # from the global CPU generator
+    fr = forced.to(device=device, dtype=torch.long).contiguous() if forced is not None else None
+    kw = dict(temperature=temperature, seed=seed, forced=fr, eos_token_id=eos_token_id, pad_id=PAD_ID,
+              logits_hist=lhist)
+
+    def post(dec):
+        sample_step(dec.logits, ban, dec.tok, hist, done, dec.pos, L0, **kw)
+
+    dec = CUDAGraphDecoder(model, cache, use_graphs=use_graphs, post=post)
+    hist.fill_(PAD_ID)  # the warm-up ran post at step 0
+    done.zero_()
+    t2 = clock()
+    pos0 = torch.full((1,), L0, dtype=torch.long, device=device)
+    sample_step(logits, ban, dec.tok, hist, done, pos0, L0, **kw)  # token 0, from the prefill's logits
+    steps = 1
+    for t in range(1, T):
+        if eos_token_id is not None and t % 16 == 0 and bool(done.all()):
+            break
+        dec.advance()
+        steps += 1
+    n = steps
+    if eos_token_id is not None:  # generation ends at the step where the last row emitted eos
+        is_eos = hist[:, :steps] == eos_token_id
+        if bool(is_eos.any(1).all()):
+            n = int(is_eos.float().argmax(1).max()) + 1
+    if stats is not None:
+        stats.update(prefill_s=t1 - t0, setup_s=t2 - t1, decode_s=clock() - t2, new_tokens=n)
+    out = torch.full((B, L0 + n), PAD_ID, dtype=torch.long, device=device)
+    out[:, :L0] = input_ids[:, :L0]
+    out[:, L0:] = hist[:, :n]
+    if return_logits:
+        return out, lhist[:, :n]
+    return out
+
+
 class CUDAGraphDecoder:
     """The decode step replayed from CUDA graphs, for prompts of equal length.
 
@@ -280,9 +343,12 @@ class CUDAGraphDecoder:
     `flash_attention` calls in between run eagerly. With 3 attention layers in 24 (300m) that is 4
     graph replays and 3 attention launches per token instead of a few hundred kernel launches."""
 
-    def __init__(self, model: HybriDNA, cache: InferenceCache, warmup: int = 2, use_graphs: bool = True):
-        """use_graphs=False runs the same segments eagerly (a CPU check of the segmentation)."""
-        self.model, self.cache = model, cache
+    def __init__(self, model: HybriDNA, cache: InferenceCache, warmup: int = 2, use_graphs: bool = True,
+                 post=None):
+        """use_graphs=False runs the same segments eagerly (a CPU check of the segmentation). post(self):
+        fused mode only, run (and captured) after each step, e.g. the sampling of the next token into
+        self.tok; `advance()` then steps without reading or returning anything on the host."""
+        self.model, self.cache, self.post = model, cache, post
         n0 = cache.lengths[0]
         if any(n != n0 for n in cache.lengths):
             raise ValueError("cache: CUDA graphs need rows of equal length")
@@ -303,6 +369,8 @@ class CUDAGraphDecoder:
         for _ in range(warmup):
             if self.fused:
                 self._fused_step(advance=False)
+                if post is not None:
+                    post(self)
             else:
                 self._run_eager_segments(n0)
         for st, sv in zip(cache.layers, saved):
@@ -379,6 +447,8 @@ class CUDAGraphDecoder:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, stream=stream):
                 self._fused_step()
+                if self.post is not None:
+                    self.post(self)
         torch.cuda.current_stream().wait_stream(stream)
         self.graphs = [g]
         self.logits_buf = self.logits
@@ -402,6 +472,16 @@ class CUDAGraphDecoder:
                     self.o_bufs.append(self.o)
         torch.cuda.current_stream().wait_stream(stream)
         self.logits_buf = self.logits
+
+    def advance(self):
+        """One step on self.tok (fused mode, with post filling self.tok for the next one)."""
+        if self.use_graphs:
+            self.graphs[0].replay()
+        else:
+            self._fused_step()
+            if self.post is not None:
+                self.post(self)
+        self.cache.lengths = [n + 1 for n in self.cache.lengths]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Same as decode_step(model, tokens, cache)."""

@@ -110,3 +110,65 @@ def test_attention_step(shape, dtype, window):
         ref = attention_step_ref(q.double(), kc.double(), vc.double(), pos, window=window)
         assert o.dtype == dtype
         assert_close(f"attention-step-{n_splits}", ref, o, tol(dtype, "fwd"))
+
+
+def _sample(logits, T=4, t=0, **kw):
+    from hybridna_kernels.decode import sample_step
+
+    B, V = logits.shape
+    ban = torch.zeros(V, dtype=torch.uint8, device=DEVICE)
+    for i in kw.pop("banned", ()):
+        ban[i] = 1
+    tok = torch.full((B,), -5, dtype=torch.long, device=DEVICE)
+    hist = torch.full((B, T), -7, dtype=torch.long, device=DEVICE)
+    done = kw.pop("done", torch.zeros(B, dtype=torch.uint8, device=DEVICE))
+    pos = torch.tensor([100 + t], device=DEVICE)
+    sample_step(logits, ban, tok, hist, done, pos, 100, pad_id=0, **kw)
+    return tok, hist, done
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
+def test_sample_step_greedy_forced_eos(dtype):
+    """Greedy = argmax over the non-suppressed ids; the token lands in tok and hist[:, t] only;
+    forced tokens override; finished rows get pad; eos marks a row done; the raw logits are saved."""
+    torch.manual_seed(4)
+    B, V, T = 5, 13, 6
+    logits = torch.randn(B, V + 3, device=DEVICE).to(dtype)[:, :V]  # a row-strided view, like the head's
+    ref = logits.float().clone()
+    ref[:, [0, 2]] = float("-inf")
+    lh = torch.full((B, T, V), float("nan"), dtype=dtype, device=DEVICE)
+    tok, hist, done = _sample(logits, T, t=2, temperature=0, banned=[0, 2], logits_hist=lh)
+    want = ref.argmax(-1)
+    assert torch.equal(tok, want) and torch.equal(hist[:, 2], want)
+    assert bool((hist[:, [0, 1, 3, 4, 5]] == -7).all()) and torch.equal(done, torch.zeros_like(done))
+    assert torch.equal(lh[:, 2], logits) and bool(lh[:, 3].isnan().all())
+    forced = torch.arange(B * T, device=DEVICE).reshape(B, T) % V
+    d0 = torch.tensor([0, 1, 0, 0, 0], dtype=torch.uint8, device=DEVICE)
+    eos = int(forced[3, 2])
+    tok, hist, done = _sample(logits, T, t=2, temperature=0.7, forced=forced, done=d0.clone(), eos_token_id=eos)
+    want = forced[:, 2].clone()
+    want[1] = 0
+    assert torch.equal(tok, want) and torch.equal(hist[:, 2], want)
+    assert done.tolist() == [int(want[b] == eos) or int(d0[b]) for b in range(B)] and done[3] == 1
+
+
+def test_sample_step_distribution():
+    """temperature sampling draws from softmax(logits / T) without the suppressed ids: frequencies
+    over 768 rows within 5 sigma of the probabilities; the same seed and step give the same
+    tokens, another step or seed others."""
+    torch.manual_seed(5)
+    V, B, temp = 9, 768, 0.8
+    row = torch.randn(V, device=DEVICE) * 1.5
+    logits = row.expand(B, V).contiguous()
+    tok, _, _ = _sample(logits, temperature=temp, seed=11, banned=[3])
+    p = torch.softmax(torch.cat([row[:3], row[4:]]).double() / temp, 0)
+    p = torch.cat([p[:3], p.new_zeros(1), p[3:]]).cpu()
+    freq = torch.bincount(tok.cpu(), minlength=V).double() / B
+    sigma = (p * (1 - p) / B).sqrt()
+    assert freq[3] == 0 and bool(((freq - p).abs() <= 5 * sigma + 1e-12).all()), (freq, p)
+    lg = logits[:64]
+    tok = tok[:64]
+    again, _, _ = _sample(lg, temperature=temp, seed=11, banned=[3])
+    other, _, _ = _sample(lg, t=1, temperature=temp, seed=11, banned=[3])
+    other2, _, _ = _sample(lg, temperature=temp, seed=12, banned=[3])
+    assert torch.equal(tok, again) and not torch.equal(tok, other) and not torch.equal(tok, other2)

@@ -255,6 +255,37 @@ def test_kernels_fused_decode_matches_reference(variant, monkeypatch):
         assert caches[1].lengths == [18, 18] and int(dec.pos[0]) == 18
 
 
+def test_kernels_device_loop_generate(monkeypatch):
+    """generate()'s device loop (fused step + sampling kernel per token, run eagerly through the
+    interpreter as the CUDA graph would run it): forced tokens with eos in them give the fp64
+    reference logits at every step, rows stop at their eos (then <pad>) and generation ends at the
+    step where the last row stopped (eos polled every 16 tokens, the output trimmed); sampling with a seed is reproducible and never suppressed."""
+    from hybridna import generation
+
+    m = tiny(torch.float64).to(DEVICE)
+    ids = rand_ids(2, 22, seed=9).to(DEVICE)
+    eos = 7
+    ids[0, 17], ids[1, 19] = eos, eos  # row 0 stops at new token 1, row 1 at new token 3
+    ids[1, 16:19] = 5
+    ids[0, 16] = 6
+    with ku.backend("reference"):
+        ref = m(ids).logits[:, 15:19]
+    m = m.float()
+    monkeypatch.setattr(generation, "FUSED_DECODE", True)
+    with ku.backend("triton"):
+        out, lg = generate(m, ids[:, :16], 6, temperature=0, return_logits=True, forced_tokens=ids[:, 16:22],
+                           eos_token_id=eos)
+        assert out.shape == (2, 20) and lg.shape[:2] == (2, 4)
+        assert torch.equal(out[1, 16:], ids[1, 16:20]) and torch.equal(out[0, 16:18], ids[0, 16:18])
+        assert bool((out[0, 18:] == PAD_ID).all())
+        # row 0 is fed <pad> after its eos: its logits follow the forward up to step 2
+        assert_close("device-loop-logits", torch.cat([ref[0, :3], ref[1]]), torch.cat([lg[0, :3], lg[1]]),
+                     tol(torch.float32, "fwd"))
+        a = generate(m, ids[:, :16], 3, temperature=1.0, seed=3)
+        b = generate(m, ids[:, :16], 3, temperature=1.0, seed=3)
+        assert torch.equal(a, b) and not bool(((a[:, 16:] == PAD_ID) | (a[:, 16:] == BOS_ID)).any())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("fused", [False, True], ids=["perop", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
@@ -278,6 +309,11 @@ def test_gpu_kernels_decode_and_cuda_graph(dtype, fused, monkeypatch):
     _, lg_graph = generate(m, prompt, T, temperature=0, return_logits=True, cuda_graph=True,
                            forced_tokens=out_ref[:, 100:])
     assert_close(f"gpu-graph-{dtype_id(dtype)}", lg.double(), lg_graph, tol(dtype, "fwd"))
+    if fused:  # the device loop (sampling kernel in the graph) replayed == run eagerly, same seed
+        a = generate(m, prompt, T, temperature=1.0, seed=5, cuda_graph=True, eos_token_id=EOS_ID)
+        monkeypatch.setattr(generation, "DEVICE_LOOP_NEEDS_GRAPH", False)
+        b = generate(m, prompt, T, temperature=1.0, seed=5, eos_token_id=EOS_ID)
+        assert torch.equal(a, b)
 
 
 def test_cli_generate_score_embed(tmp_path, capsys):
