@@ -23,7 +23,7 @@ import torch
 from hybridna_kernels import flash_attention, ssd_step
 from hybridna_kernels.utils import use_kernel
 
-from .model import Attention, HybriDNA, KVState, MambaState, _lengths_from
+from .model import Attention, HybriDNA, KVState, MambaState, Packed, _lengths_from
 from .tokenizer import BOS_ID, PAD_ID
 
 __all__ = ["InferenceCache", "allocate_cache", "prefill", "decode_step", "fused_decode_step", "sample_next",
@@ -65,16 +65,33 @@ def prefill(model: HybriDNA, input_ids: torch.Tensor, lengths: list[int], cache:
     """Run each row's first lengths[b] tokens, filling the cache. Returns the last position's logits (B, V)."""
     B = input_ids.shape[0]
     if all(n == lengths[0] for n in lengths):
-        h, _ = model.hidden(input_ids[:, : lengths[0]], state=cache)  # (B, L, d)
-        last = h[:, -1]
+        x, delta = _prefill_blocks(model, input_ids[:, : lengths[0]], cache, None)  # (B, L, d)
+        x, delta = x[:, -1], None if delta is None else delta[:, -1]
     else:  # pack the prompts into one row: every kernel runs once, each prompt at its own length
         flat = torch.cat([input_ids[b, :n] for b, n in enumerate(lengths)])[None]  # (1, total)
-        h, _ = model.hidden(flat, state=cache, lengths=lengths)
-        ends = torch.tensor(lengths, device=h.device).cumsum(0) - 1
-        last = h[0, ends]  # (B, d)
+        x, delta = _prefill_blocks(model, flat, cache, lengths)
+        ends = torch.tensor(lengths, device=x.device).cumsum(0) - 1
+        x, delta = x[0, ends], None if delta is None else delta[0, ends]  # (B, d)
+    # the final norm only where logits are needed (model.hidden normalises every position)
+    last = model.norm_f(x) if delta is None else model.norm_f(x, delta)[0]
     cache.lengths = list(lengths)
     assert last.shape[0] == B
     return model.logits_from_hidden(last)  # (B, V)
+
+
+def _prefill_blocks(model: HybriDNA, input_ids, cache, lengths):
+    """model.hidden's block loop (deferred residual adds) without its final norm: (x, delta), the
+    residual stream being x + delta at every position."""
+    packed = None
+    if lengths is not None:
+        if input_ids.shape[0] != 1 or sum(lengths) != input_ids.shape[1] or min(lengths) < 1:
+            raise ValueError(f"lengths: expected positive lengths summing to seqlen {input_ids.shape[1]}, "
+                             f"got {lengths}")
+        packed = Packed.from_lengths([int(n) for n in lengths], input_ids.device)
+    x, delta = model.embedding(input_ids), None
+    for i, blk in enumerate(model.layers):
+        x, delta = blk(x, cache.layers[i], None, packed, delta=delta, defer_add=True)
+    return x, delta
 
 
 @torch.no_grad()
