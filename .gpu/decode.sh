@@ -6,7 +6,7 @@ OUT=${OUT:-/tmp/decode_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 t0=$(date +%s)
 echo "## decode: profile (300m bf16 batch 1; perop = HYBRIDNA_FUSED_DECODE=0 path, fused = new; graph ms = events over 100 replayed steps incl. host; GPU ms = profiler kernel sum)"
-timeout 80 python3 bench/profile_decode.py --prompts 1024,131072 --gemv --prefill --top 8 2>&1 \
+timeout 80 python3 -u bench/profile_decode.py --prompts 1024,131072 --gemv --prefill --attn --top 8 2>&1 \
   | grep -v "^USDT\|Warning\|warn(\|^ *warnings\.\|^$" | tail -60
 echo "profile rc=${PIPESTATUS[0]} ($(( $(date +%s) - t0 )) s)"
 left=$(( 115 - ($(date +%s) - t0) ))
