@@ -70,8 +70,8 @@ def _attn_step_split_kernel(
         p_v += BN * svt
     row = (pid_bh.to(tl.int64) * n_splits + pid_s) * BM + o_r
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    tl.store(OP + row[:, None] * BD + o_d[None, :], acc / l_safe[:, None])
-    tl.store(LSEP + row, tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe)))
+    tl.store(OP + row[:, None] * BD + o_d[None, :], acc / l_safe[:, None], mask=m_r[:, None])  # real rows only
+    tl.store(LSEP + row, tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe)), mask=m_r)
 
 
 @functools.lru_cache(maxsize=8)
@@ -94,7 +94,7 @@ def attention_step(q, k_cache, v_cache, pos, *, window=None, softmax_scale=None,
     if n_splits is None:
         sms = _num_sms(q.device.index or 0) if q.is_cuda else 4
         n_splits = cdiv(2 * sms, B * Hkv)
-    n_splits = max(1, min(n_splits, n_blocks, 128))
+    n_splits = max(1, min(n_splits, n_blocks, 256))
     keys_per_split = cdiv(n_blocks, n_splits) * BN
     n_splits = cdiv(span, keys_per_split)
     op = torch.empty((B * Hkv, n_splits, BM, BD), dtype=torch.float32, device=q.device)
