@@ -108,7 +108,11 @@ def attn_sweep(model, L, out):
 
 
 def set_mode(mode):
-    generation.FUSED_DECODE = mode == "fused"
+    """perop: Block.step + piecewise graphs; fused: the decode kernels, one graph; fusedpdl: + PDL."""
+    import hybridna_kernels.decode.gemv as gm
+
+    generation.FUSED_DECODE = mode.startswith("fused")
+    gm.PDL = mode == "fusedpdl"
 
 
 def gemv_sweep(model, out):
@@ -164,7 +168,7 @@ def gemv_sweep(model, out):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", default="1024,131072")
-    ap.add_argument("--modes", default="perop,fused")
+    ap.add_argument("--modes", default="perop,fused,fusedpdl")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--top", type=int, default=0, help="print the top kernels of each mode (first prompt)")

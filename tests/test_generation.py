@@ -287,14 +287,17 @@ def test_kernels_device_loop_generate(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fused", [False, True], ids=["perop", "fused"])
+@pytest.mark.parametrize("fused", [False, True, "pdl"], ids=["perop", "fused", "fused-pdl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
 def test_gpu_kernels_decode_and_cuda_graph(dtype, fused, monkeypatch):
     """On the GPU with the Triton kernels: cached decode logits match the full forward (fp64
     reference), and the CUDA-graph decode step reproduces the eager decode step; per-op and fused."""
     from hybridna import generation
 
-    monkeypatch.setattr(generation, "FUSED_DECODE", fused)
+    import hybridna_kernels.decode.gemv as gm
+
+    monkeypatch.setattr(generation, "FUSED_DECODE", bool(fused))
+    monkeypatch.setattr(gm, "PDL", fused == "pdl")
     m = tiny(torch.float64, rotary=True).to(DEVICE)
     prompt = rand_ids(2, 100, seed=6).to(DEVICE)
     T = 16

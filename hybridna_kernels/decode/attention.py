@@ -16,6 +16,7 @@ import triton.language as tl
 
 from ..attention.decode import _attn_decode_merge_kernel
 from ..utils import cdiv, new_empty
+from .gemv import use_pdl
 
 __all__ = ["attention_step"]
 
@@ -28,8 +29,11 @@ def _attn_step_split_kernel(
     sqb, sqh, skb, skt, skh, svb, svt, svh,
     nheads_kv, keys_per_split, n_splits, qk_scale, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # programmatic dependent launch: start early, wait before touching q or the cache
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
     i_b = (pid_bh // nheads_kv).to(tl.int64)
@@ -100,11 +104,13 @@ def attention_step(q, k_cache, v_cache, pos, *, window=None, softmax_scale=None,
     op = torch.empty((B * Hkv, n_splits, BM, BD), dtype=torch.float32, device=q.device)
     lsep = torch.empty((B * Hkv, n_splits, BM), dtype=torch.float32, device=q.device)
     scale = softmax_scale if softmax_scale is not None else D ** -0.5
+    pdl = use_pdl(q)
     _attn_step_split_kernel[(n_splits, B * Hkv)](
         q, k_cache, v_cache, pos, op, lsep, q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
         Hkv, keys_per_split, n_splits, scale * LOG2E, window if window is not None else 0,
         GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, BN=BN, HAS_WINDOW=window is not None,
-        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, num_warps=num_warps,
+        num_stages=num_stages, **({"launch_pdl": True} if pdl else {}))
     o = new_empty((B, 1, Hq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, Hq, 1), dtype=torch.float32, device=q.device)
     _attn_decode_merge_kernel[(B * Hkv, group)](

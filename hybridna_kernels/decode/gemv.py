@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, new_empty
+from ..utils import cdiv, interpret_mode, new_empty
 
 __all__ = ["decode_gemv", "gemv_config"]
 
@@ -42,7 +42,8 @@ def _gemv_kernel(
     N, K, eps, C0, QN, KVN,
     sab, szb, sob, srb, ssb, ssd, ssk, skb, skt, svb, svt,
     NORM: tl.constexpr, GROUP: tl.constexpr, EPI: tl.constexpr, HAS_CB: tl.constexpr,
-    CW_: tl.constexpr, WP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    CW_: tl.constexpr, WP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr,
+    ONE_TILE: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -55,7 +56,33 @@ def _gemv_kernel(
     acc = tl.zeros([BN, BK], dtype=tl.float32)
     if EPI == 2:
         acc2 = tl.zeros([BN, BK], dtype=tl.float32)
-    for g0 in range(0, K, GROUP):
+    if PDL:
+        # programmatic dependent launch: let the next kernel start, read the weights (which no kernel
+        # writes) while the previous kernel finishes, then wait for it before reading its outputs and
+        # before writing anything
+        tl.extra.cuda.gdc_launch_dependents()
+    if ONE_TILE:  # K <= BK, one norm group: the whole weight tile is loaded first
+        m_k1 = o_kk < K
+        m_w1 = m_n[:, None] & m_k1[None, :]
+        w1 = tl.load(W + o_n64[:, None] * K + o_kk[None, :], mask=m_w1, other=0.0)
+        if EPI == 2:
+            w21 = tl.load(W + (o_n64 + N)[:, None] * K + o_kk[None, :], mask=m_w1, other=0.0)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+        a1 = tl.load(p_a + o_kk, mask=m_k1, other=0.0).to(tl.float32)
+        if NORM == 2:
+            a1 = a1 * _silu(tl.load(p_z + o_kk, mask=m_k1, other=0.0).to(tl.float32))
+        if NORM != 0:
+            rstd1 = tl.rsqrt(tl.sum(a1 * a1, 0) / K + eps)
+            a1 = a1 * rstd1 * tl.load(NW + o_kk, mask=m_k1, other=0.0).to(tl.float32)
+        a1 = a1.to(W.dtype.element_ty).to(tl.float32)[None, :]
+        acc += w1.to(tl.float32) * a1
+        if EPI == 2:
+            acc2 += w21.to(tl.float32) * a1
+    else:
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+    for g0 in range(0, K if not ONE_TILE else 0, GROUP):
         g1 = g0 + GROUP
         rstd = 1.0
         if NORM != 0:
@@ -124,6 +151,15 @@ def _gemv_kernel(
         tl.store(VC + i_b * svb + pos * svt + o_v_, y.to(VC.dtype.element_ty), mask=m_n & (o_n >= QN + KVN))
 
 
+# Programmatic dependent launch (sm_90+): each decode kernel starts while the previous one finishes
+# and streams its weights meanwhile. Off by default until measured; tests flip PDL at run time.
+PDL = os.environ.get("HYBRIDNA_DECODE_PDL", "0") == "1"
+
+
+def use_pdl(t: torch.Tensor) -> bool:
+    return PDL and t.is_cuda and not interpret_mode() and torch.cuda.get_device_capability(t.device)[0] >= 9
+
+
 def _env_cfg():
     v = os.environ.get("HYBRIDNA_GEMV_CFG")  # "BN,BK,warps" for every shape (sweeps)
     return tuple(int(t) for t in v.split(",")) if v else None
@@ -187,9 +223,11 @@ def decode_gemv(a, weight, *, norm_weight=None, eps=1e-5, z=None, group_size=Non
         skb, skt, svb, svt = KC.stride(0), KC.stride(1), VC.stride(0), VC.stride(1)
     zz = z if z is not None else a
     r = residual if residual is not None else out
+    pdl = use_pdl(a)
     _gemv_kernel[(cdiv(N, BN), B)](
         a, zz, norm_weight if norm_weight is not None else dummy, weight, out, r, S, CWt, CB, KC, VC, POS,
         N, K, float(eps), C0, QN, KVN,
         a.stride(0), zz.stride(0), out.stride(0), r.stride(0), *ss, skb, skt, svb, svt,
-        NORM=NORM, GROUP=GROUP, EPI=EPI, HAS_CB=HAS_CB, CW_=CW_, WP=WP, BN=BN, BK=BK, num_warps=nw)
+        NORM=NORM, GROUP=GROUP, EPI=EPI, HAS_CB=HAS_CB, CW_=CW_, WP=WP, BN=BN, BK=BK, PDL=pdl,
+        ONE_TILE=K <= BK and GROUP == K, num_warps=nw, **({"launch_pdl": True} if pdl else {}))
     return out
