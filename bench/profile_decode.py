@@ -173,6 +173,10 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--top", type=int, default=0, help="print the top kernels of each mode (first prompt)")
     ap.add_argument("--gemv", action="store_true")
+    ap.add_argument("--gen-modes", default=None, help="modes for the generate() timing (default: --modes)")
+    ap.add_argument("--check-modes", default=None, help="modes for the 300m decode check (default: --modes)")
+    ap.add_argument("--tiles", default="", help='extra fusedpdl rows at the first prompt, e.g. "4096,8;4096,4" '
+                    "(HYBRIDNA_GEMV_TILE: weight elements per GEMV program, warps)")
     ap.add_argument("--attn", action="store_true", help="attention_step sweep at the longest prompt")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--prefill", action="store_true", help="prefill vs forward at the longest prompt")
@@ -197,8 +201,13 @@ def main(argv=None):
         saved = [(st.conv.clone(), st.ssm.clone()) if isinstance(st, MambaState) else None for st in cache.layers]
         floor = step_bytes(model, L) / (bw * 1e9) * 1e3
         tok = torch.randint(5, 9, (1,), device=DEVICE, generator=g)
-        for mode in modes:
+        runs = [(m, None) for m in modes]
+        if i == 0 and args.tiles:
+            runs += [("fusedpdl", t) for t in args.tiles.split(";")]
+        for mode, tile in runs:
             set_mode(mode)
+            if tile is not None:
+                os.environ["HYBRIDNA_GEMV_TILE"] = tile
             for st, sv in zip(cache.layers, saved):
                 if sv is not None:
                     st.conv.copy_(sv[0])
@@ -216,15 +225,16 @@ def main(argv=None):
                 for _ in range(5):
                     step()
                 ms = sorted(_events_ms(step, args.steps) for _ in range(5))[2]
-                row = {"prompt": L, "mode": mode, "graph_ms": ms, "floor_ms": floor}
+                row = {"prompt": L, "mode": mode + (f" tile {tile}" if tile else ""), "graph_ms": ms, "floor_ms": floor}
                 if i == 0:
                     gpu_us, nk, top = _profile(step, 10)
                     row.update(gpu_ms=gpu_us / 1e3, kernels=nk)
-                    if args.top:
+                    if args.top and mode == modes[-1] and tile is None:
                         print(f"--- {mode}, prompt {L}: top kernels (us/token, launches/token)")
                         for us, cnt, key in top[: args.top]:
                             print(f"{us:8.1f} us x{cnt:<5.1f} {key}")
             del dec
+            os.environ.pop("HYBRIDNA_GEMV_TILE", None)
             table.append(row)
             print(json.dumps(row), flush=True)
         del cache, saved
@@ -232,7 +242,7 @@ def main(argv=None):
     g = torch.Generator(device=DEVICE).manual_seed(3)
     ids = torch.randint(5, 9, (1, L), device=DEVICE, generator=g)
     gen = {}
-    for mode in modes:
+    for mode in (args.gen_modes or args.modes).split(","):
         set_mode(mode)
         generate(model, ids[:, :1024], 8, cuda_graph=cuda)  # warm-up
         st = {}
@@ -246,11 +256,11 @@ def main(argv=None):
     for r in table:
         gpu = f"{r['gpu_ms']:.3f}" if "gpu_ms" in r else ""
         nk = f"{r['kernels']:.0f}" if "kernels" in r else ""
-        gt = f"{gen[r['mode']]:.0f}" if r["prompt"] == L else ""
+        gt = f"{gen[r['mode']]:.0f}" if r["prompt"] == L and r["mode"] in gen else ""
         print(f"| {r['prompt']} | {r['mode']} | {r['graph_ms']:.3f} ({1e3 / r['graph_ms']:.0f}) | {r['floor_ms']:.3f} | "
               f"{gpu} | {nk} | {gt} |")
     if not args.no_check:
-        for mode in modes:
+        for mode in (args.check_modes or args.modes).split(","):
             set_mode(mode)
             print(f"check {mode}: decode vs full forward rel err {check_decode(model, 2048)}", flush=True)
     if args.gemv:

@@ -200,7 +200,7 @@ def test_graph_segments_match_decode_step(variant):
     assert caches[1].lengths == [30, 30]
 
 
-def test_kernels_decode_matches_reference():
+def test_kernels_decode_matches_reference(monkeypatch):
     """Prefill (two prompts of different lengths, packed: the kernels' varlen modes) and decode through
     the Triton kernels (the interpreter on CPU: ssd_step, causal_conv1d_step, flash_attention with
     seqlen_q = 1) against the fp64 reference full forward of each row on the same tokens; short, so
@@ -214,6 +214,9 @@ def test_kernels_decode_matches_reference():
     with ku.backend("reference"):
         ref = torch.stack([m(ids[:1, :19]).logits[0, 15:18], m(ids[1:, :14]).logits[0, 10:13]])
     m = m.float()
+    from hybridna import generation
+
+    monkeypatch.setattr(generation, "FUSED_DECODE", False)  # the per-op step (the fused one: tests below)
     with ku.backend("triton"):
         _, lg = generate(m, prompts, T, temperature=0, return_logits=True, forced_tokens=forced, lengths=lens)
     assert_close("kernel-decode-fp32", ref, lg, tol(torch.float32, "fwd"))
