@@ -8,7 +8,7 @@ t0=$(date +%s)
 echo "## decode: 300m bf16 batch 1. perop = HYBRIDNA_FUSED_DECODE=0 path; fused = decode kernels, one graph; fusedpdl = + HYBRIDNA_DECODE_PDL=1"
 echo "## graph ms = CUDA events over 100 replayed steps (host included, median of 5); GPU ms = torch.profiler kernel sum"
 timeout 68 python3 -u bench/profile_decode.py --prompts 1024,131072 --modes perop,fused,fusedpdl --gen-modes fused,fusedpdl \
-  --check-modes fusedpdl --tiles "4096,8;4096,4" --prefill --top 9 2>&1 | grep -v "^USDT\|Warning\|warn(\|^ *warnings\.\|^$" | tail -45
+  --check-modes fusedpdl --tiles "4096,8;8192,8,p2;4096,8,p4" --prefill --top 9 2>&1 | grep -v "^USDT\|Warning\|warn(\|^ *warnings\.\|^$" | tail -45
 echo "profile rc=${PIPESTATUS[0]} ($(( $(date +%s) - t0 )) s)"
 left=$(( 116 - ($(date +%s) - t0) ))
 echo "## decode: GPU tests (tests/test_decode_kernels.py, tests/test_generation.py -k 'gpu_ or kernels_'), timeout ${left}s"

@@ -206,8 +206,11 @@ def main(argv=None):
             runs += [("fusedpdl", t) for t in args.tiles.split(";")]
         for mode, tile in runs:
             set_mode(mode)
-            if tile is not None:
-                os.environ["HYBRIDNA_GEMV_TILE"] = tile
+            if tile is not None:  # "elements,warps[,pN]": HYBRIDNA_GEMV_TILE (+ HYBRIDNA_GEMV_PERSIST=N)
+                parts = tile.split(",")
+                os.environ["HYBRIDNA_GEMV_TILE"] = ",".join(parts[:2])
+                if len(parts) > 2:
+                    os.environ["HYBRIDNA_GEMV_PERSIST"] = parts[2].lstrip("p")
             for st, sv in zip(cache.layers, saved):
                 if sv is not None:
                     st.conv.copy_(sv[0])
@@ -235,6 +238,7 @@ def main(argv=None):
                             print(f"{us:8.1f} us x{cnt:<5.1f} {key}")
             del dec
             os.environ.pop("HYBRIDNA_GEMV_TILE", None)
+            os.environ.pop("HYBRIDNA_GEMV_PERSIST", None)
             table.append(row)
             print(json.dumps(row), flush=True)
         del cache, saved

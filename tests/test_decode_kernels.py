@@ -14,7 +14,8 @@ from hybridna_kernels.decode import attention_step, attention_step_ref, decode_g
 
 # (B, K, N): K below / above one BK tile and not a power of two, N not a multiple of any BN.
 SHAPES = [(1, 64, 45), (3, 37, 20), (1, 1100, 70), (2, 300, 9)]
-CONFIGS = [None, (4, 16, 4), (16, 256, 8)]  # default heuristic, a tiny tile (many K steps), a wide one
+CONFIGS = [None, (4, 16, 4), (16, 256, 8), "persist"]  # default heuristic, a tiny tile (many K steps), a
+# wide one, and persistent programs over one-K-tile row blocks (4 programs on CPU: several blocks each)
 
 
 def _rand(*shape, dtype, scale=1.0):
@@ -25,12 +26,19 @@ def _d(t):
     return None if t is None else t.double()
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "heur" if c is None else "BN{}-BK{}-w{}".format(*c))
+def _cfg_id(c):
+    return "heur" if c is None else c if isinstance(c, str) else "BN{}-BK{}-w{}".format(*c)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_cfg_id)
 @pytest.mark.parametrize("mode", ["plain", "norm", "gated", "residual", "swiglu"])
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-K{}-N{}".format(*s))
-def test_decode_gemv(shape, dtype, mode, config):
+def test_decode_gemv(shape, dtype, mode, config, monkeypatch):
     torch.manual_seed(0)
+    if config == "persist":
+        monkeypatch.setenv("HYBRIDNA_GEMV_PERSIST", "1")
+        config = (4, 2048, 4)
     B, K, N = shape
     a = _rand(B, K, dtype=dtype, scale=2.0)
     w = _rand(2 * N if mode == "swiglu" else N, K, dtype=dtype, scale=K ** -0.5)
@@ -55,7 +63,7 @@ def test_decode_gemv(shape, dtype, mode, config):
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("shape", [(1, 64, 45, 7, 30), (2, 37, 60, 0, 60), (1, 130, 300, 100, 150)],
                          ids=lambda s: "B{}-K{}-N{}-c{}+{}".format(*s))
-def test_decode_gemv_conv(shape, dtype, width):
+def test_decode_gemv_conv(shape, dtype, width, monkeypatch):
     """in_proj + conv step: rows [c0, c0 + C) convolved with SiLU, the state shifted in place."""
     torch.manual_seed(1)
     B, K, N, c0, C = shape
@@ -64,6 +72,7 @@ def test_decode_gemv_conv(shape, dtype, width):
     cw, cb = _rand(C, width, dtype=dtype, scale=0.5), _rand(C, dtype=dtype)
     st = _rand(B, C, width - 1, dtype=dtype)
     st_ref = st.double()
+    monkeypatch.setenv("HYBRIDNA_GEMV_PERSIST", "1")  # one-K-tile shapes: persistent programs
     out = decode_gemv(a, w, norm_weight=nw, conv=(st, cw, cb, c0), config=(8, 32, 4))
     ref = decode_gemv_ref(a.double(), w.double(), norm_weight=nw.double(),
                           conv=(st_ref, cw.double(), cb.double(), c0))
@@ -76,7 +85,7 @@ def test_decode_gemv_conv(shape, dtype, width):
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
-def test_decode_gemv_kv(dtype):
+def test_decode_gemv_kv(dtype, monkeypatch):
     """qkv_proj: q returned, K and V written into the caches at each row's own position."""
     torch.manual_seed(2)
     B, K, hq, hkv, hd, T = 3, 48, 4, 2, 16, 11
@@ -86,11 +95,18 @@ def test_decode_gemv_kv(dtype):
     kc, vc = _rand(B, T, hkv, hd, dtype=dtype), _rand(B, T, hkv, hd, dtype=dtype)
     pos = torch.tensor([0, 5, 10], device=DEVICE)
     kr, vr = kc.double(), vc.double()
+    kc0, vc0 = kc.clone(), vc.clone()
     q = decode_gemv(a, w, norm_weight=nw, kv=(kc, vc, pos, hq * hd), config=(8, 16, 4))
     qr = decode_gemv_ref(a.double(), w.double(), norm_weight=nw.double(), kv=(kr, vr, pos, hq * hd))
     assert_close("gemv-kv-q", qr, q, tol(dtype, "fwd"))
     assert_close("gemv-kv-k", kr, kc, tol(dtype, "fwd"))
     assert_close("gemv-kv-v", vr, vc, tol(dtype, "fwd"))
+    monkeypatch.setenv("HYBRIDNA_GEMV_PERSIST", "1")
+    kc2, vc2 = kc0.clone(), vc0.clone()
+    q2 = decode_gemv(a, w, norm_weight=nw, kv=(kc2, vc2, pos, hq * hd), config=(4, 64, 4))  # 8 blocks each
+    assert_close("gemv-kv-q-persist", qr, q2, tol(dtype, "fwd"))
+    assert_close("gemv-kv-k-persist", kr, kc2, tol(dtype, "fwd"))
+    assert_close("gemv-kv-v-persist", vr, vc2, tol(dtype, "fwd"))
 
 
 @pytest.mark.parametrize("window", [None, 5, 300])
