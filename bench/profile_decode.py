@@ -228,7 +228,16 @@ def main(argv=None):
                 for _ in range(5):
                     step()
                 ms = sorted(_events_ms(step, args.steps) for _ in range(5))[2]
-                row = {"prompt": L, "mode": mode + (f" tile {tile}" if tile else ""), "graph_ms": ms, "floor_ms": floor}
+                if cuda:
+                    torch.cuda.synchronize()
+                th = time.perf_counter()
+                for _ in range(20):  # host time to enqueue a step (the GPU queue does not fill in 20)
+                    step()
+                host_us = (time.perf_counter() - th) / 20 * 1e6
+                if cuda:
+                    torch.cuda.synchronize()
+                row = {"prompt": L, "mode": mode + (f" tile {tile}" if tile else ""), "graph_ms": ms, "floor_ms": floor,
+                       "host_us": host_us}
                 if i == 0:
                     gpu_us, nk, top = _profile(step, 10)
                     row.update(gpu_ms=gpu_us / 1e3, kernels=nk)
@@ -252,17 +261,22 @@ def main(argv=None):
         st = {}
         generate(model, ids, args.new_tokens, temperature=1.0, seed=0, cuda_graph=cuda, stats=st)
         gen[mode] = (st["new_tokens"] - 1) / st["decode_s"]
+        th = time.perf_counter()
+        st2 = {}
+        generate(model, ids[:, :1024], 64, temperature=1.0, seed=0, cuda_graph=cuda, stats=st2)
+        print(f"generate {mode} after 1024: {(st2['new_tokens'] - 1) / st2['decode_s']:.0f} tok/s "
+              f"(whole call {(time.perf_counter() - th) * 1e3:.0f} ms)", flush=True)
         print(f"generate {mode} after {L}: {gen[mode]:.0f} tok/s (prefill {st['prefill_s'] * 1e3:.1f} ms, "
               f"capture {st['setup_s'] * 1e3:.0f} ms)", flush=True)
     out["generate_tok_s"] = gen
-    print("| prompt | mode | graph ms/token (tok/s) | floor ms | GPU ms | kernels/token | generate tok/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| prompt | mode | graph ms/token (tok/s) | floor ms | GPU ms | kernels/token | host us/step | generate tok/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in table:
         gpu = f"{r['gpu_ms']:.3f}" if "gpu_ms" in r else ""
         nk = f"{r['kernels']:.0f}" if "kernels" in r else ""
         gt = f"{gen[r['mode']]:.0f}" if r["prompt"] == L and r["mode"] in gen else ""
         print(f"| {r['prompt']} | {r['mode']} | {r['graph_ms']:.3f} ({1e3 / r['graph_ms']:.0f}) | {r['floor_ms']:.3f} | "
-              f"{gpu} | {nk} | {gt} |")
+              f"{gpu} | {nk} | {r['host_us']:.0f} | {gt} |")
     if not args.no_check:
         for mode in (args.check_modes or args.modes).split(","):
             set_mode(mode)
