@@ -5,8 +5,10 @@ import sys
 for line in sys.stdin:
     try:
         r = json.loads(line)
-        v = (("fused" if r.get("fused_norms") else "unfused") + ("+compile" if r.get("compile") else "")
-             + ("+ckpt_mlp" if r.get("ckpt") == "mlp" else ""))
+        v = (("fused" if r.get("fused_norms") else "unfused") + (f"+compile:{r.get('compile')}" if r.get("compile") else "")
+             + ("+ckpt_mlp" if r.get("ckpt") == "mlp" else "")
+             + "".join(f" {k[0]}{r.get(k) if isinstance(r.get(k), float) and 0 < r.get(k) < 1 else int(bool(r.get(k)))}"
+                       for k in ("swiglu", "mlp_re", "conv_re", "normh") if k in r))
         it = r["item"]
         if it == "check":
             verdict = "PASS" if r["ok"] else "FAIL"
@@ -17,11 +19,13 @@ for line in sys.stdin:
             print("   " + "; ".join(f"{c} {ms:.1f}" for c, ms in r["categories"].items()))
             for n, c, ms in r["top"]:
                 print(f"   {ms:7.2f} ms {c:4d}x {n}")
+        elif r.get("status") == "error":
+            print(f"{it:9s} {v:24s} ERROR {r.get('error')}  [{r['wall_s']} s]")
         else:
             tps = r.get("tokens_per_s")
-            print(f"{it:9s} {v:17s} {r['status']:4s} {tps / 1e3 if tps else 0:6.1f}k tok/s  "
-                  f"{r.get('peak_mem_gib', '-')} GiB  step {r.get('step_ms', '-')} ms  "
-                  f"warm-up {r.get('warmup_s', '-')} s  [{r['wall_s']} s]")
+            print(f"{it:9s} {v:24s} {r['status']:4s} {tps / 1e3 if tps else 0:6.1f}k tok/s  "
+                  f"{r.get('peak_mem_gib', '-')} GiB  step {r.get('step_ms', '-')} ms (host {r.get('host_ms', '-')})  "
+                  f"warm-up {r.get('warmup_s', r.get('capture_s', '-'))} s  [{r['wall_s']} s]")
     except Exception as e:  # noqa: BLE001 - never break the pipe: the bench would die with it
         print(f"(unparsed: {line.strip()[:200]} / {e})")
     sys.stdout.flush()

@@ -92,16 +92,31 @@ class DecodeLoop:
 
 @torch.no_grad()
 def check_decode(model, prompt_len, n=4):
-    """Relative error of cached decoding (eager and graph) against the full forward, same tokens."""
+    """Relative error of cached decoding (eager and graph) against the full forward at the same tokens,
+    both against the model in fp32. Returns the errors and the bound they are held to: the kernel
+    tolerance, or, for a bf16 / fp16 model, twice the error of the pure-PyTorch reference path run in
+    the same dtype (tests/helpers.assert_close_model's rule: DESIGN's tolerances are per kernel, and
+    24 layers chained in bf16 drift past 1e-2 in PyTorch itself)."""
+    import copy
+
+    from hybridna_kernels.utils import backend
+
     g = torch.Generator(device=DEVICE).manual_seed(1)
     ids = torch.randint(5, 9, (1, prompt_len + n), device=DEVICE, generator=g)
-    full = model(ids).logits[:, prompt_len - 1: prompt_len - 1 + n].double()
-    out = {}
+    sl = slice(prompt_len - 1, prompt_len - 1 + n)
+    ref = copy.deepcopy(model).float()
+    full = ref(ids).logits[:, sl].double()
+    del ref
+    bound = tol(DTYPE, "fwd")
+    if DTYPE != torch.float32:
+        with backend("reference"):
+            bound = max(bound, 2 * rel_err(full, model(ids).logits[:, sl]))
+    out = {"full_forward": rel_err(full, model(ids).logits[:, sl])}
     for graph in ([False, True] if HAS_CUDA else [False]):
         _, lg = generate(model, ids[:, :prompt_len], n, temperature=0, return_logits=True, cuda_graph=graph,
                          forced_tokens=ids[:, prompt_len:])
         out["graph" if graph else "eager"] = rel_err(full, lg)
-    return out
+    return out, bound
 
 
 def prefill_fn(model, prompt_len):
@@ -139,8 +154,8 @@ PROMPTS = GPU_PROMPTS if HAS_CUDA else CPU_PROMPTS
 @pytest.mark.parametrize("prompt_len", PROMPTS, ids=lambda n: f"prompt{n}")
 def test_decode_step(benchmark, copy_bandwidth_gbs, prompt_len, mode):
     model = get_model()
-    errs = check_decode(model, min(prompt_len, 2048))
-    assert all(e <= tol(DTYPE, "fwd") for e in errs.values()), errs
+    errs, bound = check_decode(model, min(prompt_len, 2048))
+    assert all(e <= bound for e in errs.values()), (errs, bound)
     loop = DecodeLoop(model, prompt_len, graph=mode == "graph")
     ms = run_benchmark(benchmark, loop.step, nbytes=step_bytes(model, prompt_len), copy_gbs=copy_bandwidth_gbs,
                        preset=PRESET, dtype=str(DTYPE), batch=1, prompt_len=prompt_len, mode=mode,
@@ -173,8 +188,8 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name() if HAS_CUDA else "cpu", "preset": PRESET, "dtype": str(DTYPE),
            "params": sum(p.numel() for p in model.parameters()), "copy_gbs": bw, "rows": []}
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
-    res["check"] = check_decode(model, 2048 if HAS_CUDA else 64)
-    print("decode check (rel err vs full forward):", res["check"], flush=True)
+    res["check"], res["check_bound"] = check_decode(model, 2048 if HAS_CUDA else 64)
+    print("decode check (rel err vs the fp32 model; bound):", res["check"], res["check_bound"], flush=True)
     for L in prompts:
         row = {"prompt_len": L}
         try:

@@ -206,14 +206,14 @@ def random_bases(batch: int, seqlen: int, generator=None) -> torch.Tensor:
 
 
 def make_step(model, opt, input_ids, losses: list):
-    def step():
+    def step(sync: bool = True):
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
             out = model(input_ids, labels=input_ids)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(out.loss.detach())
-        if HAS_CUDA:
+        if HAS_CUDA and sync:
             torch.cuda.synchronize()
     return step
 
@@ -507,8 +507,11 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
     input_ids = random_bases(batch, seqlen)
     losses: list = []
     step = make_step(model, opt, input_ids, losses)
+    import hybridna.model as hm
+
     row = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, ckpt=ckpt, compile=COMPILE if kind == "hybrid" else None,
-               fused_norms=os.environ.get("HYBRIDNA_FUSED_NORMS", "1") != "0")
+               fused_norms=hm.FUSED_NORMS, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE, conv_re=hm.CONV_RECOMPUTE,
+               normh=__import__("hybridna_kernels.norm.linear", fromlist=["x"]).BWD_WRITES_H)
     times = []
     try:
         with op_backend(kind):
@@ -518,9 +521,13 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
             row["warmup_s"] = round(time.perf_counter() - t0, 2)
             if HAS_CUDA:
                 torch.cuda.reset_peak_memory_stats()
+            host = []
             for _ in range(rounds):
                 t0 = time.perf_counter()
-                step()
+                step(sync=False)
+                host.append(time.perf_counter() - t0)  # the host's share: until the step's last launch returns
+                if HAS_CUDA:
+                    torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - only OOM is tolerated
         if not is_oom(e):
@@ -535,12 +542,21 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
     assert torch.isfinite(loss).all(), f"non-finite loss: {loss.tolist()}"
     med = sorted(times)[len(times) // 2]
     row.update(status="ok", loss=round(loss[-1].item(), 4), step_ms=round(med * 1e3, 1),
-               tokens_per_s=round(batch * seqlen / med, 1))
+               host_ms=round(sorted(host)[len(host) // 2] * 1e3, 1), tokens_per_s=round(batch * seqlen / med, 1))
     if HAS_CUDA:
         row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del step, input_ids, losses
     set_checkpointing(model, False)
     return row
+
+
+def _short_kernel(name: str) -> str:
+    """A kernel name without the namespaces and wrappers that make ATen's elementwise kernels unreadable
+    when cut to one line (the functor and dtypes are what tell them apart)."""
+    for junk in ("void ", "at::native::", "(anonymous namespace)::", "binary_internal::", "std::array<char*, ",
+                 "gpu_kernel_impl_nocast<", "c10::", "TensorIteratorBase&", "::operator()() const", "{lambda()#"):
+        name = name.replace(junk, "")
+    return name
 
 
 def _emit(row: dict, log: str | None) -> None:
@@ -559,12 +575,44 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
         "fused"           back to the fused norms
         "check"           the kernels-vs-references loss/gradient check of the 300m at 1 x 2048, bf16 autocast
         "profile:BxL"     a per-category kernel profile of one step (written under profile_dir)
-        "compile"         torch.compile each block from here on (per-block graphs)"""
+        "compile"         torch.compile each block from here on (per-block graphs)
+        "compile_model"   torch.compile the whole model from here on (one graph)
+        "graph:BxL"       the whole step captured in a CUDA graph and replayed (time_graph_step); drops the
+                          cached model afterwards
+        "swiglu=0|1", "mlp_re=0|1", "conv_re=0|1"   hybridna.model.FUSED_SWIGLU / MLP_RECOMPUTE /
+                          CONV_RECOMPUTE from here on (the fused SwiGLU kernels + the one-node norm2 + MLP,
+                          recomputing the gate_up output, recomputing the conv output in the SSD backward)
+        "normh=0|1"       hybridna_kernels.norm.linear.BWD_WRITES_H: the norm + linear backward takes the
+                          normed activation from the norm's backward pass (1) or a separate recompute (0)
+        "old"             all four off (session 2's model); "new" all four on (the defaults)"""
     import hybridna.model as hm
 
-    variant = dict(fused_norms=True, compile=None, ckpt=None)
+    import hybridna_kernels.norm.linear as nl
+
+    variant = dict(fused_norms=True, compile=None, ckpt=None, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE,
+                   conv_re=hm.CONV_RECOMPUTE, normh=nl.BWD_WRITES_H)
+    flags = dict(swiglu="FUSED_SWIGLU", mlp_re="MLP_RECOMPUTE", conv_re="CONV_RECOMPUTE")
     for item in items:
         t0 = __import__("time").perf_counter()
+        if item in ("old", "new"):
+            import hybridna_kernels.norm.linear as nl
+
+            for k, attr in flags.items():
+                setattr(hm, attr, item == "new")
+                variant[k] = item == "new"
+            nl.BWD_WRITES_H = variant["normh"] = item == "new"
+            continue
+        if item.split("=")[0] in flags:
+            k, v = item.split("=")
+            val = float(v) if k == "mlp_re" else v == "1"  # mlp_re: a fraction of the blocks
+            setattr(hm, flags[k], val)
+            variant[k] = val
+            continue
+        if item.startswith("normh="):  # the norm + linear backward: h from the norm's backward pass (1) or
+            import hybridna_kernels.norm.linear as nl  # a separate recompute pass (0, session 2)
+
+            nl.BWD_WRITES_H = variant["normh"] = item == "normh=1"
+            continue
         if item in ("fused", "unfused"):
             hm.FUSED_NORMS = item == "fused"
             variant["fused_norms"] = hm.FUSED_NORMS
@@ -586,6 +634,11 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
                 blk.compile()
             variant["compile"] = "block"
             continue
+        if item == "compile_model":  # the whole model in one graph (the loss included), same parameters
+            model, _ = get_model("hybrid", preset)
+            _Cache.model = torch.compile(model)
+            variant["compile"] = "model"
+            continue
         if item == "check":
             model, _ = get_model("hybrid", preset)
             ids = random_bases(1, 2048, torch.Generator().manual_seed(1))
@@ -601,7 +654,15 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
             sm = profile_train_step("hybrid", b, L, profile_dir or "prof", preset=preset, warmup=1, top=40)
             row = dict(item=item, **variant, total_kernel_ms=sm["total_kernel_ms"],
                        categories={c: v["ms"] for c, v in sm["categories"].items()},
-                       top=[(k["name"][:70], k["calls"], k["ms"]) for k in sm["top_kernels"][:12]])
+                       top=[(_short_kernel(k["name"])[:100], k["calls"], k["ms"]) for k in sm["top_kernels"][:24]])
+            release_cuda_memory()
+        elif item.startswith("graph:"):  # the whole step captured in one CUDA graph (host cost gone)
+            b, L = (int(v) for v in item.split(":")[1].split("x"))
+            try:
+                row = dict(item=item, **time_graph_step(b, L, preset=preset, rounds=rounds))
+            except Exception as e:  # noqa: BLE001 - a capture failure is a result, reported as such
+                row = dict(item=item, status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
+            row.update(variant)
             release_cuda_memory()
         else:
             b, L = (int(v) for v in item.split("x"))
@@ -610,6 +671,61 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
             release_cuda_memory()
         row["wall_s"] = round(__import__("time").perf_counter() - t0, 1)
         _emit(row, log)
+
+
+def time_graph_step(batch: int, seqlen: int, *, preset: str = PRESET, rounds: int = ROUNDS) -> dict:
+    """One training step (forward, backward, AdamW) captured in a CUDA graph and replayed: the whole
+    step runs without host work (static shapes and input; fused capturable AdamW; gradients allocated
+    inside the graph, set to None before capture, so each replay writes them afresh). Warm-up steps
+    on a side stream first (Triton autotuning, lazy initialisation). The cached eager optimizer is
+    dropped for it; its own state is that of a fresh capturable AdamW."""
+    import time
+
+    model = get_model("hybrid", preset)[0]
+    _Cache.opt = None
+    release_cuda_memory()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True, capturable=True)
+    ids = random_bases(batch, seqlen)
+
+    def body():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    with torch.cuda.graph(graph):
+        loss = body()
+    torch.cuda.synchronize()
+    capture_s = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        losses.append(loss.float().item())
+    med = sorted(times)[len(times) // 2]
+    row = dict(model="hybrid", preset=preset, batch=batch, seqlen=seqlen, status="ok", graph=True,
+               capture_s=round(capture_s, 2), loss=round(losses[-1], 4), step_ms=round(med * 1e3, 1),
+               tokens_per_s=round(batch * seqlen / med, 1), peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+    if not all(math.isfinite(v) for v in losses):
+        row["status"] = "nonfinite"
+    del graph, loss, opt
+    _Cache.key = _Cache.model = _Cache.opt = None  # the graph pool and the parameters' graph grads go with it
+    return row
 
 
 def main(argv=None):

@@ -7,6 +7,8 @@ generation.py; the `step` methods here are its per-layer pieces.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
@@ -19,7 +21,10 @@ import torch.nn.functional as F
 from hybridna_kernels import causal_conv1d, causal_conv1d_step, flash_attention, ssd_scan, ssd_step
 from hybridna_kernels.norm import gated_rms_norm, gated_rms_norm_linear, rms_norm_linear
 from hybridna_kernels.norm import rms_norm as fused_rms_norm
+from hybridna_kernels.norm.rms import rms_norm_bwd, rms_norm_fwd
 from hybridna_kernels.swiglu import swiglu, swiglu_bwd, swiglu_fwd
+from hybridna_kernels.utils import backend as _op_backend
+from hybridna_kernels.utils import get_backend as _get_op_backend
 from hybridna_kernels.utils import use_kernel
 
 from .config import HybriDNAConfig
@@ -33,10 +38,20 @@ IGNORE_INDEX = -100
 # in the gated norm instead of inside the SSD scan, outputs in the autocast dtype. "0" restores the
 # unfused PyTorch norms and the gate inside the scan (same maths; kept to measure the difference).
 FUSED_NORMS = os.environ.get("HYBRIDNA_FUSED_NORMS", "1") != "0"
-# The fused SwiGLU activation kernels (hybridna_kernels.swiglu), opt-in with HYBRIDNA_FUSED_SWIGLU=1:
-# default off because the kernels have only run through Triton's CPU interpreter and compiled offline
-# for sm_90, never on a GPU. Same maths and the same saved tensors (only h) as the default path.
-FUSED_SWIGLU = os.environ.get("HYBRIDNA_FUSED_SWIGLU", "0") == "1"
+# The fused SwiGLU activation kernels (hybridna_kernels.swiglu); "0" restores the PyTorch silu / mul
+# chain (same maths, silu rounded differently: torch computes x / (1 + exp(-x)), the kernel x * sigmoid(x)).
+# With the fused norms too, a block's norm2 + gate_up + SwiGLU + down run as one autograd node (_NormMLPFn).
+FUSED_SWIGLU = os.environ.get("HYBRIDNA_FUSED_SWIGLU", "1") != "0"
+# Training memory (issue 10), each a recomputation in the backward instead of a saved activation:
+# MLP_RECOMPUTE: _NormMLPFn keeps only the residual stream and recomputes the gate_up output h
+#   (one extra gate_up matmul per block; 2 * d_intermediate 16-bit values per token and block less);
+# CONV_RECOMPUTE: the conv output x|B|C that ssd_scan saves is recomputed from the conv input (kept
+#   anyway) when the SSD backward needs it (one extra conv forward per Mamba layer; conv_dim values).
+#   A fraction f in (0, 1) recomputes in the first round(f * n_layer) blocks only (memory and time both
+#   scale with the number of blocks; which blocks does not matter for the peak, reached when the
+#   backward starts and every block's activations are alive).
+MLP_RECOMPUTE = float(os.environ.get("HYBRIDNA_MLP_RECOMPUTE", "1"))
+CONV_RECOMPUTE = os.environ.get("HYBRIDNA_CONV_RECOMPUTE", "1") != "0"
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -109,6 +124,52 @@ class RMSNorm(nn.Module):
         # applied in fp32 before the one cast back (no extra pass, no second 16-bit rounding)
         xg = x.unflatten(-1, (-1, self.group_size))
         return rms_norm(xg, self.weight.view(-1, self.group_size), self.eps).flatten(-2)
+
+
+_RECOMPUTED = object()  # marks a saved tensor that _recompute_saved replaces by a recomputation
+
+
+def _outer_saved_hooks() -> bool:
+    """Whether saved-tensor hooks are already active (activation checkpointing, offloading, a test's
+    recorder): hooks do not nest, so _recompute_saved would take the saved tensors away from them."""
+    try:
+        return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+    except (AttributeError, TypeError, RuntimeError):
+        return True
+
+
+def _recompute_saved(out: torch.Tensor, recompute) -> torch.autograd.graph.saved_tensors_hooks:
+    """Hooks under which the tensors the autograd graph saves that are views of out's storage are not
+    kept: the backward calls recompute() (once, under the forward's autocast state and op backend) and
+    reads the same views of its result. recompute must rebuild out bit for bit with the same layout
+    (a deterministic kernel on inputs that are kept anyway). Other saved tensors pass through."""
+    ptr, nbytes = out.untyped_storage().data_ptr(), out.untyped_storage().nbytes()
+    dev = out.device.type
+    amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) if dev in ("cuda", "cpu") else (False, None)
+    op_backend = _get_op_backend()
+    cache: dict = {}
+
+    def pack(t):
+        if t.device == out.device and t.untyped_storage().data_ptr() == ptr:
+            return (_RECOMPUTED, t.shape, t.stride(), t.storage_offset(), t.dtype)
+        return t
+
+    def unpack(p):
+        if not (isinstance(p, tuple) and len(p) == 5 and p[0] is _RECOMPUTED):
+            return p
+        if "out" not in cache:
+            ac = torch.autocast(dev, dtype=amp[1], enabled=True) if amp[0] else contextlib.nullcontext()
+            with torch.no_grad(), ac, _op_backend(op_backend):
+                r = recompute()
+            if r.untyped_storage().nbytes() != nbytes or r.storage_offset() != out.storage_offset():
+                raise RuntimeError("recomputed activation has another layout than the one saved")
+            cache["out"] = r
+        _, shape, stride, offset, dtype = p
+        r = cache["out"]
+        assert r.dtype == dtype
+        return r.as_strided(shape, stride, offset)
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 # ---- state carried between decoding steps ----------------------------------------------------------
@@ -223,16 +284,24 @@ class Mamba2Mixer(nn.Module):
         if xBC.stride(-1) != 1:
             xBC = xBC.contiguous()
         x, Bm, Cm = torch.split(xBC, [di, G * N, G * N], dim=-1)
-        y = ssd_scan(
-            x.unflatten(-1, (H, P)),  # (B, L, H, P)
-            dt,  # (B, L, H)
-            self._A(u),
-            Bm.unflatten(-1, (G, N)),  # (B, L, G, N)
-            Cm.unflatten(-1, (G, N)),
-            chunk_size=self.cfg.chunk_size, D=self.D, z=None if FUSED_NORMS else z.unflatten(-1, (H, P)),
-            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.cfg.dt_limit,
-            return_final_states=state is not None, cu_seqlens=None if packed is None else packed.cu_seqlens,
-        )
+        hooks = contextlib.nullcontext()
+        if (CONV_RECOMPUTE and state is None and torch.is_grad_enabled() and conv_out.requires_grad
+                and not torch.compiler.is_compiling() and not _outer_saved_hooks()):
+            hooks = _recompute_saved(conv_out, functools.partial(
+                causal_conv1d, zxbcdt.detach()[..., di: di + self.conv_dim].transpose(1, 2), self.conv_weight.detach(),
+                None if self.conv_bias is None else self.conv_bias.detach(), activation="silu",
+                seq_idx=None if packed is None else packed.seq_idx))
+        with hooks:  # training: the conv output that ssd_scan saves is recomputed in its backward
+            y = ssd_scan(
+                x.unflatten(-1, (H, P)),  # (B, L, H, P)
+                dt,  # (B, L, H)
+                self._A(u),
+                Bm.unflatten(-1, (G, N)),  # (B, L, G, N)
+                Cm.unflatten(-1, (G, N)),
+                chunk_size=self.cfg.chunk_size, D=self.D, z=None if FUSED_NORMS else z.unflatten(-1, (H, P)),
+                dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.cfg.dt_limit,
+                return_final_states=state is not None, cu_seqlens=None if packed is None else packed.cu_seqlens,
+            )
         if state is not None:
             y, ssm_final = y  # (B or nseq, H, P, N)
             rows = slice(None) if rows is None else rows
@@ -393,12 +462,11 @@ class _SwiGLUDownFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         h, w_down = ctx.saved_tensors
-        if ctx.fused:
-            a = swiglu_fwd(h)
-            dout = dout.to(a.dtype)
+        if ctx.fused:  # one kernel reads h once and writes dh and silu(g) * u
+            dout = dout.to(h.dtype)
+            dh, a = swiglu_bwd(h, dout @ w_down.to(dout.dtype), return_a=True)
             dw = (dout.reshape(-1, dout.shape[-1]).t() @ a.reshape(-1, a.shape[-1])).to(w_down.dtype)
-            del a
-            return swiglu_bwd(h, dout @ w_down.to(dout.dtype)), dw, None
+            return dh, dw, None
         g, u = h.chunk(2, dim=-1)
         sg = F.silu(g)
         a = sg * u
@@ -411,6 +479,48 @@ class _SwiGLUDownFn(torch.autograd.Function):
         torch.mul(da, sg, out=du)
         torch.ops.aten.silu_backward.grad_input(da * u, g, grad_input=dg)
         return dh, dw, None
+
+
+class _NormMLPFn(torch.autograd.Function):
+    """(down(swiglu(gate_up(rms_norm(x + m)))), x + m): a block's residual add, norm2 and SwiGLU MLP as
+    one node, through the fused norm and SwiGLU kernels. Saved: the new residual s = x + m (which the
+    norm's backward needs anyway), its rstd and, unless recompute, the gate_up output h. The normed
+    activation p and silu(g) * u are recomputed in the backward (as rms_norm_linear and _SwiGLUDownFn
+    do); with recompute, h = gate_up(p) too (one more matmul for 2F 16-bit values per token less).
+    The backward's SwiGLU kernel reads h once and writes both dh and silu(g) * u."""
+
+    @staticmethod
+    def forward(ctx, x, m, norm_w, w_gu, w_down, eps, out_dtype, recompute):
+        p, s, rstd = rms_norm_fwd(x, norm_w, eps, m, out_dtype, store_s=True)
+        h = F.linear(p, w_gu.to(p.dtype))
+        del p
+        out = F.linear(swiglu_fwd(h), w_down.to(h.dtype))
+        ctx.save_for_backward(s, norm_w, w_gu, w_down, rstd, None if recompute else h)
+        ctx.cfg = (eps, out_dtype, x.dtype, m.dtype)
+        return out, s
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, ds):
+        s, norm_w, w_gu, w_down, rstd, h = ctx.saved_tensors
+        eps, out_dtype, x_dtype, m_dtype = ctx.cfg
+        p = None
+        if h is None:  # recompute the normed activation p, then h = gate_up(p)
+            p = rms_norm_fwd(s, norm_w, eps, None, out_dtype, store_s=False)[0]
+            h = F.linear(p, w_gu.to(p.dtype))
+        dout = dout.to(h.dtype)
+        dh, a = swiglu_bwd(h, dout @ w_down.to(h.dtype), return_a=True)
+        del h
+        dw_down = (dout.reshape(-1, dout.shape[-1]).t() @ a.reshape(-1, a.shape[-1])).to(w_down.dtype)
+        del a
+        dp = dh @ w_gu.to(dh.dtype)
+        if p is None:  # h was kept: the norm's backward pass writes p too (bit-equal to the forward's)
+            dx, dm, dnw, p = rms_norm_bwd(s, norm_w, rstd, dp, ds, x_dtype, m_dtype, y_dtype=out_dtype)
+        else:
+            dx, dm, dnw = rms_norm_bwd(s, norm_w, rstd, dp, ds, x_dtype, m_dtype)
+        del dp
+        dw_gu = (dh.reshape(-1, dh.shape[-1]).t() @ p.reshape(-1, p.shape[-1])).to(w_gu.dtype)
+        return dx, (dm if dm is not None else dx), dnw, dw_gu, dw_down, None, None, None
 
 
 class SwiGLU(nn.Module):
@@ -458,11 +568,23 @@ class Block(nn.Module):
         x, m = self.mlp_residual(x, m)
         return (x, m) if defer_add else x + m
 
+    def _mlp_recompute(self) -> bool:
+        f = float(MLP_RECOMPUTE)
+        return f >= 1 or self.mixer.layer_idx < round(f * self.mixer.cfg.n_layer)
+
     def mlp_residual(self, x, m):
         """(x + m, mlp(norm2(x + m))): the residual add, norm2 and the MLP. Its own method so that
         training code can checkpoint just this part (it saves the most per token after the mixer)."""
-        p, x = self.norm2.linear(self.mlp.gate_up, x, m)
-        return x, self.mlp.from_gate_up(p)
+        mlp, norm2 = self.mlp, self.norm2
+        if (FUSED_NORMS and FUSED_SWIGLU and mlp.gate_up.bias is None and mlp.down.bias is None
+                and torch.float64 not in (x.dtype, m.dtype, norm2.weight.dtype) and use_kernel(x)
+                and x.numel() > 0 and not torch.compiler.is_compiling()):
+            # one node: residual add + norm2 + gate_up + SwiGLU + down (_NormMLPFn)
+            out, x = _NormMLPFn.apply(x, m, norm2.weight, mlp.gate_up.weight, mlp.down.weight, float(norm2.eps),
+                                      _autocast_dtype(x) or x.dtype, self._mlp_recompute())
+            return x, out
+        p, x = norm2.linear(mlp.gate_up, x, m)
+        return x, mlp.from_gate_up(p)
 
     def step(self, x, state, lengths):  # (B, d)
         if self.is_attention:

@@ -4,7 +4,7 @@
 or an op wrapper grows a `.item()`, `.tolist()`, a check on tensor values or data-dependent control
 flow on the training path. With the Triton backend the kernels must appear in the graph as the
 registered custom ops (hybridna::ssd_scan_fwd, causal_conv1d_fwd, flash_attn_fwd, rms_norm_fwd,
-gated_rms_norm_fwd), not be traced
+gated_rms_norm_fwd, and swiglu_fwd with the fused SwiGLU on, the default), not be traced
 into or replaced by the reference. aot_eager also traces the backward (AOTAutograd), so the
 registered backward ops are exercised too. The inductor variants are marked slow (their CPU C++
 compile takes 20-45 s per case here; they ran green on CPU, and are the GPU path of `--compile`).
@@ -19,6 +19,12 @@ import hybridna_kernels.utils as ku
 from hybridna import HybriDNA, HybriDNAConfig
 
 _OPS = {"ssd_scan_fwd", "causal_conv1d_fwd", "flash_attn_fwd", "rms_norm_fwd", "gated_rms_norm_fwd"}
+
+
+def _expected_ops():
+    import hybridna.model as hm
+
+    return _OPS | ({"swiglu_fwd"} if hm.FUSED_SWIGLU else set())
 
 
 def _train_step(model, params, ids):
@@ -65,7 +71,7 @@ def test_whole_model_compiles_fullgraph(which, seqlen, compiler):
     assert len(graphs) == 1, f"expected one graph, Dynamo compiled {len(graphs)}"
     called = {t.split(".")[1] for t in graphs[0] if t.startswith("hybridna.")}  # hybridna.<op>.default
     if which == "triton":
-        assert called == _OPS, f"kernels in the graph: {sorted(called)}, expected {sorted(_OPS)}"
+        assert called == _expected_ops(), f"kernels in the graph: {sorted(called)}, expected {sorted(_expected_ops())}"
     else:
         assert not called, f"reference backend but kernel ops in the graph: {sorted(called)}"
     t = tol(torch.float32, "fwd")

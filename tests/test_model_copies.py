@@ -19,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import hybridna_kernels.utils as ku
-from helpers import DEVICE
+from helpers import DEVICE, assert_close, tol
 from hybridna import HybriDNA, HybriDNAConfig
 
 _COPY_OPS = {"copy_", "clone", "_to_copy", "cat", "stack", "constant_pad_nd", "index_select", "gather",
@@ -129,14 +129,19 @@ def test_mamba_block_backward_copies_ceiling():
     assert rec.n_large >= 4, "the recorder saw almost nothing of the backward"
 
 
-def test_swiglu_saves_only_its_input_and_gate_up_output():
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
+def test_swiglu_saves_only_its_input_and_gate_up_output(fused, monkeypatch):
     """Saved activations of the MLP: x (for gate_up) and h = [g | u]; neither silu(g) nor silu(g) * u
-    (the input of down, recomputed in the backward); gradients equal to the plain expression's."""
+    (the input of down, recomputed in the backward); gradients equal to the plain expression's:
+    bit-identical on the PyTorch path, within the fp32 tolerance through the fused SwiGLU kernels
+    (which compute silu as g * sigmoid(g), torch as g / (1 + exp(-g)))."""
     torch.manual_seed(0)
+    import hybridna.model as hm
     from hybridna.model import SwiGLU
 
-    mlp = SwiGLU(16, 32)
-    x = torch.randn(B, L, 16, requires_grad=True)
+    monkeypatch.setattr(hm, "FUSED_SWIGLU", fused)
+    mlp = SwiGLU(16, 32).to(DEVICE)
+    x = torch.randn(B, L, 16, device=DEVICE, requires_grad=True)
     params = {p.data_ptr() for p in mlp.parameters()}
     storages = {}
 
@@ -155,5 +160,150 @@ def test_swiglu_saves_only_its_input_and_gate_up_output():
     mlp.zero_grad()
     g, u = mlp.gate_up(x).chunk(2, dim=-1)
     mlp.down(torch.nn.functional.silu(g) * u).backward(dy)
-    assert torch.equal(gx, x.grad)
-    assert all(torch.equal(a, p.grad) for a, p in zip(gw, mlp.parameters()))
+    if not fused:
+        assert torch.equal(gx, x.grad)
+        assert all(torch.equal(a, p.grad) for a, p in zip(gw, mlp.parameters()))
+        return
+    t = tol(torch.float32, "grad")
+    assert_close("dx", x.grad, gx, t)
+    for (n, p), a in zip(mlp.named_parameters(), gw):
+        assert_close(f"d{n}", p.grad, a, t)
+
+
+def _saved_bytes(fn):
+    """(result, {storage ptr: nbytes}) of the activations fn's autograd graph saves (not parameters)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), tuple(t.shape), t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, storages
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_norm_mlp_node_saves_residual_only(autocast, monkeypatch):
+    """A block's residual add + norm2 + gate_up + SwiGLU + down as one node (_NormMLPFn, the fused
+    kernels): with MLP_RECOMPUTE it saves only the new residual s = x + m and its rstd (the gate_up
+    output h is recomputed), without it s, rstd and h; either way the output, the residual and every
+    gradient match the unfused path (norm2 + gate_up, then torch's SwiGLU + down)."""
+    import hybridna.model as hm
+
+    cfg = HybriDNAConfig.preset("tiny")
+    torch.manual_seed(0)
+    blk = HybriDNA(cfg).layers[0].to(DEVICE)
+    x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    m = torch.randn(B, L, cfg.d_model, device=DEVICE).to(torch.bfloat16 if autocast else torch.float32)
+    m.requires_grad_()
+    dout = torch.randn(B, L, cfg.d_model, device=DEVICE)
+    dres = torch.randn(B, L, cfg.d_model, device=DEVICE)
+    params = {p.untyped_storage().data_ptr() for p in blk.parameters()}
+    F2 = 2 * cfg.d_intermediate
+    res = {}
+    for name, fused, recompute in [("ref", False, False), ("keep", True, False), ("recompute", True, True)]:
+        monkeypatch.setattr(hm, "FUSED_SWIGLU", fused)
+        monkeypatch.setattr(hm, "MLP_RECOMPUTE", recompute)
+        x.grad = m.grad = None
+        blk.zero_grad(set_to_none=True)
+        with ku.backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16, enabled=autocast):
+            (s, out), saved = _saved_bytes(lambda: blk.mlp_residual(x, m))
+        saved = {k: v for k, v in saved.items() if k not in params}
+        torch.autograd.backward([out, s], [dout.to(out.dtype), dres])
+        res[name] = (out.detach().float(), s.detach(), x.grad.clone(), m.grad.clone(),
+                     [p.grad.clone() for p in (blk.norm2.weight, blk.mlp.gate_up.weight, blk.mlp.down.weight)])
+        if name == "ref":
+            continue
+        hdt = 2 if autocast else 4
+        expect = {(B * L * cfg.d_model * 4, (B, L, cfg.d_model), torch.float32),  # s (fp32 residual)
+                  (B * L * 4, (B * L,), torch.float32)}  # rstd
+        if not recompute:
+            expect.add((B * L * F2 * hdt, (B, L, F2), torch.bfloat16 if autocast else torch.float32))  # h
+        assert set(saved.values()) == expect, (name, sorted(saved.values(), key=str))
+    dt = torch.bfloat16 if autocast else torch.float32
+    for name in ("keep", "recompute"):
+        for what, a, b in zip(("out", "s", "dx", "dm"), res["ref"][:4], res[name][:4]):
+            assert_close(f"{name} {what}", a, b, tol(dt, "grad"))
+        for what, a, b in zip(("dnorm2", "dgate_up", "ddown"), res["ref"][4], res[name][4]):
+            assert_close(f"{name} {what}", a, b, tol(dt, "grad"))
+    # recomputing h gives the same bits as keeping it
+    assert all(torch.equal(a, b) for a, b in zip(res["keep"][:4], res["recompute"][:4]))
+    assert all(torch.equal(a, b) for a, b in zip(res["keep"][4], res["recompute"][4]))
+
+
+def test_conv_output_recomputed_not_saved(monkeypatch):
+    """With CONV_RECOMPUTE the Mamba mixer does not keep the conv output x|B|C that ssd_scan saves
+    (conv_dim values per token): the SSD backward gets it recomputed from the conv input, bit for bit,
+    so the output and every gradient are bit-identical to keeping it (fp32, bf16 autocast). The hooks'
+    pack is wrapped to see what they drop (saved-tensor hooks do not nest: an outer recorder would miss
+    everything ssd_scan saves)."""
+    import hybridna.model as hm
+
+    cfg = HybriDNAConfig.preset("tiny")
+    real = hm._recompute_saved
+    for autocast in (False, True):
+        res = {}
+        for recompute in (False, True):
+            monkeypatch.setattr(hm, "CONV_RECOMPUTE", recompute)
+            dropped, kept = [], []
+
+            def spy(out, fn):
+                hooks = real(out, fn)
+                pack = hooks.pack_hook
+
+                def pack_spy(t):
+                    r = pack(t)
+                    (kept if r is t else dropped).append((t.untyped_storage().nbytes(), tuple(t.shape), t.dtype))
+                    return r
+
+                hooks.pack_hook = pack_spy
+                return hooks
+
+            monkeypatch.setattr(hm, "_recompute_saved", spy)
+            torch.manual_seed(0)
+            blk = HybriDNA(cfg).layers[0].to(DEVICE)
+            x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+            with ku.backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16,
+                                                      enabled=autocast):
+                y = blk(x)
+            with ku.backend("triton"):
+                y.float().square().sum().backward()
+            res[recompute] = (y.detach(), x.grad, [p.grad for p in blk.parameters()])
+            if not recompute:
+                assert dropped == kept == [], "hooks installed with CONV_RECOMPUTE off"
+                continue
+            dt = torch.bfloat16 if autocast else torch.float32
+            nb = B * L * cfg.conv_dim * dt.itemsize  # the conv output's storage
+            di, G, N = cfg.d_inner, cfg.ngroups, cfg.d_state
+            assert sorted(dropped) == sorted([(nb, (B, L, cfg.nheads, cfg.headdim), dt), (nb, (B, L, G, N), dt),
+                                              (nb, (B, L, G, N), dt)]), dropped
+            assert kept and all(k[0] != nb for k in kept), kept
+        assert torch.equal(res[False][0], res[True][0]) and torch.equal(res[False][1], res[True][1])
+        assert all(torch.equal(a, b) for a, b in zip(res[False][2], res[True][2]))
+
+
+def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
+    """Saved-tensor hooks do not nest: under activation checkpointing (its own hooks) the mixer leaves
+    the conv output to the checkpoint, and the gradients equal those without checkpointing."""
+    import hybridna.model as hm
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setattr(hm, "CONV_RECOMPUTE", True)
+    calls = []
+    real = hm._recompute_saved
+    monkeypatch.setattr(hm, "_recompute_saved", lambda *a: calls.append(1) or real(*a))
+    cfg = HybriDNAConfig.preset("tiny")
+    torch.manual_seed(0)
+    blk = HybriDNA(cfg).layers[0].to(DEVICE)
+    x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    grads = []
+    for ckpt in (False, True):
+        x.grad = None
+        blk.zero_grad(set_to_none=True)
+        with ku.backend("triton"):
+            y = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+            y.square().sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in blk.parameters()])
+    assert len(calls) == 1, calls  # the plain forward only: neither the checkpointed one nor its recompute
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

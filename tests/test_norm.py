@@ -147,11 +147,16 @@ def test_registered_ops_opcheck(which):
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
+@pytest.mark.parametrize("writes_h", [True, False], ids=["h-from-bwd", "h-recomputed"])
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("kind", ["rms", "rms_delta", "gated"])
-def test_norm_linear(dtype, kind):
-    """Norm + linear with the normed activation recomputed in the backward: forward and every
-    gradient (both weights included) against the fp64 composition."""
+def test_norm_linear(dtype, kind, writes_h, monkeypatch):
+    """Norm + linear with the normed activation recomputed in the backward (written by the norm's
+    backward pass, or by a separate forward pass: linear.BWD_WRITES_H): forward and every gradient
+    (both weights included) against the fp64 composition."""
+    import hybridna_kernels.norm.linear as nl
+
+    monkeypatch.setattr(nl, "BWD_WRITES_H", writes_h)
     torch.manual_seed(5)
     B, T, N, O = 2, 37, 96, 72
     x = torch.randn(B, T, N, device=DEVICE).to(dtype)
@@ -200,3 +205,33 @@ def test_norm_linear_saves_no_normed_activation():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         rms_norm_linear(x, nw, lw)
     assert len(big) == 1 and big[0] is x, [tuple(t.shape) for t in big]
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("kind", ["rms", "rms_delta", "gated"])
+def test_backward_pass_rewrites_forward_output(dtype, kind):
+    """The backward kernels' optional output (used by the norm + linear backward for the weight
+    gradient instead of a separate recompute pass) is the forward's output bit for bit, and the
+    gradients they return are the same as without it."""
+    from hybridna_kernels.norm.rms import gated_rms_norm_bwd, gated_rms_norm_fwd, rms_norm_bwd, rms_norm_fwd
+
+    torch.manual_seed(7)
+    B, T, N = 2, 37, 300
+    x = (torch.randn(B, T, N, device=DEVICE) * 3).to(dtype)
+    other = torch.randn(B, T, N, device=DEVICE).to(dtype)
+    w = (1 + 0.1 * torch.randn(N, device=DEVICE)).to(dtype)
+    dy = torch.randn(B, T, N, device=DEVICE).to(dtype)
+    out_dtype = torch.float16 if dtype == torch.float32 else dtype  # the autocast case: 16-bit output
+    if kind == "gated":
+        y, rstd = gated_rms_norm_fwd(x, other, w, 1e-5, 100, out_dtype)
+        plain = gated_rms_norm_bwd(x, other, w, rstd, dy, 100)
+        *grads, y2 = gated_rms_norm_bwd(x, other, w, rstd, dy, 100, out_dtype=out_dtype)
+    else:
+        delta = other if kind == "rms_delta" else None
+        y, s, rstd = rms_norm_fwd(x, w, 1e-5, delta, out_dtype, store_s=delta is not None)
+        s = s if s is not None else x
+        plain = rms_norm_bwd(s, w, rstd, dy, None, dtype, dtype if delta is not None else None)
+        *grads, y2 = rms_norm_bwd(s, w, rstd, dy, None, dtype, dtype if delta is not None else None, y_dtype=out_dtype)
+    assert y2.dtype == out_dtype and torch.equal(y, y2)
+    for a, b in zip(plain, grads):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -141,3 +141,22 @@ def test_swiglu_compiles_fullgraph():
     out.sum().backward()
     ref.sum().backward()
     assert_close("dh", hr.grad, h.grad, tol(torch.float32, "grad"))
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
+def test_swiglu_bwd_returns_activation(dtype):
+    """swiglu_bwd(h, da, return_a=True) (the model's MLP backward): dh equal to the plain backward's,
+    and a = silu(g) * u bit-equal to the forward kernel's, from one read of h (rows of a strided h)."""
+    from hybridna_kernels.swiglu import swiglu_bwd, swiglu_fwd
+
+    torch.manual_seed(4)
+    F = 300
+    h = (torch.randn(2, 7, 2 * F + 6, device=DEVICE) * 3).to(dtype)[..., 3: 3 + 2 * F]
+    da = torch.randn(2, 7, F, device=DEVICE).to(dtype)
+    dh, a = swiglu_bwd(h, da, return_a=True)
+    assert a.shape == (2, 7, F) and a.dtype == dtype and dh.shape == h.shape
+    assert torch.equal(a, swiglu_fwd(h))
+    assert torch.equal(dh, swiglu_bwd(h, da))
+    hr = h.detach().double().requires_grad_()
+    swiglu_ref(hr).backward(da.double())
+    assert_close("dh", hr.grad, dh, tol(dtype, "grad"))

@@ -36,8 +36,8 @@ def _rms_fwd_kernel(X, DL, W, Y, S, RSTD, N, sx, sd, sy, ss, eps,
 
 
 @triton.jit
-def _rms_bwd_kernel(S, W, RSTD, DY, DSI, DX, DD, DWP, M, N, rpp, ss, sdy, sdyc, sdsi, sdsic, sdx, sdd,
-                    BN: tl.constexpr, HAS_DSI: tl.constexpr, HAS_DD: tl.constexpr):
+def _rms_bwd_kernel(S, W, RSTD, DY, DSI, DX, DD, DWP, Y, M, N, rpp, ss, sdy, sdyc, sdsi, sdsic, sdx, sdd, sy,
+                    BN: tl.constexpr, HAS_DSI: tl.constexpr, HAS_DD: tl.constexpr, STORE_Y: tl.constexpr):
     pid = tl.program_id(0)
     o_n = tl.arange(0, BN)
     m_n = o_n < N
@@ -60,6 +60,8 @@ def _rms_bwd_kernel(S, W, RSTD, DY, DSI, DX, DD, DWP, M, N, rpp, ss, sdy, sdyc, 
             if HAS_DD:
                 tl.store(DD + row * sdd + o_n, b_dx.to(DD.dtype.element_ty), mask=m_n)
             b_dw += b_dy * b_xh
+            if STORE_Y:  # the forward's output again, bit for bit (same operations on the same values)
+                tl.store(Y + row * sy + o_n, (b_xh * b_w).to(Y.dtype.element_ty), mask=m_n)
     tl.store(DWP + pid.to(tl.int64) * N + o_n, b_dw, mask=m_n)
 
 
@@ -99,8 +101,10 @@ def rms_norm_fwd(x, weight, eps: float, delta, out_dtype, store_s: bool):
     return y.view(shape), (s.view(shape) if s is not None else None), rstd
 
 
-def rms_norm_bwd(s, weight, rstd, dy, ds_in, x_dtype, delta_dtype):
-    """dx (x_dtype), dd (delta_dtype, or None when no delta / same dtype as dx), dw (weight dtype)."""
+def rms_norm_bwd(s, weight, rstd, dy, ds_in, x_dtype, delta_dtype, y_dtype=None):
+    """dx (x_dtype), dd (delta_dtype, or None when no delta / same dtype as dx), dw (weight dtype).
+    With y_dtype, also y: the forward's output recomputed in the same pass (bit-equal to
+    rms_norm_fwd's), for the weight gradient of a linear layer after the norm."""
     N = s.shape[-1]
     s2, dy2 = _rows(s, N), _rows(dy, N, any_col_stride=True)
     M = s2.shape[0]
@@ -112,15 +116,18 @@ def rms_norm_bwd(s, weight, rstd, dy, ds_in, x_dtype, delta_dtype):
     nprog = _nprog(M, s.device)
     rpp = cdiv(M, nprog) if M > 0 else 0
     dwp = new_empty((nprog, N), dtype=torch.float32, device=s.device)
+    y = new_empty((M, N), dtype=y_dtype, device=s.device) if y_dtype is not None else None
     BN = _bn(N)
     _rms_bwd_kernel[(nprog,)](
         s2, weight, rstd, dy2, dsi if dsi is not None else dy2, dx, dd if dd is not None else dx, dwp,
+        y if y is not None else dx,
         M, N, rpp, s2.stride(0), dy2.stride(0), dy2.stride(1), dsi.stride(0) if dsi is not None else 0,
         dsi.stride(1) if dsi is not None else 0, dx.stride(0),
-        dd.stride(0) if dd is not None else 0,
-        BN=BN, HAS_DSI=dsi is not None, HAS_DD=dd is not None, num_warps=_warps(BN))
+        dd.stride(0) if dd is not None else 0, y.stride(0) if y is not None else 0,
+        BN=BN, HAS_DSI=dsi is not None, HAS_DD=dd is not None, STORE_Y=y is not None, num_warps=_warps(BN))
     dw = dwp.sum(0).to(weight.dtype)
-    return dx.view(s.shape), (dd.view(s.shape) if dd is not None else None), dw
+    out = dx.view(s.shape), (dd.view(s.shape) if dd is not None else None), dw
+    return out if y is None else (*out, y.view(s.shape))
 
 
 def _out_dtype(x, out_dtype):
@@ -168,8 +175,8 @@ def _gated_fwd_kernel(Yin, Z, W, O, RSTD, G, GS, sy, sz, so, eps, BN: tl.constex
 
 
 @triton.jit
-def _gated_bwd_kernel(Yin, Z, W, RSTD, DO, DY, DZ, DWP, M, G, GS, rpp, sy, sz, sdo, sdoc, sdy, sdz,
-                      BN: tl.constexpr):
+def _gated_bwd_kernel(Yin, Z, W, RSTD, DO, DY, DZ, DWP, O, M, G, GS, rpp, sy, sz, sdo, sdoc, sdy, sdz, so,
+                      BN: tl.constexpr, STORE_O: tl.constexpr):
     pid = tl.program_id(0)
     g = tl.program_id(1)
     o_n = tl.arange(0, BN)
@@ -195,6 +202,9 @@ def _gated_bwd_kernel(Yin, Z, W, RSTD, DO, DY, DZ, DWP, M, G, GS, rpp, sy, sz, s
             b_dz = b_dg * b_y * b_sig * (1.0 + b_z * (1.0 - b_sig))
             tl.store(DZ + row * sdz + col, b_dz.to(DZ.dtype.element_ty), mask=m_n)
             b_dw += b_do * b_xh
+            if STORE_O:  # the forward's output again, bit for bit (its operations in its order)
+                b_g = b_y * b_z * b_sig
+                tl.store(O + row * so + col, (b_g * rstd * b_w).to(O.dtype.element_ty), mask=m_n)
     tl.store(DWP + pid.to(tl.int64) * G * GS + col, b_dw, mask=m_n)
 
 
@@ -211,7 +221,9 @@ def gated_rms_norm_fwd(y, z, weight, eps: float, group_size: int, out_dtype):
     return o.view(y.shape), rstd
 
 
-def gated_rms_norm_bwd(y, z, weight, rstd, do, group_size: int):
+def gated_rms_norm_bwd(y, z, weight, rstd, do, group_size: int, out_dtype=None):
+    """dy, dz, dw; with out_dtype also the forward's output recomputed in the same pass (bit-equal to
+    gated_rms_norm_fwd's), for the weight gradient of a linear layer after the norm."""
     N = y.shape[-1]
     y2, z2, do2 = _rows(y, N), _rows(z, N), _rows(do, N, any_col_stride=True)
     M, G = y2.shape[0], N // group_size
@@ -220,11 +232,14 @@ def gated_rms_norm_bwd(y, z, weight, rstd, do, group_size: int):
     nprog = max(1, _nprog(M, y.device) // G)
     rpp = cdiv(M, nprog) if M > 0 else 0
     dwp = new_empty((nprog, N), dtype=torch.float32, device=y.device)
+    o = new_empty((M, N), dtype=out_dtype, device=y.device) if out_dtype is not None else None
     BN = _bn(group_size)
-    _gated_bwd_kernel[(nprog, G)](y2, z2, weight, rstd, do2, dy, dz, dwp, M, G, group_size, rpp,
-                                  y2.stride(0), z2.stride(0), do2.stride(0), do2.stride(1), dy.stride(0), dz.stride(0),
-                                  BN=BN, num_warps=_warps(BN))
-    return dy.view(y.shape), dz.view(z.shape), dwp.sum(0).to(weight.dtype)
+    _gated_bwd_kernel[(nprog, G)](y2, z2, weight, rstd, do2, dy, dz, dwp, o if o is not None else dy, M, G, group_size,
+                                  rpp, y2.stride(0), z2.stride(0), do2.stride(0), do2.stride(1), dy.stride(0),
+                                  dz.stride(0), o.stride(0) if o is not None else 0,
+                                  BN=BN, STORE_O=o is not None, num_warps=_warps(BN))
+    out = dy.view(y.shape), dz.view(z.shape), dwp.sum(0).to(weight.dtype)
+    return out if o is None else (*out, o.view(y.shape))
 
 
 class GatedRMSNormFn(torch.autograd.Function):

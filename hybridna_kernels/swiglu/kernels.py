@@ -27,7 +27,7 @@ def _swiglu_fwd_kernel(H, O, F, sh, so, BF: tl.constexpr):
 
 
 @triton.jit
-def _swiglu_bwd_kernel(H, DO, DH, F, sh, sdo, sdoc, sdh, BF: tl.constexpr):
+def _swiglu_bwd_kernel(H, DO, DH, A, F, sh, sdo, sdoc, sdh, sa, BF: tl.constexpr, STORE_A: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     o_f = tl.program_id(1) * BF + tl.arange(0, BF)
     m_f = o_f < F
@@ -41,6 +41,8 @@ def _swiglu_bwd_kernel(H, DO, DH, F, sh, sdo, sdoc, sdh, BF: tl.constexpr):
     p_dg = DH + row * sdh + o_f
     tl.store(p_dg, b_dg.to(DH.dtype.element_ty), mask=m_f)
     tl.store(p_dg + F, b_du.to(DH.dtype.element_ty), mask=m_f)
+    if STORE_A:  # the forward's output again (for the gradient of the next matmul's weight)
+        tl.store(A + row * sa + o_f, (b_g * b_sig * b_u).to(A.dtype.element_ty), mask=m_f)
 
 
 def _bf(F: int) -> int:
@@ -65,18 +67,24 @@ def swiglu_fwd(h: torch.Tensor) -> torch.Tensor:
     return out.view(*h.shape[:-1], F)
 
 
-def swiglu_bwd(h: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+def swiglu_bwd(h: torch.Tensor, dout: torch.Tensor, return_a: bool = False):
     """dh = [dg | du] (..., 2F) contiguous, in h's dtype, from the output gradient dout (..., F)
-    (any strides: a stride-0 expanded gradient is read in place)."""
+    (any strides: a stride-0 expanded gradient is read in place). With return_a, (dh, a): the same
+    pass also writes a = silu(g) * u again (bit-equal to swiglu_fwd's), which the backward of a
+    following matmul needs for its weight gradient, so h is read once instead of twice."""
     F = h.shape[-1] // 2
     h2 = _rows(h, 2 * F)
     do2 = _rows(dout, F, any_col_stride=True)
     M = h2.shape[0]
     dh = new_empty((M, 2 * F), dtype=h.dtype, device=h.device)
+    a = new_empty((M, F), dtype=h.dtype, device=h.device) if return_a else None
     if M > 0 and F > 0:
         BF = _bf(F)
-        _swiglu_bwd_kernel[(M, cdiv(F, BF))](h2, do2, dh, F, h2.stride(0), do2.stride(0), do2.stride(1), dh.stride(0),
-                                              BF=BF, num_warps=_warps(BF))
+        _swiglu_bwd_kernel[(M, cdiv(F, BF))](h2, do2, dh, a if a is not None else dh, F, h2.stride(0), do2.stride(0),
+                                              do2.stride(1), dh.stride(0), a.stride(0) if a is not None else 0,
+                                              BF=BF, STORE_A=return_a, num_warps=_warps(BF))
+    if return_a:
+        return dh.view(h.shape), a.view(*h.shape[:-1], F)
     return dh.view(h.shape)
 
 
