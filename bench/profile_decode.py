@@ -277,10 +277,6 @@ def main(argv=None):
         gt = f"{gen[r['mode']]:.0f}" if r["prompt"] == L and r["mode"] in gen else ""
         print(f"| {r['prompt']} | {r['mode']} | {r['graph_ms']:.3f} ({1e3 / r['graph_ms']:.0f}) | {r['floor_ms']:.3f} | "
               f"{gpu} | {nk} | {r['host_us']:.0f} | {gt} |")
-    if not args.no_check:
-        for mode in (args.check_modes or args.modes).split(","):
-            set_mode(mode)
-            print(f"check {mode}: decode vs full forward rel err {check_decode(model, 2048)}", flush=True)
     if args.gemv:
         gemv_sweep(model, out)
     if args.prefill:
@@ -295,6 +291,10 @@ def main(argv=None):
         print(f"prefill {L}: {p_ms:.1f} ms vs forward {f_ms:.1f} ms ({p_ms / f_ms:.3f}); runs fwd "
               f"{[round(v, 1) for v in fs]} prefill {[round(v, 1) for v in ps]}", flush=True)
         del run, fwd
+    if not args.no_check:
+        for mode in (args.check_modes or args.modes).split(","):
+            set_mode(mode)
+            print(f"check {mode}: decode vs full forward rel err {check_decode(model, 2048)}", flush=True)
     if args.attn:
         attn_sweep(model, L, out)
     out["rows"] = table

@@ -120,8 +120,9 @@ def fused_decode_step(model: HybriDNA, tokens: torch.Tensor, cache: InferenceCac
     SwiGLU, down + residual add; per attention block: norm1 + qkv_proj + K/V cache write, the
     attention step (2 kernels), out_proj + residual add and the same MLP. Nothing depends on host
     values that change between steps, so the step can be captured once and replayed."""
-    from hybridna_kernels.decode import attention_step, decode_gemv, ssd_step_decode
+    from hybridna_kernels.decode import attention_step, decode_gemv
     from hybridna_kernels.decode.gemv import use_pdl
+    from hybridna_kernels.ssd.step import ssd_step_fwd
 
     B = tokens.shape[0]
     x = model.embedding(tokens)  # (B, d)
@@ -149,13 +150,13 @@ def fused_decode_step(model: HybriDNA, tokens: torch.Tensor, cache: InferenceCac
             Bm = zx[:, 2 * di: 2 * di + G * N]
             Cm = zx[:, 2 * di + G * N: 2 * di + 2 * G * N]
             dt = zx[:, di + mix.conv_dim:]
-            if use_pdl(x) and mix.D.dim() == 1:  # the decode package's step, launched with PDL
-                y = ssd_step_decode(st.ssm, xs, dt, mix._A_step(x), Bm, Cm, mix.D, mix.dt_bias,
-                                    mix.cfg.dt_limit)  # (B, H * P)
+            args = (st.ssm, xs.unflatten(-1, (H, P)), dt, mix._A_step(x), Bm.unflatten(-1, (G, N)),
+                    Cm.unflatten(-1, (G, N)))
+            if use_pdl(x):  # the step kernel itself, launched with PDL like its neighbours
+                y = ssd_step_fwd(*args, mix.D, None, mix.dt_bias, True, (float(mix.cfg.dt_limit[0]),
+                                 float(mix.cfg.dt_limit[1])), pdl=True)  # (B, H, P)
             else:
-                y = ssd_step(st.ssm, xs.unflatten(-1, (H, P)), dt, mix._A_step(x), Bm.unflatten(-1, (G, N)),
-                             Cm.unflatten(-1, (G, N)), D=mix.D, dt_bias=mix.dt_bias, dt_softplus=True,
-                             dt_limit=mix.cfg.dt_limit)  # (B, H, P)
+                y = ssd_step(*args, D=mix.D, dt_bias=mix.dt_bias, dt_softplus=True, dt_limit=mix.cfg.dt_limit)
             x = decode_gemv(y.reshape(B, di), mix.out_proj.weight, norm_weight=mix.norm.weight, eps=mix.norm.eps,
                             z=zx[:, :di], group_size=mix.norm.group_size, residual=x)
         if blk.mlp is not None:

@@ -240,30 +240,3 @@ def test_gpu_pdl_chain(monkeypatch):
         assert torch.equal(eager, out)
     for a, b in zip(res[False], res[True]):
         assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("shape", [(1, 4, 16, 16, 1), (2, 6, 37, 20, 2), (1, 3, 64, 128, 3)],
-                         ids=lambda s: "B{}-H{}-P{}-N{}-G{}".format(*s))
-def test_ssd_step_decode(shape, dtype):
-    """The decode SSD step against ssd_step_ref: y and the in-place state, two steps, strided x / B /
-    C / dt (slices of one in_proj-like row, as the fused step passes them), dt limits."""
-    from hybridna_kernels.decode import ssd_step_decode
-    from hybridna_kernels.ssd import ssd_step_ref
-
-    torch.manual_seed(7)
-    b, H, P, N, G = shape
-    row = _rand(b, H * P + 2 * G * N + H + 5, dtype=dtype)
-    x, Bm = row[:, : H * P], row[:, H * P: H * P + G * N]
-    Cm, dt = row[:, H * P + G * N: H * P + 2 * G * N], row[:, H * P + 2 * G * N: H * P + 2 * G * N + H]
-    A = -torch.rand(H, device=DEVICE) * 4 - 0.5
-    D, dtb = _rand(H, dtype=dtype), _rand(H, dtype=dtype)
-    st = torch.randn(b, H, P, N, device=DEVICE)
-    st_ref = st.double()
-    for lim in ((0.0, float("inf")), (0.05, 0.5)):
-        y = ssd_step_decode(st, x, dt, A, Bm, Cm, D, dtb, lim)
-        ref = ssd_step_ref(st_ref, x.double().unflatten(-1, (H, P)), dt.double(), A.double(),
-                           Bm.double().unflatten(-1, (G, N)), Cm.double().unflatten(-1, (G, N)), D=D.double(),
-                           dt_bias=dtb.double(), dt_softplus=True, dt_limit=lim)
-        assert_close(f"ssd-step-y-{lim}", ref.flatten(1), y, tol(dtype, "fwd"))
-        assert_close(f"ssd-step-state-{lim}", st_ref, st, tol(torch.float32, "fwd"))

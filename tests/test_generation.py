@@ -200,12 +200,13 @@ def test_graph_segments_match_decode_step(variant):
     assert caches[1].lengths == [30, 30]
 
 
-def test_kernels_decode_matches_reference(monkeypatch):
-    """Prefill (two prompts of different lengths, packed: the kernels' varlen modes) and decode through
-    the Triton kernels (the interpreter on CPU: ssd_step, causal_conv1d_step, flash_attention with
-    seqlen_q = 1) against the fp64 reference full forward of each row on the same tokens; short, so
-    the interpreter stays fast."""
-    m = tiny(torch.float64, rotary=True).to(DEVICE)
+def _ragged_kernel_decode(cfg, fused, monkeypatch):
+    """Prefill two prompts of different lengths (packed: the kernels' varlen modes) and decode 3
+    tokens through the Triton kernels in fp32 (per-op or fused step), against the fp64 reference full
+    forward of each row on the same tokens. Returns the fp32 model and the ids."""
+    from hybridna import generation
+
+    m = tiny(torch.float64, **cfg).to(DEVICE)
     ids = rand_ids(2, 19, seed=7).to(DEVICE)
     lens, T = [16, 11], 3
     prompts = ids[:, :16].clone()
@@ -214,12 +215,19 @@ def test_kernels_decode_matches_reference(monkeypatch):
     with ku.backend("reference"):
         ref = torch.stack([m(ids[:1, :19]).logits[0, 15:18], m(ids[1:, :14]).logits[0, 10:13]])
     m = m.float()
-    from hybridna import generation
-
-    monkeypatch.setattr(generation, "FUSED_DECODE", False)  # the per-op step (the fused one: tests below)
+    monkeypatch.setattr(generation, "FUSED_DECODE", fused)
     with ku.backend("triton"):
+        assert generation.fused_decode_supported(m) == fused
         _, lg = generate(m, prompts, T, temperature=0, return_logits=True, forced_tokens=forced, lengths=lens)
-    assert_close("kernel-decode-fp32", ref, lg, tol(torch.float32, "fwd"))
+    assert_close(f"kernel-decode-fp32-{'fused' if fused else 'perop'}", ref, lg, tol(torch.float32, "fwd"))
+    return m, ids
+
+
+def test_kernels_decode_matches_reference(monkeypatch):
+    """The per-op decode step through the Triton kernels (the interpreter on CPU: ssd_step,
+    causal_conv1d_step, flash_attention with seqlen_q = 1), ragged prompts, against the fp64
+    reference; short, so the interpreter stays fast."""
+    _ragged_kernel_decode(dict(rotary=True), False, monkeypatch)
 
 
 # the default layout (K/V written by the qkv GEMV) runs in test_kernels_device_loop_generate
@@ -231,20 +239,8 @@ def test_kernels_fused_decode_matches_reference(variant, monkeypatch):
     from hybridna import generation
     from hybridna.generation import CUDAGraphDecoder
 
-    m = tiny(torch.float64, **VARIANTS[variant]).to(DEVICE)
-    ids = rand_ids(2, 19, seed=7).to(DEVICE)
-    lens, T = [16, 11], 3
-    prompts = ids[:, :16].clone()
-    prompts[1, 11:] = PAD_ID
-    forced = torch.stack([ids[0, 16:19], ids[1, 11:14]])
-    with ku.backend("reference"):
-        ref = torch.stack([m(ids[:1, :19]).logits[0, 15:18], m(ids[1:, :14]).logits[0, 10:13]])
-    m = m.float()
-    monkeypatch.setattr(generation, "FUSED_DECODE", True)
+    m, ids = _ragged_kernel_decode(VARIANTS[variant], True, monkeypatch)
     with ku.backend("triton"):
-        assert generation.fused_decode_supported(m)
-        _, lg = generate(m, prompts, T, temperature=0, return_logits=True, forced_tokens=forced, lengths=lens)
-        assert_close(f"fused-decode-{variant}", ref, lg, tol(torch.float32, "fwd"))
         caches = [allocate_cache(m, 2, 19) for _ in range(2)]
         for c in caches:
             prefill(m, ids[:, :16], [16, 16], c)

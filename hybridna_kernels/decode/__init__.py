@@ -6,6 +6,5 @@ from .attention import attention_step
 from .gemv import decode_gemv, gemv_config
 from .naive import attention_step_ref, decode_gemv_ref
 from .sample import sample_step
-from .ssd import ssd_step_decode
 
-__all__ = ["decode_gemv", "gemv_config", "attention_step", "decode_gemv_ref", "attention_step_ref", "sample_step", "ssd_step_decode"]
+__all__ = ["decode_gemv", "gemv_config", "attention_step", "decode_gemv_ref", "attention_step_ref", "sample_step"]

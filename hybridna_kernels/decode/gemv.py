@@ -38,6 +38,15 @@ def _silu(x):
 
 
 @triton.jit
+def _act(p_a, p_z, o_k, m_k, NORM: tl.constexpr):
+    """The GEMV input at columns o_k in fp32: a, or a * silu(z) for the gated norm."""
+    a = tl.load(p_a + o_k, mask=m_k, other=0.0).to(tl.float32)
+    if NORM == 2:
+        a = a * _silu(tl.load(p_z + o_k, mask=m_k, other=0.0).to(tl.float32))
+    return a
+
+
+@triton.jit
 def _epilogue(y, u, o_n, m_n, i_b, OUT, R, S, CW, CB, KC, VC, POS, C0, QN, KVN,
               sob, srb, ssb, ssd, ssk, skb, skt, svb, svt,
               EPI: tl.constexpr, HAS_CB: tl.constexpr, CW_: tl.constexpr, WP: tl.constexpr):
@@ -112,9 +121,7 @@ def _gemv_kernel(
             w21 = tl.load(p_w + N * K, mask=m_w1, other=0.0)
         if PDL:
             tl.extra.cuda.gdc_wait()
-        a1 = tl.load(p_a + o_kk, mask=m_k1, other=0.0).to(tl.float32)
-        if NORM == 2:
-            a1 = a1 * _silu(tl.load(p_z + o_kk, mask=m_k1, other=0.0).to(tl.float32))
+        a1 = _act(p_a, p_z, o_kk, m_k1, NORM)
         if NORM != 0:
             rstd1 = tl.rsqrt(tl.sum(a1 * a1, 0) / K + eps)
             a1 = a1 * rstd1 * tl.load(NW + o_kk, mask=m_k1, other=0.0).to(tl.float32)
@@ -160,17 +167,13 @@ def _gemv_kernel(
                 for k0 in range(g0, g1, BK):
                     o_k = k0 + o_kk
                     m_k = o_k < g1
-                    a = tl.load(p_a + o_k, mask=m_k, other=0.0).to(tl.float32)
-                    if NORM == 2:
-                        a = a * _silu(tl.load(p_z + o_k, mask=m_k, other=0.0).to(tl.float32))
+                    a = _act(p_a, p_z, o_k, m_k, NORM)
                     ss += a * a
                 rstd = tl.rsqrt(tl.sum(ss, 0) / GROUP + eps)
             for k0 in range(g0, g1, BK):
                 o_k = k0 + o_kk
                 m_k = o_k < g1
-                a = tl.load(p_a + o_k, mask=m_k, other=0.0).to(tl.float32)
-                if NORM == 2:
-                    a = a * _silu(tl.load(p_z + o_k, mask=m_k, other=0.0).to(tl.float32))
+                a = _act(p_a, p_z, o_k, m_k, NORM)
                 if NORM != 0:
                     a = a * rstd * tl.load(NW + o_k, mask=m_k, other=0.0).to(tl.float32)
                 a = a.to(W.dtype.element_ty).to(tl.float32)[None, :]  # the activation the matmul reads
