@@ -143,14 +143,17 @@ def _recompute_saved(out: torch.Tensor, recompute) -> torch.autograd.graph.saved
     kept: the backward calls recompute() (once, under the forward's autocast state and op backend) and
     reads the same views of its result. recompute must rebuild out bit for bit with the same layout
     (a deterministic kernel on inputs that are kept anyway). Other saved tensors pass through."""
-    ptr, nbytes = out.untyped_storage().data_ptr(), out.untyped_storage().nbytes()
-    dev = out.device.type
+    # Only out's address and layout are kept, never out itself: the hooks live as long as the graph,
+    # and a reference here would keep the very tensor this is meant to free.
+    ptr, nbytes, offset = out.untyped_storage().data_ptr(), out.untyped_storage().nbytes(), out.storage_offset()
+    device = out.device
+    dev = device.type
     amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) if dev in ("cuda", "cpu") else (False, None)
     op_backend = _get_op_backend()
     cache: dict = {}
 
     def pack(t):
-        if t.device == out.device and t.untyped_storage().data_ptr() == ptr:
+        if t.device == device and t.untyped_storage().data_ptr() == ptr:
             return (_RECOMPUTED, t.shape, t.stride(), t.storage_offset(), t.dtype)
         return t
 
@@ -161,13 +164,13 @@ def _recompute_saved(out: torch.Tensor, recompute) -> torch.autograd.graph.saved
             ac = torch.autocast(dev, dtype=amp[1], enabled=True) if amp[0] else contextlib.nullcontext()
             with torch.no_grad(), ac, _op_backend(op_backend):
                 r = recompute()
-            if r.untyped_storage().nbytes() != nbytes or r.storage_offset() != out.storage_offset():
+            if r.untyped_storage().nbytes() != nbytes or r.storage_offset() != offset:
                 raise RuntimeError("recomputed activation has another layout than the one saved")
             cache["out"] = r
-        _, shape, stride, offset, dtype = p
+        _, shape, stride, view_offset, dtype = p
         r = cache["out"]
         assert r.dtype == dtype
-        return r.as_strided(shape, stride, offset)
+        return r.as_strided(shape, stride, view_offset)
 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 

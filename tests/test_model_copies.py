@@ -11,7 +11,9 @@ ceiling: the copies that remain there are listed, and a new one fails the test.
 """
 from __future__ import annotations
 
+import gc
 import sys
+import weakref
 from collections import Counter
 
 import pytest
@@ -246,9 +248,10 @@ def test_conv_output_recomputed_not_saved(monkeypatch):
         res = {}
         for recompute in (False, True):
             monkeypatch.setattr(hm, "CONV_RECOMPUTE", recompute)
-            dropped, kept = [], []
+            dropped, kept, refs = [], [], []
 
             def spy(out, fn):
+                refs.append(weakref.ref(out))
                 hooks = real(out, fn)
                 pack = hooks.pack_hook
 
@@ -267,6 +270,9 @@ def test_conv_output_recomputed_not_saved(monkeypatch):
             with ku.backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16,
                                                       enabled=autocast):
                 y = blk(x)
+            gc.collect()
+            # the conv output itself is gone between the forward and the backward (nothing holds it)
+            assert len(refs) == int(recompute) and all(r() is None for r in refs)
             with ku.backend("triton"):
                 y.float().square().sum().backward()
             res[recompute] = (y.detach(), x.grad, [p.grad for p in blk.parameters()])
