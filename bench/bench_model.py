@@ -682,7 +682,7 @@ def time_graph_step(batch: int, seqlen: int, *, preset: str = PRESET, rounds: in
     import time
 
     model = get_model("hybrid", preset)[0]
-    _Cache.opt = None
+    _Cache.key = _Cache.model = _Cache.opt = None  # rebuilt by the next item (even when this one fails)
     release_cuda_memory()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True, capturable=True)
     ids = random_bases(batch, seqlen)
@@ -723,8 +723,7 @@ def time_graph_step(batch: int, seqlen: int, *, preset: str = PRESET, rounds: in
                tokens_per_s=round(batch * seqlen / med, 1), peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
     if not all(math.isfinite(v) for v in losses):
         row["status"] = "nonfinite"
-    del graph, loss, opt
-    _Cache.key = _Cache.model = _Cache.opt = None  # the graph pool and the parameters' graph grads go with it
+    del graph, loss, opt, model  # the graph pool and the parameters' graph gradients go with them
     return row
 
 
