@@ -234,59 +234,86 @@ def test_norm_mlp_node_saves_residual_only(autocast, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(res["keep"][4], res["recompute"][4]))
 
 
-def test_conv_output_recomputed_not_saved(monkeypatch):
-    """With CONV_RECOMPUTE the Mamba mixer does not keep the conv output x|B|C that ssd_scan saves
-    (conv_dim values per token): the SSD backward gets it recomputed from the conv input, bit for bit,
-    so the output and every gradient are bit-identical to keeping it (fp32, bf16 autocast). The hooks'
-    pack is wrapped to see what they drop (saved-tensor hooks do not nest: an outer recorder would miss
-    everything ssd_scan saves)."""
+def _recompute_run(monkeypatch, flags: dict, autocast: bool):
+    """One Mamba block forward + backward with hybridna.model flags set, recording what the
+    recompute hooks drop (saved-tensor hooks do not nest: an outer recorder would miss everything the
+    mixer saves under them) and weak references to the activations they were asked to drop."""
     import hybridna.model as hm
 
+    for k, v in flags.items():
+        monkeypatch.setattr(hm, k, v)
+    dropped, kept, refs = [], [], []
+    real_pack, real_ctx = hm._pack, hm._recompute_saved
+
+    def pack_spy(t):
+        r = real_pack(t)
+        (kept if r is t else dropped).append((t.untyped_storage().nbytes(), tuple(t.shape), t.dtype))
+        return r
+
+    def ctx_spy(out, fn):
+        refs.append(weakref.ref(out))
+        return real_ctx(out, fn)
+
+    monkeypatch.setattr(hm, "_pack", pack_spy)
+    monkeypatch.setattr(hm, "_recompute_saved", ctx_spy)
     cfg = HybriDNAConfig.preset("tiny")
-    real = hm._recompute_saved
-    for autocast in (False, True):
-        res = {}
-        for recompute in (False, True):
-            monkeypatch.setattr(hm, "CONV_RECOMPUTE", recompute)
-            dropped, kept, refs = [], [], []
+    torch.manual_seed(0)
+    blk = HybriDNA(cfg).layers[0].to(DEVICE)
+    x0 = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    d0 = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    with ku.backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16, enabled=autocast):
+        xo, m = blk(x0, delta=d0, defer_add=True)  # the model's form: residual add fused into norm1
+    gc.collect()
+    alive = [r() is not None for r in refs]  # the dropped activations must be gone before the backward
+    with ku.backend("triton"):
+        (xo + m).float().square().sum().backward()
+    grads = [x0.grad, d0.grad] + [p.grad for p in blk.parameters()]
+    return cfg, (xo.detach(), m.detach()), grads, dropped, kept, alive
 
-            def spy(out, fn):
-                refs.append(weakref.ref(out))
-                hooks = real(out, fn)
-                pack = hooks.pack_hook
 
-                def pack_spy(t):
-                    r = pack(t)
-                    (kept if r is t else dropped).append((t.untyped_storage().nbytes(), tuple(t.shape), t.dtype))
-                    return r
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_conv_output_recomputed_not_saved(autocast, monkeypatch):
+    """With CONV_RECOMPUTE the Mamba mixer does not keep the conv output x|B|C that ssd_scan saves
+    (conv_dim values per token): it is freed after the forward and recomputed from the conv input for
+    the SSD backward, bit for bit, so outputs and every gradient are bit-identical to keeping it."""
+    base = _recompute_run(monkeypatch, dict(CONV_RECOMPUTE=False, INPROJ_RECOMPUTE=False), autocast)
+    assert base[3] == base[4] == [] and base[5] == [], "hooks installed with the recomputes off"
+    cfg, outs, grads, dropped, kept, alive = _recompute_run(
+        monkeypatch, dict(CONV_RECOMPUTE=True, INPROJ_RECOMPUTE=False), autocast)
+    dt = torch.bfloat16 if autocast else torch.float32
+    nb = B * L * cfg.conv_dim * dt.itemsize  # the conv output's storage
+    G, N = cfg.ngroups, cfg.d_state
+    assert sorted(dropped) == sorted([(nb, (B, L, cfg.nheads, cfg.headdim), dt), (nb, (B, L, G, N), dt),
+                                      (nb, (B, L, G, N), dt)]), dropped
+    assert kept and all(k[0] != nb for k in kept), kept
+    assert alive == [False]
+    assert all(torch.equal(a, b) for a, b in zip(base[1], outs))
+    assert all(torch.equal(a, b) for a, b in zip(base[2], grads))
 
-                hooks.pack_hook = pack_spy
-                return hooks
 
-            monkeypatch.setattr(hm, "_recompute_saved", spy)
-            torch.manual_seed(0)
-            blk = HybriDNA(cfg).layers[0].to(DEVICE)
-            x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
-            with ku.backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16,
-                                                      enabled=autocast):
-                y = blk(x)
-            gc.collect()
-            # the conv output itself is gone between the forward and the backward (nothing holds it)
-            assert len(refs) == int(recompute) and all(r() is None for r in refs)
-            with ku.backend("triton"):
-                y.float().square().sum().backward()
-            res[recompute] = (y.detach(), x.grad, [p.grad for p in blk.parameters()])
-            if not recompute:
-                assert dropped == kept == [], "hooks installed with CONV_RECOMPUTE off"
-                continue
-            dt = torch.bfloat16 if autocast else torch.float32
-            nb = B * L * cfg.conv_dim * dt.itemsize  # the conv output's storage
-            di, G, N = cfg.d_inner, cfg.ngroups, cfg.d_state
-            assert sorted(dropped) == sorted([(nb, (B, L, cfg.nheads, cfg.headdim), dt), (nb, (B, L, G, N), dt),
-                                              (nb, (B, L, G, N), dt)]), dropped
-            assert kept and all(k[0] != nb for k in kept), kept
-        assert torch.equal(res[False][0], res[True][0]) and torch.equal(res[False][1], res[True][1])
-        assert all(torch.equal(a, b) for a, b in zip(res[False][2], res[True][2]))
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_inproj_output_recomputed_not_saved(autocast, monkeypatch):
+    """With INPROJ_RECOMPUTE (and CONV_RECOMPUTE) neither the in_proj output z|x|B|C|dt (read by the
+    conv, SSD and gated-norm backwards) nor the conv output is kept: both are freed after the forward
+    and recomputed in the backward (norm1 + in_proj from the residual stream that norm1 keeps, then
+    the conv from it), bit for bit: outputs and every gradient bit-identical to keeping them."""
+    base = _recompute_run(monkeypatch, dict(CONV_RECOMPUTE=False, INPROJ_RECOMPUTE=False), autocast)
+    cfg, outs, grads, dropped, kept, alive = _recompute_run(
+        monkeypatch, dict(CONV_RECOMPUTE=True, INPROJ_RECOMPUTE=True), autocast)
+    dt = torch.bfloat16 if autocast else torch.float32
+    di, G, N, H = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads
+    nb_in = B * L * (2 * di + 2 * G * N + H) * dt.itemsize
+    nb_conv = B * L * cfg.conv_dim * dt.itemsize
+    sizes = sorted({d[0] for d in dropped})
+    assert sizes == sorted({nb_in, nb_conv}), dropped
+    # the conv input, z (gated norm), dt (SSD) and x, B, C (SSD) are all among the dropped views
+    shapes = {(d[0], d[1]) for d in dropped}
+    assert {(nb_in, (B, cfg.conv_dim, L)), (nb_in, (B, L, di)), (nb_in, (B, L, H)),
+            (nb_conv, (B, L, H, cfg.headdim))} <= shapes, dropped
+    assert all(k[0] not in (nb_in, nb_conv) for k in kept), kept
+    assert alive == [False, False]
+    assert all(torch.equal(a, b) for a, b in zip(base[1], outs))
+    assert all(torch.equal(a, b) for a, b in zip(base[2], grads))
 
 
 def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
