@@ -300,14 +300,19 @@ if os.environ.get("HYBRIDNA_SWEEP_SHAPES"):   # e.g. "1,2,128,64/1,2,128,128" fo
 # D -> kind -> variant strings; the first of each kind is the default-like one the other kinds use
 SWEEP = {
     64: {
-        "fwd": ["fwd=128,64,4,4", "fwd=128,64,8,3", "fwd=128,64,4,3"],
-        "dkdv": ["dkdv=32,128,4,3", "dkdv=64,128,8,3", "dkdv=32,128,4,4", "dkdv=64,64,4,3"],
-        "dq": ["dq=64,64,4,3", "dq=128,64,8,3", "dq=128,64,8,2", "dq=64,64,4,4", "dq=64,128,4,3"],
+        "fwd": ["fwd=128,64,4,4", "fwd=128,64,4,3", "fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,64,4,5",
+                "fwd=128,64,4,4;tma=fwd", "fwd=128,64,4,3;tma=fwd", "fwd=128,64,8,3;tma=fwd", "fwd=128,64,8,4;tma=fwd"],
+        "dkdv": ["dkdv=32,128,4,3", "dkdv=32,128,4,4", "dkdv=32,128,4,2", "dkdv=16,128,4,4", "dkdv=64,128,8,3",
+                 "dkdv=32,128,4,3;tma=dkdv", "dkdv=32,128,4,4;tma=dkdv", "dkdv=64,128,8,3;tma=dkdv",
+                 "dkdv=64,64,4,3;tma=dkdv"],
+        "dq": ["dq=64,64,4,3", "dq=64,128,4,3", "dq=64,64,4,4", "dq=128,64,8,3", "dq=64,64,4,3;tma=dq",
+               "dq=64,64,4,4;tma=dq", "dq=64,128,4,3;tma=dq", "dq=128,64,8,3;tma=dq", "dq=64,64,4,3;dq_delta=1",
+               "dq=64,64,4,3;tma=dq;dq_delta=1", "dq=128,32,4,3", "dq=128,32,4,3;tma=dq", "dq=128,64,4,3"],
     },
     128: {
-        "fwd": ["fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,128,8,2"],
-        "dkdv": ["dkdv=64,128,8,3", "dkdv=32,128,8,3", "dkdv=64,128,8,2", "dkdv=64,64,4,3"],
-        "dq": ["dq=128,64,8,3", "dq=128,64,8,2", "dq=64,64,4,3"],
+        "fwd": ["fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,64,8,3;tma=fwd", "fwd=128,64,8,2;tma=fwd"],
+        "dkdv": ["dkdv=64,128,8,3", "dkdv=64,128,8,3;tma=dkdv", "dkdv=64,128,8,2;tma=dkdv"],
+        "dq": ["dq=128,64,8,3", "dq=128,64,8,3;tma=dq", "dq=64,64,4,3;tma=dq", "dq=128,64,8,3;dq_delta=1"],
     },
 }
 # Round 1 (H100, B8 H16 L8192 D64, TFLOP/s): fwd 128,64,4,4 431.5; 128,64,8,3 431.1; 128,64,8,4 419;
@@ -356,7 +361,10 @@ def _small_check(D, H, variant):
 
 def _warm_sweep(index, nproc):
     """Compile variants index::nproc at a tiny length (same specialisation as the timed shapes)."""
-    jobs = [(D, H, v) for (B, H, L, D) in SWEEP_SHAPES[:2] for _, v in _sweep_variants(D)]
+    first = {}   # one shape per head size: the compiled kernels do not depend on B, H, L
+    for B, H, L, D in SWEEP_SHAPES:
+        first.setdefault(D, H)
+    jobs = [(D, H, v) for D, H in first.items() for _, v in _sweep_variants(D)]
     if index == nproc - 1:   # the host-time cases: autotuned defaults and fixed configs (decode, H8 D64)
         for variant in ("",):
             _set_variant(variant)
@@ -365,10 +373,35 @@ def _warm_sweep(index, nproc):
             q, k, v = (torch.randn(1, 512, 8, 64, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
             o = flash_attention(q, k, v, causal=True)
             torch.autograd.grad(o, (q, k, v), torch.randn_like(o))
+            # `targets`: the window kernels at a long-sequence config bucket (> 2048)
+            q, k, v = (torch.randn(1, 4096, 16, 64, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
+            o = flash_attention(q, k, v, window=1024)
+            torch.autograd.grad(o, (q, k, v), torch.randn_like(o))
     for D, H, variant in jobs[index::nproc]:
         _set_variant(variant)
-        q, k, v = (torch.randn(1, 512, H, D, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
-        o = flash_attention(q, k, v, causal=True)
+        try:   # a variant that fails here is reported again (and skipped) by the sweep's check
+            q, k, v = (torch.randn(1, 512, H, D, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
+            o = flash_attention(q, k, v, causal=True)
+            torch.autograd.grad(o, (q, k, v), torch.randn_like(o))
+        except Exception as e:  # noqa: BLE001
+            print(f"{variant}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    torch.cuda.synchronize()
+
+
+def _warm_final(index, nproc):
+    """Compile what `final` and `targets` launch (defaults in the long bucket, session 2's configs, the window
+    and decode kernels), job index::nproc, at small sizes."""
+    jobs = [("", 16, 64, None), (S2_DEFAULTS, 16, 64, None), ("", 8, 128, None), ("", 16, 64, 1024), ("decode",)]
+    for job in jobs[index::nproc]:
+        if job[0] == "decode":
+            _set_variant("")
+            qd, kd = torch.randn(1, 1, 16, 64, device=DEV, dtype=DT), torch.randn(1, 4096, 4, 64, device=DEV, dtype=DT)
+            flash_attention(qd, kd, kd)
+            continue
+        variant, H, D, window = job
+        _set_variant(variant)
+        q, k, v = (torch.randn(1, 4096, H, D, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
+        o = flash_attention(q, k, v, causal=True, window=window)
         torch.autograd.grad(o, (q, k, v), torch.randn_like(o))
     torch.cuda.synchronize()
 
@@ -381,7 +414,7 @@ def _winner(best):
     def add(text):
         for item in filter(None, text.split(";")):
             key, _, val = item.partition("=")
-            if key == "mmajor" and key in parts:
+            if key in ("mmajor", "tma") and key in parts:
                 val = parts[key] + "," + val
             parts[key] = val
 
@@ -394,8 +427,8 @@ def _winner(best):
     if "atomic" in best and (sep is None or best["atomic"][0] < sep):
         add(";".join(t for t in best["atomic"][1].split(";") if not t.startswith("fwd=")))
     elif sep is not None:
-        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith(("dkdv=", "mmajor=dkdv"))))
-        add(";".join(t for t in best["dq"][1].split(";") if t.startswith(("dq=", "mmajor=dq"))))
+        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith(("dkdv=", "mmajor=dkdv", "tma=dkdv"))))
+        add(";".join(t for t in best["dq"][1].split(";") if t.startswith(("dq=", "mmajor=dq", "tma=dq", "dq_delta="))))
     return ";".join(f"{k}={v}" for k, v in parts.items())
 
 
@@ -422,7 +455,9 @@ def _sweep(outdir):
     summary = ["| shape | mode | ours earlier picks | ours best (variant) | FA2 | cuDNN |",
                "| --- | --- | --- | --- | --- | --- |"]
     print("\n".join(summary), flush=True)
-    for B, H, L, D in SWEEP_SHAPES:
+    others = {"fwd": ("dkdv=", "dq="), "dkdv": ("fwd=", "dq="), "dq": ("fwd=", "dkdv=")}
+    own = lambda kind, v_: ";".join(t for t in v_.split(";") if not t.startswith(others.get(kind, ("fwd=",))))  # noqa: E731
+    for i_shape, (B, H, L, D) in enumerate(SWEEP_SHAPES):
         shape = f"B{B} H{H} L{L} D{D}"
         n_summary = len(summary)
         ff = _flops(B, H, L, D, True, None, "fwd")
@@ -446,6 +481,7 @@ def _sweep(outdir):
             row = dict(shape=shape, kind=kind, variant=variant, check=err)
             if not isinstance(err, float) or err > 2e-2:
                 lines.append(f"| {shape} | {kind} | {variant} | - | - | FAIL {err} |")
+                print(f"  FAIL {shape} {variant}: {err}", flush=True)
                 log.write(json.dumps(row) + "\n")
                 continue
             _set_variant(variant)
@@ -464,6 +500,7 @@ def _sweep(outdir):
             row.update(ms=ms, tflops=rate, vs_default=full)
             if full > 2e-2:
                 lines.append(f"| {shape} | {kind} | {variant} | {ms:.3f} | - | FAIL vs default {full:.1e} |")
+                print(f"  FAIL {shape} {variant} vs default: {full:.1e}", flush=True)
             else:
                 lines.append(f"| {shape} | {kind} | {variant} | {ms:.3f} | {rate:.1f} | {err:.1e} |")
                 if kind != "fwd" and "base" not in best:
@@ -472,6 +509,8 @@ def _sweep(outdir):
                 if slot not in best or ms < best[slot][0]:
                     best[slot] = (ms, variant)
                 ranked.setdefault(slot, []).append((ms, rate, variant))
+                if i_shape == 0:   # the first shape row by row, as measured (a cut run keeps them)
+                    print(f"  {shape} {kind:4s} {ms:7.3f} ms {rate:5.1f}  {own(kind, variant)}", flush=True)
             log.write(json.dumps(row) + "\n")
             log.flush()
         # the whole step: defaults, the winners combined, SDPA baselines
@@ -484,42 +523,57 @@ def _sweep(outdir):
             return run
 
         ours = lambda q_, k_, v_: flash_attention(q_, k_, v_, causal=True)  # noqa: E731
-        res = {}
-        _set_variant(base)
-        res["default"] = (bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours)))
+        sd = lambda q_, k_, v_: F.scaled_dot_product_attention(  # noqa: E731
+            q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2), is_causal=True).transpose(1, 2)
         winner = _winner(best)
-        _set_variant(winner)
         werr = _small_check(D, H, winner)
-        _set_variant(winner)
-        res["best"] = (bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours)))
+        backends = {"FA2": SDPBackend.FLASH_ATTENTION, "cuDNN": SDPBackend.CUDNN_ATTENTION}
+        names = ["default", "best"]
         _set_variant("")
-        for name, be in (("FA2", SDPBackend.FLASH_ATTENTION), ("cuDNN", SDPBackend.CUDNN_ATTENTION)):
-            sd = lambda q_, k_, v_: F.scaled_dot_product_attention(  # noqa: E731
-                q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2), is_causal=True).transpose(1, 2)
+        for name, be in backends.items():
             try:
                 with sdpa_kernel(be):
                     e = _rel(sd(q, k, v), o0)
-                    assert e < 2e-2, f"{name} vs ours {e:.1e}"
-                    res[name] = (bench(lambda: sd(q, k, v)), bench(step(sd)))
+                assert e < 2e-2, f"{name} vs ours {e:.1e}"
+                names.append(name)
             except Exception as ex:  # noqa: BLE001
-                res[name] = (float("nan"), float("nan"))
                 print(f"{name} at {shape}: {type(ex).__name__}: {str(ex)[:100]}")
+
+        def timed(name):
+            if name in backends:
+                with sdpa_kernel(backends[name]):
+                    return bench(lambda: sd(q, k, v)), bench(step(sd))
+            _set_variant(base if name == "default" else winner)
+            return bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours))
+
+        # interleaved repeats (default, best, FA2, cuDNN, default, ...): clocks drift over a run, so
+        # every provider sees the same drift; cells are medians over the repeats
+        reps = int(os.environ.get("HYBRIDNA_SWEEP_REPS", "3"))
+        times = {name: [] for name in names}
+        for _ in range(reps):
+            for name in names:
+                times[name].append(timed(name))
+        _set_variant("")
+        med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+        res = {name: (med([t[0] for t in ts]), med([t[1] for t in ts])) for name, ts in times.items()}
+        for name in backends:
+            res.setdefault(name, (float("nan"), float("nan")))
+        spread = "; ".join(f"{n} " + " ".join(f"{t[0]:.3f}/{t[1]:.2f}" for t in ts) for n, ts in times.items())
         for j, (mode, fl) in enumerate((("fwd", ff), ("fwd+bwd", ff * 3.5))):
             cell = lambda r: f"{r[j]:.3f} ms ({fl / r[j] / 1e9:.0f})"  # noqa: E731
             summary.append(f"| {shape} | {mode} | {cell(res['default'])} | {cell(res['best'])} |"
                            f" {cell(res['FA2'])} | {cell(res['cuDNN'])} |")
         summary.append(f"| {shape} | winner | `{winner}` (check {werr:.1e}) | | | |")
         print("\n".join(summary[n_summary:]), flush=True)
-        for slot, rows in ranked.items():
-            top = sorted(rows)[:3]
-            other = {"fwd": ("dkdv=", "dq="), "dkdv": ("fwd=", "dq="), "dq": ("fwd=", "dkdv=")}.get(slot, ("fwd=",))
-            own = lambda v_: ";".join(t for t in v_.split(";") if not t.startswith(other))  # noqa: E731
-            print(f"  {slot} TFLOP/s: " + "; ".join(f"{r:.0f} `{own(v_)}`" for _, r, v_ in top), flush=True)
+        print(f"  fwd/fwd+bwd ms per repeat: {spread}", flush=True)
+        for slot, rows in ranked.items() if i_shape > 0 else ():
+            top = sorted(rows)[:int(os.environ.get("HYBRIDNA_SWEEP_TOP", "3"))]
+            print(f"  {slot} TFLOP/s: " + "; ".join(f"{r:.0f} `{own(slot, v_)}`" for _, r, v_ in top), flush=True)
         log.write(json.dumps(dict(shape=shape, winner=winner, winner_check=werr,
                                   **{k_: v_ for k_, v_ in res.items()})) + "\n")
         del q, k, v, qg, kg, vg, o0, lse0, g0, do
         torch.cuda.empty_cache()
-    open(os.path.join(outdir, "sweep.md"), "w").write("\n".join(lines + [""] + summary) + "\n")
+        open(os.path.join(outdir, "sweep.md"), "w").write("\n".join(lines + [""] + summary) + "\n")
 
 
 def _host(outdir):
@@ -566,6 +620,158 @@ def _host(outdir):
         f"{os.path.basename(k[0])}:{k[2]} {v[2] / 200 * 1e6:.0f}" for k, v in top), flush=True)
 
 
+S2_DEFAULTS = "fwd=128,64,4,4;dkdv=32,128,4,3;dq=64,64,4,3"   # session 2's fixed configs (D64), no features
+
+
+def _final(outdir):
+    """The defaults at the sweep's shapes: checked against fp64 (o and every gradient) first, then ours,
+    session 2's configs (D64 only), SDPA FA2 and cuDNN timed interleaved HYBRIDNA_SWEEP_REPS times, medians."""
+    import triton.testing
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+
+    from hybridna_kernels.attention import flash
+
+    flash.TUNE = False
+    if HAS_CUDA:
+        bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=80, return_mode="median")  # noqa: E731
+    else:  # CPU dry run (interpreter)
+        def bench(fn):
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+    sd = lambda q_, k_, v_: F.scaled_dot_product_attention(  # noqa: E731
+        q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2), is_causal=True).transpose(1, 2)
+    backends = {"FA2": SDPBackend.FLASH_ATTENTION, "cuDNN": SDPBackend.CUDNN_ATTENTION}
+    print("| shape | mode | ours ms (TFLOP/s) | session 2 configs | FA2 | cuDNN | cuDNN ms / ours ms | check |", flush=True)
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    rows = []
+    for B, H, L, D in SWEEP_SHAPES:
+        shape = f"B{B} H{H} L{L} D{D}"
+        err = _small_check(D, H, "")
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(B, L, H, D, device=DEV, dtype=DT) for _ in range(3))
+        do = torch.randn_like(q)
+        qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+        _set_variant("")
+        o0 = flash_attention(q, k, v, causal=True)
+
+        def step(fn):
+            def run():
+                torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), do)
+            return run
+
+        names = ["ours"] + (["s2"] if D == 64 else [])
+        for name, be in backends.items():
+            try:
+                with sdpa_kernel(be):
+                    e = _rel(sd(q, k, v), o0)
+                assert e < 2e-2, f"{name} vs ours {e:.1e}"
+                names.append(name)
+            except Exception as ex:  # noqa: BLE001
+                print(f"{name} at {shape}: {type(ex).__name__}: {str(ex)[:100]}", flush=True)
+
+        def timed(name):
+            if name in backends:
+                with sdpa_kernel(backends[name]):
+                    return bench(lambda: sd(q, k, v)), bench(step(sd))
+            _set_variant("" if name == "ours" else S2_DEFAULTS)
+            ours = lambda q_, k_, v_: flash_attention(q_, k_, v_, causal=True)  # noqa: E731
+            return bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours))
+
+        times = {name: [] for name in names}
+        for _ in range(int(os.environ.get("HYBRIDNA_SWEEP_REPS", "3"))):
+            for name in names:
+                times[name].append(timed(name))
+        _set_variant("")
+        med = {n: [sorted(t[j] for t in ts)[len(ts) // 2] for j in range(2)] for n, ts in times.items()}
+        ff = _flops(B, H, L, D, True, None, "fwd")
+        for j, (mode, fl) in enumerate((("fwd", ff), ("fwd+bwd", 3.5 * ff))):
+            cell = lambda n: f"{med[n][j]:.3f} ({fl / med[n][j] / 1e9:.0f})" if n in med else "-"  # noqa: E731
+            ratio = f"{med['cuDNN'][j] / med['ours'][j]:.2f}" if "cuDNN" in med else "-"
+            row = f"| {shape} | {mode} | {cell('ours')} | {cell('s2')} | {cell('FA2')} | {cell('cuDNN')} | {ratio} | {err:.1e} |"
+            rows.append(row)
+            print(row, flush=True)
+        print("  per repeat (fwd/fwd+bwd ms): " + "; ".join(
+            f"{n} " + " ".join(f"{t[0]:.3f}/{t[1]:.2f}" for t in ts) for n, ts in times.items()), flush=True)
+        del q, k, v, qg, kg, vg, do, o0
+        torch.cuda.empty_cache()
+    os.makedirs(outdir, exist_ok=True)
+    open(os.path.join(outdir, "final.md"), "w").write("\n".join(rows) + "\n")
+
+
+def _targets(outdir):
+    """The issue's sliding-window and decode targets at the current defaults, each checked against the
+    fp64 reference first: window 4096 at B1 H16 L131072 D64 (fwd <= 8 ms, fwd+bwd <= 30 ms); decode of
+    one query, Hq16 over Hkv4, D64, 131072 cached keys (>= 70% of the copy bandwidth of this run), eager
+    and under a CUDA graph."""
+    import triton.testing
+
+    from hybridna_kernels.attention.flash import attention_bwd
+
+    if HAS_CUDA:
+        bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")  # noqa: E731
+    else:  # CPU dry run (interpreter, small sizes)
+        def bench(fn):
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+    small = not HAS_CUDA
+    torch.manual_seed(0)
+    B, H, L, D, W = (1, 2, 700, 64, 100) if small else (1, 16, 131072, 64, 4096)
+    NQ = 64 if small else 512
+    q, k, v = (torch.randn(B, L, H, D, device=DEV, dtype=DT) for _ in range(3))
+    o, lse = flash_attention(q, k, v, window=W, return_lse=True)
+    err = _check_against_reference(q, k, v, True, W, o)
+    do = torch.randn_like(o)
+    g = attention_bwd(do, q, k, v, o, lse, causal=True, window=W, softmax_scale=D ** -0.5)
+    # gradients against fp64 on a slice: queries [L - 512, L) and the keys they see, dO zero elsewhere
+    lo = L - NQ - W + 1
+    qd, kd, vd = (t[:, lo:].double().requires_grad_() for t in (q, k, v))
+    dod = do[:, lo:].double().clone()
+    dod[:, : L - NQ - lo] = 0
+    o_ref = attention_ref(qd, kd, vd, causal=True, window=W)
+    do_s = do.clone()
+    do_s[:, : L - NQ] = 0
+    g_s = attention_bwd(do_s, q, k, v, o, lse, causal=True, window=W, softmax_scale=D ** -0.5)
+    refs = torch.autograd.grad(o_ref, (qd, kd, vd), dod)
+    gerr = max(_rel(a[:, lo:], r) for a, r in zip(g_s, refs))
+    assert gerr < 1e-2, f"window gradients vs reference: {gerr:.2e}"
+    del g, g_s, qd, kd, vd, o_ref, refs
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+
+    def step():
+        out = flash_attention(qg, kg, vg, window=W)
+        torch.autograd.grad(out, (qg, kg, vg), do)
+
+    fwd = bench(lambda: flash_attention(q, k, v, window=W))
+    fb = bench(step)
+    fl = _flops(B, H, L, D, True, W, "fwd")
+    print(f"| window {W} B{B} H{H} L{L} D{D} | fwd {fwd:.3f} ms ({fl / fwd / 1e9:.0f} TFLOP/s; target <= 8 ms) | "
+          f"fwd+bwd {fb:.3f} ms ({3.5 * fl / fb / 1e9:.0f}; target <= 30 ms) | check o {err:.1e}, grads {gerr:.1e} |",
+          flush=True)
+    del q, k, v, qg, kg, vg, o, lse, do
+    torch.cuda.empty_cache()
+    n = 1024 if small else 512 * 1024 * 1024
+    src = torch.empty(n, dtype=torch.bfloat16, device=DEV).uniform_()
+    dst = torch.empty_like(src)
+    copy = 2 * n * 2 / (bench(lambda: dst.copy_(src)) * 1e-3) / 1e9
+    del src, dst
+    q = torch.randn(1, 1, 16, 64, device=DEV, dtype=DT)
+    k, v = (torch.randn(1, 2048 if small else 131072, 4, 64, device=DEV, dtype=DT) for _ in range(2))
+    out = flash_attention(q, k, v)
+    derr = _rel(out, attention_ref(q.double(), k.double(), v.double(), causal=True))
+    assert derr < 1e-2, f"decode vs reference: {derr:.2e}"
+    nbytes = 2 * k.numel() * k.element_size()
+    eager = bench(lambda: flash_attention(q, k, v))
+    graph = triton.testing.do_bench_cudagraph(lambda: flash_attention(q, k, v), return_mode="median") \
+        if HAS_CUDA else eager
+    print(f"| decode Hq16:Hkv4 D64 Lk{k.shape[1]} ({nbytes / 1e6:.0f} MB) | eager {eager * 1e3:.1f} us "
+          f"({nbytes / eager / 1e6:.0f} GB/s, {nbytes / eager / 1e6 / copy:.2f} of copy) | graph {graph * 1e3:.1f} us "
+          f"({nbytes / graph / 1e6:.0f} GB/s, {nbytes / graph / 1e6 / copy:.2f} of copy {copy:.0f}) | check {derr:.1e} |",
+          flush=True)
+
+
 if __name__ == "__main__":
     import sys
 
@@ -577,5 +783,11 @@ if __name__ == "__main__":
         _host(sys.argv[2])
     elif sys.argv[1] == "sweep":
         _sweep(sys.argv[2])
+    elif sys.argv[1] == "warm-final":
+        _warm_final(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "final":
+        _final(sys.argv[2])
+    elif sys.argv[1] == "targets":
+        _targets(sys.argv[2])
     else:
         _summary(sys.argv[1])

@@ -118,7 +118,7 @@ def test_conv1d_fwd(benchmark, copy_bandwidth_gbs, shape, provider):
     err = check_forward(provider, x, w, b, dtype)
     nbytes = 2 * x.numel() * x.element_size()
     run_benchmark(benchmark, forward_fn(provider, x, w, b), nbytes=nbytes, copy_gbs=copy_bandwidth_gbs,
-                  shape=name, dtype=str(dtype), provider=provider, rel_err=err)
+                  shape=name, dtype=str(dtype), provider=provider, rel_err=err, graph=True)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -140,7 +140,7 @@ def test_conv1d_fwd_bwd(benchmark, copy_bandwidth_gbs, shape, provider):
 
     nbytes = 5 * x.numel() * x.element_size()  # fwd: x, y; bwd: x, dy, dx
     run_benchmark(benchmark, step, nbytes=nbytes, copy_gbs=copy_bandwidth_gbs,
-                  shape=name, dtype=str(dtype), provider=provider, grad_rel_err=err)
+                  shape=name, dtype=str(dtype), provider=provider, grad_rel_err=err, graph=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,6 +306,12 @@ def main(argv=None):
                 ms2 = _bench(lambda: torch.autograd.grad(f(), (xg, wg, bg), gy))
                 rows.append(dict(shape=name, op="fwd+bwd", provider=prov, ms=ms2, gbs=5 * nb / ms2 / 1e6,
                                  rel_err=gerr))
+                if HAS_CUDA:  # the same through a CUDA graph: the GPU time without the host's launch gaps
+                    from conftest import time_ms_graph
+
+                    ms3 = time_ms_graph(lambda: torch.autograd.grad(f(), (xg, wg, bg), gy))
+                    if ms3 is not None:
+                        rows.append(dict(shape=name, op="fb-graph", provider=prov, ms=ms3, gbs=5 * nb / ms3 / 1e6))
         del x, w, b
         dump()
     summary(rows, swept=False)
@@ -333,10 +339,11 @@ def summary(rows, swept=True):
 
     s4, s8, s1 = "B8-D2304-L8192-W4", "B8-D2304-L8192-W8", "B1-D2304-L131072-W4"
     f4, f8, fb, f1 = ms(s4, "fwd"), ms(s8, "fwd"), ms(s4, "fwd+bwd"), ms(s1, "fwd")
+    fg = ms(s4, "fb-graph")
     frac = [r["frac_copy"] for r in rows if r["shape"] == s4 and r["op"] == "fwd" and r["provider"] == "hybridna"]
     if not swept:
         print(f"targets (defaults): fwd W4 {f4:.4f} ms = {frac[0] if frac else float('nan'):.3f} of copy (>= 0.90); "
-              f"fwd+bwd W4 {fb:.4f} ms (<= 0.55); B1 L131072 fwd {f1:.4f} ms (<= 0.47); W8/W4 fwd {f8 / f4:.3f} "
+              f"fwd+bwd W4 {fb:.4f} ms, from a CUDA graph {fg:.4f} ms (<= 0.55); B1 L131072 fwd {f1:.4f} ms (<= 0.47); W8/W4 fwd {f8 / f4:.3f} "
               f"(<= 1.15); F.conv1d/ours fwd W4 {ms(s4, 'fwd', 'reference') / f4:.1f}x, fwd+bwd "
               f"{ms(s4, 'fwd+bwd', 'reference') / fb:.1f}x; W8 fwd+bwd {ms(s8, 'fwd+bwd'):.4f} ms", flush=True)
         return

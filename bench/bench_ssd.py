@@ -224,15 +224,21 @@ def step_table(copy_gbs):
         print(f"ssd_step B64 H{H} P{P} N{N} ({name}): {t * 1e3:.1f} us, {gbs:.0f} GB/s = {gbs / copy_gbs:.2f} of copy")
 
 
+_REF_CACHE: dict = {}
+
+
 def _variant_error(seqlen=4096):
     """Largest norm-relative error of y and of every gradient against the fp64 chunked reference,
     B1 T{seqlen} at the benchmark's heads / dims (bf16 inputs); run under the current CFG_OVERRIDE."""
-    t = make(1, seqlen, requires_grad=True)
     leaves = ("x", "dt", "A", "B", "C", "D", "dt_bias")
-    t64 = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
-    y_ref = _ref(t64)
-    dy = torch.randn_like(y_ref)
-    g_ref = torch.autograd.grad(y_ref, [t64[k] for k in leaves], dy)
+    if _REF_CACHE.get("seqlen") != seqlen:  # the fp64 reference once for all variants
+        t = make(1, seqlen, requires_grad=True)
+        t64 = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
+        y_ref = _ref(t64)
+        dy = torch.randn_like(y_ref)
+        g_ref = torch.autograd.grad(y_ref, [t64[k] for k in leaves], dy)
+        _REF_CACHE.update(seqlen=seqlen, t=t, y_ref=y_ref.detach(), dy=dy, g_ref=g_ref)
+    t, y_ref, dy, g_ref = (_REF_CACHE[k] for k in ("t", "y_ref", "dy", "g_ref"))
     y = _ours(t)
     g = torch.autograd.grad(y, [t[k] for k in leaves], dy.to(y.dtype))
     errs = {"y": (y.double() - y_ref).norm() / y_ref.norm()}
@@ -251,8 +257,10 @@ def sweep(batch=8, seqlen=8192, names=None, with_peer=True):
 
     names = names or list(chunk.SWEEP_CONFIGS)
     fb = {}
-    print(f"| variant (B{batch} T{seqlen}) | fwd ms | fwd+bwd ms | err y / worst grad (B1 T4096 vs fp64) |")
-    print("| --- | --- | --- | --- |")
+    graph = os.environ.get("SSD_GRAPH", "0") == "1"  # also the forward replayed from a CUDA graph (host-free)
+    print(f"| variant (B{batch} T{seqlen}) | fwd ms | fwd+bwd ms | err y / worst grad (B1 T4096 vs fp64) |"
+          + (" fwd graph ms |" if graph else ""))
+    print("| --- | --- | --- | --- |" + (" --- |" if graph else ""))
     for name in names:
         chunk.CFG_OVERRIDE.clear()
         chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[name])
@@ -268,6 +276,13 @@ def sweep(batch=8, seqlen=8192, names=None, with_peer=True):
             except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
                 row.append(f"failed: {type(e).__name__}")
             del t
+        if graph:
+            t = make(batch, seqlen)
+            try:
+                err += f" | {triton.testing.do_bench_cudagraph(_fn('hybridna', t, 'fwd'), return_mode='median'):.3f}"
+            except Exception as e:  # noqa: BLE001 - reported, not fatal
+                err += f" | failed: {type(e).__name__}"
+            del t
         print(f"| {name} | {row[0]} | {row[1]} | {err} |", flush=True)
         if not row[1].startswith("failed") and not err.startswith("failed"):
             fb[name] = float(row[1])
@@ -282,15 +297,16 @@ def sweep(batch=8, seqlen=8192, names=None, with_peer=True):
     return fb
 
 
-def profile(batch=8, seqlen=8192, top=20, providers=("hybridna", "mamba_ssm")):
-    """Per-kernel CUDA time of one forward + backward, ours and the peer's (torch.profiler)."""
+def profile(batch=8, seqlen=8192, top=20, providers=("hybridna", "mamba_ssm"), mode="fwd_bwd", label=""):
+    """Per-kernel CUDA time of one forward + backward (mode "fwd": forward without grad), ours and the
+    peer's (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     for prov in providers:
-        if _skip_reason(prov, batch, seqlen, "fwd_bwd"):
+        if _skip_reason(prov, batch, seqlen, mode):
             continue
-        t = make(batch, seqlen, requires_grad=True)
-        fn = _fn(prov, t, "fwd_bwd")
+        t = make(batch, seqlen, requires_grad=mode != "fwd")
+        fn = _fn(prov, t, mode)
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
@@ -298,16 +314,69 @@ def profile(batch=8, seqlen=8192, top=20, providers=("hybridna", "mamba_ssm")):
             for _ in range(5):
                 fn()
             torch.cuda.synchronize()
-        print(f"--- {prov} B{batch} T{seqlen} fwd+bwd, CUDA time per call by kernel")
+        print(f"--- {prov}{label} B{batch} T{seqlen} {mode}, CUDA time per call by kernel")
         rows = []
         for ev in prof.key_averages():
             tt = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
             if tt > 0:
                 rows.append((tt / 5 / 1e3, ev.count // 5, ev.key[:70]))
-        for ms, cnt, key in sorted(rows, reverse=True)[:top]:
-            print(f"{ms:8.3f} ms  x{cnt:<3d} {key}")
+        rows.sort(reverse=True)
+        print(f"   total {sum(r[0] for r in rows):.3f} ms:", "; ".join(
+            f"{key.split('(')[0].replace('_kernel', '')[:40]} {ms:.3f}" + (f" x{cnt}" if cnt > 1 else "")
+            for ms, cnt, key in rows[:top]))
         del t, fn
         torch.cuda.empty_cache()
+
+
+def _time_shape(name, bsz, sl):
+    import triton.testing
+
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.clear()
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[name])
+    row = []
+    for mode in ("fwd", "fwd_bwd"):
+        t = make(bsz, sl, requires_grad=mode != "fwd")
+        row.append(f"{triton.testing.do_bench(_fn('hybridna', t, mode), return_mode='median'):.3f}")
+        del t
+        torch.cuda.empty_cache()
+    chunk.CFG_OVERRIDE.clear()
+    print(f"| {name} B{bsz} T{sl} | {row[0]} | {row[1]} | |", flush=True)
+
+
+def session3():
+    """SSD_VARIANTS (comma-separated) timed at B8 T8192, each checked first; per-kernel profiles of the
+    default (fwd and fwd+bwd) and of the fastest fwd+bwd variant; the other two shapes for the default
+    and the fastest; ssd_step at batch 64 (public call and CUDA graph)."""
+    from hybridna_kernels.ssd import chunk
+
+    sel = [v for v in os.environ.get("SSD_VARIANTS", "default").split(",") if v]
+    n = 256 * 1024 * 1024
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    import triton.testing
+    copy_gbs = 2 * n * 2 / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
+    src = dst = None
+    print(f"{torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s, triton {triton.__version__}")
+    step_table(copy_gbs)
+    top = int(os.environ.get("SSD_PROFILE_TOP", "12"))
+
+    def prof(name):
+        chunk.CFG_OVERRIDE.clear()
+        chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[name])
+        for mode in ("fwd", "fwd_bwd"):
+            profile(top=top, providers=("hybridna",), mode=mode, label=f" '{name}'")
+        chunk.CFG_OVERRIDE.clear()
+
+    prof(sel[0])  # the default first (the per-kernel split of the current code)
+    fb = sweep(names=sel, with_peer=False)
+    best = min(fb, key=fb.get) if fb else sel[0]
+    for bsz, sl in GPU_SHAPES[1:][::-1]:
+        for name in dict.fromkeys((best, sel[0])):
+            _time_shape(name, bsz, sl)
+    if best != sel[0]:
+        prof(best)
 
 
 if __name__ == "__main__":
@@ -318,7 +387,11 @@ if __name__ == "__main__":
         from hybridna_kernels.ssd import chunk
         chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[os.environ["SSD_VARIANTS"]])
         _fn("hybridna", make(1, 4096, requires_grad=True), "fwd_bwd")()
+        _fn("hybridna", make(1, 4096), "fwd")()  # the no-grad forward (bf16 hin with hin16_nograd)
         torch.cuda.synchronize()
+        sys.exit(0)
+    if "--session3" in sys.argv:  # round script of session 3: sweep, profiles, long shapes, ssd_step
+        session3()
         sys.exit(0)
     if "--sweep-only" in sys.argv:  # variants from SSD_VARIANTS (comma-separated; all when unset)
         sel = [v for v in os.environ.get("SSD_VARIANTS", "").split(",") if v]

@@ -84,9 +84,27 @@ def time_ms(fn) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def time_ms_graph(fn) -> float | None:
+    """Median milliseconds of fn replayed from a CUDA graph (triton.testing.do_bench_cudagraph: many calls
+    captured back to back, no L2 flush): the GPU time without the host's launch work, which on a slow host
+    can exceed a kernel's own time (bench/RESULTS.md). None on CPU or when fn cannot be captured."""
+    if not HAS_CUDA:
+        return None
+    import triton.testing
+
+    try:
+        return triton.testing.do_bench_cudagraph(fn, return_mode="median")
+    except Exception as e:  # noqa: BLE001 - a capture-unsafe fn (host syncs, CPU tensors) is not an error here
+        torch.cuda.synchronize()
+        print(f"time_ms_graph: not capturable ({type(e).__name__}: {str(e)[:120]})", file=sys.stderr)
+        return None
+
+
 def run_benchmark(benchmark, fn, *, flops: float | None = None, nbytes: float | None = None,
-                  copy_gbs: float | None = None, rounds: int = 20, **info):
-    """Time fn for pytest-benchmark and record ms / TFLOP/s / GB/s / peak memory in extra_info."""
+                  copy_gbs: float | None = None, rounds: int = 20, graph: bool = False, **info):
+    """Time fn for pytest-benchmark and record ms / TFLOP/s / GB/s / peak memory in extra_info.
+    graph=True (kernel benchmarks) also records graph_ms, the same fn replayed from a CUDA graph (GPU time
+    without host launch gaps), and the rates from it (graph_tflops / graph_gbs)."""
     if HAS_CUDA:
         torch.cuda.reset_peak_memory_stats()
         fn()
@@ -107,6 +125,14 @@ def run_benchmark(benchmark, fn, *, flops: float | None = None, nbytes: float | 
         if copy_gbs:
             benchmark.extra_info["copy_gbs"] = round(copy_gbs, 1)
             benchmark.extra_info["frac_of_copy"] = round(gbs / copy_gbs, 3)
+    if graph and HAS_CUDA:
+        gms = time_ms_graph(fn)
+        if gms is not None:
+            benchmark.extra_info["graph_ms"] = round(gms, 4)
+            if flops is not None:
+                benchmark.extra_info["graph_tflops"] = round(flops / (gms * 1e-3) / 1e12, 2)
+            if nbytes is not None:
+                benchmark.extra_info["graph_gbs"] = round(nbytes / (gms * 1e-3) / 1e9, 1)
     benchmark.extra_info.update(info)
 
     def call():

@@ -1,50 +1,235 @@
-"""Per-kernel GPU time of one batch-1 decode step of the 300m preset (bf16), eager and from CUDA graphs.
+"""Batch-1 decode of the 300m preset (bf16): per-op vs fused decode step, GEMV sweep, prefill vs forward.
 
-    python bench/profile_decode.py [--prompt 1024] [--steps 20]
+    python bench/profile_decode.py [--prompts 1024,131072] [--modes perop,fused] [--top 12] [--gemv]
+
+Per prompt length, one prefill; then per mode (HYBRIDNA_FUSED_DECODE off / on, switched at run time)
+a CUDAGraphDecoder on the same cache (states restored between modes): ms/token of a replayed step
+(median of 5 runs of 100 steps, events), kernels and GPU time per token (torch.profiler, first prompt
+only), the error of that mode's cached decode against the full forward (greedy, 2,048-token prompt),
+and generate()'s token loop (256 sampled tokens, CUDA graphs, sampling included) after the longest
+prompt. --gemv times the fused GEMV against cuBLAS (F.linear) on every weight shape of the model.
 """
+from __future__ import annotations
+
 import argparse
+import json
 import os
 import sys
 import time
 
 import torch
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_ROOT, "tests"))
+sys.path.insert(0, _ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_generation import DecodeLoop, get_model  # noqa: E402
+
+from bench_generation import DEVICE, check_decode, copy_bandwidth, get_model, prefill_fn, step_bytes  # noqa: E402
+
+from hybridna import generation  # noqa: E402
+from hybridna.generation import CUDAGraphDecoder, allocate_cache, generate, prefill  # noqa: E402
+from hybridna.model import MambaState  # noqa: E402
+
+
+def _events_ms(fn, n):
+    if not torch.cuda.is_available():  # CPU smoke run of the script (tiny preset)
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t) / n * 1e3
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(n):
+        fn()
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / n
+
+
+def _profile(fn, steps):
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    rows, total, count = [], 0.0, 0.0
+    for ev in prof.key_averages():
+        tt = (getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)) if cuda \
+            else (ev.self_cpu_time_total if ev.key.startswith("triton") or "::" in ev.key else 0)
+        if tt > 0:
+            rows.append((tt / steps, ev.count / steps, ev.key[:80]))
+            total += tt / steps
+            count += ev.count / steps
+    return total, count, sorted(rows, reverse=True)
+
+
+def _bench_graph(fn, n=20):
+    """Median ms of fn replayed from a CUDA graph of n calls (host-free: the GPU host is slow)."""
+    import triton.testing
+
+    return triton.testing.do_bench_cudagraph(lambda: [fn() for _ in range(n)], rep=30, return_mode="median") / n
+
+
+def set_mode(mode):
+    generation.FUSED_DECODE = mode == "fused"
+
+
+def gemv_sweep(model, out):
+    """Fused GEMV vs cuBLAS on the 300m weight shapes (checked against F.linear first)."""
+    import triton.testing
+
+    from hybridna_kernels.decode import decode_gemv, gemv_config
+
+    blk = next(b for b in model.layers if not b.is_attention)
+    att = next(b for b in model.layers if b.is_attention)
+    shapes = [("in_proj", blk.mixer.in_proj.weight, False), ("out_proj", blk.mixer.out_proj.weight, False),
+              ("gate_up+swiglu", blk.mlp.gate_up.weight, True), ("down", blk.mlp.down.weight, False),
+              ("qkv", att.mixer.qkv_proj.weight, False)]
+    cfgs = [None, (4, 1024, 4), (8, 1024, 8), (16, 1024, 8), (8, 512, 4), (4, 2048, 8), (2, 2048, 4),
+            (2, 1024, 4)]
+    rows = []
+    for name, w, sw in shapes:
+        N, K = w.shape
+        x = torch.randn(1, K, device=DEVICE, dtype=w.dtype)
+        ref = torch.nn.functional.linear(x, w)
+        if sw:
+            g, u = ref.float().chunk(2, -1)
+            ref = torch.nn.functional.silu(g) * u
+        cub = _bench_graph(lambda: torch.nn.functional.linear(x, w))
+        gb = w.numel() * w.element_size() / 1e9
+        res = {"shape": name, "N": N, "K": K, "cublas_us": cub * 1e3, "cublas_gbs": gb / (cub * 1e-3)}
+        best = None
+        for c in cfgs:
+            if c is not None and c[0] * min(c[1], K) * (2 if sw else 1) > 2048 * c[2]:
+                continue  # spills registers (sm_90, Triton 3.6)
+            cc = c or gemv_config(N // 2 if sw else N, K, sw)
+            y = decode_gemv(x, w, swiglu=sw, config=cc)
+            err = ((y.float() - ref.float()).norm() / ref.float().norm()).item()
+            if not err < 2e-2:
+                res[f"err {cc}"] = err
+                continue
+            t = _bench_graph(lambda: decode_gemv(x, w, swiglu=sw, config=cc))
+            res[str(cc) + (" (default)" if c is None else "")] = t * 1e3
+            if best is None or t < best[0]:
+                best = (t, cc)
+        res["best"] = (best[0] * 1e3, best[1], gb / (best[0] * 1e-3)) if best else None
+        rows.append(res)
+    out["gemv"] = rows
+    print("| weight | N x K | cuBLAS us (GB/s) | fused default us | best us (GB/s) cfg |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        dflt = next((v for k, v in r.items() if k.endswith("(default)")), float("nan"))
+        b = r["best"]
+        print(f"| {r['shape']} | {r['N']}x{r['K']} | {r['cublas_us']:.1f} ({r['cublas_gbs']:.0f}) | {dflt:.1f} | "
+              + (f"{b[0]:.1f} ({b[2]:.0f}) {b[1]}" if b else "none correct") + " |")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prompt", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--prompts", default="1024,131072")
+    ap.add_argument("--modes", default="perop,fused")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--top", type=int, default=0, help="print the top kernels of each mode (first prompt)")
+    ap.add_argument("--gemv", action="store_true")
+    ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--prefill", action="store_true", help="prefill vs forward at the longest prompt")
+    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    from torch.profiler import ProfilerActivity, profile
-
+    prompts = [int(p) for p in args.prompts.split(",")]
+    modes = args.modes.split(",")
     model = get_model()
-    for graph in (False, True):
-        loop = DecodeLoop(model, args.prompt, graph=graph)
-        for _ in range(5):
-            loop.step()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            loop.step()
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t) / args.steps * 1e3
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-            for _ in range(args.steps):
-                loop.step()
-            torch.cuda.synchronize()
-        rows, total = [], 0.0
-        for ev in prof.key_averages():
-            tt = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
-            if tt > 0:
-                rows.append((tt / args.steps, ev.count / args.steps, ev.key[:90]))
-                total += tt / args.steps
-        print(f"--- {'graph' if graph else 'eager'} decode, prompt {args.prompt}: wall {wall:.3f} ms/token, "
-              f"GPU kernel time {total / 1e3:.3f} ms/token, {sum(r[1] for r in rows):.0f} kernels/token")
-        for us, cnt, key in sorted(rows, reverse=True)[:18]:
-            print(f"{us:9.1f} us  x{cnt:<5.1f} {key}")
+    bw = copy_bandwidth()
+    cuda = torch.cuda.is_available()
+    bw = bw or 1.0
+    out = {"device": torch.cuda.get_device_name() if cuda else "cpu", "copy_gbs": bw, "rows": []}
+    print(f"device {out['device']}, copy {bw:.0f} GB/s", flush=True)
+    table = []
+    slack = args.steps + 8
+    for i, L in enumerate(prompts):
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        ids = torch.randint(5, 9, (1, L), device=DEVICE, generator=g)
+        cache = allocate_cache(model, 1, L + slack)
+        with torch.no_grad():
+            prefill(model, ids, [L], cache)
+        saved = [(st.conv.clone(), st.ssm.clone()) if isinstance(st, MambaState) else None for st in cache.layers]
+        floor = step_bytes(model, L) / (bw * 1e9) * 1e3
+        tok = torch.randint(5, 9, (1,), device=DEVICE, generator=g)
+        for mode in modes:
+            set_mode(mode)
+            for st, sv in zip(cache.layers, saved):
+                if sv is not None:
+                    st.conv.copy_(sv[0])
+                    st.ssm.copy_(sv[1])
+            cache.lengths = [L]
+            with torch.no_grad():
+                dec = CUDAGraphDecoder(model, cache, use_graphs=cuda)
+
+                def step():
+                    if cache.lengths[0] >= L + slack - 1:
+                        cache.lengths = [L]
+                        dec.pos.fill_(L)
+                    return dec.step(tok)
+
+                for _ in range(5):
+                    step()
+                ms = sorted(_events_ms(step, args.steps) for _ in range(5))[2]
+                row = {"prompt": L, "mode": mode, "graph_ms": ms, "floor_ms": floor}
+                if i == 0:
+                    gpu_us, nk, top = _profile(step, 10)
+                    row.update(gpu_ms=gpu_us / 1e3, kernels=nk)
+                    if args.top:
+                        print(f"--- {mode}, prompt {L}: top kernels (us/token, launches/token)")
+                        for us, cnt, key in top[: args.top]:
+                            print(f"{us:8.1f} us x{cnt:<5.1f} {key}")
+            del dec
+            table.append(row)
+            print(json.dumps(row), flush=True)
+        del cache, saved
+    L = prompts[-1]
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    ids = torch.randint(5, 9, (1, L), device=DEVICE, generator=g)
+    gen = {}
+    for mode in modes:
+        set_mode(mode)
+        generate(model, ids[:, :1024], 8, cuda_graph=cuda)  # warm-up
+        st = {}
+        generate(model, ids, args.new_tokens, temperature=1.0, seed=0, cuda_graph=cuda, stats=st)
+        gen[mode] = (st["new_tokens"] - 1) / st["decode_s"]
+        print(f"generate {mode} after {L}: {gen[mode]:.0f} tok/s (prefill {st['prefill_s'] * 1e3:.1f} ms, "
+              f"capture {st['setup_s'] * 1e3:.0f} ms)", flush=True)
+    out["generate_tok_s"] = gen
+    if not args.no_check:
+        for mode in modes:
+            set_mode(mode)
+            print(f"check {mode}: decode vs full forward rel err {check_decode(model, 2048)}", flush=True)
+    if args.gemv:
+        gemv_sweep(model, out)
+    if args.prefill:
+        import triton.testing
+
+        run, fwd = prefill_fn(model, L)
+        f_ms = triton.testing.do_bench(fwd, warmup=1, rep=1, return_mode="median")
+        p_ms = triton.testing.do_bench(run, warmup=1, rep=1, return_mode="median")
+        f_ms = triton.testing.do_bench(fwd, warmup=1, rep=1, return_mode="median")
+        out["prefill"] = {"prompt": L, "forward_ms": f_ms, "prefill_ms": p_ms}
+        print(f"prefill {L}: {p_ms:.1f} ms vs forward {f_ms:.1f} ms ({p_ms / f_ms:.3f})", flush=True)
+        del run, fwd
+    out["rows"] = table
+    print("| prompt | mode | graph ms/token (tok/s) | floor ms | GPU ms | kernels/token | generate tok/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in table:
+        gpu = f"{r['gpu_ms']:.3f}" if "gpu_ms" in r else ""
+        nk = f"{r['kernels']:.0f}" if "kernels" in r else ""
+        gt = f"{gen[r['mode']]:.0f}" if r["prompt"] == L else ""
+        print(f"| {r['prompt']} | {r['mode']} | {r['graph_ms']:.3f} ({1e3 / r['graph_ms']:.0f}) | {r['floor_ms']:.3f} | "
+              f"{gpu} | {nk} | {gt} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2, default=str)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,31 @@ attend, row by row, over exactly that row's keys. A row's continuation is then t
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
 import torch
 
-from hybridna_kernels import flash_attention
+from hybridna_kernels import flash_attention, ssd_step
+from hybridna_kernels.utils import use_kernel
 
 from .model import Attention, HybriDNA, KVState, MambaState, _lengths_from
 from .tokenizer import BOS_ID, PAD_ID
 
-__all__ = ["InferenceCache", "allocate_cache", "prefill", "decode_step", "sample_next", "generate",
-           "CUDAGraphDecoder"]
+__all__ = ["InferenceCache", "allocate_cache", "prefill", "decode_step", "fused_decode_step", "sample_next",
+           "generate", "CUDAGraphDecoder"]
+
+# The fused decode step (hybridna_kernels.decode: ~5 kernels per layer, the attention's cache length on
+# the device, so the CUDA-graph decoder captures the whole step as one graph). "0" keeps the per-op
+# step (Block.step) and the piecewise graphs. Read at call time (tests and benchmarks flip it).
+FUSED_DECODE = os.environ.get("HYBRIDNA_FUSED_DECODE", "0") == "1"
+
+
+def fused_decode_supported(model: HybriDNA) -> bool:
+    """The fused step runs the Triton kernels (CUDA, or the interpreter) on fp32 / fp16 / bf16 models."""
+    w = model.embedding.weight
+    return FUSED_DECODE and w.dtype != torch.float64 and use_kernel(w)
 
 
 @dataclass
@@ -69,11 +82,65 @@ def decode_step(model: HybriDNA, tokens: torch.Tensor, cache: InferenceCache) ->
     """Feed one token per row (B,) and return the next-token logits (B, V)."""
     if max(cache.lengths) >= cache.max_len:
         raise ValueError(f"cache: full ({cache.max_len} tokens); allocate a larger cache")
+    if fused_decode_supported(model):
+        pos = torch.tensor(cache.lengths, dtype=torch.long, device=model.embedding.weight.device)
+        logits = fused_decode_step(model, tokens, cache, pos)
+        cache.lengths = [n + 1 for n in cache.lengths]
+        return logits
     x = model.embedding(tokens)  # (B, d)
     for blk, st in zip(model.layers, cache.layers):
         x = blk.step(x, st, cache.lengths)
     cache.lengths = [n + 1 for n in cache.lengths]
     return model.logits_from_hidden(model.norm_f(x))  # (B, V)
+
+
+@torch.no_grad()
+def fused_decode_step(model: HybriDNA, tokens: torch.Tensor, cache: InferenceCache, pos: torch.Tensor) -> torch.Tensor:
+    """decode_step through the fused decode kernels; pos (B,) int64 on the device holds each row's
+    cache length before the token (not advanced here, cache.lengths untouched). Per Mamba block:
+    norm1 + in_proj + conv step, ssd_step, gated norm + out_proj + residual add, norm2 + gate_up +
+    SwiGLU, down + residual add; per attention block: norm1 + qkv_proj + K/V cache write, the
+    attention step (2 kernels), out_proj + residual add and the same MLP. Nothing depends on host
+    values that change between steps, so the step can be captured once and replayed."""
+    from hybridna_kernels.decode import attention_step, decode_gemv
+
+    B = tokens.shape[0]
+    x = model.embedding(tokens)  # (B, d)
+    for blk, st in zip(model.layers, cache.layers):
+        mix = blk.mixer
+        n1 = blk.norm1
+        if blk.is_attention:
+            att: Attention = mix
+            if att.cfg.rotary:  # rotary between the projection and the cache: the unfused projection
+                q, k, v = att._qkv(n1(x)[:, None], pos[:, None])  # (B, 1, h, hd)
+                rows = torch.arange(B, device=x.device)
+                st.k[rows, pos] = k[:, 0].to(st.k.dtype)
+                st.v[rows, pos] = v[:, 0].to(st.v.dtype)
+                q = q[:, 0]
+            else:
+                q = decode_gemv(x, att.qkv_proj.weight, norm_weight=n1.weight, eps=n1.eps,
+                                kv=(st.k, st.v, pos, att.hq * att.hd)).view(B, att.hq, att.hd)
+            o = attention_step(q, st.k, st.v, pos, window=att.cfg.attn_window)  # (B, hq, hd)
+            x = decode_gemv(o.reshape(B, -1), att.out_proj.weight, residual=x)
+        else:
+            di, H, P, G, N = mix.d_inner, mix.nheads, mix.headdim, mix.ngroups, mix.d_state
+            zx = decode_gemv(x, mix.in_proj.weight, norm_weight=n1.weight, eps=n1.eps,
+                             conv=(st.conv, mix.conv_weight, mix.conv_bias, di))  # z, conv(x B C), dt
+            xs = zx[:, di: 2 * di]
+            Bm = zx[:, 2 * di: 2 * di + G * N]
+            Cm = zx[:, 2 * di + G * N: 2 * di + 2 * G * N]
+            dt = zx[:, di + mix.conv_dim:]
+            y = ssd_step(st.ssm, xs.unflatten(-1, (H, P)), dt, mix._A_step(x), Bm.unflatten(-1, (G, N)),
+                         Cm.unflatten(-1, (G, N)), D=mix.D, dt_bias=mix.dt_bias, dt_softplus=True,
+                         dt_limit=mix.cfg.dt_limit)  # (B, H, P)
+            x = decode_gemv(y.reshape(B, di), mix.out_proj.weight, norm_weight=mix.norm.weight, eps=mix.norm.eps,
+                            z=zx[:, :di], group_size=mix.norm.group_size, residual=x)
+        if blk.mlp is not None:
+            n2 = blk.norm2
+            a = decode_gemv(x, blk.mlp.gate_up.weight, norm_weight=n2.weight, eps=n2.eps, swiglu=True)
+            x = decode_gemv(a, blk.mlp.down.weight, residual=x)
+    nf = model.norm_f
+    return decode_gemv(x, model.lm_head.weight, norm_weight=nf.weight, eps=nf.eps)[:, : model.config.vocab_size]
 
 
 def _check_sampling(temperature, top_k, top_p):
@@ -227,15 +294,20 @@ class CUDAGraphDecoder:
         self.tok = torch.zeros(self.B, dtype=torch.long, device=dev)
         self.attn = [i for i, blk in enumerate(model.layers) if blk.is_attention]
         self.use_graphs = use_graphs
+        # fused: the whole step (fused_decode_step, then pos + 1) is one graph
+        self.fused = fused_decode_supported(model)
         if not use_graphs:
             return
         # Warm up (Triton autotuning, allocator) on copies of the state so the real cache is untouched.
         saved = [self._clone_state(st) for st in cache.layers]
         for _ in range(warmup):
-            self._run_eager_segments(n0)
+            if self.fused:
+                self._fused_step(advance=False)
+            else:
+                self._run_eager_segments(n0)
         for st, sv in zip(cache.layers, saved):
             self._restore_state(st, sv)
-        self._capture()
+        self._capture_fused() if self.fused else self._capture()
         for st, sv in zip(cache.layers, saved):
             self._restore_state(st, sv)
 
@@ -293,6 +365,24 @@ class CUDAGraphDecoder:
                 self.o = self._attend(s, n)
         return self.logits
 
+    def _fused_step(self, advance: bool = True):
+        pos = self.pos if self.B == 1 else self.pos.expand(self.B).contiguous()
+        self.logits = fused_decode_step(self.model, self.tok, self.cache, pos)
+        if advance:
+            self.pos.add_(1)
+        return self.logits
+
+    def _capture_fused(self):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, stream=stream):
+                self._fused_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graphs = [g]
+        self.logits_buf = self.logits
+
     def _capture(self):
         self.graphs, self.q_bufs, self.o_bufs = [], [], []
         pool = None
@@ -320,6 +410,14 @@ class CUDAGraphDecoder:
         if n >= cache.max_len:
             raise ValueError(f"cache: full ({cache.max_len} tokens); allocate a larger cache")
         self.tok.copy_(tokens)
+        if self.fused:
+            if self.use_graphs:
+                self.graphs[0].replay()  # advances pos
+                logits = self.logits_buf.clone()
+            else:
+                logits = self._fused_step()
+            cache.lengths = [n + 1] * self.B
+            return logits
         if not self.use_graphs:
             logits = self._run_eager_segments(n)
             self.pos.add_(1)

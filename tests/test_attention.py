@@ -305,7 +305,7 @@ def test_kernel_strided_inputs_and_custom_scale():
 
 
 _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": (2, 63, 63, 2, 2, 40, True, 9),
-                   "full": (1, 70, 70, 2, 1, 16, False, None)}
+                   "full": (1, 70, 70, 2, 1, 16, False, None), "B2-gqa2": (2, 100, 130, 4, 2, 32, True, None)}
 
 
 @pytest.mark.parametrize("variant, shape", [
@@ -314,11 +314,14 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("atomic-dq", "atomic_dq=1", ["gqa-offset", "W9-D40", "full"]),
                             ("atomic-dq-block-major", "atomic_dq=1;mmajor=dkdv", ["gqa-offset"]),
                             ("poly-exp2-fp16", "poly=1", ["gqa-offset", "W9-D40"]),
-                            ("fastlaunch", "fastlaunch=1", ["gqa-offset"])]
+                            ("fastlaunch", "fastlaunch=1", ["gqa-offset"]),
+                            ("tma", "tma=fwd,dkdv,dq", ["B2-gqa2", "full"]),
+                            ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
     """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
-    forward's exponentials by polynomial: 16-bit inputs only, the cached launch) give the same results."""
+    forward's exponentials by polynomial: 16-bit inputs only, the cached launch, operand loads through TMA
+    descriptors, delta computed by the dq kernel) give the same results."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant(variant))
@@ -327,6 +330,19 @@ def test_kernel_sweep_variants(variant, shape, monkeypatch):
     _check(q, k, v_, causal=causal, window=window)
     if "fastlaunch" in variant and DEVICE != "cpu":   # the second call runs the cached compiled kernels
         _check(q, k, v_, causal=causal, window=window)
+
+
+def test_default_features(monkeypatch):
+    """Features switched on through DEFAULT_FEATURES (no VARIANT) take the same paths as the variants."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "VARIANT", {})
+    monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True})
+    assert flash._feature("tma", long=True) == {"fwd", "dkdv", "dq"}
+    assert flash._feature("tma", long=False) == frozenset()   # by default TMA only in the long bucket (> 2048)
+    monkeypatch.setattr(flash, "_feature", lambda name, long=True: flash.DEFAULT_FEATURES[name])
+    q, k, v = _make(*_VARIANT_SHAPES["B2-gqa2"][:6], torch.float32)
+    _check(q, k, v, causal=True)
 
 
 def test_decode_with_fixed_config_and_fastlaunch(monkeypatch):

@@ -219,11 +219,51 @@ def test_kernels_decode_matches_reference():
     assert_close("kernel-decode-fp32", ref, lg, tol(torch.float32, "fwd"))
 
 
+@pytest.mark.parametrize("variant", ["default", "untied-rotary-window"])
+def test_kernels_fused_decode_matches_reference(variant, monkeypatch):
+    """The fused decode step (hybridna_kernels.decode through the interpreter, fp32): prompts of
+    different lengths (each row at its own device-side position), against the fp64 reference full
+    forward of each row; then the fused CUDA-graph decoder's step run eagerly equals decode_step."""
+    from hybridna import generation
+    from hybridna.generation import CUDAGraphDecoder
+
+    m = tiny(torch.float64, **VARIANTS[variant]).to(DEVICE)
+    ids = rand_ids(2, 19, seed=7).to(DEVICE)
+    lens, T = [16, 11], 3
+    prompts = ids[:, :16].clone()
+    prompts[1, 11:] = PAD_ID
+    forced = torch.stack([ids[0, 16:19], ids[1, 11:14]])
+    with ku.backend("reference"):
+        ref = torch.stack([m(ids[:1, :19]).logits[0, 15:18], m(ids[1:, :14]).logits[0, 10:13]])
+    m = m.float()
+    monkeypatch.setattr(generation, "FUSED_DECODE", True)
+    with ku.backend("triton"):
+        assert generation.fused_decode_supported(m)
+        _, lg = generate(m, prompts, T, temperature=0, return_logits=True, forced_tokens=forced, lengths=lens)
+        assert_close(f"fused-decode-{variant}", ref, lg, tol(torch.float32, "fwd"))
+        caches = [allocate_cache(m, 2, 19) for _ in range(2)]
+        for c in caches:
+            prefill(m, ids[:, :16], [16, 16], c)
+        dec = CUDAGraphDecoder(m, caches[1], use_graphs=False)
+        assert dec.fused
+        for t in range(16, 18):
+            monkeypatch.setattr(generation, "FUSED_DECODE", False)
+            want = decode_step(m, ids[:, t].to(DEVICE), caches[0])  # the per-op step
+            monkeypatch.setattr(generation, "FUSED_DECODE", True)
+            got = dec.step(ids[:, t].to(DEVICE))
+            assert_close(f"fused-graph-step{t}", want.double(), got, tol(torch.float32, "fwd"))
+        assert caches[1].lengths == [18, 18] and int(dec.pos[0]) == 18
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, True], ids=["perop", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
-def test_gpu_kernels_decode_and_cuda_graph(dtype):
+def test_gpu_kernels_decode_and_cuda_graph(dtype, fused, monkeypatch):
     """On the GPU with the Triton kernels: cached decode logits match the full forward (fp64
-    reference), and the CUDA-graph decode step reproduces the eager decode step."""
+    reference), and the CUDA-graph decode step reproduces the eager decode step; per-op and fused."""
+    from hybridna import generation
+
+    monkeypatch.setattr(generation, "FUSED_DECODE", fused)
     m = tiny(torch.float64, rotary=True).to(DEVICE)
     prompt = rand_ids(2, 100, seed=6).to(DEVICE)
     T = 16

@@ -385,7 +385,22 @@ def test_kernel_sweep_configs(variant):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["fused2 tsum", "combo", "combo sb3"]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("variant", ["r1", "fast tsum"])
+def test_kernel_rank1_decay_variants(variant, dtype):
+    """The rank-1 decay below the diagonal block (scan_r1, dx_r1; dx with and without the T sums of the
+    dCB kernel) only acts in chunks holding more than one row block of one sequence: 300 unpacked tokens
+    at chunk 128 (two 64-row blocks per chunk; the packed cases above rarely fill one)."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        check_kernel_vs_reference((1, 300, 2, 16, 1, 32, 128), "all", dtype)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
+BF16_VARIANTS = ["launch3", "xwtf32", "fast", "fast split", "fast tsum"]
 
 
 @pytest.mark.gpu
@@ -524,6 +539,34 @@ def test_ssd_scan_compiles_without_graph_break(opt):
         assert_close(f"d{k}", g_ref[k], g_out[k], 1e-6)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["default", "fast split"])
+def test_ssd_scan_compiles_bf16_gpu(variant):
+    """torch.compile in bf16, where the saved hin may take another layout (hin_split: two bf16 planes):
+    the registered ops' fake shapes must match what the kernels return, results as in eager mode."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        t, kw = make_inputs(1, 600, 4, 64, 1, 128, OPTIONS["all"], dtype=torch.bfloat16, device=DEVICE,
+                            requires_grad=True)
+        names = list(t)
+
+        def fn(*vals):
+            return _call(ssd_scan, dict(zip(names, vals)), kw, chunk_size=256)
+
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        ref = _as_tuple(fn(*t.values()))
+        out = _as_tuple(compiled(*t.values()))
+        for name, r, o in zip(("y", "final_states"), ref, out):
+            assert_close(name, r, o, 1e-6)
+        g_ref, g_out = _grads(t, ref), _grads(t, out)
+        for k in g_ref:
+            assert_close(f"d{k}", g_ref[k], g_out[k], 1e-6)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
 def test_ssd_step_compiles_without_graph_break():
     t, _ = make_inputs(2, 1, 4, 16, 2, 16, OPTIONS["all"], dtype=torch.float32, device=DEVICE)
     args = (t["x"][:, 0], t["dt"][:, 0], t["A"], t["B"][:, 0], t["C"][:, 0])
@@ -561,12 +604,24 @@ def test_cu_seqlens_with_empty_sequences(path):
         assert_close(f"d{k}", g_ref[k], g_out[k], tol_g)
 
 
-def test_kernel_large_dt_and_long_decay_stay_finite():
+@pytest.mark.parametrize("variant, L, Q", [("default", 70, 32), ("r1", 300, 128)])
+def test_kernel_large_dt_and_long_decay_stay_finite(variant, L, Q):
     """Large dt (decays underflow to exactly 0 within a chunk) and strong A: no NaN / Inf anywhere, and
     y, final states and the gradients to the DESIGN tolerance. dA is only checked for being finite
     here: in this regime it is a sum of terms ~1e4 larger than itself, and even fp32 autograd of the
-    chunked reference misses it by 3e-3 (dA accuracy is covered at ordinary scales above)."""
-    b, L, H, P, G, N, Q = 1, 70, 2, 16, 1, 16, 32
+    chunked reference misses it by 3e-3 (dA accuracy is covered at ordinary scales above). "r1": the
+    rank-1 decay factors below the diagonal block (chunk 128: two row blocks), whose factors underflow."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        _large_dt_case(L, Q)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
+def _large_dt_case(L, Q):
+    b, H, P, G, N = 1, 2, 16, 1, 16
     t, kw = make_inputs(b, L, H, P, G, N, {"init": True, "final": True, "dt_softplus": True}, dtype=torch.float32,
                         device=DEVICE, requires_grad=True)
     with torch.no_grad():

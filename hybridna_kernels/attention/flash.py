@@ -93,6 +93,36 @@ def _visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL: tl.constexpr, HAS_
 
 
 @triton.jit
+def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.constexpr, IS_VARLEN: tl.constexpr,
+                         REVERSE_M: tl.constexpr, M_MAJOR: tl.constexpr, BM: tl.constexpr):
+    """This program's (query block, query head) in the forward and dq grids: its first query row, query
+    head, kv head, sequence start in the packed rows, batch index (int64; 0 when packed) and lengths."""
+    pid = tl.program_id(0)
+    n_mblocks = tl.cdiv(max_len, BM)
+    if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
+        n_bh = tl.num_programs(0) // n_mblocks
+        pid_m = pid // n_bh
+        pid_bh = pid % n_bh
+    else:        # one head's blocks together (its K/V stays in L2)
+        pid_m = pid % n_mblocks
+        pid_bh = pid // n_mblocks
+    if REVERSE_M:  # causal: the longest query blocks first, so the tail of the grid is short
+        pid_m = n_mblocks - 1 - pid_m
+    i_b = pid_bh // nheads_q
+    i_h = pid_bh % nheads_q
+    i_hk = i_h // GROUP
+    if IS_VARLEN:
+        bos = tl.load(CU + i_b).to(tl.int64)
+        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
+        seqlen_k = seqlen_q
+        i_b64 = tl.zeros([], dtype=tl.int64)
+    else:
+        bos = tl.zeros([], dtype=tl.int64)
+        i_b64 = i_b.to(tl.int64)
+    return pid_m * BM, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k
+
+
+@triton.jit
 def _exp2_fma(x):
     """2^x for x <= 0 (-inf included) on the FMA/ALU pipes instead of the special-function unit (16
     results per clock per SM on an H100, the forward's bottleneck at headdim 64): round x by adding
@@ -119,11 +149,17 @@ def _exp2_fma(x):
 def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d,
                seqlen_q, seqlen_k, qk_scale, window,
                MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-               EVEN_D: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr):
+               EVEN_D: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr,
+               TMA: tl.constexpr = False, KD=None, VD=None, row0=0, col=0):
+    """Key blocks [start, end) into (acc, l_i, m_i). TMA (unmasked blocks only): K, V through the
+    2-D descriptors KD, VD (rows of all sequences x heads * headdim) at rows row0 + n, column col."""
     for start_n in range(start, end, BN):
         n64 = tl.zeros([], dtype=tl.int64) + start_n
         o_k = start_n + o_n
-        if MASK:
+        if TMA and not MASK:
+            b_k = KD.load([row0 + start_n, col])
+            b_v = VD.load([row0 + start_n, col])
+        elif MASK:
             m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
             b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
             b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
@@ -197,30 +233,10 @@ def _attn_fwd_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
     M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, POLY: tl.constexpr = False,
+    TMA: tl.constexpr = False, KD=None, VD=None,
 ):
-    pid = tl.program_id(0)
-    n_mblocks = tl.cdiv(max_len, BM)
-    if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
-        n_bh = tl.num_programs(0) // n_mblocks
-        pid_m = pid // n_bh
-        pid_bh = pid % n_bh
-    else:        # one head's blocks together (its K/V stays in L2)
-        pid_m = pid % n_mblocks
-        pid_bh = pid // n_mblocks
-    if REVERSE_M:  # causal: the longest query blocks first, so the tail of the grid is short
-        pid_m = n_mblocks - 1 - pid_m
-    i_b = pid_bh // nheads_q
-    i_h = pid_bh % nheads_q
-    i_hk = i_h // GROUP
-    if IS_VARLEN:
-        bos = tl.load(CU + i_b).to(tl.int64)
-        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
-        seqlen_k = seqlen_q
-        i_b64 = tl.zeros([], dtype=tl.int64)
-    else:
-        bos = tl.zeros([], dtype=tl.int64)
-        i_b64 = i_b.to(tl.int64)
-    start_m = pid_m * BM
+    start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
+        CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
     if start_m >= seqlen_q:
         return
     o_m = start_m + tl.arange(0, BM)
@@ -252,7 +268,7 @@ def _attn_fwd_kernel(
     else:
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
                                    seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
-                                   DOT_PREC)
+                                   DOT_PREC, TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
                                seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
                                DOT_PREC)
@@ -293,13 +309,20 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, sob, sot, soh, sdob, sdot, sdoh, seqlen
 def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt, start, end, o_n, o_mb,
                   m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                   MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
-                  ATOMIC_DQ: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr):
+                  ATOMIC_DQ: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr,
+                  TMA: tl.constexpr = False, QD=None, DOD=None, row0=0, col=0):
     """Accumulate dk, dv of one key block over query blocks [start, end) of one query head. Works in
-    the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose."""
+    the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose.
+    TMA (unmasked blocks): q, dO through the 2-D descriptors QD, DOD at rows row0 + m, column col."""
     for start_m in range(start, end, BM):
         m64 = tl.zeros([], dtype=tl.int64) + start_m
         o_m = start_m + o_mb
-        if MASK:
+        if TMA and not MASK:
+            b_qT = tl.trans(QD.load([row0 + start_m, col]))
+            b_do = DOD.load([row0 + start_m, col])
+            b_lse = tl.load(p_lse + start_m)
+            b_delta = tl.load(p_delta + start_m)
+        elif MASK:
             m_m = o_m < seqlen_q
             b_qT = tl.load(p_qT + m64 * sqt, mask=m_d[:, None] & m_m[None, :], other=0.0)     # (BD, BM)
             b_do = tl.load(p_do + m64 * sdot, mask=m_m[:, None] & m_d[None, :], other=0.0)   # (BM, BD)
@@ -346,6 +369,7 @@ def _attn_bwd_dkdv_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
     M_MAJOR: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    TMA: tl.constexpr = False, QD=None, DOD=None,
 ):
     pid = tl.program_id(0)
     n_nblocks = tl.cdiv(max_len, BN)
@@ -398,7 +422,8 @@ def _attn_bwd_dkdv_kernel(
                                    True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
         b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
                                    lo_full, hi_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
-                                   False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
+                                   False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
+                                   TMA, QD, DOD, (i_b64 * seqlen_q + bos).to(tl.int32), (i_h * HEAD_DIM).to(tl.int32))
         b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
                                    hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                                    True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
@@ -413,11 +438,15 @@ def _attn_bwd_dkdv_kernel(
 def _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d,
                  seqlen_q, seqlen_k, qk_scale, window,
                  MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
-                 BN: tl.constexpr, DOT_PREC: tl.constexpr):
+                 BN: tl.constexpr, DOT_PREC: tl.constexpr,
+                 TMA: tl.constexpr = False, KD=None, VD=None, row0=0, col=0):
     for start_n in range(start, end, BN):
         n64 = tl.zeros([], dtype=tl.int64) + start_n
         o_k = start_n + o_n
-        if MASK:
+        if TMA and not MASK:   # as in _fwd_inner
+            b_k = KD.load([row0 + start_n, col])
+            b_v = VD.load([row0 + start_n, col])
+        elif MASK:
             m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
             b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
             b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
@@ -445,30 +474,10 @@ def _attn_bwd_dq_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
     M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    TMA: tl.constexpr = False, KD=None, VD=None, DELTA_HERE: tl.constexpr = False, O=None, sob=0, sot=0, soh=0,
 ):
-    pid = tl.program_id(0)
-    n_mblocks = tl.cdiv(max_len, BM)
-    if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
-        n_bh = tl.num_programs(0) // n_mblocks
-        pid_m = pid // n_bh
-        pid_bh = pid % n_bh
-    else:        # one head's blocks together (its K/V stays in L2)
-        pid_m = pid % n_mblocks
-        pid_bh = pid // n_mblocks
-    if REVERSE_M:  # causal: the longest query blocks first, so the tail of the grid is short
-        pid_m = n_mblocks - 1 - pid_m
-    i_b = pid_bh // nheads_q
-    i_h = pid_bh % nheads_q
-    i_hk = i_h // GROUP
-    if IS_VARLEN:
-        bos = tl.load(CU + i_b).to(tl.int64)
-        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
-        seqlen_k = seqlen_q
-        i_b64 = tl.zeros([], dtype=tl.int64)
-    else:
-        bos = tl.zeros([], dtype=tl.int64)
-        i_b64 = i_b.to(tl.int64)
-    start_m = pid_m * BM
+    start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
+        CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
     if start_m >= seqlen_q:
         return
     o_m = start_m + tl.arange(0, BM)
@@ -486,7 +495,13 @@ def _attn_bwd_dq_kernel(
     row = (i_b64 * nheads_q + i_h) * lse_len + bos
     b_lse = tl.load(LSE + row + o_m, mask=m_m, other=float("inf"))
     b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
-    b_delta = tl.load(DELTA + row + o_m, mask=m_m, other=0.0)
+    if DELTA_HERE:   # delta = rowsum(dO * O) computed here and stored for the dk/dv kernel that runs next
+        b_o = tl.load(O + i_b64 * sob + bos * sot + i_h.to(tl.int64) * soh + o_m64[:, None] * sot + o_d[None, :],
+                      mask=m_qd, other=0.0)
+        b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
+        tl.store(DELTA + row + o_m, b_delta, mask=m_m)
+    else:
+        b_delta = tl.load(DELTA + row + o_m, mask=m_m, other=0.0)
     p_k = K + i_b64 * skb + bos * skt + i_hk.to(tl.int64) * skh + o_n[:, None] * skt + o_d[None, :]
     p_v = V + i_b64 * svb + bos * svt + i_hk.to(tl.int64) * svh + o_n[:, None] * svt + o_d[None, :]
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
@@ -494,7 +509,8 @@ def _attn_bwd_dq_kernel(
     b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_full, o_m, o_n, m_d,
                         seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
     b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
-                        seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
+                        seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC,
+                        TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
     b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
                         seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
     b_dq = b_dq * sm_scale
@@ -591,7 +607,10 @@ def parse_variant(text: str) -> dict:
     grid runs block-major (every head's block i before block i + 1) instead of head-major;
     fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
     poly=1: the forward computes half its exponentials with a polynomial on the FMA pipes (16-bit
-    inputs); atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
+    inputs); tma=fwd,dkdv,dq: those kernels load the operands of their unmasked blocks through TMA descriptors
+    (K, V in fwd / dq; q, dO in dk/dv; contiguous (B, L, H, D) tensors only); dq_delta=1: no delta
+    kernel: the dq kernel computes delta = rowsum(dO * O) for its rows, stores it, and runs before dk/dv;
+    atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
     separate dq pass; not bitwise deterministic)."""
     out = {}
     for item in filter(None, (t.strip() for t in text.split(";"))):
@@ -602,9 +621,9 @@ def parse_variant(text: str) -> dict:
             if len(out[key]) != (3 if key == "decode" else 4):
                 raise ValueError(f"HYBRIDNA_ATTN_VARIANT: {key} needs BM,BN,warps,stages (decode: BN,warps,stages), "
                                  f"got {val!r}")
-        elif key == "mmajor":
+        elif key in ("mmajor", "tma"):
             out[key] = frozenset(filter(None, (x.strip() for x in val.split(","))))
-        elif key in ("atomic_dq", "poly", "fastlaunch"):
+        elif key in ("atomic_dq", "poly", "fastlaunch", "dq_delta"):
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
@@ -613,6 +632,21 @@ def parse_variant(text: str) -> dict:
 
 # Set by the benchmark's sweep (or the environment); empty means the defaults.
 VARIANT = parse_variant(os.environ.get("HYBRIDNA_ATTN_VARIANT", ""))
+
+# Kernel features on by default (H100 measurements); a non-empty VARIANT replaces them (sweeps name every
+# feature they time). tma: kernels whose unmasked blocks load through TMA descriptors, by default only for
+# sequences in the long bucket (> 2048; building descriptors costs host time per call) and fixed configs (the
+# autotuner's launches keep pointer loads); dq_delta: the dq kernel computes delta.
+DEFAULT_FEATURES = {"tma": frozenset(), "dq_delta": False}
+
+
+def _feature(name, long=True):
+    """A kernel feature: from VARIANT when one is set (absent: off), else from DEFAULT_FEATURES."""
+    if VARIANT:
+        return VARIANT.get(name, frozenset() if name == "tma" else False)
+    if name == "tma" and not long:
+        return frozenset()
+    return DEFAULT_FEATURES[name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,8 +699,43 @@ def _launch(fn, grid, args, kw):
                knobs.runtime.launch_exit_hook, *full)
 
 
+def _tma_ok(tensors, D):
+    """Each tensor viewable as a 2-D (rows, heads * headdim) row-major matrix with 16-byte aligned rows,
+    and a power-of-two headdim (the descriptor's block is the whole head)."""
+    if D != _head_block(D) or tensors[0].shape[0] * tensors[0].shape[1] == 0:
+        return False
+    for t in tensors:
+        B, L, H, _ = t.shape
+        if t.stride(3) != 1 or t.stride(2) != D or t.stride(1) != H * D or (B > 1 and t.stride(0) != L * H * D):
+            return False
+        if t.data_ptr() % 16 or (H * D * t.element_size()) % 16:
+            return False
+    return True
+
+
+def _desc(t, rows):
+    """TMA descriptor of (B, L, H, D) t as a (B * L, H * D) matrix, blocks of (rows, D)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    B, L, H, D = t.shape
+    return TensorDescriptor(t, [B * L, H * D], [H * D, 1], [rows, D])
+
+
 def _run(kind, grid, blocks, args, meta):
     """Launch the autotuned kernel, or the raw one with fixed blocks (interpreter, tests, TUNE off)."""
+    tma = meta.pop("_tma", None)
+    if tma is not None:   # descriptors are built for the launched BN: fixed configs only, not the autotuner
+        if blocks is not None:
+            bmn = blocks
+        elif interpret_mode():
+            bmn = INTERPRET_BLOCKS[kind]
+        elif kind in VARIANT:
+            bmn = VARIANT[kind][:2]
+        elif not TUNE:
+            bmn = fixed_config(kind, meta["BD"], meta["L_BUCKET"])[:2]
+        else:
+            bmn = None
+        meta = dict(meta, **tma(*bmn)) if bmn is not None else dict(meta, TMA=False)
     tuned, raw = {"fwd": (_attn_fwd_tuned, _attn_fwd_kernel), "dkdv": (_attn_bwd_dkdv_tuned, _attn_bwd_dkdv_kernel),
                   "dq": (_attn_bwd_dq_tuned, _attn_bwd_dq_kernel)}[kind]
     if blocks is None and interpret_mode():
@@ -731,6 +800,9 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
     meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
     if VARIANT.get("poly") and q.dtype != torch.float32:   # fp32 keeps the exact exp2
         meta["POLY"] = True
+    if "fwd" in _feature("tma", meta["L_BUCKET"] > 2048) and _tma_ok((k, v), D):
+        meta["TMA"] = True
+        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
     args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             Lq, Lk, Hq, Lq, max_len, softmax_scale * LOG2E)
@@ -757,7 +829,10 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
         max_q = max_k = max_len
     BD = _head_block(D)
     delta = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    if Lq > 0 and Hq > 0:
+    atomic = bool(VARIANT.get("atomic_dq")) and blocks is None
+    # variant dq_delta: the dq kernel computes delta itself and runs first (no delta kernel)
+    dq_first = _feature("dq_delta") and not atomic and dlse is None
+    if Lq > 0 and Hq > 0 and not dq_first:
         BMD = 64
         _launch(_attn_bwd_delta_kernel, (cdiv(Lq, BMD), B * Hq),
                 (o, do, delta, *o.stride()[:3], *do.stride()[:3], Lq, Hq), dict(HEAD_DIM=D, BD=BD, BM=BMD))
@@ -766,26 +841,46 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     scale = softmax_scale
     common = (Lq, Lk, Hq, Lq)
     mmajor = VARIANT.get("mmajor", ())
-    atomic = bool(VARIANT.get("atomic_dq")) and blocks is None
     dqa = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else None
+    if dq_first:
+        _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
+                True)
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
+        if "dkdv" in _feature("tma", meta["L_BUCKET"] > 2048) and _tma_ok((q, do), D):
+            meta["TMA"] = True
+            meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
         args = (q, k, v, do, lse, delta, dk, dv, dqa if atomic else q, cu_seqlens if cu_seqlens is not None else q,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
                 *dv.stride()[:3], *(dqa.stride()[:3] if atomic else (0, 0, 0)), *common, max_k, scale, scale * LOG2E)
         _run("dkdv", lambda m: (cdiv(max_k, m["BN"]) * nb * Hkv,), None if blocks is None else blocks[0], args, meta)
     if atomic:
         dq.copy_(dqa)
-    elif max_q > 0 and nb > 0 and Hq > 0:
-        meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
-        meta["REVERSE_M"] = bool(causal)
-        meta["M_MAJOR"] = "dq" in mmajor
-        args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,
-                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-                *common, max_q, scale, scale * LOG2E)
-        _run("dq", lambda m: (cdiv(max_q, m["BM"]) * nb * Hq,), None if blocks is None else blocks[1], args, meta)
+    elif not dq_first:
+        _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
+                False)
     return dq, dk, dv
+
+
+def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
+            delta_here):
+    """Launch the dq kernel; delta_here: it computes delta = rowsum(dO * O) and stores it first."""
+    Hq, D = q.shape[2], q.shape[3]
+    if max_q == 0 or nb == 0 or Hq == 0:
+        return
+    meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
+    meta["REVERSE_M"] = bool(causal)
+    meta["M_MAJOR"] = "dq" in VARIANT.get("mmajor", ())
+    if "dq" in _feature("tma", meta["L_BUCKET"] > 2048) and _tma_ok((k, v), D):
+        meta["TMA"] = True
+        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
+    if delta_here:
+        meta.update(DELTA_HERE=True, O=o, sob=o.stride(0), sot=o.stride(1), soh=o.stride(2))
+    args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+            *common, max_q, scale, scale * LOG2E)
+    _run("dq", lambda m: (cdiv(max_q, m["BM"]) * nb * Hq,), None if blocks is None else blocks[1], args, meta)
 
 
 def _fwd_impl(q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen):

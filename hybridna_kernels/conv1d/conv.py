@@ -828,7 +828,7 @@ def _conv1d_bwd_streams_kernel(
 def _fwd_configs():
     """Configs the benchmark sweeps (bench/bench_conv1d.py --sweep); tests run every one. KIND "rows":
     the row-walking kernel (CH rows per program; BD / (32 * num_warps) channels per thread; R rows
-    loaded per step; PF: prefetch the next step; FAST=False: the plain exp / division SiLU instead of
+    loaded per step, at most 8; PF: prefetch the next step; FAST=False: the plain exp / division SiLU instead of
     the approximate PTX one). The tile kernels (KIND "tile", the channel-first default) were swept in
     earlier runs (bench/RESULTS.md)."""
     return [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=pf, FAST=fast) for bd, nw, r, ch, pf, fast in [
@@ -841,7 +841,8 @@ def _bwd_configs():
     rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=False) for bd, nw, r, ch in [
         (128, 1, 8, 64), (128, 2, 8, 128)]]
     streams = [dict(KIND="streams", BD=bd, num_warps=ns, NS=ns, R=r, CH=ch) for bd, ns, r, ch in [
-        (128, 4, 8, 64), (128, 4, 8, 128), (64, 4, 8, 128)]]
+        (128, 4, 8, 64), (128, 4, 8, 128), (64, 4, 8, 128), (64, 2, 8, 128), (64, 8, 8, 128), (64, 4, 8, 256),
+        (32, 4, 8, 128)]]
     return rows + streams
 
 

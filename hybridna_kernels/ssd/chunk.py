@@ -123,9 +123,12 @@ def _dot_exact_f32_a(a, b):
 def _dot_f32_16(a, b, SPLIT: tl.constexpr):
     """a @ b for an fp32 `a` and a 16-bit `b` (fp32 accumulation). SPLIT 0: `a` rounded to b's dtype,
     one 16-bit product. SPLIT 1: `a` kept to ~16 bits (bf16: hi + lo bf16 pieces, two bf16 products;
-    fp16: tf32 hi + lo, two tf32 products, which also avoids fp16's range)."""
+    fp16: tf32 hi + lo, two tf32 products, which also avoids fp16's range). SPLIT 2: one tf32 product
+    (`a` to ~11 bits, no hi / lo split: b widened to fp32, exact in tf32)."""
     if SPLIT == 0:
         return tl.dot(a.to(b.dtype), b)
+    elif SPLIT == 2:
+        return tl.dot(a, b.to(tl.float32), input_precision="tf32")
     elif b.dtype == tl.bfloat16:
         hi = a.to(tl.bfloat16)
         return tl.dot(hi, b) + tl.dot((a - hi.to(tl.float32)).to(tl.bfloat16), b)
@@ -267,9 +270,19 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
 
 
 @triton.jit
-def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, fin_ptr,
+def _ld_hin(hin_ptr, hinlo_ptr, off, mask, HIN_SPLIT: tl.constexpr):
+    """hin at `off` in fp32: hi + lo planes (HIN_SPLIT) or the one buffer."""
+    h = tl.load(hin_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if HIN_SPLIT:
+        h += tl.load(hinlo_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    return h
+
+
+@triton.jit
+def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
                            H, nc, PN,
-                           Q: tl.constexpr, BS: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr):
+                           Q: tl.constexpr, BS: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr,
+                           HIN_SPLIT: tl.constexpr):
     """Sequential over chunks: hin[c] = state entering chunk c; h <- exp(cs_last) h + local[c].
     Loads run two chunks ahead: long sequences put few programs through many chunks, and without
     the prefetch every chunk pays a full memory latency."""
@@ -305,7 +318,10 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
                 else:
                     h = tl.zeros([BS], dtype=tl.float32)
         o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
-        tl.store(hin_ptr + o_st, h.to(hin_ptr.dtype.element_ty), mask=m_s)
+        h_hi = h.to(hin_ptr.dtype.element_ty)
+        tl.store(hin_ptr + o_st, h_hi, mask=m_s)
+        if HIN_SPLIT:  # 16-bit hi plane (what the scan reads) + 16-bit lo plane: hin to ~16 bits
+            tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
         h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + s
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
@@ -391,8 +407,15 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
                            STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
-                           CB_MASK: tl.constexpr):
-    """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i))."""
+                           CB_MASK: tl.constexpr, R1: tl.constexpr):
+    """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i)).
+
+    R1: below the diagonal block the decay factors through the cumsum c0 just before this row block,
+    exp(cs_i - cs_j) = exp(cs_i - c0) exp(c0 - cs_j), both factors <= 1 (cs does not increase). Those
+    blocks then take a column scale of CB (exp(c0 - cs_j) u_j, one exp per column) and one row scale
+    exp(cs_i - c0) of the sum (shared with the state term, exp(cs_i) = exp(cs_i - c0) exp(c0)); only the
+    diagonal block forms the full Q x Q-style decay tile. The 16-bit operand is CB e^{c0 - cs_j} u_j,
+    rounded once, as before (|.| <= |CB u_j| as before)."""
     i_bc, i_h, i_mp = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
@@ -419,10 +442,28 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
         hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         acc += tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
-    acc *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
-    for k in range(0, (i_m + 1) * BM, BK):
+    if R1:
+        # c0 = cs just before this row block (0 at the chunk start), as hi + lo
+        o_r = o_uc + tl.maximum(i_m * BM - 1, 0)
+        c0h = tl.where(i_m > 0, tl.load(csh_ptr + o_r), 0.0)
+        c0l = tl.where(i_m > 0, tl.load(csl_ptr + o_r), 0.0)
+        acc *= tl.exp(tl.minimum(c0h + c0l, 0.0))
+        for k in range(0, i_m * BM, BK):  # blocks strictly below the diagonal block: all written
+            o_k = k + tl.arange(0, BK)
+            cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :]).to(tl.float32)
+            s_k = tl.exp(tl.minimum((c0h - tl.load(csh_ptr + o_uc + o_k)) + (c0l - tl.load(csl_ptr + o_uc + o_k)),
+                                    0.0)) * tl.load(u_ptr + o_uc + o_k)
+            xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :],
+                         other=0.0)
+            acc += tl.dot((cb * s_k[None, :]).to(dt_in), xk, input_precision=DOT_PREC)
+        acc *= tl.exp(tl.minimum((cs_m - c0h) + (csl_m - c0l), 0.0))[:, None]
+        k_lo = i_m * BM
+    else:
+        acc *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
+        k_lo = 0
+    for k in range(k_lo, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
         if CB_MASK:
             cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :], mask=o_m[:, None] >= o_k[None, :], other=0.0)
@@ -474,10 +515,10 @@ def _gate_bwd_kernel(dy_ptr, z_ptr, ypre_ptr, dyp_ptr, dz_ptr, n, BLOCK: tl.cons
 
 
 @triton.jit
-def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_ptr, cfin_ptr, dinit_ptr, ddal_ptr,
-                           H, nc, PN,
+def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, hinlo_ptr, fin_ptr, dfin_ptr, cinit_ptr, cfin_ptr, dinit_ptr,
+                           ddal_ptr, H, nc, PN,
                            Q: tl.constexpr, BS: tl.constexpr, HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr,
-                           IS_VARLEN: tl.constexpr):
+                           IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr):
     """Reverse state passing. In: ldh[c] = sum_i exp(cs_i) dy_i C_i^T. Out (in place of ldh): the
     gradient of the state after chunk c; dinit; per-block partials of d cs_last = <dh_out, h_out>.
     The loads for chunk c - 1 are issued before chunk c is processed (latency hiding: long
@@ -500,7 +541,7 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
     l1 = tl.load(cs_ptr + o_cs + c0 * Q)
     ldh2 = tl.load(ldh_ptr + ((i_b * nc + c1) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
     l2 = tl.load(cs_ptr + o_cs + c1 * Q)
-    hin1 = tl.load(hin_ptr + ((i_b * nc + c0) * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    hin1 = _ld_hin(hin_ptr, hinlo_ptr, ((i_b * nc + c0) * H + i_h) * PN + o_s, m_s, HIN_SPLIT)
     for cc in range(nc):
         c = nc - 1 - cc
         cp = tl.maximum(c - 2, 0)
@@ -513,7 +554,7 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_pt
         l1 = l2
         ldh2 = tl.load(ldh_ptr + ((i_b * nc + cp) * H + i_h) * PN + o_s, mask=m_s, other=0.0)
         l2 = tl.load(cs_ptr + o_cs + cp * Q)
-        hin1 = tl.load(hin_ptr + ((i_b * nc + cq) * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+        hin1 = _ld_hin(hin_ptr, hinlo_ptr, ((i_b * nc + cq) * H + i_h) * PN + o_s, m_s, HIN_SPLIT)
         if IS_VARLEN:
             cf = tl.load(cfin_ptr + c)
             k = tl.maximum(cf, 0).to(tl.int64)
@@ -623,7 +664,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
                         CS64: tl.constexpr,
                         CB_MASK: tl.constexpr,
                         MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr,
-                        TSUM: tl.constexpr):
+                        TSUM: tl.constexpr, R1: tl.constexpr):
     """Rows j (one block) of one chunk and head:
     Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
     du_j = x_j . Z_j. The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once
@@ -678,8 +719,42 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
     # operand is CB e^{..} u_j, as in the forward (CB e^{..} alone passes 65504 in fp16 once
     # |C . B| does, while CB u_j, like y, stays in range for small dt)
     acc = acc * u_j[:, None]
+    ib_hi = NB
+    if R1:
+        # blocks i > j (below the diagonal block): exp(cs_i - cs_j) = exp(cs_i - c0) exp(c0 - cs_j) with c0
+        # the cumsum at the end of row block j, both factors <= 1: a column scale a_i and a row scale
+        # b_j u_j of CB^T (two products per element, one exp per row or column), the T sums scaled by
+        # b_j after the loop; no decay tile and no mask there (see the scan)
+        o_r = o_uc + (jb + 1) * BJ - 1
+        c0h = tl.load(csh_ptr + o_r)
+        c0l = tl.load(csl_ptr + o_r)
+        b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
+        ub = u_j * b_j  # in the 16-bit operand (as u_j below: fp16 range), so no second accumulator
+        if not TSUM:
+            du_o = tl.zeros([BJ], dtype=tl.float32)
+            rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
+        for ib in range(jb + 1, NB):
+            o_i = ib * BJ + tl.arange(0, BJ)
+            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)
+            a_i = tl.exp(tl.minimum((tl.load(csh_ptr + o_uc + o_i) - c0h) + (tl.load(csl_ptr + o_uc + o_i) - c0l), 0.0))
+            wa = cbT * a_i[None, :]
+            dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
+                          other=0.0)
+            acc += tl.dot((wa * ub[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+            if not TSUM:
+                if MIXED_T:
+                    tt = _dot_exact_f32(xf, tl.trans(dyi.to(tl.float32)))
+                else:
+                    tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
+                tt = tt * wa  # T^T block (j, i) without its b_j u_j factor
+                du_o += tl.sum(tt, axis=1)
+                rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * ub[:, None], axis=0)[None, :], rowacc)
+        if not TSUM:
+            du += b_j * du_o
+            dcol += b_j * du_o
+        ib_hi = jb + 1
     if TSUM:
-        for ib in range(jb, NB):
+        for ib in range(jb, ib_hi):
             o_i = ib * BJ + tl.arange(0, BJ)
             if CB_MASK:
                 cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
@@ -700,8 +775,9 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
         du += csum + tl.sum(xf * dyj_t, axis=1) * cbjj
         dcol += csum
     else:
-        rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
-        for ib in range(jb, NB):
+        if not R1:
+            rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
+        for ib in range(jb, ib_hi):
             o_i = ib * BJ + tl.arange(0, BJ)
             if CB_MASK:
                 cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
@@ -749,7 +825,8 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
-                         CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr):
+                         CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr,
+                         R1: tl.constexpr):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head.
 
@@ -809,7 +886,18 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
         cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
         cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
         u_j = tl.load(u_ptr + o_uc + o_n)
-        kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
+        if R1:  # tiles below the diagonal: the decay as a row times a column factor (see the scan)
+            o_r = o_uc + (i_n + 1) * BM - 1
+            c0h = tl.load(csh_ptr + o_r)
+            c0l = tl.load(csl_ptr + o_r)
+            if i_m > i_n:
+                a_i = tl.exp(tl.minimum((cs_i - c0h) + (csl_i - c0l), 0.0))
+                b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
+                kd = (k * a_i[:, None]) * b_j[None, :]
+            else:
+                kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
+        else:
+            kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
         acc += kd * u_j[None, :]
         if TSUM:
             tq = kd * cbt
@@ -970,6 +1058,8 @@ def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr
 # entry is a plain launch parameter, so correctness does not depend on it (tests cover the defaults).
 CFG_OVERRIDE: dict = {}
 
+_LAUNCH3 = {"BK_SCAN": 32, "stages": 3, "BM_DBC": 128}
+
 # The variants bench_ssd.py --sweep times; tests/test_ssd.py checks every one of them for correctness.
 SWEEP_CONFIGS = {
     "default": {},
@@ -1002,6 +1092,25 @@ SWEEP_CONFIGS = {
     "combo sb3": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True, "BK_SCAN": 32, "stages": 3,
                   "BM_DBC": 128, "state_bf16": 3},
     "fused2 sb3 stages3": {"fused_state": True, "fused_state_bwd": True, "state_bf16": 3, "stages": 3},
+    # session 3: combo's launch choices on the unfused default (left untested in session 2), then the
+    # rank-1 off-diagonal decay (scan and dx), the single tf32 chunk-state product, bf16 hin without grad
+    "launch3": _LAUNCH3,
+    "r1": {**_LAUNCH3, "scan_r1": True, "dx_r1": True},
+    "r1 w8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "warps_scan": 8},
+    "xwtf32": {**_LAUNCH3, "xw_split": 2},
+    "hin16nog": {**_LAUNCH3, "hin16_nograd": True},
+    "fast": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True},
+    "fast w8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "warps_scan": 8},
+    "fast dx8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "warps": 8,
+                 "warps_dcb": 4},
+    "fast bm128": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "BM_SCAN": 128,
+                   "warps_scan": 8},
+    "fast s64": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "BN_STATE": 64,
+                 "warps_state": 4},
+    "fast split": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "hin_split": True},
+    "fast mr": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "maxnreg_state": 128},
+    "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True,
+                  "tsum_dcb": True},
 }
 
 
@@ -1066,12 +1175,39 @@ def _cfg(Q, P, N, dtype):
         # (backward) rounded to 16 bits (0) or kept to ~16 bits as two pieces (1). The forward one
         # decides dA: fp16, B1 T150 Q64 cu_seqlens, dA relative error 3.6e-2 rounded, 4e-4 split.
         "xw_split": 1, "xw_split_bwd": 0,
+        # session 3 variants (off until measured): the scan's rank-1 decay below the diagonal block
+        # (scan_r1; dx_r1: the same in the dx and dCB kernels); hin in bf16 when no backward will read
+        # it (hin16_nograd)
+        "scan_r1": False, "hin16_nograd": False, "dx_r1": False, "hin_split": False,
+        # register cap of the chunk-state kernels (ptxas takes ~170-230 at 8 warps: one program per SM;
+        # 128 leaves room for two, with no spill in the reverse pass and 56 B in the forward one)
+        "maxnreg_state": None,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
             v = min(v, Q)
         cfg[k] = v
     return cfg
+
+
+def _xw_split(dtype, split):
+    """XW_SPLIT of the chunk-state products: -1 for fp32 inputs; the single tf32 product (2) for bf16
+    only (fp16 keeps its two-piece split, which also covers fp16's range)."""
+    if dtype == torch.float32:
+        return -1
+    return 1 if (split == 2 and dtype != torch.bfloat16) else split
+
+
+def _hin_layout(dtype, cfg, keep=True):
+    """How the forward stores hin: "32" (fp32), "16" (bf16: hin16, or hin16_nograd without grad) or
+    "split" (hin_split: bf16 hi and lo planes; not with the fused state kernels, which read fp32)."""
+    if dtype != torch.bfloat16:
+        return "32"
+    if cfg["hin16"] or (cfg["hin16_nograd"] and not keep):
+        return "16"
+    if cfg["hin_split"] and not (cfg["fused_state"] or cfg["fused_state_bwd"]):
+        return "split"
+    return "32"
 
 
 def _fused_blocks(b, H, P, N, cfg, bn_max=128):
@@ -1099,7 +1235,8 @@ def _chunk_states(a, M, u, cs, b, nc, T, H, G, P, N, Q, cfg, *, reverse, xw_spli
     _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
         a, M, u, cs, out, T, H, G, nc, P, N, *_strides3(a), *_strides3(M),
         Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=reverse, DOT_PREC=cfg["prec"],
-        XW_SPLIT=xw_split, HFIRST=cfg["hfirst"], num_warps=cfg["warps_state"], num_stages=cfg["stages"])
+        XW_SPLIT=xw_split, HFIRST=cfg["hfirst"], num_warps=cfg["warps_state"], num_stages=cfg["stages"],
+        **({"maxnreg": cfg["maxnreg_state"]} if cfg["maxnreg_state"] else {}))
     return out
 
 
@@ -1142,8 +1279,16 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
-    hin = new_empty((b, nc, H, P, N), dtype=x.dtype if (cfg["hin16"] and x.dtype == torch.bfloat16) else f32,
-                    device=dev)
+    # (hin16_nograd: a forward whose hin no backward reads (no grad) writes it in bf16 for bf16 inputs:
+    # the scan reads it rounded to 16 bits anyway, so y is unchanged and hin's traffic halves)
+    # (hin_split: for bf16 inputs hin as a bf16 hi plane, which the scan and the dC pass read, and a bf16
+    # lo plane, which only the reverse state pass adds back: (2, b, nc, H, P, N), hin to ~16 bits)
+    layout = _hin_layout(x.dtype, cfg, store_ypre)
+    if layout == "split":
+        hin = new_empty((2, b, nc, H, P, N), dtype=x.dtype, device=dev)
+    else:
+        hin = new_empty((b, nc, H, P, N), dtype=x.dtype if layout == "16" else f32, device=dev)
+    hin_hi, hin_lo = (hin[0], hin[1]) if layout == "split" else (hin, hin)
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
     if cfg["fused_state"]:
@@ -1153,29 +1298,29 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             tables.cfin if varlen else dummy, hin, final, T, H, G, nc, P, N,
             *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
-            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split"],
+            XW_SPLIT=_xw_split(x.dtype, cfg["xw_split"]),
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
     else:
         states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
-                               xw_split=-1 if x.dtype == f32 else cfg["xw_split"])
+                               xw_split=_xw_split(x.dtype, cfg["xw_split"]))
         PN = P * N
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
         _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
             states, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
-            tables.cfin if varlen else dummy, hin, final, H, nc, PN,
-            Q=Q, BS=BS, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+            tables.cfin if varlen else dummy, hin_hi, hin_lo, final, H, nc, PN,
+            Q=Q, BS=BS, HAS_INIT=init is not None, IS_VARLEN=varlen, HIN_SPLIT=layout == "split", num_warps=4)
         del states
     y = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
     ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
     BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
     _chunk_scan_fwd_kernel[_grid(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
-        x, zz, C, cb, u, cs, csh, csl, hin, D if D is not None else dummy, y, ypre,
+        x, zz, C, cb, u, cs, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
         STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
-        CB_MASK=cfg["cb_mask"],
+        CB_MASK=cfg["cb_mask"], R1=cfg["scan_r1"] and not cfg["cs64"],
         num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"])
     return y, final, hin, ypre
@@ -1189,6 +1334,10 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     cfg = _cfg(Q, P, N, x.dtype)
     varlen = tables is not None
     f32 = torch.float32
+    hin_split = hin.dim() == 6  # (2, b, nc, H, P, N): hi and lo planes (_hin_layout "split")
+    hin_hi, hin_lo = (hin[0], hin[1]) if hin_split else (hin, hin)
+    assert not (hin_split and cfg["fused_state_bwd"]), "the fused reverse state kernel reads an fp32 hin"
+    hin = hin_hi
     dummy = hin
     # recompute the cheap forward pieces: u, cs and CB
     u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
@@ -1238,19 +1387,20 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_DFIN=dfinal is not None, HAS_INIT=init is not None,
             IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
-            XW_SPLIT=-1 if x.dtype == f32 else cfg["xw_split_bwd"], num_warps=cfg["warps_fused"],
+            XW_SPLIT=_xw_split(x.dtype, cfg["xw_split_bwd"]), num_warps=cfg["warps_fused"],
             num_stages=cfg["stages_fused"])
     else:
         ldh = _chunk_states(dy, C, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=True,
-                            xw_split=-1 if x.dtype == f32 else cfg["xw_split_bwd"])
+                            xw_split=_xw_split(x.dtype, cfg["xw_split_bwd"]))
         PN = P * N
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
         nbs = triton.cdiv(PN, BS)
         ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
         _state_pass_bwd_kernel[(b, H, nbs)](
-            ldh, cs, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
+            ldh, cs, hin_hi, hin_lo, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
             tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
-            Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen, num_warps=4)
+            Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen,
+            HIN_SPLIT=hin_split, num_warps=4)
         ds = ldh
     ddal = ddal.sum(-1)
 
@@ -1271,7 +1421,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
             Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
-            MIXED_T=mixed_t, num_warps=cfg["warps_dcb"] or cfg["warps"], num_stages=cfg["stages"])
+            MIXED_T=mixed_t, R1=cfg["dx_r1"] and not cfg["cs64"], num_warps=cfg["warps_dcb"] or cfg["warps"],
+            num_stages=cfg["stages"])
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     if tsum:  # the dCB kernel writes the T sums that dx reads
@@ -1283,6 +1434,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
         CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
         STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
+        R1=cfg["dx_r1"] and not cfg["cs64"],
         num_warps=cfg["warps"], num_stages=cfg["stages"])
     if not tsum:
         launch_dcb()
@@ -1292,7 +1444,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     for is_db, out in ((True, dB), (False, dC)):
         mfirst = cfg["hfirst"] and b * nc <= 65535
         _scan_bwd_dbc_kernel[(Q // BMd, G, b * nc) if mfirst else (b * nc, G, Q // BMd)](
-            x, dy, B, C, u, cs, hin, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
+            x, dy, B, C, u, cs, hin_hi, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=mfirst,
@@ -1495,7 +1647,9 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, chunk_
     nfin = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
     packed = seq_idx is not None or cu_seqlens is not None
     nc = -(-L // chunk_size)
-    hin = x.new_empty(_EMPTY) if packed else x.new_empty((b, nc, H, P, N), dtype=torch.float32)
+    lay = _hin_layout(x.dtype, _cfg(chunk_size, P, N, x.dtype))
+    hin = (x.new_empty(_EMPTY) if packed else x.new_empty((2, b, nc, H, P, N)) if lay == "split"
+           else x.new_empty((b, nc, H, P, N), dtype=x.dtype if lay == "16" else torch.float32))
     ypre = x.new_empty((b, L, H, P)) if (z is not None and not packed) else x.new_empty(_EMPTY)
     return x.new_empty(x.shape), x.new_empty((nfin, H, P, N), dtype=torch.float32), hin, ypre
 
