@@ -234,6 +234,9 @@ def test_norm_mlp_node_saves_residual_only(autocast, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(res["keep"][4], res["recompute"][4]))
 
 
+RB = 1  # batch of the recompute tests (the interpreter's cost grows with rows; one row shows it all)
+
+
 def _recompute_run(monkeypatch, flags: dict, autocast: bool):
     """One Mamba block forward + backward with hybridna.model flags set, recording what the
     recompute hooks drop (saved-tensor hooks do not nest: an outer recorder would miss everything the
@@ -259,8 +262,8 @@ def _recompute_run(monkeypatch, flags: dict, autocast: bool):
     cfg = HybriDNAConfig.preset("tiny")
     torch.manual_seed(0)
     blk = HybriDNA(cfg).layers[0].to(DEVICE)
-    x0 = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
-    d0 = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    x0 = torch.randn(RB, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    d0 = torch.randn(RB, L, cfg.d_model, device=DEVICE, requires_grad=True)
     with ku.backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16, enabled=autocast):
         xo, m = blk(x0, delta=d0, defer_add=True)  # the model's form: residual add fused into norm1
     gc.collect()
@@ -272,48 +275,34 @@ def _recompute_run(monkeypatch, flags: dict, autocast: bool):
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_conv_output_recomputed_not_saved(autocast, monkeypatch):
-    """With CONV_RECOMPUTE the Mamba mixer does not keep the conv output x|B|C that ssd_scan saves
-    (conv_dim values per token): it is freed after the forward and recomputed from the conv input for
-    the SSD backward, bit for bit, so outputs and every gradient are bit-identical to keeping it."""
+def test_recomputed_activations_not_saved(autocast, monkeypatch):
+    """CONV_RECOMPUTE: the Mamba mixer does not keep the conv output x|B|C that ssd_scan saves
+    (conv_dim values per token); with INPROJ_RECOMPUTE too, nor the in_proj output z|x|B|C|dt (read
+    by the conv, SSD and gated-norm backwards). Each is freed after the forward and recomputed in the
+    backward (the conv from its input; norm1 + in_proj from the residual stream that norm1 keeps), bit
+    for bit: outputs and every gradient bit-identical to keeping them."""
     base = _recompute_run(monkeypatch, dict(CONV_RECOMPUTE=False, INPROJ_RECOMPUTE=False), autocast)
     assert base[3] == base[4] == [] and base[5] == [], "hooks installed with the recomputes off"
-    cfg, outs, grads, dropped, kept, alive = _recompute_run(
-        monkeypatch, dict(CONV_RECOMPUTE=True, INPROJ_RECOMPUTE=False), autocast)
     dt = torch.bfloat16 if autocast else torch.float32
-    nb = B * L * cfg.conv_dim * dt.itemsize  # the conv output's storage
-    G, N = cfg.ngroups, cfg.d_state
-    assert sorted(dropped) == sorted([(nb, (B, L, cfg.nheads, cfg.headdim), dt), (nb, (B, L, G, N), dt),
-                                      (nb, (B, L, G, N), dt)]), dropped
-    assert kept and all(k[0] != nb for k in kept), kept
-    assert alive == [False]
-    assert all(torch.equal(a, b) for a, b in zip(base[1], outs))
-    assert all(torch.equal(a, b) for a, b in zip(base[2], grads))
-
-
-@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_inproj_output_recomputed_not_saved(autocast, monkeypatch):
-    """With INPROJ_RECOMPUTE (and CONV_RECOMPUTE) neither the in_proj output z|x|B|C|dt (read by the
-    conv, SSD and gated-norm backwards) nor the conv output is kept: both are freed after the forward
-    and recomputed in the backward (norm1 + in_proj from the residual stream that norm1 keeps, then
-    the conv from it), bit for bit: outputs and every gradient bit-identical to keeping them."""
-    base = _recompute_run(monkeypatch, dict(CONV_RECOMPUTE=False, INPROJ_RECOMPUTE=False), autocast)
-    cfg, outs, grads, dropped, kept, alive = _recompute_run(
-        monkeypatch, dict(CONV_RECOMPUTE=True, INPROJ_RECOMPUTE=True), autocast)
-    dt = torch.bfloat16 if autocast else torch.float32
-    di, G, N, H = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads
-    nb_in = B * L * (2 * di + 2 * G * N + H) * dt.itemsize
-    nb_conv = B * L * cfg.conv_dim * dt.itemsize
-    sizes = sorted({d[0] for d in dropped})
-    assert sizes == sorted({nb_in, nb_conv}), dropped
-    # the conv input, z (gated norm), dt (SSD) and x, B, C (SSD) are all among the dropped views
-    shapes = {(d[0], d[1]) for d in dropped}
-    assert {(nb_in, (B, cfg.conv_dim, L)), (nb_in, (B, L, di)), (nb_in, (B, L, H)),
-            (nb_conv, (B, L, H, cfg.headdim))} <= shapes, dropped
-    assert all(k[0] not in (nb_in, nb_conv) for k in kept), kept
-    assert alive == [False, False]
-    assert all(torch.equal(a, b) for a, b in zip(base[1], outs))
-    assert all(torch.equal(a, b) for a, b in zip(base[2], grads))
+    cfg = base[0]
+    di, G, N, H, P = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads, cfg.headdim
+    nb_conv = RB * L * cfg.conv_dim * dt.itemsize  # the conv output's storage
+    nb_in = RB * L * (2 * di + 2 * G * N + H) * dt.itemsize  # the in_proj output's storage
+    for inproj in (False, True):
+        _, outs, grads, dropped, kept, alive = _recompute_run(
+            monkeypatch, dict(CONV_RECOMPUTE=True, INPROJ_RECOMPUTE=inproj), autocast)
+        conv_views = [(nb_conv, (RB, L, H, P), dt), (nb_conv, (RB, L, G, N), dt), (nb_conv, (RB, L, G, N), dt)]
+        if not inproj:
+            assert sorted(dropped) == sorted(conv_views), dropped
+        else:  # also the conv input, z (gated norm) and dt (SSD) views of the in_proj output
+            assert sorted({d[0] for d in dropped}) == sorted({nb_in, nb_conv}), dropped
+            assert set(conv_views) | {(nb_in, (RB, cfg.conv_dim, L), dt), (nb_in, (RB, L, di), dt),
+                                      (nb_in, (RB, L, H), dt)} <= set(dropped), dropped
+        gone = (nb_conv, nb_in) if inproj else (nb_conv,)
+        assert kept and all(k[0] not in gone for k in kept), kept
+        assert alive == [False] * (1 + inproj)
+        assert all(torch.equal(a, b) for a, b in zip(base[1], outs))
+        assert all(torch.equal(a, b) for a, b in zip(base[2], grads))
 
 
 def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
@@ -329,7 +318,7 @@ def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
     cfg = HybriDNAConfig.preset("tiny")
     torch.manual_seed(0)
     blk = HybriDNA(cfg).layers[0].to(DEVICE)
-    x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    x = torch.randn(RB, L, cfg.d_model, device=DEVICE, requires_grad=True)
     grads = []
     for ckpt in (False, True):
         x.grad = None
