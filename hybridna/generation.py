@@ -23,7 +23,7 @@ import torch
 from hybridna_kernels import flash_attention, ssd_step
 from hybridna_kernels.utils import use_kernel
 
-from .model import Attention, HybriDNA, KVState, MambaState, _lengths_from
+from .model import Attention, HybriDNA, KVState, MambaState, Packed, _lengths_from
 from .tokenizer import BOS_ID, PAD_ID
 
 __all__ = ["InferenceCache", "allocate_cache", "prefill", "decode_step", "fused_decode_step", "sample_next",
@@ -31,8 +31,9 @@ __all__ = ["InferenceCache", "allocate_cache", "prefill", "decode_step", "fused_
 
 # The fused decode step (hybridna_kernels.decode: ~5 kernels per layer, the attention's cache length on
 # the device, so the CUDA-graph decoder captures the whole step as one graph). "0" keeps the per-op
-# step (Block.step) and the piecewise graphs. Read at call time (tests and benchmarks flip it).
-FUSED_DECODE = os.environ.get("HYBRIDNA_FUSED_DECODE", "0") == "1"
+# step (Block.step) and the piecewise graphs. Read at call time (tests and benchmarks flip it). On by
+# default since the first GPU run (H100, 300m bf16: 0.707 vs 0.994 ms per token at a 1k prompt).
+FUSED_DECODE = os.environ.get("HYBRIDNA_FUSED_DECODE", "1") != "0"
 
 
 def fused_decode_supported(model: HybriDNA) -> bool:
@@ -65,16 +66,33 @@ def prefill(model: HybriDNA, input_ids: torch.Tensor, lengths: list[int], cache:
     """Run each row's first lengths[b] tokens, filling the cache. Returns the last position's logits (B, V)."""
     B = input_ids.shape[0]
     if all(n == lengths[0] for n in lengths):
-        h, _ = model.hidden(input_ids[:, : lengths[0]], state=cache)  # (B, L, d)
-        last = h[:, -1]
+        x, delta = _prefill_blocks(model, input_ids[:, : lengths[0]], cache, None)  # (B, L, d)
+        x, delta = x[:, -1], None if delta is None else delta[:, -1]
     else:  # pack the prompts into one row: every kernel runs once, each prompt at its own length
         flat = torch.cat([input_ids[b, :n] for b, n in enumerate(lengths)])[None]  # (1, total)
-        h, _ = model.hidden(flat, state=cache, lengths=lengths)
-        ends = torch.tensor(lengths, device=h.device).cumsum(0) - 1
-        last = h[0, ends]  # (B, d)
+        x, delta = _prefill_blocks(model, flat, cache, lengths)
+        ends = torch.tensor(lengths, device=x.device).cumsum(0) - 1
+        x, delta = x[0, ends], None if delta is None else delta[0, ends]  # (B, d)
+    # the final norm only where logits are needed (model.hidden normalises every position)
+    last = model.norm_f(x) if delta is None else model.norm_f(x, delta)[0]
     cache.lengths = list(lengths)
     assert last.shape[0] == B
     return model.logits_from_hidden(last)  # (B, V)
+
+
+def _prefill_blocks(model: HybriDNA, input_ids, cache, lengths):
+    """model.hidden's block loop (deferred residual adds) without its final norm: (x, delta), the
+    residual stream being x + delta at every position."""
+    packed = None
+    if lengths is not None:
+        if input_ids.shape[0] != 1 or sum(lengths) != input_ids.shape[1] or min(lengths) < 1:
+            raise ValueError(f"lengths: expected positive lengths summing to seqlen {input_ids.shape[1]}, "
+                             f"got {lengths}")
+        packed = Packed.from_lengths([int(n) for n in lengths], input_ids.device)
+    x, delta = model.embedding(input_ids), None
+    for i, blk in enumerate(model.layers):
+        x, delta = blk(x, cache.layers[i], None, packed, delta=delta, defer_add=True)
+    return x, delta
 
 
 @torch.no_grad()
@@ -103,6 +121,8 @@ def fused_decode_step(model: HybriDNA, tokens: torch.Tensor, cache: InferenceCac
     attention step (2 kernels), out_proj + residual add and the same MLP. Nothing depends on host
     values that change between steps, so the step can be captured once and replayed."""
     from hybridna_kernels.decode import attention_step, decode_gemv
+    from hybridna_kernels.decode.gemv import use_pdl
+    from hybridna_kernels.ssd.step import ssd_step_fwd
 
     B = tokens.shape[0]
     x = model.embedding(tokens)  # (B, d)
@@ -130,9 +150,13 @@ def fused_decode_step(model: HybriDNA, tokens: torch.Tensor, cache: InferenceCac
             Bm = zx[:, 2 * di: 2 * di + G * N]
             Cm = zx[:, 2 * di + G * N: 2 * di + 2 * G * N]
             dt = zx[:, di + mix.conv_dim:]
-            y = ssd_step(st.ssm, xs.unflatten(-1, (H, P)), dt, mix._A_step(x), Bm.unflatten(-1, (G, N)),
-                         Cm.unflatten(-1, (G, N)), D=mix.D, dt_bias=mix.dt_bias, dt_softplus=True,
-                         dt_limit=mix.cfg.dt_limit)  # (B, H, P)
+            args = (st.ssm, xs.unflatten(-1, (H, P)), dt, mix._A_step(x), Bm.unflatten(-1, (G, N)),
+                    Cm.unflatten(-1, (G, N)))
+            if use_pdl(x):  # the step kernel itself, launched with PDL like its neighbours
+                y = ssd_step_fwd(*args, mix.D, None, mix.dt_bias, True, (float(mix.cfg.dt_limit[0]),
+                                 float(mix.cfg.dt_limit[1])), pdl=True)  # (B, H, P)
+            else:
+                y = ssd_step(*args, D=mix.D, dt_bias=mix.dt_bias, dt_softplus=True, dt_limit=mix.cfg.dt_limit)
             x = decode_gemv(y.reshape(B, di), mix.out_proj.weight, norm_weight=mix.norm.weight, eps=mix.norm.eps,
                             z=zx[:, :di], group_size=mix.norm.group_size, residual=x)
         if blk.mlp is not None:
@@ -231,14 +255,20 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
     cache = allocate_cache(model, B, max(lens) + max_new_tokens)
     logits = prefill(model, input_ids, lens, cache)  # (B, V)
     t1 = clock()
-    decoder = CUDAGraphDecoder(model, cache) if cuda_graph and max_new_tokens > 1 else None
-    t2 = clock()
-
     banned = torch.tensor(sorted(set(int(t) for t in suppress_tokens)), dtype=torch.long, device=device)
     if banned.numel() and (int(banned.min()) < 0 or int(banned.max()) >= V):
         raise ValueError(f"suppress_tokens: expected ids in [0, {V}), got {banned.tolist()}")
     if banned.numel() >= V:
         raise ValueError("suppress_tokens: suppresses every token")
+    if (uniform and max_new_tokens > 1 and top_k is None and top_p is None and fused_decode_supported(model)
+            and (cuda_graph or device.type != "cuda" or not DEVICE_LOOP_NEEDS_GRAPH)):
+        out = _device_loop(model, cache, logits, lens, input_ids, max_new_tokens, banned, temperature=temperature,
+                           seed=seed, eos_token_id=eos_token_id, forced=forced_tokens, return_logits=return_logits,
+                           use_graphs=cuda_graph, stats=stats, clock=clock, t0=t0, t1=t1)
+        return out
+    decoder = CUDAGraphDecoder(model, cache) if cuda_graph and max_new_tokens > 1 else None
+    t2 = clock()
+
     new_tokens, all_logits = [], []
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
@@ -270,6 +300,63 @@ def generate(model: HybriDNA, input_ids: torch.Tensor, max_new_tokens: int, *, t
     return out
 
 
+# The fused decode without CUDA graphs (eager, on CUDA) keeps torch sampling; on CPU (the interpreter
+# tests) the device loop runs eagerly so that its sampling kernel and bookkeeping are tested there.
+DEVICE_LOOP_NEEDS_GRAPH = True
+
+
+def _device_loop(model, cache, logits, lens, input_ids, T, banned, *, temperature, seed, eos_token_id, forced,
+                 return_logits, use_graphs, stats, clock, t0, t1):
+    """generate()'s token loop with sampling on the device (hybridna_kernels.decode.sample_step): each
+    new token is one fused decode step plus one sampling kernel, captured together, so a token costs
+    one CUDA graph replay and no host sync (eos is polled every 16 tokens). Sampling is the
+    Gumbel-max trick on Philox noise keyed by (seed, step, row): the same distribution as
+    sample_next, not the same random stream."""
+    from hybridna_kernels.decode import sample_step
+
+    B, L0, V = len(lens), lens[0], model.config.vocab_size
+    device = logits.device
+    hist = torch.full((B, T), PAD_ID, dtype=torch.long, device=device)
+    lhist = torch.empty((B, T, V), dtype=logits.dtype, device=device) if return_logits else None
+    done = torch.zeros(B, dtype=torch.uint8, device=device)
+    ban = torch.zeros(V, dtype=torch.uint8, device=device)
+    ban[banned] = 1
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))  # from the global CPU generator
+    fr = forced.to(device=device, dtype=torch.long).contiguous() if forced is not None else None
+    kw = dict(temperature=temperature, seed=seed, forced=fr, eos_token_id=eos_token_id, pad_id=PAD_ID,
+              logits_hist=lhist)
+
+    def post(dec):
+        sample_step(dec.logits, ban, dec.tok, hist, done, dec.pos, L0, **kw)
+
+    dec = CUDAGraphDecoder(model, cache, use_graphs=use_graphs, post=post)
+    hist.fill_(PAD_ID)  # the warm-up ran post at step 0
+    done.zero_()
+    t2 = clock()
+    pos0 = torch.full((1,), L0, dtype=torch.long, device=device)
+    sample_step(logits, ban, dec.tok, hist, done, pos0, L0, **kw)  # token 0, from the prefill's logits
+    steps = 1
+    for t in range(1, T):
+        if eos_token_id is not None and t % 16 == 0 and bool(done.all()):
+            break
+        dec.advance()
+        steps += 1
+    n = steps
+    if eos_token_id is not None:  # generation ends at the step where the last row emitted eos
+        is_eos = hist[:, :steps] == eos_token_id
+        if bool(is_eos.any(1).all()):
+            n = int(is_eos.float().argmax(1).max()) + 1
+    if stats is not None:
+        stats.update(prefill_s=t1 - t0, setup_s=t2 - t1, decode_s=clock() - t2, new_tokens=n)
+    out = torch.full((B, L0 + n), PAD_ID, dtype=torch.long, device=device)
+    out[:, :L0] = input_ids[:, :L0]
+    out[:, L0:] = hist[:, :n]
+    if return_logits:
+        return out, lhist[:, :n]
+    return out
+
+
 class CUDAGraphDecoder:
     """The decode step replayed from CUDA graphs, for prompts of equal length.
 
@@ -280,9 +367,12 @@ class CUDAGraphDecoder:
     `flash_attention` calls in between run eagerly. With 3 attention layers in 24 (300m) that is 4
     graph replays and 3 attention launches per token instead of a few hundred kernel launches."""
 
-    def __init__(self, model: HybriDNA, cache: InferenceCache, warmup: int = 2, use_graphs: bool = True):
-        """use_graphs=False runs the same segments eagerly (a CPU check of the segmentation)."""
-        self.model, self.cache = model, cache
+    def __init__(self, model: HybriDNA, cache: InferenceCache, warmup: int = 2, use_graphs: bool = True,
+                 post=None):
+        """use_graphs=False runs the same segments eagerly (a CPU check of the segmentation). post(self):
+        fused mode only, run (and captured) after each step, e.g. the sampling of the next token into
+        self.tok; `advance()` then steps without reading or returning anything on the host."""
+        self.model, self.cache, self.post = model, cache, post
         n0 = cache.lengths[0]
         if any(n != n0 for n in cache.lengths):
             raise ValueError("cache: CUDA graphs need rows of equal length")
@@ -303,6 +393,8 @@ class CUDAGraphDecoder:
         for _ in range(warmup):
             if self.fused:
                 self._fused_step(advance=False)
+                if post is not None:
+                    post(self)
             else:
                 self._run_eager_segments(n0)
         for st, sv in zip(cache.layers, saved):
@@ -379,6 +471,8 @@ class CUDAGraphDecoder:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, stream=stream):
                 self._fused_step()
+                if self.post is not None:
+                    self.post(self)
         torch.cuda.current_stream().wait_stream(stream)
         self.graphs = [g]
         self.logits_buf = self.logits
@@ -402,6 +496,16 @@ class CUDAGraphDecoder:
                     self.o_bufs.append(self.o)
         torch.cuda.current_stream().wait_stream(stream)
         self.logits_buf = self.logits
+
+    def advance(self):
+        """One step on self.tok (fused mode, with post filling self.tok for the next one)."""
+        if self.use_graphs:
+            self.graphs[0].replay()
+        else:
+            self._fused_step()
+            if self.post is not None:
+                self.post(self)
+        self.cache.lengths = [n + 1 for n in self.cache.lengths]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Same as decode_step(model, tokens, cache)."""

@@ -200,12 +200,13 @@ def test_graph_segments_match_decode_step(variant):
     assert caches[1].lengths == [30, 30]
 
 
-def test_kernels_decode_matches_reference():
-    """Prefill (two prompts of different lengths, packed: the kernels' varlen modes) and decode through
-    the Triton kernels (the interpreter on CPU: ssd_step, causal_conv1d_step, flash_attention with
-    seqlen_q = 1) against the fp64 reference full forward of each row on the same tokens; short, so
-    the interpreter stays fast."""
-    m = tiny(torch.float64, rotary=True).to(DEVICE)
+def _ragged_kernel_decode(cfg, fused, monkeypatch):
+    """Prefill two prompts of different lengths (packed: the kernels' varlen modes) and decode 3
+    tokens through the Triton kernels in fp32 (per-op or fused step), against the fp64 reference full
+    forward of each row on the same tokens. Returns the fp32 model and the ids."""
+    from hybridna import generation
+
+    m = tiny(torch.float64, **cfg).to(DEVICE)
     ids = rand_ids(2, 19, seed=7).to(DEVICE)
     lens, T = [16, 11], 3
     prompts = ids[:, :16].clone()
@@ -214,12 +215,23 @@ def test_kernels_decode_matches_reference():
     with ku.backend("reference"):
         ref = torch.stack([m(ids[:1, :19]).logits[0, 15:18], m(ids[1:, :14]).logits[0, 10:13]])
     m = m.float()
+    monkeypatch.setattr(generation, "FUSED_DECODE", fused)
     with ku.backend("triton"):
+        assert generation.fused_decode_supported(m) == fused
         _, lg = generate(m, prompts, T, temperature=0, return_logits=True, forced_tokens=forced, lengths=lens)
-    assert_close("kernel-decode-fp32", ref, lg, tol(torch.float32, "fwd"))
+    assert_close(f"kernel-decode-fp32-{'fused' if fused else 'perop'}", ref, lg, tol(torch.float32, "fwd"))
+    return m, ids
 
 
-@pytest.mark.parametrize("variant", ["default", "untied-rotary-window"])
+def test_kernels_decode_matches_reference(monkeypatch):
+    """The per-op decode step through the Triton kernels (the interpreter on CPU: ssd_step,
+    causal_conv1d_step, flash_attention with seqlen_q = 1), ragged prompts, against the fp64
+    reference; short, so the interpreter stays fast."""
+    _ragged_kernel_decode(dict(rotary=True), False, monkeypatch)
+
+
+# the default layout (K/V written by the qkv GEMV) runs in test_kernels_device_loop_generate
+@pytest.mark.parametrize("variant", ["untied-rotary-window"])
 def test_kernels_fused_decode_matches_reference(variant, monkeypatch):
     """The fused decode step (hybridna_kernels.decode through the interpreter, fp32): prompts of
     different lengths (each row at its own device-side position), against the fp64 reference full
@@ -227,20 +239,8 @@ def test_kernels_fused_decode_matches_reference(variant, monkeypatch):
     from hybridna import generation
     from hybridna.generation import CUDAGraphDecoder
 
-    m = tiny(torch.float64, **VARIANTS[variant]).to(DEVICE)
-    ids = rand_ids(2, 19, seed=7).to(DEVICE)
-    lens, T = [16, 11], 3
-    prompts = ids[:, :16].clone()
-    prompts[1, 11:] = PAD_ID
-    forced = torch.stack([ids[0, 16:19], ids[1, 11:14]])
-    with ku.backend("reference"):
-        ref = torch.stack([m(ids[:1, :19]).logits[0, 15:18], m(ids[1:, :14]).logits[0, 10:13]])
-    m = m.float()
-    monkeypatch.setattr(generation, "FUSED_DECODE", True)
+    m, ids = _ragged_kernel_decode(VARIANTS[variant], True, monkeypatch)
     with ku.backend("triton"):
-        assert generation.fused_decode_supported(m)
-        _, lg = generate(m, prompts, T, temperature=0, return_logits=True, forced_tokens=forced, lengths=lens)
-        assert_close(f"fused-decode-{variant}", ref, lg, tol(torch.float32, "fwd"))
         caches = [allocate_cache(m, 2, 19) for _ in range(2)]
         for c in caches:
             prefill(m, ids[:, :16], [16, 16], c)
@@ -255,15 +255,49 @@ def test_kernels_fused_decode_matches_reference(variant, monkeypatch):
         assert caches[1].lengths == [18, 18] and int(dec.pos[0]) == 18
 
 
+def test_kernels_device_loop_generate(monkeypatch):
+    """generate()'s device loop (fused step + sampling kernel per token, run eagerly through the
+    interpreter as the CUDA graph would run it): forced tokens with eos in them give the fp64
+    reference logits at every step, rows stop at their eos (then <pad>) and generation ends at the
+    step where the last row stopped (eos polled every 16 tokens, the output trimmed); sampling with a seed is reproducible and never suppressed."""
+    from hybridna import generation
+
+    m = tiny(torch.float64).to(DEVICE)
+    ids = rand_ids(2, 22, seed=9).to(DEVICE)
+    eos = 7
+    ids[0, 17], ids[1, 19] = eos, eos  # row 0 stops at new token 1, row 1 at new token 3
+    ids[1, 16:19] = 5
+    ids[0, 16] = 6
+    with ku.backend("reference"):
+        ref = m(ids).logits[:, 15:19]
+    m = m.float()
+    monkeypatch.setattr(generation, "FUSED_DECODE", True)
+    with ku.backend("triton"):
+        out, lg = generate(m, ids[:, :16], 6, temperature=0, return_logits=True, forced_tokens=ids[:, 16:22],
+                           eos_token_id=eos)
+        assert out.shape == (2, 20) and lg.shape[:2] == (2, 4)
+        assert torch.equal(out[1, 16:], ids[1, 16:20]) and torch.equal(out[0, 16:18], ids[0, 16:18])
+        assert bool((out[0, 18:] == PAD_ID).all())
+        # row 0 is fed <pad> after its eos: its logits follow the forward up to step 2
+        assert_close("device-loop-logits", torch.cat([ref[0, :3], ref[1]]), torch.cat([lg[0, :3], lg[1]]),
+                     tol(torch.float32, "fwd"))
+        a = generate(m, ids[:, :16], 3, temperature=1.0, seed=3)
+        b = generate(m, ids[:, :16], 3, temperature=1.0, seed=3)
+        assert torch.equal(a, b) and not bool(((a[:, 16:] == PAD_ID) | (a[:, 16:] == BOS_ID)).any())
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("fused", [False, True], ids=["perop", "fused"])
+@pytest.mark.parametrize("fused", [False, True, "pdl"], ids=["perop", "fused", "fused-pdl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
 def test_gpu_kernels_decode_and_cuda_graph(dtype, fused, monkeypatch):
     """On the GPU with the Triton kernels: cached decode logits match the full forward (fp64
     reference), and the CUDA-graph decode step reproduces the eager decode step; per-op and fused."""
     from hybridna import generation
 
-    monkeypatch.setattr(generation, "FUSED_DECODE", fused)
+    import hybridna_kernels.decode.gemv as gm
+
+    monkeypatch.setattr(generation, "FUSED_DECODE", bool(fused))
+    monkeypatch.setattr(gm, "PDL", fused == "pdl")
     m = tiny(torch.float64, rotary=True).to(DEVICE)
     prompt = rand_ids(2, 100, seed=6).to(DEVICE)
     T = 16
@@ -278,6 +312,11 @@ def test_gpu_kernels_decode_and_cuda_graph(dtype, fused, monkeypatch):
     _, lg_graph = generate(m, prompt, T, temperature=0, return_logits=True, cuda_graph=True,
                            forced_tokens=out_ref[:, 100:])
     assert_close(f"gpu-graph-{dtype_id(dtype)}", lg.double(), lg_graph, tol(dtype, "fwd"))
+    if fused:  # the device loop (sampling kernel in the graph) replayed == run eagerly, same seed
+        a = generate(m, prompt, T, temperature=1.0, seed=5, cuda_graph=True, eos_token_id=EOS_ID)
+        monkeypatch.setattr(generation, "DEVICE_LOOP_NEEDS_GRAPH", False)
+        b = generate(m, prompt, T, temperature=1.0, seed=5, eos_token_id=EOS_ID)
+        assert torch.equal(a, b)
 
 
 def test_cli_generate_score_embed(tmp_path, capsys):

@@ -29,11 +29,22 @@ def _attn_decode_split_kernel(
     seqlen_q, seqlen_k, nheads_kv, key_lo, keys_per_split, n_splits, qk_scale, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
+    SEQ=None, SEQ_FROM_PTR: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
+    # SEQ_FROM_PTR (hybridna_kernels.decode.attention_step, a CUDA-graph decode step): row b's keys are
+    # 0 .. SEQ[b] (seqlen_k = SEQ[b] + 1, read on the device), the grid fixed by the cache capacity;
+    # key_lo is then recomputed here for a window. PDL: launched with programmatic dependent launch.
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
     i_b = (pid_bh // nheads_kv).to(tl.int64)
     i_hk = (pid_bh % nheads_kv).to(tl.int64)
+    if SEQ_FROM_PTR:
+        seqlen_k = tl.load(SEQ + i_b).to(tl.int32) + 1
+        if HAS_WINDOW:
+            key_lo = tl.maximum(seqlen_k - seqlen_q - window + 1, 0)
     o_r = tl.arange(0, BM)                   # row r = g * seqlen_q + i: query head hk * GROUP + g, query i
     m_r = o_r < GROUP * seqlen_q
     o_g = o_r // seqlen_q

@@ -5,5 +5,6 @@ naive.py. Kernels run on CUDA or through the interpreter; callers choose the pat
 from .attention import attention_step
 from .gemv import decode_gemv, gemv_config
 from .naive import attention_step_ref, decode_gemv_ref
+from .sample import sample_step
 
-__all__ = ["decode_gemv", "gemv_config", "attention_step", "decode_gemv_ref", "attention_step_ref"]
+__all__ = ["decode_gemv", "gemv_config", "attention_step", "decode_gemv_ref", "attention_step_ref", "sample_step"]

@@ -20,7 +20,11 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
                      H, G, P, N, lo, hi,
                      s_st_b, s_st_h, s_st_p, s_x_b, s_x_h, s_dt_b, s_dt_h, s_B_b, s_B_g, s_C_b, s_C_g, s_z_b, s_z_h,
                      BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr,
-                     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_HI: tl.constexpr):
+                     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_HI: tl.constexpr,
+                     PDL: tl.constexpr = False):
+    if PDL:  # programmatic dependent launch (the fused decode step): start early, wait before any access
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
     i_p = tl.program_id(2)
@@ -58,8 +62,9 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
     tl.store(y_ptr + (i_b * H + i_h) * P + o_p, y.to(y_ptr.dtype.element_ty), mask=m_p)
 
 
-def ssd_step_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit):
-    """Kernel path of ssd_step (arguments already validated)."""
+def ssd_step_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, pdl=False):
+    """Kernel path of ssd_step (arguments already validated). pdl: launch with programmatic dependent
+    launch (sm_90+, CUDA only; the decode step's chain of kernels)."""
     lo, hi = dt_limit
     b, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
@@ -74,7 +79,8 @@ def ssd_step_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit):
         state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1), dt.stride(0), dt.stride(1),
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), zz.stride(0), zz.stride(1),
         BP=BP, BN=BN, HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_HI=hi != float("inf"), num_warps=4)
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_HI=hi != float("inf"), PDL=pdl, num_warps=4,
+        **({"launch_pdl": True} if pdl else {}))
     return y
 
 
