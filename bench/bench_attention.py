@@ -340,13 +340,13 @@ def _set_variant(text):
     flash.VARIANT = flash.parse_variant(text)
 
 
-def _small_check(D, H, variant):
-    """Variant against the fp64 reference: o and every gradient at a causal shape (1, 784, H heads):
-    784 is not a multiple of the blocks; H and 784 % 16 == 0 as in the timed shapes, so the same
-    compiled kernels run."""
+def _small_check(D, H, variant, n=None):
+    """Variant against the fp64 reference: o and every gradient at a causal shape (1, n, H heads), n = 784
+    by default: not a multiple of the blocks, with the strides' divisibility of the timed shapes, so the same
+    compiled kernels run (`final` passes n = 2100 so that the defaults take their long-bucket path)."""
     _set_variant(variant)
     g = torch.Generator(device="cpu").manual_seed(1)
-    n = 784 if HAS_CUDA else 80
+    n = n or (784 if HAS_CUDA else 80)
     q = torch.randn(1, n, H, D, generator=g).to(DEV, DT).requires_grad_()
     k, v = (torch.randn(1, n, H, D, generator=g).to(DEV, DT).requires_grad_() for _ in range(2))
     o = flash_attention(q, k, v, causal=True)
@@ -391,7 +391,9 @@ def _warm_sweep(index, nproc):
 def _warm_final(index, nproc):
     """Compile what `final` and `targets` launch (defaults in the long bucket, session 2's configs, the window
     and decode kernels), job index::nproc, at small sizes."""
-    jobs = [("", 16, 64, None), (S2_DEFAULTS, 16, 64, None), ("", 8, 128, None), ("", 16, 64, 1024), ("decode",)]
+    jobs = [("", 16, 64, None), (S2_DEFAULTS, 16, 64, None), ("", 8, 128, None), (NO_DQ_DELTA, 16, 64, None)]
+    if os.environ.get("HYBRIDNA_WARM_TARGETS") == "1":
+        jobs += [("", 16, 64, 1024), ("decode",)]
     for job in jobs[index::nproc]:
         if job[0] == "decode":
             _set_variant("")
@@ -432,10 +434,75 @@ def _winner(best):
     return ";".join(f"{k}={v}" for k, v in parts.items())
 
 
-def _sweep(outdir):
-    import triton.testing
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def _bench(rep_ms):
+    """ms of fn(): do_bench's median on the GPU; one wall-clock call under the interpreter (CPU dry runs)."""
+    if HAS_CUDA:
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median")
+
+    def bench(fn):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    return bench
+
+
+def _sdpa_causal(q, k, v):
+    """SDPA (whichever backend the context allows) on (B, L, H, D) inputs, causal."""
     import torch.nn.functional as F
+
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                          is_causal=True).transpose(1, 2)
+
+
+def _whole_calls(q, k, v, do, o_ref, shape, bench, variants):
+    """Our whole eager calls under each of `variants` (name -> VARIANT string) and SDPA's FA2 / cuDNN
+    backends (those whose output matches o_ref), forward and forward + torch.autograd.grad, timed
+    interleaved HYBRIDNA_SWEEP_REPS times (a, b, FA2, cuDNN, a, ...): the clock drifts over a run, so every
+    provider sees the same drift. Returns ({name: [(fwd ms, fwd+bwd ms) per repeat]}, {name: (medians)},
+    {name: SDPA backend})."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+
+    def step(fn):
+        def run():
+            torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), do)
+        return run
+
+    ours = lambda q_, k_, v_: flash_attention(q_, k_, v_, causal=True)  # noqa: E731
+    backends = {}
+    for name, be in (("FA2", SDPBackend.FLASH_ATTENTION), ("cuDNN", SDPBackend.CUDNN_ATTENTION)):
+        try:
+            with sdpa_kernel(be):
+                e = _rel(_sdpa_causal(q, k, v), o_ref)
+            assert e < 2e-2, f"{name} vs ours {e:.1e}"
+            backends[name] = be
+        except Exception as ex:  # noqa: BLE001
+            print(f"{name} at {shape}: {type(ex).__name__}: {str(ex)[:100]}", flush=True)
+
+    def timed(name):
+        if name in backends:
+            with sdpa_kernel(backends[name]):
+                return bench(lambda: _sdpa_causal(q, k, v)), bench(step(_sdpa_causal))
+        _set_variant(variants[name])
+        return bench(lambda: ours(q, k, v)), bench(step(ours))
+
+    times = {name: [] for name in list(variants) + list(backends)}
+    for _ in range(int(os.environ.get("HYBRIDNA_SWEEP_REPS", "3"))):
+        for name in times:
+            times[name].append(timed(name))
+    _set_variant("")
+    med = {n: tuple(sorted(t[j] for t in ts)[len(ts) // 2] for j in range(2)) for n, ts in times.items()}
+    return times, med, backends
+
+
+def _spread(times):
+    return "; ".join(f"{n} " + " ".join(f"{t[0]:.3f}/{t[1]:.2f}" for t in ts) for n, ts in times.items())
+
+
+def _sweep(outdir):
     from hybridna_kernels.attention.flash import attention_bwd
 
     from hybridna_kernels.attention import flash
@@ -443,13 +510,7 @@ def _sweep(outdir):
     flash.TUNE = False   # every launch below names its config; nothing may autotune mid-sweep
     os.makedirs(outdir, exist_ok=True)
     log = open(os.path.join(outdir, "sweep.jsonl"), "w")
-    if HAS_CUDA:
-        bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=80, return_mode="median")  # noqa: E731
-    else:  # CPU dry run of the sweep's logic (interpreter): one timed call
-        def bench(fn):
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
+    bench = _bench(80)
     checked = {}
     lines = ["| shape | kind | variant | ms | TFLOP/s | check |", "| --- | --- | --- | --- | --- | --- |"]
     summary = ["| shape | mode | ours earlier picks | ours best (variant) | FA2 | cuDNN |",
@@ -514,51 +575,12 @@ def _sweep(outdir):
             log.write(json.dumps(row) + "\n")
             log.flush()
         # the whole step: defaults, the winners combined, SDPA baselines
-        qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-
-        def step(fn):
-            def run():
-                out = fn(qg, kg, vg)
-                torch.autograd.grad(out, (qg, kg, vg), do)
-            return run
-
-        ours = lambda q_, k_, v_: flash_attention(q_, k_, v_, causal=True)  # noqa: E731
-        sd = lambda q_, k_, v_: F.scaled_dot_product_attention(  # noqa: E731
-            q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2), is_causal=True).transpose(1, 2)
         winner = _winner(best)
         werr = _small_check(D, H, winner)
-        backends = {"FA2": SDPBackend.FLASH_ATTENTION, "cuDNN": SDPBackend.CUDNN_ATTENTION}
-        names = ["default", "best"]
-        _set_variant("")
-        for name, be in backends.items():
-            try:
-                with sdpa_kernel(be):
-                    e = _rel(sd(q, k, v), o0)
-                assert e < 2e-2, f"{name} vs ours {e:.1e}"
-                names.append(name)
-            except Exception as ex:  # noqa: BLE001
-                print(f"{name} at {shape}: {type(ex).__name__}: {str(ex)[:100]}")
-
-        def timed(name):
-            if name in backends:
-                with sdpa_kernel(backends[name]):
-                    return bench(lambda: sd(q, k, v)), bench(step(sd))
-            _set_variant(base if name == "default" else winner)
-            return bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours))
-
-        # interleaved repeats (default, best, FA2, cuDNN, default, ...): clocks drift over a run, so
-        # every provider sees the same drift; cells are medians over the repeats
-        reps = int(os.environ.get("HYBRIDNA_SWEEP_REPS", "3"))
-        times = {name: [] for name in names}
-        for _ in range(reps):
-            for name in names:
-                times[name].append(timed(name))
-        _set_variant("")
-        med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-        res = {name: (med([t[0] for t in ts]), med([t[1] for t in ts])) for name, ts in times.items()}
-        for name in backends:
+        times, res, _ = _whole_calls(q, k, v, do, o0, shape, bench, {"default": base, "best": winner})
+        for name in ("FA2", "cuDNN"):
             res.setdefault(name, (float("nan"), float("nan")))
-        spread = "; ".join(f"{n} " + " ".join(f"{t[0]:.3f}/{t[1]:.2f}" for t in ts) for n, ts in times.items())
+        spread = _spread(times)
         for j, (mode, fl) in enumerate((("fwd", ff), ("fwd+bwd", ff * 3.5))):
             cell = lambda r: f"{r[j]:.3f} ms ({fl / r[j] / 1e9:.0f})"  # noqa: E731
             summary.append(f"| {shape} | {mode} | {cell(res['default'])} | {cell(res['best'])} |"
@@ -571,7 +593,7 @@ def _sweep(outdir):
             print(f"  {slot} TFLOP/s: " + "; ".join(f"{r:.0f} `{own(slot, v_)}`" for _, r, v_ in top), flush=True)
         log.write(json.dumps(dict(shape=shape, winner=winner, winner_check=werr,
                                   **{k_: v_ for k_, v_ in res.items()})) + "\n")
-        del q, k, v, qg, kg, vg, o0, lse0, g0, do
+        del q, k, v, o0, lse0, g0, do
         torch.cuda.empty_cache()
         open(os.path.join(outdir, "sweep.md"), "w").write("\n".join(lines + [""] + summary) + "\n")
 
@@ -621,70 +643,32 @@ def _host(outdir):
 
 
 S2_DEFAULTS = "fwd=128,64,4,4;dkdv=32,128,4,3;dq=64,64,4,3"   # session 2's fixed configs (D64), no features
+NO_DQ_DELTA = "fwd=128,64,8,4;dkdv=32,128,4,3;dq=128,64,8,3;tma=fwd,dq"   # the D64 long defaults less dq_delta
 
 
 def _final(outdir):
     """The defaults at the sweep's shapes: checked against fp64 (o and every gradient) first, then ours,
     session 2's configs (D64 only), SDPA FA2 and cuDNN timed interleaved HYBRIDNA_SWEEP_REPS times, medians."""
     import triton.testing
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
 
     from hybridna_kernels.attention import flash
 
     flash.TUNE = False
-    if HAS_CUDA:
-        bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=80, return_mode="median")  # noqa: E731
-    else:  # CPU dry run (interpreter)
-        def bench(fn):
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
-    sd = lambda q_, k_, v_: F.scaled_dot_product_attention(  # noqa: E731
-        q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2), is_causal=True).transpose(1, 2)
-    backends = {"FA2": SDPBackend.FLASH_ATTENTION, "cuDNN": SDPBackend.CUDNN_ATTENTION}
+    bench = _bench(80)
     print("| shape | mode | ours ms (TFLOP/s) | session 2 configs | FA2 | cuDNN | cuDNN ms / ours ms | check |", flush=True)
     print("| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     rows = []
     for B, H, L, D in SWEEP_SHAPES:
         shape = f"B{B} H{H} L{L} D{D}"
-        err = _small_check(D, H, "")
+        err = _small_check(D, H, "", n=2100 if HAS_CUDA else None)   # long bucket (> 2048): the timed kernels
         torch.manual_seed(0)
         q, k, v = (torch.randn(B, L, H, D, device=DEV, dtype=DT) for _ in range(3))
         do = torch.randn_like(q)
-        qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
         _set_variant("")
         o0 = flash_attention(q, k, v, causal=True)
-
-        def step(fn):
-            def run():
-                torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), do)
-            return run
-
-        names = ["ours"] + (["s2"] if D == 64 else [])
-        for name, be in backends.items():
-            try:
-                with sdpa_kernel(be):
-                    e = _rel(sd(q, k, v), o0)
-                assert e < 2e-2, f"{name} vs ours {e:.1e}"
-                names.append(name)
-            except Exception as ex:  # noqa: BLE001
-                print(f"{name} at {shape}: {type(ex).__name__}: {str(ex)[:100]}", flush=True)
-
-        def timed(name):
-            if name in backends:
-                with sdpa_kernel(backends[name]):
-                    return bench(lambda: sd(q, k, v)), bench(step(sd))
-            _set_variant("" if name == "ours" else S2_DEFAULTS)
-            ours = lambda q_, k_, v_: flash_attention(q_, k_, v_, causal=True)  # noqa: E731
-            return bench(lambda: flash_attention(q, k, v, causal=True)), bench(step(ours))
-
-        times = {name: [] for name in names}
-        for _ in range(int(os.environ.get("HYBRIDNA_SWEEP_REPS", "3"))):
-            for name in names:
-                times[name].append(timed(name))
-        _set_variant("")
-        med = {n: [sorted(t[j] for t in ts)[len(ts) // 2] for j in range(2)] for n, ts in times.items()}
+        variants = {"ours": ""} if D != 64 else {"ours": "", "s2": S2_DEFAULTS}
+        times, med, backends = _whole_calls(q, k, v, do, o0, shape, bench, variants)
         ff = _flops(B, H, L, D, True, None, "fwd")
         for j, (mode, fl) in enumerate((("fwd", ff), ("fwd+bwd", 3.5 * ff))):
             cell = lambda n: f"{med[n][j]:.3f} ({fl / med[n][j] / 1e9:.0f})" if n in med else "-"  # noqa: E731
@@ -692,9 +676,38 @@ def _final(outdir):
             row = f"| {shape} | {mode} | {cell('ours')} | {cell('s2')} | {cell('FA2')} | {cell('cuDNN')} | {ratio} | {err:.1e} |"
             rows.append(row)
             print(row, flush=True)
-        print("  per repeat (fwd/fwd+bwd ms): " + "; ".join(
-            f"{n} " + " ".join(f"{t[0]:.3f}/{t[1]:.2f}" for t in ts) for n, ts in times.items()), flush=True)
-        del q, k, v, qg, kg, vg, do, o0
+        print(f"  per repeat (fwd/fwd+bwd ms): {_spread(times)}", flush=True)
+        if D == 64 and B > 1:   # the backward alone, defaults against the same without dq_delta (delta kernel)
+            from hybridna_kernels.attention.flash import attention_bwd
+
+            _set_variant("")
+            o, lse = flash_attention(q, k, v, causal=True, return_lse=True)
+            bw = {"default": [], "no dq_delta": []}
+            for _ in range(2):
+                for name in bw:
+                    _set_variant("" if name == "default" else NO_DQ_DELTA)
+                    bw[name].append(bench(lambda: attention_bwd(do, q, k, v, o, lse, causal=True, window=None,
+                                                                softmax_scale=D ** -0.5)))
+            _set_variant("")
+            print("  backward alone (ms): " + "; ".join(f"{n} " + " ".join(f"{t:.3f}" for t in ts)
+                                                          for n, ts in bw.items()), flush=True)
+            del o, lse
+        if HAS_CUDA:   # host-free forward: CUDA-graph replay (no launch or Python time)
+            cells = []
+            for name in ("ours", "cuDNN"):
+                try:
+                    if name == "ours":
+                        ms = triton.testing.do_bench_cudagraph(lambda: flash_attention(q, k, v, causal=True),
+                                                               return_mode="median")
+                    else:
+                        with sdpa_kernel(backends[name]):
+                            ms = triton.testing.do_bench_cudagraph(lambda: _sdpa_causal(q, k, v),
+                                                                   return_mode="median")
+                    cells.append(f"{name} {ms:.3f} ms ({ff / ms / 1e9:.0f})")
+                except Exception as ex:  # noqa: BLE001
+                    cells.append(f"{name} {type(ex).__name__}: {str(ex)[:60]}")
+            print("  fwd under a CUDA graph: " + "; ".join(cells), flush=True)
+        del q, k, v, do, o0
         torch.cuda.empty_cache()
     os.makedirs(outdir, exist_ok=True)
     open(os.path.join(outdir, "final.md"), "w").write("\n".join(rows) + "\n")
@@ -709,13 +722,7 @@ def _targets(outdir):
 
     from hybridna_kernels.attention.flash import attention_bwd
 
-    if HAS_CUDA:
-        bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")  # noqa: E731
-    else:  # CPU dry run (interpreter, small sizes)
-        def bench(fn):
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
+    bench = _bench(100)
     small = not HAS_CUDA
     torch.manual_seed(0)
     B, H, L, D, W = (1, 2, 700, 64, 100) if small else (1, 16, 131072, 64, 4096)
@@ -775,19 +782,14 @@ def _targets(outdir):
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1] == "warm":
-        _warm(int(sys.argv[2]), int(sys.argv[3]))
-    elif sys.argv[1] == "warm-sweep":
-        _warm_sweep(int(sys.argv[2]), int(sys.argv[3]))
-    elif sys.argv[1] == "host":
-        _host(sys.argv[2])
-    elif sys.argv[1] == "sweep":
-        _sweep(sys.argv[2])
-    elif sys.argv[1] == "warm-final":
-        _warm_final(int(sys.argv[2]), int(sys.argv[3]))
-    elif sys.argv[1] == "final":
-        _final(sys.argv[2])
-    elif sys.argv[1] == "targets":
-        _targets(sys.argv[2])
+    # warm* INDEX NPROC: compile jobs INDEX::NPROC; the others take an output folder; anything else is a
+    # $BENCH_ATTN_LOG file to summarise
+    warm = {"warm": _warm, "warm-sweep": _warm_sweep, "warm-final": _warm_final}
+    runs = {"host": _host, "sweep": _sweep, "final": _final, "targets": _targets}
+    cmd = sys.argv[1]
+    if cmd in warm:
+        warm[cmd](int(sys.argv[2]), int(sys.argv[3]))
+    elif cmd in runs:
+        runs[cmd](sys.argv[2])
     else:
-        _summary(sys.argv[1])
+        _summary(cmd)

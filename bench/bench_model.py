@@ -511,7 +511,7 @@ def time_train_step(kind: str, batch: int, seqlen: int, *, preset: str = PRESET,
 
     row = dict(model=kind, preset=preset, batch=batch, seqlen=seqlen, ckpt=ckpt, compile=COMPILE if kind == "hybrid" else None,
                fused_norms=hm.FUSED_NORMS, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE, conv_re=hm.CONV_RECOMPUTE,
-               normh=__import__("hybridna_kernels.norm.linear", fromlist=["x"]).BWD_WRITES_H)
+               normh=__import__("hybridna_kernels.norm.linear", fromlist=["x"]).BWD_WRITES_H, inproj_re=hm.INPROJ_RECOMPUTE)
     times = []
     try:
         with op_backend(kind):
@@ -579,8 +579,8 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
         "compile_model"   torch.compile the whole model from here on (one graph)
         "graph:BxL"       the whole step captured in a CUDA graph and replayed (time_graph_step); drops the
                           cached model afterwards
-        "swiglu=0|1", "mlp_re=0|1", "conv_re=0|1"   hybridna.model.FUSED_SWIGLU / MLP_RECOMPUTE /
-                          CONV_RECOMPUTE from here on (the fused SwiGLU kernels + the one-node norm2 + MLP,
+        "swiglu=0|1", "mlp_re=0|1", "conv_re=0|1", "inproj_re=0|1"   hybridna.model.FUSED_SWIGLU /
+                          MLP_RECOMPUTE / CONV_RECOMPUTE / INPROJ_RECOMPUTE from here on (the fused SwiGLU kernels + the one-node norm2 + MLP,
                           recomputing the gate_up output, recomputing the conv output in the SSD backward)
         "normh=0|1"       hybridna_kernels.norm.linear.BWD_WRITES_H: the norm + linear backward takes the
                           normed activation from the norm's backward pass (1) or a separate recompute (0)
@@ -590,16 +590,17 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
     import hybridna_kernels.norm.linear as nl
 
     variant = dict(fused_norms=True, compile=None, ckpt=None, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE,
-                   conv_re=hm.CONV_RECOMPUTE, normh=nl.BWD_WRITES_H)
-    flags = dict(swiglu="FUSED_SWIGLU", mlp_re="MLP_RECOMPUTE", conv_re="CONV_RECOMPUTE")
+                   conv_re=hm.CONV_RECOMPUTE, normh=nl.BWD_WRITES_H, inproj_re=hm.INPROJ_RECOMPUTE)
+    flags = dict(swiglu="FUSED_SWIGLU", mlp_re="MLP_RECOMPUTE", conv_re="CONV_RECOMPUTE", inproj_re="INPROJ_RECOMPUTE")
     for item in items:
         t0 = __import__("time").perf_counter()
         if item in ("old", "new"):
             import hybridna_kernels.norm.linear as nl
 
             for k, attr in flags.items():
-                setattr(hm, attr, item == "new")
-                variant[k] = item == "new"
+                if k != "inproj_re":  # opt-in, not part of the defaults
+                    setattr(hm, attr, item == "new")
+                    variant[k] = item == "new"
             nl.BWD_WRITES_H = variant["normh"] = item == "new"
             continue
         if item.split("=")[0] in flags:
@@ -682,7 +683,7 @@ def time_graph_step(batch: int, seqlen: int, *, preset: str = PRESET, rounds: in
     import time
 
     model = get_model("hybrid", preset)[0]
-    _Cache.opt = None
+    _Cache.key = _Cache.model = _Cache.opt = None  # rebuilt by the next item (even when this one fails)
     release_cuda_memory()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True, capturable=True)
     ids = random_bases(batch, seqlen)
@@ -723,8 +724,7 @@ def time_graph_step(batch: int, seqlen: int, *, preset: str = PRESET, rounds: in
                tokens_per_s=round(batch * seqlen / med, 1), peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
     if not all(math.isfinite(v) for v in losses):
         row["status"] = "nonfinite"
-    del graph, loss, opt
-    _Cache.key = _Cache.model = _Cache.opt = None  # the graph pool and the parameters' graph grads go with it
+    del graph, loss, opt, model  # the graph pool and the parameters' graph gradients go with them
     return row
 
 

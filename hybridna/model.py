@@ -8,7 +8,6 @@ generation.py; the `step` methods here are its per-layer pieces.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -52,6 +51,10 @@ FUSED_SWIGLU = os.environ.get("HYBRIDNA_FUSED_SWIGLU", "1") != "0"
 #   backward starts and every block's activations are alive).
 MLP_RECOMPUTE = float(os.environ.get("HYBRIDNA_MLP_RECOMPUTE", "1"))
 CONV_RECOMPUTE = os.environ.get("HYBRIDNA_CONV_RECOMPUTE", "1") != "0"
+# INPROJ_RECOMPUTE (opt-in): the in_proj output z|x|B|C|dt of a Mamba block (2 d_inner + 2 G N + H 16-bit
+#   values per token, kept for the conv, SSD and gated-norm backwards) is recomputed from the residual
+#   stream (kept by norm1 anyway) when the backward needs it: one more norm1 + in_proj per Mamba block.
+INPROJ_RECOMPUTE = os.environ.get("HYBRIDNA_INPROJ_RECOMPUTE", "0") == "1"
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -129,47 +132,86 @@ class RMSNorm(nn.Module):
 _RECOMPUTED = object()  # marks a saved tensor that _recompute_saved replaces by a recomputation
 
 
-def _outer_saved_hooks() -> bool:
-    """Whether saved-tensor hooks are already active (activation checkpointing, offloading, a test's
-    recorder): hooks do not nest, so _recompute_saved would take the saved tensors away from them."""
-    try:
-        return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
-    except (AttributeError, TypeError, RuntimeError):
-        return True
+class _Recomputed:
+    """An activation left out of the saved set (see _recompute_saved). Only its address and layout
+    are kept, never the tensor: the packed entries live as long as the graph, and a reference here
+    would keep the very tensor this is meant to free."""
 
+    def __init__(self, out: torch.Tensor, recompute):
+        st = out.untyped_storage()
+        self.ptr, self.nbytes, self.offset, self.device = st.data_ptr(), st.nbytes(), out.storage_offset(), out.device
+        dev = out.device.type
+        self.amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) if dev in ("cuda", "cpu") else (False,)
+        self.op_backend = _get_op_backend()
+        self.recompute, self.value = recompute, None
 
-def _recompute_saved(out: torch.Tensor, recompute) -> torch.autograd.graph.saved_tensors_hooks:
-    """Hooks under which the tensors the autograd graph saves that are views of out's storage are not
-    kept: the backward calls recompute() (once, under the forward's autocast state and op backend) and
-    reads the same views of its result. recompute must rebuild out bit for bit with the same layout
-    (a deterministic kernel on inputs that are kept anyway). Other saved tensors pass through."""
-    ptr, nbytes = out.untyped_storage().data_ptr(), out.untyped_storage().nbytes()
-    dev = out.device.type
-    amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) if dev in ("cuda", "cpu") else (False, None)
-    op_backend = _get_op_backend()
-    cache: dict = {}
-
-    def pack(t):
-        if t.device == out.device and t.untyped_storage().data_ptr() == ptr:
-            return (_RECOMPUTED, t.shape, t.stride(), t.storage_offset(), t.dtype)
-        return t
-
-    def unpack(p):
-        if not (isinstance(p, tuple) and len(p) == 5 and p[0] is _RECOMPUTED):
-            return p
-        if "out" not in cache:
-            ac = torch.autocast(dev, dtype=amp[1], enabled=True) if amp[0] else contextlib.nullcontext()
-            with torch.no_grad(), ac, _op_backend(op_backend):
-                r = recompute()
-            if r.untyped_storage().nbytes() != nbytes or r.storage_offset() != out.storage_offset():
+    def get(self) -> torch.Tensor:
+        if self.value is None:  # once per backward, under the forward's autocast state and op backend
+            dev = self.device.type
+            ac = torch.autocast(dev, dtype=self.amp[1], enabled=True) if self.amp[0] else contextlib.nullcontext()
+            with torch.no_grad(), ac, _op_backend(self.op_backend):
+                r = self.recompute()
+            if r.untyped_storage().nbytes() != self.nbytes or r.storage_offset() != self.offset:
                 raise RuntimeError("recomputed activation has another layout than the one saved")
-            cache["out"] = r
-        _, shape, stride, offset, dtype = p
-        r = cache["out"]
+            self.value = r
+        return self.value
+
+    def matches(self, t: torch.Tensor) -> bool:
+        return t.device == self.device and t.untyped_storage().data_ptr() == self.ptr
+
+
+_ACTIVE: list[_Recomputed] = []  # the entries of the enclosing _recompute_saved contexts, innermost last
+
+
+def _pack(t):
+    for e in reversed(_ACTIVE):
+        if e.matches(t):
+            return (_RECOMPUTED, e, t.shape, t.stride(), t.storage_offset(), t.dtype)
+    return t
+
+
+def _unpack(p):
+    if isinstance(p, tuple) and len(p) == 6 and p[0] is _RECOMPUTED:
+        _, e, shape, stride, offset, dtype = p
+        r = e.get()
         assert r.dtype == dtype
         return r.as_strided(shape, stride, offset)
+    return p
 
-    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+def _outer_saved_hooks() -> bool:
+    """Whether saved-tensor hooks other than ours are active (activation checkpointing, offloading, a
+    test's recorder): hooks do not nest, so _recompute_saved would take the saved tensors from them."""
+    try:
+        top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    except (AttributeError, TypeError, RuntimeError):
+        return True
+    return top is not None and top[0] is not _pack
+
+
+@contextlib.contextmanager
+def _recompute_saved(out: torch.Tensor, recompute):
+    """Within this context, the tensors the autograd graph saves that are views of out's storage are
+    not kept: the backward calls recompute() (once) and reads the same views of its result. recompute
+    must rebuild out bit for bit with the same layout (deterministic kernels on inputs that are kept
+    anyway). Contexts nest (one pair of hooks checks every enclosing entry); other tensors pass through."""
+    _ACTIVE.append(_Recomputed(out, recompute))
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+            yield
+    finally:
+        _ACTIVE.pop()
+
+
+def _source(t: torch.Tensor):
+    """A callable giving t in a backward: t's recomputation when an enclosing _recompute_saved drops
+    it (without holding t), else t itself (kept anyway)."""
+    for e in reversed(_ACTIVE):
+        if e.matches(t):
+            shape, stride, offset = t.shape, t.stride(), t.storage_offset()
+            return lambda: e.get().as_strided(shape, stride, offset)
+    t = t.detach()
+    return lambda: t
 
 
 # ---- state carried between decoding steps ----------------------------------------------------------
@@ -287,10 +329,11 @@ class Mamba2Mixer(nn.Module):
         hooks = contextlib.nullcontext()
         if (CONV_RECOMPUTE and state is None and torch.is_grad_enabled() and conv_out.requires_grad
                 and not torch.compiler.is_compiling() and not _outer_saved_hooks()):
-            hooks = _recompute_saved(conv_out, functools.partial(
-                causal_conv1d, zxbcdt.detach()[..., di: di + self.conv_dim].transpose(1, 2), self.conv_weight.detach(),
-                None if self.conv_bias is None else self.conv_bias.detach(), activation="silu",
-                seq_idx=None if packed is None else packed.seq_idx))
+            src, cw = _source(zxbcdt), self.conv_weight.detach()
+            cb = None if self.conv_bias is None else self.conv_bias.detach()
+            seq_idx = None if packed is None else packed.seq_idx
+            hooks = _recompute_saved(conv_out, lambda: causal_conv1d(
+                src()[..., di: di + self.conv_dim].transpose(1, 2), cw, cb, activation="silu", seq_idx=seq_idx))
         with hooks:  # training: the conv output that ssd_scan saves is recomputed in its backward
             y = ssd_scan(
                 x.unflatten(-1, (H, P)),  # (B, L, H, P)
@@ -562,11 +605,22 @@ class Block(nn.Module):
             p = self.norm1.linear(lin1, x)
         else:
             p, x = self.norm1.linear(lin1, x, delta)
-        m = self.mixer.mix(p, state, rows, packed)
+        with self._inproj_recompute(x, p, lin1, state):
+            m = self.mixer.mix(p, state, rows, packed)
         if self.mlp is None:
             return (x, m) if defer_add else x + m
         x, m = self.mlp_residual(x, m)
         return (x, m) if defer_add else x + m
+
+    def _inproj_recompute(self, x, p, lin1, state):
+        """INPROJ_RECOMPUTE: the context under which the mixer's saved views of p = in_proj(norm1(x))
+        are recomputed from x (the residual stream, saved by norm1) instead of kept."""
+        if not (INPROJ_RECOMPUTE and FUSED_NORMS and not self.is_attention and state is None and lin1.bias is None
+                and torch.is_grad_enabled() and p.requires_grad and not torch.compiler.is_compiling()
+                and not _outer_saved_hooks()):
+            return contextlib.nullcontext()
+        xs = x.detach()
+        return _recompute_saved(p, lambda: self.norm1.linear(lin1, xs))
 
     def _mlp_recompute(self) -> bool:
         f = float(MLP_RECOMPUTE)

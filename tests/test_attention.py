@@ -333,14 +333,17 @@ def test_kernel_sweep_variants(variant, shape, monkeypatch):
 
 
 def test_default_features(monkeypatch):
-    """Features switched on through DEFAULT_FEATURES (no VARIANT) take the same paths as the variants."""
+    """Features switched on through DEFAULT_FEATURES (no VARIANT) take the same paths as the variants; by
+    default they apply to the long bucket (> 2048) at head blocks 64 and 128 only."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", {})
     monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True})
-    assert flash._feature("tma", long=True) == {"fwd", "dkdv", "dq"}
-    assert flash._feature("tma", long=False) == frozenset()   # by default TMA only in the long bucket (> 2048)
-    monkeypatch.setattr(flash, "_feature", lambda name, long=True: flash.DEFAULT_FEATURES[name])
+    assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64}) == {"fwd", "dkdv", "dq"}
+    assert flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 128})
+    assert flash._feature("tma", {"L_BUCKET": 2048, "BD": 64}) == frozenset()
+    assert not flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 32})
+    monkeypatch.setattr(flash, "_feature", lambda name, meta: flash.DEFAULT_FEATURES[name])
     q, k, v = _make(*_VARIANT_SHAPES["B2-gqa2"][:6], torch.float32)
     _check(q, k, v, causal=True)
 

@@ -11,7 +11,9 @@ ceiling: the copies that remain there are listed, and a new one fails the test.
 """
 from __future__ import annotations
 
+import gc
 import sys
+import weakref
 from collections import Counter
 
 import pytest
@@ -232,55 +234,75 @@ def test_norm_mlp_node_saves_residual_only(autocast, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(res["keep"][4], res["recompute"][4]))
 
 
-def test_conv_output_recomputed_not_saved(monkeypatch):
-    """With CONV_RECOMPUTE the Mamba mixer does not keep the conv output x|B|C that ssd_scan saves
-    (conv_dim values per token): the SSD backward gets it recomputed from the conv input, bit for bit,
-    so the output and every gradient are bit-identical to keeping it (fp32, bf16 autocast). The hooks'
-    pack is wrapped to see what they drop (saved-tensor hooks do not nest: an outer recorder would miss
-    everything ssd_scan saves)."""
+RB = 1  # batch of the recompute tests (the interpreter's cost grows with rows; one row shows it all)
+
+
+def _recompute_run(monkeypatch, flags: dict, autocast: bool):
+    """One Mamba block forward + backward with hybridna.model flags set, recording what the
+    recompute hooks drop (saved-tensor hooks do not nest: an outer recorder would miss everything the
+    mixer saves under them) and weak references to the activations they were asked to drop."""
     import hybridna.model as hm
 
+    for k, v in flags.items():
+        monkeypatch.setattr(hm, k, v)
+    dropped, kept, refs = [], [], []
+    real_pack, real_ctx = hm._pack, hm._recompute_saved
+
+    def pack_spy(t):
+        r = real_pack(t)
+        (kept if r is t else dropped).append((t.untyped_storage().nbytes(), tuple(t.shape), t.dtype))
+        return r
+
+    def ctx_spy(out, fn):
+        refs.append(weakref.ref(out))
+        return real_ctx(out, fn)
+
+    monkeypatch.setattr(hm, "_pack", pack_spy)
+    monkeypatch.setattr(hm, "_recompute_saved", ctx_spy)
     cfg = HybriDNAConfig.preset("tiny")
-    real = hm._recompute_saved
-    for autocast in (False, True):
-        res = {}
-        for recompute in (False, True):
-            monkeypatch.setattr(hm, "CONV_RECOMPUTE", recompute)
-            dropped, kept = [], []
+    torch.manual_seed(0)
+    blk = HybriDNA(cfg).layers[0].to(DEVICE)
+    x0 = torch.randn(RB, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    d0 = torch.randn(RB, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    with ku.backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16, enabled=autocast):
+        xo, m = blk(x0, delta=d0, defer_add=True)  # the model's form: residual add fused into norm1
+    gc.collect()
+    alive = [r() is not None for r in refs]  # the dropped activations must be gone before the backward
+    with ku.backend("triton"):
+        (xo + m).float().square().sum().backward()
+    grads = [x0.grad, d0.grad] + [p.grad for p in blk.parameters()]
+    return cfg, (xo.detach(), m.detach()), grads, dropped, kept, alive
 
-            def spy(out, fn):
-                hooks = real(out, fn)
-                pack = hooks.pack_hook
 
-                def pack_spy(t):
-                    r = pack(t)
-                    (kept if r is t else dropped).append((t.untyped_storage().nbytes(), tuple(t.shape), t.dtype))
-                    return r
-
-                hooks.pack_hook = pack_spy
-                return hooks
-
-            monkeypatch.setattr(hm, "_recompute_saved", spy)
-            torch.manual_seed(0)
-            blk = HybriDNA(cfg).layers[0].to(DEVICE)
-            x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
-            with ku.backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16,
-                                                      enabled=autocast):
-                y = blk(x)
-            with ku.backend("triton"):
-                y.float().square().sum().backward()
-            res[recompute] = (y.detach(), x.grad, [p.grad for p in blk.parameters()])
-            if not recompute:
-                assert dropped == kept == [], "hooks installed with CONV_RECOMPUTE off"
-                continue
-            dt = torch.bfloat16 if autocast else torch.float32
-            nb = B * L * cfg.conv_dim * dt.itemsize  # the conv output's storage
-            di, G, N = cfg.d_inner, cfg.ngroups, cfg.d_state
-            assert sorted(dropped) == sorted([(nb, (B, L, cfg.nheads, cfg.headdim), dt), (nb, (B, L, G, N), dt),
-                                              (nb, (B, L, G, N), dt)]), dropped
-            assert kept and all(k[0] != nb for k in kept), kept
-        assert torch.equal(res[False][0], res[True][0]) and torch.equal(res[False][1], res[True][1])
-        assert all(torch.equal(a, b) for a, b in zip(res[False][2], res[True][2]))
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_recomputed_activations_not_saved(autocast, monkeypatch):
+    """CONV_RECOMPUTE: the Mamba mixer does not keep the conv output x|B|C that ssd_scan saves
+    (conv_dim values per token); with INPROJ_RECOMPUTE too, nor the in_proj output z|x|B|C|dt (read
+    by the conv, SSD and gated-norm backwards). Each is freed after the forward and recomputed in the
+    backward (the conv from its input; norm1 + in_proj from the residual stream that norm1 keeps), bit
+    for bit: outputs and every gradient bit-identical to keeping them."""
+    base = _recompute_run(monkeypatch, dict(CONV_RECOMPUTE=False, INPROJ_RECOMPUTE=False), autocast)
+    assert base[3] == base[4] == [] and base[5] == [], "hooks installed with the recomputes off"
+    dt = torch.bfloat16 if autocast else torch.float32
+    cfg = base[0]
+    di, G, N, H, P = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads, cfg.headdim
+    nb_conv = RB * L * cfg.conv_dim * dt.itemsize  # the conv output's storage
+    nb_in = RB * L * (2 * di + 2 * G * N + H) * dt.itemsize  # the in_proj output's storage
+    for inproj in (False, True):
+        _, outs, grads, dropped, kept, alive = _recompute_run(
+            monkeypatch, dict(CONV_RECOMPUTE=True, INPROJ_RECOMPUTE=inproj), autocast)
+        conv_views = [(nb_conv, (RB, L, H, P), dt), (nb_conv, (RB, L, G, N), dt), (nb_conv, (RB, L, G, N), dt)]
+        if not inproj:
+            assert sorted(dropped) == sorted(conv_views), dropped
+        else:  # also the conv input, z (gated norm) and dt (SSD) views of the in_proj output
+            assert sorted({d[0] for d in dropped}) == sorted({nb_in, nb_conv}), dropped
+            assert set(conv_views) | {(nb_in, (RB, cfg.conv_dim, L), dt), (nb_in, (RB, L, di), dt),
+                                      (nb_in, (RB, L, H), dt)} <= set(dropped), dropped
+        gone = (nb_conv, nb_in) if inproj else (nb_conv,)
+        assert kept and all(k[0] not in gone for k in kept), kept
+        assert alive == [False] * (1 + inproj)
+        assert all(torch.equal(a, b) for a, b in zip(base[1], outs))
+        assert all(torch.equal(a, b) for a, b in zip(base[2], grads))
 
 
 def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
@@ -296,7 +318,7 @@ def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
     cfg = HybriDNAConfig.preset("tiny")
     torch.manual_seed(0)
     blk = HybriDNA(cfg).layers[0].to(DEVICE)
-    x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    x = torch.randn(RB, L, cfg.d_model, device=DEVICE, requires_grad=True)
     grads = []
     for ckpt in (False, True):
         x.grad = None

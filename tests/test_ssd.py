@@ -385,8 +385,8 @@ def test_kernel_sweep_configs(variant):
         chunk.CFG_OVERRIDE.clear()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
-@pytest.mark.parametrize("variant", ["r1", "fast tsum"])
+@pytest.mark.parametrize("variant, dtype", [("r1", torch.float32), ("fast tsum", torch.float16)],
+                         ids=["r1-fp32", "fast tsum-fp16"])
 def test_kernel_rank1_decay_variants(variant, dtype):
     """The rank-1 decay below the diagonal block (scan_r1, dx_r1; dx with and without the T sums of the
     dCB kernel) only acts in chunks holding more than one row block of one sequence: 300 unpacked tokens
@@ -400,7 +400,7 @@ def test_kernel_rank1_decay_variants(variant, dtype):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["launch3", "xwtf32", "fast", "fast split", "fast tsum"]
+BF16_VARIANTS = ["xwtf32", "r1 all", "r1 bwd tsum", "split"]
 
 
 @pytest.mark.gpu
@@ -417,6 +417,28 @@ def test_kernel_sweep_configs_bf16_gpu(variant, opt):
         check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
     finally:
         chunk.CFG_OVERRIDE.clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["all", "all-cuseq"])
+@pytest.mark.parametrize("variant", ["default", "nograd16"])
+def test_kernel_nograd_forward_bf16_gpu(variant, opt):
+    """A forward without grad may take other paths (nograd16: the chunk-state operand rounded to 16 bits,
+    hin stored in bf16): y and the final states against the fp64 recurrence at the forward tolerance."""
+    from hybridna_kernels.ssd import chunk
+
+    b, L, H, P, G, N, Q = GPU_SHAPES[0]
+    t, kw = make_inputs(b, L, H, P, G, N, OPTIONS[opt], dtype=torch.bfloat16, device=DEVICE, seed=3)
+    t64 = {k: v.double() for k, v in t.items()}
+    ref = _as_tuple(_call(ssd_sequential_ref, t64, kw))
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        with torch.no_grad():
+            out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+    for name, r, o in zip(("y", "final_states"), ref, out):
+        assert_close(name, r, o, tol(torch.bfloat16, "fwd"))
 
 
 @pytest.mark.gpu
@@ -523,11 +545,16 @@ def test_kernel_long_sequence_int64_addressing_gpu():
 @pytest.mark.parametrize("opt", ["all", "all-cuseq"])
 def test_ssd_scan_compiles_without_graph_break(opt):
     t, kw = make_inputs(1, 40, 2, 16, 1, 16, OPTIONS[opt], dtype=torch.float32, device=DEVICE, requires_grad=True)
+    _check_compiled_matches_eager(t, kw, 16)
+
+
+def _check_compiled_matches_eager(t, kw, chunk_size):
+    """ssd_scan under torch.compile (fullgraph, through the registered ops) gives eager mode's outputs and
+    gradients."""
     names = list(t)
 
     def fn(*vals):
-        d = dict(zip(names, vals))
-        return _call(ssd_scan, d, kw, chunk_size=16)
+        return _call(ssd_scan, dict(zip(names, vals)), kw, chunk_size=chunk_size)
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     ref = _as_tuple(fn(*t.values()))
@@ -540,7 +567,7 @@ def test_ssd_scan_compiles_without_graph_break(opt):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["default", "fast split"])
+@pytest.mark.parametrize("variant", ["default", "split"])
 def test_ssd_scan_compiles_bf16_gpu(variant):
     """torch.compile in bf16, where the saved hin may take another layout (hin_split: two bf16 planes):
     the registered ops' fake shapes must match what the kernels return, results as in eager mode."""
@@ -550,19 +577,7 @@ def test_ssd_scan_compiles_bf16_gpu(variant):
     try:
         t, kw = make_inputs(1, 600, 4, 64, 1, 128, OPTIONS["all"], dtype=torch.bfloat16, device=DEVICE,
                             requires_grad=True)
-        names = list(t)
-
-        def fn(*vals):
-            return _call(ssd_scan, dict(zip(names, vals)), kw, chunk_size=256)
-
-        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-        ref = _as_tuple(fn(*t.values()))
-        out = _as_tuple(compiled(*t.values()))
-        for name, r, o in zip(("y", "final_states"), ref, out):
-            assert_close(name, r, o, 1e-6)
-        g_ref, g_out = _grads(t, ref), _grads(t, out)
-        for k in g_ref:
-            assert_close(f"d{k}", g_ref[k], g_out[k], 1e-6)
+        _check_compiled_matches_eager(t, kw, 256)
     finally:
         chunk.CFG_OVERRIDE.clear()
 

@@ -93,6 +93,21 @@ def _visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL: tl.constexpr, HAS_
 
 
 @triton.jit
+def _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
+    """Sequence i_b: its first row in the packed rows (varlen; else 0), the batch index to stride by (int64;
+    0 when packed) and its query / key lengths (varlen: both from cu_seqlens)."""
+    if IS_VARLEN:
+        bos = tl.load(CU + i_b).to(tl.int64)
+        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
+        seqlen_k = seqlen_q
+        i_b64 = tl.zeros([], dtype=tl.int64)
+    else:
+        bos = tl.zeros([], dtype=tl.int64)
+        i_b64 = i_b.to(tl.int64)
+    return bos, i_b64, seqlen_q, seqlen_k
+
+
+@triton.jit
 def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.constexpr, IS_VARLEN: tl.constexpr,
                          REVERSE_M: tl.constexpr, M_MAJOR: tl.constexpr, BM: tl.constexpr):
     """This program's (query block, query head) in the forward and dq grids: its first query row, query
@@ -111,14 +126,7 @@ def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.co
     i_b = pid_bh // nheads_q
     i_h = pid_bh % nheads_q
     i_hk = i_h // GROUP
-    if IS_VARLEN:
-        bos = tl.load(CU + i_b).to(tl.int64)
-        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
-        seqlen_k = seqlen_q
-        i_b64 = tl.zeros([], dtype=tl.int64)
-    else:
-        bos = tl.zeros([], dtype=tl.int64)
-        i_b64 = i_b.to(tl.int64)
+    bos, i_b64, seqlen_q, seqlen_k = _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN)
     return pid_m * BM, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k
 
 
@@ -383,14 +391,7 @@ def _attn_bwd_dkdv_kernel(
     nheads_kv = nheads_q // GROUP
     i_b = pid_bh // nheads_kv
     i_hk = pid_bh % nheads_kv
-    if IS_VARLEN:
-        bos = tl.load(CU + i_b).to(tl.int64)
-        seqlen_q = (tl.load(CU + i_b + 1) - tl.load(CU + i_b)).to(tl.int32)
-        seqlen_k = seqlen_q
-        i_b64 = tl.zeros([], dtype=tl.int64)
-    else:
-        bos = tl.zeros([], dtype=tl.int64)
-        i_b64 = i_b.to(tl.int64)
+    bos, i_b64, seqlen_q, seqlen_k = _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN)
     start_n = pid_n * BN
     if start_n >= seqlen_k:
         return
@@ -582,10 +583,11 @@ def _l_bucket(L: int) -> int:
 TUNE = os.environ.get("HYBRIDNA_AUTOTUNE", "0") == "1"
 
 # (kind, head block, long) -> (BM, BN, num_warps, num_stages); long = sequence bucket > 2048.
-# H100 bf16 (2026-11-25): the autotuner's earlier picks, except the D64 forward, where round 1 of
-# the sweep measured 128x64 w4 s4 at 431 TFLOP/s against 408 for w4 s3 (B8 H16 L8192 causal).
+# H100 bf16 (2026-11-25): the autotuner's earlier picks, except at D64 in the long bucket: forward
+# 128x64 w8 s4 (with TMA, DEFAULT_FEATURES: 450 TFLOP/s at B8 H16 L8192 causal against 404 for session 2's
+# 128x64 w4 s4 in the same run) and dq 128x64 w8 s3 (with TMA: backward 8.874 ms against 9.166).
 FIXED = {
-    ("fwd", 64, True): (128, 64, 4, 4), ("dkdv", 64, True): (32, 128, 4, 3), ("dq", 64, True): (64, 64, 4, 3),
+    ("fwd", 64, True): (128, 64, 8, 4), ("dkdv", 64, True): (32, 128, 4, 3), ("dq", 64, True): (128, 64, 8, 3),
     ("fwd", 128, True): (128, 64, 8, 3), ("dkdv", 128, True): (64, 128, 8, 3), ("dq", 128, True): (128, 64, 8, 3),
     ("fwd", 64, False): (64, 64, 4, 3), ("dkdv", 64, False): (64, 64, 4, 3), ("dq", 64, False): (64, 64, 4, 3),
     ("fwd", 128, False): (64, 64, 4, 3), ("dkdv", 128, False): (64, 64, 4, 3), ("dq", 128, False): (64, 64, 4, 3),
@@ -633,20 +635,23 @@ def parse_variant(text: str) -> dict:
 # Set by the benchmark's sweep (or the environment); empty means the defaults.
 VARIANT = parse_variant(os.environ.get("HYBRIDNA_ATTN_VARIANT", ""))
 
-# Kernel features on by default (H100 measurements); a non-empty VARIANT replaces them (sweeps name every
-# feature they time). tma: kernels whose unmasked blocks load through TMA descriptors, by default only for
-# sequences in the long bucket (> 2048; building descriptors costs host time per call) and fixed configs (the
-# autotuner's launches keep pointer loads); dq_delta: the dq kernel computes delta.
-DEFAULT_FEATURES = {"tma": frozenset(), "dq_delta": False}
+# Kernel features on by default where they were measured (H100 bf16, session 3 round 1, B8 H16 L8192 D64:
+# forward 128x64 w8 s4 with TMA 2.444 ms against 2.723 for 128x64 w4 s4 with pointers; dq 128x64 w8 s3 with
+# TMA 8.874 ms of backward against 9.166 for 64x64 w4 s3; dq_delta 9.105 against 9.166): the long bucket
+# (> 2048) at head blocks 64 and 128, fixed configs only (the autotuner's launches keep pointer loads and the
+# delta kernel). Shorter sequences keep session 2's paths (TMA descriptors also cost host time per call).
+# A non-empty VARIANT replaces these defaults (sweeps name every feature they time).
+DEFAULT_FEATURES = {"tma": frozenset({"fwd", "dq"}), "dq_delta": True}
 
 
-def _feature(name, long=True):
-    """A kernel feature: from VARIANT when one is set (absent: off), else from DEFAULT_FEATURES."""
+def _feature(name, meta):
+    """A kernel feature for a launch with flags `meta`: from VARIANT when one is set (absent: off), else
+    from DEFAULT_FEATURES where they apply (long bucket, head block 64 or 128, no autotuning)."""
     if VARIANT:
         return VARIANT.get(name, frozenset() if name == "tma" else False)
-    if name == "tma" and not long:
-        return frozenset()
-    return DEFAULT_FEATURES[name]
+    if meta["L_BUCKET"] > 2048 and meta["BD"] in (64, 128) and not TUNE:
+        return DEFAULT_FEATURES[name]
+    return frozenset() if name == "tma" else False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -800,7 +805,7 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
     meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
     if VARIANT.get("poly") and q.dtype != torch.float32:   # fp32 keeps the exact exp2
         meta["POLY"] = True
-    if "fwd" in _feature("tma", meta["L_BUCKET"] > 2048) and _tma_ok((k, v), D):
+    if "fwd" in _feature("tma", meta) and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
     args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
@@ -831,7 +836,8 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     delta = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
     atomic = bool(VARIANT.get("atomic_dq")) and blocks is None
     # variant dq_delta: the dq kernel computes delta itself and runs first (no delta kernel)
-    dq_first = _feature("dq_delta") and not atomic and dlse is None
+    dq_first = _feature("dq_delta", _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))) and not atomic \
+        and dlse is None
     if Lq > 0 and Hq > 0 and not dq_first:
         BMD = 64
         _launch(_attn_bwd_delta_kernel, (cdiv(Lq, BMD), B * Hq),
@@ -848,7 +854,7 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
-        if "dkdv" in _feature("tma", meta["L_BUCKET"] > 2048) and _tma_ok((q, do), D):
+        if "dkdv" in _feature("tma", meta) and _tma_ok((q, do), D):
             meta["TMA"] = True
             meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
         args = (q, k, v, do, lse, delta, dk, dv, dqa if atomic else q, cu_seqlens if cu_seqlens is not None else q,
@@ -872,7 +878,7 @@ def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_
     meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
     meta["REVERSE_M"] = bool(causal)
     meta["M_MAJOR"] = "dq" in VARIANT.get("mmajor", ())
-    if "dq" in _feature("tma", meta["L_BUCKET"] > 2048) and _tma_ok((k, v), D):
+    if "dq" in _feature("tma", meta) and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
     if delta_here:

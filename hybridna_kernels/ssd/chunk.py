@@ -821,6 +821,46 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
 
 
 @triton.jit
+def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
+               cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+               Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr, TSUM: tl.constexpr,
+               MIXED_T: tl.constexpr, OFF: tl.constexpr):
+    """The head loop of _scan_bwd_dcb_kernel: sum over the group's heads of K_ij e^{cs_i - cs_j} u_j for one
+    tile (and the T sums with TSUM). OFF: a tile below the diagonal, its decay as the row factor
+    e^{cs_i - c0} times the column factor e^{c0 - cs_j} (c0: the cumsum at the end of column block n)."""
+    dt_in = p_x.dtype.element_ty
+    acc = tl.zeros([BM, BM], dtype=tl.float32)
+    for hh in range(hpg):
+        i_h = i_g * hpg + hh
+        o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+        dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
+        xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
+        if TSUM and MIXED_T:  # fp32 (gated) dy against 16-bit x: dy kept to ~21 bits, as in dx
+            k = _dot_exact_f32_a(dyi.to(tl.float32), xT.to(tl.float32))
+        else:
+            k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
+        cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
+        cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
+        u_j = tl.load(u_ptr + o_uc + o_n)
+        if OFF:
+            o_r = o_uc + (i_n + 1) * BM - 1
+            c0h = tl.load(csh_ptr + o_r)
+            c0l = tl.load(csl_ptr + o_r)
+            a_i = tl.exp(tl.minimum((cs_i - c0h) + (csl_i - c0l), 0.0))
+            b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
+            kd = (k * a_i[:, None]) * b_j[None, :]
+        else:
+            kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
+        acc += kd * u_j[None, :]
+        if TSUM:
+            tq = kd * cbt
+            o_hc = ((i_b * H + i_h) * nc + i_c) * nb
+            tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
+            tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
+    return acc
+
+
+@triton.jit
 def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr, cb_ptr, rowt_ptr, colt_ptr,
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
@@ -874,36 +914,22 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
         strict = o_m[:, None] > o_n[None, :]
         cbt = tl.load(cb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :]).to(tl.float32)
         cbt = tl.where(strict, cbt, 0.0)
-    for hh in range(hpg):
-        i_h = i_g * hpg + hh
-        o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-        dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
-        xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
-        if TSUM and MIXED_T:  # fp32 (gated) dy against 16-bit x: dy kept to ~21 bits, as in dx
-            k = _dot_exact_f32_a(dyi.to(tl.float32), xT.to(tl.float32))
+    else:
+        cbt = acc  # (unused)
+    # R1: the branch sits outside the head loop (inside it, Triton 3.6's pipeliner fails on sm_90)
+    if R1:
+        if i_m > i_n:
+            acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
+                             rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                             Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=True)
         else:
-            k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
-        cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
-        cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
-        u_j = tl.load(u_ptr + o_uc + o_n)
-        if R1:  # tiles below the diagonal: the decay as a row times a column factor (see the scan)
-            o_r = o_uc + (i_n + 1) * BM - 1
-            c0h = tl.load(csh_ptr + o_r)
-            c0l = tl.load(csl_ptr + o_r)
-            if i_m > i_n:
-                a_i = tl.exp(tl.minimum((cs_i - c0h) + (csl_i - c0l), 0.0))
-                b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
-                kd = (k * a_i[:, None]) * b_j[None, :]
-            else:
-                kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
-        else:
-            kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
-        acc += kd * u_j[None, :]
-        if TSUM:
-            tq = kd * cbt
-            o_hc = ((i_b * H + i_h) * nc + i_c) * nb
-            tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
-            tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
+            acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
+                             rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                             Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False)
+    else:
+        acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
+                         rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                         Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False)
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
     tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
 
@@ -1095,7 +1121,13 @@ SWEEP_CONFIGS = {
     # session 3: combo's launch choices on the unfused default (left untested in session 2), then the
     # rank-1 off-diagonal decay (scan and dx), the single tf32 chunk-state product, bf16 hin without grad
     "launch3": _LAUNCH3,
-    "r1": {**_LAUNCH3, "scan_r1": True, "dx_r1": True},
+    # session 2's defaults spelled out (for the benchmark's shape, P64 N128 Q256), to time them once the
+    # defaults move
+    "s2 default": {"BK_SCAN": 64, "stages": 2, "BM_DBC": 64, "scan_r1": False, "dx_r1": False, "dcb_r1": False,
+                   "xw_split": 1, "xw_split_nograd": None,
+                   "hin16_nograd": False, "hin_split": False, "tsum_dcb": False, "warps": 4, "warps_dcb": None,
+                   "maxnreg_state": None, "warps_scan": 4, "BM_SCAN": 64},
+    "r1": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True},
     "r1 w8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "warps_scan": 8},
     "xwtf32": {**_LAUNCH3, "xw_split": 2},
     "hin16nog": {**_LAUNCH3, "hin16_nograd": True},
@@ -1109,7 +1141,17 @@ SWEEP_CONFIGS = {
                  "warps_state": 4},
     "fast split": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "hin_split": True},
     "fast mr": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "maxnreg_state": 128},
-    "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True,
+    # round 2 (on the launch3 defaults)
+    "hin16nog2": {"hin16_nograd": True},
+    "xw0nog": {"xw_split_nograd": 0},
+    "nograd16": {"xw_split_nograd": 0, "hin16_nograd": True},
+    "r1 all": {"scan_r1": True, "dx_r1": True, "dcb_r1": True},
+    "r1 bwd": {"dx_r1": True, "dcb_r1": True},
+    "r1 bwd dx8": {"dx_r1": True, "dcb_r1": True, "warps": 8, "warps_dcb": 4},
+    "r1 bwd tsum": {"dx_r1": True, "dcb_r1": True, "tsum_dcb": True},
+    "split": {"hin_split": True},
+    "mr": {"maxnreg_state": 128},
+    "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
 }
 
@@ -1120,6 +1162,10 @@ def _cfg(Q, P, N, dtype):
     BP = _p2(P)
     BN = _p2(N)
     blk = min(64, Q)
+    # launch3 (below) where it was measured: 16-bit inputs, headdim <= 64, dstate <= 128. Elsewhere session
+    # 2's settings: fp32 tiles at 3 stages overflow shared memory in dB / dC (256 KiB at P64 N128, sm_90
+    # offline compile) and make dx spill heavily
+    l3 = dtype != torch.float32 and BP <= 64 and BN <= 128
     cfg = {
         "BP": BP, "BN": BN, "BM": blk, "BK": blk,
         # Measured on an H100 (bf16, B8 T8192 H32 P64 N128 Q256, 2026-11-25 12:07 UTC; fwd / fwd+bwd ms):
@@ -1127,19 +1173,21 @@ def _cfg(Q, P, N, dtype):
         # + unmasked CB loads 1.753 / 8.273; + heads-fastest grid order 1.420 / 7.587; + bf16 forward CB
         # 1.304 / 7.445; + 4 warps for dx / dCB 1.303 / 6.084 (those four are the defaults below).
         # Scan: 4 warps (8 warps measured slower at a0a5de0 / adb4283 despite no spills).
-        "BM_SCAN": blk, "BK_SCAN": blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
+        # BK_SCAN 32, 3 stages, dB / dC rows 128 ("launch3"): H100 session 3 round 1, B8 T8192 fwd / fwd+bwd
+        # 1.684 / 6.095 -> 1.550 / 5.533 ms, B1 T131072 3.298 / 12.017 -> 3.054 / 10.932 ms
+        "BM_SCAN": blk, "BK_SCAN": min(32, blk) if l3 else blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
         "BS": 256,
         # headdim 128 / dstate 256 rows: smaller row blocks, or ptxas spills (sm_90, checked offline)
-        "BM_DBC": min(blk, 16 if (BN > 128 and BP >= 128) else 32 if (BN > 128 or BP >= 128) else 64),
+        "BM_DBC": min(Q, 16 if (BN > 128 and BP >= 128) else 32 if (BN > 128 or BP >= 128) else 128 if l3 else 64),
         "warps_dbc": 8 if BN >= 128 else 4,
         # dx / dCB: 4 warps at headdim <= 64 (fwd+bwd 7.445 -> 6.084 ms against 8 warps, although the
         # offline sm_90 compile shows dx spilling ~350 B at 4 warps and none at 8); 8 at headdim 128.
         "warps": 4 if BP <= 64 else 8,
-        "stages": 2,
+        "stages": 3 if l3 else 2,
         "prec": "ieee" if dtype == torch.float32 else "tf32",
         # decay tiles exp(cs_i - cs_j): fp32 hi/lo planes of the fp64 cumsum (False) or fp64 tile math
         "cs64": False,
@@ -1178,7 +1226,10 @@ def _cfg(Q, P, N, dtype):
         # session 3 variants (off until measured): the scan's rank-1 decay below the diagonal block
         # (scan_r1; dx_r1: the same in the dx and dCB kernels); hin in bf16 when no backward will read
         # it (hin16_nograd)
-        "scan_r1": False, "hin16_nograd": False, "dx_r1": False, "hin_split": False,
+        "scan_r1": False, "hin16_nograd": False, "dx_r1": False, "dcb_r1": False, "hin_split": False,
+        # the chunk-state operand split of a forward without grad (None: as xw_split). The split only buys
+        # gradient accuracy (dA through hin); y's error is the same either way (session 2 round 1: 2.8e-3)
+        "xw_split_nograd": None,
         # register cap of the chunk-state kernels (ptxas takes ~170-230 at 8 warps: one program per SM;
         # 128 leaves room for two, with no spill in the reverse pass and 56 B in the forward one)
         "maxnreg_state": None,
@@ -1301,8 +1352,9 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             XW_SPLIT=_xw_split(x.dtype, cfg["xw_split"]),
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
     else:
+        xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
         states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
-                               xw_split=_xw_split(x.dtype, cfg["xw_split"]))
+                               xw_split=_xw_split(x.dtype, xws))
         PN = P * N
         BS = min(cfg["BS"], triton.next_power_of_2(PN))
         _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
@@ -1421,7 +1473,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
             Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
-            MIXED_T=mixed_t, R1=cfg["dx_r1"] and not cfg["cs64"], num_warps=cfg["warps_dcb"] or cfg["warps"],
+            MIXED_T=mixed_t, R1=cfg["dcb_r1"] and not cfg["cs64"], num_warps=cfg["warps_dcb"] or cfg["warps"],
             num_stages=cfg["stages"])
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
