@@ -11,4 +11,9 @@ timeout 57 python3 bench/bench_model.py sweep 1x32768 1x32768 8x8192 1x65536 old
   --rounds 3 --log /tmp/steps.jsonl 2> /tmp/bench_err.txt | python3 -u .gpu/model_print.py
 echo "bench exit: ${PIPESTATUS[0]}"
 grep -h -E "Error|error:" /tmp/bench_err.txt | tail -4
+# The two bf16 test_swiglu_gpu_large cases passed in round 1 and failed in the whole-suite GPU run (-n 15, no
+# traceback in the cut log; the swiglu code is unchanged since round 1): re-run them alone, only if time is left.
+if [ $SECONDS -lt 44 ]; then
+  timeout $((56 - SECONDS)) python3 -m pytest tests/test_swiglu.py -k gpu_large -q -p no:cacheprovider --tb=short 2>&1 | grep -E "passed|failed|Error|^E " | head -8
+fi
 echo "total $SECONDS s"
