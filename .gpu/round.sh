@@ -7,7 +7,7 @@ O=$OUT
 {
 for s in "$@"; do
   mkdir -p $O/$s; echo "######## $s $(date -u +%T)"
-  lim=${LIM:-125}; [ "${s#lead}" != "$s" ] && lim=95
+  lim=${LIM:-125}; [ "${s#lead}" != "$s" ] && lim=${LEADLIM:-95}
   OUT=$O/$s timeout $lim bash .gpu/$s.sh 2>&1 | grep -v -iE "warn|^\s*$" | cut -c1-300
 done
 echo "######## end $(date -u +%T)"

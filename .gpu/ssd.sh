@@ -1,20 +1,18 @@
 #!/bin/bash
-# SSD (issue 4), session 3 round 2: benchmarks and profiles only (the lead runs tests/ separately), <= 80 s wall.
-# Defaults now = round 1's "launch3" (BK_SCAN 32, 3 stages, dB/dC rows 128), measured in round 1.
-# (1) The variants' kernels compile first in background processes (22 s cap, nothing timed meanwhile).
-# (2) bench_ssd.py --session3 (52 s cap): ssd_step at batch 64 (public call and CUDA graph), per-kernel profile
-#     of the default (fwd without grad, fwd+bwd; the profile total is the host-free kernel time), every variant
-#     of $V at B8 T8192 (do_bench fwd / fwd+bwd, CUDA-graph fwd; each checked first against the fp64 reference
-#     at B1 T4096: y, y without grad, worst gradient), B1 T131072 / B2 T32768 for the fastest fwd+bwd variant
-#     and the default, the fastest one's profile. Peer not re-timed (session 2: 1.43 / 5.96 ms).
-V="default,nograd16,hin16nog2,xwtf32,r1 bwd,r1 bwd dx8,r1 bwd tsum,tsum,split,mr,scan w8"
+# SSD (issue 4), session 3 final call: the FINAL defaults only, <= 60 s wall (hard).
+# (1) Kernels compiled first in 3 background processes (fwd+bwd, no-grad fwd, ssd_step; 18 s cap).
+# (2) bench_ssd.py --final (36 s cap): B8 T8192 fwd (no grad) / fwd+bwd with do_bench and the CUDA-graph fwd,
+#     checked first against the fp64 reference at B1 T4096; B1 T131072 and B2 T32768; ssd_step at batch 64;
+#     per-kernel profile (host-free kernel sum) of the B8 T8192 fwd and fwd+bwd.
 date -u +%T
-IFS=',' read -ra VS <<< "$V"
-for v in "${VS[@]}"; do
-  SSD_VARIANTS="$v" timeout 22 python3 bench/bench_ssd.py --warm > "/tmp/ssd_warm_${v// /_}.txt" 2>&1 &
-done
+SSD_VARIANTS=default timeout 18 python3 bench/bench_ssd.py --warm > /tmp/ssd_warm_a.txt 2>&1 &
+timeout 18 python3 -c "
+import sys; sys.path.insert(0, 'bench')
+import bench_ssd as b, torch
+b.step_table(3000.0)
+" > /tmp/ssd_warm_b.txt 2>&1 &
 wait
 date -u +%T
-SSD_GRAPH=1 SSD_VARIANTS="$V" timeout 52 python3 bench/bench_ssd.py --session3 2>&1 \
+SSD_GRAPH=1 timeout 36 python3 bench/bench_ssd.py --final 2>&1 \
   | grep -E "^\||^---|^   total|^ssd_step|^NVIDIA|GB/s|rror" | grep -v "^/" | cut -c1-400
 date -u +%T

@@ -393,7 +393,9 @@ def _warm_final(index, nproc):
     and decode kernels), job index::nproc, at small sizes."""
     jobs = [("", 16, 64, None), (S2_DEFAULTS, 16, 64, None), ("", 8, 128, None), (NO_DQ_DELTA, 16, 64, None)]
     if os.environ.get("HYBRIDNA_WARM_TARGETS") == "1":
-        jobs += [("", 16, 64, 1024), ("decode",)]
+        jobs += [("", 16, 64, 1024), ("decode",), (S2_DEFAULTS, 16, 64, 1024)]
+    if os.environ.get("HYBRIDNA_FINAL_S2", "1") != "1":   # `final` without session 2's configs
+        jobs = [j for j in jobs if j[0] not in (S2_DEFAULTS, NO_DQ_DELTA) or j[-1] is not None]
     for job in jobs[index::nproc]:
         if job[0] == "decode":
             _set_variant("")
@@ -667,7 +669,8 @@ def _final(outdir):
         do = torch.randn_like(q)
         _set_variant("")
         o0 = flash_attention(q, k, v, causal=True)
-        variants = {"ours": ""} if D != 64 else {"ours": "", "s2": S2_DEFAULTS}
+        s2 = D == 64 and os.environ.get("HYBRIDNA_FINAL_S2", "1") == "1"
+        variants = {"ours": "", "s2": S2_DEFAULTS} if s2 else {"ours": ""}
         times, med, backends = _whole_calls(q, k, v, do, o0, shape, bench, variants)
         ff = _flops(B, H, L, D, True, None, "fwd")
         for j, (mode, fl) in enumerate((("fwd", ff), ("fwd+bwd", 3.5 * ff))):
@@ -677,7 +680,7 @@ def _final(outdir):
             rows.append(row)
             print(row, flush=True)
         print(f"  per repeat (fwd/fwd+bwd ms): {_spread(times)}", flush=True)
-        if D == 64 and B > 1:   # the backward alone, defaults against the same without dq_delta (delta kernel)
+        if s2 and B > 1:   # the backward alone, defaults against the same without dq_delta (delta kernel)
             from hybridna_kernels.attention.flash import attention_bwd
 
             _set_variant("")
@@ -757,6 +760,15 @@ def _targets(outdir):
     print(f"| window {W} B{B} H{H} L{L} D{D} | fwd {fwd:.3f} ms ({fl / fwd / 1e9:.0f} TFLOP/s; target <= 8 ms) | "
           f"fwd+bwd {fb:.3f} ms ({3.5 * fl / fb / 1e9:.0f}; target <= 30 ms) | check o {err:.1e}, grads {gerr:.1e} |",
           flush=True)
+    if os.environ.get("HYBRIDNA_TARGETS_S2", "1") == "1":   # the window forward against session 2's configs
+        cmp = {"default": [], "session 2 configs": []}
+        for _ in range(2):
+            for name in cmp:
+                _set_variant("" if name == "default" else S2_DEFAULTS)
+                cmp[name].append(bench(lambda: flash_attention(q, k, v, window=W)))
+        _set_variant("")
+        print("  window fwd, interleaved (ms): " + "; ".join(f"{n} " + " ".join(f"{t:.3f}" for t in ts)
+                                                             for n, ts in cmp.items()), flush=True)
     del q, k, v, qg, kg, vg, o, lse, do
     torch.cuda.empty_cache()
     n = 1024 if small else 512 * 1024 * 1024
@@ -785,7 +797,8 @@ if __name__ == "__main__":
     # warm* INDEX NPROC: compile jobs INDEX::NPROC; the others take an output folder; anything else is a
     # $BENCH_ATTN_LOG file to summarise
     warm = {"warm": _warm, "warm-sweep": _warm_sweep, "warm-final": _warm_final}
-    runs = {"host": _host, "sweep": _sweep, "final": _final, "targets": _targets}
+    runs = {"host": _host, "sweep": _sweep, "final": _final, "targets": _targets,
+            "final+targets": lambda out: (_final(out), _targets(out))}
     cmd = sys.argv[1]
     if cmd in warm:
         warm[cmd](int(sys.argv[2]), int(sys.argv[3]))

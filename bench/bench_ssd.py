@@ -382,6 +382,29 @@ def session3():
         prof(best)
 
 
+def final():
+    """The current defaults: B8 T8192 (checked first against the fp64 reference), B1 T131072, B2 T32768
+    (fwd without grad, fwd+bwd), ssd_step at batch 64, the per-kernel profile at B8 T8192."""
+    import triton.testing
+
+    from hybridna_kernels.ssd import chunk
+
+    n = 256 * 1024 * 1024
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    copy_gbs = 2 * n * 2 / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
+    src = dst = None
+    print(f"{torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s, triton {triton.__version__}")
+    sweep(names=["default"], with_peer=False)
+    for bsz, sl in GPU_SHAPES[1:][::-1]:
+        _time_shape("default", bsz, sl)
+    step_table(copy_gbs)
+    chunk.CFG_OVERRIDE.clear()
+    for mode in ("fwd", "fwd_bwd"):
+        profile(top=int(os.environ.get("SSD_PROFILE_TOP", "12")), providers=("hybridna",), mode=mode,
+                label=" 'default'")
+
+
 if __name__ == "__main__":
     if "--profile-only" in sys.argv:  # just the per-kernel profile (short GPU calls)
         profile()
@@ -392,6 +415,9 @@ if __name__ == "__main__":
         _fn("hybridna", make(1, 4096, requires_grad=True), "fwd_bwd")()
         _fn("hybridna", make(1, 4096), "fwd")()  # the no-grad forward (bf16 hin with hin16_nograd)
         torch.cuda.synchronize()
+        sys.exit(0)
+    if "--final" in sys.argv:  # the defaults only: the issue's headline rows, ssd_step, a per-kernel profile
+        final()
         sys.exit(0)
     if "--session3" in sys.argv:  # round script of session 3: sweep, profiles, long shapes, ssd_step
         session3()

@@ -107,10 +107,19 @@ def attn_sweep(model, L, out):
     print(f"attention_step default: {dflt * 1e3:.1f} us ({gb / (dflt * 1e-3):.0f} GB/s)", flush=True)
 
 
+_DEFAULTS = {}
+
+
 def set_mode(mode):
-    """perop: Block.step + piecewise graphs; fused: the decode kernels, one graph; fusedpdl: + PDL."""
+    """perop: Block.step + piecewise graphs; fused: the decode kernels, one graph; fusedpdl: + PDL;
+    default: the library's defaults (HYBRIDNA_FUSED_DECODE / HYBRIDNA_DECODE_PDL as imported)."""
     import hybridna_kernels.decode.gemv as gm
 
+    _DEFAULTS.setdefault("fused", generation.FUSED_DECODE)
+    _DEFAULTS.setdefault("pdl", gm.PDL)
+    if mode == "default":
+        generation.FUSED_DECODE, gm.PDL = _DEFAULTS["fused"], _DEFAULTS["pdl"]
+        return
     generation.FUSED_DECODE = mode.startswith("fused")
     gm.PDL = mode == "fusedpdl"
 

@@ -39,3 +39,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# ---- GPU runs with pytest-xdist: one GPU shared by many worker processes --------------------------------------
+# Tests marked `slow` (int64 addressing, 131072-token shapes: up to ~20 GB each) take an exclusive lock, every
+# other GPU test a shared one, so a big test never runs beside others and they never run out of memory because
+# of it; each test hands its cached blocks back to the driver afterwards (the caching allocator would otherwise
+# keep them from the other workers). On CPU none of this runs.
+_LOCK_PATH = os.path.join(os.environ.get("TMPDIR", "/tmp"), "hybridna-gpu-tests.lock")
+
+
+@pytest.fixture(autouse=True)
+def _gpu_memory_lock(request):
+    if not torch.cuda.is_available():
+        yield
+        return
+    import fcntl
+    import gc
+
+    with open(_LOCK_PATH, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if "slow" in request.keywords else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def pytest_runtest_logreport(report):
+    """HYBRIDNA_FAIL_LOG=path: append each failure's traceback as it happens (a run cut by a time limit
+    never reaches pytest's end-of-run failure section)."""
+    path = os.environ.get("HYBRIDNA_FAIL_LOG")
+    if path and report.failed:
+        with open(path, "a") as f:
+            f.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n")

@@ -594,9 +594,16 @@ FIXED = {
 }
 
 
-def fixed_config(kind, BD, L_BUCKET):
+# Sliding-window forward at D64 in the long bucket: session 2's config with pointer loads. The final call of
+# session 3 (H100, B1 H16 L131072 D64, window 4096, interleaved) measured it at 5.947 / 6.435 ms against
+# 6.963 / 7.031 for the causal winner (128x64 w8 s4 with TMA); `_feature` keeps TMA off for it.
+FIXED_WINDOW = {("fwd", 64, True): (128, 64, 4, 4)}
+
+
+def fixed_config(kind, BD, L_BUCKET, window=False):
     """(BM, BN, num_warps, num_stages) launched when not autotuning."""
-    conf = FIXED.get((kind, BD, L_BUCKET > 2048))
+    conf = FIXED_WINDOW.get((kind, BD, L_BUCKET > 2048)) if window else None
+    conf = conf or FIXED.get((kind, BD, L_BUCKET > 2048))
     if conf is not None:
         return conf
     c = next(c for c in _configs(kind) if _keep(c, BD))
@@ -650,6 +657,8 @@ def _feature(name, meta):
     if VARIANT:
         return VARIANT.get(name, frozenset() if name == "tma" else False)
     if meta["L_BUCKET"] > 2048 and meta["BD"] in (64, 128) and not TUNE:
+        if name == "tma" and meta["HAS_WINDOW"] and ("fwd", meta["BD"], True) in FIXED_WINDOW:
+            return DEFAULT_FEATURES[name] - {"fwd"}   # FIXED_WINDOW's forward keeps pointer loads
         return DEFAULT_FEATURES[name]
     return frozenset() if name == "tma" else False
 
@@ -737,7 +746,7 @@ def _run(kind, grid, blocks, args, meta):
         elif kind in VARIANT:
             bmn = VARIANT[kind][:2]
         elif not TUNE:
-            bmn = fixed_config(kind, meta["BD"], meta["L_BUCKET"])[:2]
+            bmn = fixed_config(kind, meta["BD"], meta["L_BUCKET"], meta["HAS_WINDOW"])[:2]
         else:
             bmn = None
         meta = dict(meta, **tma(*bmn)) if bmn is not None else dict(meta, TMA=False)
@@ -752,7 +761,7 @@ def _run(kind, grid, blocks, args, meta):
         BM, BN, w, st = VARIANT[kind]
         _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st))
     elif not TUNE:
-        BM, BN, w, st = fixed_config(kind, meta["BD"], meta["L_BUCKET"])
+        BM, BN, w, st = fixed_config(kind, meta["BD"], meta["L_BUCKET"], meta["HAS_WINDOW"])
         _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st))
     else:
         _tuned_launch(tuned, raw, kind, grid, args, meta, lambda c: c.kwargs)

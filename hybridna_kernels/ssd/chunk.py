@@ -1123,6 +1123,7 @@ SWEEP_CONFIGS = {
     "launch3": _LAUNCH3,
     # session 2's defaults spelled out (for the benchmark's shape, P64 N128 Q256), to time them once the
     # defaults move
+    "launch3 only": {"hin_split": False, "tsum_dcb": False, "hin16_nograd": False, "xw_split_nograd": None},
     "s2 default": {"BK_SCAN": 64, "stages": 2, "BM_DBC": 64, "scan_r1": False, "dx_r1": False, "dcb_r1": False,
                    "xw_split": 1, "xw_split_nograd": None,
                    "hin16_nograd": False, "hin_split": False, "tsum_dcb": False, "warps": 4, "warps_dcb": None,
@@ -1216,20 +1217,28 @@ def _cfg(Q, P, N, dtype):
         # decay-gradient term R: 16-bit operands ("16") or tf32 ("tf32")
         "r_prec": "16",
         # the decay-gradient sums of T formed in the dCB kernel (which has the per-head dy . x product
-        # anyway) instead of a second product in dx; warps of the dCB kernel (None: as dx). Off: H100
-        # round 2, fwd+bwd 6.280 ms against 6.114 (dx got cheaper, dCB dearer by more).
-        "tsum_dcb": False, "warps_dcb": None,
+        # anyway) instead of a second product in dx; warps of the dCB kernel (None: as dx). Session 2
+        # (old launch settings): fwd+bwd 6.280 ms against 6.114. Session 3 round 2, on launch3: 5.369
+        # against 5.493 ms (B8 T8192): on where launch3 is.
+        "tsum_dcb": l3, "warps_dcb": None,
         # chunk-state products with 16-bit inputs: the fp32 operand x_k e^{..} u_k (forward) / dy_k e^{cs_k}
         # (backward) rounded to 16 bits (0) or kept to ~16 bits as two pieces (1). The forward one
         # decides dA: fp16, B1 T150 Q64 cu_seqlens, dA relative error 3.6e-2 rounded, 4e-4 split.
         "xw_split": 1, "xw_split_bwd": 0,
-        # session 3 variants (off until measured): the scan's rank-1 decay below the diagonal block
-        # (scan_r1; dx_r1: the same in the dx and dCB kernels); hin in bf16 when no backward will read
-        # it (hin16_nograd)
-        "scan_r1": False, "hin16_nograd": False, "dx_r1": False, "dcb_r1": False, "hin_split": False,
-        # the chunk-state operand split of a forward without grad (None: as xw_split). The split only buys
-        # gradient accuracy (dA through hin); y's error is the same either way (session 2 round 1: 2.8e-3)
-        "xw_split_nograd": None,
+        # Session 3 (H100, B8 T8192 bf16, ms fwd / fwd+bwd against launch3's 1.562 / 5.493 in the same run):
+        # - hin_split (bf16 hin as hi + lo planes: the scan and dC read the hi plane): 1.416 / 5.346, and
+        #   B1 T131072 2.864 / 10.660 against 3.059 / 10.933, B2 T32768 1.413 / 5.322 against 1.543 / 5.503;
+        #   the scan kernel 0.761 -> 0.605 ms. On (where launch3 is; bf16 only).
+        # - hin16_nograd (hin in bf16 when no backward reads it; y bit-identical): no-grad fwd 1.378. On.
+        # - xw_split_nograd 0 (the chunk-state operand rounded to bf16 without grad: the split only buys
+        #   gradient accuracy, dA through hin; y's error stays 2.8e-3): with hin16_nograd, no-grad fwd 1.059.
+        #   On where launch3 is, bf16 only (fp16 keeps its split: range).
+        # - the rank-1 decay (scan_r1; dx_r1 / dcb_r1 in dx / dCB): forward 1.571 vs 1.550 (round 1),
+        #   fwd+bwd 5.617 (dx, dCB), 5.398 with tsum: no gain, off. Off too: the single tf32 chunk-state
+        #   product (xw_split 2: 1.822 / 5.791, dA 3.8e-3), maxnreg_state 128 (1.474 / 5.543), 8-warp scan
+        #   (1.812 / 5.787), 8-warp dx with dx_r1 (6.532).
+        "scan_r1": False, "hin16_nograd": True, "dx_r1": False, "dcb_r1": False, "hin_split": l3,
+        "xw_split_nograd": 0 if (l3 and dtype == torch.bfloat16) else None,
         # register cap of the chunk-state kernels (ptxas takes ~170-230 at 8 warps: one program per SM;
         # 128 leaves room for two, with no spill in the reverse pass and 56 B in the forward one)
         "maxnreg_state": None,
