@@ -247,9 +247,10 @@ class Packed:
 
 
 class Mamba2Mixer(nn.Module):
-    """in_proj -> causal conv1d (SiLU) on x, B, C -> SSD scan (dt_bias, softplus, D, gate z) -> RMSNorm
-    -> out_proj. The gate is applied inside the scan (y * silu(z)) and the norm follows it, which is
-    Mamba2's gated RMSNorm with norm_before_gate=False."""
+    """in_proj -> causal conv1d (SiLU) on x, B, C -> SSD scan (dt_bias, softplus, D) -> gated RMSNorm with z
+    -> out_proj. The gate is applied in the norm (g = y * silu(z), then RMSNorm of g: Mamba2's gated RMSNorm
+    with norm_before_gate=False), fused with out_proj by hybridna_kernels.norm.gated_rms_norm_linear
+    (HYBRIDNA_FUSED_NORMS=0: the unfused PyTorch path)."""
 
     def __init__(self, cfg: HybriDNAConfig, layer_idx: int):
         super().__init__()
