@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from conftest import HAS_CUDA, run_benchmark
+from conftest import HAS_CUDA, measure_copy_gbs, run_benchmark
 
 from hybridna_kernels import flash_attention
 from hybridna_kernels.attention.naive import attention_ref
@@ -771,11 +771,7 @@ def _targets(outdir):
                                                              for n, ts in cmp.items()), flush=True)
     del q, k, v, qg, kg, vg, o, lse, do
     torch.cuda.empty_cache()
-    n = 1024 if small else 512 * 1024 * 1024
-    src = torch.empty(n, dtype=torch.bfloat16, device=DEV).uniform_()
-    dst = torch.empty_like(src)
-    copy = 2 * n * 2 / (bench(lambda: dst.copy_(src)) * 1e-3) / 1e9
-    del src, dst
+    copy = measure_copy_gbs(1024 if small else 512 * 1024 * 1024, device=DEV, timer=bench)
     q = torch.randn(1, 1, 16, 64, device=DEV, dtype=DT)
     k, v = (torch.randn(1, 2048 if small else 131072, 4, 64, device=DEV, dtype=DT) for _ in range(2))
     out = flash_attention(q, k, v)

@@ -19,12 +19,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(__file__))
 if not torch.cuda.is_available():  # kernels through the interpreter on CPU (must precede the kernel imports)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 sys.path.insert(0, os.path.join(_ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/conftest.py before tests/conftest.py
 
 from helpers import tol  # noqa: E402  (tests/helpers.py: DESIGN.md's tolerance table)
 
@@ -174,13 +174,9 @@ class _Rows(list):
 
 
 def _copy_gbs():
-    if not HAS_CUDA:
-        return None
-    n = 512 * 1024 * 1024
-    src = torch.empty(n, dtype=torch.bfloat16, device=DEV).uniform_()
-    dst = torch.empty_like(src)
-    ms = _bench(lambda: dst.copy_(src))
-    return 2 * n * 2 / (ms * 1e-3) / 1e9
+    from conftest import measure_copy_gbs
+
+    return measure_copy_gbs(timer=_bench)
 
 
 def _slice_ref_grads(x, w, b, gy, n=256):

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(_ROOT, "tests"))
 sys.path.insert(0, _ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/conftest.py before tests/conftest.py
 
-from conftest import HAS_CUDA, run_benchmark, time_ms  # noqa: E402
+from conftest import HAS_CUDA, measure_copy_gbs, run_benchmark, time_ms  # noqa: E402
 from helpers import rel_err, tol  # noqa: E402
 
 from hybridna import HybriDNA, HybriDNAConfig  # noqa: E402
@@ -136,14 +136,7 @@ def prefill_fn(model, prompt_len):
 
 
 def copy_bandwidth():
-    if not HAS_CUDA:
-        return None
-    n = 256 * 1024 * 1024
-    src = torch.empty(n, dtype=torch.bfloat16, device=DEVICE).uniform_()
-    dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src))
-    del src, dst
-    return 2 * n * 2 / (ms * 1e-3) / 1e9
+    return measure_copy_gbs(256 * 1024 * 1024)
 
 
 # ---- pytest-benchmark --------------------------------------------------------------------------------

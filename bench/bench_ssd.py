@@ -26,7 +26,7 @@ PEERS = os.path.join(os.path.dirname(HERE), ".peers")
 if os.path.isdir(PEERS) and PEERS not in sys.path:
     sys.path.append(PEERS)
 
-from conftest import HAS_CUDA, run_benchmark  # noqa: E402
+from conftest import HAS_CUDA, measure_copy_gbs, run_benchmark  # noqa: E402
 
 from hybridna_kernels import ssd_scan, ssd_step  # noqa: E402
 from hybridna_kernels.ssd.naive import ssd_chunked_ref  # noqa: E402
@@ -163,11 +163,7 @@ def main():  # one markdown table, same run for every provider
     import triton.testing
 
     assert HAS_CUDA, "GPU only"
-    n = 512 * 1024 * 1024
-    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_()
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * n * 2 / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
-    src = dst = None  # free the 2 GiB before the runs
+    copy_gbs = measure_copy_gbs()  # its 2 GiB are freed before the runs
     print(f"device {torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s, torch {torch.__version__}, "
           f"triton {triton.__version__}, peer {'yes' if _peer_scan else 'no'}")
     print("| shape | mode | hybridna ms | mamba_ssm ms | peer/ours | ours TFLOP/s | ours GB/s (floor ms) | "
@@ -355,12 +351,8 @@ def session3():
     from hybridna_kernels.ssd import chunk
 
     sel = [v for v in os.environ.get("SSD_VARIANTS", "default").split(",") if v]
-    n = 256 * 1024 * 1024
-    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_()
-    dst = torch.empty_like(src)
-    import triton.testing
-    copy_gbs = 2 * n * 2 / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
-    src = dst = None
+    import triton
+    copy_gbs = measure_copy_gbs(256 * 1024 * 1024)
     print(f"{torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s, triton {triton.__version__}")
     step_table(copy_gbs)
     top = int(os.environ.get("SSD_PROFILE_TOP", "12"))
@@ -389,11 +381,7 @@ def final():
 
     from hybridna_kernels.ssd import chunk
 
-    n = 256 * 1024 * 1024
-    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_()
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * n * 2 / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
-    src = dst = None
+    copy_gbs = measure_copy_gbs(256 * 1024 * 1024)
     print(f"{torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s, triton {triton.__version__}")
     sweep(names=["default"], with_peer=False)
     for bsz, sl in GPU_SHAPES[1:][::-1]:

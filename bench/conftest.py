@@ -55,19 +55,30 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def measure_copy_gbs(n: int = 512 * 1024 * 1024, device=None, timer=None) -> float | None:
+    """Device-to-device copy bandwidth (bytes read + written), GB/s, of an n-element bf16 copy (default
+    1 GiB), timed by timer(fn) -> ms (default: do_bench's median). device None: CUDA, or None on a machine
+    without it; an explicit device (also "cpu", for dry runs) is always measured. The buffers are freed."""
+    if device is None:
+        if not HAS_CUDA:
+            return None
+        device = "cuda"
+    if timer is None:
+        import triton.testing
+
+        def timer(fn):
+            return triton.testing.do_bench(fn, return_mode="median")
+    src = torch.empty(n, dtype=torch.bfloat16, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    del src, dst
+    return 2 * n * 2 / (ms * 1e-3) / 1e9
+
+
 @pytest.fixture(scope="session")
 def copy_bandwidth_gbs():
     """Device-to-device copy bandwidth (bytes read + written) measured in this run, GB/s; None on CPU."""
-    if not HAS_CUDA:
-        return None
-    import triton.testing
-
-    n = 512 * 1024 * 1024  # 1 GiB of bf16
-    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_()
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
-    del src, dst
-    return 2 * n * 2 / (ms * 1e-3) / 1e9
+    return measure_copy_gbs()
 
 
 def time_ms(fn) -> float:
