@@ -57,14 +57,24 @@ def _gpu_memory_lock(request):
     import fcntl
     import gc
 
-    with open(_LOCK_PATH, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX if "slow" in request.keywords else fcntl.LOCK_SH)
+    slow = "slow" in request.keywords
+    # A turnstile in front of the lock: a waiting slow test holds it, so new shared holders queue behind it
+    # instead of starving it (flock grants LOCK_SH while others hold LOCK_SH, whoever waits for LOCK_EX).
+    with open(_LOCK_PATH + ".gate", "a") as gate, open(_LOCK_PATH, "a") as f:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX if slow else fcntl.LOCK_SH)
+        finally:
+            if not slow:
+                fcntl.flock(gate, fcntl.LOCK_UN)
         try:
             yield
         finally:
             gc.collect()
             torch.cuda.empty_cache()
             fcntl.flock(f, fcntl.LOCK_UN)
+            if slow:
+                fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 def pytest_runtest_logreport(report):
