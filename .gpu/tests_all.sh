@@ -3,7 +3,7 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True HYBRIDNA_FAIL_LOG=$OUT/fails.txt
 date -u +%T
-timeout ${T:-520} python3 -m pytest tests -n ${N:-14} -v -p no:cacheprovider --tb=short --durations=15 > $OUT/tests.txt 2>&1; echo "rc=$?" >> $OUT/tests.txt
+timeout ${T:-520} python3 -m pytest ${FILES:-tests} -k "${K:-not inductor}" -n ${N:-14} -v -p no:cacheprovider --tb=short --durations=15 > $OUT/tests.txt 2>&1; echo "rc=$?" >> $OUT/tests.txt
 date -u +%T
 echo "== $(grep -c ' PASSED' $OUT/tests.txt) passed, $(grep -c ' FAILED' $OUT/tests.txt) failed, $(grep -c ' SKIPPED' $OUT/tests.txt) skipped, $(grep -c ' ERROR' $OUT/tests.txt) errors; $(tail -3 $OUT/tests.txt | tr '\n' ' ')"
 grep -E " FAILED | ERROR " $OUT/tests.txt | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | cut -c1-200 | sort -u | head -40

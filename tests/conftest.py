@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ---- GPU runs with pytest-xdist: one GPU shared by many worker processes --------------------------------------
-# Tests marked `slow` (int64 addressing, 131072-token shapes: up to ~20 GB each) take an exclusive lock, every
+# Tests marked `bigmem` (int64 addressing: ~20 GB each) take an exclusive lock, every
 # other GPU test a shared one, so a big test never runs beside others and they never run out of memory because
 # of it; each test hands its cached blocks back to the driver afterwards (the caching allocator would otherwise
 # keep them from the other workers). On CPU none of this runs.
@@ -57,15 +57,15 @@ def _gpu_memory_lock(request):
     import fcntl
     import gc
 
-    slow = "slow" in request.keywords
-    # A turnstile in front of the lock: a waiting slow test holds it, so new shared holders queue behind it
+    big = "bigmem" in request.keywords
+    # A turnstile in front of the lock: a waiting bigmem test holds it, so new shared holders queue behind it
     # instead of starving it (flock grants LOCK_SH while others hold LOCK_SH, whoever waits for LOCK_EX).
     with open(_LOCK_PATH + ".gate", "a") as gate, open(_LOCK_PATH, "a") as f:
         fcntl.flock(gate, fcntl.LOCK_EX)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX if slow else fcntl.LOCK_SH)
+            fcntl.flock(f, fcntl.LOCK_EX if big else fcntl.LOCK_SH)
         finally:
-            if not slow:
+            if not big:
                 fcntl.flock(gate, fcntl.LOCK_UN)
         try:
             yield
@@ -73,7 +73,7 @@ def _gpu_memory_lock(request):
             gc.collect()
             torch.cuda.empty_cache()
             fcntl.flock(f, fcntl.LOCK_UN)
-            if slow:
+            if big:
                 fcntl.flock(gate, fcntl.LOCK_UN)
 
 

@@ -316,6 +316,7 @@ def test_kernel_gpu_big_bf16(W):
 
 
 @pytest.mark.gpu
+@pytest.mark.bigmem
 @pytest.mark.slow
 def test_kernel_int64_addressing():
     """batch x dim x seqlen > 2^31: check the tail (addresses past 2^31) against the reference run on

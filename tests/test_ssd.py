@@ -519,6 +519,7 @@ def test_kernel_deterministic_gpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.bigmem
 @pytest.mark.slow
 def test_kernel_long_sequence_int64_addressing_gpu():
     """131072 tokens x 64 heads x 128 state: offsets pass 2^31. The scan over the whole sequence must
