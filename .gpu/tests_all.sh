@@ -1,5 +1,6 @@
 #!/bin/bash
-# The whole tests/ directory on the GPU, once, with the final code (-n ${N:-14}; -v log whole into $OUT/tests.txt).
+# The whole tests/ directory on the GPU (FILES narrows it; K is -k, default "not inductor": whole-model inductor compiles never
+# finish there; -n ${N:-14}; bigmem tests run alone under conftest's lock; failures stream into $OUT/fails.txt).
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True HYBRIDNA_FAIL_LOG=$OUT/fails.txt
 date -u +%T
