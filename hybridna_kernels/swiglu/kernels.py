@@ -15,25 +15,27 @@ from ..utils import rows_view as _rows
 
 
 @triton.jit
-def _swiglu_fwd_kernel(H, O, F, sh, so, BF: tl.constexpr):
+def _gate_up_block(H, F, sh, BF: tl.constexpr):
+    """This program's row and column block of h = [g | u]: (row, o_f, m_f, g, u), g and u in fp32."""
     row = tl.program_id(0).to(tl.int64)
     o_f = tl.program_id(1) * BF + tl.arange(0, BF)
     m_f = o_f < F
     p_g = H + row * sh + o_f
     b_g = tl.load(p_g, mask=m_f, other=0.0).to(tl.float32)
     b_u = tl.load(p_g + F, mask=m_f, other=0.0).to(tl.float32)
+    return row, o_f, m_f, b_g, b_u
+
+
+@triton.jit
+def _swiglu_fwd_kernel(H, O, F, sh, so, BF: tl.constexpr):
+    row, o_f, m_f, b_g, b_u = _gate_up_block(H, F, sh, BF)
     b_a = b_g * tl.sigmoid(b_g) * b_u
     tl.store(O + row * so + o_f, b_a.to(O.dtype.element_ty), mask=m_f)
 
 
 @triton.jit
 def _swiglu_bwd_kernel(H, DO, DH, A, F, sh, sdo, sdoc, sdh, sa, BF: tl.constexpr, STORE_A: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    o_f = tl.program_id(1) * BF + tl.arange(0, BF)
-    m_f = o_f < F
-    p_g = H + row * sh + o_f
-    b_g = tl.load(p_g, mask=m_f, other=0.0).to(tl.float32)
-    b_u = tl.load(p_g + F, mask=m_f, other=0.0).to(tl.float32)
+    row, o_f, m_f, b_g, b_u = _gate_up_block(H, F, sh, BF)
     b_do = tl.load(DO + row * sdo + o_f.to(tl.int64) * sdoc, mask=m_f, other=0.0).to(tl.float32)
     b_sig = tl.sigmoid(b_g)
     b_dg = b_do * b_u * b_sig * (1.0 + b_g * (1.0 - b_sig))
