@@ -36,14 +36,20 @@ def _rms_fwd_kernel(X, DL, W, Y, S, RSTD, N, sx, sd, sy, ss, eps,
 
 
 @triton.jit
-def _rms_bwd_kernel(S, W, RSTD, DY, DSI, DX, DD, DWP, Y, M, N, rpp, ss, sdy, sdyc, sdsi, sdsic, sdx, sdd, sy,
-                    BN: tl.constexpr, HAS_DSI: tl.constexpr, HAS_DD: tl.constexpr, STORE_Y: tl.constexpr):
+def _rows_bwd_setup(W, col0, N, rpp, BN: tl.constexpr):
+    """A backward program's set-up: it walks rows [r0, r0 + rpp) over the columns col0 + [0, N) and sums the
+    weight gradient of those columns over its rows. Returns (pid, o_n, m_n, w, dw = 0, r0), w and dw fp32."""
     pid = tl.program_id(0)
     o_n = tl.arange(0, BN)
     m_n = o_n < N
-    b_w = tl.load(W + o_n, mask=m_n, other=0.0).to(tl.float32)
-    b_dw = tl.zeros([BN], dtype=tl.float32)
-    r0 = pid.to(tl.int64) * rpp
+    b_w = tl.load(W + col0 + o_n, mask=m_n, other=0.0).to(tl.float32)
+    return pid, o_n, m_n, b_w, tl.zeros([BN], dtype=tl.float32), pid.to(tl.int64) * rpp
+
+
+@triton.jit
+def _rms_bwd_kernel(S, W, RSTD, DY, DSI, DX, DD, DWP, Y, M, N, rpp, ss, sdy, sdyc, sdsi, sdsic, sdx, sdd, sy,
+                    BN: tl.constexpr, HAS_DSI: tl.constexpr, HAS_DD: tl.constexpr, STORE_Y: tl.constexpr):
+    pid, o_n, m_n, b_w, b_dw, r0 = _rows_bwd_setup(W, 0, N, rpp, BN)
     for i in range(0, rpp):
         row = r0 + i
         if row < M:
@@ -177,14 +183,9 @@ def _gated_fwd_kernel(Yin, Z, W, O, RSTD, G, GS, sy, sz, so, eps, BN: tl.constex
 @triton.jit
 def _gated_bwd_kernel(Yin, Z, W, RSTD, DO, DY, DZ, DWP, O, M, G, GS, rpp, sy, sz, sdo, sdoc, sdy, sdz, so,
                       BN: tl.constexpr, STORE_O: tl.constexpr):
-    pid = tl.program_id(0)
     g = tl.program_id(1)
-    o_n = tl.arange(0, BN)
-    m_n = o_n < GS
+    pid, o_n, m_n, b_w, b_dw, r0 = _rows_bwd_setup(W, g * GS, GS, rpp, BN)
     col = g * GS + o_n
-    b_w = tl.load(W + col, mask=m_n, other=0.0).to(tl.float32)
-    b_dw = tl.zeros([BN], dtype=tl.float32)
-    r0 = pid.to(tl.int64) * rpp
     for i in range(0, rpp):
         row = r0 + i
         if row < M:
