@@ -445,13 +445,15 @@ def summary(rows, metas=(), max_chars: int = 9000) -> str:
                 return "-"
             if m["status"] != "ok":
                 return m["status"].upper() if m["status"] == "oom" else m["status"]
-            return f"{fmt_tokens(m['tokens_per_s'])} {fmt_num(m['peak_gib'], 1)}G"
+            return fmt_tokens(m["tokens_per_s"]) + (f" {fmt_num(m['peak_gib'], 1)}G" if m["peak_gib"] else "")
 
         for (tokens, seqlen, batch, ckpt), d in by.items():
             h, t = d.get("hybrid"), d.get("transformer")
             ratio = ""
             if h and t and h["tokens_per_s"] and t["tokens_per_s"]:
-                ratio = f"  {h['tokens_per_s'] / t['tokens_per_s']:.2f}x, mem {h['peak_gib'] / t['peak_gib']:.2f}x"
+                ratio = f"  {h['tokens_per_s'] / t['tokens_per_s']:.2f}x"
+                if h["peak_gib"] and t["peak_gib"]:
+                    ratio += f", mem {h['peak_gib'] / t['peak_gib']:.2f}x"
             out.append(f"  {batch:>3} x {seqlen:<6} ckpt {'on ' if ckpt else 'off'} | {cell(h):>14} | {cell(t):>14}{ratio}")
     for r in rows:
         e = r["extra"]
