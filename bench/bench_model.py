@@ -14,6 +14,10 @@ Shapes (GPU), each for model in (hybrid, transformer) and activation checkpointi
     - the context sweep: contexts HYBRIDNA_BENCH_CONTEXTS (default 1024,...,131072) at
       HYBRIDNA_BENCH_TOKENS tokens per step (default 131072; batch = tokens / context).
 Ids look like `hybrid-B8xL8192-ckpt_off`; select with -k, e.g. -k "B1xL131072 and ckpt_on".
+HYBRIDNA_BENCH_CKPT=auto (default) skips ckpt_on at issue 10's shapes outside the sweep where ckpt_off
+fits (=all times every row). One warm-up step (two for a model's first shape: its kernels compile), then
+HYBRIDNA_BENCH_ROUNDS (3) timed steps, or HYBRIDNA_BENCH_ROUNDS_LONG (1) when the warm-up step took over
+HYBRIDNA_BENCH_LONG_S (2.5) seconds. The kernels-vs-references check runs before any timed step.
 On CPU only the tiny preset at 2x128 runs (hybrid through the reference ops), so the suite stays green.
 
 Checkpointing is applied from the outside (each block's forward wrapped in torch.utils.checkpoint),
@@ -376,6 +380,8 @@ def test_train_step(benchmark, kind, preset, batch, seqlen, ckpt):
         del step, input_ids, losses
         release_cuda_memory()
         _STATUS[(kind, preset, batch, seqlen, ckpt)] = "oom"
+        if HAS_CUDA:  # what is still allocated after the cleanup: the model and AdamW state, or a leak
+            benchmark.extra_info["mem_after_oom_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
         record_oom(benchmark, oom)  # skips
 
     # Correctness before timing: the warm-up steps' losses are finite (the kernels themselves are
