@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import conftest  # noqa: E402,F401  (the benchmarks' settings: no NaN poisoning, interpreter on CPU)
@@ -42,7 +43,7 @@ def _step(name, fn):
         if DEV == "cuda":
             torch.cuda.synchronize()
         print(f"warm {name}: {time.perf_counter() - t0:.1f} s", flush=True)
-    except Exception as e:  # noqa: BLE001 - the benchmark compiles it itself then
+    except (Exception, pytest.skip.Exception) as e:  # noqa: BLE001 - the benchmark compiles it itself then
         print(f"warm {name}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
         traceback.print_exc(limit=2, file=sys.stderr)
 

@@ -227,7 +227,8 @@ def _run_bench(tmp_path, *args, **env):
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    e = dict(os.environ, HYBRIDNA_BENCH_LOG=str(tmp_path / "rows.jsonl"), **env)
+    e = dict(os.environ, HYBRIDNA_BENCH_LOG=str(tmp_path / "rows.jsonl"), HYBRIDNA_BENCH_BUDGET_S="")
+    e.update(env)
     r = subprocess.run([sys.executable, "-m", "pytest", "bench/bench_data.py", "--benchmark-only", "-q",
                         "-p", "no:cacheprovider", "-k", "lambda", *args], cwd=root, env=e, capture_output=True,
                        text=True, timeout=600)
