@@ -227,10 +227,12 @@ def _run_bench(tmp_path, *args, **env):
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    e = dict(os.environ, HYBRIDNA_BENCH_LOG=str(tmp_path / "rows.jsonl"), HYBRIDNA_BENCH_BUDGET_S="")
-    e.update(env)
+    # a plain pytest: not an xdist worker's environment (pytest-benchmark disables itself under xdist)
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "HYBRIDNA_BENCH_"))}
+    e.update(HYBRIDNA_BENCH_LOG=str(tmp_path / "rows.jsonl"), **env)
     r = subprocess.run([sys.executable, "-m", "pytest", "bench/bench_data.py", "--benchmark-only", "-q",
-                        "-p", "no:cacheprovider", "-k", "lambda", *args], cwd=root, env=e, capture_output=True,
+                        "-p", "no:cacheprovider", "-p", "no:xdist", "-k", "lambda", *args], cwd=root, env=e,
+                       capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return report.load_run([str(tmp_path / "rows.jsonl")])
