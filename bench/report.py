@@ -1,16 +1,23 @@
-"""Turn pytest-benchmark JSON into markdown tables and plots.
+"""Turn pytest-benchmark JSON (or the suite's JSON-lines row log) into markdown tables and plots.
 
-    python bench/report.py out.json [more.json ...] [--plots DIR] [--out REPORT.md] [--profile P.json ...]
+    python bench/report.py rows.jsonl [more.json ...] [--plots DIR] [--max-plots N] [--out REPORT.md]
+                           [--summary] [--profile P.json ...]
 
-Inputs are --benchmark-json files or bench_model.py's HYBRIDNA_BENCH_LOG (.jsonl, one row per line).
+Inputs: --benchmark-json files, or HYBRIDNA_BENCH_LOG files (.jsonl: one test per line, written as each
+test finishes by bench/conftest.py, skipped and failed tests included, plus "meta" lines with the card,
+versions, switches and wall time of the run; bench_model.py `sweep` rows are not this format).
 
-Tables: the model training step (bench_model.py rows: tokens/s, peak GiB, status, hybrid vs
-Transformer side by side with ratios), the kernels-vs-reference step check, and every other benchmark
-(median ms and the rates its extra_info holds). Plots (PNG, matplotlib Agg), one pair per tokens-per-step
-value that has at least two context lengths: training throughput and peak memory against context
-length, hybrid vs Transformer, checkpointing off (solid) / on (dashed), out-of-memory shapes as x.
+Tables: the run (card, versions, wall time, counts; time per file; failures; skip reasons), the model
+training step (bench_model.py rows: tokens/s, peak GiB, status, hybrid vs Transformer side by side with
+ratios, issue 10's shapes next to the peers' figures), the kernels-vs-reference step check, and every
+other benchmark (median ms and the rates its extra_info holds). Plots (PNG, matplotlib Agg), one pair
+per tokens-per-step value that has at least two context lengths (those with the most contexts first,
+at most --max-plots files): training throughput and peak memory against context length, hybrid vs
+Transformer, checkpointing off (solid) / on (dashed), out-of-memory shapes as x.
+`--summary` prints a compact plain-text digest (for a GPU call's short output tail).
 `--profile` adds the by-category and top-kernel tables of `bench_model.py profile` JSON files.
-When the same benchmark appears in several files, the last file wins.
+When the same test appears twice (several files, or a re-run in one log), the later row wins, merged
+over the earlier one's fields.
 """
 from __future__ import annotations
 
@@ -18,33 +25,68 @@ import argparse
 import json
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 MODEL_BENCH = "model_train_step"
 CHECK_BENCH = "model_step_check"
 MODEL_ORDER = {"hybrid": 0, "transformer": 1}
 
 
-def load(paths) -> list[dict]:
-    """Rows {name, fullname, group, median_ms, extra} from pytest-benchmark JSON files."""
+def _read(path) -> dict:
+    """{benchmarks, metas, datetime, machine_info} of one --benchmark-json or .jsonl file."""
+    with open(path) as f:
+        if str(path).endswith(".jsonl"):
+            benches, metas = [], []
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a killed run
+                    continue
+                (metas if "meta" in obj else benches).append(obj.get("meta", obj))
+            start = next((m for m in metas if m.get("event") == "start"), {})
+            return dict(benchmarks=benches, metas=metas, datetime=start.get("time"), machine_info={})
+        data = json.load(f)
+    if "benchmarks" not in data:
+        raise ValueError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' key)")
+    return dict(data, metas=[])
+
+
+def load_run(paths) -> tuple[list[dict], list[dict]]:
+    """(rows, metas). Rows {name, fullname, group, median_ms, extra, outcome, reason, error, file, wall_s}
+    from pytest-benchmark JSON files and HYBRIDNA_BENCH_LOG files; metas: the logs' run lines."""
     rows: dict[str, dict] = {}
+    metas: list[dict] = []
     for path in paths:
-        with open(path) as f:
-            if str(path).endswith(".jsonl"):  # bench_model.py's HYBRIDNA_BENCH_LOG: one benchmark per line
-                data = dict(benchmarks=[json.loads(line) for line in f if line.strip()])
-            else:
-                data = json.load(f)
-        if "benchmarks" not in data:
-            raise ValueError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' key)")
+        data = _read(path)
+        metas += data["metas"]
         machine = data.get("machine_info", {})
         for b in data["benchmarks"]:
             stats = b.get("stats") or {}
             med = stats.get("median")
-            rows[b.get("fullname", b["name"])] = dict(
-                name=b["name"], fullname=b.get("fullname", b["name"]), group=b.get("group"),
-                median_ms=None if med is None else med * 1e3, extra=dict(b.get("extra_info") or {}),
-                datetime=data.get("datetime"), node=machine.get("node"))
-    return list(rows.values())
+            key = b.get("fullname", b["name"])
+            row = dict(name=b["name"], fullname=key, group=b.get("group"),
+                       median_ms=None if med is None else med * 1e3, extra=dict(b.get("extra_info") or {}),
+                       datetime=data.get("datetime"), node=machine.get("node"), outcome=b.get("outcome"),
+                       reason=b.get("reason"), error=b.get("error"), file=b.get("file") or key.split("::")[0],
+                       wall_s=b.get("wall_s"))
+            old = rows.get(key)
+            if old is not None:  # merged: a --benchmark-json row keeps the log's outcome, file and wall time
+                row = dict(old, **{k: v for k, v in row.items() if v not in (None, {}, "")})
+            rows[key] = row
+    return list(rows.values()), metas
+
+
+def load(paths) -> list[dict]:
+    """The rows of load_run."""
+    return load_run(paths)[0]
+
+
+def _measured(r) -> bool:
+    """A row with figures: passed, or from a --benchmark-json file (which holds no skipped tests but
+    out-of-memory rows, marked in extra_info)."""
+    return r.get("outcome") in (None, "passed")
 
 
 # ---- formatting -----------------------------------------------------------------------------------
@@ -82,7 +124,9 @@ def model_rows(rows) -> list[dict]:
         e = r["extra"]
         if e.get("bench") != MODEL_BENCH:
             continue
-        status = e.get("status", "ok")
+        status = e.get("status") or ("failed" if r.get("outcome") == "failed" else "ok")
+        if status == "ok" and e.get("tokens_per_s") is None:
+            status = r.get("outcome") or "not run"
         out.append(dict(model=e.get("model"), preset=e.get("preset"), batch=int(e["batch"]), seqlen=int(e["seqlen"]),
                         tokens=int(e.get("tokens_per_step", e["batch"] * e["seqlen"])), ckpt=bool(e.get("checkpointing")),
                         status=status, tokens_per_s=e.get("tokens_per_s") if status == "ok" else None,
@@ -182,7 +226,7 @@ def check_table(rows) -> str:
                 "ref-bf16 loss err", "ref-bf16 grad err"], body)
 
 
-_RATE_KEYS = ("tflops", "gbs", "frac_of_copy", "copy_gbs", "peak_mem_gib", "tokens_per_s")
+_RATE_KEYS = ("tflops", "gbs", "frac_of_copy", "copy_gbs", "graph_ms", "peak_mem_gib", "tokens_per_s")
 
 
 def ops_table(rows) -> str:
@@ -190,10 +234,11 @@ def ops_table(rows) -> str:
     body = []
     for r in sorted(rows, key=lambda r: (r["group"] or "", r["name"])):
         e = r["extra"]
-        if e.get("bench") in (MODEL_BENCH, CHECK_BENCH):
+        if e.get("bench") in (MODEL_BENCH, CHECK_BENCH) or not _measured(r):
             continue
         ms = e.get("ms", r["median_ms"])
-        body.append([r["group"] or "-", r["name"], fmt_num(ms, 3)] + [fmt_num(e.get(k), 2) for k in _RATE_KEYS])
+        body.append([r["group"] or "-", r["name"], fmt_num(ms, 3)] + [fmt_num(e.get(k), 4 if k == "graph_ms" else 2)
+                                                                  for k in _RATE_KEYS])
     if not body:
         return ""
     return _md(["group", "benchmark", "ms"] + list(_RATE_KEYS), body)
@@ -211,11 +256,76 @@ def profile_tables(summary: dict, top: int = 15) -> str:
     return "\n\n".join([head, cats, kern])
 
 
+# ---- the run: card, time per file, failures, skips -------------------------------------------------
+
+def run_info(rows, metas) -> dict:
+    """Card, versions, start time, switches, wall time and outcome counts of the run (metas from a
+    HYBRIDNA_BENCH_LOG; counts from the rows when the run was cut before its end line)."""
+    start = next((m for m in metas if m.get("event") == "start"), {})
+    end = next((m for m in reversed(metas) if m.get("event") == "end"), None)
+    counts = Counter(r["outcome"] for r in rows if r.get("outcome"))
+    return dict(device=start.get("device") or next((r["extra"]["device"] for r in rows if r["extra"].get("device")), None),
+                time=start.get("time"), torch=start.get("torch"), triton=start.get("triton"), env=start.get("env", {}),
+                budget_s=start.get("budget_s"), finished=end is not None, exitstatus=end and end.get("exitstatus"),
+                wall_s=end and end.get("wall_s"), counts=dict(counts))
+
+
+def file_times(rows) -> list[tuple[str, int, int, int, float]]:
+    """(file, passed, skipped, failed, wall seconds) per file, in run order."""
+    by = {}
+    for r in rows:
+        if r.get("outcome") is None:
+            continue
+        f = os.path.basename(r.get("file") or "?")
+        d = by.setdefault(f, Counter())
+        d[r["outcome"]] += 1
+        d["wall"] += r.get("wall_s") or 0.0
+    return [(f, d["passed"], d["skipped"], d["failed"], round(d["wall"], 1)) for f, d in by.items()]
+
+
+def failures(rows) -> list[tuple[str, str]]:
+    return [(r["fullname"], (r.get("error") or "").strip()) for r in rows if r.get("outcome") == "failed"]
+
+
+def skip_reasons(rows) -> list[tuple[str, int]]:
+    """Skip reasons with their counts, most frequent first (out-of-memory skips are results, not listed)."""
+    c = Counter()
+    for r in rows:
+        if r.get("outcome") == "skipped" and r["extra"].get("status") != "oom":
+            c[(r.get("reason") or "").replace("Skipped: ", "")[:160]] += 1
+    return c.most_common()
+
+
+def run_section(rows, metas) -> str:
+    info = run_info(rows, metas)
+    if not info["counts"] and not metas:
+        return ""
+    env = ", ".join(f"{k}={v}" for k, v in sorted(info["env"].items()))
+    state = (f"finished in {info['wall_s']} s, exit status {info['exitstatus']}" if info["finished"]
+             else "cut before its end (no end line in the log)")
+    parts = [f"{info['device'] or 'no GPU'}; torch {info['torch']}, triton {info['triton']}; started {info['time']}; "
+             f"{state}; " + ", ".join(f"{n} {k}" for k, n in sorted(info["counts"].items()))
+             + (f"; budget {info['budget_s']:.0f} s" if info["budget_s"] else ""), ""]
+    if env:
+        parts += [f"Switches: {env}", ""]
+    ft = file_times(rows)
+    if ft:
+        parts += [_md(["file", "passed", "skipped", "failed", "wall s"], [list(t) for t in ft]), ""]
+    fl = failures(rows)
+    if fl:
+        parts += ["Failed:", ""] + [f"- `{n}`: {e.splitlines()[0][:200] if e else ''}" for n, e in fl] + [""]
+    sk = skip_reasons(rows)
+    if sk:
+        parts += ["Skipped (reason: count):", ""] + [f"- {reason}: {n}" for reason, n in sk] + [""]
+    return "\n".join(parts)
+
+
 # ---- plots ----------------------------------------------------------------------------------------
 
-def plot_model(mrows, out_dir: str) -> list[str]:
+def plot_model(mrows, out_dir: str, max_plots: int | None = None) -> list[str]:
     """Throughput and peak memory against context length, one pair of PNGs per tokens-per-step value
-    with at least two context lengths. Returns the written paths."""
+    with at least two context lengths, those with the most contexts first, at most max_plots files.
+    Returns the written paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,10 +338,12 @@ def plot_model(mrows, out_dir: str) -> list[str]:
     colors = {"hybrid": "C0", "transformer": "C1"}
     labels = {"hybrid": "HybriDNA hybrid", "transformer": "Transformer (SDPA)"}
     paths = []
-    for tokens, ms in sorted(by_tokens.items()):
+    n_ctx = {t: len({m["seqlen"] for m in ms}) for t, ms in by_tokens.items()}
+    keep = sorted((t for t in by_tokens if n_ctx[t] >= 2), key=lambda t: (-n_ctx[t], -t))
+    if max_plots is not None:
+        keep = keep[:max_plots // 2]
+    for tokens, ms in sorted((t, by_tokens[t]) for t in keep):
         ctxs = sorted({m["seqlen"] for m in ms})
-        if len(ctxs) < 2:
-            continue
         device = next((m["device"] for m in ms if m["device"]), None)
         dev_mem = next((m["device_mem_gib"] for m in ms if m["device_mem_gib"]), None)
         for metric, ylabel, fname in (("tokens_per_s", "training tokens / s", "train_tokens_per_s"),
@@ -276,8 +388,11 @@ def plot_model(mrows, out_dir: str) -> list[str]:
 
 # ---- CLI ------------------------------------------------------------------------------------------
 
-def build_report(rows, profiles=()) -> str:
+def build_report(rows, profiles=(), metas=()) -> str:
     parts = []
+    run = run_section(rows, metas)
+    if run:
+        parts += ["## Run", "", run]
     mrows = model_rows(rows)
     if mrows:
         dev = sorted({m["device"] for m in mrows if m["device"]})
@@ -297,28 +412,95 @@ def build_report(rows, profiles=()) -> str:
     return "\n".join(parts)
 
 
+def _rate(e) -> str:
+    if e.get("tflops") is not None:
+        return f"{e['tflops']:.0f} TFLOP/s"
+    if e.get("gbs") is not None:
+        return f"{e['gbs']:.0f} GB/s" + (f" ({e['frac_of_copy']:.2f} of copy)" if e.get("frac_of_copy") else "")
+    if e.get("tokens_per_s") is not None:
+        return f"{e['tokens_per_s']:.0f} tok/s"
+    return ""
+
+
+def summary(rows, metas=(), max_chars: int = 9000) -> str:
+    """A compact plain-text digest: the run, time per file, failures, skip reasons, hybrid vs Transformer,
+    the step check and one line per other benchmark (cut to max_chars, the model part first)."""
+    info = run_info(rows, metas)
+    out = [f"run: {info['device'] or 'no GPU'}, torch {info['torch']}, triton {info['triton']}, started {info['time']}, "
+           + (f"wall {info['wall_s']} s, exit {info['exitstatus']}" if info["finished"] else "CUT (no end line)")
+           + "; " + ", ".join(f"{n} {k}" for k, n in sorted(info["counts"].items()))]
+    out += [f"  {f}: {p} passed, {sk} skipped, {fl} failed, {w} s" for f, p, sk, fl, w in file_times(rows)]
+    for n, e in failures(rows):
+        out.append(f"FAILED {n}: {(e.splitlines() or [''])[0][:160]}")
+    out += ["skips: " + "; ".join(f"{n}x {reason[:90]}" for reason, n in skip_reasons(rows)[:10])]
+    mrows = model_rows(rows)
+    if mrows:
+        out.append("model (tokens/s, peak GiB; hybrid / Transformer = speed ratio, memory ratio):")
+        by = defaultdict(dict)
+        for m in mrows:
+            by[(m["tokens"], m["seqlen"], m["batch"], m["ckpt"])][m["model"]] = m
+
+        def cell(m):
+            if m is None:
+                return "-"
+            if m["status"] != "ok":
+                return m["status"].upper() if m["status"] == "oom" else m["status"]
+            return fmt_tokens(m["tokens_per_s"]) + (f" {fmt_num(m['peak_gib'], 1)}G" if m["peak_gib"] else "")
+
+        for (tokens, seqlen, batch, ckpt), d in by.items():
+            h, t = d.get("hybrid"), d.get("transformer")
+            ratio = ""
+            if h and t and h["tokens_per_s"] and t["tokens_per_s"]:
+                ratio = f"  {h['tokens_per_s'] / t['tokens_per_s']:.2f}x"
+                if h["peak_gib"] and t["peak_gib"]:
+                    ratio += f", mem {h['peak_gib'] / t['peak_gib']:.2f}x"
+            out.append(f"  {batch:>3} x {seqlen:<6} ckpt {'on ' if ckpt else 'off'} | {cell(h):>14} | {cell(t):>14}{ratio}")
+    for r in rows:
+        e = r["extra"]
+        if e.get("bench") == CHECK_BENCH:
+            out.append(f"step check {e.get('preset')} {e.get('batch')}x{e.get('seqlen')} {e.get('dtype')}: loss err "
+                       f"{fmt_num(e.get('loss_rel_err'), 5)} (tol {e.get('tol_loss')}), grad err "
+                       f"{fmt_num(e.get('grad_rel_err'), 5)} (tol {e.get('tol_grad')}), {r.get('outcome') or 'ok'}")
+    ops = [r for r in rows if _measured(r) and r["extra"].get("bench") not in (MODEL_BENCH, CHECK_BENCH)]
+    if ops:
+        out.append("other benchmarks (ms, rate; graph ms):")
+    for r in sorted(ops, key=lambda r: (r.get("file") or "", r["name"])):
+        e = r["extra"]
+        ms = e.get("ms", r["median_ms"])
+        name = r["name"].removeprefix("test_")
+        out.append(f"  {name[:70]} {fmt_num(ms, 3)} {_rate(e)}" + (f"; g {e['graph_ms']}" if e.get("graph_ms") else ""))
+    text = "\n".join(out)
+    if len(text) > max_chars:
+        text = text[:max_chars - 40] + f"\n... ({len(text) - max_chars + 40} characters cut)"
+    return text + "\n"
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="pytest-benchmark JSON -> markdown tables and plots")
-    ap.add_argument("json", nargs="+", help="--benchmark-json files (later files win on duplicates)")
+    ap = argparse.ArgumentParser(description="pytest-benchmark JSON / row logs -> markdown tables and plots")
+    ap.add_argument("json", nargs="+", help="--benchmark-json or HYBRIDNA_BENCH_LOG (.jsonl) files (later win)")
     ap.add_argument("--plots", help="folder for the PNG plots (none when omitted)")
+    ap.add_argument("--max-plots", type=int, help="at most this many PNG files")
     ap.add_argument("--out", help="write the markdown here (default: stdout)")
+    ap.add_argument("--summary", action="store_true", help="print a compact plain-text digest to stdout")
     ap.add_argument("--profile", nargs="*", default=[], help="profile_*.json from `bench_model.py profile`")
     a = ap.parse_args(argv)
-    rows = load(a.json)
+    rows, metas = load_run(a.json)
     profiles = []
     for p in a.profile:
         with open(p) as f:
             profiles.append(json.load(f))
-    md = build_report(rows, profiles)
+    md = build_report(rows, profiles, metas)
     if a.plots:
-        for p in plot_model(model_rows(rows), a.plots):
-            md += f"\n![{os.path.basename(p)}]({p})"
+        for p in plot_model(model_rows(rows), a.plots, a.max_plots):
+            md += f"\n![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(a.out))) if a.out else p})"
         md += "\n"
     if a.out:
         with open(a.out, "w") as f:
             f.write(md)
-    else:
+    elif not a.summary:
         sys.stdout.write(md)
+    if a.summary:
+        sys.stdout.write(summary(rows, metas))
     return 0
 
 

@@ -123,3 +123,135 @@ def test_rejects_non_benchmark_json(tmp_path):
     p.write_text("{}")
     with pytest.raises(ValueError, match="pytest-benchmark"):
         report.load([str(p)])
+
+
+# ---- the suite's row log (bench/conftest.py's HYBRIDNA_BENCH_LOG) -------------------------------------------
+
+def _log_lines(tmp_path):
+    """A log as a run cut by a time limit leaves it: a start line, model rows (one OOM, one budget skip), a
+    kernel row, a failure, a skip, and a last line cut mid-write (no end line)."""
+    meta = {"meta": dict(event="start", time="2026-12-07T12:00:00Z", torch="2.11", triton="3.6", device=DEV,
+                         device_mem_gib=79.2, budget_s=405, env={"HYBRIDNA_BENCH_CONTEXTS": "1024,4096"})}
+    rows = [
+        dict(_model("test_train_step[hybrid-B128xL1024-ckpt_on]", "hybrid", 128, 1024, True, 110e3, 30.0),
+             file="bench_model.py", outcome="passed", wall_s=6.0),
+        dict(_model("test_train_step[hybrid-B32xL4096-ckpt_on]", "hybrid", 32, 4096, True, 108e3, 30.0),
+             file="bench_model.py", outcome="passed", wall_s=6.5),
+        dict(_model("test_train_step[transformer-B128xL1024-ckpt_off]", "transformer", 128, 1024, False, oom=True),
+             file="bench_model.py", outcome="skipped", reason="out of memory: CUDA out of memory", wall_s=1.5),
+        dict(_model("test_train_step[transformer-B128xL1024-ckpt_on]", "transformer", 128, 1024, True, 100e3, 24.0),
+             file="bench_model.py", outcome="passed", wall_s=5.0),
+        dict(name="test_train_step[transformer-B32xL4096-ckpt_on]",
+             fullname="bench/bench_model.py::test_train_step[transformer-B32xL4096-ckpt_on]", group=None,
+             file="bench_model.py", outcome="skipped", when="setup", wall_s=0.0,
+             reason="time budget: bench_model.py's share ended at 190 s of HYBRIDNA_BENCH_BUDGET_S=405"),
+        dict(name="test_ssd_scan[B8-T8192-hybridna-fwd]", fullname="bench/bench_ssd.py::test_ssd_scan[B8-T8192-hybridna-fwd]",
+             group=None, file="bench_ssd.py", outcome="passed", wall_s=2.0, stats=dict(median=0.0011, rounds=20),
+             extra_info=dict(ms=1.07, gbs=1800.0, frac_of_copy=0.6, copy_gbs=3000.0, graph_ms=1.0512)),
+        dict(name="test_ssd_scan[B8-T8192-mamba_ssm-fwd]", fullname="bench/bench_ssd.py::test_ssd_scan[B8-T8192-mamba_ssm-fwd]",
+             group=None, file="bench_ssd.py", outcome="skipped", wall_s=0.0, reason="mamba_ssm Triton ops not importable"),
+        dict(name="test_ssd_scan[B1-T131072-hybridna-fwd]", fullname="bench/bench_ssd.py::test_ssd_scan[B1-T131072-hybridna-fwd]",
+             group=None, file="bench_ssd.py", outcome="failed", wall_s=3.0, extra_info=dict(shape="B1 T131072"),
+             error="E   AssertionError: rel err 3e-2"),
+    ]
+    p = tmp_path / "rows.jsonl"
+    p.write_text("\n".join(json.dumps(x) for x in [meta] + rows) + '\n{"name": "test_conv1d_fwd[B8')
+    return p
+
+
+def test_log_rows_tables_and_summary(tmp_path):
+    p = _log_lines(tmp_path)
+    rows, metas = report.load_run([str(p)])
+    assert len(rows) == 8 and len(metas) == 1  # the cut last line is dropped
+    info = report.run_info(rows, metas)
+    assert not info["finished"] and info["device"] == DEV and info["counts"] == dict(passed=4, skipped=3, failed=1)
+    assert report.file_times(rows) == [("bench_model.py", 3, 2, 0, 19.0), ("bench_ssd.py", 1, 1, 1, 5.0)]
+    assert report.failures(rows) == [("bench/bench_ssd.py::test_ssd_scan[B1-T131072-hybridna-fwd]",
+                                      "E   AssertionError: rel err 3e-2")]
+    reasons = dict(report.skip_reasons(rows))  # the OOM skip is a result, not a skip reason
+    assert set(reasons) == {"mamba_ssm Triton ops not importable",
+                            "time budget: bench_model.py's share ended at 190 s of HYBRIDNA_BENCH_BUDGET_S=405"}
+
+    m = report.model_rows(rows)  # the budget-skipped case has no extra_info: not a model row
+    assert [(r["model"], r["seqlen"], r["ckpt"], r["status"]) for r in m] == [
+        ("hybrid", 1024, True, "ok"), ("transformer", 1024, False, "oom"), ("transformer", 1024, True, "ok"),
+        ("hybrid", 4096, True, "ok")]
+    line = next(ln for ln in report.comparison_table(m).splitlines() if ln.startswith("| 128 x 1024 | on"))
+    assert "1.10x" in line and "1.25x" in line  # 110k / 100k tok/s, 30 / 24 GiB
+
+    md = report.build_report(rows, metas=metas)
+    assert "cut before its end" in md and "| bench_model.py | 3 | 2 | 0 | 19.0 |" in md
+    assert "test_ssd_scan[B8-T8192-hybridna-fwd] | 1.070 |" in md and "1.0512" in md  # graph ms column
+    assert "B1-T131072" in md.split("Failed:")[1]  # the failure is listed, not in the benchmark table
+    assert "test_ssd_scan[B1-T131072-hybridna-fwd] |" not in md
+    text = report.summary(rows, metas)
+    assert "CUT (no end line)" in text and "bench_ssd.py: 1 passed, 1 skipped, 1 failed, 5.0 s" in text
+    assert "FAILED bench/bench_ssd.py::test_ssd_scan[B1-T131072-hybridna-fwd]" in text
+    assert "128 x 1024   ckpt off |" in text and "OOM" in text and "1.10x, mem 1.25x" in text
+    assert "ssd_scan[B8-T8192-hybridna-fwd] 1.070 1800 GB/s (0.60 of copy); g 1.0512" in text
+    assert len(report.summary(rows, metas, max_chars=300)) < 340
+
+
+def test_log_merged_with_benchmark_json(tmp_path):
+    """--benchmark-json after the log: its figures win, the log's outcome / file / wall time stay."""
+    p = _log_lines(tmp_path)
+    j = tmp_path / "bench.json"
+    j.write_text(json.dumps(dict(benchmarks=[_model("test_train_step[hybrid-B128xL1024-ckpt_on]", "hybrid", 128,
+                                                           1024, True, 120e3, 31.0)])))
+    rows = report.load([str(p), str(j)])
+    r = next(r for r in rows if r["name"] == "test_train_step[hybrid-B128xL1024-ckpt_on]")
+    assert r["extra"]["tokens_per_s"] == 120e3 and r["outcome"] == "passed" and r["wall_s"] == 6.0
+
+
+def test_plots_capped(bench_json, tmp_path):
+    rows = report.load(bench_json)
+    rows.append(dict(rows[0], fullname="x", extra=dict(rows[0]["extra"], batch=2, seqlen=32768 // 2, tokens_per_step=32768)))
+    m = report.model_rows(rows)  # now 32768 tokens per step has 2 contexts too: 4 PNGs, capped at 2
+    assert len(report.plot_model(m, str(tmp_path / "all"))) == 4
+    paths = report.plot_model(m, str(tmp_path / "cap"), max_plots=2)
+    assert sorted(os.path.basename(p) for p in paths) == ["train_peak_mem_T65536.png", "train_tokens_per_s_T65536.png"]
+
+
+def test_cli_summary_and_relative_links(tmp_path, capsys):
+    p = _log_lines(tmp_path)
+    out = tmp_path / "o"
+    out.mkdir()
+    assert report.main([str(p), "--plots", str(out / "plots"), "--max-plots", "4", "--out", str(out / "report.md"),
+                        "--summary"]) == 0
+    assert "run: " + DEV in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    assert "](plots/train_tokens_per_s_T131072.png)" in md and len(list((out / "plots").iterdir())) == 2
+
+
+def _run_bench(tmp_path, *args, **env):
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # a plain pytest: not an xdist worker's environment (pytest-benchmark disables itself under xdist)
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "HYBRIDNA_BENCH_"))}
+    e.update(HYBRIDNA_BENCH_LOG=str(tmp_path / "rows.jsonl"), **env)
+    r = subprocess.run([sys.executable, "-m", "pytest", "bench/bench_data.py", "--benchmark-only", "-q",
+                        "-p", "no:cacheprovider", "-p", "no:xdist", "-k", "lambda", *args], cwd=root, env=e,
+                       capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return report.load_run([str(tmp_path / "rows.jsonl")])
+
+
+def test_conftest_writes_every_row(tmp_path):
+    """The hook in bench/conftest.py: a start and an end line, each test's row as it finishes (passed with
+    extra_info and stats; skipped with the reason), in the layout report.py reads."""
+    rows, metas = _run_bench(tmp_path)
+    assert [m["event"] for m in metas] == ["start", "end"] and metas[1]["exitstatus"] == 0
+    passed = [r for r in rows if r["outcome"] == "passed"]
+    assert {r["name"] for r in passed} == {"test_convert_lambda", "test_sample_lambda[plain]", "test_sample_lambda[rc0.5]"}
+    assert all(r["median_ms"] and r["extra"] and r["file"] == "bench_data.py" and r["wall_s"] >= 0 for r in passed)
+    assert report.run_info(rows, metas)["finished"]
+    assert "bench_data.py: 3 passed" in report.summary(rows, metas)
+
+
+def test_conftest_time_budget(tmp_path):
+    """A spent HYBRIDNA_BENCH_BUDGET_S skips the remaining tests with the reason; pytest still ends cleanly."""
+    rows, metas = _run_bench(tmp_path, HYBRIDNA_BENCH_BUDGET_S="0.001")
+    assert rows and all(r["outcome"] == "skipped" and r["reason"].startswith("time budget: bench_data.py") for r in rows)
+    assert metas[-1]["counts"] == {"skipped": len(rows)}
