@@ -375,3 +375,34 @@ def test_accumulation_and_checkpointing_do_not_change_the_math(lambda_store, tmp
     np.testing.assert_allclose(acc, one, rtol=1e-5)
     assert ckp == acc  # recomputation repeats the same operations: bit-identical on CPU
     assert one[-1] < one[0]
+
+
+def test_keep_best_returns_the_best_validation_weights(lambda_store, tmp_path):
+    """keep_best: the returned model is the one of the lowest held-out loss, not the last step's; the timing
+    record counts this call's steps and tokens."""
+    from hybridna.train.dist import DistInfo
+    from hybridna.train.pretrain import _holdout, _val_batches, evaluate, train
+
+    # a learning rate far too high: the held-out loss rises again after its first improvements
+    cfg = _cfg(lambda_store, tmp_path, steps=4, grad_accum=1, micro_batch=4, lr=0.3, warmup_steps=1, val_every=1,
+               save_every=4, eval_at_start=True, keep_best=True, grad_clip=0.0)
+    res = train(cfg)
+    vals = [v["val_bpb"] for v in res["val"]]
+    best = res["best"]
+    assert best["val_bpb"] == min(vals) and res["val"][vals.index(min(vals))]["step"] == best["step"]
+    assert best["step"] < res["step"], f"this case is meant to overfit / diverge: {vals}"
+    batches = _val_batches(cfg, cfg.seq_len, _holdout(cfg.data, cfg.val_frac))
+    again = evaluate(res["model"], batches, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False), DistInfo())
+    assert again["val_bpb"] == pytest.approx(best["val_bpb"], rel=1e-6)
+    t = res["timing"]
+    assert t["steps"] == 4 and t["tokens"] == 4 * 4 * 64 and t["train_s"] <= t["loop_s"] and not t["cuda_graph"]
+    assert t["first_step_s"] is not None and t["steady_tokens_per_s"] > 0
+
+
+def test_cuda_graph_needs_one_cuda_device(lambda_store, tmp_path):
+    from hybridna.train.pretrain import train
+
+    with pytest.raises(ValueError, match="cuda_graph"):
+        train(_cfg(lambda_store, tmp_path, grad_accum=1, cuda_graph=True))
+    with pytest.raises(ValueError, match="cuda_graph"):
+        _cfg(lambda_store, tmp_path, grad_accum=2, cuda_graph=True).validate()
