@@ -406,3 +406,40 @@ def test_cuda_graph_needs_one_cuda_device(lambda_store, tmp_path):
         train(_cfg(lambda_store, tmp_path, grad_accum=1, cuda_graph=True))
     with pytest.raises(ValueError, match="cuda_graph"):
         _cfg(lambda_store, tmp_path, grad_accum=2, cuda_graph=True).validate()
+
+
+class _EagerAsGraph:
+    """Stands in for _GraphStep on CPU: what a replay does (gradients rewritten, not accumulated), eagerly."""
+
+    def __init__(self, model, params, x, use_bf16):
+        self.model, self.params = model, params
+
+    def __call__(self, x):
+        from hybridna.train.pretrain import lm_loss
+
+        for p in self.params:
+            p.grad = None
+        loss = lm_loss(self.model(x).logits, x)
+        loss.backward()
+        return loss.detach()
+
+
+class _FailingGraph:
+    def __init__(self, *a, **k):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+@pytest.mark.parametrize("graph", [_EagerAsGraph, _FailingGraph])
+def test_cuda_graph_loop_matches_eager(lambda_store, tmp_path, monkeypatch, graph):
+    """The training loop's graph branch (no zero_grad between replays), and its fallback to eager steps when
+    the capture fails, give the eager run's losses (on CPU, with the graph step stood in for)."""
+    import hybridna.train.pretrain as pt
+
+    eager = pt.train(_cfg(lambda_store, tmp_path / "eager", grad_accum=1))
+    monkeypatch.setattr(pt, "_graph_supported", lambda *a: True)
+    monkeypatch.setattr(pt, "_GraphStep", graph)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    res = pt.train(_cfg(lambda_store, tmp_path / "graph", grad_accum=1, cuda_graph=True))
+    assert res["losses"] == eager["losses"]
+    assert [v["val_loss"] for v in res["val"]] == [v["val_loss"] for v in eager["val"]]
+    assert res["timing"]["cuda_graph"] == (graph is _EagerAsGraph)

@@ -300,6 +300,10 @@ def _autocast(device: torch.device, dtype: str):
     return nullcontext
 
 
+def _graph_supported(device: torch.device, info: DistInfo, stages: list) -> bool:
+    return device.type == "cuda" and not info.enabled and len(stages) == 1
+
+
 class _GraphStep:
     """Forward + loss + backward of one (micro_batch, seq_len) batch captured in a CUDA graph.
 
@@ -443,7 +447,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     stages = parse_context_schedule(cfg.context_schedule, default_seq_len=cfg.seq_len)
     sched = ContextSchedule(stages, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum)
     use_graph = cfg.cuda_graph
-    if use_graph and (device.type != "cuda" or info.enabled or len(stages) > 1):
+    if use_graph and not _graph_supported(device, info, stages):
         raise ValueError("cuda_graph: needs one CUDA device (no torchrun) and one context length")
     graph_step: _GraphStep | None = None
     total_steps = cfg.steps if cfg.steps is not None else sched.total_steps()
@@ -575,6 +579,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         for g in optimizer.param_groups:
             g["lr"] = lr
         src = loader(stage)
+        x_drawn = None  # a batch drawn for a graph step that fell back to eager: the eager step trains on it
         if use_graph:
             x = src.next(micro).to(device, non_blocking=True)
             try:
@@ -591,10 +596,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                 except Exception:  # noqa: BLE001 - an error the eager step will raise again if it is real
                     pass
                 optimizer.zero_grad(set_to_none=True)
+                x_drawn = x
         if not use_graph:
             loss_acc = torch.zeros((), device=device)
         for k in range(0 if use_graph else accum):
-            x = src.next(micro).to(device, non_blocking=True)
+            x = x_drawn if (k == 0 and x_drawn is not None) else src.next(micro).to(device, non_blocking=True)
             sync = (k == accum - 1)
             ctx = wrapped.no_sync() if (info.enabled and not fsdp and not sync) else nullcontext()
             if fsdp:
