@@ -11,7 +11,7 @@
 # (no expandable_segments: the tiny model needs none, and it is one less thing under CUDA graph capture)
 O=${OUT:-/tmp}; date -u +%T
 echo "== 1) GPU demo, defaults, cold Triton cache"
-timeout 75 python3 -m hybridna.demo --out /tmp/demo4_a --no-progress > $O/demo_a.txt 2>&1; echo "rc=$?" >> $O/demo_a.txt
+timeout 85 python3 -m hybridna.demo --out /tmp/demo4_a --no-progress > $O/demo_a.txt 2>&1; echo "rc=$?" >> $O/demo_a.txt
 grep -v -E "^      [ACGT]{20,}" $O/demo_a.txt | tail -40
 echo "t=$SECONDS s"
 if [ $SECONDS -lt 88 ]; then
