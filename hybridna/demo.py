@@ -107,7 +107,9 @@ def main(argv=None) -> int:
     val_every = args.val_every or (10 if cuda else max(1, steps // 10))
     cuda_graph = cuda and args.cuda_graph
     time_limit = args.time_limit if args.time_limit is not None else (None if cuda else 420.0)
-    ops = ("Triton kernels, bf16 autocast" + (", CUDA graph" if cuda_graph else "")) if cuda else "PyTorch reference ops, fp32"
+    ops = "PyTorch reference ops, fp32"
+    if cuda:
+        ops = "Triton kernels, bf16 autocast" + (", CUDA graph" if cuda_graph else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -177,8 +179,10 @@ def main(argv=None) -> int:
 
         vb = _val_batches(cfg, 128, _holdout(cfg.data, val_frac))
         with backend("auto" if cuda else "reference"):
-            v128 = evaluate(model, vb, torch.device(device), _autocast(torch.device(device), "auto"), DistInfo())["val_bpb"]
-        _say(f"        on the CPU demo's held-out windows ({sum(len(b) for b in vb)} x 128 bases): {v128:.3f} bits per base")
+            dev = torch.device(device)
+            v128 = evaluate(model, vb, dev, _autocast(dev, "auto"), DistInfo())["val_bpb"]
+        _say(f"        on the CPU demo's held-out windows ({sum(len(b) for b in vb)} x 128 bases): "
+             f"{v128:.3f} bits per base")
     _say(f"        for reference: uniform over ACGT 2.000, base composition (order 0) {markov[0]:.3f}, "
          f"best order-k Markov chain (k={best_k}) {markov[best_k]:.3f}")
 

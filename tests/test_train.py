@@ -392,7 +392,8 @@ def test_keep_best_returns_the_best_validation_weights(lambda_store, tmp_path):
     assert best["val_bpb"] == min(vals) and res["val"][vals.index(min(vals))]["step"] == best["step"]
     assert best["step"] < res["step"], f"this case is meant to overfit / diverge: {vals}"
     batches = _val_batches(cfg, cfg.seq_len, _holdout(cfg.data, cfg.val_frac))
-    again = evaluate(res["model"], batches, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False), DistInfo())
+    again = evaluate(res["model"], batches, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False),
+                     DistInfo())
     assert again["val_bpb"] == pytest.approx(best["val_bpb"], rel=1e-6)
     t = res["timing"]
     assert t["steps"] == 4 and t["tokens"] == 4 * 4 * 64 and t["train_s"] <= t["loop_s"] and not t["cuda_graph"]
