@@ -217,8 +217,13 @@ def test_demo_short(tmp_path, capsys):
                "--sample-len", "20", "--no-progress", "--device", "cpu"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "bits per base", "identical"):
+    for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "bits per base", "identical", "tokens/s"):
         assert stage in out, out
+    # the comparison line for CPU and GPU runs
+    summary = dict(kv.split("=") for kv in out.splitlines()[-1].split()[1:])
+    assert out.splitlines()[-1].startswith("SUMMARY")
+    assert summary["steps"] == "3" and summary["tokens"] == str(3 * 4 * 64)
+    assert float(summary["tokens_per_s"]) > 0 and float(summary["val_bpb"]) <= float(summary["last_val_bpb"])
     assert (tmp_path / "demo" / "model" / "model.safetensors").exists()
     assert (tmp_path / "demo" / "pretrain" / "loss_curve.png").exists()
 

@@ -375,3 +375,86 @@ def test_accumulation_and_checkpointing_do_not_change_the_math(lambda_store, tmp
     np.testing.assert_allclose(acc, one, rtol=1e-5)
     assert ckp == acc  # recomputation repeats the same operations: bit-identical on CPU
     assert one[-1] < one[0]
+
+
+def test_keep_best_returns_the_best_validation_weights(lambda_store, tmp_path):
+    """keep_best: the returned model is the one of the lowest held-out loss, not the last step's; the timing
+    record counts this call's steps and tokens."""
+    from hybridna.train.dist import DistInfo
+    from hybridna.train.pretrain import _holdout, _val_batches, evaluate, train
+
+    # a learning rate far too high: the held-out loss rises again after its first improvements
+    cfg = _cfg(lambda_store, tmp_path, steps=4, grad_accum=1, micro_batch=4, lr=0.3, warmup_steps=1, val_every=1,
+               save_every=4, eval_at_start=True, keep_best=True, grad_clip=0.0)
+    res = train(cfg)
+    vals = [v["val_bpb"] for v in res["val"]]
+    best = res["best"]
+    assert best["val_bpb"] == min(vals) and res["val"][vals.index(min(vals))]["step"] == best["step"]
+    assert best["step"] < res["step"], f"this case is meant to overfit / diverge: {vals}"
+    batches = _val_batches(cfg, cfg.seq_len, _holdout(cfg.data, cfg.val_frac))
+    again = evaluate(res["model"], batches, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False),
+                     DistInfo())
+    assert again["val_bpb"] == pytest.approx(best["val_bpb"], rel=1e-6)
+    t = res["timing"]
+    assert t["steps"] == 4 and t["tokens"] == 4 * 4 * 64 and t["train_s"] <= t["loop_s"] and not t["cuda_graph"]
+    assert t["first_step_s"] is not None and t["steady_tokens_per_s"] > 0
+
+
+def test_cuda_graph_needs_one_cuda_device(lambda_store, tmp_path):
+    from hybridna.train.pretrain import train
+
+    with pytest.raises(ValueError, match="cuda_graph"):
+        train(_cfg(lambda_store, tmp_path, grad_accum=1, cuda_graph=True))
+    with pytest.raises(ValueError, match="cuda_graph"):
+        _cfg(lambda_store, tmp_path, grad_accum=2, cuda_graph=True).validate()
+
+
+class _EagerAsGraph:
+    """Stands in for _GraphStep on CPU: what a replay does (gradients rewritten, not accumulated), eagerly."""
+
+    def __init__(self, model, params, x, use_bf16):
+        self.model, self.params = model, params
+
+    def __call__(self, x):
+        from hybridna.train.pretrain import lm_loss
+
+        for p in self.params:
+            p.grad = None
+        loss = lm_loss(self.model(x).logits, x)
+        loss.backward()
+        return loss.detach()
+
+
+class _FailingGraph:
+    def __init__(self, *a, **k):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+@pytest.mark.parametrize("graph", [_EagerAsGraph, _FailingGraph])
+def test_cuda_graph_loop_matches_eager(lambda_store, tmp_path, monkeypatch, graph):
+    """The training loop's graph branch (no zero_grad between replays), and its fallback to eager steps when
+    the capture fails, give the eager run's losses (on CPU, with the graph step stood in for)."""
+    import hybridna.train.pretrain as pt
+
+    eager = pt.train(_cfg(lambda_store, tmp_path / "eager", grad_accum=1))
+    monkeypatch.setattr(pt, "_graph_supported", lambda *a: True)
+    monkeypatch.setattr(pt, "_GraphStep", graph)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    res = pt.train(_cfg(lambda_store, tmp_path / "graph", grad_accum=1, cuda_graph=True))
+    assert res["losses"] == eager["losses"]
+    assert [v["val_loss"] for v in res["val"]] == [v["val_loss"] for v in eager["val"]]
+    assert res["timing"]["cuda_graph"] == (graph is _EagerAsGraph)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_training_on_gpu(lambda_store, tmp_path):
+    """GPU: the graph replays (Triton kernels, bf16) train like eager steps: the same losses to bf16
+    rounding, and the run really stays on the graph (no fallback)."""
+    from hybridna.train.pretrain import train
+
+    kw = dict(grad_accum=1, micro_batch=8, seq_len=128, steps=8, device="cuda", kernel_backend="auto", save_every=8)
+    eager = train(_cfg(lambda_store, tmp_path / "eager", **kw))
+    graph = train(_cfg(lambda_store, tmp_path / "graph", cuda_graph=True, **kw))
+    assert graph["timing"]["cuda_graph"], "the CUDA graph fell back to eager steps"
+    np.testing.assert_allclose(graph["losses"], eager["losses"], rtol=2e-2)
+    np.testing.assert_allclose([v["val_loss"] for v in graph["val"]], [v["val_loss"] for v in eager["val"]], rtol=2e-2)

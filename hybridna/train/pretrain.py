@@ -77,6 +77,8 @@ class TrainConfig:
     stop_at: int | None = None         # stop (with a checkpoint) after this step, as an interruption would
     time_limit_s: float | None = None  # stop early (validated, checkpointed) once training took this long
     eval_at_start: bool = False        # validate before the first step (the untrained baseline)
+    keep_best: bool = False            # end with the weights of the best validation (not the last step's)
+    cuda_graph: bool = False           # replay forward + backward from a CUDA graph (one GPU, one context length)
     device: str | None = None          # "cpu" / "cuda"; default CUDA when available
     dtype: str = "auto"                # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16", "fp32"
     compile: bool = False
@@ -118,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"dtype: expected 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
         if self.strategy not in ("auto", "ddp", "fsdp"):
             raise ValueError(f"strategy: expected 'auto', 'ddp' or 'fsdp', got {self.strategy!r}")
+        if self.cuda_graph and (self.grad_accum != 1 or self.compile):
+            raise ValueError("cuda_graph: needs grad_accum 1 and no compile")
         if self.kernel_backend not in ("auto", "reference", "triton"):
             raise ValueError(f"kernel_backend: expected 'auto', 'reference' or 'triton', got {self.kernel_backend!r}")
 
@@ -296,6 +300,69 @@ def _autocast(device: torch.device, dtype: str):
     return nullcontext
 
 
+def _graph_supported(device: torch.device, info: DistInfo, stages: list) -> bool:
+    return device.type == "cuda" and not info.enabled and len(stages) == 1
+
+
+class _GraphStep:
+    """Forward + loss + backward of one (micro_batch, seq_len) batch captured in a CUDA graph.
+
+    The tiny preset on a GPU is host-bound (hundreds of kernel launches per step, each costing host
+    time); a replay is one launch. The gradients are the graph's own tensors (captured with p.grad
+    None, rewritten by every replay, never zeroed or freed afterwards); clipping and the optimizer run
+    eagerly on them. Warm-up runs compile the Triton kernels first. The first replay is checked against
+    an eager forward + backward of the same batch (loss and gradients); on a mismatch or a capture
+    error the caller goes back to eager steps.
+    """
+
+    def __init__(self, model, params: list, x: torch.Tensor, use_bf16: bool, warmup: int = 2):
+        self.model, self.params, self.use_bf16 = model, params, use_bf16
+        self.x = x.clone()
+        self.checked = False
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._fwd_bwd()
+                for p in params:
+                    p.grad = None
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = self._fwd_bwd()
+        self.grad_ptrs = [p.grad.data_ptr() for p in params]
+
+    def _fwd_bwd(self) -> torch.Tensor:
+        # autocast's weight-cast cache must be off under capture (the casts belong in the graph)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if self.use_bf16 else nullcontext()
+        with ctx:
+            logits = self.model(self.x).logits
+        loss = lm_loss(logits, self.x)
+        loss.backward()
+        return loss.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x, non_blocking=True)
+        self.graph.replay()
+        loss = self.loss.clone()
+        if not self.checked:
+            self.checked = True
+            graph_grads = [p.grad.clone() for p in self.params]
+            for p in self.params:
+                p.grad.zero_()
+            eager_loss = self._fwd_bwd()
+            num = sum(float((g - p.grad).float().norm()) ** 2 for g, p in zip(graph_grads, self.params)) ** 0.5
+            den = sum(float(p.grad.float().norm()) ** 2 for p in self.params) ** 0.5
+            if not (abs(float(loss) - float(eager_loss)) <= 1e-2 * abs(float(eager_loss)) and num <= 2e-2 * den):
+                raise RuntimeError(f"the graph's loss {float(loss):.5f} / gradients (relative difference "
+                                   f"{num / max(den, 1e-30):.2e}) differ from eager ({float(eager_loss):.5f})")
+            if [p.grad.data_ptr() for p in self.params] != self.grad_ptrs:
+                raise RuntimeError("the eager check moved the gradient tensors")
+            for g, p in zip(graph_grads, self.params):
+                p.grad.copy_(g)
+        return loss
+
+
 @torch.no_grad()
 def evaluate(model, batches, device, autocast, info: DistInfo) -> dict:
     was_training = model.training
@@ -374,9 +441,15 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     optimizer = make_optimizer(wrapped, cfg, fused=(device.type == "cuda" and not fsdp))
     fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
     autocast = _autocast(device, cfg.dtype)
+    if cfg.keep_best and fsdp:
+        raise ValueError("keep_best: not with FSDP (the best weights are kept as a full copy)")
 
     stages = parse_context_schedule(cfg.context_schedule, default_seq_len=cfg.seq_len)
     sched = ContextSchedule(stages, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum)
+    use_graph = cfg.cuda_graph
+    if use_graph and not _graph_supported(device, info, stages):
+        raise ValueError("cuda_graph: needs one CUDA device (no torchrun) and one context length")
+    graph_step: _GraphStep | None = None
     total_steps = cfg.steps if cfg.steps is not None else sched.total_steps()
     if total_steps < 1:
         raise ValueError("steps: give --steps or a context schedule with step counts")
@@ -484,8 +557,20 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             log.log(v)
         if info.is_main:
             bar.write(f"[pretrain] step 0: validation loss {v['val_loss']:.4f}, {v['val_bpb']:.4f} bits per base")
+    best = {"step": None, "val_bpb": math.inf, "state": None}
+
+    def note_best(v: dict, step_now: int) -> None:
+        if cfg.keep_best and v["val_bpb"] < best["val_bpb"]:
+            best.update(step=step_now, val_bpb=v["val_bpb"],
+                        state={k: t.detach().to("cpu", copy=True) for k, t in base.state_dict().items()})
+
+    if val_hist and resume_dir is None:
+        note_best(val_hist[-1], 0)
     t_start = time.perf_counter()
     t_last = t_start
+    t_paused = 0.0          # validation and checkpoint time inside the loop
+    t_first = None          # the first step's time (kernel compiles, graph capture)
+    step0 = step
     pending: list[torch.Tensor] = []  # per-step losses not yet read back from the device
     while step < stop:
         stage = sched.stage_index(step)
@@ -494,9 +579,28 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         for g in optimizer.param_groups:
             g["lr"] = lr
         src = loader(stage)
-        loss_acc = torch.zeros((), device=device)
-        for k in range(accum):
+        x_drawn = None  # a batch drawn for a graph step that fell back to eager: the eager step trains on it
+        if use_graph:
             x = src.next(micro).to(device, non_blocking=True)
+            try:
+                if graph_step is None:
+                    graph_step = _GraphStep(wrapped, [p for p in wrapped.parameters() if p.requires_grad], x, use_bf16)
+                loss_acc = graph_step(x)
+            except Exception as e:  # noqa: BLE001 - any capture failure: go on eagerly
+                if info.is_main:
+                    bar.write(f"[pretrain] CUDA graph off ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                              "eager steps")
+                use_graph, graph_step = False, None
+                try:
+                    torch.cuda.synchronize(device)
+                except Exception:  # noqa: BLE001 - an error the eager step will raise again if it is real
+                    pass
+                optimizer.zero_grad(set_to_none=True)
+                x_drawn = x
+        if not use_graph:
+            loss_acc = torch.zeros((), device=device)
+        for k in range(0 if use_graph else accum):
+            x = x_drawn if (k == 0 and x_drawn is not None) else src.next(micro).to(device, non_blocking=True)
             sync = (k == accum - 1)
             ctx = wrapped.no_sync() if (info.enabled and not fsdp and not sync) else nullcontext()
             if fsdp:
@@ -514,8 +618,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         else:
             gnorm = torch.zeros(())
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if not use_graph:  # the graph's gradient tensors stay (each replay rewrites them)
+            optimizer.zero_grad(set_to_none=True)
         step += 1
+        if t_first is None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t_first = time.perf_counter() - t_start
         tok_last += tokens_per_step
         pending.append(loss_acc)
         bar.update(1)
@@ -558,6 +667,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             v = evaluate(fwd_model, val_batches, device, autocast, info)
             v.update(kind="val", step=step, tokens=step * tokens_per_step)
             val_hist.append(v)
+            note_best(v, step)
             if log:
                 log.log(v)
             if info.is_main:
@@ -566,13 +676,34 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if step % cfg.save_every == 0 or final:
             last_ckpt = save(step)
         t_last += time.perf_counter() - t_pause  # tokens/s counts training time only
+        t_paused += time.perf_counter() - t_pause
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t_loop = time.perf_counter() - t_start
     bar.close()
+    # Timing of this call's steps: the whole loop, its training part (validation and checkpoints
+    # excluded), and the steps after the first (which compiles kernels / captures the graph).
+    n_steps = step - step0
+    t_train = t_loop - t_paused
+    t_rest = t_train - (t_first or 0.0)
+    timing = {"steps": n_steps, "tokens": n_steps * tokens_per_step, "loop_s": t_loop, "train_s": t_train,
+              "first_step_s": t_first, "tokens_per_s": n_steps * tokens_per_step / max(t_train, 1e-9),
+              "steady_tokens_per_s": ((n_steps - 1) * tokens_per_step / t_rest) if n_steps > 1 and t_rest > 0 else None,
+              "cuda_graph": bool(use_graph)}
+    best_info = None
+    if cfg.keep_best and best["state"] is not None:
+        best_info = {"step": best["step"], "val_bpb": best["val_bpb"]}
+        if val_hist and best["step"] != val_hist[-1]["step"]:
+            base.load_state_dict(best["state"])
+            if info.is_main:
+                print(f"[pretrain] kept the weights of step {best['step']} (best validation, "
+                      f"{best['val_bpb']:.4f} bits per base); the last checkpoint holds step {step}'s")
     if log:
         log.close()
         if cfg.plot:
             plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
     return {"losses": losses, "val": val_hist, "out": str(out), "checkpoint": str(last_ckpt) if last_ckpt else None,
-            "step": step, "n_params": n_params, "model": base}
+            "step": step, "n_params": n_params, "model": base, "timing": timing, "best": best_info}
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -608,6 +739,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", dest="time_limit_s", type=float, default=S,
                    help="seconds of training after which to stop (validated and checkpointed)")
     p.add_argument("--eval-at-start", action="store_true", default=S, help="validate the untrained model too")
+    p.add_argument("--keep-best", action="store_true", default=S,
+                   help="end with the weights of the best validation (the returned / reported model)")
+    p.add_argument("--cuda-graph", action="store_true", default=S,
+                   help="replay forward + backward from a CUDA graph (one GPU, one context length; eager on failure)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=S)
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default=S)
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
