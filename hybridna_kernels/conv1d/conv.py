@@ -694,12 +694,16 @@ def _rm2(m_d, cond):
 
 
 @triton.jit
-def _load_rows2(p, tb, st, lim, m_d, R: tl.constexpr):
-    """Rows tb + r (per stream, r < R) of a (1, BD) pointer row, zero from lim (per stream) on."""
+def _load_rows2(p, tb, st, lim, m_d, R: tl.constexpr, MT: tl.constexpr):
+    """Rows tb + r (per stream, r < R) of a (1, BD) pointer row, zero from lim (per stream) on. MT=False:
+    the caller knows every row is inside [0, lim): only the (loop-invariant) channel mask."""
     pb = p + tb.to(tl.int64)[:, None] * st
     for r in tl.static_range(R):
         tt = tb + r
-        b = tl.load(pb + r * st, mask=_rm2(m_d, tt < lim), other=0.0)
+        if MT:
+            b = tl.load(pb + r * st, mask=_rm2(m_d, tt < lim), other=0.0)
+        else:
+            b = tl.load(pb + r * st, mask=m_d[None, :], other=0.0)
         if r == 0:
             v0, v1, v2, v3, v4, v5, v6, v7 = b, b, b, b, b, b, b, b
         else:
@@ -719,15 +723,16 @@ def _row_x2(H0, p_x, p_h0, tt, m_d, L, sxt, shk, W: tl.constexpr, HAS_H0: tl.con
 
 
 @triton.jit
-def _bwd_row2(v, du, tt, c0, c1, t_lo, L, p_dxr, p_dh, p_gh, p_s, sst, sgk, shgk, m_d, s_last,
+def _bwd_row2(v, du, tt, rel, c0, c1, t_lo, L, p_dxr, p_dh, p_gh, p_s, sst, sgk, shgk, m_d, s_last,
               w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
               s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
               W: tl.constexpr, SILU: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr,
-              STORE_DH0: tl.constexpr, FAST: tl.constexpr, ACC: tl.constexpr, SEL: tl.constexpr):
+              STORE_DH0: tl.constexpr, FAST: tl.constexpr, ACC: tl.constexpr, SEL: tl.constexpr, MT: tl.constexpr):
     """One time row tau = tt (per stream) of the streams backward: x row v and dy row du (NS, BD) in,
     u[tau] rebuilt from the carried x rows, du[tau] formed, dweight / dbias accumulated (ACC; SEL:
     only where tau < c1, for steps that may hold the W - 1 halo rows), dx[tau - (W - 1)] emitted from
-    the carried du rows at p_dxr (dinitial_states at negative times), and the carries shifted.
+    the carried du rows at p_dxr (dinitial_states at negative times), and the carries shifted. MT=False:
+    the row belongs to a full chunk's main walk (no end-of-chunk store mask).
     Returns the carries and the accumulators."""
     v = v.to(tl.float32)
     du = du.to(tl.float32)
@@ -741,7 +746,10 @@ def _bwd_row2(v, du, tt, c0, c1, t_lo, L, p_dxr, p_dh, p_gh, p_s, sst, sgk, shgk
                 c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s)[:, None], c, 0.0)
             u += c
         sg = _sigmoid(u, FAST)
-        du = du * sg * (1.0 + u * (1.0 - sg))
+        # du * silu'(u) = c * (1 + q) with c = du * sg, q = u * (1 - sg): 3 instructions (FFMA, FMUL, FFMA)
+        q = u - u * sg
+        c = du * sg
+        du = c * q + c
     if ACC:
         # dweight / dbias over this chunk's own times only (rows past L hold du = 0: dy loads as 0)
         if SEL:
@@ -776,7 +784,12 @@ def _bwd_row2(v, du, tt, c0, c1, t_lo, L, p_dxr, p_dh, p_gh, p_s, sst, sgk, shgk
         if HAS_SEQ:
             b_gh = tl.where((s_t == s_last)[:, None], b_gh, 0.0)
         b_dx += b_gh
-    tl.store(p_dxr, b_dx.to(p_dxr.dtype.element_ty), mask=_rm2(m_d, (t >= c0) & (t < c1)))
+    if MT:
+        tl.store(p_dxr, b_dx.to(p_dxr.dtype.element_ty), mask=_rm2(m_d, (t >= c0) & (t < c1)))
+    else:
+        # a full chunk's main walk: t < c0 + CH - (W - 1) <= c1 always, and t >= c0 once the walk is
+        # W - 1 rows in (rel = tau - c0, the same scalar for every stream: a uniform predicate)
+        tl.store(p_dxr, b_dx.to(p_dxr.dtype.element_ty), mask=_rm(m_d, rel >= W - 1)[None, :])
     if STORE_DH0:
         tl.store(p_dh + tl.maximum(t + (W - 1), 0).to(tl.int64)[:, None] * shgk,
                  b_dx.to(p_dh.dtype.element_ty), mask=_rm2(m_d, (t < 0) & (t >= t_lo)))
@@ -784,6 +797,33 @@ def _bwd_row2(v, du, tt, c0, c1, t_lo, L, p_dxr, p_dh, p_gh, p_s, sst, sgk, shgk
     e1, e2, e3, e4, e5, e6, e7 = _push(e1, e2, e3, e4, e5, e6, e7, du, W)
     if HAS_SEQ:
         s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+    return (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db)
+
+
+@triton.jit
+def _bwd_walk2(p_x, p_dy, p_dx, p_dh, p_gh, p_s, n_walk, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+               m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b,
+               a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+               s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+               W: tl.constexpr, SILU: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr,
+               STORE_DH0: tl.constexpr, FAST: tl.constexpr, R: tl.constexpr, SEL: tl.constexpr, MT: tl.constexpr):
+    """Rows tau = c0 + t0 + r, t0 in range(0, n_walk, R), of every stream: R x rows and R dy rows loaded
+    per step (MT=False: no time masks, every row is inside the chunk and before L), then _bwd_row2 on
+    each. Returns the carries and the accumulators."""
+    for t0 in range(0, n_walk, R):
+        tb = c0 + t0
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows2(p_x, tb, sxt, t_end, m_d, R, MT)
+        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows2(p_dy, tb, sdt, t_end, m_d, R, MT)
+        p_dxb = p_dx + (tb - (W - 1)).to(tl.int64)[:, None] * sxgt  # dx rows lag the loaded rows by W - 1
+        for r in tl.static_range(R):
+            (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_row2(
+                _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r), _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r), tb + r,
+                t0 + r, c0, c1, t_lo, L, p_dxb + r * sxgt, p_dh, p_gh, p_s, sst, sgk, shgk, m_d, s_last,
+                w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+                s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, True, SEL, MT)
     return (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db)
 
@@ -839,12 +879,17 @@ def _conv1d_bwd_streams_kernel(
     W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
     NS: tl.constexpr, FAST: tl.constexpr, FUSE: tl.constexpr, TAIL: tl.constexpr, RB: tl.constexpr,
+    ST: tl.constexpr, EVEN: tl.constexpr,
 ):
     """_conv1d_bwd_rows_kernel on NS chunks at once; same maths, per-stream times. Chunks past the end
     (c0 >= L) load, store and add nothing. TAIL (needs CH % R == 0): CH / R full steps of R rows with
     dweight / dbias accumulated unconditionally, then one step of the W - 1 halo rows with no
     dweight / dbias; otherwise cdiv(CH + W - 1, R) steps of R rows, the last mostly masked, with a
-    select per row. FUSE: the last program per channel block also sums the partials (_finish_partials)."""
+    select per row. FUSE: the last program per channel block also sums the partials (_finish_partials).
+    ST (CST): x, dy and dx share the row stride ST, a compile-time constant, so the R rows of a step are
+    addressed by immediate offsets (no 64-bit address arithmetic per row). EVEN (with TAIL): programs
+    whose chunks all end at or before L run the walk without time masks (no compares, no zero fills per
+    row); the last program along time keeps them."""
     i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < D
@@ -881,36 +926,51 @@ def _conv1d_bwd_streams_kernel(
             s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, _seg1(p_s, tt, L, sst), W)
     t_lo = tl.where(i_s == 0, -(W - 1), c0)
     t_end = tl.minimum(c1 + (W - 1), L)
-    n_walk = CH + (W - 1)  # rows tau in [c0, c1 + W - 1) per stream
-    if TAIL:
-        n_walk = CH
-    for t0 in range(0, n_walk, R):
-        tb = c0 + t0
-        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows2(p_x, tb, sxt, t_end, m_d, R)
-        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows2(p_dy, tb, sdt, t_end, m_d, R)
-        p_dxb = p_dx + (tb - (W - 1)).to(tl.int64)[:, None] * sxgt  # dx rows lag the loaded rows by W - 1
-        for r in tl.static_range(R):
+    if ST != 0:  # CST: the row stride of x, dy and dx as a constant (immediate load / store offsets)
+        sxt = ST
+        sdt = ST
+        sxgt = ST
+    if not TAIL:
+        # rows tau in [c0, c1 + W - 1) per stream, in R-row steps (the last mostly masked)
+        (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+         dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
+            p_x, p_dy, p_dx, p_dh, p_gh, p_s, CH + (W - 1), c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+            m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+            s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+            W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, True, True)
+    else:
+        # the chunk's own CH rows; EVEN: programs whose NS chunks all end at or before L skip the time masks
+        full = False
+        if EVEN:
+            full = (i_c + 1) * (NS * CH) <= L
+        if full:
             (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
-             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_row2(
-                _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r), _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r), tb + r,
-                c0, c1, t_lo, L, p_dxb + r * sxgt, p_dh, p_gh, p_s, sst, sgk, shgk, m_d, s_last,
-                w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
+                p_x, p_dy, p_dx, p_dh, p_gh, p_s, CH, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+                m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
                 s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
-                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, True, not TAIL)
+                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, False, False)
+        else:
+            (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
+                p_x, p_dy, p_dx, p_dh, p_gh, p_s, CH, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+                m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+                s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, False, True)
     if TAIL:
         # the W - 1 halo rows after the chunk: du only feeds dx of the chunk's last W - 1 rows
         tb = c0 + CH
-        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows2(p_x, tb, sxt, t_end, m_d, W - 1)
-        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows2(p_dy, tb, sdt, t_end, m_d, W - 1)
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows2(p_x, tb, sxt, t_end, m_d, W - 1, True)
+        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows2(p_dy, tb, sdt, t_end, m_d, W - 1, True)
         p_dxb = p_dx + (tb - (W - 1)).to(tl.int64)[:, None] * sxgt
         for r in tl.static_range(W - 1):
             (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
              dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_row2(
                 _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r), _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r), tb + r,
-                c0, c1, t_lo, L, p_dxb + r * sxgt, p_dh, p_gh, p_s, sst, sgk, shgk, m_d, s_last,
+                CH + r, c0, c1, t_lo, L, p_dxb + r * sxgt, p_dh, p_gh, p_s, sst, sgk, shgk, m_d, s_last,
                 w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
                 s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
-                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, False, False)
+                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, False, False, True)
     row = i_b * tl.num_programs(0) + i_c
     p_dw = DWP + row * (W + 1) * D + o_d  # partial row: W dweight rows, then dbias
     for k in tl.static_range(W):
@@ -935,7 +995,8 @@ def _fwd_configs():
 def _bwd_configs():
     """KIND "streams": NS chunks per program (one warp each), dweight / dbias summed in the program.
     FUSE: the last program per channel block sums the partials (no _partials_sum_kernel launch); TAIL
-    (streams): the W - 1 halo rows get their own short step instead of a mostly masked R-row step."""
+    (streams): the W - 1 halo rows get their own short step instead of a mostly masked R-row step; CST
+    and EVEN: see _conv1d_bwd_streams_kernel."""
     rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=False, FUSE=fu) for bd, nw, r, ch, fu in [
         (128, 1, 8, 64, False), (128, 2, 8, 128, False), (128, 2, 8, 128, True)]]
     streams = [dict(KIND="streams", BD=bd, num_warps=ns, NS=ns, R=r, CH=ch, FUSE=fu, TAIL=ta)
@@ -943,9 +1004,11 @@ def _bwd_configs():
                    (128, 4, 8, 64, False, False), (128, 4, 8, 128, False, False), (64, 4, 8, 128, False, False),
                    (64, 2, 8, 128, False, False), (64, 8, 8, 128, False, False), (64, 4, 8, 256, False, False),
                    (32, 4, 8, 128, False, False),
-                   (64, 4, 8, 128, True, False), (64, 4, 8, 128, False, True), (64, 4, 8, 128, True, True),
-                   (64, 4, 8, 256, True, True)]]
-    return rows + streams
+                   (64, 4, 8, 128, True, False), (64, 4, 8, 128, True, True)]]
+    # CST: the common row stride of x / dy / dx as a constant; EVEN: full chunks walk without time masks
+    lean = [dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=ch, FUSE=True, TAIL=True, CST=True, EVEN=True)
+            for ch in (128, 256)]
+    return rows + streams + lean
 
 
 # Fixed configs instead of autotuning: first-call tuning would cost ~20 compiles per key, and the
@@ -1170,8 +1233,10 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
     rb = max(1, min(16, 8 * 32 * nw // cfg["BD"]))
     if cfg["KIND"] == "streams":
         tail = cfg.get("TAIL", False) and CH % cfg["R"] == 0
+        st = x.stride(2) if cfg.get("CST", False) and x.stride(2) == dy.stride(2) == dx.stride(2) else 0
         _conv1d_bwd_streams_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], NS=NS, FAST=fast, FUSE=fuse,
-                                         TAIL=tail, RB=rb, num_warps=nw)
+                                         TAIL=tail, RB=rb, ST=st, EVEN=tail and cfg.get("EVEN", False),
+                                         num_warps=nw)
     else:
         _conv1d_bwd_rows_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], PF=cfg.get("PF", False),
                                       FAST=fast, FUSE=fuse, RB=rb, num_warps=nw)
