@@ -512,7 +512,8 @@ _FUSED_CONFIGS = [dict(KIND="streams", BD=32, num_warps=2, NS=2, R=r, CH=ch, FUS
                   for r, ch, fu, ta, cs, ev in [
                       (8, 32, True, False, False, False), (8, 32, False, True, False, False),
                       (8, 32, False, False, True, False), (8, 32, True, True, True, True),
-                      (4, 8, True, True, True, True)]] + [
+                      (4, 8, True, True, True, True), (8, 32, 2, True, True, True), (4, 8, 2, False, False, False)]] + [
+    dict(KIND="rows", BD=32, num_warps=1, R=8, CH=32, PF=False, FUSE=2)] + [
     dict(KIND="rows", BD=32, num_warps=1, R=8, CH=32, PF=False, FUSE=True)]
 
 

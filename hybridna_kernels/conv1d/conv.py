@@ -675,8 +675,8 @@ def _conv1d_bwd_rows_kernel(
         tl.store(p_dw + k * D, _pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), mask=m_d)
     tl.store(DBP + row * (W + 1) * D + o_d, b_db, mask=m_d)
     if FUSE:
-        _finish_partials(DWP, DW, DB, CNT, i_d, tl.num_programs(0) * tl.num_programs(2), D, o_d, m_d, sdwd, sdwk,
-                         W, HAS_BIAS, BD, RB)
+        _finish_partials(DWP, DW, DB, CNT, i_d, i_b, tl.num_programs(0), tl.num_programs(1), tl.num_programs(2), D,
+                         o_d, m_d, sdwd, sdwk, W, HAS_BIAS, BD, RB, FUSE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -829,45 +829,83 @@ def _bwd_walk2(p_x, p_dy, p_dx, p_dh, p_gh, p_s, n_walk, c0, c1, t_lo, t_end, L,
 
 
 @triton.jit
-def _finish_partials(DWP, DW, DB, CNT, i_d, n_rows, D, o_d, m_d, sdwd, sdwk,
-                     W: tl.constexpr, HAS_DB: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr):
-    """Fused partial sums (FUSE): called by every program after it stored its partial row of (W + 1)
-    rows (W dweight rows, then dbias) of channel block i_d. An arrival counter per channel block picks
-    the last program to finish; it sums all n_rows partial rows of the block in index order (RB rows
-    per step, then one tile reduction: the same fixed order whichever program arrives last, so the
-    result is deterministic) and writes dweight (D, W) and dbias in their dtypes. CNT is zeroed per
-    call by the launcher."""
+def _sum_rows(P, r0, n, D, o_d, m_d, W: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr):
+    """Sums over the partial rows r0 .. r0 + n - 1 of the (rows, W + 1, D) fp32 buffer P for the channels
+    o_d: W + 1 vectors (BD,) (a_k for k > W are unused). Fixed order: RB rows per step, the W + 1 loads
+    of a step in flight together, then one tile reduction (deterministic). .cg: read at L2, where the
+    other programs' rows are."""
+    o_r = tl.arange(0, RB)
+    a0 = tl.zeros([RB, BD], dtype=tl.float32)
+    a1, a2, a3, a4, a5, a6, a7, a8 = a0, a0, a0, a0, a0, a0, a0, a0
+    for n0 in range(0, n, RB):
+        rr = n0 + o_r
+        m = (rr < n)[:, None] & m_d[None, :]
+        p = P + (r0 + rr).to(tl.int64)[:, None] * ((W + 1) * D) + o_d[None, :]
+        for k in tl.static_range(W + 1):
+            b = tl.load(p + k * D, mask=m, other=0.0, cache_modifier=".cg")
+            if k == 0:
+                a0 += b
+            else:
+                a1, a2, a3, a4, a5, a6, a7, a8 = _acc_j(a1, a2, a3, a4, a5, a6, a7, a8, b, k - 1)
+    return (tl.sum(a0, axis=0), tl.sum(a1, axis=0), tl.sum(a2, axis=0), tl.sum(a3, axis=0), tl.sum(a4, axis=0),
+            tl.sum(a5, axis=0), tl.sum(a6, axis=0), tl.sum(a7, axis=0), tl.sum(a8, axis=0))
+
+
+@triton.jit
+def _finish_partials(DWP, DW, DB, CNT, i_d, i_b, n_p, n_d, n_b, D, o_d, m_d, sdwd, sdwk,
+                     W: tl.constexpr, HAS_DB: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr,
+                     LEVELS: tl.constexpr):
+    """Fused partial sums (FUSE): called by every program (n_p along time, n_d channel blocks, n_b batch
+    rows) after it stored its partial row (W dweight rows, then dbias) of channel block i_d; the rows of
+    batch row b are b * n_p .. b * n_p + n_p - 1. Arrival counters (CNT, zeroed per call by the launcher)
+    pick the last program to finish, which sums rows in a fixed order (the result does not depend on
+    which program is last: deterministic) and writes dweight (D, W) and dbias in their dtypes.
+    LEVELS 1: one counter per channel block; the last of all n_p * n_b programs sums every row.
+    LEVELS 2: the last program of each (batch row, channel block) sums its batch row's n_p rows into row
+    n_b * n_p + b (this overlaps with later batch rows' programs), and the last of those n_b sums them,
+    so the work left after the final program is two short sums instead of n_p * n_b rows."""
     # every thread's partial stores are done (CTA barrier) before the counter is bumped; the atomic is
     # acq_rel at GPU scope: it publishes this program's rows and, for the last program, makes every
-    # other program's rows visible (the same pattern as a cooperative grid barrier)
+    # other program's rows visible (the pattern of a cooperative grid barrier)
     tl.debug_barrier()
-    cnt = tl.atomic_add(CNT + i_d, 1, sem="acq_rel")
-    if cnt == n_rows - 1:
-        o_r = tl.arange(0, RB)
-        a0 = tl.zeros([RB, BD], dtype=tl.float32)
-        a1, a2, a3, a4, a5, a6, a7, a8 = a0, a0, a0, a0, a0, a0, a0, a0
-        for n0 in range(0, n_rows, RB):
-            n = n0 + o_r
-            m = (n < n_rows)[:, None] & m_d[None, :]
-            p = DWP + n.to(tl.int64)[:, None] * ((W + 1) * D) + o_d[None, :]
-            # the W + 1 loads of a step are independent (in flight together); .cg: read at L2, where
-            # the other programs' rows are
+    if LEVELS == 1:
+        cnt = tl.atomic_add(CNT + i_d, 1, sem="acq_rel")
+        if cnt == n_p * n_b - 1:
+            s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sum_rows(DWP, 0, n_p * n_b, D, o_d, m_d, W, BD, RB)
+            _write_dw(DW, DB, o_d, m_d, sdwd, sdwk, s0, s1, s2, s3, s4, s5, s6, s7, s8, W, HAS_DB)
+    else:
+        cnt = tl.atomic_add(CNT + i_b * n_d + i_d, 1, sem="acq_rel")
+        if cnt == n_p - 1:
+            s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sum_rows(DWP, i_b * n_p, n_p, D, o_d, m_d, W, BD, RB)
+            p_l1 = DWP + (n_b * n_p + i_b) * ((W + 1) * D) + o_d
             for k in tl.static_range(W + 1):
-                b = tl.load(p + k * D, mask=m, other=0.0, cache_modifier=".cg")
-                if k == 0:
-                    a0 += b
-                else:
-                    a1, a2, a3, a4, a5, a6, a7, a8 = _acc_j(a1, a2, a3, a4, a5, a6, a7, a8, b, k - 1)
-        o_d64 = o_d.to(tl.int64)
-        for k in tl.static_range(W):
-            if k == 0:
-                r = a0
-            else:
-                r = _pick_j(a1, a2, a3, a4, a5, a6, a7, a8, k - 1)
-            tl.store(DW + o_d64 * sdwd + k * sdwk, tl.sum(r, axis=0).to(DW.dtype.element_ty), mask=m_d)
-        if HAS_DB:
-            tl.store(DB + o_d, tl.sum(_pick_j(a1, a2, a3, a4, a5, a6, a7, a8, W - 1), axis=0).to(DB.dtype.element_ty),
-                     mask=m_d)
+                tl.store(p_l1 + k * D, _pick9(s0, s1, s2, s3, s4, s5, s6, s7, s8, k), mask=m_d)
+            tl.debug_barrier()
+            cnt2 = tl.atomic_add(CNT + n_b * n_d + i_d, 1, sem="acq_rel")
+            if cnt2 == n_b - 1:
+                s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sum_rows(DWP, n_b * n_p, n_b, D, o_d, m_d, W, BD, RB)
+                _write_dw(DW, DB, o_d, m_d, sdwd, sdwk, s0, s1, s2, s3, s4, s5, s6, s7, s8, W, HAS_DB)
+
+
+@triton.jit
+def _pick9(s0, s1, s2, s3, s4, s5, s6, s7, s8, k: tl.constexpr):
+    if k == 8:
+        r = s8
+    else:
+        r = _pick_j(s0, s1, s2, s3, s4, s5, s6, s7, k)
+    return r
+
+
+@triton.jit
+def _write_dw(DW, DB, o_d, m_d, sdwd, sdwk, s0, s1, s2, s3, s4, s5, s6, s7, s8,
+              W: tl.constexpr, HAS_DB: tl.constexpr):
+    """dweight[:, k] = s_k (k < W) and dbias = s_W, in their dtypes."""
+    o_d64 = o_d.to(tl.int64)
+    for k in tl.static_range(W):
+        tl.store(DW + o_d64 * sdwd + k * sdwk, _pick9(s0, s1, s2, s3, s4, s5, s6, s7, s8, k).to(DW.dtype.element_ty),
+                 mask=m_d)
+    if HAS_DB:
+        tl.store(DB + o_d, _pick9(s0, s1, s2, s3, s4, s5, s6, s7, s8, W).to(DB.dtype.element_ty), mask=m_d)
 
 
 @triton.jit
@@ -879,7 +917,7 @@ def _conv1d_bwd_streams_kernel(
     W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
     NS: tl.constexpr, FAST: tl.constexpr, FUSE: tl.constexpr, TAIL: tl.constexpr, RB: tl.constexpr,
-    ST: tl.constexpr, EVEN: tl.constexpr,
+    ST: tl.constexpr, EVEN: tl.constexpr,  # FUSE: 0, 1 or 2 (levels of fused partial sums)
 ):
     """_conv1d_bwd_rows_kernel on NS chunks at once; same maths, per-stream times. Chunks past the end
     (c0 >= L) load, store and add nothing. TAIL (needs CH % R == 0): CH / R full steps of R rows with
@@ -977,8 +1015,8 @@ def _conv1d_bwd_streams_kernel(
         tl.store(p_dw + k * D, tl.sum(_pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), axis=0), mask=m_d)
     tl.store(DBP + row * (W + 1) * D + o_d, tl.sum(b_db, axis=0), mask=m_d)
     if FUSE:
-        _finish_partials(DWP, DW, DB, CNT, i_d, tl.num_programs(0) * tl.num_programs(2), D, o_d, m_d, sdwd, sdwk,
-                         W, HAS_BIAS, BD, RB)
+        _finish_partials(DWP, DW, DB, CNT, i_d, i_b, tl.num_programs(0), tl.num_programs(1), tl.num_programs(2), D,
+                         o_d, m_d, sdwd, sdwk, W, HAS_BIAS, BD, RB, FUSE)
 
 
 def _fwd_configs():
@@ -994,7 +1032,8 @@ def _fwd_configs():
 
 def _bwd_configs():
     """KIND "streams": NS chunks per program (one warp each), dweight / dbias summed in the program.
-    FUSE: the last program per channel block sums the partials (no _partials_sum_kernel launch); TAIL
+    FUSE (1 or 2 levels, _finish_partials): the last program per channel block sums the partials (no
+    _partials_sum_kernel launch); TAIL
     (streams): the W - 1 halo rows get their own short step instead of a mostly masked R-row step; CST
     and EVEN: see _conv1d_bwd_streams_kernel."""
     rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=False, FUSE=fu) for bd, nw, r, ch, fu in [
@@ -1006,8 +1045,8 @@ def _bwd_configs():
                    (32, 4, 8, 128, False, False),
                    (64, 4, 8, 128, True, False), (64, 4, 8, 128, True, True)]]
     # CST: the common row stride of x / dy / dx as a constant; EVEN: full chunks walk without time masks
-    lean = [dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=ch, FUSE=True, TAIL=True, CST=True, EVEN=True)
-            for ch in (128, 256)]
+    lean = [dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=ch, FUSE=fu, TAIL=True, CST=True, EVEN=True)
+            for ch, fu in ((128, 1), (256, 1), (128, 2))]
     return rows + streams + lean
 
 
@@ -1205,14 +1244,15 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
     n_p = cdiv(n_c, NS)  # programs along time, each with NS chunks
     dx = _layout_like(x, x.dtype)
     dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
-    dwp = new_empty((B * n_p, W + 1, D), dtype=torch.float32, device=x.device)  # dweight rows, dbias row
+    fuse = int(cfg.get("FUSE", False))  # 0: _partials_sum_kernel; 1, 2: fused sums in 1 or 2 levels
+    # dweight rows, dbias row per program (two-level fused sums: B more rows for the per-batch sums)
+    dwp = new_empty((B * n_p + (B if fuse == 2 else 0), W + 1, D), dtype=torch.float32, device=x.device)
     dbp = dwp[:, W]
     n_blk = cdiv(D, cfg["BD"])
-    fuse = cfg.get("FUSE", False)
     if fuse:  # the last program per channel block sums the partials (arrival counters, zeroed per call)
         dw = new_empty((D, W), dtype=weight.dtype, device=x.device)
         db = new_empty((D,), dtype=bias.dtype, device=x.device) if bias is not None else None
-        cnt = torch.zeros((n_blk,), dtype=torch.int32, device=x.device)
+        cnt = torch.zeros((n_blk * (B + 1) if fuse == 2 else n_blk,), dtype=torch.int32, device=x.device)
     dummy = x
     args = (
         x, weight, bias if bias is not None else dummy, initial_states if initial_states is not None else dummy,
