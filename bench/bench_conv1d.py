@@ -189,7 +189,8 @@ def _slice_ref_grads(x, w, b, gy, n=256):
 def cfg_str(c):
     """Short config name: 'rows BD256 w2 R8 CH128' or 'tile BT16 BD256 w4 SCR'."""
     if c.get("KIND") == "streams":
-        return f"streams NS{c['NS']} BD{c['BD']} R{c['R']} CH{c['CH']}"
+        return (f"streams NS{c['NS']} BD{c['BD']} R{c['R']} CH{c['CH']}"
+                + "".join(f" {k}" for k in ("FUSE", "TAIL", "CST", "EVEN") if c.get(k)))
     if c.get("KIND") == "rows":
         return (f"rows BD{c['BD']} w{c['num_warps']} R{c['R']} CH{c['CH']}" + (" PF" if c.get("PF") else "")
                 + ("" if c.get("FAST", True) else " noFAST"))

@@ -503,3 +503,31 @@ def test_kernel_model_layout_and_mixed_dtypes():
     y1 = causal_conv1d_step(nxt, state, w.detach(), b.detach(), activation="silu")
     y_full = causal_conv1d_ref(torch.cat([x.detach(), nxt[:, :, None]], -1).double(), w.double(), b.double(), "silu")
     assert_close("y_step", y_full[..., -1], y1, tol(torch.float16, "fwd"))
+
+
+# small chunks, so that each channel block has many programs (the fused partial sums' arrival counter,
+# full and partial chunks for EVEN); dy laid out like x (channel-last), so that CST takes its constant
+# row stride; every flag alone and together
+_FUSED_CONFIGS = [dict(KIND="streams", BD=32, num_warps=2, NS=2, R=r, CH=ch, FUSE=fu, TAIL=ta, CST=cs, EVEN=ev)
+                  for r, ch, fu, ta, cs, ev in [
+                      (8, 32, True, False, False, False), (8, 32, False, True, False, False),
+                      (8, 32, False, False, True, False), (8, 32, True, True, True, True),
+                      (4, 8, True, True, True, True), (8, 32, 2, True, True, True), (4, 8, 2, False, False, False)]] + [
+    dict(KIND="rows", BD=32, num_warps=1, R=8, CH=32, PF=False, FUSE=2)] + [
+    dict(KIND="rows", BD=32, num_warps=1, R=8, CH=32, PF=False, FUSE=True)]
+
+
+@pytest.mark.parametrize("W", [2, 4, 8], ids=lambda w: f"W{w}")
+@pytest.mark.parametrize("config", _FUSED_CONFIGS, ids=_cfg_id)
+def test_bwd_fused_lean_variants(config, W):
+    B, D, L = 2, 37, 100
+    x, w, b, h0, seq_idx = _variant_inputs(B, D, L, W, torch.float32, seed=W + 7, with_seq=W != 8)
+    dy = torch.randn(B, L, D, device=DEVICE).transpose(1, 2)
+    dht = torch.randn(B, D, W - 1, device=DEVICE)
+    runs = [conv.causal_conv1d_bwd(x, w, b, "silu", h0, seq_idx, dy, dht, True, config=config) for _ in range(2)]
+    refs = [t.double().requires_grad_() for t in (x, w, b, h0)]
+    y, ht = causal_conv1d_ref(*refs[:3], "silu", refs[3], True, seq_idx)
+    grads = torch.autograd.grad((y * dy.double()).sum() + (ht * dht.double()).sum(), refs)
+    for name, r, o, o2 in zip(("dx", "dweight", "dbias", "dinitial_states"), grads, *runs):
+        assert_close(name, r, o, tol(torch.float32, "grad"))
+        assert torch.equal(o, o2), f"{name}: two backward runs differ"

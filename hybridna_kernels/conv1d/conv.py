@@ -175,6 +175,20 @@ def _pick_j(u0, u1, u2, u3, u4, u5, u6, u7, j: tl.constexpr):
 
 
 @triton.jit
+def _wcols(WT, BIAS, o_d, m_d, swd, swk, W: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The shared prologue of the row kernels: the W weight columns in named fp32 registers (w_k for
+    k >= W alias w_0 and are never read) and the bias (zeros without one), each (BD,)."""
+    w0 = _wcol(WT, o_d, m_d, swd, swk, 0)
+    w1, w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0, w0
+    for k in tl.static_range(1, W):
+        w0, w1, w2, w3, w4, w5, w6, w7 = _set_j(w0, w1, w2, w3, w4, w5, w6, w7, _wcol(WT, o_d, m_d, swd, swk, k), k)
+    b_b = tl.zeros_like(w0)
+    if HAS_BIAS:
+        b_b += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)
+    return w0, w1, w2, w3, w4, w5, w6, w7, b_b
+
+
+@triton.jit
 def _conv1d_bwd_tile(
     X, BIAS, H0, DY, GH, p_x, p_h0, p_dy, p_s, p_gh, o_t, o_d, m_d, L,
     sxt, shk, sdt, sst, sgk, w0, w1, w2, w3, w4, w5, w6, w7,
@@ -489,13 +503,7 @@ def _conv1d_fwd_rows_kernel(
     p_h0 = H0 + i_b * shb + o_d64 * shd
     p_y = Y + i_b * syb + o_d64 * syd
     p_s = SEQ + i_b * ssb
-    w0 = _wcol(WT, o_d, m_d, swd, swk, 0)
-    w1, w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0, w0
-    for k in tl.static_range(1, W):
-        w0, w1, w2, w3, w4, w5, w6, w7 = _set_j(w0, w1, w2, w3, w4, w5, w6, w7, _wcol(WT, o_d, m_d, swd, swk, k), k)
-    b_b = tl.zeros([BD], dtype=tl.float32)
-    if HAS_BIAS:
-        b_b += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)
+    w0, w1, w2, w3, w4, w5, w6, w7, b_b = _wcols(WT, BIAS, o_d, m_d, swd, swk, W, HAS_BIAS)
     c0 = i_c * CH
     c1 = tl.minimum(c0 + CH, L)
     # carries: a_k = x at time t - k, s_k its segment id
@@ -551,13 +559,13 @@ def _conv1d_fwd_rows_kernel(
 
 @triton.jit
 def _conv1d_bwd_rows_kernel(
-    X, WT, BIAS, H0, SEQ, DY, GH, DX, DH0, DWP, DBP,
+    X, WT, BIAS, H0, SEQ, DY, GH, DX, DH0, DWP, DBP, DW, DB, CNT,
     L, D, CH,
     sxb, sxd, sxt, swd, swk, shb, shd, shk, ssb, sst, sdb, sdd, sdt, sgb, sgd, sgk,
-    sxgb, sxgd, sxgt, shgb, shgd, shgk,
+    sxgb, sxgd, sxgt, shgb, shgd, shgk, sdwd, sdwk,
     W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
-    PF: tl.constexpr, FAST: tl.constexpr,
+    PF: tl.constexpr, FAST: tl.constexpr, FUSE: tl.constexpr, RB: tl.constexpr,
 ):
     """Row t = tau walks [c0, c1 + W - 1): it loads x[tau], dy[tau], rebuilds u[tau] from the carried
     x rows, forms du[tau], adds to dweight / dbias when tau < c1, and emits dx[tau - (W - 1)] from the
@@ -573,13 +581,7 @@ def _conv1d_bwd_rows_kernel(
     p_dx = DX + i_b * sxgb + o_d64 * sxgd
     p_dh = DH0 + i_b * shgb + o_d64 * shgd
     p_s = SEQ + i_b * ssb
-    w0 = _wcol(WT, o_d, m_d, swd, swk, 0)
-    w1, w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0, w0
-    for k in tl.static_range(1, W):
-        w0, w1, w2, w3, w4, w5, w6, w7 = _set_j(w0, w1, w2, w3, w4, w5, w6, w7, _wcol(WT, o_d, m_d, swd, swk, k), k)
-    b_b = tl.zeros([BD], dtype=tl.float32)
-    if HAS_BIAS:
-        b_b += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)
+    w0, w1, w2, w3, w4, w5, w6, w7, b_b = _wcols(WT, BIAS, o_d, m_d, swd, swk, W, HAS_BIAS)
     c0 = i_c * CH
     c1 = tl.minimum(c0 + CH, L)
     if HAS_SEQ:
@@ -672,6 +674,9 @@ def _conv1d_bwd_rows_kernel(
     for k in tl.static_range(W):
         tl.store(p_dw + k * D, _pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), mask=m_d)
     tl.store(DBP + row * (W + 1) * D + o_d, b_db, mask=m_d)
+    if FUSE:
+        _finish_partials(DWP, DW, DB, CNT, i_d, i_b, tl.num_programs(0), tl.num_programs(1), tl.num_programs(2), D,
+                         o_d, m_d, sdwd, sdwk, W, HAS_BIAS, BD, RB, FUSE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -689,12 +694,16 @@ def _rm2(m_d, cond):
 
 
 @triton.jit
-def _load_rows2(p, tb, st, lim, m_d, R: tl.constexpr):
-    """Rows tb + r (per stream, r < R) of a (1, BD) pointer row, zero from lim (per stream) on."""
+def _load_rows2(p, tb, st, lim, m_d, R: tl.constexpr, MT: tl.constexpr):
+    """Rows tb + r (per stream, r < R) of a (1, BD) pointer row, zero from lim (per stream) on. MT=False:
+    the caller knows every row is inside [0, lim): only the (loop-invariant) channel mask."""
     pb = p + tb.to(tl.int64)[:, None] * st
     for r in tl.static_range(R):
         tt = tb + r
-        b = tl.load(pb + r * st, mask=_rm2(m_d, tt < lim), other=0.0)
+        if MT:
+            b = tl.load(pb + r * st, mask=_rm2(m_d, tt < lim), other=0.0)
+        else:
+            b = tl.load(pb + r * st, mask=m_d[None, :], other=0.0)
         if r == 0:
             v0, v1, v2, v3, v4, v5, v6, v7 = b, b, b, b, b, b, b, b
         else:
@@ -714,17 +723,211 @@ def _row_x2(H0, p_x, p_h0, tt, m_d, L, sxt, shk, W: tl.constexpr, HAS_H0: tl.con
 
 
 @triton.jit
+def _bwd_row2(v, du, tt, rel, c0, c1, t_lo, L, p_dxr, p_dh, p_gh, p_s, sst, sgk, shgk, m_d, s_last,
+              w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+              s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+              W: tl.constexpr, SILU: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr,
+              STORE_DH0: tl.constexpr, FAST: tl.constexpr, ACC: tl.constexpr, SEL: tl.constexpr, MT: tl.constexpr):
+    """One time row tau = tt (per stream) of the streams backward: x row v and dy row du (NS, BD) in,
+    u[tau] rebuilt from the carried x rows, du[tau] formed, dweight / dbias accumulated (ACC; SEL:
+    only where tau < c1, for steps that may hold the W - 1 halo rows), dx[tau - (W - 1)] emitted from
+    the carried du rows at p_dxr (dinitial_states at negative times), and the carries shifted. MT=False:
+    the row belongs to a full chunk's main walk (no end-of-chunk store mask).
+    Returns the carries and the accumulators."""
+    v = v.to(tl.float32)
+    du = du.to(tl.float32)
+    if HAS_SEQ:
+        s = _seg1(p_s, tt, L, sst)
+    if SILU:
+        u = b_b + _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1) * v
+        for k in tl.static_range(1, W):
+            c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1 - k) * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
+            if HAS_SEQ:
+                c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s)[:, None], c, 0.0)
+            u += c
+        sg = _sigmoid(u, FAST)
+        # du * silu'(u) = c * (1 + q) with c = du * sg, q = u * (1 - sg): 3 instructions (FFMA, FMUL, FFMA)
+        q = u - u * sg
+        c = du * sg
+        du = c * q + c
+    if ACC:
+        # dweight / dbias over this chunk's own times only (rows past L hold du = 0: dy loads as 0)
+        if SEL:
+            dsel = tl.where((tt < c1)[:, None], du, 0.0)
+        else:
+            dsel = du
+        b_db += dsel
+        dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, dsel * v, W - 1)
+        for k in tl.static_range(1, W):
+            c = dsel * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
+            if HAS_SEQ:
+                c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s)[:, None], c, 0.0)
+            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, c, W - 1 - k)
+    # dx at t = tau - (W - 1): sum_j w[W-1-j] du[t + j]; du[t + j] is e_{W-1-j} (e_0 = du)
+    t = tt - (W - 1)
+    b_dx = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, 0) * du
+    if HAS_SEQ:
+        s_t = _pick_j(s1, s1, s2, s3, s4, s5, s6, s7, W - 1)
+        b_dx = tl.where((s_t == s)[:, None], b_dx, 0.0)
+    for k in tl.static_range(1, W):
+        c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, k) * _pick_j(e1, e1, e2, e3, e4, e5, e6, e7, k)
+        if HAS_SEQ:
+            if k < W - 1:
+                c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s_t)[:, None], c, 0.0)
+        b_dx += c
+    if HAS_GH:
+        # final_states[j] = x at time L - (W - 1) + j: its gradient lands on that input
+        jj = t - (L - (W - 1))
+        m_g = (jj >= 0) & (jj < W - 1)
+        b_gh = tl.load(p_gh + tl.maximum(jj, 0).to(tl.int64)[:, None] * sgk, mask=_rm2(m_d, m_g),
+                       other=0.0).to(tl.float32)
+        if HAS_SEQ:
+            b_gh = tl.where((s_t == s_last)[:, None], b_gh, 0.0)
+        b_dx += b_gh
+    if MT:
+        tl.store(p_dxr, b_dx.to(p_dxr.dtype.element_ty), mask=_rm2(m_d, (t >= c0) & (t < c1)))
+    else:
+        # a full chunk's main walk: t < c0 + CH - (W - 1) <= c1 always, and t >= c0 once the walk is
+        # W - 1 rows in (rel = tau - c0, the same scalar for every stream: a uniform predicate)
+        tl.store(p_dxr, b_dx.to(p_dxr.dtype.element_ty), mask=_rm(m_d, rel >= W - 1)[None, :])
+    if STORE_DH0:
+        tl.store(p_dh + tl.maximum(t + (W - 1), 0).to(tl.int64)[:, None] * shgk,
+                 b_dx.to(p_dh.dtype.element_ty), mask=_rm2(m_d, (t < 0) & (t >= t_lo)))
+    a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7, v, W)
+    e1, e2, e3, e4, e5, e6, e7 = _push(e1, e2, e3, e4, e5, e6, e7, du, W)
+    if HAS_SEQ:
+        s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+    return (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db)
+
+
+@triton.jit
+def _bwd_walk2(p_x, p_dy, p_dx, p_dh, p_gh, p_s, n_walk, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+               m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b,
+               a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+               s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+               W: tl.constexpr, SILU: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr,
+               STORE_DH0: tl.constexpr, FAST: tl.constexpr, R: tl.constexpr, SEL: tl.constexpr, MT: tl.constexpr):
+    """Rows tau = c0 + t0 + r, t0 in range(0, n_walk, R), of every stream: R x rows and R dy rows loaded
+    per step (MT=False: no time masks, every row is inside the chunk and before L), then _bwd_row2 on
+    each. Returns the carries and the accumulators."""
+    for t0 in range(0, n_walk, R):
+        tb = c0 + t0
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows2(p_x, tb, sxt, t_end, m_d, R, MT)
+        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows2(p_dy, tb, sdt, t_end, m_d, R, MT)
+        p_dxb = p_dx + (tb - (W - 1)).to(tl.int64)[:, None] * sxgt  # dx rows lag the loaded rows by W - 1
+        for r in tl.static_range(R):
+            (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_row2(
+                _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r), _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r), tb + r,
+                t0 + r, c0, c1, t_lo, L, p_dxb + r * sxgt, p_dh, p_gh, p_s, sst, sgk, shgk, m_d, s_last,
+                w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+                s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, True, SEL, MT)
+    return (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db)
+
+
+@triton.jit
+def _sum_rows(P, r0, n, D, o_d, m_d, W: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr):
+    """Sums over the partial rows r0 .. r0 + n - 1 of the (rows, W + 1, D) fp32 buffer P for the channels
+    o_d: W + 1 vectors (BD,) (a_k for k > W are unused). Fixed order: RB rows per step, the W + 1 loads
+    of a step in flight together, then one tile reduction (deterministic). .cg: read at L2, where the
+    other programs' rows are."""
+    o_r = tl.arange(0, RB)
+    a0 = tl.zeros([RB, BD], dtype=tl.float32)
+    a1, a2, a3, a4, a5, a6, a7, a8 = a0, a0, a0, a0, a0, a0, a0, a0
+    for n0 in range(0, n, RB):
+        rr = n0 + o_r
+        m = (rr < n)[:, None] & m_d[None, :]
+        p = P + (r0 + rr).to(tl.int64)[:, None] * ((W + 1) * D) + o_d[None, :]
+        for k in tl.static_range(W + 1):
+            b = tl.load(p + k * D, mask=m, other=0.0, cache_modifier=".cg")
+            if k == 0:
+                a0 += b
+            else:
+                a1, a2, a3, a4, a5, a6, a7, a8 = _acc_j(a1, a2, a3, a4, a5, a6, a7, a8, b, k - 1)
+    return (tl.sum(a0, axis=0), tl.sum(a1, axis=0), tl.sum(a2, axis=0), tl.sum(a3, axis=0), tl.sum(a4, axis=0),
+            tl.sum(a5, axis=0), tl.sum(a6, axis=0), tl.sum(a7, axis=0), tl.sum(a8, axis=0))
+
+
+@triton.jit
+def _finish_partials(DWP, DW, DB, CNT, i_d, i_b, n_p, n_d, n_b, D, o_d, m_d, sdwd, sdwk,
+                     W: tl.constexpr, HAS_DB: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr,
+                     LEVELS: tl.constexpr):
+    """Fused partial sums (FUSE): called by every program (n_p along time, n_d channel blocks, n_b batch
+    rows) after it stored its partial row (W dweight rows, then dbias) of channel block i_d; the rows of
+    batch row b are b * n_p .. b * n_p + n_p - 1. Arrival counters (CNT, zeroed per call by the launcher)
+    pick the last program to finish, which sums rows in a fixed order (the result does not depend on
+    which program is last: deterministic) and writes dweight (D, W) and dbias in their dtypes.
+    LEVELS 1: one counter per channel block; the last of all n_p * n_b programs sums every row.
+    LEVELS 2: the last program of each (batch row, channel block) sums its batch row's n_p rows into row
+    n_b * n_p + b (this overlaps with later batch rows' programs), and the last of those n_b sums them,
+    so the work left after the final program is two short sums instead of n_p * n_b rows."""
+    # every thread's partial stores are done (CTA barrier) before the counter is bumped; the atomic is
+    # acq_rel at GPU scope: it publishes this program's rows and, for the last program, makes every
+    # other program's rows visible (the pattern of a cooperative grid barrier)
+    tl.debug_barrier()
+    if LEVELS == 1:
+        cnt = tl.atomic_add(CNT + i_d, 1, sem="acq_rel")
+        if cnt == n_p * n_b - 1:
+            s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sum_rows(DWP, 0, n_p * n_b, D, o_d, m_d, W, BD, RB)
+            _write_dw(DW, DB, o_d, m_d, sdwd, sdwk, s0, s1, s2, s3, s4, s5, s6, s7, s8, W, HAS_DB)
+    else:
+        cnt = tl.atomic_add(CNT + i_b * n_d + i_d, 1, sem="acq_rel")
+        if cnt == n_p - 1:
+            s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sum_rows(DWP, i_b * n_p, n_p, D, o_d, m_d, W, BD, RB)
+            p_l1 = DWP + (n_b * n_p + i_b) * ((W + 1) * D) + o_d
+            for k in tl.static_range(W + 1):
+                tl.store(p_l1 + k * D, _pick9(s0, s1, s2, s3, s4, s5, s6, s7, s8, k), mask=m_d)
+            tl.debug_barrier()
+            cnt2 = tl.atomic_add(CNT + n_b * n_d + i_d, 1, sem="acq_rel")
+            if cnt2 == n_b - 1:
+                s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sum_rows(DWP, n_b * n_p, n_b, D, o_d, m_d, W, BD, RB)
+                _write_dw(DW, DB, o_d, m_d, sdwd, sdwk, s0, s1, s2, s3, s4, s5, s6, s7, s8, W, HAS_DB)
+
+
+@triton.jit
+def _pick9(s0, s1, s2, s3, s4, s5, s6, s7, s8, k: tl.constexpr):
+    if k == 8:
+        r = s8
+    else:
+        r = _pick_j(s0, s1, s2, s3, s4, s5, s6, s7, k)
+    return r
+
+
+@triton.jit
+def _write_dw(DW, DB, o_d, m_d, sdwd, sdwk, s0, s1, s2, s3, s4, s5, s6, s7, s8,
+              W: tl.constexpr, HAS_DB: tl.constexpr):
+    """dweight[:, k] = s_k (k < W) and dbias = s_W, in their dtypes."""
+    o_d64 = o_d.to(tl.int64)
+    for k in tl.static_range(W):
+        tl.store(DW + o_d64 * sdwd + k * sdwk, _pick9(s0, s1, s2, s3, s4, s5, s6, s7, s8, k).to(DW.dtype.element_ty),
+                 mask=m_d)
+    if HAS_DB:
+        tl.store(DB + o_d, _pick9(s0, s1, s2, s3, s4, s5, s6, s7, s8, W).to(DB.dtype.element_ty), mask=m_d)
+
+
+@triton.jit
 def _conv1d_bwd_streams_kernel(
-    X, WT, BIAS, H0, SEQ, DY, GH, DX, DH0, DWP, DBP,
+    X, WT, BIAS, H0, SEQ, DY, GH, DX, DH0, DWP, DBP, DW, DB, CNT,
     L, D, CH,
     sxb, sxd, sxt, swd, swk, shb, shd, shk, ssb, sst, sdb, sdd, sdt, sgb, sgd, sgk,
-    sxgb, sxgd, sxgt, shgb, shgd, shgk,
+    sxgb, sxgd, sxgt, shgb, shgd, shgk, sdwd, sdwk,
     W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
-    NS: tl.constexpr, FAST: tl.constexpr,
+    NS: tl.constexpr, FAST: tl.constexpr, FUSE: tl.constexpr, TAIL: tl.constexpr, RB: tl.constexpr,
+    ST: tl.constexpr, EVEN: tl.constexpr,  # FUSE: 0, 1 or 2 (levels of fused partial sums)
 ):
     """_conv1d_bwd_rows_kernel on NS chunks at once; same maths, per-stream times. Chunks past the end
-    (c0 >= L) load, store and add nothing."""
+    (c0 >= L) load, store and add nothing. TAIL (needs CH % R == 0): CH / R full steps of R rows with
+    dweight / dbias accumulated unconditionally, then one step of the W - 1 halo rows with no
+    dweight / dbias; otherwise cdiv(CH + W - 1, R) steps of R rows, the last mostly masked, with a
+    select per row. FUSE: the last program per channel block also sums the partials (_finish_partials).
+    ST (CST): x, dy and dx share the row stride ST, a compile-time constant, so the R rows of a step are
+    addressed by immediate offsets (no 64-bit address arithmetic per row). EVEN (with TAIL): programs
+    whose chunks all end at or before L run the walk without time masks (no compares, no zero fills per
+    row); the last program along time keeps them."""
     i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < D
@@ -736,17 +939,15 @@ def _conv1d_bwd_streams_kernel(
     p_dx = DX + i_b * sxgb + o_d64 * sxgd
     p_dh = DH0 + i_b * shgb + o_d64 * shgd
     p_s = SEQ + i_b * ssb
-    w0 = _wcol(WT, o_d, m_d, swd, swk, 0)[None, :]
-    w1, w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0, w0
-    for k in tl.static_range(1, W):
-        w0, w1, w2, w3, w4, w5, w6, w7 = _set_j(w0, w1, w2, w3, w4, w5, w6, w7,
-                                                _wcol(WT, o_d, m_d, swd, swk, k)[None, :], k)
-    b_b = tl.zeros([NS, BD], dtype=tl.float32)
-    if HAS_BIAS:
-        b_b += tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+    w0, w1, w2, w3, w4, w5, w6, w7, b_b = _wcols(WT, BIAS, o_d, m_d, swd, swk, W, HAS_BIAS)
+    # (1, BD) rows broadcast over the NS streams
+    w0, w1, w2, w3, w4, w5, w6, w7 = w0[None, :], w1[None, :], w2[None, :], w3[None, :], w4[None, :], \
+        w5[None, :], w6[None, :], w7[None, :]
+    b_b = tl.zeros([NS, BD], dtype=tl.float32) + b_b[None, :]
     i_s = i_c * NS + tl.arange(0, NS)  # this program's chunks
     c0 = i_s * CH
     c1 = tl.minimum(c0 + CH, L)  # c1 <= c0 for the chunks past NC: nothing loads, stores or adds
+    s_last = 0
     if HAS_SEQ:
         s_last = _seg1(p_s, L - 1, L, sst)
     a1 = tl.zeros([NS, BD], dtype=tl.float32)
@@ -763,66 +964,59 @@ def _conv1d_bwd_streams_kernel(
             s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, _seg1(p_s, tt, L, sst), W)
     t_lo = tl.where(i_s == 0, -(W - 1), c0)
     t_end = tl.minimum(c1 + (W - 1), L)
-    for t0 in range(0, CH + (W - 1), R):
-        tb = c0 + t0
-        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows2(p_x, tb, sxt, t_end, m_d, R)
-        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows2(p_dy, tb, sdt, t_end, m_d, R)
+    if ST != 0:  # CST: the row stride of x, dy and dx as a constant (immediate load / store offsets)
+        sxt = ST
+        sdt = ST
+        sxgt = ST
+    if not TAIL:
+        # rows tau in [c0, c1 + W - 1) per stream, in R-row steps (the last mostly masked)
+        (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+         dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
+            p_x, p_dy, p_dx, p_dh, p_gh, p_s, CH + (W - 1), c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+            m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+            s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+            W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, True, True)
+    else:
+        # the chunk's own CH rows; EVEN: programs whose NS chunks all end at or before L skip the time masks
+        full = False
+        if EVEN:
+            full = (i_c + 1) * (NS * CH) <= L
+        if full:
+            (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
+                p_x, p_dy, p_dx, p_dh, p_gh, p_s, CH, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+                m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+                s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, False, False)
+        else:
+            (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
+                p_x, p_dy, p_dx, p_dh, p_gh, p_s, CH, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+                m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+                s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, False, True)
+    if TAIL:
+        # the W - 1 halo rows after the chunk: du only feeds dx of the chunk's last W - 1 rows
+        tb = c0 + CH
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows2(p_x, tb, sxt, t_end, m_d, W - 1, True)
+        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows2(p_dy, tb, sdt, t_end, m_d, W - 1, True)
         p_dxb = p_dx + (tb - (W - 1)).to(tl.int64)[:, None] * sxgt
-        for r in tl.static_range(R):
-            tt = tb + r
-            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r).to(tl.float32)
-            du = _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r).to(tl.float32)
-            if HAS_SEQ:
-                s = _seg1(p_s, tt, L, sst)
-            if SILU:
-                u = b_b + _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1) * v
-                for k in tl.static_range(1, W):
-                    c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1 - k) * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
-                    if HAS_SEQ:
-                        c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s)[:, None], c, 0.0)
-                    u += c
-                sg = _sigmoid(u, FAST)
-                du = du * sg * (1.0 + u * (1.0 - sg))
-            dsel = tl.where((tt < c1)[:, None], du, 0.0)
-            b_db += dsel
-            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, dsel * v, W - 1)
-            for k in tl.static_range(1, W):
-                c = dsel * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
-                if HAS_SEQ:
-                    c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s)[:, None], c, 0.0)
-                dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, c, W - 1 - k)
-            t = tt - (W - 1)
-            b_dx = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, 0) * du
-            if HAS_SEQ:
-                s_t = _pick_j(s1, s1, s2, s3, s4, s5, s6, s7, W - 1)
-                b_dx = tl.where((s_t == s)[:, None], b_dx, 0.0)
-            for k in tl.static_range(1, W):
-                c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, k) * _pick_j(e1, e1, e2, e3, e4, e5, e6, e7, k)
-                if HAS_SEQ:
-                    if k < W - 1:
-                        c = tl.where((_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s_t)[:, None], c, 0.0)
-                b_dx += c
-            if HAS_GH:
-                jj = t - (L - (W - 1))
-                m_g = (jj >= 0) & (jj < W - 1)
-                b_gh = tl.load(p_gh + tl.maximum(jj, 0).to(tl.int64)[:, None] * sgk, mask=_rm2(m_d, m_g),
-                               other=0.0).to(tl.float32)
-                if HAS_SEQ:
-                    b_gh = tl.where((s_t == s_last)[:, None], b_gh, 0.0)
-                b_dx += b_gh
-            tl.store(p_dxb + r * sxgt, b_dx.to(DX.dtype.element_ty), mask=_rm2(m_d, (t >= c0) & (t < c1)))
-            if STORE_DH0:
-                tl.store(p_dh + tl.maximum(t + (W - 1), 0).to(tl.int64)[:, None] * shgk,
-                         b_dx.to(DH0.dtype.element_ty), mask=_rm2(m_d, (t < 0) & (t >= t_lo)))
-            a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7, v, W)
-            e1, e2, e3, e4, e5, e6, e7 = _push(e1, e2, e3, e4, e5, e6, e7, du, W)
-            if HAS_SEQ:
-                s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+        for r in tl.static_range(W - 1):
+            (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_row2(
+                _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r), _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r), tb + r,
+                CH + r, c0, c1, t_lo, L, p_dxb + r * sxgt, p_dh, p_gh, p_s, sst, sgk, shgk, m_d, s_last,
+                w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+                s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, False, False, True)
     row = i_b * tl.num_programs(0) + i_c
     p_dw = DWP + row * (W + 1) * D + o_d  # partial row: W dweight rows, then dbias
     for k in tl.static_range(W):
         tl.store(p_dw + k * D, tl.sum(_pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), axis=0), mask=m_d)
     tl.store(DBP + row * (W + 1) * D + o_d, tl.sum(b_db, axis=0), mask=m_d)
+    if FUSE:
+        _finish_partials(DWP, DW, DB, CNT, i_d, i_b, tl.num_programs(0), tl.num_programs(1), tl.num_programs(2), D,
+                         o_d, m_d, sdwd, sdwk, W, HAS_BIAS, BD, RB, FUSE)
 
 
 def _fwd_configs():
@@ -837,13 +1031,23 @@ def _fwd_configs():
 
 
 def _bwd_configs():
-    """KIND "streams": NS chunks per program (one warp each), dweight / dbias summed in the program."""
-    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=False) for bd, nw, r, ch in [
-        (128, 1, 8, 64), (128, 2, 8, 128)]]
-    streams = [dict(KIND="streams", BD=bd, num_warps=ns, NS=ns, R=r, CH=ch) for bd, ns, r, ch in [
-        (128, 4, 8, 64), (128, 4, 8, 128), (64, 4, 8, 128), (64, 2, 8, 128), (64, 8, 8, 128), (64, 4, 8, 256),
-        (32, 4, 8, 128)]]
-    return rows + streams
+    """KIND "streams": NS chunks per program (one warp each), dweight / dbias summed in the program.
+    FUSE (1 or 2 levels, _finish_partials): the last program per channel block sums the partials (no
+    _partials_sum_kernel launch); TAIL
+    (streams): the W - 1 halo rows get their own short step instead of a mostly masked R-row step; CST
+    and EVEN: see _conv1d_bwd_streams_kernel."""
+    rows = [dict(KIND="rows", BD=bd, num_warps=nw, R=r, CH=ch, PF=False, FUSE=fu) for bd, nw, r, ch, fu in [
+        (128, 1, 8, 64, False), (128, 2, 8, 128, False), (128, 2, 8, 128, True)]]
+    streams = [dict(KIND="streams", BD=bd, num_warps=ns, NS=ns, R=r, CH=ch, FUSE=fu, TAIL=ta)
+               for bd, ns, r, ch, fu, ta in [
+                   (128, 4, 8, 64, False, False), (128, 4, 8, 128, False, False), (64, 4, 8, 128, False, False),
+                   (64, 2, 8, 128, False, False), (64, 8, 8, 128, False, False), (64, 4, 8, 256, False, False),
+                   (32, 4, 8, 128, False, False),
+                   (64, 4, 8, 128, True, False), (64, 4, 8, 128, True, True)]]
+    # CST: the common row stride of x / dy / dx as a constant; EVEN: full chunks walk without time masks
+    lean = [dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=ch, FUSE=fu, TAIL=True, CST=True, EVEN=True)
+            for ch, fu in ((128, 1), (256, 1), (128, 2))]
+    return rows + streams + lean
 
 
 # Fixed configs instead of autotuning: first-call tuning would cost ~20 compiles per key, and the
@@ -872,7 +1076,12 @@ def _bwd_config(x, W):
         return dict(KIND="tile", BT=32, BD=16, num_warps=4, SHARE=True, SCRATCH=False)
     # H100 round-2 sweep (bench/RESULTS.md): 4 chunks of 128 rows per program, 2 channels per thread,
     # best backward at W4 (0.3609 ms, 0.837 of copy) and W8 (0.4597 ms); ~80 / ~130 registers
-    return dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=128)
+    return dict(BWD_STREAMS_DEFAULT)
+
+
+# The backward default (channel-last). FUSE / TAIL / CH are the session-4 switches (.gpu/conv4.sh
+# times them against this default in one process before one is made the default).
+BWD_STREAMS_DEFAULT = dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=128, FUSE=False, TAIL=False)
 
 
 def _rows_chunk(x, cfg) -> int:
@@ -1035,29 +1244,44 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
     n_p = cdiv(n_c, NS)  # programs along time, each with NS chunks
     dx = _layout_like(x, x.dtype)
     dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
-    dwp = new_empty((B * n_p, W + 1, D), dtype=torch.float32, device=x.device)  # dweight rows, dbias row
+    fuse = int(cfg.get("FUSE", False))  # 0: _partials_sum_kernel; 1, 2: fused sums in 1 or 2 levels
+    # dweight rows, dbias row per program (two-level fused sums: B more rows for the per-batch sums)
+    dwp = new_empty((B * n_p + (B if fuse == 2 else 0), W + 1, D), dtype=torch.float32, device=x.device)
     dbp = dwp[:, W]
+    n_blk = cdiv(D, cfg["BD"])
+    if fuse:  # the last program per channel block sums the partials (arrival counters, zeroed per call)
+        dw = new_empty((D, W), dtype=weight.dtype, device=x.device)
+        db = new_empty((D,), dtype=bias.dtype, device=x.device) if bias is not None else None
+        cnt = torch.zeros((n_blk * (B + 1) if fuse == 2 else n_blk,), dtype=torch.int32, device=x.device)
     dummy = x
     args = (
         x, weight, bias if bias is not None else dummy, initial_states if initial_states is not None else dummy,
         seq_idx if seq_idx is not None else dummy, dy, dht if dht is not None else dummy, dx,
         dh0 if dh0 is not None else dummy, dwp, dbp,
+        dw if fuse else dummy, (db if db is not None else dummy) if fuse else dummy, cnt if fuse else dummy,
         L, D, CH, *x.stride(), *weight.stride(), *_strides3(initial_states),
         *(tuple(seq_idx.stride()) if seq_idx is not None else (0, 0)), *dy.stride(), *_strides3(dht),
-        *dx.stride(), *_strides3(dh0),
+        *dx.stride(), *_strides3(dh0), *(dw.stride() if fuse else (0, 0)),
     )
     flags = dict(W=W, SILU=activation == "silu", HAS_BIAS=bias is not None,
                  HAS_H0=initial_states is not None, HAS_SEQ=seq_idx is not None, HAS_GH=dht is not None,
                  STORE_DH0=dh0 is not None)
-    grid = (n_p, cdiv(D, cfg["BD"]), B)
+    grid = (n_p, n_blk, B)
     fast = x.is_cuda and cfg.get("FAST", True)
+    nw = cfg.get("num_warps", NS if cfg["KIND"] == "streams" else 1)
+    # fused sums: RB partial rows per step, at most 8 fp32 per thread per accumulator (W + 1 of them)
+    rb = max(1, min(16, 8 * 32 * nw // cfg["BD"]))
     if cfg["KIND"] == "streams":
-        _conv1d_bwd_streams_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], NS=NS, FAST=fast,
-                                         num_warps=cfg.get("num_warps", NS))
+        tail = cfg.get("TAIL", False) and CH % cfg["R"] == 0
+        st = x.stride(2) if cfg.get("CST", False) and x.stride(2) == dy.stride(2) == dx.stride(2) else 0
+        _conv1d_bwd_streams_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], NS=NS, FAST=fast, FUSE=fuse,
+                                         TAIL=tail, RB=rb, ST=st, EVEN=tail and cfg.get("EVEN", False),
+                                         num_warps=nw)
     else:
         _conv1d_bwd_rows_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], PF=cfg.get("PF", False),
-                                      FAST=fast, num_warps=cfg.get("num_warps", 1))
-    dw, db = _reduce_partials(dwp, weight, bias)
+                                      FAST=fast, FUSE=fuse, RB=rb, num_warps=nw)
+    if not fuse:
+        dw, db = _reduce_partials(dwp, weight, bias)
     return dx, dw, db, dh0
 
 
