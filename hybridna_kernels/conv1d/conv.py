@@ -1081,7 +1081,7 @@ def _bwd_config(x, W):
 
 # The backward default (channel-last). FUSE / TAIL / CH are the session-4 switches (.gpu/conv4.sh
 # times them against this default in one process before one is made the default).
-BWD_STREAMS_DEFAULT = dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=128, FUSE=False, TAIL=False)
+BWD_STREAMS_DEFAULT = dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=128, FUSE=2, TAIL=True, CST=True, EVEN=True)
 
 
 def _rows_chunk(x, cfg) -> int:
