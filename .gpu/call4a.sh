@@ -7,8 +7,8 @@ O=$OUT; mkdir -p $O/conv4 $O/demo4 $O/tests
 echo "######## conv4 $(date -u +%T) $(nvidia-smi --query-gpu=name --format=csv,noheader)"
 CONV4_VARIANTS=${CONV4_VARIANTS:-old,lean128_f2,lean256_f2,lean128} OUT=$O/conv4 timeout ${CONV_S:-55} python3 .gpu/conv4.py 2>&1 | grep -v -iE "warn|^\s*$" | cut -c1-260
 echo "######## demo4 $(date -u +%T) at ${SECONDS} s"
-OUT=$O/demo4 timeout 108 bash .gpu/demo4.sh 2>&1 | grep -v -iE "warn|^\s*$" | cut -c1-260
+OUT=$O/demo4 timeout ${DEMO_S:-108} bash .gpu/demo4.sh 2>&1 | grep -v -iE "warn|^\s*$" | cut -c1-260
 echo "######## tests $(date -u +%T) at ${SECONDS} s"
-OUT=$O/tests FILES="tests/test_attention.py tests/test_conv1d.py tests/test_norm.py tests/test_swiglu.py tests/test_train.py" \
+OUT=$O/tests FILES="${FILES:-tests/test_attention.py tests/test_conv1d.py tests/test_norm.py tests/test_swiglu.py tests/test_train.py}" \
   T=$(( ${TOT:-425} - SECONDS )) N=14 bash .gpu/tests_all.sh 2>&1 | cut -c1-260
 echo "######## end $(date -u +%T) at ${SECONDS} s"
