@@ -29,7 +29,7 @@ test: $(VENV)/.installed
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 demo: $(VENV)/.installed
-	@# CPU: the tiny preset for at most 7 minutes of training; GPU: Triton kernels, bf16, the same 614k tokens with a 4x longer context. Extra flags:
+	@# CPU: the tiny preset for at most 7 minutes of training; GPU: Triton kernels, bf16, CUDA-graph steps, 4x the tokens at a 4x longer context. Extra flags:
 	@# make demo DEMO_ARGS="--steps 1000 --seq-len 256"
 	$(PY) -m hybridna.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 

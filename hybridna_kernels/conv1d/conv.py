@@ -1046,7 +1046,7 @@ def _bwd_configs():
                    (64, 4, 8, 128, True, False), (64, 4, 8, 128, True, True)]]
     # CST: the common row stride of x / dy / dx as a constant; EVEN: full chunks walk without time masks
     lean = [dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=ch, FUSE=fu, TAIL=True, CST=True, EVEN=True)
-            for ch, fu in ((128, 1), (256, 1), (128, 2))]
+            for ch, fu in ((128, 1), (256, 1), (128, 2), (256, 2))]
     return rows + streams + lean
 
 
@@ -1079,9 +1079,10 @@ def _bwd_config(x, W):
     return dict(BWD_STREAMS_DEFAULT)
 
 
-# The backward default (channel-last). FUSE / TAIL / CH are the session-4 switches (.gpu/conv4.sh
-# times them against this default in one process before one is made the default).
-BWD_STREAMS_DEFAULT = dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=128, FUSE=2, TAIL=True, CST=True, EVEN=True)
+# The backward default (channel-last): "lean256_f2" of .gpu/conv4.py, the fastest of three in one process on an
+# H100 (2026-12-07, B8 D2304 L8192 W4 bf16, fwd+bwd through autograd): old flags (CH128, separate partial sum)
+# 0.5739 ms (graph 0.5644), the same with FUSE=2 TAIL CST EVEN 0.5719 (0.5633), and CH256 with them 0.5613 (0.5536).
+BWD_STREAMS_DEFAULT = dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=256, FUSE=2, TAIL=True, CST=True, EVEN=True)
 
 
 def _rows_chunk(x, cfg) -> int:
