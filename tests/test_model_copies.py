@@ -431,3 +431,28 @@ def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
         grads.append([x.grad.clone()] + [p.grad.clone() for p in blk.parameters()])
     assert len(calls) == 1, calls  # the plain forward only: neither the checkpointed one nor its recompute
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_grad_slab_rules():
+    """GradSlab's contract: a piece matches by its memory (any view of it: unflatten, transpose), nothing
+    else does (a part of a piece, another tensor); a piece handed out twice starts a new buffer (no
+    overwrite); assemble gives the base's gradient only from the views it handed out, once."""
+    base = torch.randn(2, 5, 7)
+    pieces = torch.split(base, [3, 4], dim=-1)
+    slab = ku.GradSlab(base, pieces)
+    assert slab.dest(pieces[1].unflatten(-1, (2, 2))).i == 1
+    assert slab.dest(pieces[0].transpose(1, 2)).i == 0
+    assert slab.dest(pieces[0][..., :2]) is None and slab.dest(torch.randn(2, 5, 3)) is None
+    d0, d1 = slab.dest(pieces[0]), slab.dest(pieces[1].unflatten(-1, (2, 2)))
+    g0 = d0.take()
+    g0b = d0.take()  # a second request: a new buffer
+    assert g0.untyped_storage().data_ptr() != g0b.untyped_storage().data_ptr()
+    g1 = d1.take().flatten(-2)
+    assert slab.assemble([g0, g1]) is None and slab.buf is None  # g0 is not in the current buffer
+    g0, g1 = d0.take(), d1.take().flatten(-2)
+    g0.fill_(1.0)
+    g1.fill_(2.0)
+    full = slab.assemble([g0, g1])
+    assert full is not None and full.shape == base.shape and slab.buf is None
+    assert torch.equal(full, torch.cat([torch.ones(2, 5, 3), torch.full((2, 5, 4), 2.0)], -1))
+    assert slab.assemble([g0, g1]) is None  # released: nothing handed out since
