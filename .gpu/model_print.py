@@ -2,13 +2,18 @@
 import json
 import sys
 
+_LABEL = {"slabs": "g"}  # the others by their first letter
+
 for line in sys.stdin:
+    if not line.lstrip().startswith("{"):  # plain lines (a script's own prints) pass through
+        print(line.rstrip())
+        continue
     try:
         r = json.loads(line)
         v = (("fused" if r.get("fused_norms") else "unfused") + (f"+compile:{r.get('compile')}" if r.get("compile") else "")
              + ("+ckpt_mlp" if r.get("ckpt") == "mlp" else "")
-             + "".join(f" {k[0]}{r.get(k) if isinstance(r.get(k), float) and 0 < r.get(k) < 1 else int(bool(r.get(k)))}"
-                       for k in ("swiglu", "mlp_re", "conv_re", "normh", "inproj_re") if k in r))
+             + "".join(f" {_LABEL.get(k, k[0])}{r.get(k) if isinstance(r.get(k), float) and 0 < r.get(k) < 1 else int(bool(r.get(k)))}"
+                       for k in ("swiglu", "mlp_re", "conv_re", "normh", "inproj_re", "slabs") if k in r))
         it = r["item"]
         if it == "check":
             verdict = "PASS" if r["ok"] else "FAIL"

@@ -613,16 +613,20 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
         "swiglu=0|1", "mlp_re=0|1", "conv_re=0|1", "inproj_re=0|1"   hybridna.model.FUSED_SWIGLU /
                           MLP_RECOMPUTE / CONV_RECOMPUTE / INPROJ_RECOMPUTE from here on (the fused SwiGLU kernels + the one-node norm2 + MLP,
                           recomputing the gate_up output, recomputing the conv output in the SSD backward)
+        "slabs=0|1"       hybridna.model.GRAD_SLABS: the backwards after the in_proj / conv / qkv splits write the
+                          pieces' gradients into one buffer (1) or torch.split's backward cats them (0)
         "normh=0|1"       hybridna_kernels.norm.linear.BWD_WRITES_H: the norm + linear backward takes the
                           normed activation from the norm's backward pass (1) or a separate recompute (0)
-        "old"             all four off (session 2's model); "new" all four on (the defaults)"""
+        "old"             all five off (session 2's model); "new" all five on (the defaults)"""
     import hybridna.model as hm
 
     import hybridna_kernels.norm.linear as nl
 
     variant = dict(fused_norms=True, compile=None, ckpt=None, swiglu=hm.FUSED_SWIGLU, mlp_re=hm.MLP_RECOMPUTE,
-                   conv_re=hm.CONV_RECOMPUTE, normh=nl.BWD_WRITES_H, inproj_re=hm.INPROJ_RECOMPUTE)
-    flags = dict(swiglu="FUSED_SWIGLU", mlp_re="MLP_RECOMPUTE", conv_re="CONV_RECOMPUTE", inproj_re="INPROJ_RECOMPUTE")
+                   conv_re=hm.CONV_RECOMPUTE, normh=nl.BWD_WRITES_H, inproj_re=hm.INPROJ_RECOMPUTE,
+                   slabs=hm.GRAD_SLABS)
+    flags = dict(swiglu="FUSED_SWIGLU", mlp_re="MLP_RECOMPUTE", conv_re="CONV_RECOMPUTE", inproj_re="INPROJ_RECOMPUTE",
+                 slabs="GRAD_SLABS")
     for item in items:
         t0 = __import__("time").perf_counter()
         if item in ("old", "new"):

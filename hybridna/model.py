@@ -24,7 +24,7 @@ from hybridna_kernels.norm.rms import rms_norm_bwd, rms_norm_fwd
 from hybridna_kernels.swiglu import swiglu, swiglu_bwd, swiglu_fwd
 from hybridna_kernels.utils import backend as _op_backend
 from hybridna_kernels.utils import get_backend as _get_op_backend
-from hybridna_kernels.utils import use_kernel
+from hybridna_kernels.utils import GradSlab, grad_slabs, use_kernel
 
 from .config import HybriDNAConfig
 from .tokenizer import A_ID, BOS_ID, N_ID, NUM_BASE_TOKENS, PAD_ID, DNATokenizer, reverse_complement_ids
@@ -55,6 +55,12 @@ CONV_RECOMPUTE = os.environ.get("HYBRIDNA_CONV_RECOMPUTE", "1") != "0"
 #   values per token, kept for the conv, SSD and gated-norm backwards) is recomputed from the residual
 #   stream (kept by norm1 anyway) when the backward needs it: one more norm1 + in_proj per Mamba block.
 INPROJ_RECOMPUTE = os.environ.get("HYBRIDNA_INPROJ_RECOMPUTE", "0") == "1"
+# GRAD_SLABS: in training, the backwards of the ops after a split (gated norm, SSD, conv, attention) write
+#   the gradients of the pieces z | x | B | C | dt (in_proj output), x | B | C (conv output) and q | k | v
+#   into slices of one buffer per split tensor (hybridna_kernels.utils.GradSlab), so the split's backward
+#   needs no cat (torch.split's does: 2 cats per Mamba layer, 1 per attention layer). Same kernels, same
+#   values; "0" restores torch.split.
+GRAD_SLABS = os.environ.get("HYBRIDNA_GRAD_SLABS", "1") != "0"
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -214,6 +220,42 @@ def _source(t: torch.Tensor):
     return lambda: t
 
 
+class _SlabSplit(torch.autograd.Function):
+    """torch.split(t, sizes, dim=-1) (views) for the GRAD_SLABS path: its backward returns the pieces'
+    gradients as one view of the slab's buffer when the ops after the split wrote them there (no cat),
+    else their cat (zeros for absent ones), like torch.split's backward."""
+
+    @staticmethod
+    def forward(ctx, t, sizes, slab):
+        ctx.slab, ctx.sizes, ctx.meta = slab, sizes, (tuple(t.shape[:-1]), t.dtype, t.device)
+        ctx.set_materialize_grads(False)
+        return tuple(torch.split(t, sizes, dim=-1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        g = ctx.slab.assemble(grads)
+        if g is None:
+            lead, dtype, device = ctx.meta
+            g = torch.cat([gi if gi is not None else torch.zeros((*lead, n), dtype=dtype, device=device)
+                           for gi, n in zip(grads, ctx.sizes)], dim=-1)
+        return g, None, None
+
+
+def _use_slabs(t: torch.Tensor, state) -> bool:
+    return (GRAD_SLABS and state is None and torch.is_grad_enabled() and t.requires_grad
+            and t.dtype != torch.float64 and use_kernel(t) and not torch.compiler.is_compiling())
+
+
+def _split(t: torch.Tensor, sizes: list[int], slabs: list | None):
+    """torch.split(t, sizes, dim=-1); with slabs (a list), through _SlabSplit, its GradSlab appended."""
+    if slabs is None:
+        return torch.split(t, sizes, dim=-1)
+    slab = GradSlab(t, torch.split(t.detach(), sizes, dim=-1))
+    slabs.append(slab)
+    return _SlabSplit.apply(t, sizes, slab)
+
+
 # ---- state carried between decoding steps ----------------------------------------------------------
 @dataclass
 class MambaState:
@@ -306,10 +348,17 @@ class Mamba2Mixer(nn.Module):
 
     def mix(self, zxbcdt, state: MambaState | None = None, rows=None, packed: Packed | None = None):
         """The mixer after in_proj: zxbcdt (B, L, 2di + 2GN + H) -> (B, L, d_model)."""
+        slabs = [] if packed is None and _use_slabs(zxbcdt, state) else None  # GRAD_SLABS
+        with contextlib.ExitStack() as stack:
+            return self._mix(zxbcdt, state, rows, packed, slabs, stack)
+
+    def _mix(self, zxbcdt, state, rows, packed, slabs, stack):
         Bsz, L, _ = zxbcdt.shape
         u = zxbcdt
         di, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
-        z, xBC, dt = torch.split(zxbcdt, [di, self.conv_dim, H], dim=-1)
+        z, xBC, dt = _split(zxbcdt, [di, self.conv_dim, H], slabs)
+        if slabs:
+            stack.enter_context(grad_slabs(slabs[-1]))
         # (B, conv_dim, L) view with channels contiguous: the conv's channel-last fast path.
         conv_out = causal_conv1d(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, activation="silu",
                                  return_final_states=state is not None and packed is None,
@@ -326,7 +375,9 @@ class Mamba2Mixer(nn.Module):
         xBC = conv_out.transpose(1, 2)  # (B, L, conv_dim)
         if xBC.stride(-1) != 1:
             xBC = xBC.contiguous()
-        x, Bm, Cm = torch.split(xBC, [di, G * N, G * N], dim=-1)
+        x, Bm, Cm = _split(xBC, [di, G * N, G * N], slabs)
+        if slabs:
+            stack.enter_context(grad_slabs(slabs[-1]))
         hooks = contextlib.nullcontext()
         if (CONV_RECOMPUTE and state is None and torch.is_grad_enabled() and conv_out.requires_grad
                 and not torch.compiler.is_compiling() and not _outer_saved_hooks()):
@@ -412,9 +463,9 @@ class Attention(nn.Module):
     def _qkv(self, x, positions):
         return self._split_qkv(self.qkv_proj(x), positions)
 
-    def _split_qkv(self, qkv, positions):  # (B, L, (hq + 2 hkv) hd) -> q, k, v
+    def _split_qkv(self, qkv, positions, slabs=None):  # (B, L, (hq + 2 hkv) hd) -> q, k, v
         dt = qkv.dtype if qkv.dtype == torch.float64 else torch.float32
-        q, k, v = torch.split(qkv, [self.hq * self.hd, self.hkv * self.hd, self.hkv * self.hd], dim=-1)
+        q, k, v = _split(qkv, [self.hq * self.hd, self.hkv * self.hd, self.hkv * self.hd], slabs)
         q = q.unflatten(-1, (self.hq, self.hd))  # (B, L, hq, hd)
         k = k.unflatten(-1, (self.hkv, self.hd))  # (B, L, hkv, hd)
         v = v.unflatten(-1, (self.hkv, self.hd))
@@ -435,12 +486,15 @@ class Attention(nn.Module):
         positions = None
         if self.cfg.rotary:
             positions = torch.arange(L, device=x.device).expand(B, L) if packed is None else packed.positions
-        q, k, v = self._split_qkv(qkv, positions)
-        if packed is None:
-            o = flash_attention(q, k, v, causal=True, window=self.cfg.attn_window)  # (B, L, hq, hd)
-        else:
-            o = flash_attention(q, k, v, causal=True, window=self.cfg.attn_window, cu_seqlens=packed.cu_seqlens,
-                                max_seqlen=packed.max_seqlen)
+        # GRAD_SLABS: flash attention's backward writes dq, dk, dv into one buffer (rotary: q, k are new tensors)
+        slabs = [] if not self.cfg.rotary and _use_slabs(qkv, state) else None
+        q, k, v = self._split_qkv(qkv, positions, slabs)
+        with grad_slabs(*(slabs or ())):
+            if packed is None:
+                o = flash_attention(q, k, v, causal=True, window=self.cfg.attn_window)  # (B, L, hq, hd)
+            else:
+                o = flash_attention(q, k, v, causal=True, window=self.cfg.attn_window,
+                                    cu_seqlens=packed.cu_seqlens, max_seqlen=packed.max_seqlen)
         if state is not None:
             rows = slice(None) if rows is None else rows
             if packed is None:

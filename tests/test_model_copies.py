@@ -115,20 +115,122 @@ def test_block_forward_autocast_makes_no_activation_copy(layer):
     assert rec.copies == [], rec.copies
 
 
-def test_mamba_block_backward_copies_ceiling():
+@pytest.mark.parametrize("slabs", [False, True], ids=["split", "slabs"])
+def test_mamba_block_backward_copies_ceiling(slabs, monkeypatch):
     """fp32 backward of a Mamba block: at most the copies that remain today, each named here.
+    With GRAD_SLABS off (torch.split):
     - cat (B, L, 2di + 2GN + H): autograd of the split of the in_proj output into z, xBC, dt;
-    - cat (B, L, di + 2GN): autograd of the split of the conv output into x, B, C;
+    - cat (B, L, di + 2GN): autograd of the split of the conv output into x, B, C.
+    With GRAD_SLABS (the default) none: the gated norm, SSD and conv backwards write dz | dxBC | ddt and
+    dx | dB | dC into slices of one buffer each, and the split's backward returns that buffer.
     The SSD backward's z.contiguous() is gone (the gate is applied in the gated norm, which reads z in
     place). The SwiGLU's cat (B, L, 2F) is gone (_SwiGLUFn writes dg, du into one buffer): a regression
     there, or any other new copy, fails."""
+    import hybridna.model as hm
+
+    monkeypatch.setattr(hm, "GRAD_SLABS", slabs)
     cfg, rec = _block(0, autocast=False, backward=True)
     di, G, N, H = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads
-    allowed = Counter([("cat", (B, L, 2 * di + 2 * G * N + H), torch.float32),
-                       ("cat", (B, L, di + 2 * G * N), torch.float32)])
+    allowed = Counter() if slabs else Counter([("cat", (B, L, 2 * di + 2 * G * N + H), torch.float32),
+                                               ("cat", (B, L, di + 2 * G * N), torch.float32)])
     got = Counter(rec.copies)
     assert got <= allowed, f"new copies in the backward: {dict(got - allowed)}"
+    if not slabs:
+        assert got == allowed, "torch.split's backward cats no longer seen: the recorder misses them"
     assert rec.n_large >= 4, "the recorder saw almost nothing of the backward"
+
+
+@pytest.mark.parametrize("slabs", [False, True], ids=["split", "slabs"])
+def test_attention_block_backward_copies(slabs, monkeypatch):
+    """fp32 backward of an attention block: torch.split's backward cats dq | dk | dv (the one copy);
+    with GRAD_SLABS flash attention's backward writes them into one buffer and nothing is copied."""
+    import hybridna.model as hm
+
+    monkeypatch.setattr(hm, "GRAD_SLABS", slabs)
+    cfg, rec = _block(4, autocast=False, backward=True)
+    qkv = (cfg.attn_n_heads + 2 * cfg.attn_n_kv_heads) * cfg.attn_head_dim
+    assert Counter(rec.copies) == (Counter() if slabs else Counter([("cat", (B, L, qkv), torch.float32)]))
+    assert rec.n_large >= 4, "the recorder saw almost nothing of the backward"
+
+
+def _slab_spy(monkeypatch):
+    """Record the GradSlabs the model makes and whether each split backward found its buffer."""
+    import hybridna.model as hm
+
+    made, hits = [], []
+
+    class Spy(hm.GradSlab):
+        def __init__(self, *a):
+            super().__init__(*a)
+            made.append(self)
+
+        def assemble(self, grads):
+            g = super().assemble(grads)
+            hits.append(g is not None)
+            return g
+
+    monkeypatch.setattr(hm, "GradSlab", Spy)
+    return made, hits
+
+
+@pytest.mark.parametrize("flags", [dict(), dict(CONV_RECOMPUTE=False), dict(INPROJ_RECOMPUTE=True),
+                                   dict(FUSED_NORMS=False)],
+                         ids=["default", "conv-kept", "inproj-recompute", "unfused-norms"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_grad_slabs_bit_identical(flags, autocast, monkeypatch):
+    """GRAD_SLABS against torch.split (the old path): the same kernels write the same values, only into
+    slices of one buffer: outputs and every gradient bit-identical, under each recompute switch; the
+    recomputes drop the same activations; each split backward returns the buffer (no cat) except with
+    the unfused norms (the SSD applies the gate, its dz is not written into the slab: the in_proj
+    split falls back to the cat); the buffers are released by the backward."""
+    flags = dict(dict(CONV_RECOMPUTE=True, INPROJ_RECOMPUTE=False, FUSED_NORMS=True), **flags)
+    with monkeypatch.context() as mp:  # each run its own spies (they chain otherwise)
+        old = _recompute_run(mp, dict(flags, GRAD_SLABS=False), autocast)
+    with monkeypatch.context() as mp:
+        made, hits = _slab_spy(mp)
+        new = _recompute_run(mp, dict(flags, GRAD_SLABS=True), autocast)
+    assert len(made) == 2
+    assert hits == ([True, False] if not flags["FUSED_NORMS"] else [True, True]), hits  # conv split first
+    assert all(s.buf is None for s in made)
+    assert sorted(old[3]) == sorted(new[3]) and sorted(old[4]) == sorted(new[4]) and old[5] == new[5]
+    assert all(torch.equal(a, b) for a, b in zip(old[1], new[1]))
+    assert all(torch.equal(a, b) for a, b in zip(old[2], new[2]))
+
+
+def test_grad_slabs_twice_and_checkpointed(monkeypatch):
+    """A second backward through the same graph (retain_graph) starts new buffers (nothing of the first
+    pass is overwritten), and under activation checkpointing the slabs still serve: gradients equal to
+    torch.split's bit for bit, for a Mamba and an attention block."""
+    import hybridna.model as hm
+    from torch.utils.checkpoint import checkpoint
+
+    cfg = HybriDNAConfig.preset("tiny")
+    torch.manual_seed(0)
+    model = HybriDNA(cfg).to(DEVICE)
+    x = torch.randn(RB, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    for layer in (0, 4):
+        blk = model.layers[layer]
+        res = {}
+        for slabs in (False, True):
+            monkeypatch.setattr(hm, "GRAD_SLABS", slabs)
+            _, hits = _slab_spy(monkeypatch)
+            out = []
+            for ckpt in (False, True):
+                x.grad = None
+                blk.zero_grad(set_to_none=True)
+                with ku.backend("triton"):
+                    y = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+                    loss = y.square().sum()
+                    loss.backward(retain_graph=True)
+                    first = [x.grad.clone()] + [p.grad.clone() for p in blk.parameters()]
+                    loss.backward()
+                out.append(first + [x.grad.clone()] + [p.grad.clone() for p in blk.parameters()])
+            res[slabs] = out
+            if slabs:
+                assert hits and all(hits), hits
+        for a, b in zip(res[False], res[True]):
+            assert all(torch.equal(u, v) for u, v in zip(a, b))
+        assert all(torch.equal(u, v) for u, v in zip(res[True][0], res[True][1]))
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
@@ -329,3 +431,28 @@ def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
         grads.append([x.grad.clone()] + [p.grad.clone() for p in blk.parameters()])
     assert len(calls) == 1, calls  # the plain forward only: neither the checkpointed one nor its recompute
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_grad_slab_rules():
+    """GradSlab's contract: a piece matches by its memory (any view of it: unflatten, transpose), nothing
+    else does (a part of a piece, another tensor); a piece handed out twice starts a new buffer (no
+    overwrite); assemble gives the base's gradient only from the views it handed out, once."""
+    base = torch.randn(2, 5, 7)
+    pieces = torch.split(base, [3, 4], dim=-1)
+    slab = ku.GradSlab(base, pieces)
+    assert slab.dest(pieces[1].unflatten(-1, (2, 2))).i == 1
+    assert slab.dest(pieces[0].transpose(1, 2)).i == 0
+    assert slab.dest(pieces[0][..., :2]) is None and slab.dest(torch.randn(2, 5, 3)) is None
+    d0, d1 = slab.dest(pieces[0]), slab.dest(pieces[1].unflatten(-1, (2, 2)))
+    g0 = d0.take()
+    g0b = d0.take()  # a second request: a new buffer
+    assert g0.untyped_storage().data_ptr() != g0b.untyped_storage().data_ptr()
+    g1 = d1.take().flatten(-2)
+    assert slab.assemble([g0, g1]) is None and slab.buf is None  # g0 is not in the current buffer
+    g0, g1 = d0.take(), d1.take().flatten(-2)
+    g0.fill_(1.0)
+    g1.fill_(2.0)
+    full = slab.assemble([g0, g1])
+    assert full is not None and full.shape == base.shape and slab.buf is None
+    assert torch.equal(full, torch.cat([torch.ones(2, 5, 3), torch.full((2, 5, 4), 2.0)], -1))
+    assert slab.assemble([g0, g1]) is None  # released: nothing handed out since

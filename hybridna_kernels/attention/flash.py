@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import autotune, cdiv, interpret_mode, new_empty
+from ..utils import autotune, cdiv, grad_dest, interpret_mode, new_empty, take_dest
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -825,16 +825,19 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
 
 
 def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seqlens=None, max_seqlen=None,
-                  blocks=None, dlse=None):
+                  blocks=None, dlse=None, outs=None):
     """Launch the backward kernels. Returns dq, dk, dv (contiguous, dtypes of q, k, v).
-    dlse: gradient of the lse output, if any; since d lse / d s = p it folds into delta."""
+    dlse: gradient of the lse output, if any; since d lse / d s = p it folds into delta.
+    outs: optional preallocated (dq, dk, dv), None entries allocated here (any strides with a unit
+    stride along headdim; utils.GradSlab)."""
     if do.stride(-1) != 1:
         do = do.contiguous()
     B, Lq, Hq, D = q.shape
     Lk, Hkv = k.shape[1], k.shape[2]
-    dq = new_empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = new_empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = new_empty(v.shape, dtype=v.dtype, device=v.device)
+    dq, dk, dv = outs if outs is not None else (None, None, None)
+    dq = new_empty(q.shape, dtype=q.dtype, device=q.device) if dq is None or dq.stride(-1) != 1 else dq
+    dk = new_empty(k.shape, dtype=k.dtype, device=k.device) if dk is None or dk.stride(-1) != 1 else dk
+    dv = new_empty(v.shape, dtype=v.dtype, device=v.device) if dv is None or dv.stride(-1) != 1 else dv
     nb, max_len = _nseq(q, cu_seqlens, max_seqlen)
     if cu_seqlens is None:
         # keys that no query sees (seqlen_k > seqlen_q, or empty q) still need dk = dv = 0
@@ -963,6 +966,7 @@ class FlashAttnFunction(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
         ctx.args = (causal, window, softmax_scale, max_seqlen)
         ctx.set_materialize_grads(False)
+        ctx.dests = [grad_dest(t) for t in (q, k, v)]  # dq, dk, dv into a caller's slab (utils.GradSlab)
         return o, lse
 
     @staticmethod
@@ -971,6 +975,7 @@ class FlashAttnFunction(torch.autograd.Function):
         causal, window, softmax_scale, max_seqlen = ctx.args
         if do is None:
             do = torch.zeros_like(o)
+        outs = [take_dest(d) if ctx.needs_input_grad[i] else None for i, d in enumerate(ctx.dests)]
         dq, dk, dv = attention_bwd(do, q, k, v, o, lse, causal=causal, window=window, softmax_scale=softmax_scale,
-                                   cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, dlse=dlse)
+                                   cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, dlse=dlse, outs=outs)
         return dq, dk, dv, None, None, None, None, None

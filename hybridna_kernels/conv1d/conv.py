@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, new_empty
+from ..utils import cdiv, grad_dest, new_empty, take_dest
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_fwd", "causal_conv1d_bwd"]
 
@@ -1165,16 +1165,18 @@ def _chunk_len(L: int, B: int, D: int) -> int:
     return ch
 
 
-def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, config=None):
-    """Launch the backward kernel. Returns (dx, dweight, dbias or None, dinitial_states or None)."""
+def causal_conv1d_bwd(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, config=None,
+                      dx_out=None):
+    """Launch the backward kernel. Returns (dx, dweight, dbias or None, dinitial_states or None).
+    dx_out: optional preallocated dx like x (any strides; utils.GradSlab), else a new one laid out like x."""
     B, D, L = x.shape
     W = weight.shape[1]
     cfg = config or _cpu_rows(x, _bwd_config(x, W))
     if cfg.get("KIND", "tile") in ("rows", "streams"):
-        return _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg)
+        return _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg, dx_out)
     CH = max(_chunk_len(L, B, D), cfg["BT"])
     n_c = cdiv(L, CH)
-    dx = _layout_like(x, x.dtype)
+    dx = _layout_like(x, x.dtype) if dx_out is None else dx_out
     dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
     dwp = new_empty((B * n_c, W + 1, D), dtype=torch.float32, device=x.device)  # dweight rows, dbias row
     dbp = dwp[:, W]
@@ -1236,14 +1238,14 @@ def _reduce_partials(dwp, weight, bias):
     return dw, db
 
 
-def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg):
+def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg, dx_out=None):
     B, D, L = x.shape
     W = weight.shape[1]
     CH = _rows_chunk(x, cfg)
     n_c = cdiv(L, CH)
     NS = cfg.get("NS", 1) if cfg["KIND"] == "streams" else 1
     n_p = cdiv(n_c, NS)  # programs along time, each with NS chunks
-    dx = _layout_like(x, x.dtype)
+    dx = _layout_like(x, x.dtype) if dx_out is None else dx_out
     dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
     fuse = int(cfg.get("FUSE", False))  # 0: _partials_sum_kernel; 1, 2: fused sums in 1 or 2 levels
     # dweight rows, dbias row per program (two-level fused sums: B more rows for the per-batch sums)
@@ -1292,6 +1294,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         y, ht = causal_conv1d_fwd(x, weight, bias, activation, initial_states, return_final_states, seq_idx)
         ctx.save_for_backward(x, weight, bias, initial_states, seq_idx)
         ctx.activation = activation
+        ctx.dx_dest = grad_dest(x)  # dx into a caller's slab (utils.GradSlab)
         if ht is not None:
             return y, ht
         return y
@@ -1303,7 +1306,8 @@ class _CausalConv1dFn(torch.autograd.Function):
             dy = torch.zeros_like(x)
         dx, dw, db, dh0 = causal_conv1d_bwd(
             x, weight, bias, ctx.activation, initial_states, seq_idx, dy, dht,
-            need_dh0=initial_states is not None and ctx.needs_input_grad[4])
+            need_dh0=initial_states is not None and ctx.needs_input_grad[4],
+            dx_out=take_dest(ctx.dx_dest) if ctx.needs_input_grad[0] else None)
         return dx, dw, db, None, dh0, None, None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..utils import grad_dest, take_dest
 from .rms import gated_rms_norm_bwd, gated_rms_norm_fwd, rms_norm_bwd, rms_norm_fwd
 
 # False: recompute the normed activation in a separate forward pass before the backward (the session-2
@@ -51,6 +52,7 @@ class GatedRMSNormLinearFn(torch.autograd.Function):
         out = F.linear(h, lin_w.to(h.dtype))
         ctx.save_for_backward(y, z, norm_w, lin_w, rstd)
         ctx.cfg = (eps, group_size, out_dtype)
+        ctx.dz_dest = grad_dest(z)  # dz into a caller's slab (utils.GradSlab)
         return out
 
     @staticmethod
@@ -61,10 +63,11 @@ class GatedRMSNormLinearFn(torch.autograd.Function):
         dout = dout.to(out_dtype)
         h = None if BWD_WRITES_H else gated_rms_norm_fwd(y, z, norm_w, eps, group_size, out_dtype)[0]
         dh = dout @ lin_w.to(out_dtype)
+        dz_out = take_dest(ctx.dz_dest, z) if ctx.needs_input_grad[1] else None
         if h is None:  # the norm's backward pass also writes h, the recomputed input of the linear (one read of y, z)
-            dy, dz, dnw, h = gated_rms_norm_bwd(y, z, norm_w, rstd, dh, group_size, out_dtype=out_dtype)
+            dy, dz, dnw, h = gated_rms_norm_bwd(y, z, norm_w, rstd, dh, group_size, out_dtype=out_dtype, dz_out=dz_out)
         else:
-            dy, dz, dnw = gated_rms_norm_bwd(y, z, norm_w, rstd, dh, group_size)
+            dy, dz, dnw = gated_rms_norm_bwd(y, z, norm_w, rstd, dh, group_size, dz_out=dz_out)
         del dh
         dlw = (dout.reshape(-1, dout.shape[-1]).t() @ h.reshape(-1, h.shape[-1])).to(lin_w.dtype)
         return dy, dz, dnw, dlw, None, None, None

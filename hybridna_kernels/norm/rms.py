@@ -222,14 +222,22 @@ def gated_rms_norm_fwd(y, z, weight, eps: float, group_size: int, out_dtype):
     return o.view(y.shape), rstd
 
 
-def gated_rms_norm_bwd(y, z, weight, rstd, do, group_size: int, out_dtype=None):
+def gated_rms_norm_bwd(y, z, weight, rstd, do, group_size: int, out_dtype=None, dz_out=None):
     """dy, dz, dw; with out_dtype also the forward's output recomputed in the same pass (bit-equal to
-    gated_rms_norm_fwd's), for the weight gradient of a linear layer after the norm."""
+    gated_rms_norm_fwd's), for the weight gradient of a linear layer after the norm. dz_out: optional
+    preallocated dz like z (rows of unit column stride; utils.GradSlab), returned as dz."""
     N = y.shape[-1]
     y2, z2, do2 = _rows(y, N), _rows(z, N), _rows(do, N, any_col_stride=True)
     M, G = y2.shape[0], N // group_size
     dy = new_empty((M, N), dtype=y.dtype, device=y.device)
-    dz = new_empty((M, N), dtype=z.dtype, device=y.device)
+    dz = None
+    if dz_out is not None:
+        try:
+            dz = dz_out.view(-1, N)  # never a copy: the kernel must write into dz_out itself
+        except RuntimeError:
+            dz_out = None
+    if dz is None:
+        dz = new_empty((M, N), dtype=z.dtype, device=y.device)
     nprog = max(1, _nprog(M, y.device) // G)
     rpp = cdiv(M, nprog) if M > 0 else 0
     dwp = new_empty((nprog, N), dtype=torch.float32, device=y.device)
@@ -239,7 +247,7 @@ def gated_rms_norm_bwd(y, z, weight, rstd, do, group_size: int, out_dtype=None):
                                   rpp, y2.stride(0), z2.stride(0), do2.stride(0), do2.stride(1), dy.stride(0),
                                   dz.stride(0), o.stride(0) if o is not None else 0,
                                   BN=BN, STORE_O=o is not None, num_warps=_warps(BN))
-    out = dy.view(y.shape), dz.view(z.shape), dwp.sum(0).to(weight.dtype)
+    out = dy.view(y.shape), (dz.view(z.shape) if dz_out is None else dz_out), dwp.sum(0).to(weight.dtype)
     return out if o is None else (*out, o.view(y.shape))
 
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import new_empty
+from ..utils import grad_dest, new_empty, take_dest
 
 # Chunk tables for packed input: chunk_init[c] = -2 (carry the state in), -1 (start from zero),
 # k >= 0 (start from initial_states[k]); chunk_final[c] = k >= 0 when the state after chunk c is
@@ -1383,7 +1383,10 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     return y, final, hin, ypre
 
 
-def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, hin, final, ypre):
+def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, hin, final, ypre, outs=None):
+    """outs: optional dict of preallocated gradients (any strides, unit stride along the last dim):
+    'dx', 'ddt', 'dB', 'dC' (utils.GradSlab: slices of one buffer, so the caller needs no cat)."""
+    outs = outs or {}
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     nc = triton.cdiv(T, Q)
@@ -1461,7 +1464,9 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         ds = ldh
     ddal = ddal.sum(-1)
 
-    dx = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
+    dx = outs.get("dx")
+    if dx is None:
+        dx = new_empty((b, T, H, P), dtype=x.dtype, device=dev)
     du = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     dcs = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     BJ = cfg["BM"]
@@ -1495,8 +1500,9 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         num_warps=cfg["warps"], num_stages=cfg["stages"])
     if not tsum:
         launch_dcb()
-    dB = new_empty(B.shape, dtype=B.dtype, device=dev)
-    dC = new_empty(C.shape, dtype=C.dtype, device=dev)
+    dB, dC = outs.get("dB"), outs.get("dC")
+    dB = new_empty(B.shape, dtype=B.dtype, device=dev) if dB is None else dB
+    dC = new_empty(C.shape, dtype=C.dtype, device=dev) if dC is None else dC
     BMd = cfg["BM_DBC"]
     for is_db, out in ((True, dB), (False, dC)):
         mfirst = cfg["hfirst"] and b * nc <= 65535
@@ -1508,7 +1514,9 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             R_TF32=cfg["r_prec"] == "tf32" and x.dtype != f32, DOT_PREC=cfg["prec"],
             num_warps=cfg["warps_dbc"], num_stages=cfg["stages"])
 
-    ddt = new_empty(dt.shape, dtype=dt.dtype, device=dev)
+    ddt = outs.get("ddt")
+    if ddt is None:
+        ddt = new_empty(dt.shape, dtype=dt.dtype, device=dev)
     dA_part = new_empty((b, nc, H), dtype=f32, device=dev)
     dbias_part = new_empty((b, nc, H), dtype=f32, device=dev) if dt_bias is not None else u
     _cumsum_bwd_kernel[(b, nc, triton.cdiv(H, BH))](
@@ -1603,15 +1611,17 @@ def scan_forward(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, Q, so
 
 
 def scan_backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, Q, softplus, lo, hi,
-                  hin, ypre, final, layout):
+                  hin, ypre, final, layout, outs=None):
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit) in the caller's layout, None where an
-    input is None. hin / ypre / layout may be None: they are recomputed."""
+    input is None. hin / ypre / layout may be None: they are recomputed. outs: see _bwd (used only
+    without seq_idx / cu_seqlens; the packed path gathers its gradients anyway)."""
     if dy is None:
         dy = torch.zeros_like(x)
     if seq_idx is None and cu_seqlens is None:
         if hin is None or (z is not None and ypre is None):
             _, final, hin, ypre = _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, None, True)
-        return _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, None, hin, final, ypre)
+        return _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, None, hin, final, ypre,
+                    outs)
     b, L = x.shape[:2]
     recompute = layout is None or hin is None or (z is not None and ypre is None)
     if layout is None:
@@ -1648,6 +1658,9 @@ def _cast_grads(grads, B, C, z):
             dbias, dinit)
 
 
+_GRAD_IDX = {"dx": 0, "ddt": 1, "dB": 3, "dC": 4}
+
+
 class SSDScanFunction(torch.autograd.Function):
     """The eager path (torch.compile goes through the registered ops below, same launchers)."""
 
@@ -1660,6 +1673,9 @@ class SSDScanFunction(torch.autograd.Function):
         if keep:
             ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, hin, ypre, final)
             ctx.layout = layout
+            # gradients into a caller's slab (utils.GradSlab), where B and C need no cast
+            ctx.dests = {k: grad_dest(t) for k, t in (("dx", x), ("ddt", dt), ("dB", B), ("dC", C))} \
+                if seq_idx is None and cu_seqlens is None and B.dtype == C.dtype == x.dtype else {}
         ctx.cfg = (Q, softplus, lo, hi)
         return y, final
 
@@ -1668,8 +1684,9 @@ class SSDScanFunction(torch.autograd.Function):
         x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, hin, ypre, final = ctx.saved_tensors
         Q, softplus, lo, hi = ctx.cfg
         A32, Bx, Cx, zx = _prep(x, A, B, C, z)
+        outs = {k: take_dest(d) for k, d in ctx.dests.items() if d is not None and ctx.needs_input_grad[_GRAD_IDX[k]]}
         grads = scan_backward(dy, dfinal, x, dt, A32, Bx, Cx, D, zx, dt_bias, init, seq_idx, cu_seqlens, Q, softplus,
-                              lo, hi, hin, ypre, final, ctx.layout)
+                              lo, hi, hin, ypre, final, ctx.layout, outs)
         grads = _cast_grads(grads, B, C, z)
         dA = grads[2].to(A.dtype)
         return (grads[0], grads[1], dA, *grads[3:], None, None, None, None, None, None)

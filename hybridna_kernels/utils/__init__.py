@@ -23,6 +23,11 @@ __all__ = [
     "check_same_device",
     "autotune",
     "FLOAT_DTYPES",
+    "GradSlab",
+    "GradDest",
+    "grad_slabs",
+    "grad_dest",
+    "take_dest",
 ]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -173,3 +178,115 @@ def cdiv(a: int, b: int) -> int:
 
 
 LOG2E = math.log2(math.e)
+
+
+# ---- gradients written into slices of one buffer (issue 10: no backward cats) ----------------------
+# A caller that splits one tensor (say a projection's output) into pieces for several ops can register
+# it as a GradSlab: while `grad_slabs(...)` is active, an op's eager forward asks `grad_dest(t)` for each
+# input; if t's memory is exactly one registered piece, its backward writes t's gradient into the same
+# place of a mirror buffer (one per slab and backward pass, laid out like the registered tensor) instead
+# of a new tensor, and the caller's split backward finds the pieces' gradients already side by side
+# (GradSlab.assemble): no cat. Every piece is handed out once per buffer; a second request for it (a
+# second backward pass, or two ops on the same piece) starts a new buffer, so nothing is overwritten,
+# and assemble then falls back to the cat.
+
+def _canon(t: torch.Tensor):
+    """The set of storage elements a strided tensor covers, in a layout-independent form."""
+    dims = sorted(((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1), reverse=True)
+    out = []
+    for st, sz in dims:  # merge (outer, inner) where outer stride == inner stride * inner size
+        if out and out[-1][0] == st * sz:
+            out[-1] = (st, out[-1][1] * sz)
+        else:
+            out.append((st, sz))
+    return t.storage_offset(), tuple(out)
+
+
+class GradSlab:
+    """A tensor (the base) whose pieces' gradients are written into one mirror buffer. Holds only the
+    base's address and layout, never the tensor (recompute hooks may free it)."""
+
+    def __init__(self, base: torch.Tensor, pieces: Sequence[torch.Tensor]):
+        st = base.untyped_storage()
+        self.ptr, self.device, self.dtype = st.data_ptr(), base.device, base.dtype
+        self.numel = st.nbytes() // base.element_size()
+        self.layout = (tuple(base.shape), tuple(base.stride()), base.storage_offset())
+        self.pieces = [_canon(p) for p in pieces]
+        self.views = [(tuple(p.shape), tuple(p.stride()), p.storage_offset()) for p in pieces]
+        self.buf, self.taken = None, set()
+
+    def dest(self, t: torch.Tensor):
+        if t.device != self.device or t.dtype != self.dtype or t.untyped_storage().data_ptr() != self.ptr:
+            return None
+        c = _canon(t)
+        for i, p in enumerate(self.pieces):
+            if c == p:
+                return GradDest(self, i, tuple(t.shape), tuple(t.stride()), t.storage_offset())
+        return None
+
+    def take(self, i: int, shape, stride, offset) -> torch.Tensor:
+        """The gradient buffer of piece i (backward), viewed like the forward's input."""
+        if self.buf is None or i in self.taken:
+            self.buf, self.taken = new_empty((self.numel,), dtype=self.dtype, device=self.device), set()
+        self.taken.add(i)
+        return self.buf.as_strided(shape, stride, offset)
+
+    def assemble(self, grads) -> torch.Tensor | None:
+        """The base's gradient as one view of the buffer when grads (of the registered pieces, in
+        order) are exactly its views written by the ops; else None (the caller cats). Releases the
+        buffer either way (its memory then lives as long as the returned gradient)."""
+        buf, taken = self.buf, self.taken
+        self.buf, self.taken = None, set()
+        if buf is None or len(taken) != len(self.views):
+            return None
+        ptr = buf.untyped_storage().data_ptr()
+        for g, (shape, stride, off) in zip(grads, self.views):
+            if (g is None or g.untyped_storage().data_ptr() != ptr or tuple(g.shape) != shape
+                    or tuple(g.stride()) != stride or g.storage_offset() != off or g.dtype != buf.dtype):
+                return None
+        return buf.as_strided(*self.layout)
+
+
+class GradDest:
+    """Where an op's backward writes the gradient of one input (see GradSlab)."""
+
+    def __init__(self, slab: GradSlab, i: int, shape, stride, offset):
+        self.slab, self.i, self.key = slab, i, (shape, stride, offset)
+
+    def take(self) -> torch.Tensor:
+        return self.slab.take(self.i, *self.key)
+
+
+_SLABS: list[GradSlab] = []
+
+
+@contextlib.contextmanager
+def grad_slabs(*slabs: GradSlab):
+    """Within this context, ops' eager forwards look up grad_dest for their inputs."""
+    _SLABS.extend(slabs)
+    try:
+        yield
+    finally:
+        del _SLABS[len(_SLABS) - len(slabs):]
+
+
+def grad_dest(t: torch.Tensor | None) -> GradDest | None:
+    """The GradDest of t when an active GradSlab registers its memory as a piece (forward, eager)."""
+    if not _SLABS or t is None or not isinstance(t, torch.Tensor):
+        return None
+    for s in reversed(_SLABS):
+        d = s.dest(t)
+        if d is not None:
+            return d
+    return None
+
+
+def take_dest(d: GradDest | None, like: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Backward: the out tensor for a gradient (None: allocate as usual). With like, only when the
+    gradient would have like's shape and dtype."""
+    if d is None:
+        return None
+    shape, _, _ = d.key
+    if like is not None and (tuple(like.shape) != shape or like.dtype != d.slab.dtype):
+        return None
+    return d.take()
