@@ -59,8 +59,9 @@ INPROJ_RECOMPUTE = os.environ.get("HYBRIDNA_INPROJ_RECOMPUTE", "0") == "1"
 #   the gradients of the pieces z | x | B | C | dt (in_proj output), x | B | C (conv output) and q | k | v
 #   into slices of one buffer per split tensor (hybridna_kernels.utils.GradSlab), so the split's backward
 #   needs no cat (torch.split's does: 2 cats per Mamba layer, 1 per attention layer). Same kernels, same
-#   values; "0" restores torch.split.
-GRAD_SLABS = os.environ.get("HYBRIDNA_GRAD_SLABS", "1") != "0"
+#   values. Opt-in ("1") until it has run on a GPU: written and tested on CPU (interpreter, bit-identical
+#   gradients) in session 4, whose device time ran out first; .gpu/cats4.sh measures it against torch.split.
+GRAD_SLABS = os.environ.get("HYBRIDNA_GRAD_SLABS", "0") == "1"
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -121,7 +121,7 @@ def test_mamba_block_backward_copies_ceiling(slabs, monkeypatch):
     With GRAD_SLABS off (torch.split):
     - cat (B, L, 2di + 2GN + H): autograd of the split of the in_proj output into z, xBC, dt;
     - cat (B, L, di + 2GN): autograd of the split of the conv output into x, B, C.
-    With GRAD_SLABS (the default) none: the gated norm, SSD and conv backwards write dz | dxBC | ddt and
+    With GRAD_SLABS (opt-in) none: the gated norm, SSD and conv backwards write dz | dxBC | ddt and
     dx | dB | dC into slices of one buffer each, and the split's backward returns that buffer.
     The SSD backward's z.contiguous() is gone (the gate is applied in the gated norm, which reads z in
     place). The SwiGLU's cat (B, L, 2F) is gone (_SwiGLUFn writes dg, du into one buffer): a regression
