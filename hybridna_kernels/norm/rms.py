@@ -36,20 +36,26 @@ def _rms_fwd_kernel(X, DL, W, Y, S, RSTD, N, sx, sd, sy, ss, eps,
 
 
 @triton.jit
-def _rows_bwd_setup(W, col0, N, rpp, BN: tl.constexpr):
-    """A backward program's set-up: it walks rows [r0, r0 + rpp) over the columns col0 + [0, N) and sums the
-    weight gradient of those columns over its rows. Returns (pid, o_n, m_n, w, dw = 0, r0), w and dw fp32."""
+def _rows_bwd_setup(W, N, rpp, BN: tl.constexpr, GROUPED: tl.constexpr):
+    """A backward program's set-up: it walks rows [r0, r0 + rpp) over the columns col = g N + [0, N) (group g =
+    program_id(1) when GROUPED, else 0) and sums the weight gradient of those columns over its rows.
+    Returns (pid, g, o_n, m_n, col, w, dw = 0, r0), w and dw fp32."""
     pid = tl.program_id(0)
+    if GROUPED:
+        g = tl.program_id(1)
+    else:
+        g = 0
     o_n = tl.arange(0, BN)
     m_n = o_n < N
-    b_w = tl.load(W + col0 + o_n, mask=m_n, other=0.0).to(tl.float32)
-    return pid, o_n, m_n, b_w, tl.zeros([BN], dtype=tl.float32), pid.to(tl.int64) * rpp
+    col = g * N + o_n
+    b_w = tl.load(W + col, mask=m_n, other=0.0).to(tl.float32)
+    return pid, g, o_n, m_n, col, b_w, tl.zeros([BN], dtype=tl.float32), pid.to(tl.int64) * rpp
 
 
 @triton.jit
 def _rms_bwd_kernel(S, W, RSTD, DY, DSI, DX, DD, DWP, Y, M, N, rpp, ss, sdy, sdyc, sdsi, sdsic, sdx, sdd, sy,
                     BN: tl.constexpr, HAS_DSI: tl.constexpr, HAS_DD: tl.constexpr, STORE_Y: tl.constexpr):
-    pid, o_n, m_n, b_w, b_dw, r0 = _rows_bwd_setup(W, 0, N, rpp, BN)
+    pid, _, o_n, m_n, _, b_w, b_dw, r0 = _rows_bwd_setup(W, N, rpp, BN, False)
     for i in range(0, rpp):
         row = r0 + i
         if row < M:
@@ -183,9 +189,7 @@ def _gated_fwd_kernel(Yin, Z, W, O, RSTD, G, GS, sy, sz, so, eps, BN: tl.constex
 @triton.jit
 def _gated_bwd_kernel(Yin, Z, W, RSTD, DO, DY, DZ, DWP, O, M, G, GS, rpp, sy, sz, sdo, sdoc, sdy, sdz, so,
                       BN: tl.constexpr, STORE_O: tl.constexpr):
-    g = tl.program_id(1)
-    pid, o_n, m_n, b_w, b_dw, r0 = _rows_bwd_setup(W, g * GS, GS, rpp, BN)
-    col = g * GS + o_n
+    pid, g, o_n, m_n, col, b_w, b_dw, r0 = _rows_bwd_setup(W, GS, rpp, BN, True)
     for i in range(0, rpp):
         row = r0 + i
         if row < M:

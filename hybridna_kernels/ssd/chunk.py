@@ -154,10 +154,9 @@ def _dot_split_bf16(a, b, TERMS: tl.constexpr):
 
 
 @triton.jit
-def _dt_tile(dt_ptr, bias_ptr, clen_ptr, T, H, s_dt_b, s_dt_t, s_dt_h,
-             Q: tl.constexpr, BH: tl.constexpr, HAS_BIAS: tl.constexpr, IS_VARLEN: tl.constexpr):
+def _dt_tile(clen_ptr, T, H, Q: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr):
     """The cumsum kernels' tile: batch i_b, chunk i_c, heads o_h (mask m_h) over the chunk's Q steps o_t;
-    m masks the valid (step, head) pairs; d = dt + dt_bias in fp32 (masked dt loads read 0)."""
+    m masks the valid (step, head) pairs."""
     i_b = tl.program_id(0).to(tl.int64)
     i_c = tl.program_id(1).to(tl.int64)
     i_h = tl.program_id(2)
@@ -169,11 +168,18 @@ def _dt_tile(dt_ptr, bias_ptr, clen_ptr, T, H, s_dt_b, s_dt_t, s_dt_h,
         n_valid = tl.load(clen_ptr + i_c).to(tl.int64)
     m_t = o_t < n_valid
     m = m_t[:, None] & m_h[None, :]
+    return i_b, i_c, o_t, o_h, m_h, m
+
+
+@triton.jit
+def _dt_load(dt_ptr, bias_ptr, i_b, i_c, o_t, o_h, m_h, m, s_dt_b, s_dt_t, s_dt_h,
+             Q: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """dt + dt_bias of a _dt_tile tile in fp32 (masked dt loads read 0)."""
     p_dt = dt_ptr + i_b * s_dt_b + (i_c * Q + o_t)[:, None] * s_dt_t + o_h[None, :] * s_dt_h
     d = tl.load(p_dt, mask=m, other=0.0).to(tl.float32)
     if HAS_BIAS:
         d += tl.load(bias_ptr + o_h, mask=m_h, other=0.0).to(tl.float32)[None, :]
-    return i_b, i_c, o_t, o_h, m_h, m, d
+    return d
 
 
 @triton.jit
@@ -181,8 +187,8 @@ def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr, csh_ptr
                        T, H, nc, s_dt_b, s_dt_t, s_dt_h, lo, hi,
                        Q: tl.constexpr, BH: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                        HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr):
-    i_b, i_c, o_t, o_h, m_h, m, d = _dt_tile(dt_ptr, bias_ptr, clen_ptr, T, H, s_dt_b, s_dt_t, s_dt_h,
-                                             Q, BH, HAS_BIAS, IS_VARLEN)
+    i_b, i_c, o_t, o_h, m_h, m = _dt_tile(clen_ptr, T, H, Q, BH, IS_VARLEN)
+    d = _dt_load(dt_ptr, bias_ptr, i_b, i_c, o_t, o_h, m_h, m, s_dt_b, s_dt_t, s_dt_h, Q, HAS_BIAS)
     if SOFTPLUS:
         d = _softplus(d)
     d = tl.maximum(d, lo)
@@ -1039,8 +1045,7 @@ def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr
                        HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr, NB: tl.constexpr):
     """da_j = sum_{i>=j} dcs_i (+ d cs_last at the end); du = du_direct + A da; then back through
     clamp / softplus / bias to ddt. Partials of dA and d dt_bias per chunk."""
-    i_b, i_c, o_t, o_h, m_h, m, d = _dt_tile(dt_ptr, bias_ptr, clen_ptr, T, H, s_dt_b, s_dt_t, s_dt_h,
-                                             Q, BH, HAS_BIAS, IS_VARLEN)
+    i_b, i_c, o_t, o_h, m_h, m = _dt_tile(clen_ptr, T, H, Q, BH, IS_VARLEN)
     o_uc = ((i_b * H + o_h[None, :]) * nc + i_c) * Q + o_t[:, None]
     dcs = tl.load(dcs_ptr + o_uc, mask=m_h[None, :], other=0.0)
     o_rt = (((i_b * H + o_h[None, :]) * nc + i_c) * NB) * Q + o_t[:, None]
@@ -1055,6 +1060,8 @@ def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr
     A = tl.load(A_ptr + o_h, mask=m_h, other=0.0).to(tl.float32)
     du = tl.load(du_ptr + o_uc, mask=m_h[None, :], other=0.0) + A[None, :] * da
     tl.store(dA_ptr + (i_b * nc + i_c) * H + o_h, tl.sum(tl.where(m, u * da, 0.0), axis=0), mask=m_h)
+
+    d = _dt_load(dt_ptr, bias_ptr, i_b, i_c, o_t, o_h, m_h, m, s_dt_b, s_dt_t, s_dt_h, Q, HAS_BIAS)
     if SOFTPLUS:
         sp = _softplus(d)
         gsp = tl.where(d <= 20.0, tl.sigmoid(d), 1.0)
