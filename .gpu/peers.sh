@@ -6,7 +6,7 @@ set -euo pipefail
 V=${MAMBA_SSM_VERSION:-2.3.2.post1}
 grep -qx '/.peers/' .git/info/exclude 2>/dev/null || echo '/.peers/' >> .git/info/exclude
 T=$(mktemp -d)
-url=$(python3 -c "import json, urllib.request; d = json.load(urllib.request.urlopen('https://pypi.org/pypi/mamba-ssm/$V/json')); print([u['url'] for u in d['urls'] if u['filename'].endswith('.tar.gz')][0])")
+url=$(python3 -c "import json, urllib.request; d = json.load(urllib.request.urlopen('https://pypi.org/pypi/mamba-ssm/json')); print([u['url'] for u in d['releases']['$V'] if u['filename'].endswith('.tar.gz')][0])")
 curl -sSL "$url" | tar xz -C "$T"
 S=$(echo "$T"/mamba_ssm-*/mamba_ssm)
 mkdir -p .peers/mamba_ssm/ops/triton .peers/mamba_ssm/utils
