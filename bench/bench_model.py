@@ -617,7 +617,8 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
                           pieces' gradients into one buffer (1) or torch.split's backward cats them (0)
         "normh=0|1"       hybridna_kernels.norm.linear.BWD_WRITES_H: the norm + linear backward takes the
                           normed activation from the norm's backward pass (1) or a separate recompute (0)
-        "old"             all five off (session 2's model); "new" all five on (the defaults)"""
+        "old"             all five off (session 2's model); "new" all five on (the defaults); the opt-in
+                          inproj_re and slabs are left as they are in both"""
     import hybridna.model as hm
 
     import hybridna_kernels.norm.linear as nl
@@ -633,7 +634,7 @@ def sweep(items: list[str], *, preset: str = PRESET, rounds: int = ROUNDS, log: 
             import hybridna_kernels.norm.linear as nl
 
             for k, attr in flags.items():
-                if k != "inproj_re":  # opt-in, not part of the defaults
+                if k not in ("inproj_re", "slabs"):  # opt-in, not part of the defaults
                     setattr(hm, attr, item == "new")
                     variant[k] = item == "new"
             nl.BWD_WRITES_H = variant["normh"] = item == "new"

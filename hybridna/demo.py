@@ -151,9 +151,10 @@ def main(argv=None) -> int:
     tokens = store.tokens(name, 0, length)
     markov = {k: markov_bits_per_base(tokens[:cut], tokens[cut:], k) for k in range(0, 7)}
     best_k = min(markov, key=markov.get)
-    first = (f"; its first step {tm['first_step_s']:.1f} s"
-             + ((" (kernel compiles" + (", CUDA graph capture" if cuda_graph else "") + ")") if cuda else ""))
-    first = first if tm["first_step_s"] is not None else ""
+    first = ""
+    if tm["first_step_s"] is not None:  # None when the call ran no steps (a resume at the final step)
+        first = (f"; its first step {tm['first_step_s']:.1f} s"
+                 + ((" (kernel compiles" + (", CUDA graph capture" if cuda_graph else "") + ")") if cuda else ""))
     steady = (f", {tm['steady_tokens_per_s']:,.0f} tokens/s after the first step"
               if tm["steady_tokens_per_s"] else "")
     _say(f"      trained {res['step']} steps ({tm['tokens']:,} tokens, {tm['tokens'] / cut:.1f} passes over "

@@ -198,9 +198,10 @@ def test_grad_slabs_bit_identical(flags, autocast, monkeypatch):
 
 
 def test_grad_slabs_twice_and_checkpointed(monkeypatch):
-    """A second backward through the same graph (retain_graph) starts new buffers (nothing of the first
-    pass is overwritten), and under activation checkpointing the slabs still serve: gradients equal to
-    torch.split's bit for bit, for a Mamba and an attention block."""
+    """A second backward through the same graph (retain_graph) gives the first pass's gradients again
+    (each pass's split releases its buffer, so the second pass fills a new one), and under activation
+    checkpointing the slabs still serve: gradients equal to torch.split's bit for bit, for a Mamba and an
+    attention block. (The one-hand-out-per-slice rule itself is test_grad_slab_rules'.)"""
     import hybridna.model as hm
     from torch.utils.checkpoint import checkpoint
 

@@ -675,8 +675,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                           f"{v['val_bpb']:.4f} bits per base")
         if step % cfg.save_every == 0 or final:
             last_ckpt = save(step)
-        t_last += time.perf_counter() - t_pause  # tokens/s counts training time only
-        t_paused += time.perf_counter() - t_pause
+        paused = time.perf_counter() - t_pause
+        t_last += paused  # tokens/s counts training time only
+        t_paused += paused
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t_loop = time.perf_counter() - t_start

@@ -1074,9 +1074,7 @@ def _bwd_config(x, W):
         return BWD_CONFIG_OVERRIDE
     if x.stride(2) == 1 and x.shape[2] > 1:
         return dict(KIND="tile", BT=32, BD=16, num_warps=4, SHARE=True, SCRATCH=False)
-    # H100 round-2 sweep (bench/RESULTS.md): 4 chunks of 128 rows per program, 2 channels per thread,
-    # best backward at W4 (0.3609 ms, 0.837 of copy) and W8 (0.4597 ms); ~80 / ~130 registers
-    return dict(BWD_STREAMS_DEFAULT)
+    return dict(BWD_STREAMS_DEFAULT)  # channel-last: the streams kernel (measured: see BWD_STREAMS_DEFAULT)
 
 
 # The backward default (channel-last): "lean256_f2" of .gpu/conv4.py, the fastest of three in one process on an
