@@ -149,24 +149,30 @@ def model_table(mrows) -> str:
                 "step ms", "model TFLOP/s", "of matmul", "status"], body)
 
 
-def comparison_table(mrows) -> str:
-    """Hybrid against Transformer at each (shape, checkpointing) where either ran."""
+def _model_pairs(mrows):
+    """(batch, seqlen, ckpt, hybrid row, Transformer row, speed ratio, memory ratio) per (shape, checkpointing)
+    where either model ran; a row is None where that model did not run, a ratio None where it cannot be formed."""
     by = defaultdict(dict)
     for m in mrows:
         by[(m["tokens"], m["seqlen"], m["batch"], m["ckpt"])][m["model"]] = m
-    body = []
     for (tokens, seqlen, batch, ckpt), d in by.items():
         h, t = d.get("hybrid"), d.get("transformer")
+        speed = h["tokens_per_s"] / t["tokens_per_s"] if h and t and h["tokens_per_s"] and t["tokens_per_s"] else None
+        mem = h["peak_gib"] / t["peak_gib"] if h and t and h["peak_gib"] and t["peak_gib"] else None
+        yield batch, seqlen, ckpt, h, t, speed, mem
 
-        def cell(m, key, f):
-            if m is None:
-                return "-"
-            return "OOM" if m["status"] == "oom" else f(m[key])
 
-        ratio = ("-" if not (h and t and h["tokens_per_s"] and t["tokens_per_s"])
-                 else f"{h['tokens_per_s'] / t['tokens_per_s']:.2f}x")
-        mem_ratio = ("-" if not (h and t and h["peak_gib"] and t["peak_gib"])
-                     else f"{h['peak_gib'] / t['peak_gib']:.2f}x")
+def comparison_table(mrows) -> str:
+    """Hybrid against Transformer at each (shape, checkpointing) where either ran."""
+    def cell(m, key, f):
+        if m is None:
+            return "-"
+        return "OOM" if m["status"] == "oom" else f(m[key])
+
+    body = []
+    for batch, seqlen, ckpt, h, t, speed, mem in _model_pairs(mrows):
+        ratio = "-" if speed is None else f"{speed:.2f}x"
+        mem_ratio = "-" if mem is None else f"{mem:.2f}x"
         body.append([f"{batch} x {seqlen}", "on" if ckpt else "off",
                      cell(h, "tokens_per_s", fmt_tokens), cell(t, "tokens_per_s", fmt_tokens), ratio,
                      cell(h, "peak_gib", lambda v: fmt_num(v, 1)), cell(t, "peak_gib", lambda v: fmt_num(v, 1)),
@@ -436,10 +442,6 @@ def summary(rows, metas=(), max_chars: int = 9000) -> str:
     mrows = model_rows(rows)
     if mrows:
         out.append("model (tokens/s, peak GiB; hybrid / Transformer = speed ratio, memory ratio):")
-        by = defaultdict(dict)
-        for m in mrows:
-            by[(m["tokens"], m["seqlen"], m["batch"], m["ckpt"])][m["model"]] = m
-
         def cell(m):
             if m is None:
                 return "-"
@@ -447,13 +449,10 @@ def summary(rows, metas=(), max_chars: int = 9000) -> str:
                 return m["status"].upper() if m["status"] == "oom" else m["status"]
             return fmt_tokens(m["tokens_per_s"]) + (f" {fmt_num(m['peak_gib'], 1)}G" if m["peak_gib"] else "")
 
-        for (tokens, seqlen, batch, ckpt), d in by.items():
-            h, t = d.get("hybrid"), d.get("transformer")
+        for batch, seqlen, ckpt, h, t, speed, mem in _model_pairs(mrows):
             ratio = ""
-            if h and t and h["tokens_per_s"] and t["tokens_per_s"]:
-                ratio = f"  {h['tokens_per_s'] / t['tokens_per_s']:.2f}x"
-                if h["peak_gib"] and t["peak_gib"]:
-                    ratio += f", mem {h['peak_gib'] / t['peak_gib']:.2f}x"
+            if speed is not None:
+                ratio = f"  {speed:.2f}x" + (f", mem {mem:.2f}x" if mem is not None else "")
             out.append(f"  {batch:>3} x {seqlen:<6} ckpt {'on ' if ckpt else 'off'} | {cell(h):>14} | {cell(t):>14}{ratio}")
     for r in rows:
         e = r["extra"]
