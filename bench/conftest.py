@@ -17,6 +17,10 @@ Run-level switches (environment):
                                     still ends cleanly (JSON, summary) before an outer timeout.
     HYBRIDNA_BENCH_ORDER=model,ssd  files run first, in this order (default DEFAULT_ORDER); the rest
                                     follow in pytest's order.
+    HYBRIDNA_BENCH_SKIP_DONE=a.jsonl,b.jsonl
+                                    deselect the tests that passed in these earlier row logs: a second
+                                    call measures only what the first left (cut by its budget or time
+                                    limit); report.py then reads all the logs together.
     HYBRIDNA_BENCH_PEDANTIC_S=0.25  time of pytest-benchmark's own rounds per benchmark (GPU): the
                                     recorded figure is the CUDA-event median in extra_info, so the
                                     wall-clock rounds are kept short (2..20 rounds).
@@ -48,7 +52,7 @@ _ku.set_poison(False)
 
 # GPU seconds per file (H100, slow host, .gpu/bench_all.sh's settings, kernels warmed; the first file's
 # includes pytest's start-up); bench/README.md says how each was estimated. Only their ratios matter.
-FILE_EST_S = {"bench_model.py": 185, "bench_attention.py": 75, "bench_generation.py": 50, "bench_ssd.py": 45,
+FILE_EST_S = {"bench_model.py": 155, "bench_attention.py": 75, "bench_generation.py": 55, "bench_ssd.py": 120,
               "bench_conv1d.py": 20, "bench_data.py": 5}
 # the model benchmark first: it is the headline figure and the most memory-sensitive (a clean card for
 # its out-of-memory boundaries); its kernels then serve the per-op files from Triton's in-process cache
@@ -165,9 +169,29 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
+def _passed_in(paths: str) -> set[str]:
+    """Node ids (bench/bench_x.py::test[...]) of the tests that passed in the row logs named by paths
+    (comma-separated HYBRIDNA_BENCH_LOG files; a missing file is an error, not an empty set)."""
+    done = set()
+    for path in filter(None, (p.strip() for p in paths.split(","))):
+        if not os.path.isfile(path):
+            raise pytest.UsageError(f"HYBRIDNA_BENCH_SKIP_DONE: expected existing row logs, {path!r} is not a file")
+        with open(path) as f:
+            for line in f:
+                row = json.loads(line) if line.strip() else {}
+                if row.get("outcome") == "passed" and row.get("fullname"):
+                    done.add(row["fullname"])
+    return done
+
+
 def pytest_collection_modifyitems(config, items):
     """Files in _order() first (the rest keep pytest's order); the budget's cumulative deadline per file;
     GPU shapes skipped without CUDA."""
+    done = _passed_in(os.environ.get("HYBRIDNA_BENCH_SKIP_DONE", ""))
+    if done:
+        keep = [it for it in items if it.nodeid not in done]
+        config.hook.pytest_deselected(items=[it for it in items if it.nodeid in done])
+        items[:] = keep
     order = {f: i for i, f in enumerate(_order())}
     pos = {id(it): i for i, it in enumerate(items)}
     items.sort(key=lambda it: (order.get(_file_of(it), len(order)), pos[id(it)]))

@@ -255,3 +255,23 @@ def test_conftest_time_budget(tmp_path):
     rows, metas = _run_bench(tmp_path, HYBRIDNA_BENCH_BUDGET_S="0.001")
     assert rows and all(r["outcome"] == "skipped" and r["reason"].startswith("time budget: bench_data.py") for r in rows)
     assert metas[-1]["counts"] == {"skipped": len(rows)}
+
+
+def test_conftest_skip_done(tmp_path):
+    """HYBRIDNA_BENCH_SKIP_DONE: a second run deselects what passed in the first run's log and runs the rest;
+    a missing log is a usage error naming the switch."""
+    first = tmp_path / "first"
+    first.mkdir()
+    _run_bench(first, "-k", "plain or convert")
+    second = tmp_path / "second"
+    second.mkdir()
+    rows, _ = _run_bench(second, HYBRIDNA_BENCH_SKIP_DONE=str(first / "rows.jsonl"))
+    assert {r["name"] for r in rows} == {"test_sample_lambda[rc0.5]"}
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "HYBRIDNA_BENCH_"))}
+    r = subprocess.run([sys.executable, "-m", "pytest", "bench/bench_data.py", "--benchmark-only", "-q", "-p", "no:xdist",
+                        "-p", "no:cacheprovider"], cwd=root, env={**e, "HYBRIDNA_BENCH_SKIP_DONE": str(tmp_path / "nope.jsonl")},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "HYBRIDNA_BENCH_SKIP_DONE" in r.stdout + r.stderr
