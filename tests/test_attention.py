@@ -316,12 +316,17 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("poly-exp2-fp16", "poly=1", ["gqa-offset", "W9-D40"]),
                             ("fastlaunch", "fastlaunch=1", ["gqa-offset"]),
                             ("tma", "tma=fwd,dkdv,dq", ["B2-gqa2", "full"]),
-                            ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"])]
+                            ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"]),
+                            ("dkdv-oneloop", "dkdv_opt=oneloop", ["gqa-offset", "W9-D40", "full"]),
+                            ("dkdv-oneloop-all", "dkdv_opt=oneloop,gunroll,kreg,early_dp", ["B2-gqa2", "W9-D40"]),
+                            ("dkdv-lean", "dkdv_opt=lean,gunroll,early_dp", ["gqa-offset", "W9-D40", "full"]),
+                            ("dkdv-lean-kreg-tma", "dkdv_opt=lean,kreg;tma=dkdv", ["B2-gqa2"]),
+                            ("dkdv-oneloop-atomic-dq", "dkdv_opt=oneloop;atomic_dq=1", ["gqa-offset"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
     """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
     forward's exponentials by polynomial: 16-bit inputs only, the cached launch, operand loads through TMA
-    descriptors, delta computed by the dq kernel) give the same results."""
+    descriptors, delta computed by the dq kernel, the dk/dv kernel's options) give the same results."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant(variant))
