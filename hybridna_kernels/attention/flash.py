@@ -421,32 +421,52 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
 def _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, q_row, do_row, lse_row, delta_row, off_qT, off_do, sqt, sdot,
                    lo, lo_full, hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
                    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr, BM: tl.constexpr,
-                   DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr):
+                   DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr, ROWSHIFT: tl.constexpr = False):
     """_bwd_kv_inner over all query blocks [lo, hi) of one head in ONE loop (variant oneloop): the mask is
     applied only where a scalar test says the block needs it ([lo, lo_full) and [hi_full, hi)). Three loops
     in a row make ptxas serialize every wgmma of the kernel (C7515: "non wgmma instructions defining
     accumulator registers ... between start and end of the pipeline stage": the dk/dv accumulators passed
     from one loop to the next); one loop keeps them asynchronous. Scalar row-0 pointers plus int32 offset
-    tensors as in LEAN; rows are masked by the sequence end (a few predicates per step)."""
+    tensors as in LEAN; rows are masked by the sequence end (a few predicates per step). ROWSHIFT (only when
+    seqlen_q >= BM and no cu_seqlens: the launcher checks): no row masks at all; a block that runs past the
+    sequence end is moved back to end at its last row, and the mask drops the rows before the block's own
+    start (those the previous block took), so every load is unmasked and vectorised."""
     for start_m in range(lo, hi, BM):
-        m64 = tl.zeros([], dtype=tl.int64) + start_m
-        o_m = start_m + o_mb
-        m_m = o_m < seqlen_q
-        if EVEN_D:
-            b_qT = tl.load(q_row + m64 * sqt + off_qT, mask=m_m[None, :], other=0.0)        # (BD, BM)
-            b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_m[:, None], other=0.0)      # (BM, BD)
+        if ROWSHIFT:
+            s_m = tl.minimum(start_m, seqlen_q - BM)
         else:
-            b_qT = tl.load(q_row + m64 * sqt + off_qT, mask=m_d[:, None] & m_m[None, :], other=0.0)
-            b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_m[:, None] & m_d[None, :], other=0.0)
-        b_lse = tl.load(lse_row + start_m + o_mb, mask=m_m, other=float("inf"))
-        b_delta = tl.load(delta_row + start_m + o_mb, mask=m_m, other=0.0)
+            s_m = start_m
+        m64 = tl.zeros([], dtype=tl.int64) + s_m
+        o_m = s_m + o_mb
+        if ROWSHIFT:     # every row of the block exists
+            if EVEN_D:
+                b_qT = tl.load(q_row + m64 * sqt + off_qT)
+                b_do = tl.load(do_row + m64 * sdot + off_do)
+            else:
+                b_qT = tl.load(q_row + m64 * sqt + off_qT, mask=m_d[:, None], other=0.0)
+                b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_d[None, :], other=0.0)
+            b_lse = tl.load(lse_row + s_m + o_mb)
+            b_delta = tl.load(delta_row + s_m + o_mb)
+        else:
+            m_m = o_m < seqlen_q
+            if EVEN_D:
+                b_qT = tl.load(q_row + m64 * sqt + off_qT, mask=m_m[None, :], other=0.0)        # (BD, BM)
+                b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_m[:, None], other=0.0)      # (BM, BD)
+            else:
+                b_qT = tl.load(q_row + m64 * sqt + off_qT, mask=m_d[:, None] & m_m[None, :], other=0.0)
+                b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_lse = tl.load(lse_row + start_m + o_mb, mask=m_m, other=float("inf"))
+            b_delta = tl.load(delta_row + start_m + o_mb, mask=m_m, other=0.0)
         b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
         b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                          # (BN, BM)
         if EARLY_DP:
             b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)
         b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
         if (start_m < lo_full) | (start_m >= hi_full):
-            b_pT = tl.where(_visible_T(o_n, o_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW), b_pT, 0.0)
+            vis = _visible_T(o_n, o_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
+            if ROWSHIFT:
+                vis = vis & (o_m >= start_m)[None, :]
+            b_pT = tl.where(vis, b_pT, 0.0)
         b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
         if not EARLY_DP:
             b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
@@ -462,15 +482,17 @@ def _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_h, i_b64, bos,
                  seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
                  HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr, ATOMIC_DQ: tl.constexpr, BM: tl.constexpr,
                  DOT_PREC: tl.constexpr, TMA: tl.constexpr, QD, DOD, LEAN: tl.constexpr, EARLY_DP: tl.constexpr,
-                 ONELOOP: tl.constexpr):
+                 ONELOOP: tl.constexpr, ROWSHIFT: tl.constexpr):
     """dk, dv of one key block from query head i_h: [lo, lo_full) and [hi_full, hi) masked, the middle not."""
     if ONELOOP:
         i_h = i_h.to(tl.int64)
-        return _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, Q + i_b64 * sqb + bos * sqt + i_h * sqh,
-                              DO + i_b64 * sdob + bos * sdot + i_h * sdoh, LSE + (i_b64 * nheads_q + i_h) * lse_len + bos,
-                              DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos, off_qT, off_do, sqt, sdot,
+        q_row = Q + i_b64 * sqb + bos * sqt + i_h * sqh
+        do_row = DO + i_b64 * sdob + bos * sdot + i_h * sdoh
+        lse_row = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos
+        delta_row = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos
+        return _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, q_row, do_row, lse_row, delta_row, off_qT, off_do, sqt, sdot,
                               lo, lo_full, hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
-                              IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC, EARLY_DP)
+                              IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC, EARLY_DP, ROWSHIFT)
     i_h = i_h.to(tl.int64)
     if LEAN:
         p_qT = Q + i_b64 * sqb + bos * sqt + i_h * sqh
@@ -511,7 +533,7 @@ def _attn_bwd_dkdv_kernel(
     M_MAJOR: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     TMA: tl.constexpr = False, QD=None, DOD=None,
     LEAN: tl.constexpr = False, KREG: tl.constexpr = False, EARLY_DP: tl.constexpr = False,
-    GUNROLL: tl.constexpr = False, ONELOOP: tl.constexpr = False,
+    GUNROLL: tl.constexpr = False, ONELOOP: tl.constexpr = False, ROWSHIFT: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     n_nblocks = tl.cdiv(max_len, BN)
@@ -559,14 +581,16 @@ def _attn_bwd_dkdv_kernel(
                                       sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
                                       lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
                                       seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
-                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, LEAN, EARLY_DP, ONELOOP)
+                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, LEAN, EARLY_DP, ONELOOP,
+                                      ROWSHIFT)
     else:
         for g in range(GROUP):
             b_dk, b_dv = _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_hk * GROUP + g, i_b64, bos,
                                       sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
                                       lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
                                       seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
-                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, LEAN, EARLY_DP, ONELOOP)
+                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, LEAN, EARLY_DP, ONELOOP,
+                                      ROWSHIFT)
     b_dk = b_dk * sm_scale
     tl.store(DK + i_b64 * sdkb + bos * sdkt + i_hk.to(tl.int64) * sdkh + o_n64[:, None] * sdkt + o_d[None, :],
              b_dk.to(DK.dtype.element_ty), mask=m_kv)
@@ -752,7 +776,8 @@ def fixed_config(kind, BD, L_BUCKET, window=False):
 # dk/dv kernel options (variant key dkdv_opt, or DEFAULT_FEATURES) -> the kernel's constexpr flags. ptxas
 # serializes every wgmma of the default dk/dv kernel (C7515; the accumulators handed from one query-block
 # loop to the next) and it spills at 32x128 w4 with GQA; see README "dk/dv options" for each option.
-DKDV_OPTS = {"oneloop": "ONELOOP", "gunroll": "GUNROLL", "lean": "LEAN", "kreg": "KREG", "early_dp": "EARLY_DP"}
+DKDV_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "gunroll": "GUNROLL", "lean": "LEAN", "kreg": "KREG",
+             "early_dp": "EARLY_DP"}
 
 
 def parse_variant(text: str) -> dict:
@@ -1015,9 +1040,12 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
-        for opt in _feature("dkdv_opt", meta):   # variant dkdv_opt=oneloop,gunroll,lean,kreg,early_dp
-            if not (opt == "oneloop" and atomic):    # the one-loop body has no atomic dq
-                meta[DKDV_OPTS[opt]] = True
+        for opt in _feature("dkdv_opt", meta):   # variant dkdv_opt=oneloop,rowshift,gunroll,lean,kreg,early_dp
+            if opt in ("oneloop", "rowshift") and atomic:    # the one-loop body has no atomic dq
+                continue
+            if opt == "rowshift" and (cu_seqlens is not None or Lq < 256):   # a block must fit in the rows
+                continue
+            meta[DKDV_OPTS[opt]] = True
         if "dkdv" in _feature("tma", meta) and _tma_ok((q, do), D):
             meta["TMA"] = True
             meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
