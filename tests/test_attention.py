@@ -307,7 +307,8 @@ def test_kernel_strided_inputs_and_custom_scale():
 _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": (2, 63, 63, 2, 2, 40, True, 9),
                    "full": (1, 70, 70, 2, 1, 16, False, None), "B2-gqa2": (2, 100, 130, 4, 2, 32, True, None),
                    # rowshift needs seqlen_q >= 256: ragged last query blocks, a chunked-prefill offset, a window
-                   "L300-gqa": (1, 300, 300, 4, 1, 32, True, None), "B2-L260-W37-D40": (2, 260, 290, 2, 2, 40, True, 37),
+                   "L300-gqa": (1, 300, 300, 4, 1, 32, True, None),
+                   "B2-L260-W37-D40": (2, 260, 290, 2, 2, 40, True, 37),
                    "L270-full": (1, 270, 270, 2, 1, 16, False, None)}
 
 
@@ -354,7 +355,8 @@ def test_default_features(monkeypatch):
     assert flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False})
     assert flash._feature("tma", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
     assert not flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 32, "HAS_WINDOW": False})
-    assert flash._feature("dkdv_opt", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"oneloop", "gunroll", "kreg"}
+    assert flash._feature("dkdv_opt", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"oneloop", "gunroll",
+                                                                                             "kreg"}
     assert flash._feature("dkdv_opt", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
     # the sliding-window forward at D64 keeps session 2's config and pointer loads; its backward does not
     assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": True}) == {"dkdv", "dq"}
@@ -458,7 +460,8 @@ def test_gpu_full_shapes(shape, dtype, no_autotune):
 @pytest.mark.parametrize("variant", ["dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll",
                                      "dkdv=64,64,4,3;dkdv_opt=oneloop,rowshift,gunroll,kreg",
                                      "dkdv=64,128,8,3;dkdv_opt=oneloop,gunroll,early_dp",
-                                     "dkdv=32,128,8,2;dkdv_opt=oneloop,rowshift"], ids=lambda v: v.replace("dkdv_opt=", "").replace("dkdv=", "").replace(";", "-"))
+                                     "dkdv=32,128,8,2;dkdv_opt=oneloop,rowshift"],
+                         ids=lambda v: v.replace("dkdv_opt=", "").replace("dkdv=", "").replace(";", "-"))
 @pytest.mark.parametrize("shape", [(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
                                    (1, 4000, 4100, 8, 2, 64, True, 1000)], ids=_shape_id)
 def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
