@@ -350,7 +350,7 @@ def test_default_features(monkeypatch):
 
     monkeypatch.setattr(flash, "VARIANT", {})
     monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True,
-                                                    "dkdv_opt": frozenset({"oneloop", "gunroll", "kreg"})})
+                                                    "dkdv_opt": {64: frozenset({"oneloop", "gunroll", "kreg"})}})
     assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"fwd", "dkdv", "dq"}
     assert flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False})
     assert flash._feature("tma", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
@@ -358,12 +358,14 @@ def test_default_features(monkeypatch):
     assert flash._feature("dkdv_opt", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"oneloop", "gunroll",
                                                                                              "kreg"}
     assert flash._feature("dkdv_opt", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
+    assert flash._feature("dkdv_opt", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False}) == frozenset()
     # the sliding-window forward at D64 keeps session 2's config and pointer loads; its backward does not
     assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": True}) == {"dkdv", "dq"}
     assert flash.fixed_config("fwd", 64, 4096, window=True) == flash.FIXED_WINDOW[("fwd", 64, True)]
     assert flash.fixed_config("dq", 64, 4096, window=True) == flash.FIXED[("dq", 64, True)]
     assert flash.fixed_config("fwd", 64, 4096) == flash.FIXED[("fwd", 64, True)]
-    monkeypatch.setattr(flash, "_feature", lambda name, meta: flash.DEFAULT_FEATURES[name])
+    monkeypatch.setattr(flash, "_feature", lambda name, meta: flash.DEFAULT_FEATURES[name] if name != "dkdv_opt"
+                        else flash.DEFAULT_FEATURES[name][64])
     q, k, v = _make(*_VARIANT_SHAPES["B2-gqa2"][:6], torch.float32)
     _check(q, k, v, causal=True)
 

@@ -821,7 +821,8 @@ VARIANT = parse_variant(os.environ.get("HYBRIDNA_ATTN_VARIANT", ""))
 # (> 2048) at head blocks 64 and 128, fixed configs only (the autotuner's launches keep pointer loads and the
 # delta kernel). Shorter sequences keep session 2's paths (TMA descriptors also cost host time per call).
 # A non-empty VARIANT replaces these defaults (sweeps name every feature they time).
-DEFAULT_FEATURES = {"tma": frozenset({"fwd", "dq"}), "dq_delta": True, "dkdv_opt": frozenset()}
+# dkdv_opt per head block: the dk/dv kernel's options (DKDV_OPTS) on by default, none yet (session 5 measures them).
+DEFAULT_FEATURES = {"tma": frozenset({"fwd", "dq"}), "dq_delta": True, "dkdv_opt": {64: frozenset(), 128: frozenset()}}
 _SET_FEATURES = ("tma", "dkdv_opt")
 
 
@@ -833,6 +834,8 @@ def _feature(name, meta):
     if meta["L_BUCKET"] > 2048 and meta["BD"] in (64, 128) and not TUNE:
         if name == "tma" and meta["HAS_WINDOW"] and ("fwd", meta["BD"], True) in FIXED_WINDOW:
             return DEFAULT_FEATURES[name] - {"fwd"}   # FIXED_WINDOW's forward keeps pointer loads
+        if name == "dkdv_opt":
+            return DEFAULT_FEATURES[name].get(meta["BD"], frozenset())
         return DEFAULT_FEATURES[name]
     return frozenset() if name in _SET_FEATURES else False
 
