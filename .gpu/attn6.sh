@@ -20,5 +20,5 @@ wait
 echo "warm-up done at $(el) s; $(cat "$OUT"/warm*.txt | grep -c .) lines of warm-up output:"
 cat "$OUT"/warm*.txt | grep -v Warning | cut -c1-200 | sort | uniq -c | head -6
 rm -f "$OUT"/warm*.txt
-ATTN6_WARM_S=$(el) ATTN6_S=$S timeout -k 2 $(( S + 7 - $(el) )) python3 .gpu/attn6.py 2>&1 | tee "$OUT/attn6.txt"
+ATTN6_WARM_S=$(el) ATTN6_S=$S timeout -k 2 $(( S + 5 - $(el) )) python3 .gpu/attn6.py 2>&1 | tee "$OUT/attn6.txt"
 echo "attn6.py rc=${PIPESTATUS[0]} at $(el) s"
