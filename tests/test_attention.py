@@ -305,7 +305,11 @@ def test_kernel_strided_inputs_and_custom_scale():
 
 
 _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": (2, 63, 63, 2, 2, 40, True, 9),
-                   "full": (1, 70, 70, 2, 1, 16, False, None), "B2-gqa2": (2, 100, 130, 4, 2, 32, True, None)}
+                   "full": (1, 70, 70, 2, 1, 16, False, None), "B2-gqa2": (2, 100, 130, 4, 2, 32, True, None),
+                   # rowshift needs seqlen_q >= 256: ragged last query blocks, a chunked-prefill offset, a window
+                   "L300-gqa": (1, 300, 300, 4, 1, 32, True, None),
+                   "B2-L260-W37-D40": (2, 260, 290, 2, 2, 40, True, 37),
+                   "L270-full": (1, 270, 270, 2, 1, 16, False, None)}
 
 
 @pytest.mark.parametrize("variant, shape", [
@@ -316,12 +320,19 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("poly-exp2-fp16", "poly=1", ["gqa-offset", "W9-D40"]),
                             ("fastlaunch", "fastlaunch=1", ["gqa-offset"]),
                             ("tma", "tma=fwd,dkdv,dq", ["B2-gqa2", "full"]),
-                            ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"])]
+                            ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"]),
+                            ("dkdv-oneloop", "dkdv_opt=oneloop", ["gqa-offset", "W9-D40", "full"]),
+                            ("dkdv-oneloop-all", "dkdv_opt=oneloop,gunroll,kreg,early_dp", ["B2-gqa2", "W9-D40"]),
+                            ("dkdv-lean", "dkdv_opt=lean,gunroll,early_dp", ["gqa-offset", "W9-D40", "full"]),
+                            ("dkdv-lean-kreg-tma", "dkdv_opt=lean,kreg;tma=dkdv", ["B2-gqa2"]),
+                            ("dkdv-oneloop-atomic-dq", "dkdv_opt=oneloop;atomic_dq=1", ["gqa-offset"]),
+                            ("dkdv-rowshift", "dkdv_opt=oneloop,rowshift,gunroll",
+                             ["L300-gqa", "B2-L260-W37-D40", "L270-full"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
     """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
     forward's exponentials by polynomial: 16-bit inputs only, the cached launch, operand loads through TMA
-    descriptors, delta computed by the dq kernel) give the same results."""
+    descriptors, delta computed by the dq kernel, the dk/dv kernel's options) give the same results."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant(variant))
@@ -338,17 +349,23 @@ def test_default_features(monkeypatch):
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", {})
-    monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True})
+    monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True,
+                                                    "dkdv_opt": {64: frozenset({"oneloop", "gunroll", "kreg"})}})
     assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"fwd", "dkdv", "dq"}
     assert flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False})
     assert flash._feature("tma", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
     assert not flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 32, "HAS_WINDOW": False})
+    assert flash._feature("dkdv_opt", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"oneloop", "gunroll",
+                                                                                             "kreg"}
+    assert flash._feature("dkdv_opt", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
+    assert flash._feature("dkdv_opt", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False}) == frozenset()
     # the sliding-window forward at D64 keeps session 2's config and pointer loads; its backward does not
     assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": True}) == {"dkdv", "dq"}
     assert flash.fixed_config("fwd", 64, 4096, window=True) == flash.FIXED_WINDOW[("fwd", 64, True)]
     assert flash.fixed_config("dq", 64, 4096, window=True) == flash.FIXED[("dq", 64, True)]
     assert flash.fixed_config("fwd", 64, 4096) == flash.FIXED[("fwd", 64, True)]
-    monkeypatch.setattr(flash, "_feature", lambda name, meta: flash.DEFAULT_FEATURES[name])
+    monkeypatch.setattr(flash, "_feature", lambda name, meta: flash.DEFAULT_FEATURES[name] if name != "dkdv_opt"
+                        else flash.DEFAULT_FEATURES[name][64])
     q, k, v = _make(*_VARIANT_SHAPES["B2-gqa2"][:6], torch.float32)
     _check(q, k, v, causal=True)
 
@@ -437,6 +454,26 @@ _GPU_SHAPES = [
 def test_gpu_full_shapes(shape, dtype, no_autotune):
     B, Lq, Lk, Hq, Hkv, D, causal, window = shape
     q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, dtype)
+    _check(q, k, v, causal=causal, window=window)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll",
+                                     "dkdv=64,64,4,3;dkdv_opt=oneloop,rowshift,gunroll,kreg",
+                                     "dkdv=64,128,8,3;dkdv_opt=oneloop,gunroll,early_dp",
+                                     "dkdv=32,128,8,2;dkdv_opt=oneloop,rowshift"],
+                         ids=lambda v: v.replace("dkdv_opt=", "").replace("dkdv=", "").replace(";", "-"))
+@pytest.mark.parametrize("shape", [(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
+                                   (1, 4000, 4100, 8, 2, 64, True, 1000)], ids=_shape_id)
+def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
+    """The dk/dv kernel's options (dkdv_opt) in bf16 at long-bucket shapes (GQA 4:1 D64, D128, a window with a
+    chunked-prefill offset and ragged blocks) against the float64 reference."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;" + variant))
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
     _check(q, k, v, causal=causal, window=window)
 
 

@@ -93,6 +93,18 @@ def _visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL: tl.constexpr, HAS_
 
 
 @triton.jit
+def _visible_T(o_n, o_m, seqlen_q, seqlen_k, window, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """(BN, BM) mask, the transpose of _visible built in place: key rows o_n seen by query columns o_m."""
+    pos = o_m + (seqlen_k - seqlen_q)
+    vis = (o_n[:, None] < seqlen_k) & (o_m[None, :] < seqlen_q)
+    if IS_CAUSAL:
+        vis = vis & (o_n[:, None] <= pos[None, :])
+    if HAS_WINDOW:
+        vis = vis & (o_n[:, None] > pos[None, :] - window)
+    return vis
+
+
+@triton.jit
 def _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
     """Sequence i_b: its first row in the packed rows (varlen; else 0), the batch index to stride by (int64;
     0 when packed) and its query / key lengths (varlen: both from cu_seqlens)."""
@@ -318,14 +330,45 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
                   m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                   MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
                   ATOMIC_DQ: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr,
-                  TMA: tl.constexpr = False, QD=None, DOD=None, row0=0, col=0):
+                  TMA: tl.constexpr = False, QD=None, DOD=None, row0=0, col=0,
+                  LEAN: tl.constexpr = False, off_qT=None, off_do=None, EARLY_DP: tl.constexpr = False):
     """Accumulate dk, dv of one key block over query blocks [start, end) of one query head. Works in
     the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose.
-    TMA (unmasked blocks): q, dO through the 2-D descriptors QD, DOD at rows row0 + m, column col."""
+    TMA (unmasked blocks): q, dO through the 2-D descriptors QD, DOD at rows row0 + m, column col.
+    LEAN: p_qT, p_do, p_lse, p_delta are scalar row-0 pointers and off_qT, off_do int32 offset tensors, so
+    no loop-invariant tensor of 64-bit pointers stays live (they cost ~100 registers at 32x128 w4 and the
+    default kernel spills); the causal mask is built transposed. EARLY_DP: dP^T's dot is issued right
+    after S^T's, before the exponentials."""
     for start_m in range(start, end, BM):
         m64 = tl.zeros([], dtype=tl.int64) + start_m
         o_m = start_m + o_mb
-        if TMA and not MASK:
+        if LEAN:
+            q_t = p_qT + m64 * sqt                     # scalar pointers of this block's first row
+            do_t = p_do + m64 * sdot
+            lse_t = p_lse + start_m
+            delta_t = p_delta + start_m
+            if TMA and not MASK:
+                b_qT = tl.trans(QD.load([row0 + start_m, col]))
+                b_do = DOD.load([row0 + start_m, col])
+                b_lse = tl.load(lse_t + o_mb)
+                b_delta = tl.load(delta_t + o_mb)
+            elif MASK:
+                m_m = o_m < seqlen_q
+                b_qT = tl.load(q_t + off_qT, mask=m_d[:, None] & m_m[None, :], other=0.0)     # (BD, BM)
+                b_do = tl.load(do_t + off_do, mask=m_m[:, None] & m_d[None, :], other=0.0)   # (BM, BD)
+                b_lse = tl.load(lse_t + o_mb, mask=m_m, other=float("inf"))
+                b_delta = tl.load(delta_t + o_mb, mask=m_m, other=0.0)
+            elif EVEN_D:
+                b_qT = tl.load(q_t + off_qT)
+                b_do = tl.load(do_t + off_do)
+                b_lse = tl.load(lse_t + o_mb)
+                b_delta = tl.load(delta_t + o_mb)
+            else:
+                b_qT = tl.load(q_t + off_qT, mask=m_d[:, None], other=0.0)
+                b_do = tl.load(do_t + off_do, mask=m_d[None, :], other=0.0)
+                b_lse = tl.load(lse_t + o_mb)
+                b_delta = tl.load(delta_t + o_mb)
+        elif TMA and not MASK:
             b_qT = tl.trans(QD.load([row0 + start_m, col]))
             b_do = DOD.load([row0 + start_m, col])
             b_lse = tl.load(p_lse + start_m)
@@ -349,12 +392,18 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
         # lse = -inf marks a query that sees nothing; +inf makes its p exactly 0
         b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
         b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                          # (BN, BM)
+        if EARLY_DP:
+            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
         b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
         if MASK:
-            vis = tl.trans(_visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW))
+            if LEAN:
+                vis = _visible_T(o_n, o_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
+            else:
+                vis = tl.trans(_visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW))
             b_pT = tl.where(vis, b_pT, 0.0)
         b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
-        b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                           # (BN, BM)
+        if not EARLY_DP:
+            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
         b_dsT = b_pT * (b_dpT - b_delta[None, :])
         b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
         if ATOMIC_DQ:  # variant: dq += ds k here (fp32 atomics: not bitwise deterministic)
@@ -368,6 +417,111 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
     return b_dk, b_dv
 
 
+@triton.jit
+def _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, q_row, do_row, lse_row, delta_row, off_qT, off_do, sqt, sdot,
+                   lo, lo_full, hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
+                   IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr, BM: tl.constexpr,
+                   DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr, ROWSHIFT: tl.constexpr = False):
+    """_bwd_kv_inner over all query blocks [lo, hi) of one head in ONE loop (variant oneloop): the mask is
+    applied only where a scalar test says the block needs it ([lo, lo_full) and [hi_full, hi)). Three loops
+    in a row make ptxas serialize every wgmma of the kernel (C7515: "non wgmma instructions defining
+    accumulator registers ... between start and end of the pipeline stage": the dk/dv accumulators passed
+    from one loop to the next); one loop keeps them asynchronous. Scalar row-0 pointers plus int32 offset
+    tensors as in LEAN; rows are masked by the sequence end (a few predicates per step). ROWSHIFT (only when
+    seqlen_q >= BM and no cu_seqlens: the launcher checks): no row masks at all; a block that runs past the
+    sequence end is moved back to end at its last row, and the mask drops the rows before the block's own
+    start (those the previous block took), so every load is unmasked and vectorised."""
+    for start_m in range(lo, hi, BM):
+        if ROWSHIFT:
+            s_m = tl.minimum(start_m, seqlen_q - BM)
+        else:
+            s_m = start_m
+        m64 = tl.zeros([], dtype=tl.int64) + s_m
+        o_m = s_m + o_mb
+        if ROWSHIFT:     # every row of the block exists
+            if EVEN_D:
+                b_qT = tl.load(q_row + m64 * sqt + off_qT)
+                b_do = tl.load(do_row + m64 * sdot + off_do)
+            else:
+                b_qT = tl.load(q_row + m64 * sqt + off_qT, mask=m_d[:, None], other=0.0)
+                b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_d[None, :], other=0.0)
+            b_lse = tl.load(lse_row + s_m + o_mb)
+            b_delta = tl.load(delta_row + s_m + o_mb)
+        else:
+            m_m = o_m < seqlen_q
+            if EVEN_D:
+                b_qT = tl.load(q_row + m64 * sqt + off_qT, mask=m_m[None, :], other=0.0)        # (BD, BM)
+                b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_m[:, None], other=0.0)      # (BM, BD)
+            else:
+                b_qT = tl.load(q_row + m64 * sqt + off_qT, mask=m_d[:, None] & m_m[None, :], other=0.0)
+                b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_lse = tl.load(lse_row + start_m + o_mb, mask=m_m, other=float("inf"))
+            b_delta = tl.load(delta_row + start_m + o_mb, mask=m_m, other=0.0)
+        b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
+        b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                          # (BN, BM)
+        if EARLY_DP:
+            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)
+        b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
+        if (start_m < lo_full) | (start_m >= hi_full):
+            vis = _visible_T(o_n, o_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
+            if ROWSHIFT:
+                vis = vis & (o_m >= start_m)[None, :]
+            b_pT = tl.where(vis, b_pT, 0.0)
+        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
+        if not EARLY_DP:
+            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
+        b_dsT = b_pT * (b_dpT - b_delta[None, :])
+        b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
+    return b_dk, b_dv
+
+
+@triton.jit
+def _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_h, i_b64, bos,
+                 sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
+                 lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
+                 seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                 HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr, ATOMIC_DQ: tl.constexpr, BM: tl.constexpr,
+                 DOT_PREC: tl.constexpr, TMA: tl.constexpr, QD, DOD, LEAN: tl.constexpr, EARLY_DP: tl.constexpr,
+                 ONELOOP: tl.constexpr, ROWSHIFT: tl.constexpr):
+    """dk, dv of one key block from query head i_h: [lo, lo_full) and [hi_full, hi) masked, the middle not."""
+    if ONELOOP:
+        i_h = i_h.to(tl.int64)
+        q_row = Q + i_b64 * sqb + bos * sqt + i_h * sqh
+        do_row = DO + i_b64 * sdob + bos * sdot + i_h * sdoh
+        lse_row = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos
+        delta_row = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos
+        return _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, q_row, do_row, lse_row, delta_row, off_qT, off_do, sqt, sdot,
+                              lo, lo_full, hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
+                              IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC, EARLY_DP, ROWSHIFT)
+    i_h = i_h.to(tl.int64)
+    if LEAN:
+        p_qT = Q + i_b64 * sqb + bos * sqt + i_h * sqh
+        p_do = DO + i_b64 * sdob + bos * sdot + i_h * sdoh
+        p_lse = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos
+        p_delta = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos
+    else:
+        p_qT = Q + i_b64 * sqb + bos * sqt + i_h * sqh + o_mb[None, :] * sqt + o_d[:, None]
+        p_do = DO + i_b64 * sdob + bos * sdot + i_h * sdoh + o_mb[:, None] * sdot + o_d[None, :]
+        p_lse = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
+        p_delta = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
+    p_dq = DQA + i_b64 * sdqb + bos * sdqt + i_h * sdqh + o_mb[:, None] * sdqt + o_d[None, :]
+    # diagonal blocks (masked), fully visible blocks, the window's far edge (masked)
+    b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
+                               lo, lo_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
+                               True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
+                               LEAN=LEAN, off_qT=off_qT, off_do=off_do, EARLY_DP=EARLY_DP)
+    b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
+                               lo_full, hi_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
+                               False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
+                               TMA, QD, DOD, (i_b64 * seqlen_q + bos).to(tl.int32), (i_h * HEAD_DIM).to(tl.int32),
+                               LEAN=LEAN, off_qT=off_qT, off_do=off_do, EARLY_DP=EARLY_DP)
+    b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
+                               hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
+                               True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
+                               LEAN=LEAN, off_qT=off_qT, off_do=off_do, EARLY_DP=EARLY_DP)
+    return b_dk, b_dv
+
+
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, DQA, CU,
@@ -378,6 +532,8 @@ def _attn_bwd_dkdv_kernel(
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
     M_MAJOR: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     TMA: tl.constexpr = False, QD=None, DOD=None,
+    LEAN: tl.constexpr = False, KREG: tl.constexpr = False, EARLY_DP: tl.constexpr = False,
+    GUNROLL: tl.constexpr = False, ONELOOP: tl.constexpr = False, ROWSHIFT: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     n_nblocks = tl.cdiv(max_len, BN)
@@ -407,27 +563,34 @@ def _attn_bwd_dkdv_kernel(
                   mask=m_kv, other=0.0)
     b_v = tl.load(V + i_b64 * svb + bos * svt + i_hk.to(tl.int64) * svh + o_n64[:, None] * svt + o_d[None, :],
                   mask=m_kv, other=0.0)
+    if KREG:
+        # K, V through an exact identity product: the result has the MMA layout, which Triton then keeps in
+        # registers as the A operand of S^T = K q^T and dP^T = V dO^T, instead of re-reading both (BN, BD)
+        # tiles from shared memory in every step (their N is only BM)
+        eye = (o_d[:, None] == o_d[None, :]).to(K.dtype.element_ty)
+        b_k = tl.dot(b_k, eye, input_precision=DOT_PREC).to(K.dtype.element_ty)
+        b_v = tl.dot(b_v, eye, input_precision=DOT_PREC).to(V.dtype.element_ty)
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BD], dtype=tl.float32)
     lo, lo_full, hi_full, hi = _query_range(start_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW, BM, BN)
-    for g in range(GROUP):
-        i_h = (i_hk * GROUP + g).to(tl.int64)
-        p_qT = Q + i_b64 * sqb + bos * sqt + i_h * sqh + o_mb[None, :] * sqt + o_d[:, None]
-        p_do = DO + i_b64 * sdob + bos * sdot + i_h * sdoh + o_mb[:, None] * sdot + o_d[None, :]
-        p_lse = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
-        p_delta = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
-        p_dq = DQA + i_b64 * sdqb + bos * sdqt + i_h * sdqh + o_mb[:, None] * sdqt + o_d[None, :]
-        # diagonal blocks (masked), fully visible blocks, the window's far edge (masked)
-        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
-                                   lo, lo_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
-                                   True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
-        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
-                                   lo_full, hi_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
-                                   False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
-                                   TMA, QD, DOD, (i_b64 * seqlen_q + bos).to(tl.int32), (i_h * HEAD_DIM).to(tl.int32))
-        b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
-                                   hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
-                                   True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC)
+    off_qT = o_mb[None, :] * sqt + o_d[:, None]         # LEAN: int32 offsets from a block's first row
+    off_do = o_mb[:, None] * sdot + o_d[None, :]
+    if GUNROLL:   # the group's heads unrolled: no loop around the three pipelined loops (fewer spills)
+        for g in tl.static_range(GROUP):
+            b_dk, b_dv = _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_hk * GROUP + g, i_b64, bos,
+                                      sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
+                                      lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
+                                      seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
+                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, LEAN, EARLY_DP, ONELOOP,
+                                      ROWSHIFT)
+    else:
+        for g in range(GROUP):
+            b_dk, b_dv = _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_hk * GROUP + g, i_b64, bos,
+                                      sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
+                                      lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
+                                      seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
+                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, LEAN, EARLY_DP, ONELOOP,
+                                      ROWSHIFT)
     b_dk = b_dk * sm_scale
     tl.store(DK + i_b64 * sdkb + bos * sdkt + i_hk.to(tl.int64) * sdkh + o_n64[:, None] * sdkt + o_d[None, :],
              b_dk.to(DK.dtype.element_ty), mask=m_kv)
@@ -610,6 +773,13 @@ def fixed_config(kind, BD, L_BUCKET, window=False):
     return c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages
 
 
+# dk/dv kernel options (variant key dkdv_opt, or DEFAULT_FEATURES) -> the kernel's constexpr flags. ptxas
+# serializes every wgmma of the default dk/dv kernel (C7515; the accumulators handed from one query-block
+# loop to the next) and it spills at 32x128 w4 with GQA; see README "dk/dv options" for each option.
+DKDV_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "gunroll": "GUNROLL", "lean": "LEAN", "kreg": "KREG",
+             "early_dp": "EARLY_DP"}
+
+
 def parse_variant(text: str) -> dict:
     """Run-time variants for sweeps, e.g. "fwd=128,64,4,3;dkdv=32,128,4,3;dq=64,64,4,3;mmajor=fwd,dq;atomic_dq=1".
     fwd / dkdv / dq: fixed (BM, BN, num_warps, num_stages) instead of autotuning; mmajor: kernels whose
@@ -620,7 +790,7 @@ def parse_variant(text: str) -> dict:
     (K, V in fwd / dq; q, dO in dk/dv; contiguous (B, L, H, D) tensors only); dq_delta=1: no delta
     kernel: the dq kernel computes delta = rowsum(dO * O) for its rows, stores it, and runs before dk/dv;
     atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
-    separate dq pass; not bitwise deterministic)."""
+    separate dq pass; not bitwise deterministic); dkdv_opt=...: dk/dv kernel options (DKDV_OPTS; README)."""
     out = {}
     for item in filter(None, (t.strip() for t in text.split(";"))):
         key, _, val = item.partition("=")
@@ -630,12 +800,15 @@ def parse_variant(text: str) -> dict:
             if len(out[key]) != (3 if key == "decode" else 4):
                 raise ValueError(f"HYBRIDNA_ATTN_VARIANT: {key} needs BM,BN,warps,stages (decode: BN,warps,stages), "
                                  f"got {val!r}")
-        elif key in ("mmajor", "tma"):
+        elif key in ("mmajor", "tma", "dkdv_opt"):
             out[key] = frozenset(filter(None, (x.strip() for x in val.split(","))))
         elif key in ("atomic_dq", "poly", "fastlaunch", "dq_delta"):
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
+    bad = out.get("dkdv_opt", frozenset()) - DKDV_OPTS.keys()
+    if bad:
+        raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown dkdv_opt {sorted(bad)}, known: {sorted(DKDV_OPTS)}")
     return out
 
 
@@ -648,19 +821,23 @@ VARIANT = parse_variant(os.environ.get("HYBRIDNA_ATTN_VARIANT", ""))
 # (> 2048) at head blocks 64 and 128, fixed configs only (the autotuner's launches keep pointer loads and the
 # delta kernel). Shorter sequences keep session 2's paths (TMA descriptors also cost host time per call).
 # A non-empty VARIANT replaces these defaults (sweeps name every feature they time).
-DEFAULT_FEATURES = {"tma": frozenset({"fwd", "dq"}), "dq_delta": True}
+# dkdv_opt per head block: the dk/dv kernel's options (DKDV_OPTS) on by default, none yet (session 5 measures them).
+DEFAULT_FEATURES = {"tma": frozenset({"fwd", "dq"}), "dq_delta": True, "dkdv_opt": {64: frozenset(), 128: frozenset()}}
+_SET_FEATURES = ("tma", "dkdv_opt")
 
 
 def _feature(name, meta):
     """A kernel feature for a launch with flags `meta`: from VARIANT when one is set (absent: off), else
     from DEFAULT_FEATURES where they apply (long bucket, head block 64 or 128, no autotuning)."""
     if VARIANT:
-        return VARIANT.get(name, frozenset() if name == "tma" else False)
+        return VARIANT.get(name, frozenset() if name in _SET_FEATURES else False)
     if meta["L_BUCKET"] > 2048 and meta["BD"] in (64, 128) and not TUNE:
         if name == "tma" and meta["HAS_WINDOW"] and ("fwd", meta["BD"], True) in FIXED_WINDOW:
             return DEFAULT_FEATURES[name] - {"fwd"}   # FIXED_WINDOW's forward keeps pointer loads
+        if name == "dkdv_opt":
+            return DEFAULT_FEATURES[name].get(meta["BD"], frozenset())
         return DEFAULT_FEATURES[name]
-    return frozenset() if name == "tma" else False
+    return frozenset() if name in _SET_FEATURES else False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -866,6 +1043,12 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
+        for opt in _feature("dkdv_opt", meta):   # variant dkdv_opt=oneloop,rowshift,gunroll,lean,kreg,early_dp
+            if opt in ("oneloop", "rowshift") and atomic:    # the one-loop body has no atomic dq
+                continue
+            if opt == "rowshift" and (cu_seqlens is not None or Lq < 256):   # a block must fit in the rows
+                continue
+            meta[DKDV_OPTS[opt]] = True
         if "dkdv" in _feature("tma", meta) and _tma_ok((q, do), D):
             meta["TMA"] = True
             meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
