@@ -837,6 +837,90 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
 
 
 @triton.jit
+def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
+                             dx_ptr, du_ptr, dcs_ptr, colt_ptr, dD_ptr,
+                             T, H, G, nc, P, N,
+                             s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
+                             s_dx_b, s_dx_t, s_dx_h,
+                             Q: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr, BP: tl.constexpr,
+                             BN: tl.constexpr, NBT: tl.constexpr,
+                             HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr,
+                             DOT_PREC: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr):
+    """_scan_bwd_dx_kernel's TSUM path (the dCB kernel has written the T sums) with fewer live registers
+    (dx_lean): the intra-chunk loop first, over column blocks of BI rows i (BI may be smaller than the
+    row block BJ), with no fp32 copy of x held across it (x is read again after the loop, from L2);
+    then the state term in its own accumulator; the colt partial sums (NBT of them, per dCB tile row,
+    zero above the diagonal) summed as one [NBT, BJ] load. The default kernel holds x in fp32 through
+    the loop and takes 255 registers at 4 warps (sm_90, Triton 3.6, offline): two programs per SM."""
+    i_bc, i_h, jb = _pids(HFIRST)
+    i_b = i_bc // nc
+    i_c = i_bc % nc
+    i_g = i_h // (H // G)
+    o_p = tl.arange(0, BP)
+    m_p = o_p < P
+    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+    dt_in = x_ptr.dtype.element_ty
+    t0 = i_c * Q
+    nv = tl.minimum(T - t0, Q).to(tl.int32)
+    p_dy = dy_ptr + i_b * s_dy_b + i_h * s_dy_h + t0 * s_dy_t
+    p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
+    o_j = jb * BJ + tl.arange(0, BJ)
+    m_j = o_j < nv
+    m = m_j[:, None] & m_p[None, :]
+    cs_j = tl.load(csh_ptr + o_uc + o_j)
+    csl_j = tl.load(csl_ptr + o_uc + o_j)
+    u_j = tl.load(u_ptr + o_uc + o_j)
+    acc = tl.zeros([BJ, BP], dtype=tl.float32)
+    for i0 in range(jb * BJ, Q, BI):
+        o_i = i0 + tl.arange(0, BI)
+        cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)  # upper blocks: dropped below
+        cs_i = tl.load(csh_ptr + o_uc + o_i)
+        csl_i = tl.load(csl_ptr + o_uc + o_i)
+        w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, False)
+        w = tl.where(o_i[None, :] >= o_j[:, None], w * u_j[:, None], 0.0)
+        dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
+                      other=0.0)
+        acc += tl.dot(w.to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
+    p_ds = ds_ptr + (i_bc * H + i_h) * P * N
+    accs = tl.zeros([BJ, BP], dtype=tl.float32)
+    for n in range(0, N, BN):
+        o_n = n + tl.arange(0, BN)
+        m_n = o_n < N
+        b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
+        dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+        if STATE_BF16 > 0:
+            accs += _dot_split_bf16(b, dsT, STATE_BF16)
+        elif SPLIT_F32:
+            accs += _dot_exact_f32(b.to(tl.float32), dsT)
+        else:
+            accs += tl.dot(b, dsT, input_precision="ieee")
+    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    accs *= tl.exp(tl.minimum(cs_last - cs_j - csl_j, 0.0).to(tl.float32))[:, None]
+    xf = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t + (o_j[:, None] * s_x_t + o_p[None, :]), mask=m,
+                 other=0.0).to(tl.float32)
+    dyj = tl.load(p_dy + (o_j[:, None] * s_dy_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
+    o_nb = tl.arange(0, NBT)
+    csum = tl.sum(tl.load(colt_ptr + ((((i_b * H + i_h) * nc + i_c) * NBT + o_nb[:, None]) * Q + o_j[None, :])),
+                  axis=0)
+    dcol = tl.sum(accs * xf, axis=1) + csum  # V_j / u_j + the strictly-lower column sum of T / u_j
+    cbjj = tl.load(p_cb + o_j * (Q + 1)).to(tl.float32)
+    du = dcol + tl.sum(xf * dyj, axis=1) * cbjj
+    dx = acc + accs * u_j[:, None]
+    if HAS_D:
+        if D_PER_CHAN:
+            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        dx += Dv * dyj
+        tl.store(dD_ptr + ((i_bc * (Q // BJ) + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
+    tl.store(dx_ptr + i_b * s_dx_b + t0 * s_dx_t + i_h * s_dx_h + (o_j[:, None] * s_dx_t + o_p[None, :]),
+             dx.to(dx_ptr.dtype.element_ty), mask=m)
+    tl.store(du_ptr + o_uc + o_j, du)
+    tl.store(dcs_ptr + o_uc + o_j, -(u_j * dcol))
+
+
+@triton.jit
 def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
                cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr, TSUM: tl.constexpr,
@@ -1157,6 +1241,25 @@ SWEEP_CONFIGS = {
     "mr": {"maxnreg_state": 128},
     "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
+    # session 6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
+    "lean": {"tsum_dcb": True, "dx_lean": True},
+    "lean sb2": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2},
+    "lean sb2 mr168": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2},
+    "lean sb2 mr168 bi32": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
+                            "BI_DX": 32},
+    "lean sb3 mr168": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 3, "maxnreg_dx": 168, "stages_dx": 2},
+    "lean mr168": {"tsum_dcb": True, "dx_lean": True, "maxnreg_dx": 168, "stages_dx": 2},
+    "sb2 mr168": {"tsum_dcb": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2},
+    "dcb mr168": {"maxnreg_dcb": 168},
+    "dcb w8": {"warps_dcb": 8},
+    "bwd6": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
+             "maxnreg_dcb": 168},
+    "bwd6 sb3": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 3, "maxnreg_dx": 168, "stages_dx": 2,
+                 "maxnreg_dcb": 168},
+    "bwd6 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
+                "warps_dcb": 8},
+    "lean bj128 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "BJ_DX": 128, "warps_dx": 8,
+                      "stages_dx": 2},
 }
 
 
@@ -1245,6 +1348,15 @@ def _cfg(Q, P, N, dtype):
         # register cap of the chunk-state kernels (ptxas takes ~170-230 at 8 warps: one program per SM;
         # 128 leaves room for two, with no spill in the reverse pass and 56 B in the forward one)
         "maxnreg_state": None,
+        # Session 6 (issue 4, backward), opt-in until measured:
+        # - dx_lean (needs tsum_dcb): _scan_bwd_dx_lean_kernel, the same sums with fewer live registers; its
+        #   row block BJ_DX (None: BM), column block BI_DX, warps / stages (None: "warps" / "stages")
+        "dx_lean": False, "BJ_DX": None, "BI_DX": 64, "warps_dx": None,
+        # - register caps of dx (either kernel) and dCB, and dCB's stages (None: "stages"). Offline sm_90
+        #   compile (Triton 3.6, launch specialisation, bf16 P64 N128 Q256, 4 warps): dx takes 255 registers
+        #   (one or two programs per SM), 217 with dx_lean + state_bf16 2, which at a cap of 168 spills
+        #   nothing at 2 stages (three programs per SM); dCB takes 188, none spilled at a cap of 168
+        "maxnreg_dx": None, "maxnreg_dcb": None, "stages_dx": None, "stages_dcb": None,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1283,6 +1395,11 @@ def _fused_blocks(b, H, P, N, cfg, bn_max=128):
         else:
             BNf //= 2
     return BPf, BNf
+
+
+def _maxnreg(n):
+    """Launch keyword of a register cap (none when n is None)."""
+    return {"maxnreg": n} if n else {}
 
 
 def _strides3(t):
@@ -1480,8 +1597,10 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     NB = Q // BJ
     rowt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev)
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    dD_part = new_empty((b * nc * NB, H, P), dtype=f32, device=dev) if D is not None else u
     tsum = cfg["tsum_dcb"]
+    lean = cfg["dx_lean"] and tsum and not cfg["cs64"]
+    BJx = min(cfg["BJ_DX"] or BJ, Q) if lean else BJ
+    dD_part = new_empty((b * nc * (Q // BJx), H, P), dtype=f32, device=dev) if D is not None else u
     colt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev) if tsum else rowt
     mixed_t = dy.dtype == f32 and x.dtype != f32
 
@@ -1491,20 +1610,31 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
             Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
             MIXED_T=mixed_t, R1=cfg["dcb_r1"] and not cfg["cs64"], num_warps=cfg["warps_dcb"] or cfg["warps"],
-            num_stages=cfg["stages"])
+            num_stages=cfg["stages_dcb"] or cfg["stages"], **_maxnreg(cfg["maxnreg_dcb"]))
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     if tsum:  # the dCB kernel writes the T sums that dx reads
         launch_dcb()
-    _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
-        x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
-        T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
-        Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
-        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
-        CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
-        STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
-        R1=cfg["dx_r1"] and not cfg["cs64"],
-        num_warps=cfg["warps"], num_stages=cfg["stages"])
+    if lean:
+        _scan_bwd_dx_lean_kernel[_grid(b * nc, H, Q // BJx, cfg["hfirst"])](
+            x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, colt, dD_part,
+            T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
+            *_strides3(dx),
+            Q=Q, BJ=BJx, BI=min(cfg["BI_DX"], Q), BP=cfg["BP"], BN=cfg["BN_SCAN"], NBT=NB, HAS_D=D is not None,
+            D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=cfg["hfirst"], DOT_PREC=cfg["prec"],
+            SPLIT_F32=x.dtype != f32, STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0,
+            num_warps=cfg["warps_dx"] or cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"],
+            **_maxnreg(cfg["maxnreg_dx"]))
+    else:
+        _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
+            x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
+            T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
+            Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
+            D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
+            CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
+            STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
+            R1=cfg["dx_r1"] and not cfg["cs64"],
+            num_warps=cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"], **_maxnreg(cfg["maxnreg_dx"]))
     if not tsum:
         launch_dcb()
     dB, dC = outs.get("dB"), outs.get("dC")
