@@ -30,8 +30,8 @@ from hybridna_kernels import ssd_scan  # noqa: E402
 from hybridna_kernels.ssd import chunk  # noqa: E402
 from hybridna_kernels.ssd.naive import ssd_chunked_ref  # noqa: E402
 
-VARIANTS = ["default", "bwd6", "bwd6 sb3", "lean sb2 mr168", "lean mr168", "lean", "dcb mr168", "dcb w8",
-            "bwd6 w8", "lean sb2 mr168 bi32", "lean bj128 w8", "sb2 mr168", "lean sb2"]
+VARIANTS = ["default", "bwd6 w8x", "bwd6", "lean sb2 w8", "lean sb2 mr168", "bwd6 sb3", "dcb w8", "dcb mr168",
+            "lean mr168", "lean", "lean bj128 w8", "bwd6 w8"]
 if os.environ.get("SSD6_VARIANTS"):
     VARIANTS = os.environ["SSD6_VARIANTS"].split(",")
 LEAVES = ("x", "dt", "A", "B", "C", "D", "dt_bias")

@@ -847,11 +847,11 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
                              HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr,
                              DOT_PREC: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr):
     """_scan_bwd_dx_kernel's TSUM path (the dCB kernel has written the T sums) with fewer live registers
-    (dx_lean): the intra-chunk loop first, over column blocks of BI rows i (BI may be smaller than the
-    row block BJ), with no fp32 copy of x held across it (x is read again after the loop, from L2);
-    then the state term in its own accumulator; the colt partial sums (NBT of them, per dCB tile row,
-    zero above the diagonal) summed as one [NBT, BJ] load. The default kernel holds x in fp32 through
-    the loop and takes 255 registers at 4 warps (sm_90, Triton 3.6, offline): two programs per SM."""
+    (dx_lean): the state term first; then everything that needs x_j and dy_j (du, d cs, dD, the D dy_j
+    part of dx), so that neither is live in the intra-chunk loop, which comes last, over column blocks of
+    BI rows i (BI may be smaller than the row block BJ), with one accumulator. The colt partial sums (NBT
+    of them, per dCB tile row, zero above the diagonal) are summed from one [NBT, BJ] load. The default
+    kernel holds x in fp32 through its loop: 255 registers at 4 warps (sm_90, Triton 3.6, offline)."""
     i_bc, i_h, jb = _pids(HFIRST)
     i_b = i_bc // nc
     i_c = i_bc % nc
@@ -870,7 +870,44 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
     cs_j = tl.load(csh_ptr + o_uc + o_j)
     csl_j = tl.load(csl_ptr + o_uc + o_j)
     u_j = tl.load(u_ptr + o_uc + o_j)
+    # state term first, alone in registers: Z_j (state) = e^{cs_last - cs_j} dS B_j
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
+    p_ds = ds_ptr + (i_bc * H + i_h) * P * N
     acc = tl.zeros([BJ, BP], dtype=tl.float32)
+    for n in range(0, N, BN):
+        o_n = n + tl.arange(0, BN)
+        m_n = o_n < N
+        b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
+        dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+        if STATE_BF16 > 0:
+            acc += _dot_split_bf16(b, dsT, STATE_BF16)
+        elif SPLIT_F32:
+            acc += _dot_exact_f32(b.to(tl.float32), dsT)
+        else:
+            acc += tl.dot(b, dsT, input_precision="ieee")
+    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    acc *= tl.exp(tl.minimum(cs_last - cs_j - csl_j, 0.0).to(tl.float32))[:, None]
+    # everything that needs x_j and dy_j, before the loop (so neither is live in it): the state part and the
+    # diagonal of du, the T column sums, dD, and the D dy_j term of dx
+    xf = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t + (o_j[:, None] * s_x_t + o_p[None, :]), mask=m,
+                 other=0.0).to(tl.float32)
+    dyj = tl.load(p_dy + (o_j[:, None] * s_dy_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
+    o_nb = tl.arange(0, NBT)
+    csum = tl.sum(tl.load(colt_ptr + ((((i_b * H + i_h) * nc + i_c) * NBT + o_nb[:, None]) * Q + o_j[None, :])),
+                  axis=0)
+    dcol = tl.sum(acc * xf, axis=1) + csum  # V_j / u_j + the strictly-lower column sum of T / u_j
+    cbjj = tl.load(p_cb + o_j * (Q + 1)).to(tl.float32)
+    tl.store(du_ptr + o_uc + o_j, dcol + tl.sum(xf * dyj, axis=1) * cbjj)
+    tl.store(dcs_ptr + o_uc + o_j, -(u_j * dcol))
+    acc = acc * u_j[:, None]
+    if HAS_D:
+        if D_PER_CHAN:
+            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        acc += Dv * dyj
+        tl.store(dD_ptr + ((i_bc * (Q // BJ) + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
+    # intra-chunk part: sum_{i >= j} CB_ij e^{cs_i - cs_j} u_j dy_i, over column blocks of BI rows i
     for i0 in range(jb * BJ, Q, BI):
         o_i = i0 + tl.arange(0, BI)
         cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)  # upper blocks: dropped below
@@ -881,43 +918,8 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
         dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
                       other=0.0)
         acc += tl.dot(w.to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
-    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
-    p_ds = ds_ptr + (i_bc * H + i_h) * P * N
-    accs = tl.zeros([BJ, BP], dtype=tl.float32)
-    for n in range(0, N, BN):
-        o_n = n + tl.arange(0, BN)
-        m_n = o_n < N
-        b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
-        dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
-        if STATE_BF16 > 0:
-            accs += _dot_split_bf16(b, dsT, STATE_BF16)
-        elif SPLIT_F32:
-            accs += _dot_exact_f32(b.to(tl.float32), dsT)
-        else:
-            accs += tl.dot(b, dsT, input_precision="ieee")
-    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
-    accs *= tl.exp(tl.minimum(cs_last - cs_j - csl_j, 0.0).to(tl.float32))[:, None]
-    xf = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t + (o_j[:, None] * s_x_t + o_p[None, :]), mask=m,
-                 other=0.0).to(tl.float32)
-    dyj = tl.load(p_dy + (o_j[:, None] * s_dy_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
-    o_nb = tl.arange(0, NBT)
-    csum = tl.sum(tl.load(colt_ptr + ((((i_b * H + i_h) * nc + i_c) * NBT + o_nb[:, None]) * Q + o_j[None, :])),
-                  axis=0)
-    dcol = tl.sum(accs * xf, axis=1) + csum  # V_j / u_j + the strictly-lower column sum of T / u_j
-    cbjj = tl.load(p_cb + o_j * (Q + 1)).to(tl.float32)
-    du = dcol + tl.sum(xf * dyj, axis=1) * cbjj
-    dx = acc + accs * u_j[:, None]
-    if HAS_D:
-        if D_PER_CHAN:
-            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + i_h).to(tl.float32)
-        dx += Dv * dyj
-        tl.store(dD_ptr + ((i_bc * (Q // BJ) + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
     tl.store(dx_ptr + i_b * s_dx_b + t0 * s_dx_t + i_h * s_dx_h + (o_j[:, None] * s_dx_t + o_p[None, :]),
-             dx.to(dx_ptr.dtype.element_ty), mask=m)
-    tl.store(du_ptr + o_uc + o_j, du)
-    tl.store(dcs_ptr + o_uc + o_j, -(u_j * dcol))
+             acc.to(dx_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -1258,6 +1260,9 @@ SWEEP_CONFIGS = {
                  "maxnreg_dcb": 168},
     "bwd6 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
                 "warps_dcb": 8},
+    "lean sb2 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2},
+    "bwd6 w8x": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2,
+                 "warps_dcb": 8},
     "lean bj128 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "BJ_DX": 128, "warps_dx": 8,
                       "stages_dx": 2},
 }
@@ -1352,10 +1357,12 @@ def _cfg(Q, P, N, dtype):
         # - dx_lean (needs tsum_dcb): _scan_bwd_dx_lean_kernel, the same sums with fewer live registers; its
         #   row block BJ_DX (None: BM), column block BI_DX, warps / stages (None: "warps" / "stages")
         "dx_lean": False, "BJ_DX": None, "BI_DX": 64, "warps_dx": None,
-        # - register caps of dx (either kernel) and dCB, and dCB's stages (None: "stages"). Offline sm_90
-        #   compile (Triton 3.6, launch specialisation, bf16 P64 N128 Q256, 4 warps): dx takes 255 registers
-        #   (one or two programs per SM), 217 with dx_lean + state_bf16 2, which at a cap of 168 spills
-        #   nothing at 2 stages (three programs per SM); dCB takes 188, none spilled at a cap of 168
+        # - register caps of dx (either kernel) and dCB, and their stages (None: "stages"). Offline sm_90
+        #   compile (Triton 3.6, launch specialisation, bf16 P64 N128 Q256): dx takes 255 registers at 4 warps
+        #   (one program per SM by registers, or two), most of them for the state term's tf32 hi / lo split of
+        #   dS; dx_lean with state_bf16 2 takes 221, none spilled at a cap of 168 with 2 stages (3 programs
+        #   per SM), and 128 at 8 warps with 2 stages (2 programs of 8 warps); dCB takes 188 at 4 warps
+        #   (none spilled at a cap of 168) and 128 at 8 warps
         "maxnreg_dx": None, "maxnreg_dcb": None, "stages_dx": None, "stages_dcb": None,
     }
     for k, v in CFG_OVERRIDE.items():
