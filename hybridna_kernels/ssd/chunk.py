@@ -962,13 +962,54 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
     return acc
 
 
+
+@triton.jit
+def _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
+                  cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                  Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, TSUM: tl.constexpr,
+                  MIXED_T: tl.constexpr):
+    """_dcb_heads (fp32 hi / lo cumsum planes, no rank-1 split) with the next head's cumsum and u vectors
+    loaded one iteration ahead (dcb_pf): Triton 3.6 pipelines the loop's dy / x tiles but not these five
+    small loads, so each head waited for a global round trip before its decay tile (sm_90 TTGIR, offline)."""
+    dt_in = p_x.dtype.element_ty
+    acc = tl.zeros([BM, BM], dtype=tl.float32)
+    o_uc = ((i_b * H + i_g * hpg) * nc + i_c) * Q
+    cs_i = tl.load(csh_ptr + o_uc + o_m)
+    csl_i = tl.load(csl_ptr + o_uc + o_m)
+    cs_j = tl.load(csh_ptr + o_uc + o_n)
+    csl_j = tl.load(csl_ptr + o_uc + o_n)
+    u_j = tl.load(u_ptr + o_uc + o_n)
+    for hh in range(hpg):
+        i_h = i_g * hpg + hh
+        o_un = ((i_b * H + i_g * hpg + tl.minimum(hh + 1, hpg - 1)) * nc + i_c) * Q  # the last re-reads its own
+        n_cs_i = tl.load(csh_ptr + o_un + o_m)
+        n_csl_i = tl.load(csl_ptr + o_un + o_m)
+        n_cs_j = tl.load(csh_ptr + o_un + o_n)
+        n_csl_j = tl.load(csl_ptr + o_un + o_n)
+        n_u_j = tl.load(u_ptr + o_un + o_n)
+        dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
+        xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
+        if TSUM and MIXED_T:
+            k = _dot_exact_f32_a(dyi.to(tl.float32), xT.to(tl.float32))
+        else:
+            k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
+        kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, False)
+        acc += kd * u_j[None, :]
+        if TSUM:
+            tq = kd * cbt
+            o_hc = ((i_b * H + i_h) * nc + i_c) * nb
+            tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
+            tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
+        cs_i, csl_i, cs_j, csl_j, u_j = n_cs_i, n_csl_i, n_cs_j, n_csl_j, n_u_j
+    return acc
+
 @triton.jit
 def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr, cb_ptr, rowt_ptr, colt_ptr,
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
                          CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr,
-                         R1: tl.constexpr):
+                         R1: tl.constexpr, PF: tl.constexpr = False):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head.
 
@@ -1019,7 +1060,11 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     else:
         cbt = acc  # (unused)
     # R1: the branch sits outside the head loop (inside it, Triton 3.6's pipeliner fails on sm_90)
-    if R1:
+    if PF:
+        acc = _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr,
+                            colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                            Q=Q, BM=BM, DOT_PREC=DOT_PREC, TSUM=TSUM, MIXED_T=MIXED_T)
+    elif R1:
         if i_m > i_n:
             acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                              rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
@@ -1263,6 +1308,9 @@ SWEEP_CONFIGS = {
     "lean sb2 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2},
     "bwd6 w8x": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2,
                  "warps_dcb": 8},
+    "dcb pf": {"dcb_pf": True},
+    "dcb pf w8": {"dcb_pf": True, "warps_dcb": 8},
+    "bwd6 pf": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2, "dcb_pf": True},
     "lean bj128 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "BJ_DX": 128, "warps_dx": 8,
                       "stages_dx": 2},
 }
@@ -1364,6 +1412,9 @@ def _cfg(Q, P, N, dtype):
         #   per SM), and 128 at 8 warps with 2 stages (2 programs of 8 warps); dCB takes 188 at 4 warps
         #   (none spilled at a cap of 168) and 128 at 8 warps
         "maxnreg_dx": None, "maxnreg_dcb": None, "stages_dx": None, "stages_dcb": None,
+        # - dcb_pf: the dCB head loop loads the next head's cumsum / u vectors one iteration ahead (offline:
+        #   254 registers at 4 warps, 204 at 8: as many programs per SM as without it at 4 warps)
+        "dcb_pf": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1616,7 +1667,9 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
             Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
-            MIXED_T=mixed_t, R1=cfg["dcb_r1"] and not cfg["cs64"], num_warps=cfg["warps_dcb"] or cfg["warps"],
+            MIXED_T=mixed_t, R1=cfg["dcb_r1"] and not cfg["cs64"],
+            **({"PF": True} if (cfg["dcb_pf"] and not cfg["cs64"] and not cfg["dcb_r1"]) else {}),
+            num_warps=cfg["warps_dcb"] or cfg["warps"],
             num_stages=cfg["stages_dcb"] or cfg["stages"], **_maxnreg(cfg["maxnreg_dcb"]))
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
