@@ -11,7 +11,8 @@ Shape: bf16, H32 P64 N128 G1, chunk 256, dt_softplus, D and dt_bias (bench_ssd.m
 for the first N_EXTRA variants with z and initial_states too (dz, dinitial_states): bf16 tolerance 1e-2
 forward / 2e-2 gradients, NaN fails; (2) relative difference from the default at B8 T8192 of the same; a
 variant failing either is not timed; (3) timing, interleaved rounds, medians: fwd+bwd and backward-only
-(retain_graph), eager do_bench and CUDA graph; (4) per-kernel CUDA time (torch.profiler) of one fwd+bwd; (5) if time is left, B2 T32768 / B1 T131072.
+(retain_graph), eager do_bench and CUDA graph; (4) per-kernel CUDA time (torch.profiler) of one fwd+bwd;
+(5) if time is left, B2 T32768 / B1 T131072.
 """
 import os
 import statistics
@@ -135,7 +136,8 @@ def ref_errors(names, extra):
             bad = [k for k, e in errs.items() if not e < (1e-2 if k in ("y", "final") else 2e-2)]
             worst = max((k for k in errs if k.startswith("d")), key=errs.get)
             print(f"ref B1 T{REF_T}{' +z +init' if extra else ''} | {name} | y {errs['y']:.1e} final "
-                  f"{errs['final']:.1e} worst {worst} {errs[worst]:.1e} | " + " ".join(f"{k} {v:.1e}" for k, v in errs.items() if k.startswith("d"))
+                  f"{errs['final']:.1e} worst {worst} {errs[worst]:.1e} | "
+                  + " ".join(f"{k} {v:.1e}" for k, v in errs.items() if k.startswith("d"))
                   + (f" | FAIL {bad}" if bad else " | ok"), flush=True)
             ok[name] = not bad
         except Exception as e:  # noqa: BLE001
