@@ -68,9 +68,9 @@ def use(name):
     chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[name])
 
 
-def call(t, **kw):
+def call(t, final=True):
     return ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=bs.Q, D=t["D"], dt_bias=t["dt_bias"],
-                    dt_softplus=True, z=t.get("z"), initial_states=t.get("init"), return_final_states=True, **kw)
+                    dt_softplus=True, z=t.get("z"), initial_states=t.get("init"), return_final_states=final)
 
 
 def make(b, T, extra=False, grad=True):
@@ -181,17 +181,17 @@ def vs_default(names, b, T):
 
 
 def fns(b, T):
+    """fwd+bwd and backward-only callables as bench_ssd times them (y only, no final states)."""
     t = make(b, T)
-    y, fin = call(t)
-    dy, dfin = torch.randn_like(y), torch.randn_like(fin)
+    y = call(t, final=False)
+    dy = torch.randn_like(y)
     leaves = [t[k] for k in LEAVES]
 
     def fb():
-        y2, f2 = call(t)
-        torch.autograd.grad((y2, f2), leaves, (dy, dfin))
+        torch.autograd.grad(call(t, final=False), leaves, dy)
 
     def bwd():
-        torch.autograd.grad((y, fin), leaves, (dy, dfin), retain_graph=True)
+        torch.autograd.grad(y, leaves, dy, retain_graph=True)
 
     return fb, bwd
 
