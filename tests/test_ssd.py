@@ -400,7 +400,30 @@ def test_kernel_rank1_decay_variants(variant, dtype):
         chunk.CFG_OVERRIDE.clear()
 
 
-BF16_VARIANTS = ["launch3 only", "r1 all"]
+LEAN_CASES = [("lean", "all", torch.float32), ("lean sb2 mr168 bi32", "all-cuseq", torch.float16),
+              ("lean bj128 w8", "all", torch.float16), ("bwd6", "all-seqidx", torch.float32),
+              ("dcb pf", "all", torch.float32), ("bwd6 pf", "all-cuseq", torch.float16)]
+
+
+@pytest.mark.parametrize("variant, opt, dtype", LEAN_CASES,
+                         ids=[f"{v}-{o}-{dtype_id(d)}" for v, o, d in LEAN_CASES])
+def test_kernel_dx_lean_variants(variant, opt, dtype):
+    """dx_lean (the dx kernel with fewer live registers, reading the dCB kernel's T sums), the register
+    caps and dcb_pf (the dCB head loop with its per-head vectors loaded one head ahead; "dcb pf" in fp32
+    without the T sums, "bwd6 pf" with them and the fp32 gated dy of z): 300 tokens at chunk 128, so dx
+    has two row blocks per chunk (bi32: four column blocks; bj128: one 128-row block over the dCB kernel's
+    two 64-row T-sum blocks) and a partial last chunk."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        check_kernel_vs_reference((1, 300, 2, 16, 1, 32, 128), opt, dtype)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
+BF16_VARIANTS = ["launch3 only", "r1 all", "bwd6", "bwd6 w8x", "bwd6 pf", "bwd6 sb3", "lean mr168",
+                 "lean bj128 w8"]
 
 
 @pytest.mark.gpu

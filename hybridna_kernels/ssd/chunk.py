@@ -837,6 +837,92 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
 
 
 @triton.jit
+def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
+                             dx_ptr, du_ptr, dcs_ptr, colt_ptr, dD_ptr,
+                             T, H, G, nc, P, N,
+                             s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g,
+                             s_dx_b, s_dx_t, s_dx_h,
+                             Q: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr, BP: tl.constexpr,
+                             BN: tl.constexpr, NBT: tl.constexpr,
+                             HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr,
+                             DOT_PREC: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr):
+    """_scan_bwd_dx_kernel's TSUM path (the dCB kernel has written the T sums) with fewer live registers
+    (dx_lean): the state term first; then everything that needs x_j and dy_j (du, d cs, dD, the D dy_j
+    part of dx), so that neither is live in the intra-chunk loop, which comes last, over column blocks of
+    BI rows i (BI may be smaller than the row block BJ), with one accumulator. The colt partial sums (NBT
+    of them, per dCB tile row, zero above the diagonal) are summed from one [NBT, BJ] load. The default
+    kernel holds x in fp32 through its loop: 255 registers at 4 warps (sm_90, Triton 3.6, offline)."""
+    i_bc, i_h, jb = _pids(HFIRST)
+    i_b = i_bc // nc
+    i_c = i_bc % nc
+    i_g = i_h // (H // G)
+    o_p = tl.arange(0, BP)
+    m_p = o_p < P
+    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+    dt_in = x_ptr.dtype.element_ty
+    t0 = i_c * Q
+    nv = tl.minimum(T - t0, Q).to(tl.int32)
+    p_dy = dy_ptr + i_b * s_dy_b + i_h * s_dy_h + t0 * s_dy_t
+    p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
+    o_j = jb * BJ + tl.arange(0, BJ)
+    m_j = o_j < nv
+    m = m_j[:, None] & m_p[None, :]
+    cs_j = tl.load(csh_ptr + o_uc + o_j)
+    csl_j = tl.load(csl_ptr + o_uc + o_j)
+    u_j = tl.load(u_ptr + o_uc + o_j)
+    # state term first, alone in registers: Z_j (state) = e^{cs_last - cs_j} dS B_j
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
+    p_ds = ds_ptr + (i_bc * H + i_h) * P * N
+    acc = tl.zeros([BJ, BP], dtype=tl.float32)
+    for n in range(0, N, BN):
+        o_n = n + tl.arange(0, BN)
+        m_n = o_n < N
+        b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
+        dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+        if STATE_BF16 > 0:
+            acc += _dot_split_bf16(b, dsT, STATE_BF16)
+        elif SPLIT_F32:
+            acc += _dot_exact_f32(b.to(tl.float32), dsT)
+        else:
+            acc += tl.dot(b, dsT, input_precision="ieee")
+    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    acc *= tl.exp(tl.minimum(cs_last - cs_j - csl_j, 0.0).to(tl.float32))[:, None]
+    # everything that needs x_j and dy_j, before the loop (so neither is live in it): the state part and the
+    # diagonal of du, the T column sums, dD, and the D dy_j term of dx
+    xf = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t + (o_j[:, None] * s_x_t + o_p[None, :]), mask=m,
+                 other=0.0).to(tl.float32)
+    dyj = tl.load(p_dy + (o_j[:, None] * s_dy_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
+    o_nb = tl.arange(0, NBT)
+    csum = tl.sum(tl.load(colt_ptr + ((((i_b * H + i_h) * nc + i_c) * NBT + o_nb[:, None]) * Q + o_j[None, :])),
+                  axis=0)
+    dcol = tl.sum(acc * xf, axis=1) + csum  # V_j / u_j + the strictly-lower column sum of T / u_j
+    cbjj = tl.load(p_cb + o_j * (Q + 1)).to(tl.float32)
+    tl.store(du_ptr + o_uc + o_j, dcol + tl.sum(xf * dyj, axis=1) * cbjj)
+    tl.store(dcs_ptr + o_uc + o_j, -(u_j * dcol))
+    acc = acc * u_j[:, None]
+    if HAS_D:
+        if D_PER_CHAN:
+            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        acc += Dv * dyj
+        tl.store(dD_ptr + ((i_bc * (Q // BJ) + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
+    # intra-chunk part: sum_{i >= j} CB_ij e^{cs_i - cs_j} u_j dy_i, over column blocks of BI rows i
+    for i0 in range(jb * BJ, Q, BI):
+        o_i = i0 + tl.arange(0, BI)
+        cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)  # upper blocks: dropped below
+        cs_i = tl.load(csh_ptr + o_uc + o_i)
+        csl_i = tl.load(csl_ptr + o_uc + o_i)
+        w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, False)
+        w = tl.where(o_i[None, :] >= o_j[:, None], w * u_j[:, None], 0.0)
+        dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
+                      other=0.0)
+        acc += tl.dot(w.to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
+    tl.store(dx_ptr + i_b * s_dx_b + t0 * s_dx_t + i_h * s_dx_h + (o_j[:, None] * s_dx_t + o_p[None, :]),
+             acc.to(dx_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
                cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr, TSUM: tl.constexpr,
@@ -876,13 +962,54 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
     return acc
 
 
+
+@triton.jit
+def _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
+                  cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                  Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, TSUM: tl.constexpr,
+                  MIXED_T: tl.constexpr):
+    """_dcb_heads (fp32 hi / lo cumsum planes, no rank-1 split) with the next head's cumsum and u vectors
+    loaded one iteration ahead (dcb_pf): Triton 3.6 pipelines the loop's dy / x tiles but not these five
+    small loads, so each head waited for a global round trip before its decay tile (sm_90 TTGIR, offline)."""
+    dt_in = p_x.dtype.element_ty
+    acc = tl.zeros([BM, BM], dtype=tl.float32)
+    o_uc = ((i_b * H + i_g * hpg) * nc + i_c) * Q
+    cs_i = tl.load(csh_ptr + o_uc + o_m)
+    csl_i = tl.load(csl_ptr + o_uc + o_m)
+    cs_j = tl.load(csh_ptr + o_uc + o_n)
+    csl_j = tl.load(csl_ptr + o_uc + o_n)
+    u_j = tl.load(u_ptr + o_uc + o_n)
+    for hh in range(hpg):
+        i_h = i_g * hpg + hh
+        o_un = ((i_b * H + i_g * hpg + tl.minimum(hh + 1, hpg - 1)) * nc + i_c) * Q  # the last re-reads its own
+        n_cs_i = tl.load(csh_ptr + o_un + o_m)
+        n_csl_i = tl.load(csl_ptr + o_un + o_m)
+        n_cs_j = tl.load(csh_ptr + o_un + o_n)
+        n_csl_j = tl.load(csl_ptr + o_un + o_n)
+        n_u_j = tl.load(u_ptr + o_un + o_n)
+        dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
+        xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
+        if TSUM and MIXED_T:
+            k = _dot_exact_f32_a(dyi.to(tl.float32), xT.to(tl.float32))
+        else:
+            k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
+        kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, False)
+        acc += kd * u_j[None, :]
+        if TSUM:
+            tq = kd * cbt
+            o_hc = ((i_b * H + i_h) * nc + i_c) * nb
+            tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
+            tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
+        cs_i, csl_i, cs_j, csl_j, u_j = n_cs_i, n_csl_i, n_cs_j, n_csl_j, n_u_j
+    return acc
+
 @triton.jit
 def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr, cb_ptr, rowt_ptr, colt_ptr,
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
                          CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr,
-                         R1: tl.constexpr):
+                         R1: tl.constexpr, PF: tl.constexpr = False):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head.
 
@@ -933,7 +1060,11 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     else:
         cbt = acc  # (unused)
     # R1: the branch sits outside the head loop (inside it, Triton 3.6's pipeliner fails on sm_90)
-    if R1:
+    if PF:
+        acc = _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr,
+                            colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                            Q=Q, BM=BM, DOT_PREC=DOT_PREC, TSUM=TSUM, MIXED_T=MIXED_T)
+    elif R1:
         if i_m > i_n:
             acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                              rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
@@ -1157,6 +1288,31 @@ SWEEP_CONFIGS = {
     "mr": {"maxnreg_state": 128},
     "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
+    # session 6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
+    "lean": {"tsum_dcb": True, "dx_lean": True},
+    "lean sb2": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2},
+    "lean sb2 mr168": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2},
+    "lean sb2 mr168 bi32": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
+                            "BI_DX": 32},
+    "lean sb3 mr168": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 3, "maxnreg_dx": 168, "stages_dx": 2},
+    "lean mr168": {"tsum_dcb": True, "dx_lean": True, "maxnreg_dx": 168, "stages_dx": 2},
+    "sb2 mr168": {"tsum_dcb": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2},
+    "dcb mr168": {"maxnreg_dcb": 168},
+    "dcb w8": {"warps_dcb": 8},
+    "bwd6": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
+             "maxnreg_dcb": 168},
+    "bwd6 sb3": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 3, "maxnreg_dx": 168, "stages_dx": 2,
+                 "maxnreg_dcb": 168},
+    "bwd6 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
+                "warps_dcb": 8},
+    "lean sb2 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2},
+    "bwd6 w8x": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2,
+                 "warps_dcb": 8},
+    "dcb pf": {"dcb_pf": True},
+    "dcb pf w8": {"dcb_pf": True, "warps_dcb": 8},
+    "bwd6 pf": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2, "dcb_pf": True},
+    "lean bj128 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "BJ_DX": 128, "warps_dx": 8,
+                      "stages_dx": 2},
 }
 
 
@@ -1245,6 +1401,20 @@ def _cfg(Q, P, N, dtype):
         # register cap of the chunk-state kernels (ptxas takes ~170-230 at 8 warps: one program per SM;
         # 128 leaves room for two, with no spill in the reverse pass and 56 B in the forward one)
         "maxnreg_state": None,
+        # Session 6 (issue 4, backward), opt-in until measured:
+        # - dx_lean (needs tsum_dcb): _scan_bwd_dx_lean_kernel, the same sums with fewer live registers; its
+        #   row block BJ_DX (None: BM), column block BI_DX, warps / stages (None: "warps" / "stages")
+        "dx_lean": False, "BJ_DX": None, "BI_DX": 64, "warps_dx": None,
+        # - register caps of dx (either kernel) and dCB, and their stages (None: "stages"). Offline sm_90
+        #   compile (Triton 3.6, launch specialisation, bf16 P64 N128 Q256): dx takes 255 registers at 4 warps
+        #   (one program per SM by registers, or two), most of them for the state term's tf32 hi / lo split of
+        #   dS; dx_lean with state_bf16 2 takes 221, none spilled at a cap of 168 with 2 stages (3 programs
+        #   per SM), and 128 at 8 warps with 2 stages (2 programs of 8 warps); dCB takes 188 at 4 warps
+        #   (none spilled at a cap of 168) and 128 at 8 warps
+        "maxnreg_dx": None, "maxnreg_dcb": None, "stages_dx": None, "stages_dcb": None,
+        # - dcb_pf: the dCB head loop loads the next head's cumsum / u vectors one iteration ahead (offline:
+        #   254 registers at 4 warps, 204 at 8: as many programs per SM as without it at 4 warps)
+        "dcb_pf": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1283,6 +1453,11 @@ def _fused_blocks(b, H, P, N, cfg, bn_max=128):
         else:
             BNf //= 2
     return BPf, BNf
+
+
+def _maxnreg(n):
+    """Launch keyword of a register cap (none when n is None)."""
+    return {"maxnreg": n} if n else {}
 
 
 def _strides3(t):
@@ -1480,8 +1655,10 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     NB = Q // BJ
     rowt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev)
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    dD_part = new_empty((b * nc * NB, H, P), dtype=f32, device=dev) if D is not None else u
     tsum = cfg["tsum_dcb"]
+    lean = cfg["dx_lean"] and tsum and not cfg["cs64"]
+    BJx = min(cfg["BJ_DX"] or BJ, Q) if lean else BJ
+    dD_part = new_empty((b * nc * (Q // BJx), H, P), dtype=f32, device=dev) if D is not None else u
     colt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev) if tsum else rowt
     mixed_t = dy.dtype == f32 and x.dtype != f32
 
@@ -1490,21 +1667,34 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
             Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
-            MIXED_T=mixed_t, R1=cfg["dcb_r1"] and not cfg["cs64"], num_warps=cfg["warps_dcb"] or cfg["warps"],
-            num_stages=cfg["stages"])
+            MIXED_T=mixed_t, R1=cfg["dcb_r1"] and not cfg["cs64"],
+            **({"PF": True} if (cfg["dcb_pf"] and not cfg["cs64"] and not cfg["dcb_r1"]) else {}),
+            num_warps=cfg["warps_dcb"] or cfg["warps"],
+            num_stages=cfg["stages_dcb"] or cfg["stages"], **_maxnreg(cfg["maxnreg_dcb"]))
 
     dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
     if tsum:  # the dCB kernel writes the T sums that dx reads
         launch_dcb()
-    _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
-        x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
-        T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
-        Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
-        D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
-        CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
-        STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
-        R1=cfg["dx_r1"] and not cfg["cs64"],
-        num_warps=cfg["warps"], num_stages=cfg["stages"])
+    if lean:
+        _scan_bwd_dx_lean_kernel[_grid(b * nc, H, Q // BJx, cfg["hfirst"])](
+            x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, colt, dD_part,
+            T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
+            *_strides3(dx),
+            Q=Q, BJ=BJx, BI=min(cfg["BI_DX"], Q), BP=cfg["BP"], BN=cfg["BN_SCAN"], NBT=NB, HAS_D=D is not None,
+            D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=cfg["hfirst"], DOT_PREC=cfg["prec"],
+            SPLIT_F32=x.dtype != f32, STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0,
+            num_warps=cfg["warps_dx"] or cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"],
+            **_maxnreg(cfg["maxnreg_dx"]))
+    else:
+        _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
+            x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
+            T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
+            Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
+            D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
+            CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
+            STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
+            R1=cfg["dx_r1"] and not cfg["cs64"],
+            num_warps=cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"], **_maxnreg(cfg["maxnreg_dx"]))
     if not tsum:
         launch_dcb()
     dB, dC = outs.get("dB"), outs.get("dC")
