@@ -1,0 +1,45 @@
+#!/bin/bash
+# Session 5's last GPU call (<= ~570 s, H100 or H200): the helpers' variant timings (attn6, ssd6, conv6), the GPU
+# tests the first call did not reach (.gpu/rerun5.txt) plus the new variants' GPU tests, the model step with the
+# most likely attention backward variant against the default, then the bench rows the whole-suite call left
+# (HYBRIDNA_BENCH_SKIP_DONE), while time lasts. PARTS (default all: attn6 ssd6 conv6 tests model bench) picks. Each part has its own hard limit; its log is $OUT/<part>/log.txt.
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
+O=$OUT
+END=${END:-560}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | head -1; git rev-parse --short HEAD
+part() {  # part NAME LIMIT_S TAIL_LINES command...
+  local name=$1 lim=$2 tl=$3; shift 3
+  local left=$(( END - SECONDS )); [ $lim -gt $left ] && lim=$left
+  [ $lim -lt 10 ] && { echo "######## $name: no time left"; return; }
+  mkdir -p $O/$name; echo "######## $name at ${SECONDS} s, limit $lim s"
+  OUT=$O/$name timeout -k 5 $lim "$@" 2>&1 | grep -v -iE "warning|warn\(|^\s*$" | cut -c1-240 > $O/$name/log.txt
+  tail -n $tl $O/$name/log.txt
+}
+PARTS=" ${PARTS:-attn6 ssd6 conv6 tests model bench} "
+on() { [[ "$PARTS" == *" $1 "* ]]; }
+on attn6 && part attn6 112 30 bash .gpu/attn6.sh
+on ssd6 && part ssd6 112 30 bash .gpu/ssd6.sh
+on conv6 && part conv6 62 16 bash .gpu/conv6.sh
+tests() {
+  mapfile -t ids < .gpu/rerun5.txt
+  python3 -m pytest "${ids[@]}" tests/test_attention.py::test_gpu_dkdv_options tests/test_ssd.py::test_kernel_sweep_configs_bf16_gpu \
+    $CONV6_TESTS -n 14 -p no:cacheprovider -q -rfE --tb=short 2>&1 | tail -40
+}
+export -f tests
+on tests && part tests 135 14 bash -c tests
+AV="tma=fwd,dq;dq_delta=1;dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll"
+model() {
+  python3 bench/bench_model.py sweep 1x32768 1x32768 --rounds 3 2>/dev/null | python3 -u .gpu/model_print.py | sed 's/^/default   /'
+  HYBRIDNA_ATTN_VARIANT="$AV" python3 bench/bench_model.py sweep 1x32768 1x32768 8x8192 --rounds 3 2>/dev/null | python3 -u .gpu/model_print.py | sed 's/^/attn-rs   /'
+  python3 bench/bench_model.py sweep 8x8192 --rounds 3 2>/dev/null | python3 -u .gpu/model_print.py | sed 's/^/default   /'
+}
+export -f model; export AV
+on model && part model 80 12 bash -c model
+left=$(( END - SECONDS - 5 ))
+if on bench && [ $left -gt 40 ]; then
+  mkdir -p $O/bench
+  HYBRIDNA_BENCH_SKIP_DONE=bench/logs/s5-h200/rows.jsonl HYBRIDNA_BENCH_ORDER=attention,conv1d,generation,ssd WARM=0 \
+    T=$left BUDGET=$(( left - 12 )) OUT=$O/bench bash .gpu/bench_all.sh 2>&1 | grep -v "WARNING: Target" | tail -45 | cut -c1-200
+fi
+echo "end at $SECONDS s"
