@@ -87,7 +87,7 @@ allv = dict(VARIANTS, **CHECK_ONLY)
 bcfgs = {tuple(sorted((allv[n][1] or DEFB).items())): n for n in names + list(CHECK_ONLY)}
 fcfgs = {tuple(sorted(allv[n][0].items())): n for n in names if allv[n][0] is not None}
 xw8, ww8, bw8 = make_inputs(B, D, 64, 8, torch.bfloat16)  # the W8 forward record's kernel (same specialisation)
-with ThreadPoolExecutor(8) as ex:
+with ThreadPoolExecutor(1 if DRY else 8) as ex:  # the interpreter is not thread-safe
     futs = {"bwd:" + n: ex.submit(conv.causal_conv1d_bwd, x, w, b, "silu", None, None, gy, None, False, dict(k))
             for k, n in bcfgs.items()}
     futs.update({"fwd:" + n: ex.submit(conv.causal_conv1d_fwd, x, w, b, "silu", config=dict(k)) for k, n in fcfgs.items()})
@@ -130,7 +130,7 @@ timed = [n for n in names if ok.get(n)]
 res = {n: ([], []) for n in timed}
 say("| round | variant | fwd+bwd ms | fwd+bwd graph ms | of copy (graph) |")
 rnd = 0
-while timed and rnd < 6 and left() > 10:
+while timed and rnd < int(os.environ.get("CONV6_ROUNDS", "6")) and left() > 10:
     rnd += 1
     for n in timed:
         if left() < 8:
@@ -158,6 +158,7 @@ say("medians: " + "; ".join(f"{n} {med(res[n][0]):.4f} / graph {med(res[n][1]):.
 if left() > 5:
     xs, ws, bs = (t.detach().clone().requires_grad_() for t in make_inputs(1, 64, 128, W, torch.bfloat16))
     gs = torch.randn_like(xs)
+    NH = 3 if DRY else 300
 
     def tiny():
         return torch.autograd.grad(causal_conv1d(xs, ws, bs, activation="silu"), (xs, ws, bs), gs)
@@ -165,21 +166,21 @@ if left() > 5:
     for n in [m for m in ("default", "reset") if ok.get(m)]:
         use(allv[n])
         try:
-            for _ in range(30):
+            for _ in range(3 if DRY else 30):
                 tiny()
             torch.cuda.synchronize()
             t = time.perf_counter()
-            for _ in range(300):
+            for _ in range(NH):
                 tiny()
-            h = (time.perf_counter() - t) / 300 * 1e6
+            h = (time.perf_counter() - t) / NH * 1e6
             torch.cuda.synchronize()
         finally:
             use((None, None))
-        say(f"host {n}: {h:.1f} us per fwd+bwd call (B1 D64 L128, no sync)")
+        say(f"host {n}: {h:.1f} us per fwd+bwd call (B1 D64 L128, {NH} calls, no sync)")
     if left() > 3:
         pr = cProfile.Profile()
         pr.enable()
-        for _ in range(200):
+        for _ in range(NH):
             tiny()
         pr.disable()
         torch.cuda.synchronize()

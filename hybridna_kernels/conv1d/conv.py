@@ -1234,7 +1234,7 @@ def _counters(n: int, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         if torch.cuda.is_current_stream_capturing():
             return torch.zeros((n,), dtype=torch.int32, device=device)
-        key = (device, torch.cuda.current_stream(device).cuda_stream)
+        key = (device, torch.cuda.current_stream().cuda_stream)  # the stream Triton launches on
     else:  # the interpreter runs launches synchronously
         key = (device, 0)
     buf = _CNT_CACHE.get(key)
