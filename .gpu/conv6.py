@@ -130,10 +130,10 @@ timed = [n for n in names if ok.get(n)]
 res = {n: ([], []) for n in timed}
 say("| round | variant | fwd+bwd ms | fwd+bwd graph ms | of copy (graph) |")
 rnd = 0
-while timed and rnd < int(os.environ.get("CONV6_ROUNDS", "6")) and left() > 10:
+while timed and rnd < int(os.environ.get("CONV6_ROUNDS", "6")) and left() > 14:
     rnd += 1
     for n in timed:
-        if left() < 8:
+        if left() < 12:
             break
         use(allv[n])
         try:
@@ -155,7 +155,7 @@ say("medians: " + "; ".join(f"{n} {med(res[n][0]):.4f} / graph {med(res[n][1]):.
                             for n in timed))
 
 # host cost per fwd+bwd call: tiny shape, 300 calls without sync (host-bound), per variant
-if left() > 5:
+if left() > 9:
     xs, ws, bs = (t.detach().clone().requires_grad_() for t in make_inputs(1, 64, 128, W, torch.bfloat16))
     gs = torch.randn_like(xs)
     NH = 3 if DRY else 300
@@ -177,7 +177,7 @@ if left() > 5:
         finally:
             use((None, None))
         say(f"host {n}: {h:.1f} us per fwd+bwd call (B1 D64 L128, {NH} calls, no sync)")
-    if left() > 3:
+    if left() > 7:
         pr = cProfile.Profile()
         pr.enable()
         for _ in range(NH):
@@ -190,7 +190,7 @@ if left() > 5:
 
 # forward records: W8 and B1 L131072 W4 (defaults), checked on 256 channels first
 for (bb, ll, ww) in ((8, L, 8), (1, 16 * L, 4)):
-    if left() < 2.5:
+    if left() < 5:
         say(f"stop: budget (forward B{bb} L{ll} W{ww} not run)")
         break
     if DRY:
@@ -203,4 +203,47 @@ for (bb, ll, ww) in ((8, L, 8), (1, 16 * L, 4)):
     say(f"forward B{bb} D{D} L{ll} W{ww}: {ms:.4f} ms, {2 * nbf / ms / 1e6 / gbs:.3f} of copy, y err {e:.1e}"
         f"{'' if e <= tol(torch.bfloat16, 'fwd') else ' FAIL'}")
     del xf, wf, bf
+
+# FAST_LAUNCH (direct launcher calls after the first launch per key), last: a wrong launch could end the process.
+# Bitwise equal to the normal launch (aligned inputs and a misaligned x), then host cost and fwd+bwd timing.
+if ok.get("reset") and left() > 3:
+    conv.FAST_LAUNCH = False
+    use(allv["reset"])
+    try:
+        ref_g = fb()
+        xm = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:].view(B, L, D).transpose(1, 2)
+        xm.copy_(x)
+        xm.requires_grad_()
+        fbm = lambda: torch.autograd.grad(causal_conv1d(xm, wg, bg, activation="silu"), (xm, wg, bg), gy)  # noqa: E731
+        ref_m = fbm()
+        conv.FAST_LAUNCH = True
+        same = all(all(torch.equal(p, q) for p, q in zip(ref_g, fb())) for _ in range(3))
+        same_m = all(all(torch.equal(p, q) for p, q in zip(ref_m, fbm())) for _ in range(2))
+        torch.cuda.synchronize()
+        say(f"fast launch: bitwise equal to the normal launch: aligned {same}, misaligned x {same_m}; "
+            f"{len(conv._LAUNCH_CACHE)} cached launches")
+        del xm, ref_m
+        if same and same_m:
+            if left() > 2 and "tiny" in globals():
+                for _ in range(3 if DRY else 30):
+                    tiny()
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                for _ in range(NH):
+                    tiny()
+                h = (time.perf_counter() - t) / NH * 1e6
+                torch.cuda.synchronize()
+                say(f"host reset + fast launch: {h:.1f} us per fwd+bwd call (B1 D64 L128, {NH} calls, no sync)")
+            for _ in range(2):
+                if left() < 1.5:
+                    break
+                for fl in (False, True):
+                    conv.FAST_LAUNCH = fl
+                    e = triton.testing.do_bench(fb, return_mode="median")
+                    say(f"| fl | reset{' + fast launch' if fl else ''} | {e:.4f} | - | - |")
+    except Exception as e:
+        say(f"fast launch: FAILED {type(e).__name__}: {str(e)[:300]}")
+    finally:
+        conv.FAST_LAUNCH = False
+        use((None, None))
 say("done")

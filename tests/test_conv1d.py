@@ -601,3 +601,30 @@ def test_bwd_reset_and_rows_gpu_bf16(which):
     for o in outs:
         for name, a, c in zip(("dx", "dweight", "dbias"), first[:3], o[:3]):
             assert torch.equal(a, c), f"{name}: a repeated / other-stream / graph-replayed backward differs"
+
+
+@pytest.mark.gpu
+def test_fast_launch_gpu_matches_normal_launch(monkeypatch):
+    """FAST_LAUNCH (direct launcher calls, conv._launch) gives bitwise the normal launch's outputs and gradients,
+    for aligned inputs and for an x whose data pointer is not 16-byte aligned (a different specialisation)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    B, D, L, W = 2, 2304, 1024, 4
+    x, w, b, _, _ = _variant_inputs(B, D, L, W, torch.bfloat16, seed=4, with_seq=False)
+    xm = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:].view(B, L, D).transpose(1, 2)
+    xm.copy_(x)
+    gy = torch.randn_like(x)
+
+    def run(xx):
+        leaves = [t.detach().clone().requires_grad_() for t in (w, b)]
+        xx = xx.detach().requires_grad_()
+        y = causal_conv1d(xx, *leaves, activation="silu")
+        return (y.detach(), *torch.autograd.grad(y, (xx, *leaves), gy))
+
+    ref, ref_m = run(x), run(xm)
+    monkeypatch.setattr(conv, "FAST_LAUNCH", True)
+    for _ in range(3):
+        for name, a, c in zip(("y", "dx", "dweight", "dbias"), ref, run(x)):
+            assert torch.equal(a, c), f"{name}: fast launch differs (aligned)"
+        for name, a, c in zip(("y", "dx", "dweight", "dbias"), ref_m, run(xm)):
+            assert torch.equal(a, c), f"{name}: fast launch differs (misaligned x)"
