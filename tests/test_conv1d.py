@@ -9,7 +9,7 @@ from helpers import DEVICE, KERNEL_DTYPES, assert_close, dtype_id, tol
 
 from hybridna_kernels import causal_conv1d, causal_conv1d_step
 from hybridna_kernels.conv1d import causal_conv1d_ref, causal_conv1d_step_ref, conv
-from hybridna_kernels.utils import backend
+from hybridna_kernels.utils import backend, cdiv
 
 WIDTHS = list(range(2, 9))
 
@@ -531,3 +531,100 @@ def test_bwd_fused_lean_variants(config, W):
     for name, r, o, o2 in zip(("dx", "dweight", "dbias", "dinitial_states"), grads, *runs):
         assert_close(name, r, o, tol(torch.float32, "grad"))
         assert torch.equal(o, o2), f"{name}: two backward runs differ"
+
+
+# RESET: the fused partial sums' last program at each arrival counter sets it back to 0, so the launcher keeps
+# one zeroed counter buffer per stream (conv._counters) instead of a torch.zeros per call; repeated calls must
+# keep giving the same gradients and leave the buffer zeroed (the second call would see stale counts otherwise)
+_RESET_CONFIGS = [dict(KIND="streams", BD=32, num_warps=2, NS=2, R=4, CH=8, FUSE=fu, TAIL=True, CST=True, EVEN=True,
+                       RESET=True) for fu in (1, 2)] + [
+    dict(KIND="rows", BD=32, num_warps=1, R=4, CH=16, PF=True, FUSE=2, RESET=True)]
+
+
+@pytest.mark.parametrize("config", _RESET_CONFIGS, ids=_cfg_id)
+def test_bwd_reset_counters_repeat(config):
+    B, D, L, W = 2, 37, 40, 4
+    x, w, b, h0, seq_idx = _variant_inputs(B, D, L, W, torch.float32, seed=5, with_seq=True)
+    dy = torch.randn(B, L, D, device=DEVICE).transpose(1, 2)
+    conv._CNT_CACHE.clear()
+    runs = [conv.causal_conv1d_bwd(x, w, b, "silu", h0, seq_idx, dy, None, True, config=config) for _ in range(3)]
+    refs = [t.double().requires_grad_() for t in (x, w, b, h0)]
+    y = causal_conv1d_ref(*refs[:3], "silu", refs[3], False, seq_idx)
+    grads = torch.autograd.grad((y * dy.double()).sum(), refs)
+    for name, r, *outs in zip(("dx", "dweight", "dbias", "dinitial_states"), grads, *runs):
+        assert_close(name, r, outs[0], tol(torch.float32, "grad"))
+        assert all(torch.equal(outs[0], o) for o in outs[1:]), f"{name}: repeated backward runs differ"
+    (buf,) = conv._CNT_CACHE.values()
+    assert buf.numel() >= cdiv(D, config["BD"]) * (B + 1 if config["FUSE"] == 2 else 1)
+    assert int(buf.abs().sum()) == 0, "counters not reset to 0 after the launch"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", ["streams_reset", "rows_helper"])
+def test_bwd_reset_and_rows_gpu_bf16(which):
+    """The session-6 variants at a realistic shape in bf16: the default streams config with RESET (eager calls
+    on two streams, then replays of a CUDA graph holding two backward calls), and the rows backward (its
+    per-row body is _bwd_row2) with fused sums."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    B, D, L, W = 2, 2304, 4096, 4
+    cfg = (dict(conv.BWD_STREAMS_DEFAULT, RESET=True) if which == "streams_reset"
+           else dict(KIND="rows", BD=128, num_warps=2, R=8, CH=128, PF=False, FUSE=2, RESET=True))
+    x, w, b, _, _ = _variant_inputs(B, D, L, W, torch.bfloat16, seed=3, with_seq=False)
+    dy = torch.randn(B, L, D, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2)
+    call = lambda: conv.causal_conv1d_bwd(x, w, b, "silu", None, None, dy, None, False, config=cfg)  # noqa: E731
+    sl = slice(0, 256)
+    refs = [t.double().requires_grad_() for t in (x[:, sl], w[sl], b[sl])]
+    y = causal_conv1d_ref(*refs, "silu")
+    grads = torch.autograd.grad((y * dy[:, sl].double()).sum(), refs)
+    first = call()
+    for name, r, o in zip(("dx", "dweight", "dbias"), grads, (first[0][:, sl], first[1][sl], first[2][sl])):
+        assert_close(name, r, o, tol(torch.bfloat16, "grad"))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        other = call()
+    torch.cuda.current_stream().wait_stream(side)
+    outs = [call(), other]
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        call()  # warm-up on the capture's side stream
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        c1, c2 = call(), call()
+    for _ in range(2):
+        g.replay()
+        torch.cuda.synchronize()
+        outs += [[t.clone() for t in c1[:3]], [t.clone() for t in c2[:3]]]
+    for o in outs:
+        for name, a, c in zip(("dx", "dweight", "dbias"), first[:3], o[:3]):
+            assert torch.equal(a, c), f"{name}: a repeated / other-stream / graph-replayed backward differs"
+
+
+@pytest.mark.gpu
+def test_fast_launch_gpu_matches_normal_launch(monkeypatch):
+    """FAST_LAUNCH (direct launcher calls, conv._launch) gives bitwise the normal launch's outputs and gradients,
+    for aligned inputs and for an x whose data pointer is not 16-byte aligned (a different specialisation)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    B, D, L, W = 2, 2304, 1024, 4
+    x, w, b, _, _ = _variant_inputs(B, D, L, W, torch.bfloat16, seed=4, with_seq=False)
+    xm = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:].view(B, L, D).transpose(1, 2)
+    xm.copy_(x)
+    gy = torch.randn_like(x)
+
+    def run(xx):
+        leaves = [t.detach().clone().requires_grad_() for t in (w, b)]
+        xx = xx.detach().requires_grad_()
+        y = causal_conv1d(xx, *leaves, activation="silu")
+        return (y.detach(), *torch.autograd.grad(y, (xx, *leaves), gy))
+
+    ref, ref_m = run(x), run(xm)
+    monkeypatch.setattr(conv, "FAST_LAUNCH", True)
+    for _ in range(3):
+        for name, a, c in zip(("y", "dx", "dweight", "dbias"), ref, run(x)):
+            assert torch.equal(a, c), f"{name}: fast launch differs (aligned)"
+        for name, a, c in zip(("y", "dx", "dweight", "dbias"), ref_m, run(xm)):
+            assert torch.equal(a, c), f"{name}: fast launch differs (misaligned x)"

@@ -22,6 +22,7 @@ and its W - 1 halo rows (SCRATCH). dweight / dbias accumulate elementwise per pr
 once per program into an fp32 partial buffer, and summed afterwards in a fixed order
 (deterministic; no atomics).
 """
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -34,7 +35,9 @@ __all__ = ["causal_conv1d_fn", "causal_conv1d_fwd", "causal_conv1d_bwd"]
 
 
 def _pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+    """triton.next_power_of_2(max(n, 1)) in plain Python: that one is a constexpr_function whose wrapper
+    cost ~10 us of host time per call (Triton 3.9, CPU), once per forward launch."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
 
 
 @triton.jit
@@ -471,6 +474,19 @@ def _load_rows(p, t0, st, lim, m_d, R: tl.constexpr):
 
 
 @triton.jit
+def _load_rows1(p, t0, st, lim, m_d, R: tl.constexpr):
+    """_load_rows on a (1, BD) pointer row at a scalar time t0: (1, BD) rows with a uniform time mask."""
+    pb = p + tl.cast(t0, tl.int64) * st
+    for r in tl.static_range(R):
+        b = tl.load(pb + r * st, mask=_rm(m_d, t0 + r < lim)[None, :], other=0.0)
+        if r == 0:
+            v0, v1, v2, v3, v4, v5, v6, v7 = b, b, b, b, b, b, b, b
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = _set_j(v0, v1, v2, v3, v4, v5, v6, v7, b, r)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
 def _row_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W: tl.constexpr, HAS_H0: tl.constexpr):
     """x row at scalar time tt (initial_states for -(W-1) <= tt < 0, zero outside)."""
     b = tl.load(p_x + tt.to(tl.int64) * sxt, mask=_rm(m_d, (tt >= 0) & (tt < L)), other=0.0).to(tl.float32)
@@ -565,7 +581,7 @@ def _conv1d_bwd_rows_kernel(
     sxgb, sxgd, sxgt, shgb, shgd, shgk, sdwd, sdwk,
     W: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
-    PF: tl.constexpr, FAST: tl.constexpr, FUSE: tl.constexpr, RB: tl.constexpr,
+    PF: tl.constexpr, FAST: tl.constexpr, FUSE: tl.constexpr, RB: tl.constexpr, RESET: tl.constexpr = False,
 ):
     """Row t = tau walks [c0, c1 + W - 1): it loads x[tau], dy[tau], rebuilds u[tau] from the carried
     x rows, forms du[tau], adds to dweight / dbias when tau < c1, and emits dx[tau - (W - 1)] from the
@@ -582,101 +598,65 @@ def _conv1d_bwd_rows_kernel(
     p_dh = DH0 + i_b * shgb + o_d64 * shgd
     p_s = SEQ + i_b * ssb
     w0, w1, w2, w3, w4, w5, w6, w7, b_b = _wcols(WT, BIAS, o_d, m_d, swd, swk, W, HAS_BIAS)
+    # the per-row body is the streams kernel's _bwd_row2 on (1, BD) tiles (one stream): weights, carries
+    # and accumulators are (1, BD), times and segment ids (1,)
+    w0, w1, w2, w3, w4, w5, w6, w7 = w0[None, :], w1[None, :], w2[None, :], w3[None, :], w4[None, :], \
+        w5[None, :], w6[None, :], w7[None, :]
+    b_b = b_b[None, :]
+    p_x2, p_dy2, p_h02 = p_x[None, :], p_dy[None, :], p_h0[None, :]
+    p_dx2, p_dh2, p_gh2 = p_dx[None, :], p_dh[None, :], p_gh[None, :]
+    z1 = tl.zeros([1], dtype=tl.int32)  # scalar time -> (1,) vector
     c0 = i_c * CH
     c1 = tl.minimum(c0 + CH, L)
+    s_last = 0
     if HAS_SEQ:
         s_last = _seg1(p_s, L - 1, L, sst)
     # carries: a_k = x at tau - k, e_k = du at tau - k (zero before c0: dx[t >= c0] never needs it),
     # s_k the segment id at tau - k
-    a1 = tl.zeros([BD], dtype=tl.float32)
+    a1 = tl.zeros([1, BD], dtype=tl.float32)
     a2, a3, a4, a5, a6, a7 = a1, a1, a1, a1, a1, a1
     e1, e2, e3, e4, e5, e6, e7 = a1, a1, a1, a1, a1, a1, a1
     dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db = a1, a1, a1, a1, a1, a1, a1, a1, a1
-    s1 = c0 * 0
+    s1 = z1
     s2, s3, s4, s5, s6, s7 = s1, s1, s1, s1, s1, s1
     for k in tl.static_range(W - 1):
         tt = c0 - (W - 1) + k
         a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7,
-                                           _row_x(X, H0, p_x, p_h0, tt, m_d, L, sxt, shk, W, HAS_H0), W)
+                                           _row_x2(H0, p_x2, p_h02, tt + z1, m_d, L, sxt, shk, W, HAS_H0), W)
         if HAS_SEQ:
-            s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, _seg1(p_s, tt, L, sst), W)
+            s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, _seg1(p_s, tt + z1, L, sst), W)
     # the first chunk also emits dx at the initial_states' positions (times -(W-1) .. -1)
     t_lo = tl.where(i_c == 0, -(W - 1), c0)
     t_end = tl.minimum(c1 + (W - 1), L)
     if PF:  # prefetch: the next step's rows load while this step computes
-        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, c0, sxt, t_end, m_d, R)
-        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows(p_dy, c0, sdt, t_end, m_d, R)
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows1(p_x2, c0, sxt, t_end, m_d, R)
+        g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows1(p_dy2, c0, sdt, t_end, m_d, R)
     for t0 in range(c0, c1 + (W - 1), R):
         if PF:
-            n0, n1, n2, n3, n4, n5, n6, n7 = _load_rows(p_x, t0 + R, sxt, t_end, m_d, R)
-            h0, h1, h2, h3, h4, h5, h6, h7 = _load_rows(p_dy, t0 + R, sdt, t_end, m_d, R)
+            n0, n1, n2, n3, n4, n5, n6, n7 = _load_rows1(p_x2, t0 + R, sxt, t_end, m_d, R)
+            h0, h1, h2, h3, h4, h5, h6, h7 = _load_rows1(p_dy2, t0 + R, sdt, t_end, m_d, R)
         else:
-            v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows(p_x, t0, sxt, t_end, m_d, R)
-            g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows(p_dy, t0, sdt, t_end, m_d, R)
-        p_dxb = p_dx + tl.cast(t0 - (W - 1), tl.int64) * sxgt  # dx rows lag the loaded rows by W - 1
+            v0, v1, v2, v3, v4, v5, v6, v7 = _load_rows1(p_x2, t0, sxt, t_end, m_d, R)
+            g0, g1, g2, g3, g4, g5, g6, g7 = _load_rows1(p_dy2, t0, sdt, t_end, m_d, R)
+        p_dxb = p_dx2 + tl.cast(t0 - (W - 1), tl.int64) * sxgt  # dx rows lag the loaded rows by W - 1
         for r in tl.static_range(R):
-            tt = t0 + r
-            v = _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r).to(tl.float32)
-            du = _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r).to(tl.float32)
-            if HAS_SEQ:
-                s = _seg1(p_s, tt, L, sst)
-            if SILU:
-                u = b_b + _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1) * v
-                for k in tl.static_range(1, W):
-                    c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, W - 1 - k) * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
-                    if HAS_SEQ:
-                        c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s, c, 0.0)
-                    u += c
-                sg = _sigmoid(u, FAST)
-                du = du * sg * (1.0 + u * (1.0 - sg))
-            # dweight / dbias over this chunk's own times only
-            dsel = tl.where(tt < c1, du, 0.0)
-            b_db += dsel
-            dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, dsel * v, W - 1)
-            for k in tl.static_range(1, W):
-                c = dsel * _pick_j(a1, a1, a2, a3, a4, a5, a6, a7, k)
-                if HAS_SEQ:
-                    c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s, c, 0.0)
-                dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7 = _acc_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, c, W - 1 - k)
-            # dx at t = tau - (W - 1): sum_j w[W-1-j] du[t + j]; du[t + j] is e_{W-1-j} (e_0 = du)
-            t = tt - (W - 1)
-            b_dx = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, 0) * du
-            if HAS_SEQ:
-                s_t = _pick_j(s1, s1, s2, s3, s4, s5, s6, s7, W - 1)
-                b_dx = tl.where(s_t == s, b_dx, 0.0)
-            for k in tl.static_range(1, W):
-                c = _pick_j(w0, w1, w2, w3, w4, w5, w6, w7, k) * _pick_j(e1, e1, e2, e3, e4, e5, e6, e7, k)
-                if HAS_SEQ:
-                    if k < W - 1:
-                        c = tl.where(_pick_j(s1, s1, s2, s3, s4, s5, s6, s7, k) == s_t, c, 0.0)
-                b_dx += c
-            if HAS_GH:
-                # final_states[j] = x at time L - (W - 1) + j: its gradient lands on that input
-                jj = t - (L - (W - 1))
-                m_g = (jj >= 0) & (jj < W - 1)
-                b_gh = tl.load(p_gh + tl.maximum(jj, 0).to(tl.int64) * sgk, mask=_rm(m_d, m_g), other=0.0).to(tl.float32)
-                if HAS_SEQ:
-                    b_gh = tl.where(s_t == s_last, b_gh, 0.0)
-                b_dx += b_gh
-            tl.store(p_dxb + r * sxgt, b_dx.to(DX.dtype.element_ty), mask=_rm(m_d, (t >= c0) & (t < c1)))
-            if STORE_DH0:
-                tl.store(p_dh + tl.maximum(t + (W - 1), 0).to(tl.int64) * shgk, b_dx.to(DH0.dtype.element_ty),
-                         mask=_rm(m_d, (t < 0) & (t >= t_lo)))
-            a1, a2, a3, a4, a5, a6, a7 = _push(a1, a2, a3, a4, a5, a6, a7, v, W)
-            e1, e2, e3, e4, e5, e6, e7 = _push(e1, e2, e3, e4, e5, e6, e7, du, W)
-            if HAS_SEQ:
-                s1, s2, s3, s4, s5, s6, s7 = _push(s1, s2, s3, s4, s5, s6, s7, s, W)
+            (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_row2(
+                _pick_j(v0, v1, v2, v3, v4, v5, v6, v7, r), _pick_j(g0, g1, g2, g3, g4, g5, g6, g7, r), t0 + r + z1, t0 + r - c0, c0, c1, t_lo, L, p_dxb + r * sxgt, p_dh2, p_gh2, p_s, sst, sgk, shgk, m_d,
+                s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+                s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, True, True, True)
         if PF:
             v0, v1, v2, v3, v4, v5, v6, v7 = n0, n1, n2, n3, n4, n5, n6, n7
             g0, g1, g2, g3, g4, g5, g6, g7 = h0, h1, h2, h3, h4, h5, h6, h7
     row = i_b * tl.num_programs(0) + i_c
-    p_dw = DWP + row * (W + 1) * D + o_d  # partial row: W dweight rows, then dbias
+    p_dw = DWP + row * (W + 1) * D + o_d[None, :]  # partial row: W dweight rows, then dbias
     for k in tl.static_range(W):
-        tl.store(p_dw + k * D, _pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), mask=m_d)
-    tl.store(DBP + row * (W + 1) * D + o_d, b_db, mask=m_d)
+        tl.store(p_dw + k * D, _pick_j(dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, k), mask=m_d[None, :])
+    tl.store(DBP + row * (W + 1) * D + o_d[None, :], b_db, mask=m_d[None, :])
     if FUSE:
         _finish_partials(DWP, DW, DB, CNT, i_d, i_b, tl.num_programs(0), tl.num_programs(1), tl.num_programs(2), D,
-                         o_d, m_d, sdwd, sdwk, W, HAS_BIAS, BD, RB, FUSE)
+                         o_d, m_d, sdwd, sdwk, W, HAS_BIAS, BD, RB, FUSE, RESET)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -728,7 +708,8 @@ def _bwd_row2(v, du, tt, rel, c0, c1, t_lo, L, p_dxr, p_dh, p_gh, p_s, sst, sgk,
               s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
               W: tl.constexpr, SILU: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr,
               STORE_DH0: tl.constexpr, FAST: tl.constexpr, ACC: tl.constexpr, SEL: tl.constexpr, MT: tl.constexpr):
-    """One time row tau = tt (per stream) of the streams backward: x row v and dy row du (NS, BD) in,
+    """One time row tau = tt (per stream) of the streams backward (and of the rows backward, on (1, BD) tiles):
+    x row v and dy row du (NS, BD) in,
     u[tau] rebuilt from the carried x rows, du[tau] formed, dweight / dbias accumulated (ACC; SEL:
     only where tau < c1, for steps that may hold the W - 1 halo rows), dx[tau - (W - 1)] emitted from
     the carried du rows at p_dxr (dinitial_states at negative times), and the carries shifted. MT=False:
@@ -854,7 +835,7 @@ def _sum_rows(P, r0, n, D, o_d, m_d, W: tl.constexpr, BD: tl.constexpr, RB: tl.c
 @triton.jit
 def _finish_partials(DWP, DW, DB, CNT, i_d, i_b, n_p, n_d, n_b, D, o_d, m_d, sdwd, sdwk,
                      W: tl.constexpr, HAS_DB: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr,
-                     LEVELS: tl.constexpr):
+                     LEVELS: tl.constexpr, RESET: tl.constexpr):
     """Fused partial sums (FUSE): called by every program (n_p along time, n_d channel blocks, n_b batch
     rows) after it stored its partial row (W dweight rows, then dbias) of channel block i_d; the rows of
     batch row b are b * n_p .. b * n_p + n_p - 1. Arrival counters (CNT, zeroed per call by the launcher)
@@ -863,7 +844,10 @@ def _finish_partials(DWP, DW, DB, CNT, i_d, i_b, n_p, n_d, n_b, D, o_d, m_d, sdw
     LEVELS 1: one counter per channel block; the last of all n_p * n_b programs sums every row.
     LEVELS 2: the last program of each (batch row, channel block) sums its batch row's n_p rows into row
     n_b * n_p + b (this overlaps with later batch rows' programs), and the last of those n_b sums them,
-    so the work left after the final program is two short sums instead of n_p * n_b rows."""
+    so the work left after the final program is two short sums instead of n_p * n_b rows.
+    RESET: the last program at each counter sets it back to 0 once no other program of this launch can
+    touch it, so the launcher may keep one zeroed counter buffer per stream (_counters) instead of a
+    torch.zeros per call; the next launch that uses it is ordered after this one by the stream."""
     # every thread's partial stores are done (CTA barrier) before the counter is bumped; the atomic is
     # acq_rel at GPU scope: it publishes this program's rows and, for the last program, makes every
     # other program's rows visible (the pattern of a cooperative grid barrier)
@@ -871,11 +855,15 @@ def _finish_partials(DWP, DW, DB, CNT, i_d, i_b, n_p, n_d, n_b, D, o_d, m_d, sdw
     if LEVELS == 1:
         cnt = tl.atomic_add(CNT + i_d, 1, sem="acq_rel")
         if cnt == n_p * n_b - 1:
+            if RESET:
+                tl.store(CNT + i_d, 0)
             s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sum_rows(DWP, 0, n_p * n_b, D, o_d, m_d, W, BD, RB)
             _write_dw(DW, DB, o_d, m_d, sdwd, sdwk, s0, s1, s2, s3, s4, s5, s6, s7, s8, W, HAS_DB)
     else:
         cnt = tl.atomic_add(CNT + i_b * n_d + i_d, 1, sem="acq_rel")
         if cnt == n_p - 1:
+            if RESET:
+                tl.store(CNT + i_b * n_d + i_d, 0)
             s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sum_rows(DWP, i_b * n_p, n_p, D, o_d, m_d, W, BD, RB)
             p_l1 = DWP + (n_b * n_p + i_b) * ((W + 1) * D) + o_d
             for k in tl.static_range(W + 1):
@@ -883,6 +871,8 @@ def _finish_partials(DWP, DW, DB, CNT, i_d, i_b, n_p, n_d, n_b, D, o_d, m_d, sdw
             tl.debug_barrier()
             cnt2 = tl.atomic_add(CNT + n_b * n_d + i_d, 1, sem="acq_rel")
             if cnt2 == n_b - 1:
+                if RESET:
+                    tl.store(CNT + n_b * n_d + i_d, 0)
                 s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sum_rows(DWP, n_b * n_p, n_b, D, o_d, m_d, W, BD, RB)
                 _write_dw(DW, DB, o_d, m_d, sdwd, sdwk, s0, s1, s2, s3, s4, s5, s6, s7, s8, W, HAS_DB)
 
@@ -918,6 +908,7 @@ def _conv1d_bwd_streams_kernel(
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
     NS: tl.constexpr, FAST: tl.constexpr, FUSE: tl.constexpr, TAIL: tl.constexpr, RB: tl.constexpr,
     ST: tl.constexpr, EVEN: tl.constexpr,  # FUSE: 0, 1 or 2 (levels of fused partial sums)
+    RESET: tl.constexpr = False,
 ):
     """_conv1d_bwd_rows_kernel on NS chunks at once; same maths, per-stream times. Chunks past the end
     (c0 >= L) load, store and add nothing. TAIL (needs CH % R == 0): CH / R full steps of R rows with
@@ -968,33 +959,30 @@ def _conv1d_bwd_streams_kernel(
         sxt = ST
         sdt = ST
         sxgt = ST
+    # TAIL: the chunk's own CH rows here, the W - 1 halo rows in their own step below; else rows tau in
+    # [c0, c1 + W - 1) per stream in R-row steps (the last mostly masked), with a select per row.
+    # EVEN: programs whose NS chunks all end at or before L walk without time masks (MT=False).
+    n_walk = CH
     if not TAIL:
-        # rows tau in [c0, c1 + W - 1) per stream, in R-row steps (the last mostly masked)
-        (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
-         dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
-            p_x, p_dy, p_dx, p_dh, p_gh, p_s, CH + (W - 1), c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
-            m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
-            s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
-            W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, True, True)
-    else:
-        # the chunk's own CH rows; EVEN: programs whose NS chunks all end at or before L skip the time masks
-        full = False
+        n_walk = CH + (W - 1)
+    full = False
+    if TAIL:
         if EVEN:
             full = (i_c + 1) * (NS * CH) <= L
-        if full:
-            (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
-             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
-                p_x, p_dy, p_dx, p_dh, p_gh, p_s, CH, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
-                m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
-                s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
-                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, False, False)
-        else:
-            (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
-             dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
-                p_x, p_dy, p_dx, p_dh, p_gh, p_s, CH, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
-                m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
-                s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
-                W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, False, True)
+    if full:
+        (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+         dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
+            p_x, p_dy, p_dx, p_dh, p_gh, p_s, n_walk, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+            m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+            s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+            W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, False, False)
+    else:
+        (a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7, s1, s2, s3, s4, s5, s6, s7,
+         dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db) = _bwd_walk2(
+            p_x, p_dy, p_dx, p_dh, p_gh, p_s, n_walk, c0, c1, t_lo, t_end, L, sxt, sdt, sxgt, sst, sgk, shgk,
+            m_d, s_last, w0, w1, w2, w3, w4, w5, w6, w7, b_b, a1, a2, a3, a4, a5, a6, a7, e1, e2, e3, e4, e5, e6, e7,
+            s1, s2, s3, s4, s5, s6, s7, dw0, dw1, dw2, dw3, dw4, dw5, dw6, dw7, b_db,
+            W, SILU, HAS_SEQ, HAS_GH, STORE_DH0, FAST, R, not TAIL, True)
     if TAIL:
         # the W - 1 halo rows after the chunk: du only feeds dx of the chunk's last W - 1 rows
         tb = c0 + CH
@@ -1016,7 +1004,7 @@ def _conv1d_bwd_streams_kernel(
     tl.store(DBP + row * (W + 1) * D + o_d, tl.sum(b_db, axis=0), mask=m_d)
     if FUSE:
         _finish_partials(DWP, DW, DB, CNT, i_d, i_b, tl.num_programs(0), tl.num_programs(1), tl.num_programs(2), D,
-                         o_d, m_d, sdwd, sdwk, W, HAS_BIAS, BD, RB, FUSE)
+                         o_d, m_d, sdwd, sdwk, W, HAS_BIAS, BD, RB, FUSE, RESET)
 
 
 def _fwd_configs():
@@ -1111,6 +1099,32 @@ def _cpu_rows(x, cfg):
     return cfg
 
 
+# FAST_LAUNCH (opt-in, HYBRIDNA_CONV1D_FAST_LAUNCH=1; CUDA only): the default row forward and streams backward
+# launches skip JITFunction.run (argument binding, specialisation, cache-key string, hook checks) after the first
+# call with a given key, calling the compiled kernel's launcher directly. The key holds every runtime int argument
+# exactly and each tensor's dtype and 16-byte alignment, which is all Triton specialises on, plus the constexprs
+# and options: a new key goes through JITFunction.run once (compiling if needed). Launch hooks (profilers such as
+# proton) are not called on the direct path.
+FAST_LAUNCH = os.environ.get("HYBRIDNA_CONV1D_FAST_LAUNCH", "0") == "1"
+_LAUNCH_CACHE: dict = {}
+
+
+def _launch(fn, grid, args, kw):
+    key = (fn, tuple(kw.items()),
+           tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args))
+    ent = _LAUNCH_CACHE.get(key)
+    if ent is None:
+        k = fn[grid](*args, **kw)
+        # constexpr values in signature order (the launcher skips them, but takes every parameter)
+        consts = tuple(kw[p.name] if p.name in kw else p.default for p in fn.params[len(args):])
+        if len(_LAUNCH_CACHE) < 256 and k is not None:
+            _LAUNCH_CACHE[key] = (k, consts)
+        return
+    k, consts = ent
+    k.run(grid[0], grid[1], grid[2], torch.cuda.current_stream().cuda_stream, k.function, k.packed_metadata,
+          None, None, None, *args, *consts)
+
+
 def _layout_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """New (B, D, L) output with x's memory order for the two dense layouts (channel-last or not)."""
     B, D, L = x.shape
@@ -1144,9 +1158,12 @@ def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_states=None
     if cfg.get("KIND", "tile") == "rows":
         CH = _rows_chunk(x, cfg)
         grid = (cdiv(L, CH), cdiv(D, cfg["BD"]), B)
-        _conv1d_fwd_rows_kernel[grid](*args[:9], CH, *args[9:], **flags, BD=cfg["BD"], R=cfg["R"],
-                                      PF=cfg.get("PF", False), FAST=x.is_cuda and cfg.get("FAST", True),
-                                      num_warps=cfg.get("num_warps", 1))
+        kw = dict(BD=cfg["BD"], R=cfg["R"], PF=cfg.get("PF", False), FAST=x.is_cuda and cfg.get("FAST", True),
+                  num_warps=cfg.get("num_warps", 1))
+        if FAST_LAUNCH and x.is_cuda:
+            _launch(_conv1d_fwd_rows_kernel, grid, (*args[:9], CH, *args[9:]), dict(flags, **kw))
+        else:
+            _conv1d_fwd_rows_kernel[grid](*args[:9], CH, *args[9:], **flags, **kw)
         return y, ht
     grid = (cdiv(L, cfg["BT"]), cdiv(D, cfg["BD"]), B)
     _conv1d_fwd_kernel[grid](*args, **flags, BT=cfg["BT"], BD=cfg["BD"], SYNC=cfg.get("SYNC", False),
@@ -1236,6 +1253,28 @@ def _reduce_partials(dwp, weight, bias):
     return dw, db
 
 
+# Arrival counters of the fused partial sums with RESET (the kernel sets each counter back to 0 after
+# its last arrival): one zeroed int32 buffer per (device, stream), grown when a grid needs more. Launches
+# on one stream run one after another, so they can share it; launches on different streams get their
+# own. Under CUDA graph capture every call gets a fresh torch.zeros (a memset node in the graph), so a
+# graph never shares counters with eager calls or with other graphs that may be replayed concurrently.
+_CNT_CACHE: dict = {}
+
+
+def _counters(n: int, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros((n,), dtype=torch.int32, device=device)
+        key = (device, torch.cuda.current_stream().cuda_stream)  # the stream Triton launches on
+    else:  # the interpreter runs launches synchronously
+        key = (device, 0)
+    buf = _CNT_CACHE.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros((max(n, 2 * buf.numel() if buf is not None else 0),), dtype=torch.int32, device=device)
+        _CNT_CACHE[key] = buf
+    return buf
+
+
 def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg, dx_out=None):
     B, D, L = x.shape
     W = weight.shape[1]
@@ -1250,10 +1289,13 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
     dwp = new_empty((B * n_p + (B if fuse == 2 else 0), W + 1, D), dtype=torch.float32, device=x.device)
     dbp = dwp[:, W]
     n_blk = cdiv(D, cfg["BD"])
-    if fuse:  # the last program per channel block sums the partials (arrival counters, zeroed per call)
+    reset = bool(fuse and cfg.get("RESET", False))
+    if fuse:  # the last program per channel block sums the partials (arrival counters)
         dw = new_empty((D, W), dtype=weight.dtype, device=x.device)
         db = new_empty((D,), dtype=bias.dtype, device=x.device) if bias is not None else None
-        cnt = torch.zeros((n_blk * (B + 1) if fuse == 2 else n_blk,), dtype=torch.int32, device=x.device)
+        n_cnt = n_blk * (B + 1) if fuse == 2 else n_blk
+        # RESET: counters left at 0 by the previous launch on this stream; else zeroed per call
+        cnt = _counters(n_cnt, x.device) if reset else torch.zeros((n_cnt,), dtype=torch.int32, device=x.device)
     dummy = x
     args = (
         x, weight, bias if bias is not None else dummy, initial_states if initial_states is not None else dummy,
@@ -1275,12 +1317,15 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
     if cfg["KIND"] == "streams":
         tail = cfg.get("TAIL", False) and CH % cfg["R"] == 0
         st = x.stride(2) if cfg.get("CST", False) and x.stride(2) == dy.stride(2) == dx.stride(2) else 0
-        _conv1d_bwd_streams_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], NS=NS, FAST=fast, FUSE=fuse,
-                                         TAIL=tail, RB=rb, ST=st, EVEN=tail and cfg.get("EVEN", False),
-                                         num_warps=nw)
+        kw = dict(BD=cfg["BD"], R=cfg["R"], NS=NS, FAST=fast, FUSE=fuse, TAIL=tail, RB=rb, ST=st,
+                  EVEN=tail and cfg.get("EVEN", False), RESET=reset, num_warps=nw)
+        if FAST_LAUNCH and x.is_cuda:
+            _launch(_conv1d_bwd_streams_kernel, grid, args, dict(flags, **kw))
+        else:
+            _conv1d_bwd_streams_kernel[grid](*args, **flags, **kw)
     else:
         _conv1d_bwd_rows_kernel[grid](*args, **flags, BD=cfg["BD"], R=cfg["R"], PF=cfg.get("PF", False),
-                                      FAST=fast, FUSE=fuse, RB=rb, num_warps=nw)
+                                      FAST=fast, FUSE=fuse, RB=rb, RESET=reset, num_warps=nw)
     if not fuse:
         dw, db = _reduce_partials(dwp, weight, bias)
     return dx, dw, db, dh0
