@@ -8,5 +8,5 @@
 set -u
 OUT=${OUT:-/tmp/conv6-out}
 mkdir -p "$OUT"
-timeout 60 python3 .gpu/conv6.py 2>&1 | tee "$OUT/conv6.txt" | grep -v "^\s*$" | cut -c1-240
+timeout $(( ${CONV6_S:-55} + 5 )) python3 .gpu/conv6.py 2>&1 | tee "$OUT/conv6.txt" | grep -v "^\s*$" | cut -c1-240
 echo "conv6.py rc=${PIPESTATUS[0]}"

@@ -18,16 +18,18 @@ part() {  # part NAME LIMIT_S TAIL_LINES command...
 }
 PARTS=" ${PARTS:-attn6 ssd6 conv6 tests model bench} "
 on() { [[ "$PARTS" == *" $1 "* ]]; }
-on attn6 && part attn6 112 30 bash .gpu/attn6.sh
-on ssd6 && part ssd6 112 30 bash .gpu/ssd6.sh
-on conv6 && part conv6 62 16 bash .gpu/conv6.sh
+on attn6 && part attn6 $((${ATTN6_S:-100} + 12)) 30 bash .gpu/attn6.sh
+on ssd6 && part ssd6 $((${SSD6_S:-100} + 12)) 30 bash .gpu/ssd6.sh
 tests() {
   mapfile -t ids < .gpu/rerun5.txt
   python3 -m pytest "${ids[@]}" tests/test_attention.py::test_gpu_dkdv_options tests/test_ssd.py::test_kernel_sweep_configs_bf16_gpu \
-    $CONV6_TESTS -n 14 -p no:cacheprovider -q -rfE --tb=short 2>&1 | tail -40
+    tests/test_conv1d.py::test_bwd_reset_and_rows_gpu_bf16 tests/test_conv1d.py::test_fast_launch_gpu_matches_normal_launch -n 14 -p no:cacheprovider -v -rfE --tb=short > $OUT/tests_v.txt 2>&1
+  echo "$(grep -c ' PASSED' $OUT/tests_v.txt) passed, $(grep -c ' FAILED' $OUT/tests_v.txt) failed"
+  grep -E "^(FAILED|ERROR) |^E  " $OUT/tests_v.txt | cut -c1-220 | head -20; tail -2 $OUT/tests_v.txt
 }
 export -f tests
-on tests && part tests 135 14 bash -c tests
+on tests && part tests ${TESTS_S:-135} 14 bash -c tests
+on conv6 && part conv6 $((${CONV6_S:-55} + 7)) 16 bash .gpu/conv6.sh
 AV="tma=fwd,dq;dq_delta=1;dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll"
 model() {
   python3 bench/bench_model.py sweep 1x32768 1x32768 --rounds 3 2>/dev/null | python3 -u .gpu/model_print.py | sed 's/^/default   /'
