@@ -39,6 +39,9 @@ DT = torch.float16 if DRY else torch.bfloat16
 # name, B, Hq, Hkv, L, D
 SHAPES = [("model B1 Hq16:Hkv4 L32768 D64", 1, 16, 4, 32768, 64), ("B1 H16 L32768 D64", 1, 16, 16, 32768, 64),
           ("B8 H16 L8192 D64", 8, 16, 16, 8192, 64), ("B1 H8 L32768 D128", 1, 8, 8, 32768, 128)]
+if os.environ.get("ATTN6_SHAPES"):   # e.g. "0,3": the model shape, then D128 (indices into SHAPES, in this order)
+    SHAPES = [SHAPES[int(i)] for i in os.environ["ATTN6_SHAPES"].split(",")]
+ROUNDS = int(os.environ.get("ATTN6_ROUNDS", 0))   # 0: 3 at the model shape, 2 elsewhere
 if DRY:
     SHAPES = [("dry gqa", 1, 4, 1, 300, 32), ("dry D64", 2, 2, 2, 200, 64)]
 # Explicit variants replace DEFAULT_FEATURES, so each names the defaults' features (TMA for fwd / dq, delta in dq)
@@ -214,7 +217,7 @@ def main():
             cmode = f"failed: {type(e).__name__} {str(e)[:120]}"
         print(f"  cuDNN: {cmode}", flush=True)
         res = {vn: ([], []) for vn, _ in good + [("cuDNN", None)]}
-        for r in range(3 if name.startswith("model") else 2):
+        for r in range(ROUNDS or (3 if name.startswith("model") else 2)):
             for vn, vs_ in good + [("cuDNN", None)]:
                 if left() < 8:
                     break
