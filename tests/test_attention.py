@@ -370,6 +370,47 @@ def test_default_features(monkeypatch):
     _check(q, k, v, causal=True)
 
 
+def test_dkdv_fast_default_domain(monkeypatch):
+    """DKDV_FAST (the one-loop dk/dv kernel at 64x64 w4 s3) is the default only where session 5 checked it on
+    the GPU: D64, GQA, causal, no window / varlen, seqlen_q == seqlen_k a multiple of 64 in the long bucket, no
+    VARIANT / autotuning / interpreter; the launch then takes its flags and config."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "interpret_mode", lambda: False)
+    monkeypatch.setattr(flash, "VARIANT", {})
+
+    def ok(B=1, Lq=4096, Lk=4096, Hq=16, Hkv=4, D=64, causal=True, window=None, varlen=False):
+        q, k = torch.empty(B, Lq, Hq, D, device="meta"), torch.empty(B, Lk, Hkv, D, device="meta")
+        cu = torch.tensor([0, Lq]) if varlen else None
+        meta = flash._flags(q, k, causal, window, cu, max(Lq, Lk))
+        return flash._dkdv_fast_ok(q, k, causal, window, cu, meta)
+
+    assert ok() and ok(Lq=32768, Lk=32768) and ok(B=8, Lq=8192, Lk=8192, Hq=8, Hkv=1)
+    assert not ok(Hkv=16)                      # MHA: not checked on the GPU
+    assert not ok(causal=False) and not ok(window=1000) and not ok(varlen=True)
+    assert not ok(Lq=4000, Lk=4000) and not ok(Lq=4096, Lk=4160)   # ragged end, chunked prefill
+    assert not ok(Lq=2048, Lk=2048)            # short bucket
+    assert not ok(D=128) and not ok(D=48)
+    monkeypatch.setattr(flash, "TUNE", True)
+    assert not ok()
+    monkeypatch.setattr(flash, "TUNE", False)
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dkdv=32,128,4,3"))
+    assert not ok()
+    # the launch: what _run receives for an in-domain call
+    monkeypatch.setattr(flash, "VARIANT", {})
+    seen = {}
+    monkeypatch.setattr(flash, "_run", lambda kind, grid, blocks, args, meta: seen.setdefault(kind, dict(meta)))
+    q = torch.zeros(1, 4096, 8, 64, dtype=torch.bfloat16)
+    k, v = torch.zeros(1, 4096, 2, 64, dtype=torch.bfloat16), torch.zeros(1, 4096, 2, 64, dtype=torch.bfloat16)
+    lse = torch.zeros(1, 8, 4096)
+    flash.attention_bwd(q, q, k, v, q, lse, causal=True, window=None, softmax_scale=0.125)
+    assert seen["dkdv"]["_conf"] == flash.DKDV_FAST["conf"]
+    assert all(seen["dkdv"][f] for f in flash.DKDV_FAST["flags"])
+    seen.clear()
+    flash.attention_bwd(q, q, k, v, q, lse, causal=True, window=512, softmax_scale=0.125)
+    assert "_conf" not in seen["dkdv"] and not any(seen["dkdv"].get(f) for f in flash.DKDV_FAST["flags"])
+
+
 def test_decode_with_fixed_config_and_fastlaunch(monkeypatch):
     """Split-K decode through the fixed-config and cached-launch paths (GPU); twice, so the second call
     runs the cached compiled kernels. On CPU both are the interpreter's plain launches."""
@@ -441,6 +482,7 @@ _GPU_SHAPES = [
     (2, 2048, 2048, 16, 4, 64, True, None),
     (1, 4096, 4096, 8, 8, 128, True, None),
     (1, 4096, 4096, 16, 4, 64, True, 512),
+    (2, 4096, 4096, 16, 4, 64, True, None),     # DKDV_FAST's domain (the model's layout)
     (2, 1000, 3000, 8, 2, 128, True, None),     # chunked prefill
     (1, 1500, 1500, 4, 1, 256, True, None),     # headdim 256
     (1, 1000, 1000, 4, 2, 96, False, None),     # headdim 96 padded to 128
