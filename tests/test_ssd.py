@@ -422,6 +422,22 @@ def test_kernel_dx_lean_variants(variant, opt, dtype):
         chunk.CFG_OVERRIDE.clear()
 
 
+@pytest.mark.parametrize("hfirst", [True, False], ids=["hfirst", "chunk-first"])
+def test_kernel_grid_fallback_order(hfirst, monkeypatch):
+    """Past the grid's dimension-2 limit (batch x chunks > 65535, ~16.7M tokens at chunk 256) the launch grid
+    falls back to chunk-first order; the kernels must be told (HFIRST), or they read the program ids in the
+    wrong order. The limit lowered to 1 reaches that path at a small shape (heads-first asked or not)."""
+    from hybridna_kernels.ssd import chunk
+
+    monkeypatch.setattr(chunk, "_GRID_Z_MAX", 1)
+    assert chunk._grid(3, 4, 2, True) == (3, 4, 2) and not chunk._hfirst(3, True)
+    chunk.CFG_OVERRIDE.update({"hfirst": hfirst})
+    try:
+        check_kernel_vs_reference((2, 150, 2, 16, 1, 16, 64), "all", torch.float32)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
 BF16_VARIANTS = ["launch3 only", "r1 all", "bwd6", "bwd6 w8x", "bwd6 pf", "bwd6 sb3", "lean mr168",
                  "lean bj128 w8"]
 

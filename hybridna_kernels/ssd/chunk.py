@@ -108,8 +108,18 @@ def _pids(HFIRST: tl.constexpr):
         return tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
 
 
+_GRID_Z_MAX = 65535   # CUDA's limit on grid dimensions 1 and 2 (tests lower it to reach the fallback order)
+
+
+def _hfirst(b_nc, hfirst):
+    """Heads-fastest grid order where the (batch x chunk) count fits grid dimension 2; the kernels' HFIRST
+    flag must be this, not cfg["hfirst"], or a fallback grid is read in the wrong order (wrong results past
+    ~16.7M tokens per call at chunk 256, before session 5)."""
+    return bool(hfirst) and b_nc <= _GRID_Z_MAX
+
+
 def _grid(b_nc, H, nblk, hfirst):
-    return (H, nblk, b_nc) if (hfirst and b_nc <= 65535) else (b_nc, H, nblk)
+    return (H, nblk, b_nc) if _hfirst(b_nc, hfirst) else (b_nc, H, nblk)
 
 
 @triton.jit
@@ -1326,6 +1336,7 @@ def _cfg(Q, P, N, dtype):
     # 2's settings: fp32 tiles at 3 stages overflow shared memory in dB / dC (256 KiB at P64 N128, sm_90
     # offline compile) and make dx spill heavily
     l3 = dtype != torch.float32 and BP <= 64 and BN <= 128
+    b6 = l3 and dtype == torch.bfloat16   # session 5's backward settings ("bwd6", below)
     cfg = {
         "BP": BP, "BN": BN, "BM": blk, "BK": blk,
         # Measured on an H100 (bf16, B8 T8192 H32 P64 N128 Q256, 2026-11-25 12:07 UTC; fwd / fwd+bwd ms):
@@ -1370,8 +1381,8 @@ def _cfg(Q, P, N, dtype):
         # chunks it leaves the GPU idle at batch 1-2 (B1 T131072 forward 6.7 ms with them).
         "fused_state": False, "fused_state_bwd": False, "warps_fused": 8, "stages_fused": 2,
         "BN_FUSED_FWD": 128, "BN_FUSED_BWD": 64,
-        # dx's state term with bf16 B: dS split into this many bf16 pieces (0: two tf32 products)
-        "state_bf16": 0,
+        # dx's state term with bf16 B: dS split into this many bf16 pieces (0: two tf32 products); 2 with bwd6
+        "state_bf16": 2 if b6 else 0,
         # precision of the dC pass's per-head product e^{cs} dy hin^T, whose row sums with C give the
         # decay-gradient term R: 16-bit operands ("16") or tf32 ("tf32")
         "r_prec": "16",
@@ -1401,17 +1412,23 @@ def _cfg(Q, P, N, dtype):
         # register cap of the chunk-state kernels (ptxas takes ~170-230 at 8 warps: one program per SM;
         # 128 leaves room for two, with no spill in the reverse pass and 56 B in the forward one)
         "maxnreg_state": None,
-        # Session 6 (issue 4, backward), opt-in until measured:
+        # Session 5 helper ssd6 (issue 4, backward). Measured on an H100 (2026-12-07, bf16 B8 T8192 H32 P64 N128
+        # Q256, interleaved eager medians, fwd+bwd / bwd ms): the old default 5.217 / 3.803; "bwd6" (dx_lean,
+        # state_bf16 2, register caps 168 and 2 stages for dx, cap 168 for dCB) 4.612 / 3.198 (1.13x / 1.19x),
+        # every output and gradient within 5.6e-5 of the old default, fp64-reference errors equal to its own (B1
+        # T4096, with and without z and initial_states). On for bf16 where launch3 is (fp16 keeps the tf32
+        # split of dS: without bf16 B it takes 228 registers at 8 warps). The other session-6 rows: 4.71-5.58.
         # - dx_lean (needs tsum_dcb): _scan_bwd_dx_lean_kernel, the same sums with fewer live registers; its
         #   row block BJ_DX (None: BM), column block BI_DX, warps / stages (None: "warps" / "stages")
-        "dx_lean": False, "BJ_DX": None, "BI_DX": 64, "warps_dx": None,
+        "dx_lean": b6, "BJ_DX": None, "BI_DX": 64, "warps_dx": None,
         # - register caps of dx (either kernel) and dCB, and their stages (None: "stages"). Offline sm_90
         #   compile (Triton 3.6, launch specialisation, bf16 P64 N128 Q256): dx takes 255 registers at 4 warps
         #   (one program per SM by registers, or two), most of them for the state term's tf32 hi / lo split of
         #   dS; dx_lean with state_bf16 2 takes 221, none spilled at a cap of 168 with 2 stages (3 programs
         #   per SM), and 128 at 8 warps with 2 stages (2 programs of 8 warps); dCB takes 188 at 4 warps
         #   (none spilled at a cap of 168) and 128 at 8 warps
-        "maxnreg_dx": None, "maxnreg_dcb": None, "stages_dx": None, "stages_dcb": None,
+        "maxnreg_dx": 168 if b6 else None, "maxnreg_dcb": 168 if b6 else None, "stages_dx": 2 if b6 else None,
+        "stages_dcb": None,
         # - dcb_pf: the dCB head loop loads the next head's cumsum / u vectors one iteration ahead (offline:
         #   254 registers at 4 warps, 204 at 8: as many programs per SM as without it at 4 warps)
         "dcb_pf": False,
@@ -1473,7 +1490,8 @@ def _chunk_states(a, M, u, cs, b, nc, T, H, G, P, N, Q, cfg, *, reverse, xw_spli
     _chunk_state_kernel[_grid(b * nc, H, triton.cdiv(P, BPs) * triton.cdiv(N, BNs), cfg["hfirst"])](
         a, M, u, cs, out, T, H, G, nc, P, N, *_strides3(a), *_strides3(M),
         Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], REVERSE=reverse, DOT_PREC=cfg["prec"],
-        XW_SPLIT=xw_split, HFIRST=cfg["hfirst"], num_warps=cfg["warps_state"], num_stages=cfg["stages"],
+        XW_SPLIT=xw_split, HFIRST=_hfirst(b * nc, cfg["hfirst"]), num_warps=cfg["warps_state"],
+        num_stages=cfg["stages"],
         **({"maxnreg": cfg["maxnreg_state"]} if cfg["maxnreg_state"] else {}))
     return out
 
@@ -1558,7 +1576,8 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
+        STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
+        CS64=cfg["cs64"],
         CB_MASK=cfg["cb_mask"], R1=cfg["scan_r1"] and not cfg["cs64"],
         num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"])
@@ -1663,7 +1682,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     mixed_t = dy.dtype == f32 and x.dtype != f32
 
     def launch_dcb():
-        mfirst = cfg["hfirst"] and b * nc <= 65535
+        mfirst = cfg["hfirst"] and b * nc <= _GRID_Z_MAX
         _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
             Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
@@ -1681,7 +1700,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             *_strides3(dx),
             Q=Q, BJ=BJx, BI=min(cfg["BI_DX"], Q), BP=cfg["BP"], BN=cfg["BN_SCAN"], NBT=NB, HAS_D=D is not None,
-            D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=cfg["hfirst"], DOT_PREC=cfg["prec"],
+            D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=_hfirst(b * nc, cfg["hfirst"]), DOT_PREC=cfg["prec"],
             SPLIT_F32=x.dtype != f32, STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0,
             num_warps=cfg["warps_dx"] or cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"],
             **_maxnreg(cfg["maxnreg_dx"]))
@@ -1690,7 +1709,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
             T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
             Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
-            D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=cfg["hfirst"], CS64=cfg["cs64"],
+            D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
+            CS64=cfg["cs64"],
             CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
             STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
             R1=cfg["dx_r1"] and not cfg["cs64"],
@@ -1702,7 +1722,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     dC = new_empty(C.shape, dtype=C.dtype, device=dev) if dC is None else dC
     BMd = cfg["BM_DBC"]
     for is_db, out in ((True, dB), (False, dC)):
-        mfirst = cfg["hfirst"] and b * nc <= 65535
+        mfirst = cfg["hfirst"] and b * nc <= _GRID_Z_MAX
         _scan_bwd_dbc_kernel[(Q // BMd, G, b * nc) if mfirst else (b * nc, G, Q // BMd)](
             x, dy, B, C, u, cs, hin_hi, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
