@@ -562,7 +562,7 @@ def test_bwd_reset_counters_repeat(config):
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", ["streams_reset", "rows_helper"])
 def test_bwd_reset_and_rows_gpu_bf16(which):
-    """The session-6 variants at a realistic shape in bf16: the default streams config with RESET (eager calls
+    """The session-5 (conv6) variants at a realistic shape in bf16: the default streams config with RESET (eager calls
     on two streams, then replays of a CUDA graph holding two backward calls), and the rows backward (its
     per-row body is _bwd_row2) with fused sums."""
     if not torch.cuda.is_available():

@@ -972,7 +972,6 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
     return acc
 
 
-
 @triton.jit
 def _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
                   cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
@@ -1012,6 +1011,7 @@ def _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_p
             tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
         cs_i, csl_i, cs_j, csl_j, u_j = n_cs_i, n_csl_i, n_cs_j, n_csl_j, n_u_j
     return acc
+
 
 @triton.jit
 def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr, cb_ptr, rowt_ptr, colt_ptr,
@@ -1298,7 +1298,7 @@ SWEEP_CONFIGS = {
     "mr": {"maxnreg_state": 128},
     "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
-    # session 6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
+    # session 5, helper ssd6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
     "lean": {"tsum_dcb": True, "dx_lean": True},
     "lean sb2": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2},
     "lean sb2 mr168": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2},
@@ -1417,7 +1417,7 @@ def _cfg(Q, P, N, dtype):
         # state_bf16 2, register caps 168 and 2 stages for dx, cap 168 for dCB) 4.612 / 3.198 (1.13x / 1.19x),
         # every output and gradient within 5.6e-5 of the old default, fp64-reference errors equal to its own (B1
         # T4096, with and without z and initial_states). On for bf16 where launch3 is (fp16 keeps the tf32
-        # split of dS: without bf16 B it takes 228 registers at 8 warps). The other session-6 rows: 4.71-5.58.
+        # split of dS: without bf16 B it takes 228 registers at 8 warps). The other ssd6 rows: 4.71-5.58.
         # - dx_lean (needs tsum_dcb): _scan_bwd_dx_lean_kernel, the same sums with fewer live registers; its
         #   row block BJ_DX (None: BM), column block BI_DX, warps / stages (None: "warps" / "stages")
         "dx_lean": b6, "BJ_DX": None, "BI_DX": 64, "warps_dx": None,
