@@ -23,3 +23,13 @@ def test_new_empty_is_poisoned_in_tests():
 def test_check_tensor_errors_name_the_argument(kwargs, t, match):
     with pytest.raises(ValueError, match=match):
         check_tensor("x", t, **kwargs)
+
+
+def test_next_pow2_matches_triton():
+    """The host-side next_pow2 (plain Python) agrees with triton.next_power_of_2, which the launchers used."""
+    import triton
+
+    from hybridna_kernels.utils import next_pow2
+
+    for n in list(range(0, 300)) + [1000, 1023, 1024, 1025, 4096, 65535, 65536, 2**31 - 1, 2**31]:
+        assert next_pow2(n) == triton.next_power_of_2(n), n

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import autotune, cdiv, interpret_mode, new_empty
+from ..utils import autotune, cdiv, interpret_mode, new_empty, next_pow2
 from . import flash
 from .flash import LOG2E
 
@@ -149,8 +149,8 @@ def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, B
     group = Hq // Hkv
     o = new_empty((B, Lq, Hq, D), dtype=q.dtype, device=q.device)
     lse = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    BD = max(16, triton.next_power_of_2(D))
-    BM = max(16, triton.next_power_of_2(group * Lq))
+    BD = max(16, next_pow2(D))
+    BM = max(16, next_pow2(group * Lq))
     # keys any query can see: the window of the first query starts at (seqlen_k - seqlen_q) - W + 1
     key_lo = max(0, Lk - Lq - window + 1) if window is not None else 0
     align = BN if BN is not None else SPLIT_ALIGN
@@ -183,5 +183,5 @@ def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, B
                             lambda c: {"BN": c.kwargs["BN"]})
     flash._launch(_attn_decode_merge_kernel, (B * Hkv, group * Lq),
                   (op, lsep, o, lse, *o.stride()[:3], Lq, Hkv, n_splits),
-                  dict(GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, NS=max(2, triton.next_power_of_2(n_splits))))
+                  dict(GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, NS=max(2, next_pow2(n_splits))))
     return o, lse

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import autotune, cdiv, grad_dest, interpret_mode, new_empty, take_dest
+from ..utils import autotune, cdiv, grad_dest, interpret_mode, new_empty, next_pow2, take_dest
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -731,13 +731,13 @@ _attn_bwd_dq_tuned = autotune(_configs("dq"), key=_KEY, prune_configs_by={"early
 
 
 def _head_block(D: int) -> int:
-    return max(16, triton.next_power_of_2(D))
+    return max(16, next_pow2(D))
 
 
 def _l_bucket(L: int) -> int:
     """Autotune key: sequence length rounded to a power of two (capped), so a tiny first call does
     not pick the blocks for 32k-token calls."""
-    return min(max(triton.next_power_of_2(max(L, 1)), 64), 16384)
+    return min(max(next_pow2(max(L, 1)), 64), 16384)
 
 
 # Default: fixed configs (FIXED below, else the first kept one of _configs), no autotuner. It cost

@@ -29,15 +29,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, grad_dest, new_empty, take_dest
+from ..utils import cdiv, grad_dest, new_empty, next_pow2, take_dest
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_fwd", "causal_conv1d_bwd"]
 
 
 def _pow2(n: int) -> int:
-    """triton.next_power_of_2(max(n, 1)) in plain Python: that one is a constexpr_function whose wrapper
-    cost ~10 us of host time per call (Triton 3.9, CPU), once per forward launch."""
-    return 1 << (max(int(n), 1) - 1).bit_length()
+    """next_pow2(max(n, 1)) (utils: plain Python, not Triton's ~10 us constexpr_function wrapper)."""
+    return next_pow2(max(int(n), 1))
 
 
 @triton.jit

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, new_empty
+from ..utils import cdiv, new_empty, next_pow2
 
 __all__ = ["causal_conv1d_step_fwd"]
 
@@ -50,12 +50,12 @@ def _step_launch(x, conv_state, weight, bias=None, activation=None):
     B, D = x.shape
     W = weight.shape[1]
     y = new_empty((B, D), dtype=x.dtype, device=x.device)
-    BD = min(256, triton.next_power_of_2(D))
+    BD = min(256, next_pow2(D))
     grid = (cdiv(D, BD), B)
     _conv1d_step_kernel[grid](
         x, conv_state, weight, bias if bias is not None else x, y, D,
         *x.stride(), *conv_state.stride(), *weight.stride(), *y.stride(),
-        W=W, WP=triton.next_power_of_2(W), SILU=activation == "silu", HAS_BIAS=bias is not None, BD=BD,
+        W=W, WP=next_pow2(W), SILU=activation == "silu", HAS_BIAS=bias is not None, BD=BD,
         num_warps=4,
     )
     return y

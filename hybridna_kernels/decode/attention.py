@@ -13,7 +13,7 @@ import torch
 import triton
 
 from ..attention.decode import _attn_decode_merge_kernel, _attn_decode_split_kernel
-from ..utils import cdiv, new_empty
+from ..utils import cdiv, new_empty, next_pow2
 from .gemv import use_pdl
 
 __all__ = ["attention_step"]
@@ -34,8 +34,8 @@ def attention_step(q, k_cache, v_cache, pos, *, window=None, softmax_scale=None,
     B, Hq, D = q.shape
     T, Hkv = k_cache.shape[1], k_cache.shape[2]
     group = Hq // Hkv
-    BD = max(16, triton.next_power_of_2(D))
-    BM = max(16, triton.next_power_of_2(group))
+    BD = max(16, next_pow2(D))
+    BM = max(16, next_pow2(group))
     span = T if window is None else min(window, T)
     n_blocks = max(cdiv(span, BN), 1)
     if n_splits is None:
@@ -59,5 +59,5 @@ def attention_step(q, k_cache, v_cache, pos, *, window=None, softmax_scale=None,
     lse = torch.empty((B, Hq, 1), dtype=torch.float32, device=q.device)
     _attn_decode_merge_kernel[(B * Hkv, group)](
         op, lsep, o, lse, *o.stride()[:3], 1, Hkv, n_splits,
-        GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, NS=max(2, triton.next_power_of_2(n_splits)))
+        GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, NS=max(2, next_pow2(n_splits)))
     return o[:, 0]

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, interpret_mode, new_empty
+from ..utils import cdiv, interpret_mode, new_empty, next_pow2
 
 __all__ = ["decode_gemv", "gemv_config"]
 
@@ -212,9 +212,9 @@ def gemv_config(N, K, swiglu=False):
     env = _env_cfg()
     if env is not None:
         BN, BK, nw = env
-        return BN, min(BK, max(16, triton.next_power_of_2(K))), nw
+        return BN, min(BK, max(16, next_pow2(K))), nw
     tile, nw = _tile_cfg()
-    BK = min(2048, max(16, triton.next_power_of_2(K)))
+    BK = min(2048, max(16, next_pow2(K)))
     BN = max(1, min(32, tile // BK))
     return BN, BK, nw
 
@@ -269,7 +269,7 @@ def decode_gemv(a, weight, *, norm_weight=None, eps=1e-5, z=None, group_size=Non
         assert CWt.is_contiguous()
         QN = S.shape[1]
         CW_ = CWt.shape[1]
-        WP = triton.next_power_of_2(CW_)
+        WP = next_pow2(CW_)
         ss = S.stride()
         HAS_CB = CB is not None
         CB = CB if CB is not None else dummy

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..utils import next_pow2
+
 __all__ = ["sample_step"]
 
 
@@ -68,4 +70,4 @@ def sample_step(logits, banned, tok, hist, done, pos, L0, *, temperature=1.0, se
         logits_hist.stride(0) if logits_hist is not None else 0, logits_hist.stride(1) if logits_hist is not None else 0,
         forced.stride(0) if forced is not None else 0,
         GREEDY=greedy, HAS_FORCED=forced is not None, HAS_EOS=eos_token_id is not None,
-        SAVE_LOGITS=logits_hist is not None, BV=max(16, triton.next_power_of_2(V)), num_warps=1)
+        SAVE_LOGITS=logits_hist is not None, BV=max(16, next_pow2(V)), num_warps=1)

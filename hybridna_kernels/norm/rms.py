@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, interpret_mode, new_empty
+from ..utils import cdiv, interpret_mode, new_empty, next_pow2
 from ..utils import rows_view as _rows
 
 
@@ -78,7 +78,7 @@ def _rms_bwd_kernel(S, W, RSTD, DY, DSI, DX, DD, DWP, Y, M, N, rpp, ss, sdy, sdy
 
 
 def _bn(N: int) -> int:
-    return triton.next_power_of_2(N)
+    return next_pow2(N)
 
 
 def _warps(BN: int) -> int:

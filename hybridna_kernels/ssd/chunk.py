@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import grad_dest, new_empty, take_dest
+from ..utils import grad_dest, new_empty, next_pow2, take_dest
 
 # Chunk tables for packed input: chunk_init[c] = -2 (carry the state in), -1 (start from zero),
 # k >= 0 (start from initial_states[k]); chunk_final[c] = k >= 0 when the state after chunk c is
@@ -33,7 +33,7 @@ CONTINUE, NOT_END, DISCARD = -2, -1, -3
 
 
 def _p2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(int(n)))
+    return max(lo, next_pow2(int(n)))
 
 
 @triton.jit
@@ -1561,7 +1561,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
                                xw_split=_xw_split(x.dtype, xws))
         PN = P * N
-        BS = min(cfg["BS"], triton.next_power_of_2(PN))
+        BS = min(cfg["BS"], next_pow2(PN))
         _state_pass_fwd_kernel[(b, H, triton.cdiv(PN, BS))](
             states, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
             tables.cfin if varlen else dummy, hin_hi, hin_lo, final, H, nc, PN,
@@ -1654,7 +1654,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         ldh = _chunk_states(dy, C, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=True,
                             xw_split=_xw_split(x.dtype, cfg["xw_split_bwd"]))
         PN = P * N
-        BS = min(cfg["BS"], triton.next_power_of_2(PN))
+        BS = min(cfg["BS"], next_pow2(PN))
         nbs = triton.cdiv(PN, BS)
         ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
         _state_pass_bwd_kernel[(b, H, nbs)](

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import new_empty
+from ..utils import new_empty, next_pow2
 from .chunk import _softplus
 
 
@@ -68,9 +68,9 @@ def ssd_step_fwd(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, pd
     lo, hi = dt_limit
     b, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
-    BN = max(16, triton.next_power_of_2(N))
+    BN = max(16, next_pow2(N))
     # 2K fp32 elements (8 KiB) per program: many programs in flight, no register pressure
-    BP = max(1, min(triton.next_power_of_2(P), 2048 // BN))
+    BP = max(1, min(next_pow2(P), 2048 // BN))
     y = new_empty((b, H, P), dtype=x.dtype, device=x.device)
     zz = z if z is not None else x
     _ssd_step_kernel[(b, H, triton.cdiv(P, BP))](

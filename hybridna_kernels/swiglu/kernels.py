@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, new_empty
+from ..utils import cdiv, new_empty, next_pow2
 from ..utils import rows_view as _rows
 
 
@@ -50,7 +50,7 @@ def _swiglu_bwd_kernel(H, DO, DH, A, F, sh, sdo, sdoc, sdh, sa, BF: tl.constexpr
 def _bf(F: int) -> int:
     # Column block of a program: a row of up to 1024 channels in one program, wider rows split over
     # the second grid dimension (an elementwise op: no reduction needs the whole row).
-    return min(1024, triton.next_power_of_2(F))
+    return min(1024, next_pow2(F))
 
 
 def _warps(BF: int) -> int:
