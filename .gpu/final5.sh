@@ -1,6 +1,6 @@
 #!/bin/bash
 # Session 5's last GPU call (<= ~570 s, H100 or H200): the helpers' variant timings (attn6, ssd6, conv6), the GPU
-# tests the first call did not reach (.gpu/rerun5.txt) plus the new variants' GPU tests, the model step with the
+# tests the first call did not reach (.gpu/rerun5.txt) plus the new variants' GPU tests (-n TESTS_N, default 6: fp64 references), the model step with the
 # most likely attention backward variant against the default, then the bench rows the whole-suite call left
 # (HYBRIDNA_BENCH_SKIP_DONE), while time lasts. PARTS (default all: attn6 ssd6 conv6 tests model bench) picks. Each part has its own hard limit; its log is $OUT/<part>/log.txt.
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
@@ -23,17 +23,17 @@ on ssd6 && part ssd6 $((${SSD6_S:-100} + 12)) 30 bash .gpu/ssd6.sh
 tests() {
   mapfile -t ids < .gpu/rerun5.txt
   python3 -m pytest "${ids[@]}" tests/test_attention.py::test_gpu_dkdv_options tests/test_ssd.py::test_kernel_sweep_configs_bf16_gpu \
-    tests/test_conv1d.py::test_bwd_reset_and_rows_gpu_bf16 tests/test_conv1d.py::test_fast_launch_gpu_matches_normal_launch -n 14 -p no:cacheprovider -v -rfE --tb=short > $OUT/tests_v.txt 2>&1
+    tests/test_conv1d.py::test_bwd_reset_and_rows_gpu_bf16 tests/test_conv1d.py::test_fast_launch_gpu_matches_normal_launch -n ${TESTS_N:-6} -p no:cacheprovider -v -rfE --tb=short > $OUT/tests_v.txt 2>&1
   echo "$(grep -c ' PASSED' $OUT/tests_v.txt) passed, $(grep -c ' FAILED' $OUT/tests_v.txt) failed"
   grep -E "^(FAILED|ERROR) |^E  " $OUT/tests_v.txt | cut -c1-220 | head -20; tail -2 $OUT/tests_v.txt
 }
 export -f tests
 on tests && part tests ${TESTS_S:-135} 14 bash -c tests
 on conv6 && part conv6 $((${CONV6_S:-55} + 7)) 16 bash .gpu/conv6.sh
-AV="tma=fwd,dq;dq_delta=1;dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll"
+AV="${AV:-tma=fwd,dq;dq_delta=1;dkdv=32,128,4,3}"   # the OLD dk/dv default (DKDV_FAST is the default now)
 model() {
   python3 bench/bench_model.py sweep 1x32768 1x32768 --rounds 3 2>/dev/null | python3 -u .gpu/model_print.py | sed 's/^/default   /'
-  HYBRIDNA_ATTN_VARIANT="$AV" python3 bench/bench_model.py sweep 1x32768 1x32768 8x8192 --rounds 3 2>/dev/null | python3 -u .gpu/model_print.py | sed 's/^/attn-rs   /'
+  HYBRIDNA_ATTN_VARIANT="$AV" python3 bench/bench_model.py sweep 1x32768 1x32768 8x8192 --rounds 3 2>/dev/null | python3 -u .gpu/model_print.py | sed 's/^/attn-old  /'
   python3 bench/bench_model.py sweep 8x8192 --rounds 3 2>/dev/null | python3 -u .gpu/model_print.py | sed 's/^/default   /'
 }
 export -f model; export AV
