@@ -1,8 +1,10 @@
 #!/bin/bash
-# Session 5's last GPU call (<= ~570 s, H100 or H200): the helpers' variant timings (attn6, ssd6, conv6), the GPU
-# tests the first call did not reach (.gpu/rerun5.txt) plus the new variants' GPU tests (-n TESTS_N, default 6: fp64 references), the model step with the
-# most likely attention backward variant against the default, then the bench rows the whole-suite call left
-# (HYBRIDNA_BENCH_SKIP_DONE), while time lasts. PARTS (default all: attn6 ssd6 conv6 tests model bench) picks. Each part has its own hard limit; its log is $OUT/<part>/log.txt.
+# Session 5's last GPU call (<= ~570 s, H100 or H200): the helpers' variant timings (attn6, ssd6, conv6), the
+# GPU tests the first call did not reach (.gpu/rerun5.txt) plus the new variants' GPU tests (-n TESTS_N, default
+# 6: each attention case builds float64 references of several GiB), the model step with the defaults against
+# the old dk/dv config (AV), then the bench rows the whole-suite call left (HYBRIDNA_BENCH_SKIP_DONE), while time
+# lasts. PARTS (default all: attn6 ssd6 conv6 tests model bench) picks; each part has its own hard limit and
+# its log in $OUT/<part>/log.txt.
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
 O=$OUT
