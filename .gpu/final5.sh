@@ -23,8 +23,8 @@ on() { [[ "$PARTS" == *" $1 "* ]]; }
 on attn6 && part attn6 $((${ATTN6_S:-100} + 12)) 30 bash .gpu/attn6.sh
 on ssd6 && part ssd6 $((${SSD6_S:-100} + 12)) 30 bash .gpu/ssd6.sh
 tests() {
-  mapfile -t ids < .gpu/rerun5.txt
-  python3 -m pytest "${ids[@]}" tests/test_attention.py::test_gpu_dkdv_options tests/test_ssd.py::test_kernel_sweep_configs_bf16_gpu \
+  mapfile -t ids < .gpu/rerun${RERUN:-6}.txt
+  python3 -m pytest "${ids[@]}" tests/test_attention.py::test_gpu_dkdv_options tests/test_attention.py::test_gpu_full_shapes tests/test_ssd.py::test_kernel_sweep_configs_bf16_gpu \
     tests/test_conv1d.py::test_bwd_reset_and_rows_gpu_bf16 tests/test_conv1d.py::test_fast_launch_gpu_matches_normal_launch -n ${TESTS_N:-6} -p no:cacheprovider -v -rfE --tb=short > $OUT/tests_v.txt 2>&1
   echo "$(grep -c ' PASSED' $OUT/tests_v.txt) passed, $(grep -c ' FAILED' $OUT/tests_v.txt) failed"
   grep -E "^(FAILED|ERROR) |^E  " $OUT/tests_v.txt | cut -c1-220 | head -20; tail -2 $OUT/tests_v.txt
