@@ -323,8 +323,8 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"]),
                             ("dkdv-oneloop", "dkdv_opt=oneloop", ["gqa-offset", "W9-D40", "full"]),
                             ("dkdv-oneloop-all", "dkdv_opt=oneloop,gunroll,kreg,early_dp", ["B2-gqa2", "W9-D40"]),
-                            ("dkdv-lean", "dkdv_opt=lean,gunroll,early_dp", ["gqa-offset", "W9-D40", "full"]),
-                            ("dkdv-lean-kreg-tma", "dkdv_opt=lean,kreg;tma=dkdv", ["B2-gqa2"]),
+                            ("dkdv-gunroll-early-dp", "dkdv_opt=gunroll,early_dp", ["gqa-offset", "W9-D40", "full"]),
+                            ("dkdv-kreg-tma", "dkdv_opt=kreg;tma=dkdv", ["B2-gqa2"]),
                             ("dkdv-oneloop-atomic-dq", "dkdv_opt=oneloop;atomic_dq=1", ["gqa-offset"]),
                             ("dkdv-rowshift", "dkdv_opt=oneloop,rowshift,gunroll",
                              ["L300-gqa", "B2-L260-W37-D40", "L270-full"])]

@@ -330,45 +330,15 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
                   m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                   MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
                   ATOMIC_DQ: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr,
-                  TMA: tl.constexpr = False, QD=None, DOD=None, row0=0, col=0,
-                  LEAN: tl.constexpr = False, off_qT=None, off_do=None, EARLY_DP: tl.constexpr = False):
+                  TMA: tl.constexpr = False, QD=None, DOD=None, row0=0, col=0, EARLY_DP: tl.constexpr = False):
     """Accumulate dk, dv of one key block over query blocks [start, end) of one query head. Works in
     the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose.
     TMA (unmasked blocks): q, dO through the 2-D descriptors QD, DOD at rows row0 + m, column col.
-    LEAN: p_qT, p_do, p_lse, p_delta are scalar row-0 pointers and off_qT, off_do int32 offset tensors, so
-    no loop-invariant tensor of 64-bit pointers stays live (they cost ~100 registers at 32x128 w4 and the
-    default kernel spills); the causal mask is built transposed. EARLY_DP: dP^T's dot is issued right
-    after S^T's, before the exponentials."""
+    EARLY_DP: dP^T's dot is issued right after S^T's, before the exponentials."""
     for start_m in range(start, end, BM):
         m64 = tl.zeros([], dtype=tl.int64) + start_m
         o_m = start_m + o_mb
-        if LEAN:
-            q_t = p_qT + m64 * sqt                     # scalar pointers of this block's first row
-            do_t = p_do + m64 * sdot
-            lse_t = p_lse + start_m
-            delta_t = p_delta + start_m
-            if TMA and not MASK:
-                b_qT = tl.trans(QD.load([row0 + start_m, col]))
-                b_do = DOD.load([row0 + start_m, col])
-                b_lse = tl.load(lse_t + o_mb)
-                b_delta = tl.load(delta_t + o_mb)
-            elif MASK:
-                m_m = o_m < seqlen_q
-                b_qT = tl.load(q_t + off_qT, mask=m_d[:, None] & m_m[None, :], other=0.0)     # (BD, BM)
-                b_do = tl.load(do_t + off_do, mask=m_m[:, None] & m_d[None, :], other=0.0)   # (BM, BD)
-                b_lse = tl.load(lse_t + o_mb, mask=m_m, other=float("inf"))
-                b_delta = tl.load(delta_t + o_mb, mask=m_m, other=0.0)
-            elif EVEN_D:
-                b_qT = tl.load(q_t + off_qT)
-                b_do = tl.load(do_t + off_do)
-                b_lse = tl.load(lse_t + o_mb)
-                b_delta = tl.load(delta_t + o_mb)
-            else:
-                b_qT = tl.load(q_t + off_qT, mask=m_d[:, None], other=0.0)
-                b_do = tl.load(do_t + off_do, mask=m_d[None, :], other=0.0)
-                b_lse = tl.load(lse_t + o_mb)
-                b_delta = tl.load(delta_t + o_mb)
-        elif TMA and not MASK:
+        if TMA and not MASK:
             b_qT = tl.trans(QD.load([row0 + start_m, col]))
             b_do = DOD.load([row0 + start_m, col])
             b_lse = tl.load(p_lse + start_m)
@@ -396,10 +366,7 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
             b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
         b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
         if MASK:
-            if LEAN:
-                vis = _visible_T(o_n, o_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
-            else:
-                vis = tl.trans(_visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW))
+            vis = tl.trans(_visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW))
             b_pT = tl.where(vis, b_pT, 0.0)
         b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
         if not EARLY_DP:
@@ -427,7 +394,7 @@ def _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, q_row, do_row, lse_row, delta_row, off_
     in a row make ptxas serialize every wgmma of the kernel (C7515: "non wgmma instructions defining
     accumulator registers ... between start and end of the pipeline stage": the dk/dv accumulators passed
     from one loop to the next); one loop keeps them asynchronous. Scalar row-0 pointers plus int32 offset
-    tensors as in LEAN; rows are masked by the sequence end (a few predicates per step). ROWSHIFT (only when
+    tensors (no loop-invariant tensor of 64-bit pointers stays live); rows are masked by the sequence end (a few predicates per step). ROWSHIFT (only when
     seqlen_q >= BM and no cu_seqlens: the launcher checks): no row masks at all; a block that runs past the
     sequence end is moved back to end at its last row, and the mask drops the rows before the block's own
     start (those the previous block took), so every load is unmasked and vectorised."""
@@ -481,7 +448,7 @@ def _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_h, i_b64, bos,
                  lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
                  seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
                  HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr, ATOMIC_DQ: tl.constexpr, BM: tl.constexpr,
-                 DOT_PREC: tl.constexpr, TMA: tl.constexpr, QD, DOD, LEAN: tl.constexpr, EARLY_DP: tl.constexpr,
+                 DOT_PREC: tl.constexpr, TMA: tl.constexpr, QD, DOD, EARLY_DP: tl.constexpr,
                  ONELOOP: tl.constexpr, ROWSHIFT: tl.constexpr):
     """dk, dv of one key block from query head i_h: [lo, lo_full) and [hi_full, hi) masked, the middle not."""
     if ONELOOP:
@@ -494,31 +461,25 @@ def _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_h, i_b64, bos,
                               lo, lo_full, hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
                               IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC, EARLY_DP, ROWSHIFT)
     i_h = i_h.to(tl.int64)
-    if LEAN:
-        p_qT = Q + i_b64 * sqb + bos * sqt + i_h * sqh
-        p_do = DO + i_b64 * sdob + bos * sdot + i_h * sdoh
-        p_lse = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos
-        p_delta = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos
-    else:
-        p_qT = Q + i_b64 * sqb + bos * sqt + i_h * sqh + o_mb[None, :] * sqt + o_d[:, None]
-        p_do = DO + i_b64 * sdob + bos * sdot + i_h * sdoh + o_mb[:, None] * sdot + o_d[None, :]
-        p_lse = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
-        p_delta = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
+    p_qT = Q + i_b64 * sqb + bos * sqt + i_h * sqh + o_mb[None, :] * sqt + o_d[:, None]
+    p_do = DO + i_b64 * sdob + bos * sdot + i_h * sdoh + o_mb[:, None] * sdot + o_d[None, :]
+    p_lse = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
+    p_delta = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
     p_dq = DQA + i_b64 * sdqb + bos * sdqt + i_h * sdqh + o_mb[:, None] * sdqt + o_d[None, :]
     # diagonal blocks (masked), fully visible blocks, the window's far edge (masked)
     b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
                                lo, lo_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                                True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
-                               LEAN=LEAN, off_qT=off_qT, off_do=off_do, EARLY_DP=EARLY_DP)
+                               EARLY_DP=EARLY_DP)
     b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
                                lo_full, hi_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                                False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
                                TMA, QD, DOD, (i_b64 * seqlen_q + bos).to(tl.int32), (i_h * HEAD_DIM).to(tl.int32),
-                               LEAN=LEAN, off_qT=off_qT, off_do=off_do, EARLY_DP=EARLY_DP)
+                               EARLY_DP=EARLY_DP)
     b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
                                hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                                True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
-                               LEAN=LEAN, off_qT=off_qT, off_do=off_do, EARLY_DP=EARLY_DP)
+                               EARLY_DP=EARLY_DP)
     return b_dk, b_dv
 
 
@@ -532,7 +493,7 @@ def _attn_bwd_dkdv_kernel(
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
     M_MAJOR: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     TMA: tl.constexpr = False, QD=None, DOD=None,
-    LEAN: tl.constexpr = False, KREG: tl.constexpr = False, EARLY_DP: tl.constexpr = False,
+    KREG: tl.constexpr = False, EARLY_DP: tl.constexpr = False,
     GUNROLL: tl.constexpr = False, ONELOOP: tl.constexpr = False, ROWSHIFT: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
@@ -573,7 +534,7 @@ def _attn_bwd_dkdv_kernel(
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BD], dtype=tl.float32)
     lo, lo_full, hi_full, hi = _query_range(start_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW, BM, BN)
-    off_qT = o_mb[None, :] * sqt + o_d[:, None]         # LEAN: int32 offsets from a block's first row
+    off_qT = o_mb[None, :] * sqt + o_d[:, None]         # oneloop: int32 offsets from a block's first row
     off_do = o_mb[:, None] * sdot + o_d[None, :]
     if GUNROLL:   # the group's heads unrolled: no loop around the three pipelined loops (fewer spills)
         for g in tl.static_range(GROUP):
@@ -581,7 +542,7 @@ def _attn_bwd_dkdv_kernel(
                                       sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
                                       lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
                                       seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
-                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, LEAN, EARLY_DP, ONELOOP,
+                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, EARLY_DP, ONELOOP,
                                       ROWSHIFT)
     else:
         for g in range(GROUP):
@@ -589,7 +550,7 @@ def _attn_bwd_dkdv_kernel(
                                       sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
                                       lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
                                       seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
-                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, LEAN, EARLY_DP, ONELOOP,
+                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, EARLY_DP, ONELOOP,
                                       ROWSHIFT)
     b_dk = b_dk * sm_scale
     tl.store(DK + i_b64 * sdkb + bos * sdkt + i_hk.to(tl.int64) * sdkh + o_n64[:, None] * sdkt + o_d[None, :],
@@ -794,7 +755,7 @@ def fixed_config(kind, BD, L_BUCKET, window=False):
 # dk/dv kernel options (variant key dkdv_opt, or DEFAULT_FEATURES) -> the kernel's constexpr flags. ptxas
 # serializes every wgmma of the default dk/dv kernel (C7515; the accumulators handed from one query-block
 # loop to the next) and it spills at 32x128 w4 with GQA; see README "dk/dv options" for each option.
-DKDV_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "gunroll": "GUNROLL", "lean": "LEAN", "kreg": "KREG",
+DKDV_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "gunroll": "GUNROLL", "kreg": "KREG",
              "early_dp": "EARLY_DP"}
 
 
@@ -1066,7 +1027,7 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
         meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
-        for opt in _feature("dkdv_opt", meta):   # variant dkdv_opt=oneloop,rowshift,gunroll,lean,kreg,early_dp
+        for opt in _feature("dkdv_opt", meta):   # variant dkdv_opt=oneloop,rowshift,gunroll,kreg,early_dp
             if opt in ("oneloop", "rowshift") and atomic:    # the one-loop body has no atomic dq
                 continue
             if opt == "rowshift" and (cu_seqlens is not None or Lq < 256):   # a block must fit in the rows
