@@ -933,6 +933,32 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
 
 
 @triton.jit
+def _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h, DOT_PREC: tl.constexpr, TSUM: tl.constexpr,
+           MIXED_T: tl.constexpr):
+    """dy_i . x_j of head i_h for one dCB tile."""
+    dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
+    xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
+    if TSUM and MIXED_T:  # fp32 (gated) dy against 16-bit x: dy kept to ~21 bits, as in dx
+        k = _dot_exact_f32_a(dyi.to(tl.float32), xT.to(tl.float32))
+    else:
+        k = tl.dot(dyi.to(p_x.dtype.element_ty), xT, input_precision=DOT_PREC)
+    return k
+
+
+@triton.jit
+def _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m, i_n, H, nc, nb,
+             Q: tl.constexpr, TSUM: tl.constexpr):
+    """acc += the decayed K tile times u_j; with TSUM, this head's T = K CB column and row sums stored."""
+    acc += kd * u_j[None, :]
+    if TSUM:
+        tq = kd * cbt
+        o_hc = ((i_b * H + i_h) * nc + i_c) * nb
+        tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
+        tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
+    return acc
+
+
+@triton.jit
 def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
                cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr, TSUM: tl.constexpr,
@@ -940,17 +966,11 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
     """The head loop of _scan_bwd_dcb_kernel: sum over the group's heads of K_ij e^{cs_i - cs_j} u_j for one
     tile (and the T sums with TSUM). OFF: a tile below the diagonal, its decay as the row factor
     e^{cs_i - c0} times the column factor e^{c0 - cs_j} (c0: the cumsum at the end of column block n)."""
-    dt_in = p_x.dtype.element_ty
     acc = tl.zeros([BM, BM], dtype=tl.float32)
     for hh in range(hpg):
         i_h = i_g * hpg + hh
         o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-        dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
-        xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
-        if TSUM and MIXED_T:  # fp32 (gated) dy against 16-bit x: dy kept to ~21 bits, as in dx
-            k = _dot_exact_f32_a(dyi.to(tl.float32), xT.to(tl.float32))
-        else:
-            k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
+        k = _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h, DOT_PREC, TSUM, MIXED_T)
         cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
         cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
         u_j = tl.load(u_ptr + o_uc + o_n)
@@ -963,12 +983,7 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
             kd = (k * a_i[:, None]) * b_j[None, :]
         else:
             kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
-        acc += kd * u_j[None, :]
-        if TSUM:
-            tq = kd * cbt
-            o_hc = ((i_b * H + i_h) * nc + i_c) * nb
-            tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
-            tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
+        acc = _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m, i_n, H, nc, nb, Q, TSUM)
     return acc
 
 
@@ -980,7 +995,6 @@ def _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_p
     """_dcb_heads (fp32 hi / lo cumsum planes, no rank-1 split) with the next head's cumsum and u vectors
     loaded one iteration ahead (dcb_pf): Triton 3.6 pipelines the loop's dy / x tiles but not these five
     small loads, so each head waited for a global round trip before its decay tile (sm_90 TTGIR, offline)."""
-    dt_in = p_x.dtype.element_ty
     acc = tl.zeros([BM, BM], dtype=tl.float32)
     o_uc = ((i_b * H + i_g * hpg) * nc + i_c) * Q
     cs_i = tl.load(csh_ptr + o_uc + o_m)
@@ -996,19 +1010,9 @@ def _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_p
         n_cs_j = tl.load(csh_ptr + o_un + o_n)
         n_csl_j = tl.load(csl_ptr + o_un + o_n)
         n_u_j = tl.load(u_ptr + o_un + o_n)
-        dyi = tl.load(p_dy + i_h * s_dy_h + o_dy, mask=m_dy, other=0.0)
-        xT = tl.load(p_x + i_h * s_x_h + o_xT, mask=m_xT, other=0.0)
-        if TSUM and MIXED_T:
-            k = _dot_exact_f32_a(dyi.to(tl.float32), xT.to(tl.float32))
-        else:
-            k = tl.dot(dyi.to(dt_in), xT, input_precision=DOT_PREC)
+        k = _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h, DOT_PREC, TSUM, MIXED_T)
         kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, False)
-        acc += kd * u_j[None, :]
-        if TSUM:
-            tq = kd * cbt
-            o_hc = ((i_b * H + i_h) * nc + i_c) * nb
-            tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
-            tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
+        acc = _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m, i_n, H, nc, nb, Q, TSUM)
         cs_i, csl_i, cs_j, csl_j, u_j = n_cs_i, n_csl_i, n_cs_j, n_csl_j, n_u_j
     return acc
 
