@@ -680,6 +680,27 @@ def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, 
 
 
 @triton.jit
+def _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                   SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr):
+    """dS B_j^T for the rows o_j of a chunk (the state part of Z_j before its decay), over N in slabs of BN.
+    dS in (nearly) full fp32: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many tokens), and
+    so does a plain tf32 product on the GPU; with bf16 B, STATE_BF16 bf16 pieces (2: ~16 bits, 3: ~24)."""
+    acc = tl.zeros([BJ, BP], dtype=tl.float32)
+    for n in range(0, N, BN):
+        o_n = n + tl.arange(0, BN)
+        m_n = o_n < N
+        b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
+        dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+        if STATE_BF16 > 0:
+            acc += _dot_split_bf16(b, dsT, STATE_BF16)
+        elif SPLIT_F32:
+            acc += _dot_exact_f32(b.to(tl.float32), dsT)
+        else:
+            acc += tl.dot(b, dsT, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
                         dx_ptr, du_ptr, dcs_ptr, rowt_ptr, colt_ptr, dD_ptr,
                         T, H, G, nc, P, N,
@@ -724,20 +745,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
     xj = tl.load(x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t + (o_j[:, None] * s_x_t + o_p[None, :]), mask=m,
                  other=0.0)
     xf = xj.to(tl.float32)
-    acc = tl.zeros([BJ, BP], dtype=tl.float32)
-    for n in range(0, N, BN):
-        o_n = n + tl.arange(0, BN)
-        m_n = o_n < N
-        b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
-        dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
-        # dS in (nearly) full fp32: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many
-        # tokens), and so does a plain tf32 product on the GPU
-        if STATE_BF16 > 0:  # bf16 B: dS as STATE_BF16 bf16 pieces
-            acc += _dot_split_bf16(b, dsT, STATE_BF16)
-        elif SPLIT_F32:
-            acc += _dot_exact_f32(b.to(tl.float32), dsT)
-        else:
-            acc += tl.dot(b, dsT, input_precision="ieee")
+    acc = _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ, BP, BN, SPLIT_F32, STATE_BF16)
     acc *= tl.exp(tl.minimum(cs_last - cs_j - csl_j, 0.0).to(tl.float32))[:, None]  # 1-D, fp64
     du = tl.sum(acc * xf, axis=1)  # state part of du; u_j * this is V_j
     dcol = du  # V_j / u_j + the strictly-lower column sum of T / u_j
@@ -883,18 +891,7 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
     # state term first, alone in registers: Z_j (state) = e^{cs_last - cs_j} dS B_j
     p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
     p_ds = ds_ptr + (i_bc * H + i_h) * P * N
-    acc = tl.zeros([BJ, BP], dtype=tl.float32)
-    for n in range(0, N, BN):
-        o_n = n + tl.arange(0, BN)
-        m_n = o_n < N
-        b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
-        dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
-        if STATE_BF16 > 0:
-            acc += _dot_split_bf16(b, dsT, STATE_BF16)
-        elif SPLIT_F32:
-            acc += _dot_exact_f32(b.to(tl.float32), dsT)
-        else:
-            acc += tl.dot(b, dsT, input_precision="ieee")
+    acc = _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ, BP, BN, SPLIT_F32, STATE_BF16)
     cs_last = tl.load(cs_ptr + o_uc + Q - 1)
     acc *= tl.exp(tl.minimum(cs_last - cs_j - csl_j, 0.0).to(tl.float32))[:, None]
     # everything that needs x_j and dy_j, before the loop (so neither is live in it): the state part and the
