@@ -197,13 +197,30 @@ def test_grad_slabs_bit_identical(flags, autocast, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(old[2], new[2]))
 
 
+def _block_grads(blk, x, ckpt: bool, passes: int = 1) -> list:
+    """Gradients of sum(blk(x)^2) with respect to x and blk's parameters (Triton kernels), blk under
+    activation checkpointing when ckpt. passes > 1 runs the backward of the same graph again (retain_graph,
+    gradients accumulating); the gradients after each pass, concatenated."""
+    from torch.utils.checkpoint import checkpoint
+
+    x.grad = None
+    blk.zero_grad(set_to_none=True)
+    out = []
+    with ku.backend("triton"):
+        y = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+        loss = y.square().sum()
+        for i in range(passes):
+            loss.backward(retain_graph=i < passes - 1)
+            out += [x.grad.clone()] + [p.grad.clone() for p in blk.parameters()]
+    return out
+
+
 def test_grad_slabs_twice_and_checkpointed(monkeypatch):
     """A second backward through the same graph (retain_graph) gives the first pass's gradients again
     (each pass's split releases its buffer, so the second pass fills a new one), and under activation
     checkpointing the slabs still serve: gradients equal to torch.split's bit for bit, for a Mamba and an
     attention block. (The one-hand-out-per-slice rule itself is test_grad_slab_rules'.)"""
     import hybridna.model as hm
-    from torch.utils.checkpoint import checkpoint
 
     cfg = HybriDNAConfig.preset("tiny")
     torch.manual_seed(0)
@@ -215,18 +232,7 @@ def test_grad_slabs_twice_and_checkpointed(monkeypatch):
         for slabs in (False, True):
             monkeypatch.setattr(hm, "GRAD_SLABS", slabs)
             _, hits = _slab_spy(monkeypatch)
-            out = []
-            for ckpt in (False, True):
-                x.grad = None
-                blk.zero_grad(set_to_none=True)
-                with ku.backend("triton"):
-                    y = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
-                    loss = y.square().sum()
-                    loss.backward(retain_graph=True)
-                    first = [x.grad.clone()] + [p.grad.clone() for p in blk.parameters()]
-                    loss.backward()
-                out.append(first + [x.grad.clone()] + [p.grad.clone() for p in blk.parameters()])
-            res[slabs] = out
+            res[slabs] = [_block_grads(blk, x, ckpt, passes=2) for ckpt in (False, True)]
             if slabs:
                 assert hits and all(hits), hits
         for a, b in zip(res[False], res[True]):
@@ -412,7 +418,6 @@ def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
     """Saved-tensor hooks do not nest: under activation checkpointing (its own hooks) the mixer leaves
     the conv output to the checkpoint, and the gradients equal those without checkpointing."""
     import hybridna.model as hm
-    from torch.utils.checkpoint import checkpoint
 
     monkeypatch.setattr(hm, "CONV_RECOMPUTE", True)
     calls = []
@@ -422,14 +427,7 @@ def test_conv_recompute_steps_aside_under_checkpointing(monkeypatch):
     torch.manual_seed(0)
     blk = HybriDNA(cfg).layers[0].to(DEVICE)
     x = torch.randn(RB, L, cfg.d_model, device=DEVICE, requires_grad=True)
-    grads = []
-    for ckpt in (False, True):
-        x.grad = None
-        blk.zero_grad(set_to_none=True)
-        with ku.backend("triton"):
-            y = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
-            y.square().sum().backward()
-        grads.append([x.grad.clone()] + [p.grad.clone() for p in blk.parameters()])
+    grads = [_block_grads(blk, x, ckpt) for ckpt in (False, True)]
     assert len(calls) == 1, calls  # the plain forward only: neither the checkpointed one nor its recompute
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
