@@ -586,6 +586,45 @@ def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.slow
+@pytest.mark.parametrize("variant", ["dq=128,64,8,3,128;dq_opt=oneloop,rowshift",
+                                     "dq=128,64,8,3;dq_opt=oneloop,rowshift,early_dp,qreg",
+                                     "dq=64,64,4,3;dq_opt=oneloop,rowshift,qreg",
+                                     "dq=128,128,8,2;dq_opt=oneloop,rowshift",
+                                     "dq=128,64,8,3;dq_opt=qreg,early_dp"],
+                         ids=lambda v: v.replace("dq_opt=", "").replace("dq=", "").replace(";", "-"))
+@pytest.mark.parametrize("shape", [(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
+                                   (1, 4000, 4100, 8, 2, 64, True, 1000)], ids=_shape_id)
+def test_gpu_dq_options(shape, variant, no_autotune, monkeypatch):
+    """The dq kernel's options (dq_opt; a fifth config number caps the registers) in bf16 at long-bucket shapes
+    (the model's GQA 4:1 D64 layout, D128 with a ragged end, a window with a chunked-prefill offset) against the
+    float64 reference; dk/dv as by default (dkdv_fast=)."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;dkdv_fast=;" + variant))
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
+    _check(q, k, v, causal=causal, window=window)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(2, 3000, 3000, 8, 8, 128, True, None), (1, 2000, 2000, 16, 16, 64, True, None),
+                                   (1, 1000, 3000, 8, 2, 64, True, None), (2, 8192, 8192, 4, 4, 64, True, None)],
+                         ids=_shape_id)
+def test_gpu_dkdv_fast_extensions(shape, no_autotune, monkeypatch):
+    """DKDV_FAST's opt-in extensions (dkdv_fast=mha,d128,short,ragged) in bf16: D128 MHA with a ragged end, a
+    short ragged MHA, a chunked prefill (1000 queries over 3000 keys), MHA in the long bucket."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;dkdv_fast=mha,d128,short,ragged"))
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
+    assert flash._dkdv_fast_ok(q, k, causal, window, None, flash._flags(q, k, causal, window, None, max(Lq, Lk)))
+    _check(q, k, v, causal=causal, window=window)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=dtype_id)
 def test_gpu_varlen_long(dtype, no_autotune):
     lens = [0, 1, 3000, 777, 4096, 129]
