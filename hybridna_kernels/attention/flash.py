@@ -326,6 +326,33 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, sob, sot, soh, sdob, sdot, sdoh, seqlen
 
 
 @triton.jit
+def _kv_probs(b_k, b_v, b_qT, b_do, b_lse, qk_scale, DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr):
+    """The first half of a dk/dv block step (keys as rows): p^T = 2^(s^T - lse log2 e), unmasked; with EARLY_DP
+    also dP^T = V dO^T, issued right after S^T's dot (without it the second result is p^T again, unused)."""
+    # lse = -inf marks a query that sees nothing; +inf makes its p exactly 0
+    b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
+    b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                              # (BN, BM)
+    if EARLY_DP:
+        b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                           # (BN, BM)
+    b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
+    if not EARLY_DP:
+        b_dpT = b_pT
+    return b_pT, b_dpT
+
+
+@triton.jit
+def _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr):
+    """The second half of a dk/dv block step, after the caller's mask on p^T: dv += p^T dO, dS^T = p^T (dP^T -
+    delta), dk += dS^T q (unscaled). Returns dk, dv, dS^T."""
+    b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
+    if not EARLY_DP:
+        b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                           # (BN, BM)
+    b_dsT = b_pT * (b_dpT - b_delta[None, :])
+    b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
+    return b_dk, b_dv, b_dsT
+
+
+@triton.jit
 def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt, start, end, o_n, o_mb,
                   m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                   MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
@@ -359,20 +386,11 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
             b_do = tl.load(p_do + m64 * sdot, mask=m_d[None, :], other=0.0)
             b_lse = tl.load(p_lse + start_m)
             b_delta = tl.load(p_delta + start_m)
-        # lse = -inf marks a query that sees nothing; +inf makes its p exactly 0
-        b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
-        b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                          # (BN, BM)
-        if EARLY_DP:
-            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
-        b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
+        b_pT, b_dpT = _kv_probs(b_k, b_v, b_qT, b_do, b_lse, qk_scale, DOT_PREC, EARLY_DP)
         if MASK:
             vis = tl.trans(_visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW))
             b_pT = tl.where(vis, b_pT, 0.0)
-        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
-        if not EARLY_DP:
-            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
-        b_dsT = b_pT * (b_dpT - b_delta[None, :])
-        b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
+        b_dk, b_dv, b_dsT = _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC, EARLY_DP)
         if ATOMIC_DQ:  # variant: dq += ds k here (fp32 atomics: not bitwise deterministic)
             b_dq = tl.dot(tl.trans(b_dsT.to(b_k.dtype)), b_k, input_precision=DOT_PREC) * sm_scale   # (BM, BD)
             if MASK:
@@ -424,21 +442,13 @@ def _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, q_row, do_row, lse_row, delta_row, off_
                 b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_m[:, None] & m_d[None, :], other=0.0)
             b_lse = tl.load(lse_row + start_m + o_mb, mask=m_m, other=float("inf"))
             b_delta = tl.load(delta_row + start_m + o_mb, mask=m_m, other=0.0)
-        b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
-        b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                          # (BN, BM)
-        if EARLY_DP:
-            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)
-        b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
+        b_pT, b_dpT = _kv_probs(b_k, b_v, b_qT, b_do, b_lse, qk_scale, DOT_PREC, EARLY_DP)
         if (start_m < lo_full) | (start_m >= hi_full):
             vis = _visible_T(o_n, o_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
             if ROWSHIFT:
                 vis = vis & (o_m >= start_m)[None, :]
             b_pT = tl.where(vis, b_pT, 0.0)
-        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
-        if not EARLY_DP:
-            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
-        b_dsT = b_pT * (b_dpT - b_delta[None, :])
-        b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
+        b_dk, b_dv, _ = _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC, EARLY_DP)
     return b_dk, b_dv
 
 
