@@ -49,23 +49,27 @@ if os.environ.get("ATTN7_SHAPES"):
 # dq); "dkdv_fast=" keeps DKDV_FAST where it is the default (the model's layout), "dkdv_fast=mha,d128" extends it.
 BASE = "tma=fwd,dq;dq_delta=1"
 OLRS = "dq_opt=oneloop,rowshift"
+# Offline sm_90 compiles (Triton 3.6) of the dq kernel, GQA 4 D64: default 128x64 w8 s3 126 registers (two 8-warp
+# programs per SM); oneloop+rowshift 148 (one program per SM) or 126 with the cap r128, no spill; 64x64 w4 r128: 128;
+# qreg 128x64: 165 (with r128: spills); 128x128 w8 s2: 209.
 V_MODEL = [("default", None),
            ("dq ol+rs r128", f"dkdv_fast=;dq=128,64,8,3,128;{OLRS}"),
+           ("dq ol+rs 64x64 w4 s2 r128", f"dkdv_fast=;dq=64,64,4,2,128;{OLRS}"),
            ("dq ol+rs", f"dkdv_fast=;dq=128,64,8,3;{OLRS}"),
-           ("dq ol+rs+early_dp r128", f"dkdv_fast=;dq=128,64,8,3,128;{OLRS},early_dp"),
-           ("dq ol+rs+qreg 64x64 w4", f"dkdv_fast=;dq=64,64,4,3;{OLRS},qreg"),
+           ("dq ol+rs 128x64 w8 s4 r128", f"dkdv_fast=;dq=128,64,8,4,128;{OLRS}"),
+           ("dq ol+rs+qreg 64x64 w4 s3", f"dkdv_fast=;dq=64,64,4,3;{OLRS},qreg"),
            ("dq ol+rs 128x128 w8 s2", f"dkdv_fast=;dq=128,128,8,2;{OLRS}"),
-           ("dq qreg 128x64 (3 loops)", "dkdv_fast=;dq=128,64,8,3;dq_opt=qreg")]
+           ("dq ol+rs+early_dp r128", f"dkdv_fast=;dq=128,64,8,3,128;{OLRS},early_dp")]
 V_MHA = [("default", None),
          ("dkdv fast(mha)", "dkdv_fast=mha"),
          ("dkdv fast(mha) + dq ol+rs r128", f"dkdv_fast=mha;dq=128,64,8,3,128;{OLRS}"),
          ("dq ol+rs r128", f"dq=128,64,8,3,128;{OLRS}"),
          ("dkdv rs 64x128 w8 s3", "dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll")]
 V_D128 = [("default", None),
-          ("dkdv fast(d128)", "dkdv_fast=mha,d128"),
+          ("dkdv fast(d128) 64x128 w8 s2", "dkdv_fast=mha,d128"),
           ("dkdv fast(d128) + dq ol+rs", f"dkdv_fast=mha,d128;dq=128,64,8,3;{OLRS}"),
           ("dq ol+rs", f"dq=128,64,8,3;{OLRS}"),
-          ("dkdv rs 64x64 w4 s3", "dkdv=64,64,4,3;dkdv_opt=oneloop,rowshift,gunroll")]
+          ("dkdv rs 64x128 w8 s3", "dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll")]
 
 
 def variants(Hq, Hkv, D):
