@@ -6,8 +6,9 @@ workers have filled TRITON_CACHE_DIR (.gpu/attn7.sh does both). Budget: ATTN7_S 
 (default 100; the warm-up's seconds are passed as ATTN7_WARM_S and counted in). ATTN7_DRY=1: CPU dry run
 (interpreter, fp16, tiny shapes, fake timers) of the script's logic. ATTN7_SHAPES="0,2": a subset, in that order.
 
-Per shape, model shape first: (1) every variant against an fp32 reference at L4096 (same heads / head dim, a
-long-bucket length so the same compiled kernels run; dq, dk, dv: max |a - b| / max |b|) and against the default
+Shapes in order: model (B1 Hq16:Hkv4 L32768 D64), MHA B8 H16 L8192 D64, B1 H8 L32768 D128, then while the budget
+lasts DKDV_FAST's ragged (L30000) and short (B16 L2048) extensions. Per shape: (1) every variant against an fp32 reference at L4096 (same heads / head dim, a
+long-bucket length so the same compiled kernels run; L4000 for the ragged shape; dq, dk, dv: max |a - b| / max |b|) and against the default
 at the timed shape ("bitwise" when equal); over 2e-2 is FAIL and not timed; (2) interleaved rounds (3 at the
 model shape, 2 elsewhere) of: the backward alone (attention_bwd from a saved o / lse: dk/dv + dq, delta inside
 dq), the dq kernel alone (delta inside), forward + backward through autograd; `triton.testing.do_bench`
@@ -38,11 +39,14 @@ from hybridna_kernels import flash_attention  # noqa: E402
 DEV = "cpu" if DRY else "cuda"
 DT = torch.float16 if DRY else torch.bfloat16
 # name, B, Hq, Hkv, L, D
+# the last two (DKDV_FAST's extensions ragged / short) only while the budget lasts
 SHAPES = [("model B1 Hq16:Hkv4 L32768 D64", 1, 16, 4, 32768, 64), ("MHA B8 H16 L8192 D64", 8, 16, 16, 8192, 64),
-          ("B1 H8 L32768 D128", 1, 8, 8, 32768, 128)]
+          ("B1 H8 L32768 D128", 1, 8, 8, 32768, 128), ("ragged B1 Hq16:Hkv4 L30000 D64", 1, 16, 4, 30000, 64),
+          ("short B16 Hq16:Hkv4 L2048 D64", 16, 16, 4, 2048, 64)]
 ROUNDS = int(os.environ.get("ATTN7_ROUNDS", 0))   # 0: 3 at the model shape, 2 elsewhere
 if DRY:
-    SHAPES = [("dry model", 1, 4, 1, 300, 64), ("dry MHA", 2, 2, 2, 260, 64), ("dry D128", 1, 2, 2, 300, 128)]
+    SHAPES = [("dry model", 1, 4, 1, 300, 64), ("dry MHA", 2, 2, 2, 260, 64), ("dry D128", 1, 2, 2, 300, 128),
+              ("dry ragged", 1, 4, 1, 300, 64), ("dry short", 2, 4, 1, 256, 64)]
 if os.environ.get("ATTN7_SHAPES"):
     SHAPES = [SHAPES[int(i)] for i in os.environ["ATTN7_SHAPES"].split(",")]
 # Explicit variants replace DEFAULT_FEATURES, so each names the defaults' features (TMA for fwd / dq, delta in
@@ -71,13 +75,28 @@ V_D128 = [("default", None),
           ("dq ol+rs", f"dq=128,64,8,3;{OLRS}"),
           ("dkdv rs 64x128 w8 s3", "dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll")]
 
+V_RAGGED = [("default", None), ("dkdv fast(ragged)", "dkdv_fast=ragged"),
+            ("dkdv fast(ragged) + dq ol+rs r128", f"dkdv_fast=ragged;dq=128,64,8,3,128;{OLRS}")]
+# the short bucket's defaults have no TMA and a delta kernel: its variants name nothing else (base "")
+V_SHORT = [("default", None), ("dkdv fast(short)", "dkdv_fast=short")]
 
-def variants(Hq, Hkv, D):
-    return V_D128 if D == 128 else (V_MODEL if Hq > Hkv else V_MHA)
+
+def variants(name):
+    kind = name.split()[0] if name.split()[0] != "dry" else name.split()[1]
+    return {"model": V_MODEL, "MHA": V_MHA, "D128": V_D128, "B1": V_D128, "ragged": V_RAGGED,
+            "short": V_SHORT}[kind]
 
 
-def set_variant(v):
-    flash.VARIANT = {} if v is None else flash.parse_variant(BASE + ";" + v)
+def check_len(name, L):
+    """The fp32 check's length: a long-bucket one (the timed kernels) with the timed shape's raggedness."""
+    if DRY or L <= 4096:
+        return L
+    return 4096 if L % 64 == 0 else 4000
+
+
+def set_variant(v, name=""):
+    base = "" if "short" in name else BASE
+    flash.VARIANT = {} if v is None else flash.parse_variant(base + ";" + v)
 
 
 def left():
@@ -114,16 +133,18 @@ def dq_fn(q, k, v, do, o, lse):
 def warm(i, n):
     """Worker i of n: compile every (head layout, variant) pair assigned to it at L4096 (same specialisations)."""
     jobs, seen = [], set()
-    for _, B, Hq, Hkv, L, D in SHAPES:
-        if (Hq, Hkv, D) in seen:
-            continue
-        seen.add((Hq, Hkv, D))
-        jobs += [(Hq, Hkv, D, v) for _, v in variants(Hq, Hkv, D)]
-    for j, (Hq, Hkv, D, v) in enumerate(jobs):
+    for name, B, Hq, Hkv, L, D in SHAPES:
+        Lc = check_len(name, L)
+        for _, v in variants(name):
+            key = (Hq, Hkv, D, Lc % 64 == 0, Lc > 2048, v)
+            if key not in seen:   # the timed shapes share these kernels (lengths are not specialised on)
+                seen.add(key)
+                jobs.append((name, Hq, Hkv, D, Lc, v))
+    for j, (name, Hq, Hkv, D, Lc, v) in enumerate(jobs):
         if j % n != i:
             continue
-        set_variant(v)
-        q, k, vv, do = make(1, Hq, Hkv, 4096, D)
+        set_variant(v, name)
+        q, k, vv, do = make(1, Hq, Hkv, Lc, D)
         try:
             fwd_bwd(q, k, vv, do)
             torch.cuda.synchronize()
@@ -151,10 +172,10 @@ def main():
             print(f"-- {name}: skipped (budget)", flush=True)
             continue
         unit = 2 * B * Hq * L * L * D / 2          # one causal matmul unit
-        vs = variants(Hq, Hkv, D)
+        vs = variants(name)
         print(f"== {name} causal bf16 ({time.time() - T0:.0f} s)", flush=True)
-        # (1a) against fp32 at L4096 (dry: the small shape itself)
-        Lc = L if DRY else 4096
+        # (1a) against fp32 at L4096 (L4000 for a ragged shape; dry: the small shape itself)
+        Lc = check_len(name, L)
         q, k, v, do = make(1, Hq, Hkv, Lc, D, seed=1)
         qf, kf, vf = (t.float().requires_grad_() for t in (q, k, v))
         of = attention_ref(qf, kf, vf, causal=True)
@@ -162,7 +183,7 @@ def main():
         del of, qf, kf, vf
         ok = {}
         for vn, vs_ in vs:
-            set_variant(vs_)
+            set_variant(vs_, name)
             try:
                 g = fwd_bwd(q, k, v, do)
                 ok[vn] = [rel(a, r) for a, r in zip(g, refs)]
@@ -179,7 +200,7 @@ def main():
         for vn, vs_ in vs:
             if ok[vn] is None:
                 continue
-            set_variant(vs_)
+            set_variant(vs_, name)
             try:
                 out = bwd_fn(q, k, v, do, o, lse)()
                 e_def = [rel(a, b) for a, b in zip(out, base)]
@@ -203,7 +224,7 @@ def main():
             for vn, vs_ in good:
                 if left() < 8:
                     break
-                set_variant(vs_)
+                set_variant(vs_, name)
                 tb = bench(bwd_fn(q, k, v, do, o, lse))
                 tq = bench(dq_fn(q, k, v, do, o, lse))
                 tf = bench(lambda: fwd_bwd(q, k, v, do))
@@ -228,7 +249,7 @@ def main():
             for _, vn, vs_ in [(0, "default", None)] + ranked[:2]:
                 if left() < 8:
                     break
-                set_variant(vs_)
+                set_variant(vs_, name)
                 try:
                     t = triton.testing.do_bench_cudagraph(bwd_fn(q, k, v, do, o, lse), rep=50, return_mode="median")
                     print(f"  graph {vn:32s} bwd {t:7.3f} ms ({5 * unit / t / 1e9:4.0f} TF)", flush=True)
