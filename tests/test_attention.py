@@ -309,7 +309,10 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                    # rowshift needs seqlen_q >= 256: ragged last query blocks, a chunked-prefill offset, a window
                    "L300-gqa": (1, 300, 300, 4, 1, 32, True, None),
                    "B2-L260-W37-D40": (2, 260, 290, 2, 2, 40, True, 37),
-                   "L270-full": (1, 270, 270, 2, 1, 16, False, None)}
+                   "L270-full": (1, 270, 270, 2, 1, 16, False, None),
+                   # DKDV_FAST's extensions (head dims 64 / 128): MHA with a ragged end, D128 chunked prefill
+                   "L300-mha-D64": (1, 300, 300, 2, 2, 64, True, None),
+                   "L260-Lk320-gqa-D128": (1, 260, 320, 2, 1, 128, True, None)}
 
 
 @pytest.mark.parametrize("variant, shape", [
@@ -327,7 +330,15 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("dkdv-kreg-tma", "dkdv_opt=kreg;tma=dkdv", ["B2-gqa2"]),
                             ("dkdv-oneloop-atomic-dq", "dkdv_opt=oneloop;atomic_dq=1", ["gqa-offset"]),
                             ("dkdv-rowshift", "dkdv_opt=oneloop,rowshift,gunroll",
-                             ["L300-gqa", "B2-L260-W37-D40", "L270-full"])]
+                             ["L300-gqa", "B2-L260-W37-D40", "L270-full"]),
+                            ("dq-oneloop", "dq_opt=oneloop", ["gqa-offset", "W9-D40", "full"]),
+                            ("dq-rowshift-all", "dq_opt=oneloop,rowshift,early_dp,qreg",
+                             ["L300-gqa", "B2-L260-W37-D40", "L270-full"]),
+                            ("dq-rowshift-tma", "dq_opt=oneloop,rowshift;tma=dq", ["L300-gqa", "B2-gqa2"]),
+                            ("dq-3loop-qreg-early-dp", "dq_opt=qreg,early_dp;tma=dq", ["gqa-offset", "W9-D40"]),
+                            ("dq-rowshift-delta", "dq_opt=oneloop,rowshift;dq_delta=1", ["L300-gqa"]),
+                            ("dkdv-fast-ext", "dkdv_fast=mha,d128,short,ragged;dq_opt=oneloop,rowshift",
+                             ["L300-mha-D64", "L260-Lk320-gqa-D128"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
     """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
@@ -343,6 +354,46 @@ def test_kernel_sweep_variants(variant, shape, monkeypatch):
         _check(q, k, v_, causal=causal, window=window)
 
 
+@pytest.mark.parametrize("shape", ["L300-gqa", "B2-L260-W37-D40"])
+def test_kernel_dq_options_fp16(shape, monkeypatch):
+    """The dq options in fp16 (the sweep above runs fp32): one loop, rowshift, dP early, q / dO in registers."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dq_opt=oneloop,rowshift,early_dp,qreg"))
+    B, Lq, Lk, Hq, Hkv, D, causal, window = _VARIANT_SHAPES[shape]
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.float16, seed=3)
+    _check(q, k, v, causal=causal, window=window)
+
+
+def test_dq_options_reach_the_kernel(monkeypatch):
+    """dq_opt sets the dq kernel's flags; rowshift is dropped with cu_seqlens or fewer than 128 keys; a fifth
+    config number is the register cap; unknown names are refused."""
+    from hybridna_kernels.attention import flash
+
+    seen = []
+    monkeypatch.setattr(flash, "_run", lambda kind, grid, blocks, args, meta: seen.append((kind, dict(meta))))
+
+    def dq_meta(variant, L=300, cu=None):
+        monkeypatch.setattr(flash, "VARIANT", flash.parse_variant(variant))
+        seen.clear()
+        q = torch.zeros(1, L, 4, 32)
+        k = torch.zeros(1, L, 1, 32)
+        lse = torch.zeros(1, 4, L)
+        flash.attention_bwd(q, q, k, k, q, lse, causal=True, window=None, softmax_scale=0.1, cu_seqlens=cu,
+                            max_seqlen=None if cu is None else L)
+        return [m for kind, m in seen if kind == "dq"][0]
+
+    m = dq_meta("dq_opt=oneloop,rowshift,early_dp,qreg")
+    assert m["ONELOOP"] and m["ROWSHIFT"] and m["EARLY_DP"] and m["QREG"]
+    assert not dq_meta("dq_opt=oneloop,rowshift", L=100).get("ROWSHIFT")
+    assert not dq_meta("dq_opt=oneloop,rowshift", cu=torch.tensor([0, 300], dtype=torch.int32)).get("ROWSHIFT")
+    assert not any(dq_meta("tma=dq").get(f) for f in flash.DQ_OPTS.values())
+    assert flash.parse_variant("dq=128,64,8,3,128")["dq"] == (128, 64, 8, 3, 128)
+    for bad in ("dq_opt=fast", "dkdv_fast=window", "dq=128,64,8"):
+        with pytest.raises(ValueError):
+            flash.parse_variant(bad)
+
+
 def test_default_features(monkeypatch):
     """Features switched on through DEFAULT_FEATURES (no VARIANT) take the same paths as the variants; by
     default they apply to the long bucket (> 2048) at head blocks 64 and 128 only."""
@@ -350,7 +401,8 @@ def test_default_features(monkeypatch):
 
     monkeypatch.setattr(flash, "VARIANT", {})
     monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True,
-                                                    "dkdv_opt": {64: frozenset({"oneloop", "gunroll", "kreg"})}})
+                                                    "dkdv_opt": {64: frozenset({"oneloop", "gunroll", "kreg"})},
+                                                    "dq_opt": {64: frozenset({"oneloop", "rowshift", "qreg"})}})
     assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"fwd", "dkdv", "dq"}
     assert flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False})
     assert flash._feature("tma", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
@@ -359,13 +411,16 @@ def test_default_features(monkeypatch):
                                                                                              "kreg"}
     assert flash._feature("dkdv_opt", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
     assert flash._feature("dkdv_opt", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False}) == frozenset()
+    assert flash._feature("dq_opt", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"oneloop", "rowshift",
+                                                                                           "qreg"}
+    assert flash._feature("dq_opt", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
     # the sliding-window forward at D64 keeps session 2's config and pointer loads; its backward does not
     assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": True}) == {"dkdv", "dq"}
     assert flash.fixed_config("fwd", 64, 4096, window=True) == flash.FIXED_WINDOW[("fwd", 64, True)]
     assert flash.fixed_config("dq", 64, 4096, window=True) == flash.FIXED[("dq", 64, True)]
     assert flash.fixed_config("fwd", 64, 4096) == flash.FIXED[("fwd", 64, True)]
-    monkeypatch.setattr(flash, "_feature", lambda name, meta: flash.DEFAULT_FEATURES[name] if name != "dkdv_opt"
-                        else flash.DEFAULT_FEATURES[name][64])
+    monkeypatch.setattr(flash, "_feature", lambda name, meta: flash.DEFAULT_FEATURES[name][64]
+                        if name in ("dkdv_opt", "dq_opt") else flash.DEFAULT_FEATURES[name])
     q, k, v = _make(*_VARIANT_SHAPES["B2-gqa2"][:6], torch.float32)
     _check(q, k, v, causal=True)
 
@@ -396,6 +451,16 @@ def test_dkdv_fast_default_domain(monkeypatch):
     monkeypatch.setattr(flash, "TUNE", False)
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dkdv=32,128,4,3"))
     assert not ok()
+    # opt-in extensions (variant dkdv_fast=...; empty: the default domain under a VARIANT)
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=dq;dkdv_fast="))
+    assert ok() is flash.DKDV_FAST and not ok(Hkv=16) and not ok(D=128)
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dkdv_fast=mha,d128,short,ragged"))
+    assert ok(Hkv=16) is flash.DKDV_FAST and ok(D=128) is flash.DKDV_FAST_D128
+    assert ok(Lq=2048, Lk=2048) and ok(Lq=300, Lk=300) and ok(Lq=4000, Lk=4000) and ok(Lq=4096, Lk=4160)
+    assert not ok(Lq=200, Lk=200)              # rowshift needs 256 query rows
+    assert not ok(window=1000) and not ok(varlen=True) and not ok(causal=False) and not ok(D=32)
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dkdv_fast=d128"))
+    assert not ok(Hq=8, Hkv=8, D=128) and ok(Hq=8, Hkv=2, D=128)   # MHA needs mha too
     # the launch: what _run receives for an in-domain call
     monkeypatch.setattr(flash, "VARIANT", {})
     seen = {}
@@ -516,6 +581,45 @@ def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;" + variant))
     B, Lq, Lk, Hq, Hkv, D, causal, window = shape
     q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
+    _check(q, k, v, causal=causal, window=window)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["dq=128,64,8,3,128;dq_opt=oneloop,rowshift",
+                                     "dq=128,64,8,3;dq_opt=oneloop,rowshift,early_dp,qreg",
+                                     "dq=64,64,4,3;dq_opt=oneloop,rowshift,qreg",
+                                     "dq=128,128,8,2;dq_opt=oneloop,rowshift",
+                                     "dq=128,64,8,3;dq_opt=qreg,early_dp"],
+                         ids=lambda v: v.replace("dq_opt=", "").replace("dq=", "").replace(";", "-"))
+@pytest.mark.parametrize("shape", [(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
+                                   (1, 4000, 4100, 8, 2, 64, True, 1000)], ids=_shape_id)
+def test_gpu_dq_options(shape, variant, no_autotune, monkeypatch):
+    """The dq kernel's options (dq_opt; a fifth config number caps the registers) in bf16 at long-bucket shapes
+    (the model's GQA 4:1 D64 layout, D128 with a ragged end, a window with a chunked-prefill offset) against the
+    float64 reference; dk/dv as by default (dkdv_fast=)."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;dkdv_fast=;" + variant))
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
+    _check(q, k, v, causal=causal, window=window)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(2, 3000, 3000, 8, 8, 128, True, None), (1, 2000, 2000, 16, 16, 64, True, None),
+                                   (1, 1000, 3000, 8, 2, 64, True, None), (2, 8192, 8192, 4, 4, 64, True, None)],
+                         ids=_shape_id)
+def test_gpu_dkdv_fast_extensions(shape, no_autotune, monkeypatch):
+    """DKDV_FAST's opt-in extensions (dkdv_fast=mha,d128,short,ragged) in bf16: D128 MHA with a ragged end, a
+    short ragged MHA, a chunked prefill (1000 queries over 3000 keys), MHA in the long bucket."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;dkdv_fast=mha,d128,short,ragged"))
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
+    assert flash._dkdv_fast_ok(q, k, causal, window, None, flash._flags(q, k, causal, window, None, max(Lq, Lk)))
     _check(q, k, v, causal=causal, window=window)
 
 

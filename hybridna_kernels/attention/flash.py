@@ -326,6 +326,33 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, sob, sot, soh, sdob, sdot, sdoh, seqlen
 
 
 @triton.jit
+def _kv_probs(b_k, b_v, b_qT, b_do, b_lse, qk_scale, DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr):
+    """The first half of a dk/dv block step (keys as rows): p^T = 2^(s^T - lse log2 e), unmasked; with EARLY_DP
+    also dP^T = V dO^T, issued right after S^T's dot (without it the second result is p^T again, unused)."""
+    # lse = -inf marks a query that sees nothing; +inf makes its p exactly 0
+    b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
+    b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                              # (BN, BM)
+    if EARLY_DP:
+        b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                           # (BN, BM)
+    b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
+    if not EARLY_DP:
+        b_dpT = b_pT
+    return b_pT, b_dpT
+
+
+@triton.jit
+def _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr):
+    """The second half of a dk/dv block step, after the caller's mask on p^T: dv += p^T dO, dS^T = p^T (dP^T -
+    delta), dk += dS^T q (unscaled). Returns dk, dv, dS^T."""
+    b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
+    if not EARLY_DP:
+        b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                           # (BN, BM)
+    b_dsT = b_pT * (b_dpT - b_delta[None, :])
+    b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
+    return b_dk, b_dv, b_dsT
+
+
+@triton.jit
 def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt, start, end, o_n, o_mb,
                   m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                   MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
@@ -359,20 +386,11 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
             b_do = tl.load(p_do + m64 * sdot, mask=m_d[None, :], other=0.0)
             b_lse = tl.load(p_lse + start_m)
             b_delta = tl.load(p_delta + start_m)
-        # lse = -inf marks a query that sees nothing; +inf makes its p exactly 0
-        b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
-        b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                          # (BN, BM)
-        if EARLY_DP:
-            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
-        b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
+        b_pT, b_dpT = _kv_probs(b_k, b_v, b_qT, b_do, b_lse, qk_scale, DOT_PREC, EARLY_DP)
         if MASK:
             vis = tl.trans(_visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW))
             b_pT = tl.where(vis, b_pT, 0.0)
-        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
-        if not EARLY_DP:
-            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
-        b_dsT = b_pT * (b_dpT - b_delta[None, :])
-        b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
+        b_dk, b_dv, b_dsT = _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC, EARLY_DP)
         if ATOMIC_DQ:  # variant: dq += ds k here (fp32 atomics: not bitwise deterministic)
             b_dq = tl.dot(tl.trans(b_dsT.to(b_k.dtype)), b_k, input_precision=DOT_PREC) * sm_scale   # (BM, BD)
             if MASK:
@@ -424,21 +442,13 @@ def _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, q_row, do_row, lse_row, delta_row, off_
                 b_do = tl.load(do_row + m64 * sdot + off_do, mask=m_m[:, None] & m_d[None, :], other=0.0)
             b_lse = tl.load(lse_row + start_m + o_mb, mask=m_m, other=float("inf"))
             b_delta = tl.load(delta_row + start_m + o_mb, mask=m_m, other=0.0)
-        b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
-        b_sT = tl.dot(b_k, b_qT, input_precision=DOT_PREC) * qk_scale                          # (BN, BM)
-        if EARLY_DP:
-            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)
-        b_pT = tl.math.exp2(b_sT - b_lse2[None, :])
+        b_pT, b_dpT = _kv_probs(b_k, b_v, b_qT, b_do, b_lse, qk_scale, DOT_PREC, EARLY_DP)
         if (start_m < lo_full) | (start_m >= hi_full):
             vis = _visible_T(o_n, o_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
             if ROWSHIFT:
                 vis = vis & (o_m >= start_m)[None, :]
             b_pT = tl.where(vis, b_pT, 0.0)
-        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
-        if not EARLY_DP:
-            b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                       # (BN, BM)
-        b_dsT = b_pT * (b_dpT - b_delta[None, :])
-        b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
+        b_dk, b_dv, _ = _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC, EARLY_DP)
     return b_dk, b_dv
 
 
@@ -564,7 +574,9 @@ def _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, start, en
                  seqlen_q, seqlen_k, qk_scale, window,
                  MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
                  BN: tl.constexpr, DOT_PREC: tl.constexpr,
-                 TMA: tl.constexpr = False, KD=None, VD=None, row0=0, col=0):
+                 TMA: tl.constexpr = False, KD=None, VD=None, row0=0, col=0, EARLY_DP: tl.constexpr = False):
+    """dq of one query block over key blocks [start, end). EARLY_DP (dq option early_dp; the unmasked middle
+    only): dP's dot is issued right after S's, before the exponentials."""
     for start_n in range(start, end, BN):
         n64 = tl.zeros([], dtype=tl.int64) + start_n
         o_k = start_n + o_n
@@ -582,10 +594,63 @@ def _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, start, en
             b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
             b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
+        if EARLY_DP:
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
         b_p = tl.math.exp2(b_s - b_lse2[:, None])
         if MASK:
             b_p = tl.where(_visible(o_m, o_k, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW), b_p, 0.0)
-        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+        if not EARLY_DP:
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq, input_precision=DOT_PREC)
+    return b_dq
+
+
+@triton.jit
+def _bwd_q_inner1(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_full, hi_full, hi, o_m, o_n, m_d,
+                  seqlen_q, seqlen_k, qk_scale, window,
+                  IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr, BN: tl.constexpr,
+                  DOT_PREC: tl.constexpr, ROWSHIFT: tl.constexpr, EARLY_DP: tl.constexpr,
+                  TMA: tl.constexpr = False, KD=None, VD=None, row0=0, col=0):
+    """_bwd_q_inner over all key blocks [lo, hi) in ONE loop (dq option oneloop): the mask only where a scalar
+    test says the block needs it ([lo, lo_full) and [hi_full, hi)), so the loop is pipelined once, with no
+    drain and refill between the unmasked middle and the diagonal. ROWSHIFT (only when seqlen_k >= BN and no
+    cu_seqlens: the launcher checks): a key block that runs past the sequence end is moved back to end at its
+    last key, and the mask drops the keys before the block's own start, so no load needs a row mask and with
+    TMA every block (the diagonal included) comes through the descriptors. EARLY_DP: dP's dot is issued right
+    after S's, before the exponentials."""
+    for start_n in range(lo, hi, BN):
+        if ROWSHIFT:
+            s_n = tl.minimum(start_n, seqlen_k - BN)
+        else:
+            s_n = start_n
+        n64 = tl.zeros([], dtype=tl.int64) + s_n
+        o_k = s_n + o_n
+        if ROWSHIFT:     # every key of the block exists
+            if TMA:
+                b_k = KD.load([row0 + s_n, col])
+                b_v = VD.load([row0 + s_n, col])
+            elif EVEN_D:
+                b_k = tl.load(p_k + n64 * skt)
+                b_v = tl.load(p_v + n64 * svt)
+            else:
+                b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
+                b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
+        else:
+            m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
+            b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
+            b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
+        if EARLY_DP:
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+        b_p = tl.math.exp2(b_s - b_lse2[:, None])
+        if (start_n < lo_full) | (start_n >= hi_full):
+            vis = _visible(o_m, o_k, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
+            if ROWSHIFT:
+                vis = vis & (o_k >= start_n)[None, :]
+            b_p = tl.where(vis, b_p, 0.0)
+        if not EARLY_DP:
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
         b_ds = b_p * (b_dp - b_delta[:, None])
         b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq, input_precision=DOT_PREC)
     return b_dq
@@ -600,6 +665,8 @@ def _attn_bwd_dq_kernel(
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
     M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     TMA: tl.constexpr = False, KD=None, VD=None, DELTA_HERE: tl.constexpr = False, O=None, sob=0, sot=0, soh=0,
+    ONELOOP: tl.constexpr = False, ROWSHIFT: tl.constexpr = False, EARLY_DP: tl.constexpr = False,
+    QREG: tl.constexpr = False,
 ):
     start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
         CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
@@ -629,15 +696,27 @@ def _attn_bwd_dq_kernel(
         b_delta = tl.load(DELTA + row + o_m, mask=m_m, other=0.0)
     p_k = K + i_b64 * skb + bos * skt + i_hk.to(tl.int64) * skh + o_n[:, None] * skt + o_d[None, :]
     p_v = V + i_b64 * svb + bos * svt + i_hk.to(tl.int64) * svh + o_n[:, None] * svt + o_d[None, :]
+    if QREG:
+        # q, dO through an exact identity product (as KREG in the dk/dv kernel): kept in registers as the A
+        # operand of S = q K^T and dP = dO V^T instead of being re-read from shared memory in every step
+        eye = (o_d[:, None] == o_d[None, :]).to(Q.dtype.element_ty)
+        b_q = tl.dot(b_q, eye, input_precision=DOT_PREC).to(Q.dtype.element_ty)
+        b_do = tl.dot(b_do, eye, input_precision=DOT_PREC).to(DO.dtype.element_ty)
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     lo, lo_full, hi_full, hi = _key_range(start_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW, BM, BN)
-    b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_full, o_m, o_n, m_d,
-                        seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
-    b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
-                        seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC,
-                        TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
-    b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
-                        seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
+    if ONELOOP:
+        b_dq = _bwd_q_inner1(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_full, hi_full, hi, o_m,
+                             o_n, m_d, seqlen_q, seqlen_k, qk_scale, window, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
+                             DOT_PREC, ROWSHIFT, EARLY_DP, TMA and ROWSHIFT, KD, VD,
+                             (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
+    else:
+        b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_full, o_m, o_n, m_d,
+                            seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
+        b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
+                            seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC,
+                            TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM, EARLY_DP)
+        b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
+                            seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
     b_dq = b_dq * sm_scale
     tl.store(DQ + i_b64 * sdqb + bos * sdqt + i_h.to(tl.int64) * sdqh + o_m64[:, None] * sdqt + o_d[None, :],
              b_dq.to(DQ.dtype.element_ty), mask=m_qd)
@@ -726,14 +805,46 @@ FIXED = {
 # layouts (MHA, windows, ragged ends, D128) keep FIXED's config (session 5's GPU test of these options at a
 # window with ragged blocks and at D128 failed for some configs under 12 parallel workers, cause not shown).
 DKDV_FAST = dict(conf=(64, 64, 4, 3), flags=("ONELOOP", "ROWSHIFT", "GUNROLL", "KREG"))
+# D128 (extension d128 below, opt-in): the same kernel without KREG (K, V as 64x128 register tiles next to the
+# 64x128 fp32 dk / dv accumulators would not fit 255 registers), session 5's best D128 row: rowshift 64x128 w8 s2,
+# H100 B1 H8 L32768 backward 14.08 ms against 14.68 for the default (1.043x).
+DKDV_FAST_D128 = dict(conf=(64, 128, 8, 2), flags=("ONELOOP", "ROWSHIFT", "GUNROLL"))
+
+# Opt-in extensions of DKDV_FAST's domain (variant key dkdv_fast=..., or DEFAULT_FEATURES["dkdv_fast"]); the
+# kernel is exact there (interpreter tests), the speed is not measured yet (.gpu/attn7.py times them):
+# mha: Hq == Hkv (GROUP 1: gunroll is a no-op, one pass over the query blocks);
+# d128: head dim 128 with DKDV_FAST_D128's config;
+# short: the short bucket (<= 2048), seqlen_q >= 256 (rowshift moves the last block back by up to BM rows);
+# ragged: seqlen_q not a multiple of 64 and seqlen_q != seqlen_k (chunked prefill), seqlen_q >= 256.
+DKDV_FAST_EXT = ("mha", "d128", "short", "ragged")
 
 
-def _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta) -> bool:
-    """The domain where DKDV_FAST is the default (see its comment)."""
-    Lq, Hq, D = q.shape[1], q.shape[2], q.shape[3]
-    return (not VARIANT and not TUNE and not interpret_mode() and bool(causal) and window is None
-            and cu_seqlens is None and D == 64 and Hq > k.shape[2] and Lq == k.shape[1] and Lq % 64 == 0
-            and meta["L_BUCKET"] > 2048 and not meta.get("ATOMIC_DQ"))
+def _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta):
+    """DKDV_FAST (or DKDV_FAST_D128) when the launch is in its domain (see their comments), else None. By default
+    only without VARIANT / autotuning / interpreter; a VARIANT with the key dkdv_fast (its extensions, or none)
+    takes it too, under the interpreter as well."""
+    if VARIANT:
+        if "dkdv_fast" not in VARIANT:
+            return None
+        ext = VARIANT["dkdv_fast"]
+    else:
+        if interpret_mode():
+            return None
+        ext = DEFAULT_FEATURES.get("dkdv_fast", frozenset())
+    Lq, Lk, Hq, D = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    if TUNE or not causal or window is not None or cu_seqlens is not None or meta.get("ATOMIC_DQ"):
+        return None
+    if Hq == k.shape[2] and "mha" not in ext:
+        return None
+    if meta["L_BUCKET"] <= 2048 and "short" not in ext:
+        return None
+    if (Lq != Lk or Lq % 64) and "ragged" not in ext:
+        return None
+    if Lq < 256:    # rowshift needs a whole query block of rows
+        return None
+    if D == 64:
+        return DKDV_FAST
+    return DKDV_FAST_D128 if D == 128 and "d128" in ext else None
 
 
 # Sliding-window forward at D64 in the long bucket: session 2's config with pointer loads. The final call of
@@ -757,11 +868,15 @@ def fixed_config(kind, BD, L_BUCKET, window=False):
 # loop to the next) and it spills at 32x128 w4 with GQA; see README "dk/dv options" for each option.
 DKDV_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "gunroll": "GUNROLL", "kreg": "KREG",
              "early_dp": "EARLY_DP"}
+# dq kernel options (variant key dq_opt, or DEFAULT_FEATURES["dq_opt"][head block]) -> its constexpr flags; README
+# "dq options". rowshift only with oneloop, seqlen_k >= 128 and no cu_seqlens (else ignored).
+DQ_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "early_dp": "EARLY_DP", "qreg": "QREG"}
 
 
 def parse_variant(text: str) -> dict:
     """Run-time variants for sweeps, e.g. "fwd=128,64,4,3;dkdv=32,128,4,3;dq=64,64,4,3;mmajor=fwd,dq;atomic_dq=1".
-    fwd / dkdv / dq: fixed (BM, BN, num_warps, num_stages) instead of autotuning; mmajor: kernels whose
+    fwd / dkdv / dq: fixed (BM, BN, num_warps, num_stages[, maxnreg]) instead of autotuning (maxnreg: ptxas's
+    register cap per thread, e.g. 128 keeps two 8-warp programs per SM; ignored by the interpreter); mmajor: kernels whose
     grid runs block-major (every head's block i before block i + 1) instead of head-major;
     fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
     poly=1: the forward computes half its exponentials with a polynomial on the FMA pipes (16-bit
@@ -769,25 +884,28 @@ def parse_variant(text: str) -> dict:
     (K, V in fwd / dq; q, dO in dk/dv; contiguous (B, L, H, D) tensors only); dq_delta=1: no delta
     kernel: the dq kernel computes delta = rowsum(dO * O) for its rows, stores it, and runs before dk/dv;
     atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
-    separate dq pass; not bitwise deterministic); dkdv_opt=...: dk/dv kernel options (DKDV_OPTS; README)."""
+    separate dq pass; not bitwise deterministic); dkdv_opt=...: dk/dv kernel options (DKDV_OPTS; README);
+    dq_opt=...: dq kernel options (DQ_OPTS; README); dkdv_fast=...: DKDV_FAST where it is the default, plus the
+    named extensions of its domain (DKDV_FAST_EXT; empty: the default domain, e.g. to time dq options against it)."""
     out = {}
     for item in filter(None, (t.strip() for t in text.split(";"))):
         key, _, val = item.partition("=")
         key = key.strip()
         if key in ("fwd", "dkdv", "dq", "decode"):
             out[key] = tuple(int(x) for x in val.split(","))
-            if len(out[key]) != (3 if key == "decode" else 4):
-                raise ValueError(f"HYBRIDNA_ATTN_VARIANT: {key} needs BM,BN,warps,stages (decode: BN,warps,stages), "
+            if len(out[key]) not in ((3,) if key == "decode" else (4, 5)):
+                raise ValueError(f"HYBRIDNA_ATTN_VARIANT: {key} needs BM,BN,warps,stages[,maxnreg] (decode: BN,warps,stages), "
                                  f"got {val!r}")
-        elif key in ("mmajor", "tma", "dkdv_opt"):
+        elif key in ("mmajor", "tma", "dkdv_opt", "dq_opt", "dkdv_fast"):
             out[key] = frozenset(filter(None, (x.strip() for x in val.split(","))))
         elif key in ("atomic_dq", "poly", "fastlaunch", "dq_delta"):
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
-    bad = out.get("dkdv_opt", frozenset()) - DKDV_OPTS.keys()
-    if bad:
-        raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown dkdv_opt {sorted(bad)}, known: {sorted(DKDV_OPTS)}")
+    for key, known in (("dkdv_opt", DKDV_OPTS), ("dq_opt", DQ_OPTS), ("dkdv_fast", DKDV_FAST_EXT)):
+        bad = out.get(key, frozenset()) - set(known)
+        if bad:
+            raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown {key} {sorted(bad)}, known: {sorted(known)}")
     return out
 
 
@@ -801,8 +919,10 @@ VARIANT = parse_variant(os.environ.get("HYBRIDNA_ATTN_VARIANT", ""))
 # delta kernel). Shorter sequences keep session 2's paths (TMA descriptors also cost host time per call).
 # A non-empty VARIANT replaces these defaults (sweeps name every feature they time).
 # dkdv_opt per head block: the dk/dv kernel's options (DKDV_OPTS) on by default, none yet (session 5 measures them).
-DEFAULT_FEATURES = {"tma": frozenset({"fwd", "dq"}), "dq_delta": True, "dkdv_opt": {64: frozenset(), 128: frozenset()}}
-_SET_FEATURES = ("tma", "dkdv_opt")
+# dq_opt per head block: the dq kernel's options (DQ_OPTS), none by default yet; dkdv_fast: DKDV_FAST_EXT names.
+DEFAULT_FEATURES = {"tma": frozenset({"fwd", "dq"}), "dq_delta": True, "dkdv_opt": {64: frozenset(), 128: frozenset()},
+                    "dq_opt": {64: frozenset(), 128: frozenset()}, "dkdv_fast": frozenset()}
+_SET_FEATURES = ("tma", "dkdv_opt", "dq_opt", "dkdv_fast")
 
 
 def _feature(name, meta):
@@ -813,8 +933,8 @@ def _feature(name, meta):
     if meta["L_BUCKET"] > 2048 and meta["BD"] in (64, 128) and not TUNE:
         if name == "tma" and meta["HAS_WINDOW"] and ("fwd", meta["BD"], True) in FIXED_WINDOW:
             return DEFAULT_FEATURES[name] - {"fwd"}   # FIXED_WINDOW's forward keeps pointer loads
-        if name == "dkdv_opt":
-            return DEFAULT_FEATURES[name].get(meta["BD"], frozenset())
+        if name in ("dkdv_opt", "dq_opt"):
+            return DEFAULT_FEATURES.get(name, {}).get(meta["BD"], frozenset())
         return DEFAULT_FEATURES[name]
     return frozenset() if name in _SET_FEATURES else False
 
@@ -853,7 +973,7 @@ def _launch(fn, grid, args, kw):
     for name, _, default in params[len(args):]:
         full.append(kw[name] if name in kw else default)
     key = (fn, tuple(a if c else _spec(a) for a, (_, c, _) in zip(full, params)),
-           kw.get("num_warps"), kw.get("num_stages"))
+           kw.get("num_warps"), kw.get("num_stages"), kw.get("maxnreg"))
     kernel = _LAUNCH_CACHE.get(key)
     if kernel is None:
         _LAUNCH_CACHE[key] = fn[grid](*args, **kw)
@@ -919,8 +1039,9 @@ def _run(kind, grid, blocks, args, meta):
         BM, BN = blocks
         raw[grid({"BM": BM, "BN": BN})](*args, **meta, BM=BM, BN=BN, num_warps=4, num_stages=2)
     elif kind in VARIANT:
-        BM, BN, w, st = VARIANT[kind]
-        _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st))
+        BM, BN, w, st, *reg = VARIANT[kind]     # reg: an optional register cap per thread (ptxas maxnreg)
+        _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st,
+                                                            **({"maxnreg": reg[0]} if reg else {})))
     elif conf is not None or not TUNE:
         BM, BN, w, st = fixed()
         _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st))
@@ -1033,8 +1154,9 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
             if opt == "rowshift" and (cu_seqlens is not None or Lq < 256):   # a block must fit in the rows
                 continue
             meta[DKDV_OPTS[opt]] = True
-        if blocks is None and _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta):
-            meta.update({f: True for f in DKDV_FAST["flags"]}, _conf=DKDV_FAST["conf"])
+        fast = _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta) if blocks is None else None
+        if fast is not None:
+            meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
         if "dkdv" in _feature("tma", meta) and _tma_ok((q, do), D):
             meta["TMA"] = True
             meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
@@ -1062,6 +1184,10 @@ def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_
     if "dq" in _feature("tma", meta) and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
+    for opt in _feature("dq_opt", meta):   # variant dq_opt=oneloop,rowshift,early_dp,qreg
+        if opt == "rowshift" and (cu_seqlens is not None or k.shape[1] < 128):   # a key block must fit
+            continue
+        meta[DQ_OPTS[opt]] = True
     if delta_here:
         meta.update(DELTA_HERE=True, O=o, sob=o.stride(0), sot=o.stride(1), soh=o.stride(2))
     args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,

@@ -1,0 +1,269 @@
+"""attn7: the flash-attention dq kernel's options (flash.DQ_OPTS, variant key dq_opt, an optional register cap as a
+fifth dq config number) and DKDV_FAST's opt-in extensions (variant key dkdv_fast: mha, d128) against the defaults.
+
+Usage (repo root, PYTHONPATH=$PWD, one GPU): `python3 .gpu/attn7.py` (main) after `python3 .gpu/attn7.py warm I N`
+workers have filled TRITON_CACHE_DIR (.gpu/attn7.sh does both). Budget: ATTN7_S seconds from the warm-up's start
+(default 100; the warm-up's seconds are passed as ATTN7_WARM_S and counted in). ATTN7_DRY=1: CPU dry run
+(interpreter, fp16, tiny shapes, fake timers) of the script's logic. ATTN7_SHAPES="0,2": a subset, in that order.
+
+Shapes in order: model (B1 Hq16:Hkv4 L32768 D64), MHA B8 H16 L8192 D64, B1 H8 L32768 D128, then while the budget
+lasts DKDV_FAST's ragged (L30000) and short (B16 L2048) extensions. Per shape: (1) every variant against an fp32 reference at L4096 (same heads / head dim, a
+long-bucket length so the same compiled kernels run; L4000 for the ragged shape; dq, dk, dv: max |a - b| / max |b|) and against the default
+at the timed shape ("bitwise" when equal); over 2e-2 is FAIL and not timed; (2) interleaved rounds (3 at the
+model shape, 2 elsewhere) of: the backward alone (attention_bwd from a saved o / lse: dk/dv + dq, delta inside
+dq), the dq kernel alone (delta inside), forward + backward through autograd; `triton.testing.do_bench`
+medians; a row per variant as measured, then the medians; (3) the backward alone from a CUDA graph (host-free)
+for the default and the two fastest variants, while the budget lasts.
+TFLOP/s: one matmul unit = 2 B Hq L^2 D / 2 (causal); forward 2 units, dq 3 (S, dP, dQ), backward 7 (dk/dv 4 +
+dq 3), forward + backward 9; the "bwd TF" column counts the usual 2.5x forward (5 units) like attn6.
+"""
+import os
+import statistics
+import sys
+import time
+
+T0 = time.time() - float(os.environ.get("ATTN7_WARM_S", 0))
+BUDGET = float(os.environ.get("ATTN7_S", 100))
+DRY = bool(os.environ.get("ATTN7_DRY"))
+if DRY:
+    os.environ["TRITON_INTERPRET"] = "1"
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.testing  # noqa: E402
+
+from hybridna_kernels.attention import flash  # noqa: E402
+from hybridna_kernels.attention.flash import attention_bwd  # noqa: E402
+from hybridna_kernels.attention.naive import attention_ref  # noqa: E402
+from hybridna_kernels import flash_attention  # noqa: E402
+
+DEV = "cpu" if DRY else "cuda"
+DT = torch.float16 if DRY else torch.bfloat16
+# name, B, Hq, Hkv, L, D
+# the last two (DKDV_FAST's extensions ragged / short) only while the budget lasts
+SHAPES = [("model B1 Hq16:Hkv4 L32768 D64", 1, 16, 4, 32768, 64), ("MHA B8 H16 L8192 D64", 8, 16, 16, 8192, 64),
+          ("B1 H8 L32768 D128", 1, 8, 8, 32768, 128), ("ragged B1 Hq16:Hkv4 L30000 D64", 1, 16, 4, 30000, 64),
+          ("short B16 Hq16:Hkv4 L2048 D64", 16, 16, 4, 2048, 64)]
+ROUNDS = int(os.environ.get("ATTN7_ROUNDS", 0))   # 0: 3 at the model shape, 2 elsewhere
+if DRY:
+    SHAPES = [("dry model", 1, 4, 1, 300, 64), ("dry MHA", 2, 2, 2, 260, 64), ("dry D128", 1, 2, 2, 300, 128),
+              ("dry ragged", 1, 4, 1, 300, 64), ("dry short", 2, 4, 1, 256, 64)]
+if os.environ.get("ATTN7_SHAPES"):
+    SHAPES = [SHAPES[int(i)] for i in os.environ["ATTN7_SHAPES"].split(",")]
+# Explicit variants replace DEFAULT_FEATURES, so each names the defaults' features (TMA for fwd / dq, delta in
+# dq); "dkdv_fast=" keeps DKDV_FAST where it is the default (the model's layout), "dkdv_fast=mha,d128" extends it.
+BASE = "tma=fwd,dq;dq_delta=1"
+OLRS = "dq_opt=oneloop,rowshift"
+# Offline sm_90 compiles (Triton 3.6) of the dq kernel, GQA 4 D64: default 128x64 w8 s3 126 registers (two 8-warp
+# programs per SM); oneloop+rowshift 148 (one program per SM) or 126 with the cap r128, no spill; 64x64 w4 r128: 128;
+# qreg 128x64: 165 (with r128: spills); 128x128 w8 s2: 209.
+V_MODEL = [("default", None),
+           ("dq ol+rs r128", f"dkdv_fast=;dq=128,64,8,3,128;{OLRS}"),
+           ("dq ol+rs 64x64 w4 s2 r128", f"dkdv_fast=;dq=64,64,4,2,128;{OLRS}"),
+           ("dq ol+rs", f"dkdv_fast=;dq=128,64,8,3;{OLRS}"),
+           ("dq ol+rs 128x64 w8 s4 r128", f"dkdv_fast=;dq=128,64,8,4,128;{OLRS}"),
+           ("dq ol+rs+qreg 64x64 w4 s3", f"dkdv_fast=;dq=64,64,4,3;{OLRS},qreg"),
+           ("dq ol+rs 128x128 w8 s2", f"dkdv_fast=;dq=128,128,8,2;{OLRS}"),
+           ("dq ol+rs+early_dp r128", f"dkdv_fast=;dq=128,64,8,3,128;{OLRS},early_dp")]
+V_MHA = [("default", None),
+         ("dkdv fast(mha)", "dkdv_fast=mha"),
+         ("dkdv fast(mha) + dq ol+rs r128", f"dkdv_fast=mha;dq=128,64,8,3,128;{OLRS}"),
+         ("dq ol+rs r128", f"dq=128,64,8,3,128;{OLRS}"),
+         ("dkdv rs 64x128 w8 s3", "dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll")]
+V_D128 = [("default", None),
+          ("dkdv fast(d128) 64x128 w8 s2", "dkdv_fast=mha,d128"),
+          ("dkdv fast(d128) + dq ol+rs", f"dkdv_fast=mha,d128;dq=128,64,8,3;{OLRS}"),
+          ("dq ol+rs", f"dq=128,64,8,3;{OLRS}"),
+          ("dkdv rs 64x128 w8 s3", "dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll")]
+
+V_RAGGED = [("default", None), ("dkdv fast(ragged)", "dkdv_fast=ragged"),
+            ("dkdv fast(ragged) + dq ol+rs r128", f"dkdv_fast=ragged;dq=128,64,8,3,128;{OLRS}")]
+# the short bucket's defaults have no TMA and a delta kernel: its variants name nothing else (base "")
+V_SHORT = [("default", None), ("dkdv fast(short)", "dkdv_fast=short")]
+
+
+def variants(name):
+    kind = name.split()[0] if name.split()[0] != "dry" else name.split()[1]
+    return {"model": V_MODEL, "MHA": V_MHA, "D128": V_D128, "B1": V_D128, "ragged": V_RAGGED,
+            "short": V_SHORT}[kind]
+
+
+def check_len(name, L):
+    """The fp32 check's length: a long-bucket one (the timed kernels) with the timed shape's raggedness."""
+    if DRY or L <= 4096:
+        return L
+    return 4096 if L % 64 == 0 else 4000
+
+
+def set_variant(v, name=""):
+    base = "" if "short" in name else BASE
+    flash.VARIANT = {} if v is None else flash.parse_variant(base + ";" + v)
+
+
+def left():
+    return BUDGET - (time.time() - T0)
+
+
+def make(B, Hq, Hkv, L, D, seed=0):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    mk = lambda H: torch.randn(B, L, H, D, generator=g, device=DEV).to(DT)  # noqa: E731
+    return mk(Hq), mk(Hkv), mk(Hkv), mk(Hq)
+
+
+def fwd_bwd(q, k, v, do):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    o = flash_attention(q, k, v, causal=True)
+    return torch.autograd.grad(o, (q, k, v), do)
+
+
+def bwd_fn(q, k, v, do, o, lse):
+    scale = q.shape[-1] ** -0.5
+    return lambda: attention_bwd(do, q, k, v, o, lse, causal=True, window=None, softmax_scale=scale)
+
+
+def dq_fn(q, k, v, do, o, lse):
+    """The dq launch alone, as attention_bwd makes it by default (delta computed inside, dq_delta)."""
+    B, L, Hq, D = q.shape
+    delta = torch.empty(B, Hq, L, dtype=torch.float32, device=q.device)
+    dq = torch.empty_like(q)
+    scale = D ** -0.5
+    return lambda: flash._bwd_dq(do, q, k, v, o, lse, delta, dq, True, None, None, B, L, L, (L, L, Hq, L), scale,
+                                 None, True)
+
+
+def warm(i, n):
+    """Worker i of n: compile every (head layout, variant) pair assigned to it at L4096 (same specialisations)."""
+    jobs, seen = [], set()
+    for name, B, Hq, Hkv, L, D in SHAPES:
+        Lc = check_len(name, L)
+        for _, v in variants(name):
+            key = (Hq, Hkv, D, Lc % 64 == 0, Lc > 2048, v)
+            if key not in seen:   # the timed shapes share these kernels (lengths are not specialised on)
+                seen.add(key)
+                jobs.append((name, Hq, Hkv, D, Lc, v))
+    for j, (name, Hq, Hkv, D, Lc, v) in enumerate(jobs):
+        if j % n != i:
+            continue
+        set_variant(v, name)
+        q, k, vv, do = make(1, Hq, Hkv, Lc, D)
+        try:
+            fwd_bwd(q, k, vv, do)
+            torch.cuda.synchronize()
+        except Exception as e:  # reported again by the main's check
+            print(f"warm {Hq}:{Hkv} D{D} {v}: {type(e).__name__} {str(e)[:200]}", flush=True)
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+
+
+def bench(fn):
+    if DRY:
+        fn()
+        return 1.0
+    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def main():
+    dev = "cpu (dry run)" if DRY else torch.cuda.get_device_name()
+    print(f"{dev} | torch {torch.__version__} triton {triton.__version__} | budget {BUDGET:.0f} s, "
+          f"{time.time() - T0:.0f} s used by warm-up + imports", flush=True)
+    for name, B, Hq, Hkv, L, D in SHAPES:
+        if left() < 12:
+            print(f"-- {name}: skipped (budget)", flush=True)
+            continue
+        unit = 2 * B * Hq * L * L * D / 2          # one causal matmul unit
+        vs = variants(name)
+        print(f"== {name} causal bf16 ({time.time() - T0:.0f} s)", flush=True)
+        # (1a) against fp32 at L4096 (L4000 for a ragged shape; dry: the small shape itself)
+        Lc = check_len(name, L)
+        q, k, v, do = make(1, Hq, Hkv, Lc, D, seed=1)
+        qf, kf, vf = (t.float().requires_grad_() for t in (q, k, v))
+        of = attention_ref(qf, kf, vf, causal=True)
+        refs = torch.autograd.grad(of, (qf, kf, vf), do.float())
+        del of, qf, kf, vf
+        ok = {}
+        for vn, vs_ in vs:
+            set_variant(vs_, name)
+            try:
+                g = fwd_bwd(q, k, v, do)
+                ok[vn] = [rel(a, r) for a, r in zip(g, refs)]
+            except Exception as e:
+                ok[vn] = None
+                print(f"  {vn}: ERROR {type(e).__name__} {str(e)[:300]}", flush=True)
+        del refs
+        # (1b) against the default at the timed shape
+        q, k, v, do = make(B, Hq, Hkv, L, D)
+        set_variant(None)
+        o, lse = flash.attention_fwd(q, k, v, causal=True, window=None, softmax_scale=D ** -0.5)
+        base = [t.clone() for t in bwd_fn(q, k, v, do, o, lse)()]
+        good = []
+        for vn, vs_ in vs:
+            if ok[vn] is None:
+                continue
+            set_variant(vs_, name)
+            try:
+                out = bwd_fn(q, k, v, do, o, lse)()
+                e_def = [rel(a, b) for a, b in zip(out, base)]
+                same = all(torch.equal(a, b) for a, b in zip(out, base))
+                del out
+            except Exception as e:
+                print(f"  {vn}: ERROR {type(e).__name__} {str(e)[:300]}", flush=True)
+                continue
+            bad = max(ok[vn]) > 2e-2 or max(e_def) > 2e-2
+            print(f"  check {vn:32s} vs fp32 L{Lc} dq/dk/dv {' '.join(f'{x:.1e}' for x in ok[vn])} | vs default "
+                  f"{'bitwise' if same else ' '.join(f'{x:.1e}' for x in e_def)}{'  FAIL (not timed)' if bad else ''}",
+                  flush=True)
+            if not bad:
+                good.append((vn, vs_))
+        del base
+        if not DRY:
+            torch.cuda.empty_cache()
+        # (2) interleaved rounds
+        res = {vn: ([], [], []) for vn, _ in good}
+        for r in range(ROUNDS or (3 if name.startswith("model") else 2)):
+            for vn, vs_ in good:
+                if left() < 8:
+                    break
+                set_variant(vs_, name)
+                tb = bench(bwd_fn(q, k, v, do, o, lse))
+                tq = bench(dq_fn(q, k, v, do, o, lse))
+                tf = bench(lambda: fwd_bwd(q, k, v, do))
+                for lst, t in zip(res[vn], (tb, tq, tf)):
+                    lst.append(t)
+                print(f"  r{r} {vn:32s} bwd {tb:7.3f} ms | dq {tq:6.3f} ms ({3 * unit / tq / 1e9:4.0f} TF) | "
+                      f"fwd+bwd {tf:7.3f} ms", flush=True)
+        print(f"  medians {name} (bwd TF = 5 units / ms, dq TF = 3 units, fwd+bwd TF = 7 units):", flush=True)
+        d_b = statistics.median(res["default"][0]) if res.get("default", ([],))[0] else None
+        d_q = statistics.median(res["default"][1]) if d_b else None
+        for vn, (tb, tq, tf) in res.items():
+            if not tb:
+                continue
+            mb, mq, mf = statistics.median(tb), statistics.median(tq), statistics.median(tf)
+            sp = f" | bwd x{d_b / mb:.3f} dq x{d_q / mq:.3f} vs default" if d_b else ""
+            print(f"  MED {name[:24]:24s} | {vn:32s} | bwd {mb:7.3f} ms {5 * unit / mb / 1e9:4.0f} TF | dq {mq:6.3f} ms "
+                  f"{3 * unit / mq / 1e9:4.0f} TF | fwd+bwd {mf:7.3f} ms {7 * unit / mf / 1e9:4.0f} TF{sp}", flush=True)
+        # (3) CUDA graph, backward alone
+        if not DRY:
+            ranked = sorted((statistics.median(res[vn][0]), vn, vs_) for vn, vs_ in good
+                            if res[vn][0] and vn != "default")
+            for _, vn, vs_ in [(0, "default", None)] + ranked[:2]:
+                if left() < 8:
+                    break
+                set_variant(vs_, name)
+                try:
+                    t = triton.testing.do_bench_cudagraph(bwd_fn(q, k, v, do, o, lse), rep=50, return_mode="median")
+                    print(f"  graph {vn:32s} bwd {t:7.3f} ms ({5 * unit / t / 1e9:4.0f} TF)", flush=True)
+                except Exception as e:
+                    print(f"  graph {vn}: {type(e).__name__} {str(e)[:120]}", flush=True)
+        set_variant(None)
+        del q, k, v, do, o, lse
+        if not DRY:
+            torch.cuda.empty_cache()
+    print(f"done at {time.time() - T0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "warm":
+        warm(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        main()
