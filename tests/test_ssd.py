@@ -426,10 +426,11 @@ BWD7_CASES = [("bwd7 h2 w8", "all", torch.float32, (1, 300, 4, 16, 2, 32, 128)),
               ("bwd7 h2 w8", "all-cuseq", torch.float16, (2, 63, 4, 16, 1, 16, 16)),
               ("bwd7 ds h2 w8", "all-seqidx", torch.float32, (1, 150, 3, 12, 1, 20, 64)),
               ("bwd7 rl w8", "all", torch.float16, (1, 300, 2, 16, 1, 32, 128)),
-              ("bwd7 fb", "all-cuseq", torch.float32, (1, 500, 2, 16, 2, 32, 64)),
+              ("bwd7 fb", "all-cuseq", torch.float32, (1, 200, 2, 16, 2, 32, 64)),
               ("bwd7 fb ds", "all", torch.float16, (2, 63, 4, 16, 2, 16, 16)),
               ("bwd7 r1", "z", torch.float32, (1, 300, 2, 16, 1, 32, 128)),
-              ("bwd7 ds w8", "all-cuseq", torch.float16, (1, 150, 2, 16, 1, 32, 64))]
+              ("bwd7 ds w8", "all-cuseq", torch.float16, (1, 150, 2, 16, 1, 32, 64)),
+              ("bwd7 ds dcb16", "all-cuseq", torch.float16, (1, 150, 2, 16, 1, 32, 64))]
 
 
 @pytest.mark.parametrize("variant, opt, dtype, shape", BWD7_CASES,
@@ -437,7 +438,8 @@ BWD7_CASES = [("bwd7 h2 w8", "all", torch.float32, (1, 300, 4, 16, 2, 32, 128)),
 def test_kernel_bwd7_variants(variant, opt, dtype, shape):
     """Session 7's backward variants on top of bwd6: dcb_h2 (two heads per dCB loop iteration; H / G = 2 here,
     and odd H / G = 3 falls back to one), dcb_rl (CB tile re-read per head), dcb_r1 on bwd6, the fused reverse
-    state kernel, ds_split (bf16 only: here it must fall back to the plain path), at chunk 16 / 64 / 128,
+    state kernel, dcb16 (fp16 here: the dCB buffer in fp16), ds_split (bf16 only: here it must fall back to the
+    plain path), at chunk 16 / 64 / 128,
     ngroups 1 and 2, packed sequences, z and initial states, sizes that are not powers of two."""
     from hybridna_kernels.ssd import chunk
 
@@ -535,7 +537,7 @@ def test_kernel_grid_fallback_order(hfirst, monkeypatch):
 
 BF16_VARIANTS = ["launch3 only", "r1 all", "bwd6", "bwd6 w8x", "bwd6 pf", "bwd6 sb3", "lean mr168",
                  "lean bj128 w8"]
-BWD7_BF16 = ["bwd7 ds", "bwd7 ds64", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 rl w8", "bwd7 r1", "bwd7 fb",
+BWD7_BF16 = ["bwd7 ds", "bwd7 dcb16", "bwd7 ds dcb16", "bwd7 cbb16", "bwd7 ds64", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 rl w8", "bwd7 r1", "bwd7 fb",
              "bwd7 fb mr128", "bwd7 fb ds", "bwd7 ds w8", "bwd7 ds h2 w8"]
 
 

@@ -1171,7 +1171,7 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
                          Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False,
                              CB_RL=CB_RL)
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
-    tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
+    tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc.to(dcb_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -1418,6 +1418,9 @@ SWEEP_CONFIGS = {
     # and a cap of 128: 128 / 0, with dcb_h2 128 / 40, with dcb_rl 124 / 0; the fused reverse state kernel with the
     # split hin and ds_split 145 / 0 at 8 warps (one program per SM), 128 / 16 at a cap of 128)
     "bwd7 ds": {**_BWD6, "ds_split": True, "BN_DX": 32},
+    "bwd7 dcb16": {**_BWD6, "dcb16": True},
+    "bwd7 ds dcb16": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb16": True},
+    "bwd7 cbb16": {**_BWD6, "cbb16": True},
     "bwd7 ds64": {**_BWD6, "ds_split": True},
     "bwd7 dcb w8": {**_BWD6, "warps_dcb": 8, "maxnreg_dcb": 128},
     "bwd7 h2 w8": {**_BWD6, "dcb_h2": True, "warps_dcb": 8, "maxnreg_dcb": 128},
@@ -1548,7 +1551,9 @@ def _cfg(Q, P, N, dtype):
         # - BN_DX: N-slab of dx's state term (None: BN_SCAN); 32 with ds_split keeps dx_lean under the 168 cap
         #   without spilling (offline sm_90: 40 B spilled at 64)
         # - maxnreg_fused: register cap of the fused state kernels (fused_state / fused_state_bwd)
-        "ds_split": False, "dcb_rl": False, "dcb_h2": False, "BN_DX": None, "maxnreg_fused": None,
+        # - dcb16: the dCB buffer in the 16-bit input dtype (fp32 otherwise): dB / dC cast its tiles to that dtype
+        #   for their products anyway (the same values), so half its bytes written and read twice; any 16-bit input
+        "ds_split": False, "dcb_rl": False, "dcb_h2": False, "BN_DX": None, "maxnreg_fused": None, "dcb16": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1818,7 +1823,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             num_warps=cfg["warps_dcb"] or cfg["warps"],
             num_stages=cfg["stages_dcb"] or cfg["stages"], **_maxnreg(cfg["maxnreg_dcb"]))
 
-    dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    # dcb16: dCB stored in the 16-bit input dtype, to which the dB / dC products round it anyway
+    dcb = new_empty((b, nc, G, Q, Q), dtype=x.dtype if (cfg["dcb16"] and x.dtype != f32) else f32, device=dev)
     if tsum:  # the dCB kernel writes the T sums that dx reads
         launch_dcb()
     if lean:
