@@ -37,7 +37,7 @@ from hybridna_kernels.ssd.naive import ssd_chunked_ref  # noqa: E402
 VARIANTS = ["default", "bwd7 ds dcb16", "bwd7 fb ds", "bwd7 cbb16", "bwd7 ds", "bwd7 dcb16", "bwd7 ds w8",
             "bwd7 ds64", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 fb", "bwd7 fb mr128", "bwd7 ds h2 w8", "bwd7 r1",
             "bwd7 rl w8"]
-N_EXTRA = 4  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
+N_EXTRA = 3  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
 if os.environ.get("SSD7B_VARIANTS"):
     VARIANTS = os.environ["SSD7B_VARIANTS"].split(",")
 LEAVES = ("x", "dt", "A", "B", "C", "D", "dt_bias")
@@ -108,6 +108,11 @@ def warm(i, n):
             for tt in ((t, te) if name in VARIANTS[:N_EXTRA] else (t,)):
                 y, fin = call(tt)
                 grads(tt, (y, fin), (torch.randn_like(y), torch.randn_like(fin)))
+            if chunk.SWEEP_CONFIGS[name].get("fused_state_bwd") and not DRY:
+                # the fused reverse state kernel's blocks depend on batch x heads (_fused_blocks): 64 x 64 at B8
+                tb = make(8, 1024)
+                y, fin = call(tb)
+                grads(tb, (y, fin), (torch.randn_like(y), torch.randn_like(fin)))
             sync()
             print(f"warm {name}: ok {time.time() - T_START:.1f}s", flush=True)
         except Exception as e:  # noqa: BLE001 - reported by the main process too
