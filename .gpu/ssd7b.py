@@ -1,6 +1,7 @@
 """SSD backward variants of session 7 (issue 4, helper ssd7b), on top of bwd6 (the bf16 default): ds_split (dS as
-bf16 hi / lo planes), the fused reverse state kernel with the split hin, dCB at 8 warps / two heads per iteration /
-CB re-read, dcb_r1 (see chunk.py SWEEP_CONFIGS "bwd7 ...").
+bf16 hi / lo planes), dcb16 (dCB buffer in bf16), bwd_ftz (ex2.approx.ftz decay tiles in dCB / dx), cbb16, the
+fused reverse state kernel with the split hin, dCB at 8 warps / two heads per iteration, dcb_r1 (see chunk.py
+SWEEP_CONFIGS "bwd7 ...").
 
 Run from the repo root with PYTHONPATH=/tmp/site:$PWD (see ssd7b.sh), $OUT writable. Budget: SSD7B_S seconds
 (default 110) from the start of this process; every phase checks what is left and stops cleanly.
@@ -34,9 +35,8 @@ from hybridna_kernels import ssd_scan  # noqa: E402
 from hybridna_kernels.ssd import chunk  # noqa: E402
 from hybridna_kernels.ssd.naive import ssd_chunked_ref  # noqa: E402
 
-VARIANTS = ["default", "bwd7 ds dcb16", "bwd7 fb ds", "bwd7 cbb16", "bwd7 ds", "bwd7 dcb16", "bwd7 ds w8",
-            "bwd7 ds64", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 fb", "bwd7 fb mr128", "bwd7 ds h2 w8", "bwd7 r1",
-            "bwd7 rl w8"]
+VARIANTS = ["default", "bwd7 ds dcb16 ftz", "bwd7 fb ds", "bwd7 cbb16", "bwd7 ds dcb16 ftz w8", "bwd7 ftz",
+            "bwd7 ds dcb16", "bwd7 ds", "bwd7 dcb16", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 fb", "bwd7 r1", "bwd7 ds64"]
 N_EXTRA = 3  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
 if os.environ.get("SSD7B_VARIANTS"):
     VARIANTS = os.environ["SSD7B_VARIANTS"].split(",")

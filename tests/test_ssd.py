@@ -537,7 +537,8 @@ def test_kernel_grid_fallback_order(hfirst, monkeypatch):
 
 BF16_VARIANTS = ["launch3 only", "r1 all", "bwd6", "bwd6 w8x", "bwd6 pf", "bwd6 sb3", "lean mr168",
                  "lean bj128 w8"]
-BWD7_BF16 = ["bwd7 ds", "bwd7 dcb16", "bwd7 ds dcb16", "bwd7 cbb16", "bwd7 ds64", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 rl w8", "bwd7 r1", "bwd7 fb",
+BWD7_BF16 = ["bwd7 ds dcb16 ftz", "bwd7 ds dcb16 ftz w8", "bwd7 ftz", "bwd7 ds", "bwd7 dcb16", "bwd7 ds dcb16",
+             "bwd7 cbb16", "bwd7 ds64", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 rl w8", "bwd7 r1", "bwd7 fb",
              "bwd7 fb mr128", "bwd7 fb ds", "bwd7 ds w8", "bwd7 ds h2 w8"]
 
 
@@ -561,8 +562,9 @@ def test_kernel_sweep_configs_bf16_gpu(variant, opt):
 @pytest.mark.parametrize("opt", ["all", "all-cuseq", "all-seqidx"])
 @pytest.mark.parametrize("variant", BWD7_BF16)
 def test_kernel_bwd7_bf16_gpu(variant, opt):
-    """Session 7's backward variants (ds_split, dcb_h2 / dcb_rl / 8-warp dCB, dcb_r1, the fused reverse state
-    kernel with the split hin) in bf16, where ds_split and the split hin act, against the fp64 recurrence."""
+    """Session 7's backward variants (ds_split, dcb16, cbb16, bwd_ftz, dcb_h2 / dcb_rl / 8-warp dCB, dcb_r1, the fused
+    reverse state kernel with the split hin) in bf16, where ds_split, cbb16, the split hin and (on CUDA) the inline-PTX
+    exp act, against the fp64 recurrence."""
     from hybridna_kernels.ssd import chunk
 
     chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])

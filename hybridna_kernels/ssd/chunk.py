@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import grad_dest, new_empty, next_pow2, take_dest
+from ..utils import grad_dest, interpret_mode, new_empty, next_pow2, take_dest
 
 # Chunk tables for packed input: chunk_init[c] = -2 (carry the state in), -1 (start from zero),
 # k >= 0 (start from initial_states[k]); chunk_final[c] = k >= 0 when the state after chunk c is
@@ -703,6 +703,27 @@ def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, 
 
 
 @triton.jit
+def _exp_ftz(x):
+    """exp(x) as ex2.approx.ftz (CUDA only, inline PTX): tl.exp's ex2 without its denormal fix-ups (a compare
+    and two predicated multiplies per element); results below 2^-126 flush to zero."""
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * 1.4426950408889634],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _seg_decay_x(hi_i, lo_i, hi_j, lo_j, TRANS: tl.constexpr, FTZ: tl.constexpr):
+    """_seg_decay (TRANS: _seg_decay_t) from the fp32 hi / lo planes, with _exp_ftz when FTZ (bwd_ftz)."""
+    if TRANS:
+        d = tl.minimum((hi_i[None, :] - hi_j[:, None]) + (lo_i[None, :] - lo_j[:, None]), 0.0)
+    else:
+        d = tl.minimum((hi_i[:, None] - hi_j[None, :]) + (lo_i[:, None] - lo_j[None, :]), 0.0)
+    if FTZ:
+        return _exp_ftz(d)
+    else:
+        return tl.exp(d)
+
+
+@triton.jit
 def _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                    SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr, DS_SPLIT: tl.constexpr = False, p_dlo=None):
     """dS B_j^T for the rows o_j of a chunk (the state part of Z_j before its decay), over N in slabs of BN.
@@ -895,7 +916,7 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
                              BN: tl.constexpr, NBT: tl.constexpr,
                              HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr,
                              DOT_PREC: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr,
-                             DS_SPLIT: tl.constexpr = False):
+                             DS_SPLIT: tl.constexpr = False, FTZ: tl.constexpr = False):
     """_scan_bwd_dx_kernel's TSUM path (the dCB kernel has written the T sums) with fewer live registers
     (dx_lean): the state term first; then everything that needs x_j and dy_j (du, d cs, dD, the D dy_j
     part of dx), so that neither is live in the intra-chunk loop, which comes last, over column blocks of
@@ -957,7 +978,10 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
         cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)  # upper blocks: dropped below
         cs_i = tl.load(csh_ptr + o_uc + o_i)
         csl_i = tl.load(csl_ptr + o_uc + o_i)
-        w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, False)
+        if FTZ:
+            w = cbT * _seg_decay_x(cs_i, csl_i, cs_j, csl_j, True, True)
+        else:
+            w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, False)
         w = tl.where(o_i[None, :] >= o_j[:, None], w * u_j[:, None], 0.0)
         dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
                       other=0.0)
@@ -1002,7 +1026,7 @@ def _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m
 def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
                cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr, TSUM: tl.constexpr,
-               MIXED_T: tl.constexpr, OFF: tl.constexpr, CB_RL: tl.constexpr = False):
+               MIXED_T: tl.constexpr, OFF: tl.constexpr, CB_RL: tl.constexpr = False, FTZ: tl.constexpr = False):
     """The head loop of _scan_bwd_dcb_kernel: sum over the group's heads of K_ij e^{cs_i - cs_j} u_j for one
     tile (and the T sums with TSUM). OFF: a tile below the diagonal, its decay as the row factor
     e^{cs_i - c0} times the column factor e^{c0 - cs_j} (c0: the cumsum at the end of column block n)."""
@@ -1021,6 +1045,8 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
             a_i = tl.exp(tl.minimum((cs_i - c0h) + (csl_i - c0l), 0.0))
             b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
             kd = (k * a_i[:, None]) * b_j[None, :]
+        elif FTZ:
+            kd = k * _seg_decay_x(cs_i, csl_i, cs_j, csl_j, False, True)
         else:
             kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
         acc = _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m, i_n, H, nc, nb, Q, TSUM,
@@ -1032,7 +1058,7 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
 def _dcb_heads2(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
                 cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                 Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, TSUM: tl.constexpr,
-                MIXED_T: tl.constexpr):
+                MIXED_T: tl.constexpr, FTZ: tl.constexpr = False):
     """_dcb_heads (fp32 hi / lo cumsum planes, no rank-1 split) over two heads per iteration (dcb_h2; hpg even):
     two independent product -> decay -> sums chains for the scheduler to overlap, where one head's chain waits
     on its product, its vector loads and the cross-warp column sum in turn. The same sums in the same order."""
@@ -1043,10 +1069,10 @@ def _dcb_heads2(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr
         o_uc2 = o_uc + nc * Q
         k = _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h, DOT_PREC, TSUM, MIXED_T)
         k2 = _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h + 1, DOT_PREC, TSUM, MIXED_T)
-        kd = k * _seg_decay(tl.load(csh_ptr + o_uc + o_m), tl.load(csl_ptr + o_uc + o_m),
-                            tl.load(csh_ptr + o_uc + o_n), tl.load(csl_ptr + o_uc + o_n), False)
-        kd2 = k2 * _seg_decay(tl.load(csh_ptr + o_uc2 + o_m), tl.load(csl_ptr + o_uc2 + o_m),
-                              tl.load(csh_ptr + o_uc2 + o_n), tl.load(csl_ptr + o_uc2 + o_n), False)
+        kd = k * _seg_decay_x(tl.load(csh_ptr + o_uc + o_m), tl.load(csl_ptr + o_uc + o_m),
+                              tl.load(csh_ptr + o_uc + o_n), tl.load(csl_ptr + o_uc + o_n), False, FTZ)
+        kd2 = k2 * _seg_decay_x(tl.load(csh_ptr + o_uc2 + o_m), tl.load(csl_ptr + o_uc2 + o_m),
+                                tl.load(csh_ptr + o_uc2 + o_n), tl.load(csl_ptr + o_uc2 + o_n), False, FTZ)
         acc = _dcb_acc(acc, kd, tl.load(u_ptr + o_uc + o_n), cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m,
                        i_n, H, nc, nb, Q, TSUM)
         acc = _dcb_acc(acc, kd2, tl.load(u_ptr + o_uc2 + o_n), cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h + 1, i_c,
@@ -1091,7 +1117,7 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
                          CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr,
                          R1: tl.constexpr, PF: tl.constexpr = False, CB_RL: tl.constexpr = False,
-                         H2: tl.constexpr = False):
+                         H2: tl.constexpr = False, FTZ: tl.constexpr = False):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head.
 
@@ -1101,7 +1127,8 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     colt[h, i-block, j] = sum_i K_ij CB_ij. The dx kernel then needs no (x . dy) product of its own.
     Tiles above the diagonal write zeros there. CB_RL (dcb_rl, not with PF): the CB tile is re-read for
     every head instead of being held in registers through the head loop. H2 (dcb_h2; H / G even, not with PF,
-    R1, CS64 or CB_RL): two heads per loop iteration (_dcb_heads2)."""
+    R1, CS64 or CB_RL): two heads per loop iteration (_dcb_heads2). FTZ (bwd_ftz; CUDA only, not with CS64): the
+    decay tiles' exp as ex2.approx.ftz (_exp_ftz)."""
     if MFIRST:  # grid (tiles, G, b * nc): the tiles of a chunk share its x / dy rows in L2
         i_bc = tl.program_id(2).to(tl.int64)
         i_mn = tl.program_id(0)
@@ -1149,7 +1176,7 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     if H2:
         acc = _dcb_heads2(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr,
                           colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                          Q=Q, BM=BM, DOT_PREC=DOT_PREC, TSUM=TSUM, MIXED_T=MIXED_T)
+                          Q=Q, BM=BM, DOT_PREC=DOT_PREC, TSUM=TSUM, MIXED_T=MIXED_T, FTZ=FTZ)
     elif PF:
         acc = _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr,
                             colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
@@ -1159,17 +1186,17 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
             acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                              rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                              Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=True,
-                             CB_RL=CB_RL)
+                             CB_RL=CB_RL, FTZ=FTZ)
         else:
             acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                              rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                              Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False,
-                             CB_RL=CB_RL)
+                             CB_RL=CB_RL, FTZ=FTZ)
     else:
         acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                          rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                          Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False,
-                             CB_RL=CB_RL)
+                             CB_RL=CB_RL, FTZ=FTZ)
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
     tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc.to(dcb_ptr.dtype.element_ty))
 
@@ -1416,11 +1443,16 @@ SWEEP_CONFIGS = {
     # fall back to the plain path elsewhere, so every entry also runs (and is tested) in fp32 / fp16
     # (offline sm_90 registers / spilled bytes: dx with ds_split 168 / 0 at BN_DX 32, 168 / 40 at 64; dCB at 8 warps
     # and a cap of 128: 128 / 0, with dcb_h2 128 / 40, with dcb_rl 124 / 0; the fused reverse state kernel with the
-    # split hin and ds_split 145 / 0 at 8 warps (one program per SM), 128 / 16 at a cap of 128)
+    # split hin and ds_split 145 / 0 at 8 warps (one program per SM), 128 / 16 at a cap of 128; bwd_ftz: dCB's head
+    # loop 882 -> 789 instructions, 168 / 0 at 4 warps, 128 / 0 at 8 warps capped)
     "bwd7 ds": {**_BWD6, "ds_split": True, "BN_DX": 32},
     "bwd7 dcb16": {**_BWD6, "dcb16": True},
     "bwd7 ds dcb16": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb16": True},
     "bwd7 cbb16": {**_BWD6, "cbb16": True},
+    "bwd7 ftz": {**_BWD6, "bwd_ftz": True},
+    "bwd7 ds dcb16 ftz": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb16": True, "bwd_ftz": True},
+    "bwd7 ds dcb16 ftz w8": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb16": True, "bwd_ftz": True, "warps_dcb": 8,
+                             "maxnreg_dcb": 128},
     "bwd7 ds64": {**_BWD6, "ds_split": True},
     "bwd7 dcb w8": {**_BWD6, "warps_dcb": 8, "maxnreg_dcb": 128},
     "bwd7 h2 w8": {**_BWD6, "dcb_h2": True, "warps_dcb": 8, "maxnreg_dcb": 128},
@@ -1553,7 +1585,11 @@ def _cfg(Q, P, N, dtype):
         # - maxnreg_fused: register cap of the fused state kernels (fused_state / fused_state_bwd)
         # - dcb16: the dCB buffer in the 16-bit input dtype (fp32 otherwise): dB / dC cast its tiles to that dtype
         #   for their products anyway (the same values), so half its bytes written and read twice; any 16-bit input
+        # - bwd_ftz: the decay tiles of dCB and dx_lean take exp as ex2.approx.ftz (inline PTX, CUDA only): 6 instead
+        #   of 9 instructions per element (tl.exp's ex2 adds a compare and two predicated multiplies for denormal
+        #   results); the same values except results below 2^-126, which become 0
         "ds_split": False, "dcb_rl": False, "dcb_h2": False, "BN_DX": None, "maxnreg_fused": None, "dcb16": False,
+        "bwd_ftz": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1805,6 +1841,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     rowt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev)
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     tsum = cfg["tsum_dcb"]
+    ftz = bool(cfg["bwd_ftz"]) and not interpret_mode()  # inline PTX: not in the interpreter
     BJx = min(cfg["BJ_DX"] or BJ, Q) if lean else BJ
     dD_part = new_empty((b * nc * (Q // BJx), H, P), dtype=f32, device=dev) if D is not None else u
     colt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev) if tsum else rowt
@@ -1818,6 +1855,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             MIXED_T=mixed_t, R1=cfg["dcb_r1"] and not cfg["cs64"],
             **({"PF": True} if (cfg["dcb_pf"] and not cfg["cs64"] and not cfg["dcb_r1"]) else {}),
             **({"CB_RL": True} if (cfg["dcb_rl"] and tsum and not cfg["dcb_pf"]) else {}),
+            **({"FTZ": True} if (ftz and not cfg["dcb_pf"] and not cfg["cs64"]) else {}),
             **({"H2": True} if (cfg["dcb_h2"] and (H // G) % 2 == 0 and not (cfg["dcb_pf"] or cfg["dcb_r1"]
                                                                              or cfg["cs64"] or cfg["dcb_rl"])) else {}),
             num_warps=cfg["warps_dcb"] or cfg["warps"],
@@ -1837,7 +1875,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=_hfirst(b * nc, cfg["hfirst"]), DOT_PREC=cfg["prec"],
             SPLIT_F32=x.dtype != f32, STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0,
             num_warps=cfg["warps_dx"] or cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"],
-            **_maxnreg(cfg["maxnreg_dx"]), **({"DS_SPLIT": True} if ds_split else {}))
+            **_maxnreg(cfg["maxnreg_dx"]), **({"DS_SPLIT": True} if ds_split else {}), **({"FTZ": True} if ftz else {}))
     else:
         _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
             x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
