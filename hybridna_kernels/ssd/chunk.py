@@ -739,8 +739,10 @@ def _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ: tl.constexpr, BP
         if DS_SPLIT:
             o_ds = o_p[None, :] * N + o_n[:, None]
             m_ds = m_p[None, :] & m_n[:, None]
-            acc += tl.dot(b, tl.load(p_ds + o_ds, mask=m_ds, other=0.0))
-            acc += tl.dot(b, tl.load(p_dlo + o_ds, mask=m_ds, other=0.0))
+            # the same expression as _dot_split_bf16's (so the same sums, in the same order)
+            ds_hi = tl.load(p_ds + o_ds, mask=m_ds, other=0.0)
+            ds_lo = tl.load(p_dlo + o_ds, mask=m_ds, other=0.0)
+            acc += tl.dot(b, ds_hi) + tl.dot(b, ds_lo)
         else:
             dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
             if STATE_BF16 > 0:
@@ -1441,7 +1443,7 @@ SWEEP_CONFIGS = {
                       "stages_dx": 2},
     # session 7, helper ssd7b: opt-in backward variants on top of bwd6 (see _cfg). Keys that need bf16 (ds_split)
     # fall back to the plain path elsewhere, so every entry also runs (and is tested) in fp32 / fp16
-    # (offline sm_90 registers / spilled bytes: dx with ds_split 168 / 0 at BN_DX 32, 168 / 40 at 64; dCB at 8 warps
+    # (offline sm_90 registers / spilled bytes: dx with ds_split 168 / 0 at BN_DX 32, 168 / 24 at 64; dCB at 8 warps
     # and a cap of 128: 128 / 0, with dcb_h2 128 / 40, with dcb_rl 124 / 0; the fused reverse state kernel with the
     # split hin and ds_split 145 / 0 at 8 warps (one program per SM), 128 / 16 at a cap of 128; bwd_ftz: dCB's head
     # loop 882 -> 789 instructions, 168 / 0 at 4 warps, 128 / 0 at 8 warps capped)
@@ -1581,7 +1583,7 @@ def _cfg(Q, P, N, dtype):
         #   through the head loop (not with dcb_pf)
         # - dcb_h2: the dCB head loop takes two heads per iteration (two independent chains; heads per group even)
         # - BN_DX: N-slab of dx's state term (None: BN_SCAN); 32 with ds_split keeps dx_lean under the 168 cap
-        #   without spilling (offline sm_90: 40 B spilled at 64)
+        #   without spilling (offline sm_90: 24 B spilled at 64)
         # - maxnreg_fused: register cap of the fused state kernels (fused_state / fused_state_bwd)
         # - dcb16: the dCB buffer in the 16-bit input dtype (fp32 otherwise): dB / dC cast its tiles to that dtype
         #   for their products anyway (the same values), so half its bytes written and read twice; any 16-bit input
