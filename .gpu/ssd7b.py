@@ -322,6 +322,9 @@ def main():
     res = timing(good, *SHAPE)
     ranked = sorted((n for n in good if n != "default" and res[n]["fb"] == res[n]["fb"]), key=lambda n: res[n]["fb"])
     print(f"[{time.time() - T_START:.0f}s] summary B{SHAPE[0]} T{SHAPE[1]} eager (ms: fwd+bwd / bwd):", flush=True)
+    if "default" not in good:
+        print("default failed its checks: nothing to compare against", flush=True)
+        return
     for n in ["default"] + ranked:
         r = res[n]
         print(f"| {n} | {r['fb']:.3f} | {r['bwd']:.3f} |", flush=True)
