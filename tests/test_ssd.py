@@ -422,6 +422,103 @@ def test_kernel_dx_lean_variants(variant, opt, dtype):
         chunk.CFG_OVERRIDE.clear()
 
 
+BWD7_CASES = [("bwd7 h2 w8", "all", torch.float32, (1, 300, 4, 16, 2, 32, 128)),
+              ("bwd7 h2 w8", "all-cuseq", torch.float16, (2, 63, 4, 16, 1, 16, 16)),
+              ("bwd7 ds h2 w8", "all-seqidx", torch.float32, (1, 150, 3, 12, 1, 20, 64)),
+              ("bwd7 rl w8", "all", torch.float16, (1, 300, 2, 16, 1, 32, 128)),
+              ("bwd7 fb", "all-cuseq", torch.float32, (1, 200, 2, 16, 2, 32, 64)),
+              ("bwd7 fb ds", "all", torch.float16, (2, 63, 4, 16, 2, 16, 16)),
+              ("bwd7 r1", "z", torch.float32, (1, 300, 2, 16, 1, 32, 128)),
+              ("bwd7 ds w8", "all-cuseq", torch.float16, (1, 150, 2, 16, 1, 32, 64)),
+              ("bwd7 ds dcb16", "all-cuseq", torch.float16, (1, 150, 2, 16, 1, 32, 64))]
+
+
+@pytest.mark.parametrize("variant, opt, dtype, shape", BWD7_CASES,
+                         ids=[f"{v}-{o}-{dtype_id(d)}-{_shape_id(s)}" for v, o, d, s in BWD7_CASES])
+def test_kernel_bwd7_variants(variant, opt, dtype, shape):
+    """Session 7's backward variants on top of bwd6: dcb_h2 (two heads per dCB loop iteration; H / G = 2 here,
+    and odd H / G = 3 falls back to one), dcb_rl (CB tile re-read per head), dcb_r1 on bwd6, the fused reverse
+    state kernel, dcb16 (fp16 here: the dCB buffer in fp16), ds_split (bf16 only: here it must fall back to the
+    plain path), at chunk 16 / 64 / 128,
+    ngroups 1 and 2, packed sequences, z and initial states, sizes that are not powers of two."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        check_kernel_vs_reference(shape, opt, dtype)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
+def test_reverse_state_kernels_split_planes(varlen):
+    """The reverse state kernels' bf16-plane options, which only the bf16 path reaches (no bf16 tl.dot in the
+    interpreter): HIN_SPLIT (the fused kernel reads hin as bf16 hi + lo planes, as hin_split stores it) gives
+    what the fp32 hin gives, up to hin's own 16-bit split; DS_SPLIT (both kernels store dS as bf16 hi, lo planes
+    per (chunk, head) slab) stores bf16(dS) and bf16(dS - bf16(dS)) of the plain kernels' fp32 dS (bit for bit on
+    the GPU: test_kernel_ds_split_bitwise_gpu)."""
+    from hybridna_kernels.ssd import chunk
+
+    g = torch.Generator().manual_seed(5)
+    b, nc, H, G, P, N, Q = 2, 3, 2, 1, 16, 32, 16
+    T = nc * Q - 5
+    f32 = torch.float32
+    dy = torch.randn(b, T, H, P, generator=g).to(DEVICE)
+    C = torch.randn(b, T, G, N, generator=g).to(DEVICE)
+    csh = -torch.rand(b, H, nc, Q, generator=g).cumsum(-1).to(DEVICE)
+    cs = csh.double()
+    hin = torch.randn(b, nc, H, P, N, generator=g).to(DEVICE)
+    hi = hin.to(torch.bfloat16)
+    lo = (hin - hi.float()).to(torch.bfloat16)
+    hin_s = hi.float() + lo.float()
+    fin = torch.randn(b, H, P, N, generator=g).to(DEVICE)
+    dfin = torch.randn(b, H, P, N, generator=g).to(DEVICE)
+    cinit = torch.tensor([0, -2, -1] * b, dtype=torch.int32, device=DEVICE)
+    cfin = torch.tensor([-1, 0, 1] * b, dtype=torch.int32, device=DEVICE)
+    nb_f = 2  # fused blocks: BP 16 x BN 16 over P 16 x N 32
+
+    def fused(h, **kw):
+        ds = (torch.full((b, nc, H, 2, P, N), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+              if kw.get("DS_SPLIT") else torch.full((b, nc, H, P, N), float("nan"), device=DEVICE))
+        dinit = torch.zeros(b, H, P, N, device=DEVICE)
+        ddal = torch.empty(b, H, nc, nb_f, device=DEVICE)
+        chunk._state_fused_bwd_kernel[(nb_f, H, b)](
+            dy, C, csh, h, fin, dfin, cinit, cfin, ds, dinit, ddal, T, H, G, nc, P, N, *dy.stride()[:3],
+            *C.stride()[:3], Q=Q, BP=16, BN=16, BK=16, HAS_DFIN=True, HAS_INIT=True, IS_VARLEN=varlen,
+            DOT_PREC="ieee", XW_SPLIT=-1, **kw)
+        return ds, dinit, ddal
+
+    def plain(**kw):
+        ldh = chunk._chunk_states(dy, C, torch.zeros(b, H, nc, Q, device=DEVICE), cs, b, nc, T, H, G, P, N, Q,
+                                  dict(chunk._cfg(Q, P, N, f32), BK=16), reverse=True, xw_split=-1)
+        PN = P * N
+        ds = torch.full((b, nc, H, 2, P, N), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+        dinit = torch.zeros(b, H, P, N, device=DEVICE)
+        ddal = torch.empty(b, H, nc, PN // 256, device=DEVICE)
+        chunk._state_pass_bwd_kernel[(b, H, PN // 256)](
+            ldh, cs, hin, hin, fin, dfin, cinit, cfin, dinit, ddal, H, nc, PN, Q=Q, BS=256, HAS_DFIN=True,
+            HAS_INIT=True, IS_VARLEN=varlen, HIN_SPLIT=False, **({"dsp_ptr": ds, "DS_SPLIT": True} if kw else {}))
+        return (ds if kw else ldh), dinit, ddal
+
+    def check_planes(sp, ds32):
+        """hi within one bf16 step of bf16(dS) (the interpreter may round fp32 -> bf16 otherwise than the GPU's
+        round-to-nearest), hi + lo = dS to ~16 bits."""
+        h, l_ = sp[:, :, :, 0].float(), sp[:, :, :, 1].float()
+        assert ((h - ds32).abs() <= ds32.abs() * 2.0 ** -7).all()
+        assert ((h + l_ - ds32).abs() <= ds32.abs() * 2.0 ** -15 + 1e-30).all()
+
+    ds0, dinit0, ddal0 = fused(hin_s)
+    ds1, dinit1, ddal1 = fused(hi, hinlo_ptr=lo, HIN_SPLIT=True)
+    ds2, dinit2, ddal2 = fused(hi, hinlo_ptr=lo, HIN_SPLIT=True, DS_SPLIT=True)
+    for a, r in ((ds1, ds0), (dinit1, dinit0), (ddal1, ddal0), (dinit2, dinit0), (ddal2, ddal0)):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+    check_planes(ds2, ds1)
+    ds3, dinit3, ddal3 = plain()
+    ds4, dinit4, ddal4 = plain(DS_SPLIT=True)
+    check_planes(ds4, ds3)
+    assert torch.equal(dinit4, dinit3) and torch.equal(ddal4, ddal3)
+
+
 @pytest.mark.parametrize("hfirst", [True, False], ids=["hfirst", "chunk-first"])
 def test_kernel_grid_fallback_order(hfirst, monkeypatch):
     """Past the grid's dimension-2 limit (batch x chunks > 65535, ~16.7M tokens at chunk 256) the launch grid
@@ -440,6 +537,9 @@ def test_kernel_grid_fallback_order(hfirst, monkeypatch):
 
 BF16_VARIANTS = ["launch3 only", "r1 all", "bwd6", "bwd6 w8x", "bwd6 pf", "bwd6 sb3", "lean mr168",
                  "lean bj128 w8"]
+BWD7_BF16 = ["bwd7 ds dcb16 ftz", "bwd7 ds dcb16 ftz w8", "bwd7 ftz", "bwd7 ds", "bwd7 dcb16", "bwd7 ds dcb16",
+             "bwd7 cbb16", "bwd7 ds64", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 rl w8", "bwd7 r1", "bwd7 fb",
+             "bwd7 fb mr128", "bwd7 fb ds", "bwd7 ds w8", "bwd7 ds h2 w8"]
 
 
 @pytest.mark.gpu
@@ -456,6 +556,43 @@ def test_kernel_sweep_configs_bf16_gpu(variant, opt):
         check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
     finally:
         chunk.CFG_OVERRIDE.clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["all", "all-cuseq", "all-seqidx"])
+@pytest.mark.parametrize("variant", BWD7_BF16)
+def test_kernel_bwd7_bf16_gpu(variant, opt):
+    """Session 7's backward variants (ds_split, dcb16, cbb16, bwd_ftz, dcb_h2 / dcb_rl / 8-warp dCB, dcb_r1, the fused
+    reverse state kernel with the split hin) in bf16, where ds_split, cbb16, the split hin and (on CUDA) the inline-PTX
+    exp act, against the fp64 recurrence."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
+@pytest.mark.gpu
+def test_kernel_ds_split_bitwise_gpu():
+    """ds_split stores the two bf16 pieces that bwd6's dx cuts from the fp32 dS, and dB's product takes the hi
+    one, so at the same N-slab ("bwd7 ds64") every output and gradient equals bwd6's bit for bit."""
+    from hybridna_kernels.ssd import chunk
+
+    b, L, H, P, G, N, Q = GPU_SHAPES[0]
+    outs = []
+    for variant in ("bwd6", "bwd7 ds64"):
+        t, kw = make_inputs(b, L, H, P, G, N, OPTIONS["all"], dtype=torch.bfloat16, device=DEVICE, seed=4,
+                            requires_grad=True)
+        chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+        try:
+            out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
+            outs.append(list(out) + [v for v in _grads(t, out).values()])
+        finally:
+            chunk.CFG_OVERRIDE.clear()
+    for a, r in zip(*outs):
+        assert torch.equal(a, r)
 
 
 @pytest.mark.gpu

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import grad_dest, new_empty, next_pow2, take_dest
+from ..utils import grad_dest, interpret_mode, new_empty, next_pow2, take_dest
 
 # Chunk tables for packed input: chunk_init[c] = -2 (carry the state in), -1 (start from zero),
 # k >= 0 (start from initial_states[k]); chunk_final[c] = k >= 0 when the state after chunk c is
@@ -541,14 +541,26 @@ def _gate_bwd_kernel(dy_ptr, z_ptr, ypre_ptr, dyp_ptr, dz_ptr, n, BLOCK: tl.cons
 
 
 @triton.jit
+def _st_split(p, g, lo_off, mask):
+    """Store fp32 g as bf16 hi at p and bf16 lo = g - hi at p + lo_off (ds_split)."""
+    hi = g.to(tl.bfloat16)
+    tl.store(p, hi, mask=mask)
+    tl.store(p + lo_off, (g - hi.to(tl.float32)).to(tl.bfloat16), mask=mask)
+
+
+@triton.jit
 def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, hinlo_ptr, fin_ptr, dfin_ptr, cinit_ptr, cfin_ptr, dinit_ptr,
                            ddal_ptr, H, nc, PN,
                            Q: tl.constexpr, BS: tl.constexpr, HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr,
-                           IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr):
+                           IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr, dsp_ptr=None,
+                           DS_SPLIT: tl.constexpr = False):
     """Reverse state passing. In: ldh[c] = sum_i exp(cs_i) dy_i C_i^T. Out (in place of ldh): the
     gradient of the state after chunk c; dinit; per-block partials of d cs_last = <dh_out, h_out>.
     The loads for chunk c - 1 are issued before chunk c is processed (latency hiding: long
-    sequences run few programs through many chunks)."""
+    sequences run few programs through many chunks).
+    DS_SPLIT (ds_split): the gradient goes to dsp instead, as two bf16 planes per (chunk, head) slab,
+    hi = bf16(g) then lo = bf16(g - hi): the pieces dx's state term (STATE_BF16 2) and dB's 16-bit product
+    would cut from it, so both read 16-bit planes (dB only the hi one)."""
     i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
     i_s = tl.program_id(2)
@@ -593,7 +605,10 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, hinlo_ptr, fin_ptr, dfin_pt
                 hout = tl.load(fin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
                                other=0.0).to(tl.float32)
         tl.store(ddal_ptr + ((i_b * H + i_h) * nc + c) * nbs + i_s, tl.sum(g * hout, axis=0))
-        tl.store(ldh_ptr + o_st, g, mask=m_s)
+        if DS_SPLIT:
+            _st_split(dsp_ptr + ((i_b * nc + c) * H + i_h) * 2 * PN + o_s, g, PN, m_s)
+        else:
+            tl.store(ldh_ptr + o_st, g, mask=m_s)
         g = ldh + tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * g
         if IS_VARLEN:
             ci = tl.load(cinit_ptr + c)
@@ -612,11 +627,13 @@ def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, 
                             s_dy_b, s_dy_t, s_dy_h, s_C_b, s_C_t, s_C_g,
                             Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                             HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr,
-                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr):
+                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr, hinlo_ptr=None,
+                            HIN_SPLIT: tl.constexpr = False, DS_SPLIT: tl.constexpr = False):
     """Reverse chunk_state and reverse state passing in one kernel: one program per (batch, head,
     P x N block) walks the chunks backwards with g = the gradient of the state after chunk c:
     ds[c] = g, d cs_last partial <g, h_out>, then g <- sum_i exp(cs_i) dy_i C_i^T + exp(cs_last) g.
-    The dy-side local states never go through memory."""
+    The dy-side local states never go through memory. HIN_SPLIT: hin as bf16 hi / lo planes (hin_split);
+    DS_SPLIT: ds as bf16 hi / lo planes per slab (ds_split, as _state_pass_bwd_kernel)."""
     i_pn = tl.program_id(0)
     i_h = tl.program_id(1).to(tl.int64)
     i_b = tl.program_id(2).to(tl.int64)
@@ -651,8 +668,14 @@ def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, 
                                other=0.0).to(tl.float32)
         tl.store(ddal_ptr + ((i_b * H + i_h) * nc + c) * nbs + i_pn, tl.sum(tl.sum(g * hout, axis=1), axis=0))
         o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
-        tl.store(ds_ptr + o_st, g, mask=m_s)
-        hout = tl.load(hin_ptr + o_st, mask=m_s, other=0.0).to(tl.float32)  # h_out of chunk c - 1
+        if DS_SPLIT:
+            _st_split(ds_ptr + ((i_b * nc + c) * H + i_h) * 2 * PN + o_s, g, PN, m_s)
+        else:
+            tl.store(ds_ptr + o_st, g, mask=m_s)
+        if HIN_SPLIT:
+            hout = _ld_hin(hin_ptr, hinlo_ptr, o_st, m_s, True)  # h_out of chunk c - 1
+        else:
+            hout = tl.load(hin_ptr + o_st, mask=m_s, other=0.0).to(tl.float32)  # h_out of chunk c - 1
         o_uc = ((i_b * H + i_h) * nc + c) * Q
         nv = tl.minimum(T - c * Q, Q)
         p_dy = p_dy0 + c * Q * s_dy_t
@@ -680,23 +703,54 @@ def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, 
 
 
 @triton.jit
+def _exp_ftz(x):
+    """exp(x) as ex2.approx.ftz (CUDA only, inline PTX): tl.exp's ex2 without its denormal fix-ups (a compare
+    and two predicated multiplies per element); results below 2^-126 flush to zero."""
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * 1.4426950408889634],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _seg_decay_x(hi_i, lo_i, hi_j, lo_j, TRANS: tl.constexpr, FTZ: tl.constexpr):
+    """_seg_decay (TRANS: _seg_decay_t) from the fp32 hi / lo planes, with _exp_ftz when FTZ (bwd_ftz)."""
+    if TRANS:
+        d = tl.minimum((hi_i[None, :] - hi_j[:, None]) + (lo_i[None, :] - lo_j[:, None]), 0.0)
+    else:
+        d = tl.minimum((hi_i[:, None] - hi_j[None, :]) + (lo_i[:, None] - lo_j[None, :]), 0.0)
+    if FTZ:
+        return _exp_ftz(d)
+    else:
+        return tl.exp(d)
+
+
+@triton.jit
 def _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                   SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr):
+                   SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr, DS_SPLIT: tl.constexpr = False, p_dlo=None):
     """dS B_j^T for the rows o_j of a chunk (the state part of Z_j before its decay), over N in slabs of BN.
     dS in (nearly) full fp32: a 16-bit dS doubled the dA / d dt_bias error (they sum du over many tokens), and
-    so does a plain tf32 product on the GPU; with bf16 B, STATE_BF16 bf16 pieces (2: ~16 bits, 3: ~24)."""
+    so does a plain tf32 product on the GPU; with bf16 B, STATE_BF16 bf16 pieces (2: ~16 bits, 3: ~24).
+    DS_SPLIT: dS stored as those two pieces already (bf16 planes hi, lo at p_ds, p_ds + P N): the same
+    products without the split in registers."""
     acc = tl.zeros([BJ, BP], dtype=tl.float32)
     for n in range(0, N, BN):
         o_n = n + tl.arange(0, BN)
         m_n = o_n < N
         b = tl.load(p_B + (o_j[:, None] * s_B_t + o_n[None, :]), mask=m_j[:, None] & m_n[None, :], other=0.0)
-        dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
-        if STATE_BF16 > 0:
-            acc += _dot_split_bf16(b, dsT, STATE_BF16)
-        elif SPLIT_F32:
-            acc += _dot_exact_f32(b.to(tl.float32), dsT)
+        if DS_SPLIT:
+            o_ds = o_p[None, :] * N + o_n[:, None]
+            m_ds = m_p[None, :] & m_n[:, None]
+            # the same expression as _dot_split_bf16's (so the same sums, in the same order)
+            ds_hi = tl.load(p_ds + o_ds, mask=m_ds, other=0.0)
+            ds_lo = tl.load(p_dlo + o_ds, mask=m_ds, other=0.0)
+            acc += tl.dot(b, ds_hi) + tl.dot(b, ds_lo)
         else:
-            acc += tl.dot(b, dsT, input_precision="ieee")
+            dsT = tl.load(p_ds + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+            if STATE_BF16 > 0:
+                acc += _dot_split_bf16(b, dsT, STATE_BF16)
+            elif SPLIT_F32:
+                acc += _dot_exact_f32(b.to(tl.float32), dsT)
+            else:
+                acc += tl.dot(b, dsT, input_precision="ieee")
     return acc
 
 
@@ -863,7 +917,8 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
                              Q: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr, BP: tl.constexpr,
                              BN: tl.constexpr, NBT: tl.constexpr,
                              HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr,
-                             DOT_PREC: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr):
+                             DOT_PREC: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr,
+                             DS_SPLIT: tl.constexpr = False, FTZ: tl.constexpr = False):
     """_scan_bwd_dx_kernel's TSUM path (the dCB kernel has written the T sums) with fewer live registers
     (dx_lean): the state term first; then everything that needs x_j and dy_j (du, d cs, dD, the D dy_j
     part of dx), so that neither is live in the intra-chunk loop, which comes last, over column blocks of
@@ -890,8 +945,13 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
     u_j = tl.load(u_ptr + o_uc + o_j)
     # state term first, alone in registers: Z_j (state) = e^{cs_last - cs_j} dS B_j
     p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
-    p_ds = ds_ptr + (i_bc * H + i_h) * P * N
-    acc = _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ, BP, BN, SPLIT_F32, STATE_BF16)
+    if DS_SPLIT:  # bf16 hi / lo planes per (chunk, head) slab (ds_split)
+        p_ds = ds_ptr + (i_bc * H + i_h) * 2 * P * N
+        acc = _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ, BP, BN, SPLIT_F32, STATE_BF16, True,
+                             p_ds + P * N)
+    else:
+        p_ds = ds_ptr + (i_bc * H + i_h) * P * N
+        acc = _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ, BP, BN, SPLIT_F32, STATE_BF16)
     cs_last = tl.load(cs_ptr + o_uc + Q - 1)
     acc *= tl.exp(tl.minimum(cs_last - cs_j - csl_j, 0.0).to(tl.float32))[:, None]
     # everything that needs x_j and dy_j, before the loop (so neither is live in it): the state part and the
@@ -920,7 +980,10 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
         cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)  # upper blocks: dropped below
         cs_i = tl.load(csh_ptr + o_uc + o_i)
         csl_i = tl.load(csl_ptr + o_uc + o_i)
-        w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, False)
+        if FTZ:
+            w = cbT * _seg_decay_x(cs_i, csl_i, cs_j, csl_j, True, True)
+        else:
+            w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, False)
         w = tl.where(o_i[None, :] >= o_j[:, None], w * u_j[:, None], 0.0)
         dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
                       other=0.0)
@@ -944,11 +1007,17 @@ def _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h, DOT_PREC: tl.c
 
 @triton.jit
 def _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m, i_n, H, nc, nb,
-             Q: tl.constexpr, TSUM: tl.constexpr):
-    """acc += the decayed K tile times u_j; with TSUM, this head's T = K CB column and row sums stored."""
+             Q: tl.constexpr, TSUM: tl.constexpr, CB_RL: tl.constexpr = False):
+    """acc += the decayed K tile times u_j; with TSUM, this head's T = K CB column and row sums stored.
+    CB_RL (dcb_rl): cbt is the pointer to the group's CB tile, loaded here for every head (an L1 / L2 hit)
+    instead of living in registers through the head loop."""
     acc += kd * u_j[None, :]
     if TSUM:
-        tq = kd * cbt
+        if CB_RL:
+            cbh = tl.load(cbt + o_m[:, None] * Q + o_n[None, :]).to(tl.float32)
+            tq = kd * tl.where(o_m[:, None] > o_n[None, :], cbh, 0.0)
+        else:
+            tq = kd * cbt
         o_hc = ((i_b * H + i_h) * nc + i_c) * nb
         tl.store(colt_ptr + (o_hc + i_m) * Q + o_n, tl.sum(tq, axis=0))
         tl.store(rowt_ptr + (o_hc + i_n) * Q + o_m, tl.sum(tq * u_j[None, :], axis=1))
@@ -959,7 +1028,7 @@ def _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m
 def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
                cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr, TSUM: tl.constexpr,
-               MIXED_T: tl.constexpr, OFF: tl.constexpr):
+               MIXED_T: tl.constexpr, OFF: tl.constexpr, CB_RL: tl.constexpr = False, FTZ: tl.constexpr = False):
     """The head loop of _scan_bwd_dcb_kernel: sum over the group's heads of K_ij e^{cs_i - cs_j} u_j for one
     tile (and the T sums with TSUM). OFF: a tile below the diagonal, its decay as the row factor
     e^{cs_i - c0} times the column factor e^{c0 - cs_j} (c0: the cumsum at the end of column block n)."""
@@ -978,9 +1047,38 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
             a_i = tl.exp(tl.minimum((cs_i - c0h) + (csl_i - c0l), 0.0))
             b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
             kd = (k * a_i[:, None]) * b_j[None, :]
+        elif FTZ:
+            kd = k * _seg_decay_x(cs_i, csl_i, cs_j, csl_j, False, True)
         else:
             kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
-        acc = _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m, i_n, H, nc, nb, Q, TSUM)
+        acc = _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m, i_n, H, nc, nb, Q, TSUM,
+                       CB_RL)
+    return acc
+
+
+@triton.jit
+def _dcb_heads2(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
+                cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, TSUM: tl.constexpr,
+                MIXED_T: tl.constexpr, FTZ: tl.constexpr = False):
+    """_dcb_heads (fp32 hi / lo cumsum planes, no rank-1 split) over two heads per iteration (dcb_h2; hpg even):
+    two independent product -> decay -> sums chains for the scheduler to overlap, where one head's chain waits
+    on its product, its vector loads and the cross-warp column sum in turn. The same sums in the same order."""
+    acc = tl.zeros([BM, BM], dtype=tl.float32)
+    for hh in range(0, hpg, 2):
+        i_h = i_g * hpg + hh
+        o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+        o_uc2 = o_uc + nc * Q
+        k = _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h, DOT_PREC, TSUM, MIXED_T)
+        k2 = _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h + 1, DOT_PREC, TSUM, MIXED_T)
+        kd = k * _seg_decay_x(tl.load(csh_ptr + o_uc + o_m), tl.load(csl_ptr + o_uc + o_m),
+                              tl.load(csh_ptr + o_uc + o_n), tl.load(csl_ptr + o_uc + o_n), False, FTZ)
+        kd2 = k2 * _seg_decay_x(tl.load(csh_ptr + o_uc2 + o_m), tl.load(csl_ptr + o_uc2 + o_m),
+                                tl.load(csh_ptr + o_uc2 + o_n), tl.load(csl_ptr + o_uc2 + o_n), False, FTZ)
+        acc = _dcb_acc(acc, kd, tl.load(u_ptr + o_uc + o_n), cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m,
+                       i_n, H, nc, nb, Q, TSUM)
+        acc = _dcb_acc(acc, kd2, tl.load(u_ptr + o_uc2 + o_n), cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h + 1, i_c,
+                       i_m, i_n, H, nc, nb, Q, TSUM)
     return acc
 
 
@@ -1020,7 +1118,8 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
                          CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr,
-                         R1: tl.constexpr, PF: tl.constexpr = False):
+                         R1: tl.constexpr, PF: tl.constexpr = False, CB_RL: tl.constexpr = False,
+                         H2: tl.constexpr = False, FTZ: tl.constexpr = False):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head.
 
@@ -1028,7 +1127,10 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     (K_ij = (dy_i . x_j) e^{cs_i - cs_j}), strictly below the diagonal, per head: this tile's share of
     the row sums, rowt[h, j-block, i] = sum_j T_ij, and of the column sums without u,
     colt[h, i-block, j] = sum_i K_ij CB_ij. The dx kernel then needs no (x . dy) product of its own.
-    Tiles above the diagonal write zeros there."""
+    Tiles above the diagonal write zeros there. CB_RL (dcb_rl, not with PF): the CB tile is re-read for
+    every head instead of being held in registers through the head loop. H2 (dcb_h2; H / G even, not with PF,
+    R1, CS64 or CB_RL): two heads per loop iteration (_dcb_heads2). FTZ (bwd_ftz; CUDA only, not with CS64): the
+    decay tiles' exp as ex2.approx.ftz (_exp_ftz)."""
     if MFIRST:  # grid (tiles, G, b * nc): the tiles of a chunk share its x / dy rows in L2
         i_bc = tl.program_id(2).to(tl.int64)
         i_mn = tl.program_id(0)
@@ -1064,14 +1166,20 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     m_dy = (o_m < nv)[:, None] & m_p[None, :]
     m_xT = (o_n < nv)[None, :] & m_p[:, None]
     acc = tl.zeros([BM, BM], dtype=tl.float32)
-    if TSUM:
+    if TSUM and CB_RL:
+        cbt = cb_ptr + (i_bc * G + i_g) * Q * Q
+    elif TSUM:
         strict = o_m[:, None] > o_n[None, :]
         cbt = tl.load(cb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :]).to(tl.float32)
         cbt = tl.where(strict, cbt, 0.0)
     else:
         cbt = acc  # (unused)
     # R1: the branch sits outside the head loop (inside it, Triton 3.6's pipeliner fails on sm_90)
-    if PF:
+    if H2:
+        acc = _dcb_heads2(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr,
+                          colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                          Q=Q, BM=BM, DOT_PREC=DOT_PREC, TSUM=TSUM, MIXED_T=MIXED_T, FTZ=FTZ)
+    elif PF:
         acc = _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr,
                             colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                             Q=Q, BM=BM, DOT_PREC=DOT_PREC, TSUM=TSUM, MIXED_T=MIXED_T)
@@ -1079,17 +1187,20 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
         if i_m > i_n:
             acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                              rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                             Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=True)
+                             Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=True,
+                             CB_RL=CB_RL, FTZ=FTZ)
         else:
             acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                              rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                             Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False)
+                             Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False,
+                             CB_RL=CB_RL, FTZ=FTZ)
     else:
         acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
                          rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                         Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False)
+                         Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False,
+                             CB_RL=CB_RL, FTZ=FTZ)
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
-    tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc)
+    tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc.to(dcb_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -1097,12 +1208,14 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
                          r_ptr, T, H, G, nc, P, N,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h, s_B_b, s_B_t, s_B_g, s_d_b, s_d_t, s_d_g,
                          Q: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                         IS_DB: tl.constexpr, MFIRST: tl.constexpr, R_TF32: tl.constexpr, DOT_PREC: tl.constexpr):
+                         IS_DB: tl.constexpr, MFIRST: tl.constexpr, R_TF32: tl.constexpr, DOT_PREC: tl.constexpr,
+                         DS_SPLIT: tl.constexpr = False):
     """Rows m of one chunk and group:
       dC (IS_DB false): dC_m = sum_{j<=m} dCB_mj B_j + sum_h e^{cs_m} dy_m hin_h
       dB (IS_DB true):  dB_m = sum_{i>=m} dCB_im C_i + sum_h e^{cs_last - cs_m} u_m x_m dS_h
     The dC pass also writes, per head, R_m = e^{cs_m} dy_m . (hin C_m), the decay gradient of the
-    output-from-state term."""
+    output-from-state term. DS_SPLIT: dS as bf16 hi / lo planes per slab (ds_split); dB reads the hi one,
+    which is the 16-bit dS its product used anyway."""
     if MFIRST:  # grid (row blocks, G, b * nc): the row blocks of a chunk share its per-head state tiles in L2
         i_bc = tl.program_id(2).to(tl.int64)
         i_m = tl.program_id(0)
@@ -1144,7 +1257,10 @@ def _scan_bwd_dbc_kernel(x_ptr, dy_ptr, B_ptr, C_ptr, u_ptr, cs_ptr, hin_ptr, ds
         o_uc = ((i_b * H + i_h) * nc + i_c) * Q
         cs_m = tl.load(cs_ptr + o_uc + o_m)
         own = tl.load(p_own + i_h * s_own_h + o_own, mask=m_m[:, None] & m_p[None, :], other=0.0).to(tl.float32)
-        st = tl.load(p_st + (i_bc * H + i_h) * P * N + o_st, mask=m_p[:, None] & m_n[None, :], other=0.0)
+        if IS_DB and DS_SPLIT:
+            st = tl.load(p_st + (i_bc * H + i_h) * 2 * P * N + o_st, mask=m_p[:, None] & m_n[None, :], other=0.0)
+        else:
+            st = tl.load(p_st + (i_bc * H + i_h) * P * N + o_st, mask=m_p[:, None] & m_n[None, :], other=0.0)
         if IS_DB:
             cs_last = tl.load(cs_ptr + o_uc + Q - 1)
             u_m = tl.load(u_ptr + o_uc + o_m)
@@ -1230,6 +1346,7 @@ def _cumsum_bwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, du_ptr, dcs_ptr
 CFG_OVERRIDE: dict = {}
 
 _LAUNCH3 = {"BK_SCAN": 32, "stages": 3, "BM_DBC": 128}
+_BWD6 = {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2, "maxnreg_dcb": 168}
 
 # The variants bench_ssd.py --sweep times; tests/test_ssd.py checks every one of them for correctness.
 SWEEP_CONFIGS = {
@@ -1324,6 +1441,30 @@ SWEEP_CONFIGS = {
     "bwd6 pf": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2, "dcb_pf": True},
     "lean bj128 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "BJ_DX": 128, "warps_dx": 8,
                       "stages_dx": 2},
+    # session 7, helper ssd7b: opt-in backward variants on top of bwd6 (see _cfg). Keys that need bf16 (ds_split)
+    # fall back to the plain path elsewhere, so every entry also runs (and is tested) in fp32 / fp16
+    # (offline sm_90 registers / spilled bytes: dx with ds_split 168 / 0 at BN_DX 32, 168 / 24 at 64; dCB at 8 warps
+    # and a cap of 128: 128 / 0, with dcb_h2 128 / 40, with dcb_rl 124 / 0; the fused reverse state kernel with the
+    # split hin and ds_split 145 / 0 at 8 warps (one program per SM), 128 / 16 at a cap of 128; bwd_ftz: dCB's head
+    # loop 882 -> 789 instructions, 168 / 0 at 4 warps, 128 / 0 at 8 warps capped)
+    "bwd7 ds": {**_BWD6, "ds_split": True, "BN_DX": 32},
+    "bwd7 dcb16": {**_BWD6, "dcb16": True},
+    "bwd7 ds dcb16": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb16": True},
+    "bwd7 cbb16": {**_BWD6, "cbb16": True},
+    "bwd7 ftz": {**_BWD6, "bwd_ftz": True},
+    "bwd7 ds dcb16 ftz": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb16": True, "bwd_ftz": True},
+    "bwd7 ds dcb16 ftz w8": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb16": True, "bwd_ftz": True, "warps_dcb": 8,
+                             "maxnreg_dcb": 128},
+    "bwd7 ds64": {**_BWD6, "ds_split": True},
+    "bwd7 dcb w8": {**_BWD6, "warps_dcb": 8, "maxnreg_dcb": 128},
+    "bwd7 h2 w8": {**_BWD6, "dcb_h2": True, "warps_dcb": 8, "maxnreg_dcb": 128},
+    "bwd7 rl w8": {**_BWD6, "dcb_rl": True, "warps_dcb": 8, "maxnreg_dcb": 128},
+    "bwd7 r1": {**_BWD6, "dcb_r1": True},
+    "bwd7 fb": {**_BWD6, "fused_state_bwd": True},
+    "bwd7 fb mr128": {**_BWD6, "fused_state_bwd": True, "maxnreg_fused": 128},
+    "bwd7 fb ds": {**_BWD6, "fused_state_bwd": True, "ds_split": True, "BN_DX": 32},
+    "bwd7 ds w8": {**_BWD6, "ds_split": True, "BN_DX": 32, "warps_dcb": 8, "maxnreg_dcb": 128},
+    "bwd7 ds h2 w8": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb_h2": True, "warps_dcb": 8, "maxnreg_dcb": 128},
 }
 
 
@@ -1433,6 +1574,24 @@ def _cfg(Q, P, N, dtype):
         # - dcb_pf: the dCB head loop loads the next head's cumsum / u vectors one iteration ahead (offline:
         #   254 registers at 4 warps, 204 at 8: as many programs per SM as without it at 4 warps)
         "dcb_pf": False,
+        # Session 7 helper ssd7b (opt-in, not measured yet; see SWEEP_CONFIGS "bwd7 ..."):
+        # - ds_split: the reverse state pass stores dS as the two bf16 pieces (hi, lo = bf16(dS - hi)) that dx's
+        #   state term (state_bf16 2) cuts from the fp32 dS in registers anyway, and dB's product the hi one:
+        #   the same bytes written, no split in dx, half the dS bytes read by dB; bit-identical products.
+        #   bf16 with dx_lean and state_bf16 2 only (ignored otherwise)
+        # - dcb_rl: the dCB kernel re-reads its CB tile for each head (L1 / L2) instead of holding it in registers
+        #   through the head loop (not with dcb_pf)
+        # - dcb_h2: the dCB head loop takes two heads per iteration (two independent chains; heads per group even)
+        # - BN_DX: N-slab of dx's state term (None: BN_SCAN); 32 with ds_split keeps dx_lean under the 168 cap
+        #   without spilling (offline sm_90: 24 B spilled at 64)
+        # - maxnreg_fused: register cap of the fused state kernels (fused_state / fused_state_bwd)
+        # - dcb16: the dCB buffer in the 16-bit input dtype (fp32 otherwise): dB / dC cast its tiles to that dtype
+        #   for their products anyway (the same values), so half its bytes written and read twice; any 16-bit input
+        # - bwd_ftz: the decay tiles of dCB and dx_lean take exp as ex2.approx.ftz (inline PTX, CUDA only): 6 instead
+        #   of 9 instructions per element (tl.exp's ex2 adds a compare and two predicated multiplies for denormal
+        #   results); the same values except results below 2^-126, which become 0
+        "ds_split": False, "dcb_rl": False, "dcb_h2": False, "BN_DX": None, "maxnreg_fused": None, "dcb16": False,
+        "bwd_ftz": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1451,12 +1610,12 @@ def _xw_split(dtype, split):
 
 def _hin_layout(dtype, cfg, keep=True):
     """How the forward stores hin: "32" (fp32), "16" (bf16: hin16, or hin16_nograd without grad) or
-    "split" (hin_split: bf16 hi and lo planes; not with the fused state kernels, which read fp32)."""
+    "split" (hin_split: bf16 hi and lo planes; not with the fused forward state kernel, which writes fp32)."""
     if dtype != torch.bfloat16:
         return "32"
     if cfg["hin16"] or (cfg["hin16_nograd"] and not keep):
         return "16"
-    if cfg["hin_split"] and not (cfg["fused_state"] or cfg["fused_state_bwd"]):
+    if cfg["hin_split"] and not cfg["fused_state"]:
         return "split"
     return "32"
 
@@ -1598,7 +1757,6 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     f32 = torch.float32
     hin_split = hin.dim() == 6  # (2, b, nc, H, P, N): hi and lo planes (_hin_layout "split")
     hin_hi, hin_lo = (hin[0], hin[1]) if hin_split else (hin, hin)
-    assert not (hin_split and cfg["fused_state_bwd"]), "the fused reverse state kernel reads an fp32 hin"
     hin = hin_hi
     dummy = hin
     # recompute the cheap forward pieces: u, cs and CB
@@ -1638,11 +1796,20 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     dinit = None
     if init is not None:
         dinit = (torch.zeros if varlen else new_empty)(init.shape, dtype=f32, device=dev)
+    lean = cfg["dx_lean"] and cfg["tsum_dcb"] and not cfg["cs64"]
+    # ds_split: dS stored as the two bf16 pieces that dx (state_bf16 2) and dB cut from it anyway
+    ds_split = bool(cfg["ds_split"]) and lean and cfg["state_bf16"] == 2 and x.dtype == torch.bfloat16
+    ds_sp = new_empty((b, nc, H, 2, P, N), dtype=torch.bfloat16, device=dev) if ds_split else None
     if cfg["fused_state_bwd"]:
         BPf, BNf = _fused_blocks(b, H, P, N, cfg, cfg["BN_FUSED_BWD"])
         nbs = triton.cdiv(P, BPf) * triton.cdiv(N, BNf)
-        ds = new_empty((b, nc, H, P, N), dtype=f32, device=dev)
+        ds = new_empty((b, nc, H, P, N), dtype=f32, device=dev) if ds_sp is None else ds_sp
         ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
+        split_kw = {}
+        if hin_split:
+            split_kw.update(hinlo_ptr=hin_lo, HIN_SPLIT=True)
+        if ds_split:
+            split_kw.update(DS_SPLIT=True)
         _state_fused_bwd_kernel[(nbs, H, b)](
             dy, C, csh, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
             tables.cfin if varlen else u, ds, dinit if dinit is not None else u, ddal,
@@ -1650,7 +1817,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_DFIN=dfinal is not None, HAS_INIT=init is not None,
             IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
             XW_SPLIT=_xw_split(x.dtype, cfg["xw_split_bwd"]), num_warps=cfg["warps_fused"],
-            num_stages=cfg["stages_fused"])
+            num_stages=cfg["stages_fused"], **split_kw, **_maxnreg(cfg["maxnreg_fused"]))
     else:
         ldh = _chunk_states(dy, C, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=True,
                             xw_split=_xw_split(x.dtype, cfg["xw_split_bwd"]))
@@ -1662,8 +1829,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             ldh, cs, hin_hi, hin_lo, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
             tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
             Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen,
-            HIN_SPLIT=hin_split, num_warps=4)
-        ds = ldh
+            HIN_SPLIT=hin_split, num_warps=4, **({"dsp_ptr": ds_sp, "DS_SPLIT": True} if ds_split else {}))
+        ds = ldh if ds_sp is None else ds_sp
     ddal = ddal.sum(-1)
 
     dx = outs.get("dx")
@@ -1676,7 +1843,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     rowt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev)
     rterm = new_empty((b, H, nc, Q), dtype=f32, device=dev)
     tsum = cfg["tsum_dcb"]
-    lean = cfg["dx_lean"] and tsum and not cfg["cs64"]
+    ftz = bool(cfg["bwd_ftz"]) and not interpret_mode()  # inline PTX: not in the interpreter
     BJx = min(cfg["BJ_DX"] or BJ, Q) if lean else BJ
     dD_part = new_empty((b * nc * (Q // BJx), H, P), dtype=f32, device=dev) if D is not None else u
     colt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev) if tsum else rowt
@@ -1689,10 +1856,15 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
             MIXED_T=mixed_t, R1=cfg["dcb_r1"] and not cfg["cs64"],
             **({"PF": True} if (cfg["dcb_pf"] and not cfg["cs64"] and not cfg["dcb_r1"]) else {}),
+            **({"CB_RL": True} if (cfg["dcb_rl"] and tsum and not cfg["dcb_pf"]) else {}),
+            **({"FTZ": True} if (ftz and not cfg["dcb_pf"] and not cfg["cs64"]) else {}),
+            **({"H2": True} if (cfg["dcb_h2"] and (H // G) % 2 == 0 and not (cfg["dcb_pf"] or cfg["dcb_r1"]
+                                                                             or cfg["cs64"] or cfg["dcb_rl"])) else {}),
             num_warps=cfg["warps_dcb"] or cfg["warps"],
             num_stages=cfg["stages_dcb"] or cfg["stages"], **_maxnreg(cfg["maxnreg_dcb"]))
 
-    dcb = new_empty((b, nc, G, Q, Q), dtype=f32, device=dev)
+    # dcb16: dCB stored in the 16-bit input dtype, to which the dB / dC products round it anyway
+    dcb = new_empty((b, nc, G, Q, Q), dtype=x.dtype if (cfg["dcb16"] and x.dtype != f32) else f32, device=dev)
     if tsum:  # the dCB kernel writes the T sums that dx reads
         launch_dcb()
     if lean:
@@ -1700,11 +1872,12 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, colt, dD_part,
             T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             *_strides3(dx),
-            Q=Q, BJ=BJx, BI=min(cfg["BI_DX"], Q), BP=cfg["BP"], BN=cfg["BN_SCAN"], NBT=NB, HAS_D=D is not None,
+            Q=Q, BJ=BJx, BI=min(cfg["BI_DX"], Q), BP=cfg["BP"], BN=min(cfg["BN_DX"] or cfg["BN_SCAN"], cfg["BN"]),
+            NBT=NB, HAS_D=D is not None,
             D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=_hfirst(b * nc, cfg["hfirst"]), DOT_PREC=cfg["prec"],
             SPLIT_F32=x.dtype != f32, STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0,
             num_warps=cfg["warps_dx"] or cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"],
-            **_maxnreg(cfg["maxnreg_dx"]))
+            **_maxnreg(cfg["maxnreg_dx"]), **({"DS_SPLIT": True} if ds_split else {}), **({"FTZ": True} if ftz else {}))
     else:
         _scan_bwd_dx_kernel[_grid(b * nc, H, NB, cfg["hfirst"])](
             x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
@@ -1730,7 +1903,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             out.stride(0), out.stride(1), out.stride(2),
             Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=mfirst,
             R_TF32=cfg["r_prec"] == "tf32" and x.dtype != f32, DOT_PREC=cfg["prec"],
-            num_warps=cfg["warps_dbc"], num_stages=cfg["stages"])
+            num_warps=cfg["warps_dbc"], num_stages=cfg["stages"], **({"DS_SPLIT": True} if ds_split else {}))
 
     ddt = outs.get("ddt")
     if ddt is None:
