@@ -426,6 +426,97 @@ def _state_fused_fwd_kernel(x_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, init_ptr, cin
 
 
 @triton.jit
+def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
+                            ring_ptr, sync_ptr,
+                            T, H, G, nc, P, N, NBLK, RS, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
+                            Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                            HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr,
+                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr):
+    """chunk_state and state_pass in one kernel that stays parallel over chunks (state_chain): each program
+    forms its chunk's local state (as _chunk_state_kernel, forward), then waits for the program of the
+    previous chunk (same batch, head, P x N block) to publish the state entering this chunk, writes hin[c],
+    and publishes h <- exp(cs_last) h + local for the next chunk. The fp32 local states never go through
+    memory; the carried state goes through a two-slot fp32 ring (per batch, head; it stays in L2).
+
+    Order: the programs take a ticket (an atomic counter) and decode their (chunk, head, block) from it,
+    chunk slowest, so the program a program waits for has started before it (no deadlock whatever order
+    the hardware starts them in). sync_ptr: [ticket, one flag per (batch, head, block)], zeroed before the
+    launch; flag = the number of chunks published. Slot c % 2 holds the state after chunk c: program c
+    writes it only after program c - 1 (which read slot c % 2, written by c - 2) has published, so two
+    slots suffice (RS: the elements of one slot, b * H * P * N). Same arithmetic as the two-kernel path (hin, final states and y bitwise equal)."""
+    t = tl.atomic_add(sync_ptr, 1).to(tl.int64)
+    i_pn = t % NBLK
+    i_h = (t // NBLK) % H
+    i_bc = t // (NBLK * H)
+    i_b = i_bc // nc
+    i_c = i_bc % nc
+    i_g = i_h // (H // G)
+    nbn = tl.cdiv(N, BN)
+    o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
+    o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
+    m_p = o_p < P
+    m_n = o_n < N
+    m_s = m_p[:, None] & m_n[None, :]
+    PN = P * N
+    o_s = o_p[:, None] * N + o_n[None, :]
+    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
+    acc = tl.zeros([BP, BN], dtype=tl.float32)
+    for k in range(0, Q, BK):
+        o_k = k + tl.arange(0, BK)
+        m_k = o_k < nv
+        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+        b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
+        cs_k = tl.load(cs_ptr + o_uc + o_k)
+        w = tl.exp(tl.minimum(cs_last - cs_k, 0.0).to(tl.float32)) * tl.load(u_ptr + o_uc + o_k)
+        xw = xT.to(tl.float32) * w[None, :]
+        if XW_SPLIT >= 0:
+            acc += _dot_f32_16(xw, b, XW_SPLIT)
+        else:
+            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
+    # the state entering this chunk
+    flag = sync_ptr + 1 + (i_b * H + i_h) * NBLK + i_pn
+    o_ring = ((i_b * H + i_h) * PN + o_s)
+    if HAS_INIT and not IS_VARLEN:
+        h = tl.load(init_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BP, BN], dtype=tl.float32)
+    if i_c > 0:
+        while tl.atomic_add(flag, 0, sem="acquire") < i_c:
+            pass
+        h = tl.load(ring_ptr + ((i_c - 1) % 2) * RS + o_ring, mask=m_s, other=0.0, cache_modifier=".cg")
+    if IS_VARLEN:
+        ci = tl.load(cinit_ptr + i_c)
+        if ci != -2:
+            if HAS_INIT:
+                k0 = tl.maximum(ci, 0).to(tl.int64)
+                h = tl.load(init_ptr + (k0 * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0),
+                            other=0.0).to(tl.float32)
+            else:
+                h = tl.zeros([BP, BN], dtype=tl.float32)
+    o_st = (i_bc * H + i_h) * PN + o_s
+    h_hi = h.to(hin_ptr.dtype.element_ty)
+    tl.store(hin_ptr + o_st, h_hi, mask=m_s)
+    if HIN_SPLIT:
+        tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
+    h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + acc
+    if IS_VARLEN:
+        cf = tl.load(cfin_ptr + i_c)
+        k2 = tl.maximum(cf, 0).to(tl.int64)
+        tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
+    else:
+        if i_c == nc - 1:
+            tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
+    if i_c < nc - 1:
+        tl.store(ring_ptr + (i_c % 2) * RS + o_ring, h, mask=m_s)
+        tl.debug_barrier()  # every thread's part of the state is stored before the flag is raised
+        tl.atomic_xchg(flag, (i_c + 1).to(tl.int32), sem="release")
+
+
+@triton.jit
 def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr,
                            ypre_ptr,
                            T, H, G, nc, P, N,
@@ -1324,6 +1415,10 @@ SWEEP_CONFIGS = {
     "bwd6 pf": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2, "dcb_pf": True},
     "lean bj128 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "BJ_DX": 128, "warps_dx": 8,
                       "stages_dx": 2},
+    # session 7, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
+    "chain": {"state_chain": True},
+    "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
+    "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
 }
 
 
@@ -1433,6 +1528,14 @@ def _cfg(Q, P, N, dtype):
         # - dcb_pf: the dCB head loop loads the next head's cumsum / u vectors one iteration ahead (offline:
         #   254 registers at 4 warps, 204 at 8: as many programs per SM as without it at 4 warps)
         "dcb_pf": False,
+        # Session 7 helper ssd7f (issue 4, forward), unmeasured on the GPU when written:
+        # - state_chain: _state_chain_fwd_kernel instead of _chunk_state_kernel + _state_pass_fwd_kernel (the
+        #   fp32 local states, 268 MB written and read back at B8 T8192, never reach memory; parallel over
+        #   chunks, the programs chained through a flag per (batch, head, block)); its warps (None: warps_state),
+        #   register cap and N block (None: BN_STATE). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 8 warps):
+        #   140 registers without grad (one program per SM; _chunk_state_kernel 112, two), 24 B spilled at a
+        #   cap of 128 (two per SM); 229 with grad (split operand; the unfused kernel 167: one per SM either way)
+        "state_chain": False, "warps_chain": None, "maxnreg_chain": None, "BN_CHAIN": None,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1557,6 +1660,20 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
             XW_SPLIT=_xw_split(x.dtype, cfg["xw_split"]),
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
+    elif cfg["state_chain"]:
+        xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
+        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"] if cfg["BN_CHAIN"] is None else min(cfg["BN_CHAIN"], cfg["BN"])
+        nblk = triton.cdiv(P, BPs) * triton.cdiv(N, BNs)
+        ring = new_empty((2, b, H, P, N), dtype=f32, device=dev)
+        sync = torch.zeros(1 + b * H * nblk, dtype=torch.int32, device=dev)
+        _state_chain_fwd_kernel[(b * nc * H * nblk,)](
+            x, B, u, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
+            tables.cfin if varlen else dummy, hin_hi, hin_lo, final, ring, sync, T, H, G, nc, P, N, nblk,
+            b * H * P * N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
+            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen,
+            HIN_SPLIT=layout == "split", DOT_PREC=cfg["prec"], XW_SPLIT=_xw_split(x.dtype, xws),
+            num_warps=cfg["warps_state"] if cfg["warps_chain"] is None else cfg["warps_chain"],
+            num_stages=cfg["stages"], **_maxnreg(cfg["maxnreg_chain"]))
     else:
         xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
         states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
