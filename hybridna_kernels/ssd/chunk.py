@@ -517,6 +517,41 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
 
 
 @triton.jit
+def _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
+              s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h,
+              HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr, STORE_YPRE: tl.constexpr):
+    """The scan's epilogue for head i_h: + D x, ypre, * silu(z), y stored."""
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
+    m = m_m[:, None] & m_p[None, :]
+    if HAS_D:
+        xm = tl.load(p_x + (o_m[:, None] * s_x_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
+        if D_PER_CHAN:
+            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        acc += Dv * xm
+    o_y = (o_m[:, None] * s_y_t + o_p[None, :])
+    b_y = i_b * s_y_b + t0 * s_y_t + i_h * s_y_h
+    if HAS_Z:
+        if STORE_YPRE:
+            tl.store(ypre_ptr + b_y + o_y, acc.to(ypre_ptr.dtype.element_ty), mask=m)
+        z = tl.load(z_ptr + i_b * s_z_b + t0 * s_z_t + i_h * s_z_h + (o_m[:, None] * s_z_t + o_p[None, :]), mask=m,
+                    other=0.0)
+        z = z.to(tl.float32)
+        acc *= z * tl.sigmoid(z)
+    tl.store(y_ptr + b_y + o_y, acc.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _scan_intra_w(cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, o_k, o_m, cs_m, csl_m, CS64: tl.constexpr):
+    """CB_ij exp(cs_i - cs_j) u_j (zero above the diagonal) for one head: the 16-bit operand's fp32 value."""
+    cs_k, csl_k = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_k, CS64)
+    u_k = tl.load(u_ptr + o_uc + o_k)
+    w = cb * _seg_decay(cs_m, csl_m, cs_k, csl_k, CS64) * u_k[None, :]
+    return tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
+
+
+@triton.jit
 def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr,
                            ypre_ptr,
                            T, H, G, nc, P, N,
@@ -524,7 +559,7 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
                            STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
-                           CB_MASK: tl.constexpr, R1: tl.constexpr):
+                           CB_MASK: tl.constexpr, R1: tl.constexpr, HP: tl.constexpr = 1):
     """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i)).
 
     R1: below the diagonal block the decay factors through the cumsum c0 just before this row block,
@@ -532,8 +567,13 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     blocks then take a column scale of CB (exp(c0 - cs_j) u_j, one exp per column) and one row scale
     exp(cs_i - c0) of the sum (shared with the state term, exp(cs_i) = exp(cs_i - c0) exp(c0)); only the
     diagonal block forms the full Q x Q-style decay tile. The 16-bit operand is CB e^{c0 - cs_j} u_j,
-    rounded once, as before (|.| <= |CB u_j| as before)."""
+    rounded once, as before (|.| <= |CB u_j| as before).
+
+    HP (1 or 2, scan_hp): heads per program (two heads of one group, the program id along heads counts
+    pairs; not with R1): the CB and C tiles, the same for every head of a group, are loaded once for both
+    (per program they are most of what comes from L2: CB and C are re-read by every head of the group)."""
     i_bc, i_h, i_mp = _pids(HFIRST)
+    i_h = i_h * HP
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -549,8 +589,11 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     cs_m, csl_m = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
     p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
     dt_in = x_ptr.dtype.element_ty
+    o_uc1 = o_uc + nc * Q  # the second head (HP 2)
+    p_x1 = p_x + s_x_h
 
     acc = tl.zeros([BM, BP], dtype=tl.float32)
+    acc1 = tl.zeros([BM, BP], dtype=tl.float32)
     p_hin = hin_ptr + (i_bc * H + i_h) * P * N
     p_C = C_ptr + i_b * s_C_b + i_g * s_C_g + t0 * s_C_t
     for n in range(0, N, BN):
@@ -559,6 +602,10 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
         hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         acc += tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
+        if HP == 2:
+            hT1 = tl.load(p_hin + P * N + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None],
+                          other=0.0)
+            acc1 += tl.dot(c.to(dt_in), hT1.to(dt_in), input_precision=DOT_PREC)
 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     if R1:
@@ -580,6 +627,9 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     else:
         acc *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
         k_lo = 0
+    if HP == 2:
+        cs_m1, csl_m1 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc1 + o_m, CS64)
+        acc1 *= tl.exp(tl.minimum(cs_m1, 0.0).to(tl.float32))[:, None]
     for k in range(k_lo, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
         if CB_MASK:
@@ -593,25 +643,18 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
         xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
+        if HP == 2:
+            w1 = _scan_intra_w(cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc1, o_k, o_m, cs_m1, csl_m1, CS64)
+            xk1 = tl.load(p_x1 + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :],
+                          other=0.0)
+            acc1 += tl.dot(w1.to(dt_in), xk1, input_precision=DOT_PREC)
 
-    m = m_m[:, None] & m_p[None, :]
-    if HAS_D:
-        xm = tl.load(p_x + (o_m[:, None] * s_x_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
-        if D_PER_CHAN:
-            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + i_h).to(tl.float32)
-        acc += Dv * xm
-    o_y = (o_m[:, None] * s_y_t + o_p[None, :])
-    b_y = i_b * s_y_b + t0 * s_y_t + i_h * s_y_h
-    if HAS_Z:
-        if STORE_YPRE:
-            tl.store(ypre_ptr + b_y + o_y, acc.to(ypre_ptr.dtype.element_ty), mask=m)
-        z = tl.load(z_ptr + i_b * s_z_b + t0 * s_z_t + i_h * s_z_h + (o_m[:, None] * s_z_t + o_p[None, :]), mask=m,
-                    other=0.0)
-        z = z.to(tl.float32)
-        acc *= z * tl.sigmoid(z)
-    tl.store(y_ptr + b_y + o_y, acc.to(y_ptr.dtype.element_ty), mask=m)
+    _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
+              s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE)
+    if HP == 2:
+        _scan_out(acc1, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 1, t0, o_m, o_p, m_m, m_p, P,
+                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
+                  STORE_YPRE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1419,6 +1462,12 @@ SWEEP_CONFIGS = {
     "chain": {"state_chain": True},
     "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
     "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
+    "scan hp2": {"scan_hp": 2},
+    "scan hp2 w8": {"scan_hp": 2, "warps_scan": 8},
+    "scan hp2 mr168": {"scan_hp": 2, "maxnreg_scan": 168},
+    "chain hp2 w8": {"state_chain": True, "scan_hp": 2, "warps_scan": 8},
+    "chain mr128 hp2 w8": {"state_chain": True, "maxnreg_chain": 128, "scan_hp": 2, "warps_scan": 8},
+    "chain hp2 mr168": {"state_chain": True, "scan_hp": 2, "maxnreg_scan": 168},
 }
 
 
@@ -1536,6 +1585,13 @@ def _cfg(Q, P, N, dtype):
         #   140 registers without grad (one program per SM; _chunk_state_kernel 112, two), 24 B spilled at a
         #   cap of 128 (two per SM); 229 with grad (split operand; the unfused kernel 167: one per SM either way)
         "state_chain": False, "warps_chain": None, "maxnreg_chain": None, "BN_CHAIN": None,
+        # - scan_hp: heads per scan program (2: two heads of a group share the CB and C tile loads; 1 where the
+        #   group's head count is odd, or with scan_r1). The scan moves ~2.4 GB from L2 at B8 T8192 (CB re-read
+        #   by all 32 heads 1.07 GB, C 0.54, x 0.67 over the row blocks, hin 0.13) in 0.617 ms, ~3.9 TB/s; 2
+        #   heads cut that to ~1.6 GB. Offline sm_90 (bf16 P64 N128 Q256, 3 stages): the default scan takes 121
+        #   registers at 4 warps (4 programs per SM); 2 heads 202 at 4 warps (2 per SM; 168 with 8 B spilled
+        #   under maxnreg_scan 168: 3 per SM, 216 KiB of shared memory), 128 at 8 warps (2 per SM)
+        "scan_hp": 1, "maxnreg_scan": None,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1689,16 +1745,18 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
     BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
-    _chunk_scan_fwd_kernel[_grid(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
+    r1 = cfg["scan_r1"] and not cfg["cs64"]
+    hp = cfg["scan_hp"] if (not r1 and (H // G) % cfg["scan_hp"] == 0) else 1
+    _chunk_scan_fwd_kernel[_grid(b * nc, H // hp, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
         x, zz, C, cb, u, cs, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
         STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
         CS64=cfg["cs64"],
-        CB_MASK=cfg["cb_mask"], R1=cfg["scan_r1"] and not cfg["cs64"],
+        CB_MASK=cfg["cb_mask"], R1=r1, **({"HP": hp} if hp > 1 else {}),
         num_warps=cfg["warps_scan"],
-        num_stages=cfg["stages"])
+        num_stages=cfg["stages"], **_maxnreg(cfg["maxnreg_scan"]))
     return y, final, hin, ypre
 
 
