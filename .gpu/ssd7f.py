@@ -32,8 +32,9 @@ from hybridna_kernels import ssd_scan  # noqa: E402
 from hybridna_kernels.ssd import chunk  # noqa: E402
 from hybridna_kernels.ssd.naive import ssd_chunked_ref  # noqa: E402
 
-VARIANTS = ["default", "chain", "scan hp2 w8", "chain hp2 w8", "chain mr128", "chain n64 w4", "scan hp2",
-            "scan hp2 mr168", "chain mr128 hp2 w8", "chain hp2 mr168"]
+VARIANTS = ["default", "chain", "chain h2 w16", "scan hp2 w8", "scan hp4 w8", "chain h2 w16 hp2 w8",
+            "chain h2 w16 hp4 w8", "chain hp2 w8", "chain mr128", "chain n64 w4", "scan hp2 mr168", "scan hp4 w16",
+            "chain h2 w8"]
 if os.environ.get("SSD7F_VARIANTS"):
     VARIANTS = os.environ["SSD7F_VARIANTS"].split(",")
 LEAVES = ("x", "dt", "A", "B", "C", "D", "dt_bias")

@@ -430,6 +430,10 @@ FWD7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype)
     ({"scan_hp": 2}, (1, 300, 4, 16, 2, 32, 128), "z", torch.float16),  # two row blocks a chunk
     ({"scan_hp": 2, "state_chain": True}, (1, 150, 4, 12, 1, 20, 64), "all-cuseq", torch.float16),
     ({"scan_hp": 2}, (1, 100, 6, 16, 2, 16, 32), "all", torch.float32),  # 3 heads a group: one head a program
+    ({"state_chain": True, "chain_hp": 2}, (2, 63, 4, 16, 2, 16, 16), "all-cuseq", torch.float16),
+    ({"scan_hp": 4}, (2, 63, 8, 16, 2, 16, 16), "all", torch.float32),  # 4 heads a group
+    ({"scan_hp": 4, "state_chain": True}, (1, 150, 4, 12, 1, 20, 64), "all-cuseq", torch.float16),
+    ({"state_chain": True, "chain_hp": 2, "BN_CHAIN": 16}, (1, 150, 4, 12, 1, 20, 64), "all-seqidx", torch.float32),
 ]
 
 
@@ -448,7 +452,8 @@ def test_kernel_fwd7_variants(cfg, shape, opt, dtype):
         chunk.CFG_OVERRIDE.clear()
 
 
-@pytest.mark.parametrize("cfg", [{"state_chain": True}, {"state_chain": True, "scan_hp": 2}], ids=["chain", "hp2"])
+@pytest.mark.parametrize("cfg", [{"state_chain": True}, {"state_chain": True, "scan_hp": 2, "chain_hp": 2}],
+                         ids=["chain", "hp2"])
 def test_kernel_fwd7_bitwise_equal_default(cfg):
     """The chained state kernel and the two-head scan do the default's arithmetic in the same order: y and the
     final states bitwise equal (fp32, interpreter), with grad and without."""
@@ -530,7 +535,8 @@ def test_kernel_nograd_forward_bf16_gpu(variant, opt):
 
 
 FWD7_VARIANTS = ["chain", "chain mr128", "chain n64 w4", "scan hp2", "scan hp2 w8", "scan hp2 mr168", "chain hp2 w8",
-                 "chain mr128 hp2 w8", "chain hp2 mr168"]
+                 "chain mr128 hp2 w8", "chain hp2 mr168", "chain h2 w16", "chain h2 w8", "chain h2 w16 hp2 w8",
+                 "chain h2 w16 hp2 mr168", "scan hp4 w8", "scan hp4 w16", "chain h2 w16 hp4 w8"]
 
 
 @pytest.mark.gpu

@@ -431,62 +431,82 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
                             T, H, G, nc, P, N, NBLK, RS, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                             Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                             HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr,
-                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr):
+                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr, HPC: tl.constexpr = 1):
     """chunk_state and state_pass in one kernel that stays parallel over chunks (state_chain): each program
     forms its chunk's local state (as _chunk_state_kernel, forward), then waits for the program of the
-    previous chunk (same batch, head, P x N block) to publish the state entering this chunk, writes hin[c],
+    previous chunk (same batch, heads, P x N block) to publish the state entering this chunk, writes hin[c],
     and publishes h <- exp(cs_last) h + local for the next chunk. The fp32 local states never go through
     memory; the carried state goes through a two-slot fp32 ring (per batch, head; it stays in L2).
 
-    Order: the programs take a ticket (an atomic counter) and decode their (chunk, head, block) from it,
+    Order: the programs take a ticket (an atomic counter) and decode their (chunk, heads, block) from it,
     chunk slowest, so the program a program waits for has started before it (no deadlock whatever order
-    the hardware starts them in). sync_ptr: [ticket, one flag per (batch, head, block)], zeroed before the
-    launch; flag = the number of chunks published. Slot c % 2 holds the state after chunk c: program c
-    writes it only after program c - 1 (which read slot c % 2, written by c - 2) has published, so two
-    slots suffice (RS: the elements of one slot, b * H * P * N). Same arithmetic as the two-kernel path (hin, final states and y bitwise equal)."""
+    the hardware starts them in). sync_ptr: [ticket, one flag per (batch, head group of HPC, block)], zeroed
+    before the launch; flag = the number of chunks published. Slot c % 2 holds the state after chunk c:
+    program c writes it only after program c - 1 (which read slot c % 2, written by c - 2) has published, so
+    two slots suffice (RS: the elements of one slot, b * H * P * N). Same arithmetic as the two-kernel path
+    (hin, final states and y bitwise equal).
+
+    HPC (1 or 2, chain_hp): heads per program, stacked along the rows of the product (rows r: head
+    i_h + r // BP, channel r % BP; both heads of one group): one load of each B tile serves both (B is
+    re-read by every head of the group, most of what the chunk-state pass reads from L2)."""
     t = tl.atomic_add(sync_ptr, 1).to(tl.int64)
+    nh = H // HPC
     i_pn = t % NBLK
-    i_h = (t // NBLK) % H
-    i_bc = t // (NBLK * H)
+    i_hp = (t // NBLK) % nh
+    i_bc = t // (NBLK * nh)
+    i_h = i_hp * HPC
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
     nbn = tl.cdiv(N, BN)
-    o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
+    o_r = tl.arange(0, HPC * BP)
+    hr = o_r // BP
+    o_p = (i_pn // nbn) * BP + o_r % BP
     o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
     m_p = o_p < P
     m_n = o_n < N
     m_s = m_p[:, None] & m_n[None, :]
     PN = P * N
-    o_s = o_p[:, None] * N + o_n[None, :]
+    o_s = (hr * PN + o_p * N)[:, None] + o_n[None, :]  # from the state of head i_h
+    o_xr = hr * s_x_h + o_p
     o_uc = ((i_b * H + i_h) * nc + i_c) * Q
     cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    if HPC == 2:
+        cs_last1 = tl.load(cs_ptr + o_uc + nc * Q + Q - 1)
     nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
     p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
     p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
-    acc = tl.zeros([BP, BN], dtype=tl.float32)
+    acc = tl.zeros([HPC * BP, BN], dtype=tl.float32)
     for k in range(0, Q, BK):
         o_k = k + tl.arange(0, BK)
         m_k = o_k < nv
-        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_xr[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
         b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
-        cs_k = tl.load(cs_ptr + o_uc + o_k)
-        w = tl.exp(tl.minimum(cs_last - cs_k, 0.0).to(tl.float32)) * tl.load(u_ptr + o_uc + o_k)
-        xw = xT.to(tl.float32) * w[None, :]
+        w = tl.exp(tl.minimum(cs_last - tl.load(cs_ptr + o_uc + o_k), 0.0).to(tl.float32)) \
+            * tl.load(u_ptr + o_uc + o_k)
+        if HPC == 2:
+            w1 = tl.exp(tl.minimum(cs_last1 - tl.load(cs_ptr + o_uc + nc * Q + o_k), 0.0).to(tl.float32)) \
+                * tl.load(u_ptr + o_uc + nc * Q + o_k)
+            xw = xT.to(tl.float32) * tl.where(hr[:, None] == 0, w[None, :], w1[None, :])
+        else:
+            xw = xT.to(tl.float32) * w[None, :]
         if XW_SPLIT >= 0:
             acc += _dot_f32_16(xw, b, XW_SPLIT)
         else:
             acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
     # the state entering this chunk
-    flag = sync_ptr + 1 + (i_b * H + i_h) * NBLK + i_pn
-    o_ring = ((i_b * H + i_h) * PN + o_s)
+    flag = sync_ptr + 1 + (i_b * nh + i_hp) * NBLK + i_pn
+    o_ring = (i_b * H + i_h) * PN + o_s
     if HAS_INIT and not IS_VARLEN:
         h = tl.load(init_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
     else:
-        h = tl.zeros([BP, BN], dtype=tl.float32)
+        h = tl.zeros([HPC * BP, BN], dtype=tl.float32)
     if i_c > 0:
-        while tl.atomic_add(flag, 0, sem="acquire") < i_c:
-            pass
+        # bounded (2^16 polls, ~50 ms; a legitimate wait is a few programs long, microseconds): a broken chain
+        # gives wrong states, which the tests see, instead of a hung GPU
+        spins = 0
+        while (tl.atomic_add(flag, 0, sem="acquire") < i_c) & (spins < 65536):
+            spins += 1
         h = tl.load(ring_ptr + ((i_c - 1) % 2) * RS + o_ring, mask=m_s, other=0.0, cache_modifier=".cg")
     if IS_VARLEN:
         ci = tl.load(cinit_ptr + i_c)
@@ -496,13 +516,18 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
                 h = tl.load(init_ptr + (k0 * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0),
                             other=0.0).to(tl.float32)
             else:
-                h = tl.zeros([BP, BN], dtype=tl.float32)
+                h = tl.zeros([HPC * BP, BN], dtype=tl.float32)
     o_st = (i_bc * H + i_h) * PN + o_s
     h_hi = h.to(hin_ptr.dtype.element_ty)
     tl.store(hin_ptr + o_st, h_hi, mask=m_s)
     if HIN_SPLIT:
         tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
-    h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + acc
+    if HPC == 2:
+        dec = tl.where(hr == 0, tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)),
+                       tl.exp(tl.minimum(cs_last1, 0.0).to(tl.float32)))[:, None]
+        h = dec * h + acc
+    else:
+        h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + acc
     if IS_VARLEN:
         cf = tl.load(cfin_ptr + i_c)
         k2 = tl.maximum(cf, 0).to(tl.int64)
@@ -552,6 +577,23 @@ def _scan_intra_w(cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, o_k, o_m, cs_m, csl
 
 
 @triton.jit
+def _scan_hin_dot(acc, c, p_hin, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC: tl.constexpr):
+    """acc + C hin^T over one N slab for one head (its hin at p_hin)."""
+    dt_in = x_ptr.dtype.element_ty
+    hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+    return acc + tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
+
+
+@triton.jit
+def _scan_intra_dot(acc, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, p_x, o_k, o_m, o_p, m_p, nv, s_x_t, cs_m, csl_m,
+                    CS64: tl.constexpr, DOT_PREC: tl.constexpr):
+    """acc + (CB e^{..} u, masked) x over one column block for one head (cumsums at o_uc, x rows at p_x)."""
+    w = _scan_intra_w(cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, o_k, o_m, cs_m, csl_m, CS64)
+    xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
+    return acc + tl.dot(w.to(p_x.dtype.element_ty), xk, input_precision=DOT_PREC)
+
+
+@triton.jit
 def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr,
                            ypre_ptr,
                            T, H, G, nc, P, N,
@@ -569,9 +611,10 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     diagonal block forms the full Q x Q-style decay tile. The 16-bit operand is CB e^{c0 - cs_j} u_j,
     rounded once, as before (|.| <= |CB u_j| as before).
 
-    HP (1 or 2, scan_hp): heads per program (two heads of one group, the program id along heads counts
-    pairs; not with R1): the CB and C tiles, the same for every head of a group, are loaded once for both
-    (per program they are most of what comes from L2: CB and C are re-read by every head of the group)."""
+    HP (1, 2 or 4, scan_hp): heads per program (heads of one group, the program id along heads counts
+    groups of HP; not with R1): the CB and C tiles, the same for every head of a group, are loaded once for
+    all HP (per program they are most of what comes from L2: CB and C are re-read by every head of the
+    group). Head 0's code is the HP 1 kernel's; heads 1.. go through _scan_hin_dot / _scan_intra_dot."""
     i_bc, i_h, i_mp = _pids(HFIRST)
     i_h = i_h * HP
     i_b = i_bc // nc
@@ -589,11 +632,14 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     cs_m, csl_m = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
     p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
     dt_in = x_ptr.dtype.element_ty
-    o_uc1 = o_uc + nc * Q  # the second head (HP 2)
-    p_x1 = p_x + s_x_h
+    o_uc1 = o_uc + nc * Q  # heads 1, 2, 3 (HP 2, 4)
+    o_uc2 = o_uc1 + nc * Q
+    o_uc3 = o_uc2 + nc * Q
 
     acc = tl.zeros([BM, BP], dtype=tl.float32)
     acc1 = tl.zeros([BM, BP], dtype=tl.float32)
+    acc2 = tl.zeros([BM, BP], dtype=tl.float32)
+    acc3 = tl.zeros([BM, BP], dtype=tl.float32)
     p_hin = hin_ptr + (i_bc * H + i_h) * P * N
     p_C = C_ptr + i_b * s_C_b + i_g * s_C_g + t0 * s_C_t
     for n in range(0, N, BN):
@@ -602,10 +648,11 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
         hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         acc += tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
-        if HP == 2:
-            hT1 = tl.load(p_hin + P * N + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None],
-                          other=0.0)
-            acc1 += tl.dot(c.to(dt_in), hT1.to(dt_in), input_precision=DOT_PREC)
+        if HP >= 2:
+            acc1 = _scan_hin_dot(acc1, c, p_hin + P * N, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC)
+        if HP == 4:
+            acc2 = _scan_hin_dot(acc2, c, p_hin + 2 * P * N, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC)
+            acc3 = _scan_hin_dot(acc3, c, p_hin + 3 * P * N, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC)
 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     if R1:
@@ -627,9 +674,14 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     else:
         acc *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
         k_lo = 0
-    if HP == 2:
+    if HP >= 2:
         cs_m1, csl_m1 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc1 + o_m, CS64)
         acc1 *= tl.exp(tl.minimum(cs_m1, 0.0).to(tl.float32))[:, None]
+    if HP == 4:
+        cs_m2, csl_m2 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc2 + o_m, CS64)
+        acc2 *= tl.exp(tl.minimum(cs_m2, 0.0).to(tl.float32))[:, None]
+        cs_m3, csl_m3 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc3 + o_m, CS64)
+        acc3 *= tl.exp(tl.minimum(cs_m3, 0.0).to(tl.float32))[:, None]
     for k in range(k_lo, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
         if CB_MASK:
@@ -643,16 +695,26 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
         xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
-        if HP == 2:
-            w1 = _scan_intra_w(cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc1, o_k, o_m, cs_m1, csl_m1, CS64)
-            xk1 = tl.load(p_x1 + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :],
-                          other=0.0)
-            acc1 += tl.dot(w1.to(dt_in), xk1, input_precision=DOT_PREC)
+        if HP >= 2:
+            acc1 = _scan_intra_dot(acc1, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc1, p_x + s_x_h, o_k, o_m, o_p, m_p,
+                                   nv, s_x_t, cs_m1, csl_m1, CS64, DOT_PREC)
+        if HP == 4:
+            acc2 = _scan_intra_dot(acc2, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc2, p_x + 2 * s_x_h, o_k, o_m, o_p,
+                                   m_p, nv, s_x_t, cs_m2, csl_m2, CS64, DOT_PREC)
+            acc3 = _scan_intra_dot(acc3, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc3, p_x + 3 * s_x_h, o_k, o_m, o_p,
+                                   m_p, nv, s_x_t, cs_m3, csl_m3, CS64, DOT_PREC)
 
     _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
               s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE)
-    if HP == 2:
+    if HP >= 2:
         _scan_out(acc1, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 1, t0, o_m, o_p, m_m, m_p, P,
+                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
+                  STORE_YPRE)
+    if HP == 4:
+        _scan_out(acc2, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 2, t0, o_m, o_p, m_m, m_p, P,
+                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
+                  STORE_YPRE)
+        _scan_out(acc3, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 3, t0, o_m, o_p, m_m, m_p, P,
                   s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
                   STORE_YPRE)
 
@@ -1468,6 +1530,14 @@ SWEEP_CONFIGS = {
     "chain hp2 w8": {"state_chain": True, "scan_hp": 2, "warps_scan": 8},
     "chain mr128 hp2 w8": {"state_chain": True, "maxnreg_chain": 128, "scan_hp": 2, "warps_scan": 8},
     "chain hp2 mr168": {"state_chain": True, "scan_hp": 2, "maxnreg_scan": 168},
+    "chain h2 w16": {"state_chain": True, "chain_hp": 2, "warps_chain": 16},
+    "chain h2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 8},
+    "chain h2 w16 hp2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2, "warps_scan": 8},
+    "chain h2 w16 hp2 mr168": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2,
+                               "maxnreg_scan": 168},
+    "scan hp4 w8": {"scan_hp": 4, "warps_scan": 8},
+    "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
+    "chain h2 w16 hp4 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 4, "warps_scan": 8},
 }
 
 
@@ -1585,12 +1655,17 @@ def _cfg(Q, P, N, dtype):
         #   140 registers without grad (one program per SM; _chunk_state_kernel 112, two), 24 B spilled at a
         #   cap of 128 (two per SM); 229 with grad (split operand; the unfused kernel 167: one per SM either way)
         "state_chain": False, "warps_chain": None, "maxnreg_chain": None, "BN_CHAIN": None,
+        # - chain_hp: heads per chain program (2: two heads of a group stacked along the product's rows, one B
+        #   tile load for both; 1 where the group's head count is odd). Offline: 254 registers at 8 warps without
+        #   grad (one program per SM), 126 at 16 warps (one; none spilled), with grad 255 / 16 B spilled at 8
+        "chain_hp": 1,
         # - scan_hp: heads per scan program (2: two heads of a group share the CB and C tile loads; 1 where the
         #   group's head count is odd, or with scan_r1). The scan moves ~2.4 GB from L2 at B8 T8192 (CB re-read
         #   by all 32 heads 1.07 GB, C 0.54, x 0.67 over the row blocks, hin 0.13) in 0.617 ms, ~3.9 TB/s; 2
         #   heads cut that to ~1.6 GB. Offline sm_90 (bf16 P64 N128 Q256, 3 stages): the default scan takes 121
         #   registers at 4 warps (4 programs per SM); 2 heads 202 at 4 warps (2 per SM; 168 with 8 B spilled
-        #   under maxnreg_scan 168: 3 per SM, 216 KiB of shared memory), 128 at 8 warps (2 per SM)
+        #   under maxnreg_scan 168: 3 per SM, 216 KiB of shared memory), 128 at 8 warps (2 per SM); 4 heads 194 at
+        #   8 warps (1 per SM, 120 KiB), 128 at 16 warps (16 B spilled)
         "scan_hp": 1, "maxnreg_scan": None,
     }
     for k, v in CFG_OVERRIDE.items():
@@ -1720,14 +1795,15 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
         BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"] if cfg["BN_CHAIN"] is None else min(cfg["BN_CHAIN"], cfg["BN"])
         nblk = triton.cdiv(P, BPs) * triton.cdiv(N, BNs)
+        hpc = cfg["chain_hp"] if (H // G) % cfg["chain_hp"] == 0 else 1
         ring = new_empty((2, b, H, P, N), dtype=f32, device=dev)
-        sync = torch.zeros(1 + b * H * nblk, dtype=torch.int32, device=dev)
-        _state_chain_fwd_kernel[(b * nc * H * nblk,)](
+        sync = torch.zeros(1 + b * (H // hpc) * nblk, dtype=torch.int32, device=dev)
+        _state_chain_fwd_kernel[(b * nc * (H // hpc) * nblk,)](
             x, B, u, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
             tables.cfin if varlen else dummy, hin_hi, hin_lo, final, ring, sync, T, H, G, nc, P, N, nblk,
             b * H * P * N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
             Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen,
-            HIN_SPLIT=layout == "split", DOT_PREC=cfg["prec"], XW_SPLIT=_xw_split(x.dtype, xws),
+            HIN_SPLIT=layout == "split", DOT_PREC=cfg["prec"], XW_SPLIT=_xw_split(x.dtype, xws), HPC=hpc,
             num_warps=cfg["warps_state"] if cfg["warps_chain"] is None else cfg["warps_chain"],
             num_stages=cfg["stages"], **_maxnreg(cfg["maxnreg_chain"]))
     else:
@@ -1746,7 +1822,9 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
     r1 = cfg["scan_r1"] and not cfg["cs64"]
-    hp = cfg["scan_hp"] if (not r1 and (H // G) % cfg["scan_hp"] == 0) else 1
+    hp = 1 if r1 else cfg["scan_hp"]
+    while (H // G) % hp:  # the heads of a program share a group
+        hp //= 2
     _chunk_scan_fwd_kernel[_grid(b * nc, H // hp, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
         x, zz, C, cb, u, cs, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
