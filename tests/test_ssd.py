@@ -426,12 +426,12 @@ FWD7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype)
     ({"state_chain": True}, (2, 63, 4, 16, 2, 16, 16), "all", torch.float32),  # 4 chunks a row, 2 groups
     ({"state_chain": True}, (1, 150, 2, 16, 1, 32, 64), "all-cuseq", torch.float16),
     ({"state_chain": True, "BN_CHAIN": 16}, (2, 100, 4, 12, 1, 20, 32), "all-seqidx", torch.float32),  # 2 N blocks
-    ({"scan_hp": 2}, (2, 63, 4, 16, 2, 16, 16), "all-seqidx", torch.float32),
+    ({"scan_hp": 2}, (2, 63, 4, 16, 2, 16, 16), "all-seqidx", torch.float16),
     ({"scan_hp": 2}, (1, 300, 4, 16, 2, 32, 128), "z", torch.float16),  # two row blocks a chunk
     ({"scan_hp": 2, "state_chain": True}, (1, 150, 4, 12, 1, 20, 64), "all-cuseq", torch.float16),
-    ({"scan_hp": 2}, (1, 100, 6, 16, 2, 16, 32), "all", torch.float32),  # 3 heads a group: one head a program
+    ({"scan_hp": 2}, (1, 100, 6, 16, 2, 16, 32), "all", torch.float16),  # 3 heads a group: one head a program
     ({"state_chain": True, "chain_hp": 2}, (2, 63, 4, 16, 2, 16, 16), "all-cuseq", torch.float16),
-    ({"scan_hp": 4}, (2, 63, 8, 16, 2, 16, 16), "all", torch.float32),  # 4 heads a group
+    ({"scan_hp": 4}, (2, 63, 8, 16, 2, 16, 16), "all", torch.float16),  # 4 heads a group
     ({"scan_hp": 4, "state_chain": True}, (1, 150, 4, 12, 1, 20, 64), "all-cuseq", torch.float16),
     ({"state_chain": True, "chain_hp": 2, "BN_CHAIN": 16}, (1, 150, 4, 12, 1, 20, 64), "all-seqidx", torch.float32),
 ]
@@ -442,7 +442,7 @@ FWD7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype)
 def test_kernel_fwd7_variants(cfg, shape, opt, dtype):
     """Session 7's forward variants: state_chain (chunk state + state pass in one kernel, chained over chunks
     through flags; packed sequences reset / emit states inside the chain; several P x N blocks) and scan_hp
-    (two heads of a group per scan program; odd heads per group fall back to one)."""
+    (two or four heads of a group per scan program, 16-bit inputs only; odd heads per group fall back to one)."""
     from hybridna_kernels.ssd import chunk
 
     chunk.CFG_OVERRIDE.update(cfg)
@@ -456,10 +456,10 @@ def test_kernel_fwd7_variants(cfg, shape, opt, dtype):
                          ids=["chain", "hp2"])
 def test_kernel_fwd7_bitwise_equal_default(cfg):
     """The chained state kernel and the two-head scan do the default's arithmetic in the same order: y and the
-    final states bitwise equal (fp32, interpreter), with grad and without."""
+    final states bitwise equal (fp16, interpreter), with grad and without."""
     from hybridna_kernels.ssd import chunk
 
-    t, kw = make_inputs(2, 200, 4, 16, 2, 32, OPTIONS["all"], dtype=torch.float32, device=DEVICE, seed=5)
+    t, kw = make_inputs(2, 200, 4, 16, 2, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=5)
     outs = []
     for c in ({}, cfg):
         chunk.CFG_OVERRIDE.update(c)
