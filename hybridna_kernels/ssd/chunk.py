@@ -1659,6 +1659,10 @@ def _cfg(Q, P, N, dtype):
         #   tile load for both; 1 where the group's head count is odd). Offline: 254 registers at 8 warps without
         #   grad (one program per SM), 126 at 16 warps (one; none spilled), with grad 255 / 16 B spilled at 8
         "chain_hp": 1,
+        # - chain_max_nc: state_chain only up to this many chunks per sequence (None: always). The chain's
+        #   critical path is one flag hand-off per chunk (~3 L2 round trips, ~2 us?): ~0.26 ms at 128 chunks
+        #   (B2 T32768), ~1 ms at 512 (B1 T131072), where the two-kernel path may be faster
+        "chain_max_nc": None,
         # - scan_hp: heads per scan program (2: two heads of a group share the CB and C tile loads; 1 where the
         #   group's head count is odd, or with scan_r1). The scan moves ~2.4 GB from L2 at B8 T8192 (CB re-read
         #   by all 32 heads 1.07 GB, C 0.54, x 0.67 over the row blocks, hin 0.13) in 0.617 ms, ~3.9 TB/s; 2
@@ -1791,7 +1795,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
             XW_SPLIT=_xw_split(x.dtype, cfg["xw_split"]),
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
-    elif cfg["state_chain"]:
+    elif cfg["state_chain"] and (cfg["chain_max_nc"] is None or nc <= cfg["chain_max_nc"]):
         xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
         BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"] if cfg["BN_CHAIN"] is None else min(cfg["BN_CHAIN"], cfg["BN"])
         nblk = triton.cdiv(P, BPs) * triton.cdiv(N, BNs)
