@@ -1495,6 +1495,24 @@ SWEEP_CONFIGS = {
     "mr": {"maxnreg_state": 128},
     "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
+    # session 7, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
+    "chain": {"state_chain": True},
+    "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
+    "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
+    "scan hp2": {"scan_hp": 2},
+    "scan hp2 w8": {"scan_hp": 2, "warps_scan": 8},
+    "scan hp2 mr168": {"scan_hp": 2, "maxnreg_scan": 168},
+    "chain hp2 w8": {"state_chain": True, "scan_hp": 2, "warps_scan": 8},
+    "chain mr128 hp2 w8": {"state_chain": True, "maxnreg_chain": 128, "scan_hp": 2, "warps_scan": 8},
+    "chain hp2 mr168": {"state_chain": True, "scan_hp": 2, "maxnreg_scan": 168},
+    "chain h2 w16": {"state_chain": True, "chain_hp": 2, "warps_chain": 16},
+    "chain h2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 8},
+    "chain h2 w16 hp2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2, "warps_scan": 8},
+    "chain h2 w16 hp2 mr168": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2,
+                               "maxnreg_scan": 168},
+    "scan hp4 w8": {"scan_hp": 4, "warps_scan": 8},
+    "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
+    "chain h2 w16 hp4 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 4, "warps_scan": 8},
     # session 5, helper ssd6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
     "lean": {"tsum_dcb": True, "dx_lean": True},
     "lean sb2": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2},
@@ -1520,24 +1538,6 @@ SWEEP_CONFIGS = {
     "bwd6 pf": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2, "dcb_pf": True},
     "lean bj128 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "BJ_DX": 128, "warps_dx": 8,
                       "stages_dx": 2},
-    # session 7, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
-    "chain": {"state_chain": True},
-    "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
-    "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
-    "scan hp2": {"scan_hp": 2},
-    "scan hp2 w8": {"scan_hp": 2, "warps_scan": 8},
-    "scan hp2 mr168": {"scan_hp": 2, "maxnreg_scan": 168},
-    "chain hp2 w8": {"state_chain": True, "scan_hp": 2, "warps_scan": 8},
-    "chain mr128 hp2 w8": {"state_chain": True, "maxnreg_chain": 128, "scan_hp": 2, "warps_scan": 8},
-    "chain hp2 mr168": {"state_chain": True, "scan_hp": 2, "maxnreg_scan": 168},
-    "chain h2 w16": {"state_chain": True, "chain_hp": 2, "warps_chain": 16},
-    "chain h2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 8},
-    "chain h2 w16 hp2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2, "warps_scan": 8},
-    "chain h2 w16 hp2 mr168": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2,
-                               "maxnreg_scan": 168},
-    "scan hp4 w8": {"scan_hp": 4, "warps_scan": 8},
-    "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
-    "chain h2 w16 hp4 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 4, "warps_scan": 8},
 }
 
 
@@ -1563,6 +1563,31 @@ def _cfg(Q, P, N, dtype):
         # 1.684 / 6.095 -> 1.550 / 5.533 ms, B1 T131072 3.298 / 12.017 -> 3.054 / 10.932 ms
         "BM_SCAN": blk, "BK_SCAN": min(32, blk) if l3 else blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
+        # Session 7 helper ssd7f (issue 4, forward), unmeasured on the GPU when written:
+        # - state_chain: _state_chain_fwd_kernel instead of _chunk_state_kernel + _state_pass_fwd_kernel (the
+        #   fp32 local states, 268 MB written and read back at B8 T8192, never reach memory; parallel over
+        #   chunks, the programs chained through a flag per (batch, head, block)); its warps (None: warps_state),
+        #   register cap and N block (None: BN_STATE). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 8 warps):
+        #   140 registers without grad (one program per SM; _chunk_state_kernel 112, two), 24 B spilled at a
+        #   cap of 128 (two per SM); 229 with grad (split operand; the unfused kernel 167: one per SM either way)
+        "state_chain": False, "warps_chain": None, "maxnreg_chain": None, "BN_CHAIN": None,
+        # - chain_hp: heads per chain program (2: two heads of a group stacked along the product's rows, one B
+        #   tile load for both; 1 where the group's head count is odd). Offline: 254 registers at 8 warps without
+        #   grad (one program per SM), 126 at 16 warps (one; none spilled), with grad 255 / 16 B spilled at 8
+        "chain_hp": 1,
+        # - chain_max_nc: state_chain only up to this many chunks per sequence (None: always). The chain's
+        #   critical path is one flag hand-off per chunk (~3 L2 round trips, ~2 us?): ~0.26 ms at 128 chunks
+        #   (B2 T32768), ~1 ms at 512 (B1 T131072), where the two-kernel path may be faster
+        "chain_max_nc": None,
+        # - scan_hp: heads per scan program (2 or 4 heads of a group share the CB and C tile loads; 16-bit
+        #   inputs only, fewer where the group's head count does not divide, 1 with scan_r1). The scan moves
+        #   ~2.4 GB from L2 at B8 T8192 (CB re-read by all 32 heads 1.07 GB, C 0.54, x 0.67 over the row blocks,
+        #   hin 0.13) in 0.617 ms, ~3.9 TB/s; 2 heads cut that to ~1.6 GB, 4 to ~1.2. Offline sm_90 (bf16 P64
+        #   N128 Q256, 3 stages): the default scan takes 121 registers at 4 warps (4 programs per SM); 2 heads
+        #   202 at 4 warps (2 per SM; 168 with 8 B spilled under maxnreg_scan 168: 3 per SM, 216 KiB of shared
+        #   memory), 128 at 8 warps (2 per SM); 4 heads 194 at 8 warps (1 per SM, 120 KiB), 128 at 16 warps
+        #   (16 B spilled)
+        "scan_hp": 1, "maxnreg_scan": None,
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
@@ -1647,30 +1672,6 @@ def _cfg(Q, P, N, dtype):
         # - dcb_pf: the dCB head loop loads the next head's cumsum / u vectors one iteration ahead (offline:
         #   254 registers at 4 warps, 204 at 8: as many programs per SM as without it at 4 warps)
         "dcb_pf": False,
-        # Session 7 helper ssd7f (issue 4, forward), unmeasured on the GPU when written:
-        # - state_chain: _state_chain_fwd_kernel instead of _chunk_state_kernel + _state_pass_fwd_kernel (the
-        #   fp32 local states, 268 MB written and read back at B8 T8192, never reach memory; parallel over
-        #   chunks, the programs chained through a flag per (batch, head, block)); its warps (None: warps_state),
-        #   register cap and N block (None: BN_STATE). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 8 warps):
-        #   140 registers without grad (one program per SM; _chunk_state_kernel 112, two), 24 B spilled at a
-        #   cap of 128 (two per SM); 229 with grad (split operand; the unfused kernel 167: one per SM either way)
-        "state_chain": False, "warps_chain": None, "maxnreg_chain": None, "BN_CHAIN": None,
-        # - chain_hp: heads per chain program (2: two heads of a group stacked along the product's rows, one B
-        #   tile load for both; 1 where the group's head count is odd). Offline: 254 registers at 8 warps without
-        #   grad (one program per SM), 126 at 16 warps (one; none spilled), with grad 255 / 16 B spilled at 8
-        "chain_hp": 1,
-        # - chain_max_nc: state_chain only up to this many chunks per sequence (None: always). The chain's
-        #   critical path is one flag hand-off per chunk (~3 L2 round trips, ~2 us?): ~0.26 ms at 128 chunks
-        #   (B2 T32768), ~1 ms at 512 (B1 T131072), where the two-kernel path may be faster
-        "chain_max_nc": None,
-        # - scan_hp: heads per scan program (2: two heads of a group share the CB and C tile loads; 1 where the
-        #   group's head count is odd, or with scan_r1). The scan moves ~2.4 GB from L2 at B8 T8192 (CB re-read
-        #   by all 32 heads 1.07 GB, C 0.54, x 0.67 over the row blocks, hin 0.13) in 0.617 ms, ~3.9 TB/s; 2
-        #   heads cut that to ~1.6 GB. Offline sm_90 (bf16 P64 N128 Q256, 3 stages): the default scan takes 121
-        #   registers at 4 warps (4 programs per SM); 2 heads 202 at 4 warps (2 per SM; 168 with 8 B spilled
-        #   under maxnreg_scan 168: 3 per SM, 216 KiB of shared memory), 128 at 8 warps (2 per SM); 4 heads 194 at
-        #   8 warps (1 per SM, 120 KiB), 128 at 16 warps (16 B spilled)
-        "scan_hp": 1, "maxnreg_scan": None,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
