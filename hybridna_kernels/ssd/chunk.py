@@ -425,10 +425,10 @@ def _state_fused_fwd_kernel(x_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, init_ptr, cin
         tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NBAT"])  # batch 1 (the reference checks) and 8 share one compile
 def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
                             ring_ptr, sync_ptr,
-                            T, H, G, nc, P, N, NBLK, RS, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
+                            T, H, G, nc, P, N, NBLK, NBAT, RS, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                             Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                             HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr,
                             DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr, HPC: tl.constexpr = 1):
@@ -438,9 +438,11 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
     and publishes h <- exp(cs_last) h + local for the next chunk. The fp32 local states never go through
     memory; the carried state goes through a two-slot fp32 ring (per batch, head; it stays in L2).
 
-    Order: the programs take a ticket (an atomic counter) and decode their (chunk, heads, block) from it,
-    chunk slowest, so the program a program waits for has started before it (no deadlock whatever order
-    the hardware starts them in). sync_ptr: [ticket, one flag per (batch, head group of HPC, block)], zeroed
+    Order: the programs take a ticket (an atomic counter) and decode their (chunk, batch, heads, block) from
+    it, chunk slowest, so the program a program waits for has started before it (no deadlock whatever order
+    the hardware starts them in), and b * H / HPC * NBLK tickets before it: with batch-major order the
+    resident programs would cover a few chunks of one sequence, each waiting on the one before (one flag
+    hand-off per chunk on the critical path, ~b * nc of them). sync_ptr: [ticket, one flag per (batch, head group of HPC, block)], zeroed
     before the launch; flag = the number of chunks published. Slot c % 2 holds the state after chunk c:
     program c writes it only after program c - 1 (which read slot c % 2, written by c - 2) has published, so
     two slots suffice (RS: the elements of one slot, b * H * P * N). Same arithmetic as the two-kernel path
@@ -453,10 +455,11 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
     nh = H // HPC
     i_pn = t % NBLK
     i_hp = (t // NBLK) % nh
-    i_bc = t // (NBLK * nh)
+    i_cb = t // (NBLK * nh)  # chunk-major: i_c * NBAT + i_b
     i_h = i_hp * HPC
-    i_b = i_bc // nc
-    i_c = i_bc % nc
+    i_b = i_cb % NBAT
+    i_c = i_cb // NBAT
+    i_bc = i_b * nc + i_c
     i_g = i_h // (H // G)
     nbn = tl.cdiv(N, BN)
     o_r = tl.arange(0, HPC * BP)
@@ -1576,8 +1579,9 @@ def _cfg(Q, P, N, dtype):
         #   grad (one program per SM), 126 at 16 warps (one; none spilled), with grad 255 / 16 B spilled at 8
         "chain_hp": 1,
         # - chain_max_nc: state_chain only up to this many chunks per sequence (None: always). The chain's
-        #   critical path is one flag hand-off per chunk (~3 L2 round trips, ~2 us?): ~0.26 ms at 128 chunks
-        #   (B2 T32768), ~1 ms at 512 (B1 T131072), where the two-kernel path may be faster
+        #   critical path is one flag hand-off per chunk (~3 L2 round trips, ~2 us?), hidden while a chunk's
+        #   programs (b * H / chain_hp * blocks) outnumber the resident ones (~132-264): B8 T8192 (256 a chunk),
+        #   not B1 T131072 (32 a chunk, 512 chunks: ~1 ms of hand-offs), where the two-kernel path may be faster
         "chain_max_nc": None,
         # - scan_hp: heads per scan program (2 or 4 heads of a group share the CB and C tile loads; 16-bit
         #   inputs only, fewer where the group's head count does not divide, 1 with scan_r1). The scan moves
@@ -1805,7 +1809,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         sync = torch.zeros(1 + b * (H // hpc) * nblk, dtype=torch.int32, device=dev)
         _state_chain_fwd_kernel[(b * nc * (H // hpc) * nblk,)](
             x, B, u, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
-            tables.cfin if varlen else dummy, hin_hi, hin_lo, final, ring, sync, T, H, G, nc, P, N, nblk,
+            tables.cfin if varlen else dummy, hin_hi, hin_lo, final, ring, sync, T, H, G, nc, P, N, nblk, b,
             b * H * P * N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
             Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen,
             HIN_SPLIT=layout == "split", DOT_PREC=cfg["prec"], XW_SPLIT=_xw_split(x.dtype, xws), HPC=hpc,
