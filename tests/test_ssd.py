@@ -450,6 +450,36 @@ def test_kernel_bwd7_variants(variant, opt, dtype, shape):
         chunk.CFG_OVERRIDE.clear()
 
 
+FWD7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype)
+    ({"state_chain": True}, (2, 63, 4, 16, 2, 16, 16), "all", torch.float32),  # 4 chunks a row, 2 groups
+    ({"state_chain": True}, (1, 150, 2, 16, 1, 32, 64), "all-cuseq", torch.float16),
+    ({"state_chain": True, "BN_CHAIN": 16}, (2, 100, 4, 12, 1, 20, 32), "all-seqidx", torch.float32),  # 2 N blocks
+    ({"scan_hp": 2}, (2, 63, 4, 16, 2, 16, 16), "all-seqidx", torch.float16),
+    ({"scan_hp": 2}, (1, 300, 4, 16, 2, 32, 128), "z", torch.float16),  # two row blocks a chunk
+    ({"scan_hp": 2, "state_chain": True}, (1, 150, 4, 12, 1, 20, 64), "all-cuseq", torch.float16),
+    ({"scan_hp": 2}, (1, 100, 6, 16, 2, 16, 32), "all", torch.float16),  # 3 heads a group: one head a program
+    ({"state_chain": True, "chain_hp": 2}, (2, 63, 4, 16, 2, 16, 16), "all-cuseq", torch.float16),
+    ({"scan_hp": 4}, (2, 63, 8, 16, 2, 16, 16), "all", torch.float16),  # 4 heads a group
+    ({"scan_hp": 4, "state_chain": True}, (1, 150, 4, 12, 1, 20, 64), "all-cuseq", torch.float16),
+    ({"state_chain": True, "chain_hp": 2, "BN_CHAIN": 16}, (1, 150, 4, 12, 1, 20, 64), "all-seqidx", torch.float32),
+]
+
+
+@pytest.mark.parametrize("cfg, shape, opt, dtype", FWD7_CASES,
+                         ids=[f"{'+'.join(c)}-{_shape_id(s)}-{o}-{dtype_id(d)}" for c, s, o, d in FWD7_CASES])
+def test_kernel_fwd7_variants(cfg, shape, opt, dtype):
+    """Session 7's forward variants: state_chain (chunk state + state pass in one kernel, chained over chunks
+    through flags; packed sequences reset / emit states inside the chain; several P x N blocks) and scan_hp
+    (two or four heads of a group per scan program, 16-bit inputs only; odd heads per group fall back to one)."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(cfg)
+    try:
+        check_kernel_vs_reference(shape, opt, dtype)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
 @pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
 def test_reverse_state_kernels_split_planes(varlen):
     """The reverse state kernels' bf16-plane options, which only the bf16 path reaches (no bf16 tl.dot in the
@@ -517,6 +547,29 @@ def test_reverse_state_kernels_split_planes(varlen):
     ds4, dinit4, ddal4 = plain(DS_SPLIT=True)
     check_planes(ds4, ds3)
     assert torch.equal(dinit4, dinit3) and torch.equal(ddal4, ddal3)
+
+
+@pytest.mark.parametrize("cfg", [{"state_chain": True}, {"state_chain": True, "scan_hp": 2, "chain_hp": 2}],
+                         ids=["chain", "hp2"])
+def test_kernel_fwd7_bitwise_equal_default(cfg):
+    """The chained state kernel and the two-head scan do the default's arithmetic in the same order: y and the
+    final states bitwise equal (fp16, interpreter), with grad and without."""
+    from hybridna_kernels.ssd import chunk
+
+    t, kw = make_inputs(2, 200, 4, 16, 2, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=5)
+    outs = []
+    for c in ({}, cfg):
+        chunk.CFG_OVERRIDE.update(c)
+        try:
+            for grad in (False, True):
+                tt = {k: v.detach().requires_grad_(grad) for k, v in t.items()}
+                with torch.set_grad_enabled(grad):
+                    outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, tt, kw, chunk_size=64))])
+        finally:
+            chunk.CFG_OVERRIDE.clear()
+    for a, b_ in zip(outs[:2], outs[2:]):
+        for x, y in zip(a, b_):
+            assert torch.equal(x, y)
 
 
 @pytest.mark.parametrize("hfirst", [True, False], ids=["hfirst", "chunk-first"])
@@ -610,6 +663,34 @@ def test_kernel_nograd_forward_bf16_gpu(variant, opt):
     ref = _as_tuple(_call(ssd_sequential_ref, t64, kw))
     chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
     try:
+        with torch.no_grad():
+            out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+    for name, r, o in zip(("y", "final_states"), ref, out):
+        assert_close(name, r, o, tol(torch.bfloat16, "fwd"))
+
+
+FWD7_VARIANTS = ["chain", "chain mr128", "chain n64 w4", "scan hp2", "scan hp2 w8", "scan hp2 mr168", "chain hp2 w8",
+                 "chain mr128 hp2 w8", "chain hp2 mr168", "chain h2 w16", "chain h2 w8", "chain h2 w16 hp2 w8",
+                 "chain h2 w16 hp2 mr168", "scan hp4 w8", "scan hp4 w16", "chain h2 w16 hp4 w8"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["all", "all-cuseq"])
+@pytest.mark.parametrize("variant", FWD7_VARIANTS)
+def test_kernel_fwd7_variants_bf16_gpu(variant, opt):
+    """Session 7's forward variants (state_chain, scan_hp, register caps) in bf16 at the first full GPU shape:
+    y, final states and gradients against the fp64 recurrence, then the no-grad forward (bf16 hin, 16-bit
+    chunk-state operand) at the forward tolerance."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+    try:
+        check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
+        b, L, H, P, G, N, Q = GPU_SHAPES[0]
+        t, kw = make_inputs(b, L, H, P, G, N, OPTIONS[opt], dtype=torch.bfloat16, device=DEVICE, seed=3)
+        ref = _as_tuple(_call(ssd_sequential_ref, {k: v.double() for k, v in t.items()}, kw))
         with torch.no_grad():
             out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
     finally:

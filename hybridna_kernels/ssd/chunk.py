@@ -425,6 +425,177 @@ def _state_fused_fwd_kernel(x_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, init_ptr, cin
         tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
 
 
+@triton.jit(do_not_specialize=["NBAT"])  # batch 1 (the reference checks) and 8 share one compile
+def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
+                            ring_ptr, sync_ptr,
+                            T, H, G, nc, P, N, NBLK, NBAT, RS, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
+                            Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                            HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr,
+                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr, HPC: tl.constexpr = 1):
+    """chunk_state and state_pass in one kernel that stays parallel over chunks (state_chain): each program
+    forms its chunk's local state (as _chunk_state_kernel, forward), then waits for the program of the
+    previous chunk (same batch, heads, P x N block) to publish the state entering this chunk, writes hin[c],
+    and publishes h <- exp(cs_last) h + local for the next chunk. The fp32 local states never go through
+    memory; the carried state goes through a two-slot fp32 ring (per batch, head; it stays in L2).
+
+    Order: the programs take a ticket (an atomic counter) and decode their (chunk, batch, heads, block) from
+    it, chunk slowest, so the program a program waits for has started before it (no deadlock whatever order
+    the hardware starts them in), and b * H / HPC * NBLK tickets before it: with batch-major order the
+    resident programs would cover a few chunks of one sequence, each waiting on the one before (one flag
+    hand-off per chunk on the critical path, ~b * nc of them). sync_ptr: [ticket, one flag per (batch, head group of HPC, block)], zeroed
+    before the launch; flag = the number of chunks published. Slot c % 2 holds the state after chunk c:
+    program c writes it only after program c - 1 (which read slot c % 2, written by c - 2) has published, so
+    two slots suffice (RS: the elements of one slot, b * H * P * N). Same arithmetic as the two-kernel path
+    (hin, final states and y bitwise equal).
+
+    HPC (1 or 2, chain_hp): heads per program, stacked along the rows of the product (rows r: head
+    i_h + r // BP, channel r % BP; both heads of one group): one load of each B tile serves both (B is
+    re-read by every head of the group, most of what the chunk-state pass reads from L2)."""
+    t = tl.atomic_add(sync_ptr, 1).to(tl.int64)
+    nh = H // HPC
+    i_pn = t % NBLK
+    i_hp = (t // NBLK) % nh
+    i_cb = t // (NBLK * nh)  # chunk-major: i_c * NBAT + i_b
+    i_h = i_hp * HPC
+    i_b = i_cb % NBAT
+    i_c = i_cb // NBAT
+    i_bc = i_b * nc + i_c
+    i_g = i_h // (H // G)
+    nbn = tl.cdiv(N, BN)
+    o_r = tl.arange(0, HPC * BP)
+    hr = o_r // BP
+    o_p = (i_pn // nbn) * BP + o_r % BP
+    o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
+    m_p = o_p < P
+    m_n = o_n < N
+    m_s = m_p[:, None] & m_n[None, :]
+    PN = P * N
+    o_s = (hr * PN + o_p * N)[:, None] + o_n[None, :]  # from the state of head i_h
+    o_xr = hr * s_x_h + o_p
+    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    if HPC == 2:
+        cs_last1 = tl.load(cs_ptr + o_uc + nc * Q + Q - 1)
+    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
+    acc = tl.zeros([HPC * BP, BN], dtype=tl.float32)
+    for k in range(0, Q, BK):
+        o_k = k + tl.arange(0, BK)
+        m_k = o_k < nv
+        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_xr[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+        b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
+        w = tl.exp(tl.minimum(cs_last - tl.load(cs_ptr + o_uc + o_k), 0.0).to(tl.float32)) \
+            * tl.load(u_ptr + o_uc + o_k)
+        if HPC == 2:
+            w1 = tl.exp(tl.minimum(cs_last1 - tl.load(cs_ptr + o_uc + nc * Q + o_k), 0.0).to(tl.float32)) \
+                * tl.load(u_ptr + o_uc + nc * Q + o_k)
+            xw = xT.to(tl.float32) * tl.where(hr[:, None] == 0, w[None, :], w1[None, :])
+        else:
+            xw = xT.to(tl.float32) * w[None, :]
+        if XW_SPLIT >= 0:
+            acc += _dot_f32_16(xw, b, XW_SPLIT)
+        else:
+            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
+    # the state entering this chunk
+    flag = sync_ptr + 1 + (i_b * nh + i_hp) * NBLK + i_pn
+    o_ring = (i_b * H + i_h) * PN + o_s
+    if HAS_INIT and not IS_VARLEN:
+        h = tl.load(init_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([HPC * BP, BN], dtype=tl.float32)
+    if i_c > 0:
+        # bounded (2^16 polls, ~50 ms; a legitimate wait is a few programs long, microseconds): a broken chain
+        # gives wrong states, which the tests see, instead of a hung GPU
+        spins = 0
+        while (tl.atomic_add(flag, 0, sem="acquire") < i_c) & (spins < 65536):
+            spins += 1
+        h = tl.load(ring_ptr + ((i_c - 1) % 2) * RS + o_ring, mask=m_s, other=0.0, cache_modifier=".cg")
+    if IS_VARLEN:
+        ci = tl.load(cinit_ptr + i_c)
+        if ci != -2:
+            if HAS_INIT:
+                k0 = tl.maximum(ci, 0).to(tl.int64)
+                h = tl.load(init_ptr + (k0 * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0),
+                            other=0.0).to(tl.float32)
+            else:
+                h = tl.zeros([HPC * BP, BN], dtype=tl.float32)
+    o_st = (i_bc * H + i_h) * PN + o_s
+    h_hi = h.to(hin_ptr.dtype.element_ty)
+    tl.store(hin_ptr + o_st, h_hi, mask=m_s)
+    if HIN_SPLIT:
+        tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
+    if HPC == 2:
+        dec = tl.where(hr == 0, tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)),
+                       tl.exp(tl.minimum(cs_last1, 0.0).to(tl.float32)))[:, None]
+        h = dec * h + acc
+    else:
+        h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + acc
+    if IS_VARLEN:
+        cf = tl.load(cfin_ptr + i_c)
+        k2 = tl.maximum(cf, 0).to(tl.int64)
+        tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
+    else:
+        if i_c == nc - 1:
+            tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
+    if i_c < nc - 1:
+        tl.store(ring_ptr + (i_c % 2) * RS + o_ring, h, mask=m_s)
+        tl.debug_barrier()  # every thread's part of the state is stored before the flag is raised
+        tl.atomic_xchg(flag, (i_c + 1).to(tl.int32), sem="release")
+
+
+@triton.jit
+def _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
+              s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h,
+              HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr, STORE_YPRE: tl.constexpr):
+    """The scan's epilogue for head i_h: + D x, ypre, * silu(z), y stored."""
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
+    m = m_m[:, None] & m_p[None, :]
+    if HAS_D:
+        xm = tl.load(p_x + (o_m[:, None] * s_x_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
+        if D_PER_CHAN:
+            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        acc += Dv * xm
+    o_y = (o_m[:, None] * s_y_t + o_p[None, :])
+    b_y = i_b * s_y_b + t0 * s_y_t + i_h * s_y_h
+    if HAS_Z:
+        if STORE_YPRE:
+            tl.store(ypre_ptr + b_y + o_y, acc.to(ypre_ptr.dtype.element_ty), mask=m)
+        z = tl.load(z_ptr + i_b * s_z_b + t0 * s_z_t + i_h * s_z_h + (o_m[:, None] * s_z_t + o_p[None, :]), mask=m,
+                    other=0.0)
+        z = z.to(tl.float32)
+        acc *= z * tl.sigmoid(z)
+    tl.store(y_ptr + b_y + o_y, acc.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _scan_intra_w(cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, o_k, o_m, cs_m, csl_m, CS64: tl.constexpr):
+    """CB_ij exp(cs_i - cs_j) u_j (zero above the diagonal) for one head: the 16-bit operand's fp32 value."""
+    cs_k, csl_k = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_k, CS64)
+    u_k = tl.load(u_ptr + o_uc + o_k)
+    w = cb * _seg_decay(cs_m, csl_m, cs_k, csl_k, CS64) * u_k[None, :]
+    return tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
+
+
+@triton.jit
+def _scan_hin_dot(acc, c, p_hin, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC: tl.constexpr):
+    """acc + C hin^T over one N slab for one head (its hin at p_hin)."""
+    dt_in = x_ptr.dtype.element_ty
+    hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
+    return acc + tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
+
+
+@triton.jit
+def _scan_intra_dot(acc, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, p_x, o_k, o_m, o_p, m_p, nv, s_x_t, cs_m, csl_m,
+                    CS64: tl.constexpr, DOT_PREC: tl.constexpr):
+    """acc + (CB e^{..} u, masked) x over one column block for one head (cumsums at o_uc, x rows at p_x)."""
+    w = _scan_intra_w(cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, o_k, o_m, cs_m, csl_m, CS64)
+    xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
+    return acc + tl.dot(w.to(p_x.dtype.element_ty), xk, input_precision=DOT_PREC)
+
+
 @triton.jit
 def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr,
                            ypre_ptr,
@@ -433,7 +604,7 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
                            STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
-                           CB_MASK: tl.constexpr, R1: tl.constexpr):
+                           CB_MASK: tl.constexpr, R1: tl.constexpr, HP: tl.constexpr = 1):
     """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i)).
 
     R1: below the diagonal block the decay factors through the cumsum c0 just before this row block,
@@ -441,8 +612,14 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     blocks then take a column scale of CB (exp(c0 - cs_j) u_j, one exp per column) and one row scale
     exp(cs_i - c0) of the sum (shared with the state term, exp(cs_i) = exp(cs_i - c0) exp(c0)); only the
     diagonal block forms the full Q x Q-style decay tile. The 16-bit operand is CB e^{c0 - cs_j} u_j,
-    rounded once, as before (|.| <= |CB u_j| as before)."""
+    rounded once, as before (|.| <= |CB u_j| as before).
+
+    HP (1, 2 or 4, scan_hp): heads per program (heads of one group, the program id along heads counts
+    groups of HP; not with R1): the CB and C tiles, the same for every head of a group, are loaded once for
+    all HP (per program they are most of what comes from L2: CB and C are re-read by every head of the
+    group). Head 0's code is the HP 1 kernel's; heads 1.. go through _scan_hin_dot / _scan_intra_dot."""
     i_bc, i_h, i_mp = _pids(HFIRST)
+    i_h = i_h * HP
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -458,8 +635,14 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     cs_m, csl_m = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
     p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
     dt_in = x_ptr.dtype.element_ty
+    o_uc1 = o_uc + nc * Q  # heads 1, 2, 3 (HP 2, 4)
+    o_uc2 = o_uc1 + nc * Q
+    o_uc3 = o_uc2 + nc * Q
 
     acc = tl.zeros([BM, BP], dtype=tl.float32)
+    acc1 = tl.zeros([BM, BP], dtype=tl.float32)
+    acc2 = tl.zeros([BM, BP], dtype=tl.float32)
+    acc3 = tl.zeros([BM, BP], dtype=tl.float32)
     p_hin = hin_ptr + (i_bc * H + i_h) * P * N
     p_C = C_ptr + i_b * s_C_b + i_g * s_C_g + t0 * s_C_t
     for n in range(0, N, BN):
@@ -468,6 +651,11 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
         hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         acc += tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
+        if HP >= 2:
+            acc1 = _scan_hin_dot(acc1, c, p_hin + P * N, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC)
+        if HP == 4:
+            acc2 = _scan_hin_dot(acc2, c, p_hin + 2 * P * N, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC)
+            acc3 = _scan_hin_dot(acc3, c, p_hin + 3 * P * N, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC)
 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     if R1:
@@ -489,6 +677,14 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     else:
         acc *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
         k_lo = 0
+    if HP >= 2:
+        cs_m1, csl_m1 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc1 + o_m, CS64)
+        acc1 *= tl.exp(tl.minimum(cs_m1, 0.0).to(tl.float32))[:, None]
+    if HP == 4:
+        cs_m2, csl_m2 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc2 + o_m, CS64)
+        acc2 *= tl.exp(tl.minimum(cs_m2, 0.0).to(tl.float32))[:, None]
+        cs_m3, csl_m3 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc3 + o_m, CS64)
+        acc3 *= tl.exp(tl.minimum(cs_m3, 0.0).to(tl.float32))[:, None]
     for k in range(k_lo, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
         if CB_MASK:
@@ -502,25 +698,28 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
         xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
+        if HP >= 2:
+            acc1 = _scan_intra_dot(acc1, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc1, p_x + s_x_h, o_k, o_m, o_p, m_p,
+                                   nv, s_x_t, cs_m1, csl_m1, CS64, DOT_PREC)
+        if HP == 4:
+            acc2 = _scan_intra_dot(acc2, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc2, p_x + 2 * s_x_h, o_k, o_m, o_p,
+                                   m_p, nv, s_x_t, cs_m2, csl_m2, CS64, DOT_PREC)
+            acc3 = _scan_intra_dot(acc3, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc3, p_x + 3 * s_x_h, o_k, o_m, o_p,
+                                   m_p, nv, s_x_t, cs_m3, csl_m3, CS64, DOT_PREC)
 
-    m = m_m[:, None] & m_p[None, :]
-    if HAS_D:
-        xm = tl.load(p_x + (o_m[:, None] * s_x_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
-        if D_PER_CHAN:
-            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + i_h).to(tl.float32)
-        acc += Dv * xm
-    o_y = (o_m[:, None] * s_y_t + o_p[None, :])
-    b_y = i_b * s_y_b + t0 * s_y_t + i_h * s_y_h
-    if HAS_Z:
-        if STORE_YPRE:
-            tl.store(ypre_ptr + b_y + o_y, acc.to(ypre_ptr.dtype.element_ty), mask=m)
-        z = tl.load(z_ptr + i_b * s_z_b + t0 * s_z_t + i_h * s_z_h + (o_m[:, None] * s_z_t + o_p[None, :]), mask=m,
-                    other=0.0)
-        z = z.to(tl.float32)
-        acc *= z * tl.sigmoid(z)
-    tl.store(y_ptr + b_y + o_y, acc.to(y_ptr.dtype.element_ty), mask=m)
+    _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
+              s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE)
+    if HP >= 2:
+        _scan_out(acc1, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 1, t0, o_m, o_p, m_m, m_p, P,
+                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
+                  STORE_YPRE)
+    if HP == 4:
+        _scan_out(acc2, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 2, t0, o_m, o_p, m_m, m_p, P,
+                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
+                  STORE_YPRE)
+        _scan_out(acc3, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 3, t0, o_m, o_p, m_m, m_p, P,
+                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
+                  STORE_YPRE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1416,6 +1615,24 @@ SWEEP_CONFIGS = {
     "mr": {"maxnreg_state": 128},
     "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
+    # session 7, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
+    "chain": {"state_chain": True},
+    "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
+    "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
+    "scan hp2": {"scan_hp": 2},
+    "scan hp2 w8": {"scan_hp": 2, "warps_scan": 8},
+    "scan hp2 mr168": {"scan_hp": 2, "maxnreg_scan": 168},
+    "chain hp2 w8": {"state_chain": True, "scan_hp": 2, "warps_scan": 8},
+    "chain mr128 hp2 w8": {"state_chain": True, "maxnreg_chain": 128, "scan_hp": 2, "warps_scan": 8},
+    "chain hp2 mr168": {"state_chain": True, "scan_hp": 2, "maxnreg_scan": 168},
+    "chain h2 w16": {"state_chain": True, "chain_hp": 2, "warps_chain": 16},
+    "chain h2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 8},
+    "chain h2 w16 hp2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2, "warps_scan": 8},
+    "chain h2 w16 hp2 mr168": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2,
+                               "maxnreg_scan": 168},
+    "scan hp4 w8": {"scan_hp": 4, "warps_scan": 8},
+    "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
+    "chain h2 w16 hp4 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 4, "warps_scan": 8},
     # session 5, helper ssd6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
     "lean": {"tsum_dcb": True, "dx_lean": True},
     "lean sb2": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2},
@@ -1490,6 +1707,32 @@ def _cfg(Q, P, N, dtype):
         # 1.684 / 6.095 -> 1.550 / 5.533 ms, B1 T131072 3.298 / 12.017 -> 3.054 / 10.932 ms
         "BM_SCAN": blk, "BK_SCAN": min(32, blk) if l3 else blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
+        # Session 7 helper ssd7f (issue 4, forward), unmeasured on the GPU when written:
+        # - state_chain: _state_chain_fwd_kernel instead of _chunk_state_kernel + _state_pass_fwd_kernel (the
+        #   fp32 local states, 268 MB written and read back at B8 T8192, never reach memory; parallel over
+        #   chunks, the programs chained through a flag per (batch, head, block)); its warps (None: warps_state),
+        #   register cap and N block (None: BN_STATE). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 8 warps):
+        #   140 registers without grad (one program per SM; _chunk_state_kernel 112, two), 24 B spilled at a
+        #   cap of 128 (two per SM); 229 with grad (split operand; the unfused kernel 167: one per SM either way)
+        "state_chain": False, "warps_chain": None, "maxnreg_chain": None, "BN_CHAIN": None,
+        # - chain_hp: heads per chain program (2: two heads of a group stacked along the product's rows, one B
+        #   tile load for both; 1 where the group's head count is odd). Offline: 254 registers at 8 warps without
+        #   grad (one program per SM), 126 at 16 warps (one; none spilled), with grad 255 / 16 B spilled at 8
+        "chain_hp": 1,
+        # - chain_max_nc: state_chain only up to this many chunks per sequence (None: always). The chain's
+        #   critical path is one flag hand-off per chunk (~3 L2 round trips, ~2 us?), hidden while a chunk's
+        #   programs (b * H / chain_hp * blocks) outnumber the resident ones (~132-264): B8 T8192 (256 a chunk),
+        #   not B1 T131072 (32 a chunk, 512 chunks: ~1 ms of hand-offs), where the two-kernel path may be faster
+        "chain_max_nc": None,
+        # - scan_hp: heads per scan program (2 or 4 heads of a group share the CB and C tile loads; 16-bit
+        #   inputs only, fewer where the group's head count does not divide, 1 with scan_r1). The scan moves
+        #   ~2.4 GB from L2 at B8 T8192 (CB re-read by all 32 heads 1.07 GB, C 0.54, x 0.67 over the row blocks,
+        #   hin 0.13) in 0.617 ms, ~3.9 TB/s; 2 heads cut that to ~1.6 GB, 4 to ~1.2. Offline sm_90 (bf16 P64
+        #   N128 Q256, 3 stages): the default scan takes 121 registers at 4 warps (4 programs per SM); 2 heads
+        #   202 at 4 warps (2 per SM; 168 with 8 B spilled under maxnreg_scan 168: 3 per SM, 216 KiB of shared
+        #   memory), 128 at 8 warps (2 per SM); 4 heads 194 at 8 warps (1 per SM, 120 KiB), 128 at 16 warps
+        #   (16 B spilled)
+        "scan_hp": 1, "maxnreg_scan": None,
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
@@ -1716,6 +1959,21 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
             XW_SPLIT=_xw_split(x.dtype, cfg["xw_split"]),
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
+    elif cfg["state_chain"] and (cfg["chain_max_nc"] is None or nc <= cfg["chain_max_nc"]):
+        xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
+        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"] if cfg["BN_CHAIN"] is None else min(cfg["BN_CHAIN"], cfg["BN"])
+        nblk = triton.cdiv(P, BPs) * triton.cdiv(N, BNs)
+        hpc = cfg["chain_hp"] if (H // G) % cfg["chain_hp"] == 0 else 1
+        ring = new_empty((2, b, H, P, N), dtype=f32, device=dev)
+        sync = torch.zeros(1 + b * (H // hpc) * nblk, dtype=torch.int32, device=dev)
+        _state_chain_fwd_kernel[(b * nc * (H // hpc) * nblk,)](
+            x, B, u, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
+            tables.cfin if varlen else dummy, hin_hi, hin_lo, final, ring, sync, T, H, G, nc, P, N, nblk, b,
+            b * H * P * N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
+            Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen,
+            HIN_SPLIT=layout == "split", DOT_PREC=cfg["prec"], XW_SPLIT=_xw_split(x.dtype, xws), HPC=hpc,
+            num_warps=cfg["warps_state"] if cfg["warps_chain"] is None else cfg["warps_chain"],
+            num_stages=cfg["stages"], **_maxnreg(cfg["maxnreg_chain"]))
     else:
         xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
         states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
@@ -1731,16 +1989,20 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     ypre = new_empty((b, T, H, P), dtype=x.dtype, device=dev) if (z is not None and store_ypre) else y
     BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
-    _chunk_scan_fwd_kernel[_grid(b * nc, H, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
+    r1 = cfg["scan_r1"] and not cfg["cs64"]
+    hp = 1 if (r1 or x.dtype == f32) else cfg["scan_hp"]  # fp32: two heads spill heavily (sm_90 offline)
+    while (H // G) % hp:  # the heads of a program share a group
+        hp //= 2
+    _chunk_scan_fwd_kernel[_grid(b * nc, H // hp, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
         x, zz, C, cb, u, cs, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
         STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
         CS64=cfg["cs64"],
-        CB_MASK=cfg["cb_mask"], R1=cfg["scan_r1"] and not cfg["cs64"],
+        CB_MASK=cfg["cb_mask"], R1=r1, **({"HP": hp} if hp > 1 else {}),
         num_warps=cfg["warps_scan"],
-        num_stages=cfg["stages"])
+        num_stages=cfg["stages"], **_maxnreg(cfg["maxnreg_scan"]))
     return y, final, hin, ypre
 
 
