@@ -630,15 +630,16 @@ def test_kernel_bwd7_bf16_gpu(variant, opt):
 @pytest.mark.gpu
 def test_kernel_ds_split_bitwise_gpu():
     """ds_split stores the two bf16 pieces that bwd6's dx cuts from the fp32 dS, and dB's product takes the hi
-    one, so at the same N-slab ("bwd7 ds64") every output and gradient equals bwd6's bit for bit."""
+    one, so at the same N-slab every output and gradient equals bwd6's (session 5's default) bit for bit."""
     from hybridna_kernels.ssd import chunk
 
     b, L, H, P, G, N, Q = GPU_SHAPES[0]
     outs = []
-    for variant in ("bwd6", "bwd7 ds64"):
+    s5 = chunk.SWEEP_CONFIGS["s5 default"]   # bwd6 without session 6's defaults (ds_split among them)
+    for cfg in (s5, dict(s5, ds_split=True)):
         t, kw = make_inputs(b, L, H, P, G, N, OPTIONS["all"], dtype=torch.bfloat16, device=DEVICE, seed=4,
                             requires_grad=True)
-        chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
+        chunk.CFG_OVERRIDE.update(cfg)
         try:
             out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
             outs.append(list(out) + [v for v in _grads(t, out).values()])

@@ -1673,6 +1673,9 @@ SWEEP_CONFIGS = {
     "bwd7 ds dcb16 ftz w8": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb16": True, "bwd_ftz": True, "warps_dcb": 8,
                              "maxnreg_dcb": 128},
     "bwd7 ds64": {**_BWD6, "ds_split": True},
+    # session 5's default (bwd6, two-kernel forward state), to time against the session 6 default
+    "s5 default": {**_BWD6, "ds_split": False, "BN_DX": None, "dcb16": False, "bwd_ftz": False, "state_chain": False,
+                   "BN_CHAIN": None, "warps_chain": None},
     "bwd7 dcb w8": {**_BWD6, "warps_dcb": 8, "maxnreg_dcb": 128},
     "bwd7 h2 w8": {**_BWD6, "dcb_h2": True, "warps_dcb": 8, "maxnreg_dcb": 128},
     "bwd7 rl w8": {**_BWD6, "dcb_rl": True, "warps_dcb": 8, "maxnreg_dcb": 128},
@@ -1833,9 +1836,21 @@ def _cfg(Q, P, N, dtype):
         # - bwd_ftz: the decay tiles of dCB and dx_lean take exp as ex2.approx.ftz (inline PTX, CUDA only): 6 instead
         #   of 9 instructions per element (tl.exp's ex2 adds a compare and two predicated multiplies for denormal
         #   results); the same values except results below 2^-126, which become 0
-        "ds_split": False, "dcb_rl": False, "dcb_h2": False, "BN_DX": None, "maxnreg_fused": None, "dcb16": False,
-        "bwd_ftz": False,
+        # Measured on an H100 (session 6, 2026-12-07, bf16 B8 T8192 H32 P64 N128 Q256, fwd+bwd eager against bwd6
+        # in the same run, .gpu/ssd7b.py): "bwd7 ds dcb16 ftz" 4.232 against 4.611 ms (graph 4.222 / 4.622; B2
+        # T32768 4.217 / 4.595; B1 T131072 8.412 / 9.161), fp64-reference errors equal to bwd6's: on for bf16
+        # where bwd6 is
+        "ds_split": b6, "dcb_rl": False, "dcb_h2": False, "BN_DX": 32 if b6 else None, "maxnreg_fused": None,
+        "dcb16": b6, "bwd_ftz": b6,
+        # state_chain "grad": the chain only in a forward that saves for a backward (with grad), and only where
+        # batch x heads >= chain_min_bh (programs per chunk: the chain's hand-offs stay hidden). Session 6, H100,
+        # bf16 (.gpu/ssd7f.py, against the two-kernel path in the same run): "chain n64 w4" fwd+bwd B8 T8192
+        # 4.394 against 4.694 ms, B2 T32768 4.370 / 4.669; without grad it is no faster (1.094 / 1.078 at B8,
+        # 1.080 / 1.075 at B2) and the plain chain loses at B1 T131072 (batch x heads 32: forward 2.91 / 2.11)
+        "chain_min_bh": 64,
     }
+    if b6:
+        cfg.update(state_chain="grad", BN_CHAIN=64, warps_chain=4)
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
             v = min(v, Q)
@@ -1959,7 +1974,9 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
             XW_SPLIT=_xw_split(x.dtype, cfg["xw_split"]),
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
-    elif cfg["state_chain"] and (cfg["chain_max_nc"] is None or nc <= cfg["chain_max_nc"]):
+    elif (cfg["state_chain"] and (cfg["state_chain"] != "grad" or store_ypre)
+          and (cfg["chain_max_nc"] is None or nc <= cfg["chain_max_nc"])
+          and (cfg["state_chain"] is True or b * H >= cfg["chain_min_bh"])):
         xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
         BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"] if cfg["BN_CHAIN"] is None else min(cfg["BN_CHAIN"], cfg["BN"])
         nblk = triton.cdiv(P, BPs) * triton.cdiv(N, BNs)
