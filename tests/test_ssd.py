@@ -572,6 +572,38 @@ def test_kernel_fwd7_bitwise_equal_default(cfg):
             assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
+@pytest.mark.parametrize("min_bh", [4, 64], ids=["bh4", "bh64"])
+def test_state_chain_grad_gating(grad, min_bh, monkeypatch):
+    """state_chain "grad" (sweep config "s6 chain"): the chained state kernel runs only in a forward with grad
+    and only where batch x heads >= chain_min_bh; either way y and the final states equal the two-kernel path's
+    bit for bit (fp16, interpreter)."""
+    from hybridna_kernels.ssd import chunk
+
+    launched = []
+    real = chunk._state_chain_fwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(chunk, "_state_chain_fwd_kernel", Spy())
+    t, kw = make_inputs(2, 100, 2, 16, 1, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=7)
+    outs = []
+    for cfg in ({}, {"state_chain": "grad", "chain_min_bh": min_bh}):
+        chunk.CFG_OVERRIDE.update(cfg)
+        try:
+            tt = {k: v.detach().requires_grad_(grad) for k, v in t.items()}
+            with torch.set_grad_enabled(grad):
+                outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, tt, kw, chunk_size=32))])
+        finally:
+            chunk.CFG_OVERRIDE.clear()
+    assert bool(launched) == (grad and 2 * 2 >= min_bh)
+    for x, y in zip(*outs):
+        assert torch.equal(x, y)
+
+
 @pytest.mark.parametrize("hfirst", [True, False], ids=["hfirst", "chunk-first"])
 def test_kernel_grid_fallback_order(hfirst, monkeypatch):
     """Past the grid's dimension-2 limit (batch x chunks > 65535, ~16.7M tokens at chunk 256) the launch grid
