@@ -1,4 +1,4 @@
-"""conv1d (issue 3) session 6: forward + backward at B8 D2304 L8192 W4 bf16 SiLU channel-last, default vs variants.
+"""conv1d (issue 3) session 5: forward + backward at B8 D2304 L8192 W4 bf16 SiLU channel-last, default vs variants.
 
 Variants are (forward config, backward config) pairs set as conv.FWD_CONFIG_OVERRIDE / BWD_CONFIG_OVERRIDE, so the
 public autograd path (the issue's figure) uses them. In order: copy bandwidth; every variant compiled in threads;

@@ -1,5 +1,5 @@
 #!/bin/bash
-# conv1d (issue 3) session 6 (<= 60 s wall on an H100 / H200): .gpu/conv6.py under a hard 60 s timeout; its own
+# conv1d (issue 3) session 5 (<= 60 s wall on an H100 / H200): .gpu/conv6.py under a hard 60 s timeout; its own
 # budget is CONV6_S (default 55): copy bandwidth, fp64 checks, then fwd+bwd at B8 D2304 L8192 W4 bf16 (default vs
 # RESET counters and forward / backward variants, eager and CUDA graph, interleaved rounds, medians), host cost
 # per call, W8 and B1 L131072 forward records. Run from the repo root with $OUT and PYTHONPATH set.

@@ -1,4 +1,4 @@
-"""SSD backward variants of session 6 (issue 4): dx_lean, state_bf16, register caps of dx / dCB.
+"""SSD backward variants of session 5 (issue 4): dx_lean, state_bf16, register caps of dx / dCB.
 
 Run from the repo root with PYTHONPATH=/tmp/site:$PWD (see ssd6.sh), $OUT writable. Budget: SSD6_S seconds
 (default 100) from the start of this process; every phase checks what is left and stops cleanly.

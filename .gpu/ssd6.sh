@@ -1,5 +1,5 @@
 #!/bin/bash
-# SSD backward variants, session 6 (issue 4): <= 110 s wall. Run from the repo root, PYTHONPATH=/tmp/site:$PWD set.
+# SSD backward variants, session 5 (issue 4): <= 110 s wall. Run from the repo root, PYTHONPATH=/tmp/site:$PWD set.
 # (1) compile: 6 background processes warm the variants at B1 T4096 (same specialisations as the timed shapes),
 #     sharing Triton's on-disk cache; 30 s cap. (2) .gpu/ssd6.py: check, time, profile in what is left of SSD6_S.
 t0=$(date +%s)

@@ -1,4 +1,4 @@
-"""SSD backward variants of session 7 (issue 4, helper ssd7b), on top of bwd6 (the bf16 default): ds_split (dS as
+"""SSD backward variants of session 6 (issue 4, helper ssd7b), on top of bwd6 (the bf16 default): ds_split (dS as
 bf16 hi / lo planes), dcb16 (dCB buffer in bf16), bwd_ftz (ex2.approx.ftz decay tiles in dCB / dx), cbb16, the
 fused reverse state kernel with the split hin, dCB at 8 warps / two heads per iteration, dcb_r1 (see chunk.py
 SWEEP_CONFIGS "bwd7 ...").

@@ -1,5 +1,5 @@
 #!/bin/bash
-# SSD backward variants, session 7 helper ssd7b (issue 4): <= 110 s wall. Run from the repo root, PYTHONPATH=/tmp/site:$PWD
+# SSD backward variants, session 6 helper ssd7b (issue 4): <= 110 s wall. Run from the repo root, PYTHONPATH=/tmp/site:$PWD
 # set. (1) compile: 12 background processes warm the variants at B1 T4096 (same specialisations as the timed shapes),
 # sharing Triton's on-disk cache; 40 s cap. (2) .gpu/ssd7b.py: check, time (eager, graph), profile in what is left.
 t0=$(date +%s)

@@ -1,4 +1,4 @@
-"""SSD forward variants of session 7 (issue 4, helper ssd7f): state_chain, scan_hp, register caps.
+"""SSD forward variants of session 6 (issue 4, helper ssd7f): state_chain, scan_hp, register caps.
 
 Run from the repo root with PYTHONPATH=/tmp/site:$PWD (see ssd7f.sh), $OUT writable. Budget: SSD7F_S seconds
 (default 100) from the start of this process; every phase checks what is left and stops cleanly.

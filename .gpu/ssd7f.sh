@@ -1,5 +1,5 @@
 #!/bin/bash
-# SSD forward variants, session 7 helper ssd7f (issue 4): <= 110 s wall. Run from the repo root, PYTHONPATH=/tmp/site:$PWD
+# SSD forward variants, session 6 helper ssd7f (issue 4): <= 110 s wall. Run from the repo root, PYTHONPATH=/tmp/site:$PWD
 # set. (1) compile: 6 background processes warm the variants at B1 T4096 (same specialisations as the timed shapes),
 # sharing Triton's on-disk cache; 35 s cap. (2) .gpu/ssd7f.py: check, time, profile in what is left of SSD7F_S.
 t0=$(date +%s)

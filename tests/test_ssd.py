@@ -436,7 +436,7 @@ BWD7_CASES = [("bwd7 h2 w8", "all", torch.float32, (1, 300, 4, 16, 2, 32, 128)),
 @pytest.mark.parametrize("variant, opt, dtype, shape", BWD7_CASES,
                          ids=[f"{v}-{o}-{dtype_id(d)}-{_shape_id(s)}" for v, o, d, s in BWD7_CASES])
 def test_kernel_bwd7_variants(variant, opt, dtype, shape):
-    """Session 7's backward variants on top of bwd6: dcb_h2 (two heads per dCB loop iteration; H / G = 2 here,
+    """Session 6's backward variants on top of bwd6: dcb_h2 (two heads per dCB loop iteration; H / G = 2 here,
     and odd H / G = 3 falls back to one), dcb_rl (CB tile re-read per head), dcb_r1 on bwd6, the fused reverse
     state kernel, dcb16 (fp16 here: the dCB buffer in fp16), ds_split (bf16 only: here it must fall back to the
     plain path), at chunk 16 / 64 / 128,
@@ -468,7 +468,7 @@ FWD7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype)
 @pytest.mark.parametrize("cfg, shape, opt, dtype", FWD7_CASES,
                          ids=[f"{'+'.join(c)}-{_shape_id(s)}-{o}-{dtype_id(d)}" for c, s, o, d in FWD7_CASES])
 def test_kernel_fwd7_variants(cfg, shape, opt, dtype):
-    """Session 7's forward variants: state_chain (chunk state + state pass in one kernel, chained over chunks
+    """Session 6's forward variants: state_chain (chunk state + state pass in one kernel, chained over chunks
     through flags; packed sequences reset / emit states inside the chain; several P x N blocks) and scan_hp
     (two or four heads of a group per scan program, 16-bit inputs only; odd heads per group fall back to one)."""
     from hybridna_kernels.ssd import chunk
@@ -647,7 +647,7 @@ def test_kernel_sweep_configs_bf16_gpu(variant, opt):
 @pytest.mark.parametrize("opt", ["all", "all-cuseq", "all-seqidx"])
 @pytest.mark.parametrize("variant", BWD7_BF16)
 def test_kernel_bwd7_bf16_gpu(variant, opt):
-    """Session 7's backward variants (ds_split, dcb16, cbb16, bwd_ftz, dcb_h2 / dcb_rl / 8-warp dCB, dcb_r1, the fused
+    """Session 6's backward variants (ds_split, dcb16, cbb16, bwd_ftz, dcb_h2 / dcb_rl / 8-warp dCB, dcb_r1, the fused
     reverse state kernel with the split hin) in bf16, where ds_split, cbb16, the split hin and (on CUDA) the inline-PTX
     exp act, against the fp64 recurrence."""
     from hybridna_kernels.ssd import chunk
@@ -713,7 +713,7 @@ FWD7_VARIANTS = ["chain", "chain mr128", "chain n64 w4", "scan hp2", "scan hp2 w
 @pytest.mark.parametrize("opt", ["all", "all-cuseq"])
 @pytest.mark.parametrize("variant", FWD7_VARIANTS)
 def test_kernel_fwd7_variants_bf16_gpu(variant, opt):
-    """Session 7's forward variants (state_chain, scan_hp, register caps) in bf16 at the first full GPU shape:
+    """Session 6's forward variants (state_chain, scan_hp, register caps) in bf16 at the first full GPU shape:
     y, final states and gradients against the fp64 recurrence, then the no-grad forward (bf16 hin, 16-bit
     chunk-state operand) at the forward tolerance."""
     from hybridna_kernels.ssd import chunk

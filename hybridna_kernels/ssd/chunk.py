@@ -1615,7 +1615,7 @@ SWEEP_CONFIGS = {
     "mr": {"maxnreg_state": 128},
     "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True, "xw_split": 2, "hin16_nograd": True,
                   "tsum_dcb": True},
-    # session 7, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
+    # session 6, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
     "chain": {"state_chain": True},
     "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
     "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
@@ -1658,7 +1658,7 @@ SWEEP_CONFIGS = {
     "bwd6 pf": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2, "dcb_pf": True},
     "lean bj128 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "BJ_DX": 128, "warps_dx": 8,
                       "stages_dx": 2},
-    # session 7, helper ssd7b: opt-in backward variants on top of bwd6 (see _cfg). Keys that need bf16 (ds_split)
+    # session 6, helper ssd7b: opt-in backward variants on top of bwd6 (see _cfg). Keys that need bf16 (ds_split)
     # fall back to the plain path elsewhere, so every entry also runs (and is tested) in fp32 / fp16
     # (offline sm_90 registers / spilled bytes: dx with ds_split 168 / 0 at BN_DX 32, 168 / 24 at 64; dCB at 8 warps
     # and a cap of 128: 128 / 0, with dcb_h2 128 / 40, with dcb_rl 124 / 0; the fused reverse state kernel with the
@@ -1712,7 +1712,8 @@ def _cfg(Q, P, N, dtype):
         # 1.684 / 6.095 -> 1.550 / 5.533 ms, B1 T131072 3.298 / 12.017 -> 3.054 / 10.932 ms
         "BM_SCAN": blk, "BK_SCAN": min(32, blk) if l3 else blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
-        # Session 7 helper ssd7f (issue 4, forward), unmeasured on the GPU when written:
+        # Session 6 helper ssd7f (issue 4, forward); measured on an H100 in session 6 (bench/RESULTS.md): the chain
+        # n64 w4 with grad -0.3 ms fwd+bwd at B8 T8192 / B2 T32768, scan_hp slower (1.26-1.63 against 1.08 ms):
         # - state_chain: _state_chain_fwd_kernel instead of _chunk_state_kernel + _state_pass_fwd_kernel (the
         #   fp32 local states, 268 MB written and read back at B8 T8192, never reach memory; parallel over
         #   chunks, the programs chained through a flag per (batch, head, block)); its warps (None: warps_state),
@@ -1822,7 +1823,8 @@ def _cfg(Q, P, N, dtype):
         # - dcb_pf: the dCB head loop loads the next head's cumsum / u vectors one iteration ahead (offline:
         #   254 registers at 4 warps, 204 at 8: as many programs per SM as without it at 4 warps)
         "dcb_pf": False,
-        # Session 7 helper ssd7b (opt-in, not measured yet; see SWEEP_CONFIGS "bwd7 ..."):
+        # Session 6 helper ssd7b (SWEEP_CONFIGS "bwd7 ..."; measured on an H100 in session 6, see below and
+        # bench/RESULTS.md):
         # - ds_split: the reverse state pass stores dS as the two bf16 pieces (hi, lo = bf16(dS - hi)) that dx's
         #   state term (state_bf16 2) cuts from the fp32 dS in registers anyway, and dB's product the hi one:
         #   the same bytes written, no split in dx, half the dS bytes read by dB; bit-identical products.
