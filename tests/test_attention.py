@@ -234,6 +234,13 @@ def _check(q, k, v, *, causal=True, window=None, cu_seqlens=None, max_seqlen=Non
             assert_close(name, r, g, tol(dtype, "grad"))
 
 
+def _check_shape(shape, dtype):
+    """_check on random inputs of shape (B, Lq, Lk, Hq, Hkv, D, causal, window) in dtype."""
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, dtype)
+    _check(q, k, v, causal=causal, window=window)
+
+
 _SHAPES = [
     # B, Lq, Lk, Hq, Hkv, D, causal, window
     (2, 1, 1, 2, 2, 32, True, None),        # seqlen 1
@@ -261,9 +268,7 @@ def _shape_id(s):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
 @pytest.mark.parametrize("shape", _SHAPES, ids=_shape_id)
 def test_kernel_matches_reference(shape, dtype):
-    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
-    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, dtype)
-    _check(q, k, v, causal=causal, window=window)
+    _check_shape(shape, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
@@ -566,9 +571,7 @@ _GPU_SHAPES = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
 @pytest.mark.parametrize("shape", _gpu_params(_GPU_SHAPES), ids=_shape_id)
 def test_gpu_full_shapes(shape, dtype, no_autotune):
-    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
-    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, dtype)
-    _check(q, k, v, causal=causal, window=window)
+    _check_shape(shape, dtype)
 
 
 @pytest.mark.gpu
@@ -586,9 +589,7 @@ def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;" + variant))
-    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
-    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
-    _check(q, k, v, causal=causal, window=window)
+    _check_shape(shape, torch.bfloat16)
 
 
 @pytest.mark.gpu
@@ -608,9 +609,7 @@ def test_gpu_dq_options(shape, variant, no_autotune, monkeypatch):
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;dkdv_fast=;" + variant))
-    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
-    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
-    _check(q, k, v, causal=causal, window=window)
+    _check_shape(shape, torch.bfloat16)
 
 
 @pytest.mark.gpu

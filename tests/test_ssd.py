@@ -352,6 +352,18 @@ def check_kernel_vs_reference(shape, opt, dtype, seed=0, strided=False):
         assert_close(f"d{k}", g_ref[k], g_out[k], tol(dtype, "grad"))
 
 
+def check_kernel_with_config(cfg, shape, opt, dtype, seed=0):
+    """check_kernel_vs_reference with chunk.CFG_OVERRIDE set to cfg (a SWEEP_CONFIGS name or a config dict),
+    cleared afterwards whatever happens."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[cfg] if isinstance(cfg, str) else cfg)
+    try:
+        check_kernel_vs_reference(shape, opt, dtype, seed=seed)
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
 KERNEL_CASES = (
     [((2, 63, 4, 16, 2, 16, 16), opt, torch.float32) for opt in OPTIONS]
     + [((2, 1, 2, 16, 1, 32, 16), opt, torch.float32) for opt in ("all", "all-cuseq", "all-seqidx")]
@@ -376,13 +388,8 @@ def test_kernel_matches_reference(shape, opt, dtype):
 def test_kernel_sweep_configs(variant):
     """Every launch config the benchmark sweep may pick gives the same (correct) results: correctness
     never depends on a tuning choice. (Warps / stages do not change the interpreter's results.)"""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:  # chunk 128, so 128-row variants are not clamped back to the default
-        check_kernel_vs_reference((1, 150, 2, 16, 1, 32, 128), "all-seqidx", torch.float32)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    # chunk 128, so 128-row variants are not clamped back to the default
+    check_kernel_with_config(variant, (1, 150, 2, 16, 1, 32, 128), "all-seqidx", torch.float32)
 
 
 @pytest.mark.parametrize("variant, dtype", [("r1", torch.float32), ("fast tsum", torch.float16)],
@@ -391,13 +398,7 @@ def test_kernel_rank1_decay_variants(variant, dtype):
     """The rank-1 decay below the diagonal block (scan_r1, dx_r1; dx with and without the T sums of the
     dCB kernel) only acts in chunks holding more than one row block of one sequence: 300 unpacked tokens
     at chunk 128 (two 64-row blocks per chunk; the packed cases above rarely fill one)."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference((1, 300, 2, 16, 1, 32, 128), "all", dtype)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, (1, 300, 2, 16, 1, 32, 128), "all", dtype)
 
 
 LEAN_CASES = [("lean", "all", torch.float32), ("lean sb2 mr168 bi32", "all-cuseq", torch.float16),
@@ -413,13 +414,7 @@ def test_kernel_dx_lean_variants(variant, opt, dtype):
     without the T sums, "bwd6 pf" with them and the fp32 gated dy of z): 300 tokens at chunk 128, so dx
     has two row blocks per chunk (bi32: four column blocks; bj128: one 128-row block over the dCB kernel's
     two 64-row T-sum blocks) and a partial last chunk."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference((1, 300, 2, 16, 1, 32, 128), opt, dtype)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, (1, 300, 2, 16, 1, 32, 128), opt, dtype)
 
 
 BWD7_CASES = [("bwd7 h2 w8", "all", torch.float32, (1, 300, 4, 16, 2, 32, 128)),
@@ -441,13 +436,7 @@ def test_kernel_bwd7_variants(variant, opt, dtype, shape):
     state kernel, dcb16 (fp16 here: the dCB buffer in fp16), ds_split (bf16 only: here it must fall back to the
     plain path), at chunk 16 / 64 / 128,
     ngroups 1 and 2, packed sequences, z and initial states, sizes that are not powers of two."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference(shape, opt, dtype)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, shape, opt, dtype)
 
 
 FWD7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype)
@@ -471,13 +460,7 @@ def test_kernel_fwd7_variants(cfg, shape, opt, dtype):
     """Session 6's forward variants: state_chain (chunk state + state pass in one kernel, chained over chunks
     through flags; packed sequences reset / emit states inside the chain; several P x N blocks) and scan_hp
     (two or four heads of a group per scan program, 16-bit inputs only; odd heads per group fall back to one)."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(cfg)
-    try:
-        check_kernel_vs_reference(shape, opt, dtype)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(cfg, shape, opt, dtype)
 
 
 @pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
@@ -634,13 +617,7 @@ def test_kernel_sweep_configs_bf16_gpu(variant, opt):
     """The benchmark's variants (precision and launch choices) at the tolerances of the defaults, in
     bf16 where the precision choices differ from fp32, packed sequences included, at the first
     full GPU shape."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
 
 
 @pytest.mark.gpu
@@ -650,13 +627,7 @@ def test_kernel_bwd7_bf16_gpu(variant, opt):
     """Session 6's backward variants (ds_split, dcb16, cbb16, bwd_ftz, dcb_h2 / dcb_rl / 8-warp dCB, dcb_r1, the fused
     reverse state kernel with the split hin) in bf16, where ds_split, cbb16, the split hin and (on CUDA) the inline-PTX
     exp act, against the fp64 recurrence."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
 
 
 @pytest.mark.gpu
