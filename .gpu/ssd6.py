@@ -15,7 +15,6 @@ variant failing either is not timed; (3) timing, interleaved rounds, medians: fw
 (5) if time is left, B2 T32768 / B1 T131072.
 """
 import os
-import statistics
 import sys
 import time
 
@@ -27,14 +26,10 @@ import ssdkit as kit  # noqa: E402
 from ssdkit import bench, call, chunk, left, make, sync, use  # noqa: E402
 
 DRY = kit.setup("SSD6", 100, T_START)[0]  # SSD6_DRY=1: a CPU dry run (see ssdkit)
-VARIANTS = ["default", "bwd6 w8x", "bwd6 pf", "bwd6", "lean sb2 w8", "dcb pf", "dcb w8", "dcb pf w8",
-            "lean sb2 mr168", "bwd6 sb3", "lean mr168", "dcb mr168", "lean", "lean bj128 w8"]
+VARIANTS = kit.variants(["default", "bwd6 w8x", "bwd6 pf", "bwd6", "lean sb2 w8", "dcb pf", "dcb w8", "dcb pf w8",
+                         "lean sb2 mr168", "bwd6 sb3", "lean mr168", "dcb mr168", "lean", "lean bj128 w8"])
 N_EXTRA = 4  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
-if os.environ.get("SSD6_VARIANTS"):
-    VARIANTS = os.environ["SSD6_VARIANTS"].split(",")
-SHAPE = (1, 512) if DRY else (8, 8192)
-REF_T = 512 if DRY else 4096
-LONG = [(1, 1024)] if DRY else [(2, 32768), (1, 131072)]
+REF_T, SHAPE, LONG = kit.REF_T, kit.SHAPE, kit.LONG
 say = kit.say
 
 
@@ -62,34 +57,23 @@ GRAPH = os.environ.get("SSD6_GRAPH", "0") == "1"
 
 def timing(names, b, T, rounds=3, graph=GRAPH):
     """Interleaved rounds, medians of do_bench medians (ms); the CUDA-graph numbers from round 1 only."""
-    res = {n: {"fb": [], "bwd": [], "fb_g": [], "bwd_g": []} for n in names}
     fb, bwd = kit.fb_bwd_fns(b, T)
     print(f"timing B{b} T{T}: variant | fwd+bwd eager | bwd eager | fwd+bwd graph | bwd graph (ms, median "
           f"of rounds)", flush=True)
-    for r in range(rounds):
-        for name in names:
-            if left() < 8:
-                break
-            use(name)
-            rr = res[name]
-            try:
-                rr["fb"].append(bench(fb))
-                rr["bwd"].append(bench(bwd))
-                if graph and r == min(1, rounds - 1):  # host-free numbers drift little: one round (GPU time)
-                    for key, f in (("fb_g", fb), ("bwd_g", bwd)):
-                        try:
-                            rr[key].append(bench(f, graph=True))
-                        except Exception as e:  # noqa: BLE001 - graph capture may not work with autograd here
-                            rr[key].append(float("nan"))
-                            if name == names[0]:
-                                print(f"  graph {key} {name}: {type(e).__name__}: {str(e)[:120]}", flush=True)
-            except Exception as e:  # noqa: BLE001
-                print(f"  {name}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-            med = {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()}
-            print(f"  round {r} | {name} | {med['fb']:.3f} | {med['bwd']:.3f} | {med['fb_g']:.3f} | "
-                  f"{med['bwd_g']:.3f}", flush=True)
-    chunk.CFG_OVERRIDE.clear()
-    return {n: {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()} for n, rr in res.items()}
+
+    def measure(r, name, rr):
+        rr["fb"].append(bench(fb))
+        rr["bwd"].append(bench(bwd))
+        if graph and r == min(1, rounds - 1):  # host-free numbers drift little: one round (GPU time)
+            for key, f in (("fb_g", fb), ("bwd_g", bwd)):
+                try:
+                    rr[key].append(bench(f, graph=True))
+                except Exception as e:  # noqa: BLE001 - graph capture may not work with autograd here
+                    rr[key].append(float("nan"))
+                    if name == names[0]:
+                        print(f"  graph {key} {name}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+
+    return kit.interleaved(names, ("fb", "bwd", "fb_g", "bwd_g"), rounds, measure, say)
 
 
 def main():

@@ -18,7 +18,6 @@ variant failing either is not timed; (3) timing, interleaved rounds, medians: fw
 autograd, every input made before capture) replayed from a CUDA graph; (5) per-kernel CUDA time (torch.profiler)
 of one fwd+bwd; (6) if time is left, B2 T32768 / B1 T131072 (default and the best variant, eager and graph).
 """
-import os
 import statistics
 import sys
 import time
@@ -31,14 +30,11 @@ import ssdkit as kit  # noqa: E402
 from ssdkit import bench, bs, chunk, left, make, sync, use  # noqa: E402
 
 DRY, DEV, DT, HEADS = kit.setup("SSD7B", 110, T_START)  # SSD7B_DRY=1: a CPU dry run (see ssdkit)
-VARIANTS = ["default", "bwd7 ds dcb16 ftz", "bwd7 fb ds", "bwd7 cbb16", "bwd7 ds dcb16 ftz w8", "bwd7 ftz",
-            "bwd7 ds dcb16", "bwd7 ds", "bwd7 dcb16", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 fb", "bwd7 r1", "bwd7 ds64"]
+VARIANTS = kit.variants(["default", "bwd7 ds dcb16 ftz", "bwd7 fb ds", "bwd7 cbb16", "bwd7 ds dcb16 ftz w8",
+                         "bwd7 ftz", "bwd7 ds dcb16", "bwd7 ds", "bwd7 dcb16", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 fb",
+                         "bwd7 r1", "bwd7 ds64"])
 N_EXTRA = 3  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
-if os.environ.get("SSD7B_VARIANTS"):
-    VARIANTS = os.environ["SSD7B_VARIANTS"].split(",")
-SHAPE = (1, 512) if DRY else (8, 8192)
-REF_T = 512 if DRY else 4096
-LONG = [(1, 1024)] if DRY else [(2, 32768), (1, 131072)]
+REF_T, SHAPE, LONG = kit.REF_T, kit.SHAPE, kit.LONG
 say = kit.say
 
 
@@ -61,24 +57,14 @@ def warm(i, n):
 
 def timing(names, b, T, rounds=3):
     """Interleaved eager rounds, medians of do_bench medians (ms): fwd+bwd and backward only."""
-    res = {n: {"fb": [], "bwd": []} for n in names}
     fb, bwd = kit.fb_bwd_fns(b, T)
     print(f"timing B{b} T{T}: variant | fwd+bwd eager | bwd eager (ms, median of rounds so far)", flush=True)
-    for r in range(rounds):
-        for name in names:
-            if left() < 8:
-                break
-            use(name)
-            rr = res[name]
-            try:
-                rr["fb"].append(bench(fb))
-                rr["bwd"].append(bench(bwd))
-            except Exception as e:  # noqa: BLE001
-                print(f"  {name}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-            med = {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()}
-            print(f"  round {r} | {name} | {med['fb']:.3f} | {med['bwd']:.3f}", flush=True)
-    chunk.CFG_OVERRIDE.clear()
-    return {n: {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()} for n, rr in res.items()}
+
+    def measure(r, name, rr):
+        rr["fb"].append(bench(fb))
+        rr["bwd"].append(bench(bwd))
+
+    return kit.interleaved(names, ("fb", "bwd"), rounds, measure, say)
 
 
 def graph_times(names, b, T, reps=4):

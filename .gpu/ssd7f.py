@@ -15,8 +15,6 @@ with NaN in (2) is not timed; (3) timing, interleaved rounds, medians: no-grad f
 public call) and CUDA graph (inputs made before capture), fwd+bwd eager, at B8 T8192 then B2 T32768;
 (4) per-kernel CUDA time (torch.profiler) of one no-grad forward and one with-grad forward.
 """
-import os
-import statistics
 import sys
 import time
 
@@ -28,13 +26,11 @@ import ssdkit as kit  # noqa: E402
 from ssdkit import LEAVES, bs, call, chunk, grads, left, make, rel, sync  # noqa: E402
 
 DRY, DEV, DT, HEADS = kit.setup("SSD7F", 100, T_START)  # SSD7F_DRY=1: a CPU dry run (see ssdkit)
-VARIANTS = ["default", "chain", "chain h2 w16", "scan hp2 w8", "scan hp4 w8", "chain h2 w16 hp2 w8",
-            "chain h2 w16 hp4 w8", "chain hp2 w8", "chain mr128", "chain n64 w4", "scan hp2 mr168", "scan hp4 w16",
-            "chain h2 w8"]
-if os.environ.get("SSD7F_VARIANTS"):
-    VARIANTS = os.environ["SSD7F_VARIANTS"].split(",")
+VARIANTS = kit.variants(["default", "chain", "chain h2 w16", "scan hp2 w8", "scan hp4 w8", "chain h2 w16 hp2 w8",
+                         "chain h2 w16 hp4 w8", "chain hp2 w8", "chain mr128", "chain n64 w4", "scan hp2 mr168",
+                         "scan hp4 w16", "chain h2 w8"])
 SHAPES = [(1, 512), (1, 1024), (1, 2048)] if DRY else [(8, 8192), (2, 32768), (1, 131072)]  # the third if time is left
-REF_T = 512 if DRY else 4096
+REF_T = kit.REF_T
 
 
 def log(s):
@@ -117,25 +113,15 @@ def fns(b, T):
 
 def timing(names, b, T, rounds=3):
     """Interleaved rounds; per variant the median over rounds of do_bench medians (ms)."""
-    res = {n: {"fwd": [], "fwd_g": [], "fb": []} for n in names}
     fwd, fb = fns(b, T)
     log(f"timing B{b} T{T}: variant | fwd no-grad eager | fwd no-grad graph | fwd+bwd eager (ms, medians so far)")
-    for r in range(rounds):
-        for name in names:
-            if left() < 6:
-                break
-            use(name)
-            rr = res[name]
-            try:
-                rr["fwd"].append(bench(fwd))
-                rr["fwd_g"].append(bench(fwd, graph=True))
-                rr["fb"].append(bench(fb))
-            except Exception as e:  # noqa: BLE001
-                log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
-            med = {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()}
-            log(f"  round {r} | {name} | {med['fwd']:.3f} | {med['fwd_g']:.3f} | {med['fb']:.3f}")
-    chunk.CFG_OVERRIDE.clear()
-    return {n: {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()} for n, rr in res.items()}
+
+    def measure(r, name, rr):
+        rr["fwd"].append(bench(fwd))
+        rr["fwd_g"].append(bench(fwd, graph=True))
+        rr["fb"].append(bench(fb))
+
+    return kit.interleaved(names, ("fwd", "fwd_g", "fb"), rounds, measure, log, reserve=6)
 
 
 def profile(names, b, T):

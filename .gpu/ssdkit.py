@@ -4,9 +4,11 @@ fp64 reference check, the relative difference, timers and the per-kernel profile
 
 A script calls `setup(PREFIX, default_budget, t_start)` once, before it uses anything else here: PREFIX_S is the
 budget in seconds from t_start, PREFIX_DRY=1 a CPU dry run of the script's logic (TRITON_INTERPRET=1 set by the
-caller, fp16, two heads, wall-clock timer). The settings are this module's globals (DRY, DEV, DT, HEADS, BUDGET).
+caller, fp16, two heads, wall-clock timer). The settings are this module's globals (DRY, DEV, DT, HEADS, BUDGET,
+and the shapes: REF_T the reference check's length at B1, SHAPE the timed B / T, LONG the long shapes).
 """
 import os
+import statistics
 import sys
 import time
 
@@ -28,18 +30,30 @@ DRY = False
 DEV = "cuda"
 DT = torch.bfloat16
 HEADS = bs.H
+PREFIX = ""
+REF_T = 4096
+SHAPE = (8, 8192)
+LONG = [(2, 32768), (1, 131072)]
 
 
 def setup(prefix, budget, t_start):
     """Reads PREFIX_S (default `budget`) and PREFIX_DRY; returns DRY, DEV, DT, HEADS for the script's own use."""
-    global T_START, BUDGET, DRY, DEV, DT, HEADS
-    T_START = t_start
+    global PREFIX, T_START, BUDGET, DRY, DEV, DT, HEADS, REF_T, SHAPE, LONG
+    PREFIX, T_START = prefix, t_start
     BUDGET = float(os.environ.get(f"{prefix}_S", str(budget)))
     DRY = os.environ.get(f"{prefix}_DRY") == "1"
     DEV = "cpu" if DRY else "cuda"
     DT = torch.float16 if DRY else torch.bfloat16
     HEADS = 2 if DRY else bs.H
+    REF_T = 512 if DRY else 4096
+    SHAPE = (1, 512) if DRY else (8, 8192)
+    LONG = [(1, 1024)] if DRY else [(2, 32768), (1, 131072)]
     return DRY, DEV, DT, HEADS
+
+
+def variants(names):
+    """The variants to run: `names`, or PREFIX_VARIANTS (comma-separated) where set."""
+    return os.environ[f"{PREFIX}_VARIANTS"].split(",") if os.environ.get(f"{PREFIX}_VARIANTS") else names
 
 
 def say(s):
@@ -200,6 +214,31 @@ def fb_bwd_fns(b, T):
         torch.autograd.grad(y, leaves, dy, retain_graph=True)
 
     return fb, bwd
+
+
+def medians(rr):
+    return {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()}
+
+
+def interleaved(names, keys, rounds, measure, say, reserve=8):
+    """Interleaved timing rounds: in each, per variant (while more than `reserve` seconds are left) use(name),
+    then measure(r, name, rr) appends to the lists rr[key] (ms); a row "round r | name | medians so far" (keys in
+    order). Returns {name: {key: median over rounds}}; the defaults are selected again at the end."""
+    res = {n: {k: [] for k in keys} for n in names}
+    for r in range(rounds):
+        for name in names:
+            if left() < reserve:
+                break
+            use(name)
+            rr = res[name]
+            try:
+                measure(r, name, rr)
+            except Exception as e:  # noqa: BLE001
+                say(f"  {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
+            med = medians(rr)
+            say(f"  round {r} | {name} | " + " | ".join(f"{med[k]:.3f}" for k in keys))
+    chunk.CFG_OVERRIDE.clear()
+    return {n: medians(rr) for n, rr in res.items()}
 
 
 def kernel_rows(prof, width=28):
