@@ -574,6 +574,12 @@ def test_gpu_full_shapes(shape, dtype, no_autotune):
     _check_shape(shape, dtype)
 
 
+# the kernel options' GPU shapes (long bucket): the model's GQA 4:1 D64 layout, D128 with a ragged end, a window with
+# a chunked-prefill offset and ragged blocks
+_OPTION_SHAPES = [(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
+                  (1, 4000, 4100, 8, 2, 64, True, 1000)]
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll",
@@ -581,8 +587,7 @@ def test_gpu_full_shapes(shape, dtype, no_autotune):
                                      "dkdv=64,128,8,3;dkdv_opt=oneloop,gunroll,early_dp",
                                      "dkdv=32,128,8,2;dkdv_opt=oneloop,rowshift"],
                          ids=lambda v: v.replace("dkdv_opt=", "").replace("dkdv=", "").replace(";", "-"))
-@pytest.mark.parametrize("shape", _gpu_params([(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
-                                               (1, 4000, 4100, 8, 2, 64, True, 1000)]), ids=_shape_id)
+@pytest.mark.parametrize("shape", _gpu_params(_OPTION_SHAPES), ids=_shape_id)
 def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
     """The dk/dv kernel's options (dkdv_opt) in bf16 at long-bucket shapes (GQA 4:1 D64, D128, a window with a
     chunked-prefill offset and ragged blocks) against the float64 reference."""
@@ -600,8 +605,7 @@ def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
                                      "dq=128,128,8,2;dq_opt=oneloop,rowshift",
                                      "dq=128,64,8,3;dq_opt=qreg,early_dp"],
                          ids=lambda v: v.replace("dq_opt=", "").replace("dq=", "").replace(";", "-"))
-@pytest.mark.parametrize("shape", _gpu_params([(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
-                                               (1, 4000, 4100, 8, 2, 64, True, 1000)]), ids=_shape_id)
+@pytest.mark.parametrize("shape", _gpu_params(_OPTION_SHAPES), ids=_shape_id)
 def test_gpu_dq_options(shape, variant, no_autotune, monkeypatch):
     """The dq kernel's options (dq_opt; a fifth config number caps the registers) in bf16 at long-bucket shapes
     (the model's GQA 4:1 D64 layout, D128 with a ragged end, a window with a chunked-prefill offset) against the
