@@ -23,31 +23,23 @@ T_START = time.time()
 import torch  # noqa: E402
 
 import ssdkit as kit  # noqa: E402
-from ssdkit import bench, call, chunk, left, make, sync, use  # noqa: E402
+from ssdkit import bench, call, left  # noqa: E402
 
 DRY = kit.setup("SSD6", 100, T_START)[0]  # SSD6_DRY=1: a CPU dry run (see ssdkit)
 VARIANTS = kit.variants(["default", "bwd6 w8x", "bwd6 pf", "bwd6", "lean sb2 w8", "dcb pf", "dcb w8", "dcb pf w8",
                          "lean sb2 mr168", "bwd6 sb3", "lean mr168", "dcb mr168", "lean", "lean bj128 w8"])
 N_EXTRA = 4  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
-REF_T, SHAPE, LONG = kit.REF_T, kit.SHAPE, kit.LONG
+SHAPE, LONG = kit.SHAPE, kit.LONG
 say = kit.say
 
 
 def warm(i, n):
-    t = make(1, REF_T, extra=False)
-    te = make(1, REF_T, extra=True)
-    for name in VARIANTS[i::n]:
-        use(name)
-        try:
-            for tt in ((t, te) if name in VARIANTS[:N_EXTRA] else (t,)):
-                kit.fwd_bwd(tt)
-            if name == "default":
-                with torch.no_grad():
-                    call(t)
-            sync()
-            print(f"warm {name}: ok {time.time() - T_START:.1f}s", flush=True)
-        except Exception as e:  # noqa: BLE001 - reported by the main process too
-            print(f"warm {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    def nograd_default(name, t):
+        if name == "default":
+            with torch.no_grad():
+                call(t)
+
+    kit.warm(VARIANTS[i::n], VARIANTS[:N_EXTRA], nograd_default)
 
 
 # Session 5's call: capturing autograd.grad through do_bench_cudagraph failed ("operation failed due to a previous
@@ -78,14 +70,7 @@ def timing(names, b, T, rounds=3, graph=GRAPH):
 
 def main():
     kit.header(say)
-    names = [n for n in VARIANTS if n in chunk.SWEEP_CONFIGS]
-    ok_ref = kit.ref_errors(names, False, REF_T, say)
-    for n, v in kit.ref_errors([n for n in names[:N_EXTRA]], True, REF_T, say).items():
-        ok_ref[n] = ok_ref.get(n, False) and v
-    ok_def = kit.vs_default(names, *SHAPE)
-    good = [n for n in names if ok_ref.get(n) and ok_def.get(n, n == "default")]
-    print(f"[{time.time() - T_START:.0f}s] timed: {good}; not timed: {[n for n in names if n not in good]}",
-          flush=True)
+    good = kit.checked(VARIANTS, N_EXTRA)
     res = timing(good, *SHAPE)
     ranked = sorted((n for n in good if n != "default" and res[n]["fb"] == res[n]["fb"]), key=lambda n: res[n]["fb"])
     print(f"[{time.time() - T_START:.0f}s] summary B{SHAPE[0]} T{SHAPE[1]} (ms: fwd+bwd eager / bwd eager / "

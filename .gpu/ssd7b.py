@@ -34,25 +34,17 @@ VARIANTS = kit.variants(["default", "bwd7 ds dcb16 ftz", "bwd7 fb ds", "bwd7 cbb
                          "bwd7 ftz", "bwd7 ds dcb16", "bwd7 ds", "bwd7 dcb16", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 fb",
                          "bwd7 r1", "bwd7 ds64"])
 N_EXTRA = 3  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
-REF_T, SHAPE, LONG = kit.REF_T, kit.SHAPE, kit.LONG
+SHAPE, LONG = kit.SHAPE, kit.LONG
 say = kit.say
 
 
 def warm(i, n):
-    t = make(1, REF_T, extra=False)
-    te = make(1, REF_T, extra=True)
-    for name in VARIANTS[i::n]:
-        use(name)
-        try:
-            for tt in ((t, te) if name in VARIANTS[:N_EXTRA] else (t,)):
-                kit.fwd_bwd(tt)
-            if chunk.SWEEP_CONFIGS[name].get("fused_state_bwd") and not DRY:
-                # the fused reverse state kernel's blocks depend on batch x heads (_fused_blocks): 64 x 64 at B8
-                kit.fwd_bwd(make(8, 1024))
-            sync()
-            print(f"warm {name}: ok {time.time() - T_START:.1f}s", flush=True)
-        except Exception as e:  # noqa: BLE001 - reported by the main process too
-            print(f"warm {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    def fused_b8(name, t):
+        if chunk.SWEEP_CONFIGS[name].get("fused_state_bwd") and not DRY:
+            # the fused reverse state kernel's blocks depend on batch x heads (_fused_blocks): 64 x 64 at B8
+            kit.fwd_bwd(make(8, 1024))
+
+    kit.warm(VARIANTS[i::n], VARIANTS[:N_EXTRA], fused_b8)
 
 
 def timing(names, b, T, rounds=3):
@@ -125,14 +117,7 @@ def graph_times(names, b, T, reps=4):
 
 def main():
     kit.header(say)
-    names = [n for n in VARIANTS if n in chunk.SWEEP_CONFIGS]
-    ok_ref = kit.ref_errors(names, False, REF_T, say)
-    for n, v in kit.ref_errors([n for n in names[:N_EXTRA]], True, REF_T, say).items():
-        ok_ref[n] = ok_ref.get(n, False) and v
-    ok_def = kit.vs_default(names, *SHAPE, bitwise=True)
-    good = [n for n in names if ok_ref.get(n) and ok_def.get(n, n == "default")]
-    print(f"[{time.time() - T_START:.0f}s] timed: {good}; not timed: {[n for n in names if n not in good]}",
-          flush=True)
+    good = kit.checked(VARIANTS, N_EXTRA, bitwise=True)
     res = timing(good, *SHAPE)
     ranked = sorted((n for n in good if n != "default" and res[n]["fb"] == res[n]["fb"]), key=lambda n: res[n]["fb"])
     print(f"[{time.time() - T_START:.0f}s] summary B{SHAPE[0]} T{SHAPE[1]} eager (ms: fwd+bwd / bwd):", flush=True)

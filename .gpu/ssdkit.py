@@ -200,6 +200,38 @@ def vs_default(names, b, T, bitwise=False):
     return ok
 
 
+def checked(variants, n_extra, bitwise=False):
+    """The backward scripts' checks of the variants that are sweep configs: against the fp64 reference at B1 REF_T
+    (the first n_extra also with z and initial_states), then against the default at SHAPE (vs_default); says which
+    are timed. Returns those that passed both (the default: unless it failed the reference)."""
+    names = [n for n in variants if n in chunk.SWEEP_CONFIGS]
+    ok_ref = ref_errors(names, False, REF_T, say)
+    for n, v in ref_errors(names[:n_extra], True, REF_T, say).items():
+        ok_ref[n] = ok_ref.get(n, False) and v
+    ok_def = vs_default(names, *SHAPE, bitwise=bitwise)
+    good = [n for n in names if ok_ref.get(n) and ok_def.get(n, n == "default")]
+    say(f"[{time.time() - T_START:.0f}s] timed: {good}; not timed: {[n for n in names if n not in good]}")
+    return good
+
+
+def warm(names, extra, also=None):
+    """Compiles each variant of `names` (a warm-up worker's share): forward + backward at B1 REF_T, also with z and
+    initial_states for those in `extra`, then also(name, t) where given (t: the plain inputs); a line per variant."""
+    t = make(1, REF_T, extra=False)
+    te = make(1, REF_T, extra=True)
+    for name in names:
+        use(name)
+        try:
+            for tt in ((t, te) if name in extra else (t,)):
+                fwd_bwd(tt)
+            if also is not None:
+                also(name, t)
+            sync()
+            say(f"warm {name}: ok {time.time() - T_START:.1f}s")
+        except Exception as e:  # noqa: BLE001 - reported by the main process too
+            say(f"warm {name}: {type(e).__name__}: {str(e)[:200]}")
+
+
 def fb_bwd_fns(b, T):
     """fwd+bwd and backward-only callables as bench_ssd times them (y only, no final states)."""
     t = make(b, T)
