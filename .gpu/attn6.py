@@ -26,16 +26,12 @@ DRY = bool(os.environ.get("ATTN6_DRY"))
 if DRY:
     os.environ["TRITON_INTERPRET"] = "1"
 import torch  # noqa: E402
-import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
-from hybridna_kernels.attention import flash  # noqa: E402
-from hybridna_kernels.attention.flash import attention_bwd  # noqa: E402
-from hybridna_kernels.attention.naive import attention_ref  # noqa: E402
-from hybridna_kernels import flash_attention  # noqa: E402
+import attnkit as kit  # noqa: E402
+from attnkit import bwd_fn, fwd_bwd, left  # noqa: E402
 
-DEV = "cpu" if DRY else "cuda"
-DT = torch.float16 if DRY else torch.bfloat16
+kit.setup(DRY, T0, BUDGET)
 # name, B, Hq, Hkv, L, D
 SHAPES = [("model B1 Hq16:Hkv4 L32768 D64", 1, 16, 4, 32768, 64), ("B1 H16 L32768 D64", 1, 16, 16, 32768, 64),
           ("B8 H16 L8192 D64", 8, 16, 16, 8192, 64), ("B1 H8 L32768 D128", 1, 8, 8, 32768, 128)]
@@ -68,28 +64,7 @@ def variants(D):
 
 
 def set_variant(v):
-    flash.VARIANT = {} if v is None else flash.parse_variant(BASE + ";" + v)
-
-
-def left():
-    return BUDGET - (time.time() - T0)
-
-
-def make(B, Hq, Hkv, L, D, seed=0):
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    mk = lambda H: torch.randn(B, L, H, D, generator=g, device=DEV).to(DT)  # noqa: E731
-    return mk(Hq), mk(Hkv), mk(Hkv), mk(Hq)
-
-
-def fwd_bwd(q, k, v, do):
-    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    o = flash_attention(q, k, v, causal=True)
-    return torch.autograd.grad(o, (q, k, v), do)
-
-
-def bwd_fn(q, k, v, do, o, lse):
-    scale = q.shape[-1] ** -0.5
-    return lambda: attention_bwd(do, q, k, v, o, lse, causal=True, window=None, softmax_scale=scale)
+    kit.set_variant(v, BASE)
 
 
 def warm(i, n):
@@ -99,28 +74,12 @@ def warm(i, n):
         if (Hq, Hkv, D) in seen:   # B1 / B8 at H16 share the compiled kernels
             continue
         seen.add((Hq, Hkv, D))
-        jobs += [(Hq, Hkv, D, v) for _, v in variants(D)]
-    for j, (Hq, Hkv, D, v) in enumerate(jobs):
-        if j % n != i:
-            continue
-        set_variant(v)
-        q, k, vv, do = make(1, Hq, Hkv, 4096, D)
-        try:
-            fwd_bwd(q, k, vv, do)
-            torch.cuda.synchronize()
-        except Exception as e:  # reported again by the main's check
-            print(f"warm {Hq}:{Hkv} D{D} {v}: {type(e).__name__} {str(e)[:200]}", flush=True)
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+        jobs += [(set_variant, v, Hq, Hkv, 4096, D) for _, v in variants(D)]
+    kit.warm(jobs, i, n)
 
 
 def bench(fn):
-    if DRY:
-        fn()
-        return 1.0
-    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+    return kit.bench(fn, rep=60)
 
 
 def cudnn_fns(q, k, v, do):
@@ -160,9 +119,7 @@ def cudnn_fns(q, k, v, do):
 
 
 def main():
-    dev = "cpu (dry run)" if DRY else torch.cuda.get_device_name()
-    print(f"{dev} | torch {torch.__version__} triton {triton.__version__} | budget {BUDGET:.0f} s, "
-          f"{time.time() - T0:.0f} s used by warm-up + imports", flush=True)
+    kit.header()
     for name, B, Hq, Hkv, L, D in SHAPES:
         if left() < 12:
             print(f"-- {name}: skipped (budget)", flush=True)
@@ -170,45 +127,9 @@ def main():
         fl = 4 * B * Hq * L * L * D / 2
         vs = variants(D)
         print(f"== {name} causal bf16 ({time.time() - T0:.0f} s)", flush=True)
-        # (1a) against fp32 at L4096 (dry: the small shape itself)
+        # (1) against fp32 at L4096 (dry: the small shape itself), against the default at the timed shape
         Lc = L if DRY else 4096
-        q, k, v, do = make(1, Hq, Hkv, Lc, D, seed=1)
-        qf, kf, vf = (t.float().requires_grad_() for t in (q, k, v))
-        of = attention_ref(qf, kf, vf, causal=True)
-        refs = torch.autograd.grad(of, (qf, kf, vf), do.float())
-        del of, qf, kf, vf
-        ok = {}
-        for vn, vs_ in vs:
-            set_variant(vs_)
-            try:
-                g = fwd_bwd(q, k, v, do)
-                ok[vn] = [rel(a, r) for a, r in zip(g, refs)]
-            except Exception as e:
-                ok[vn] = None
-                print(f"  {vn}: ERROR {type(e).__name__} {str(e)[:300]}", flush=True)
-        del refs
-        # (1b) against the default at the timed shape
-        q, k, v, do = make(B, Hq, Hkv, L, D)
-        set_variant(None)
-        o, lse = attention_fwd_default(q, k, v)
-        base = [t.clone() for t in bwd_fn(q, k, v, do, o, lse)()]
-        good = []
-        for vn, vs_ in vs:
-            if ok[vn] is None:
-                continue
-            set_variant(vs_)
-            try:
-                e_def = [rel(a, b) for a, b in zip(bwd_fn(q, k, v, do, o, lse)(), base)]
-            except Exception as e:
-                print(f"  {vn}: ERROR {type(e).__name__} {str(e)[:300]}", flush=True)
-                continue
-            bad = max(ok[vn]) > 2e-2 or max(e_def) > 2e-2
-            print(f"  check {vn:28s} vs fp32 L{Lc} dq/dk/dv {' '.join(f'{x:.1e}' for x in ok[vn])} | vs default "
-                  f"{' '.join(f'{x:.1e}' for x in e_def)}{'  FAIL (not timed)' if bad else ''}", flush=True)
-            if not bad:
-                good.append((vn, vs_))
-        del base
-        torch.cuda.empty_cache() if not DRY else None
+        good, (q, k, v, do, o, lse) = kit.check(vs, set_variant, B, Hq, Hkv, L, D, Lc, 28)
         # (2) interleaved rounds
         try:
             cfb, cbw, cmode = (None, None, "dry") if DRY else cudnn_fns(q, k, v, do)
@@ -260,10 +181,6 @@ def main():
         if not DRY:
             torch.cuda.empty_cache()
     print(f"done at {time.time() - T0:.0f} s", flush=True)
-
-
-def attention_fwd_default(q, k, v):
-    return flash.attention_fwd(q, k, v, causal=True, window=None, softmax_scale=q.shape[-1] ** -0.5)
 
 
 if __name__ == "__main__":

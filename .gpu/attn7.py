@@ -28,16 +28,12 @@ DRY = bool(os.environ.get("ATTN7_DRY"))
 if DRY:
     os.environ["TRITON_INTERPRET"] = "1"
 import torch  # noqa: E402
-import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
-from hybridna_kernels.attention import flash  # noqa: E402
-from hybridna_kernels.attention.flash import attention_bwd  # noqa: E402
-from hybridna_kernels.attention.naive import attention_ref  # noqa: E402
-from hybridna_kernels import flash_attention  # noqa: E402
+import attnkit as kit  # noqa: E402
+from attnkit import bwd_fn, flash, fwd_bwd, left  # noqa: E402
 
-DEV = "cpu" if DRY else "cuda"
-DT = torch.float16 if DRY else torch.bfloat16
+kit.setup(DRY, T0, BUDGET)
 # name, B, Hq, Hkv, L, D
 # the last two (DKDV_FAST's extensions ragged / short) only while the budget lasts
 SHAPES = [("model B1 Hq16:Hkv4 L32768 D64", 1, 16, 4, 32768, 64), ("MHA B8 H16 L8192 D64", 8, 16, 16, 8192, 64),
@@ -95,29 +91,12 @@ def check_len(name, L):
 
 
 def set_variant(v, name=""):
-    base = "" if "short" in name else BASE
-    flash.VARIANT = {} if v is None else flash.parse_variant(base + ";" + v)
+    kit.set_variant(v, "" if "short" in name else BASE)
 
 
-def left():
-    return BUDGET - (time.time() - T0)
-
-
-def make(B, Hq, Hkv, L, D, seed=0):
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    mk = lambda H: torch.randn(B, L, H, D, generator=g, device=DEV).to(DT)  # noqa: E731
-    return mk(Hq), mk(Hkv), mk(Hkv), mk(Hq)
-
-
-def fwd_bwd(q, k, v, do):
-    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    o = flash_attention(q, k, v, causal=True)
-    return torch.autograd.grad(o, (q, k, v), do)
-
-
-def bwd_fn(q, k, v, do, o, lse):
-    scale = q.shape[-1] ** -0.5
-    return lambda: attention_bwd(do, q, k, v, o, lse, causal=True, window=None, softmax_scale=scale)
+def selector(name):
+    """set_variant for shape `name` (one argument: the variant)."""
+    return lambda v: set_variant(v, name)
 
 
 def dq_fn(q, k, v, do, o, lse):
@@ -139,34 +118,16 @@ def warm(i, n):
             key = (Hq, Hkv, D, Lc % 64 == 0, Lc > 2048, v)
             if key not in seen:   # the timed shapes share these kernels (lengths are not specialised on)
                 seen.add(key)
-                jobs.append((name, Hq, Hkv, D, Lc, v))
-    for j, (name, Hq, Hkv, D, Lc, v) in enumerate(jobs):
-        if j % n != i:
-            continue
-        set_variant(v, name)
-        q, k, vv, do = make(1, Hq, Hkv, Lc, D)
-        try:
-            fwd_bwd(q, k, vv, do)
-            torch.cuda.synchronize()
-        except Exception as e:  # reported again by the main's check
-            print(f"warm {Hq}:{Hkv} D{D} {v}: {type(e).__name__} {str(e)[:200]}", flush=True)
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+                jobs.append((selector(name), v, Hq, Hkv, Lc, D))
+    kit.warm(jobs, i, n)
 
 
 def bench(fn):
-    if DRY:
-        fn()
-        return 1.0
-    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+    return kit.bench(fn, rep=50)
 
 
 def main():
-    dev = "cpu (dry run)" if DRY else torch.cuda.get_device_name()
-    print(f"{dev} | torch {torch.__version__} triton {triton.__version__} | budget {BUDGET:.0f} s, "
-          f"{time.time() - T0:.0f} s used by warm-up + imports", flush=True)
+    kit.header()
     for name, B, Hq, Hkv, L, D in SHAPES:
         if left() < 12:
             print(f"-- {name}: skipped (budget)", flush=True)
@@ -174,50 +135,10 @@ def main():
         unit = 2 * B * Hq * L * L * D / 2          # one causal matmul unit
         vs = variants(name)
         print(f"== {name} causal bf16 ({time.time() - T0:.0f} s)", flush=True)
-        # (1a) against fp32 at L4096 (L4000 for a ragged shape; dry: the small shape itself)
+        # (1) against fp32 at L4096 (L4000 for a ragged shape; dry: the small shape itself), against the default
+        # at the timed shape
         Lc = check_len(name, L)
-        q, k, v, do = make(1, Hq, Hkv, Lc, D, seed=1)
-        qf, kf, vf = (t.float().requires_grad_() for t in (q, k, v))
-        of = attention_ref(qf, kf, vf, causal=True)
-        refs = torch.autograd.grad(of, (qf, kf, vf), do.float())
-        del of, qf, kf, vf
-        ok = {}
-        for vn, vs_ in vs:
-            set_variant(vs_, name)
-            try:
-                g = fwd_bwd(q, k, v, do)
-                ok[vn] = [rel(a, r) for a, r in zip(g, refs)]
-            except Exception as e:
-                ok[vn] = None
-                print(f"  {vn}: ERROR {type(e).__name__} {str(e)[:300]}", flush=True)
-        del refs
-        # (1b) against the default at the timed shape
-        q, k, v, do = make(B, Hq, Hkv, L, D)
-        set_variant(None)
-        o, lse = flash.attention_fwd(q, k, v, causal=True, window=None, softmax_scale=D ** -0.5)
-        base = [t.clone() for t in bwd_fn(q, k, v, do, o, lse)()]
-        good = []
-        for vn, vs_ in vs:
-            if ok[vn] is None:
-                continue
-            set_variant(vs_, name)
-            try:
-                out = bwd_fn(q, k, v, do, o, lse)()
-                e_def = [rel(a, b) for a, b in zip(out, base)]
-                same = all(torch.equal(a, b) for a, b in zip(out, base))
-                del out
-            except Exception as e:
-                print(f"  {vn}: ERROR {type(e).__name__} {str(e)[:300]}", flush=True)
-                continue
-            bad = max(ok[vn]) > 2e-2 or max(e_def) > 2e-2
-            print(f"  check {vn:32s} vs fp32 L{Lc} dq/dk/dv {' '.join(f'{x:.1e}' for x in ok[vn])} | vs default "
-                  f"{'bitwise' if same else ' '.join(f'{x:.1e}' for x in e_def)}{'  FAIL (not timed)' if bad else ''}",
-                  flush=True)
-            if not bad:
-                good.append((vn, vs_))
-        del base
-        if not DRY:
-            torch.cuda.empty_cache()
+        good, (q, k, v, do, o, lse) = kit.check(vs, selector(name), B, Hq, Hkv, L, D, Lc, 32, bitwise=True)
         # (2) interleaved rounds
         res = {vn: ([], [], []) for vn, _ in good}
         for r in range(ROUNDS or (3 if name.startswith("model") else 2)):

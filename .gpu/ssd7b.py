@@ -18,211 +18,45 @@ variant failing either is not timed; (3) timing, interleaved rounds, medians: fw
 autograd, every input made before capture) replayed from a CUDA graph; (5) per-kernel CUDA time (torch.profiler)
 of one fwd+bwd; (6) if time is left, B2 T32768 / B1 T131072 (default and the best variant, eager and graph).
 """
-import os
 import statistics
 import sys
 import time
 
 T_START = time.time()
-BUDGET = float(os.environ.get("SSD7B_S", "110"))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 import torch  # noqa: E402
-import triton.testing  # noqa: E402
 
-import bench_ssd as bs  # noqa: E402
-from hybridna_kernels import ssd_scan  # noqa: E402
-from hybridna_kernels.ssd import chunk  # noqa: E402
-from hybridna_kernels.ssd.naive import ssd_chunked_ref  # noqa: E402
+import ssdkit as kit  # noqa: E402
+from ssdkit import bench, bs, chunk, left, make, sync, use  # noqa: E402
 
-VARIANTS = ["default", "bwd7 ds dcb16 ftz", "bwd7 fb ds", "bwd7 cbb16", "bwd7 ds dcb16 ftz w8", "bwd7 ftz",
-            "bwd7 ds dcb16", "bwd7 ds", "bwd7 dcb16", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 fb", "bwd7 r1", "bwd7 ds64"]
+DRY, DEV, DT, HEADS = kit.setup("SSD7B", 110, T_START)  # SSD7B_DRY=1: a CPU dry run (see ssdkit)
+VARIANTS = kit.variants(["default", "bwd7 ds dcb16 ftz", "bwd7 fb ds", "bwd7 cbb16", "bwd7 ds dcb16 ftz w8",
+                         "bwd7 ftz", "bwd7 ds dcb16", "bwd7 ds", "bwd7 dcb16", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 fb",
+                         "bwd7 r1", "bwd7 ds64"])
 N_EXTRA = 3  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
-if os.environ.get("SSD7B_VARIANTS"):
-    VARIANTS = os.environ["SSD7B_VARIANTS"].split(",")
-LEAVES = ("x", "dt", "A", "B", "C", "D", "dt_bias")
-# SSD7B_DRY=1: a CPU dry run of the script's logic (TRITON_INTERPRET=1, fp16, tiny shapes, wall-clock timer)
-DRY = os.environ.get("SSD7B_DRY") == "1"
-DEV = "cpu" if DRY else "cuda"
-DT = torch.float16 if DRY else torch.bfloat16
-SHAPE = (1, 512) if DRY else (8, 8192)
-REF_T = 512 if DRY else 4096
-LONG = [(1, 1024)] if DRY else [(2, 32768), (1, 131072)]
-HEADS = 2 if DRY else bs.H
-
-
-def bench(fn, graph=False):
-    if DRY:
-        if graph:
-            raise RuntimeError("no CUDA graph on CPU")
-        t0 = time.time()
-        fn()
-        return (time.time() - t0) * 1e3
-    if graph:
-        return triton.testing.do_bench_cudagraph(fn, rep=25, return_mode="median")
-    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
-
-
-def left():
-    return BUDGET - (time.time() - T_START)
-
-
-def use(name):
-    chunk.CFG_OVERRIDE.clear()
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[name])
-
-
-def call(t, final=True):
-    return ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=bs.Q, D=t["D"], dt_bias=t["dt_bias"],
-                    dt_softplus=True, z=t.get("z"), initial_states=t.get("init"), return_final_states=final)
-
-
-def make(b, T, extra=False, grad=True):
-    t = bs.make(b, T, dtype=DT, device=DEV, requires_grad=False, heads=HEADS)
-    if extra:
-        g = torch.Generator(device=DEV).manual_seed(1)
-        t["z"] = torch.randn(b, T, HEADS, bs.P, generator=g, device=DEV).to(DT)
-        t["init"] = torch.randn(b, HEADS, bs.P, bs.N, generator=g, device=DEV) * 0.5
-    for v in t.values():
-        v.requires_grad_(grad)
-    return t
-
-
-def grads(t, outs, dys):
-    keys = [k for k in t if t[k].requires_grad]
-    g = torch.autograd.grad(outs, [t[k] for k in keys], dys)
-    return {"d" + k: v for k, v in zip(keys, g)}
-
-
-def rel(a, r):
-    a, r = a.double(), r.double()
-    return ((a - r).norm() / r.norm().clamp_min(1e-30)).item()
+SHAPE, LONG = kit.SHAPE, kit.LONG
+say = kit.say
 
 
 def warm(i, n):
-    t = make(1, REF_T, extra=False)
-    te = make(1, REF_T, extra=True)
-    for name in VARIANTS[i::n]:
-        use(name)
-        try:
-            for tt in ((t, te) if name in VARIANTS[:N_EXTRA] else (t,)):
-                y, fin = call(tt)
-                grads(tt, (y, fin), (torch.randn_like(y), torch.randn_like(fin)))
-            if chunk.SWEEP_CONFIGS[name].get("fused_state_bwd") and not DRY:
-                # the fused reverse state kernel's blocks depend on batch x heads (_fused_blocks): 64 x 64 at B8
-                tb = make(8, 1024)
-                y, fin = call(tb)
-                grads(tb, (y, fin), (torch.randn_like(y), torch.randn_like(fin)))
-            sync()
-            print(f"warm {name}: ok {time.time() - T_START:.1f}s", flush=True)
-        except Exception as e:  # noqa: BLE001 - reported by the main process too
-            print(f"warm {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    def fused_b8(name, t):
+        if chunk.SWEEP_CONFIGS[name].get("fused_state_bwd") and not DRY:
+            # the fused reverse state kernel's blocks depend on batch x heads (_fused_blocks): 64 x 64 at B8
+            kit.fwd_bwd(make(8, 1024))
 
-
-def ref_errors(names, extra):
-    """fp64 chunked reference at B1 T4096 (extra: with z and initial_states too); worst error per variant."""
-    t = make(1, REF_T, extra=extra)
-    t64 = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
-    y_r, fin_r = ssd_chunked_ref(t64["x"], t64["dt"], t64["A"], t64["B"], t64["C"], chunk_size=bs.Q, D=t64["D"],
-                                 dt_bias=t64["dt_bias"], dt_softplus=True, z=t64.get("z"),
-                                 initial_states=t64.get("init"), return_final_states=True)
-    dy, dfin = torch.randn_like(y_r), torch.randn_like(fin_r)
-    g_r = grads(t64, (y_r, fin_r), (dy, dfin))
-    ok = {}
-    for name in names:
-        if left() < 5:
-            print(f"{name}: not checked (budget)", flush=True)
-            continue
-        use(name)
-        try:
-            y, fin = call(t)
-            g = grads(t, (y, fin), (dy.to(y.dtype), dfin.float()))
-            errs = {"y": rel(y, y_r), "final": rel(fin, fin_r)}
-            errs.update({k: rel(g[k], g_r[k]) for k in g_r})
-            bad = [k for k, e in errs.items() if not e < (1e-2 if k in ("y", "final") else 2e-2)]
-            worst = max((k for k in errs if k.startswith("d")), key=errs.get)
-            print(f"ref B1 T{REF_T}{' +z +init' if extra else ''} | {name} | y {errs['y']:.1e} final "
-                  f"{errs['final']:.1e} worst {worst} {errs[worst]:.1e} | "
-                  + " ".join(f"{k} {v:.1e}" for k, v in errs.items() if k.startswith("d"))
-                  + (f" | FAIL {bad}" if bad else " | ok"), flush=True)
-            ok[name] = not bad
-        except Exception as e:  # noqa: BLE001
-            print(f"ref | {name} | FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-            ok[name] = False
-    return ok
-
-
-def sync():
-    if not DRY:
-        torch.cuda.synchronize()
-
-
-def vs_default(names, b, T):
-    t = make(b, T)
-    g = torch.Generator(device=DEV).manual_seed(2)
-    dy = torch.randn(b, T, HEADS, bs.P, generator=g, device=DEV).to(DT)
-    dfin = torch.randn(b, HEADS, bs.P, bs.N, generator=g, device=DEV)
-    base = None
-    ok = {}
-    for name in names:
-        if left() < 5:
-            break
-        use(name)
-        try:
-            y, fin = call(t)
-            out = {"y": y.detach(), "final": fin.detach(), **grads(t, (y, fin), (dy, dfin))}
-            del y, fin
-            if base is None:
-                base = out
-                continue
-            d = {k: rel(out[k], base[k]) for k in base}
-            nan = [k for k, v in out.items() if not torch.isfinite(v).all()]
-            same = all(torch.equal(out[k], base[k]) for k in base)
-            print(f"vs default B{b} T{T} | {name} | " + " ".join(f"{k} {v:.1e}" for k, v in d.items())
-                  + (" | bitwise equal" if same else "") + (f" | NaN in {nan}" if nan else ""), flush=True)
-            ok[name] = not nan
-        except Exception as e:  # noqa: BLE001
-            print(f"vs default | {name} | FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-            ok[name] = False
-    return ok
-
-
-def fns(b, T):
-    """fwd+bwd and backward-only callables as bench_ssd times them (y only, no final states)."""
-    t = make(b, T)
-    y = call(t, final=False)
-    dy = torch.randn_like(y)
-    leaves = [t[k] for k in LEAVES]
-
-    def fb():
-        torch.autograd.grad(call(t, final=False), leaves, dy)
-
-    def bwd():
-        torch.autograd.grad(y, leaves, dy, retain_graph=True)
-
-    return fb, bwd
+    kit.warm(VARIANTS[i::n], VARIANTS[:N_EXTRA], fused_b8)
 
 
 def timing(names, b, T, rounds=3):
     """Interleaved eager rounds, medians of do_bench medians (ms): fwd+bwd and backward only."""
-    res = {n: {"fb": [], "bwd": []} for n in names}
-    fb, bwd = fns(b, T)
+    fb, bwd = kit.fb_bwd_fns(b, T)
     print(f"timing B{b} T{T}: variant | fwd+bwd eager | bwd eager (ms, median of rounds so far)", flush=True)
-    for r in range(rounds):
-        for name in names:
-            if left() < 8:
-                break
-            use(name)
-            rr = res[name]
-            try:
-                rr["fb"].append(bench(fb))
-                rr["bwd"].append(bench(bwd))
-            except Exception as e:  # noqa: BLE001
-                print(f"  {name}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-            med = {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()}
-            print(f"  round {r} | {name} | {med['fb']:.3f} | {med['bwd']:.3f}", flush=True)
-    chunk.CFG_OVERRIDE.clear()
-    return {n: {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()} for n, rr in res.items()}
+
+    def measure(r, name, rr):
+        rr["fb"].append(bench(fb))
+        rr["bwd"].append(bench(bwd))
+
+    return kit.interleaved(names, ("fb", "bwd"), rounds, measure, say)
 
 
 def graph_times(names, b, T, reps=4):
@@ -281,44 +115,9 @@ def graph_times(names, b, T, reps=4):
     return res
 
 
-def profile(names, b, T):
-    from torch.profiler import ProfilerActivity, profile as tprofile
-
-    fb, _ = fns(b, T)
-    for name in names:
-        if left() < 6:
-            break
-        use(name)
-        fb()
-        sync()
-        with tprofile(activities=[ProfilerActivity.CPU if DRY else ProfilerActivity.CUDA]) as prof:
-            fb()
-            sync()
-        rows = []
-        for ev in prof.key_averages():
-            tt = (ev.self_cpu_time_total if DRY else
-                  (getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)))
-            if tt > 0:
-                rows.append((tt / 1e3, ev.count, ev.key.split("(")[0].replace("_kernel", "")[:28]))
-        rows.sort(reverse=True)
-        print(f"profile B{b} T{T} fwd+bwd | {name} | total {sum(r[0] for r in rows):.3f} ms: "
-              + "; ".join(f"{k} {ms:.3f}" + (f" x{c}" if c > 1 else "") for ms, c, k in rows[:14]), flush=True)
-    chunk.CFG_OVERRIDE.clear()
-
-
 def main():
-    print(f"{'cpu (dry run)' if DRY else torch.cuda.get_device_name()} torch {torch.__version__} "
-          f"triton {triton.__version__} budget {BUDGET:.0f}s", flush=True)
-    if not DRY:
-        print(f"copy bandwidth {bs.measure_copy_gbs():.0f} GB/s", flush=True)
-    names = [n for n in VARIANTS if n in chunk.SWEEP_CONFIGS]
-    ok_ref = ref_errors(names, False)
-    for n, v in ref_errors([n for n in names[:N_EXTRA]], True).items():
-        ok_ref[n] = ok_ref.get(n, False) and v
-    ok_def = vs_default(names, *SHAPE)
-    good = [n for n in names if ok_ref.get(n) and ok_def.get(n, n == "default")]
-    print(f"[{time.time() - T_START:.0f}s] timed: {good}; not timed: {[n for n in names if n not in good]}",
-          flush=True)
+    kit.header(say)
+    good = kit.checked(VARIANTS, N_EXTRA, bitwise=True)
     res = timing(good, *SHAPE)
     ranked = sorted((n for n in good if n != "default" and res[n]["fb"] == res[n]["fb"]), key=lambda n: res[n]["fb"])
     print(f"[{time.time() - T_START:.0f}s] summary B{SHAPE[0]} T{SHAPE[1]} eager (ms: fwd+bwd / bwd):", flush=True)
@@ -329,7 +128,7 @@ def main():
         r = res[n]
         print(f"| {n} | {r['fb']:.3f} | {r['bwd']:.3f} |", flush=True)
     gres = graph_times(["default"] + ranked, *SHAPE)
-    profile(["default"] + ranked[:3], *SHAPE)
+    kit.profile_fb(["default"] + ranked[:3], *SHAPE, top=14)
     if ranked and left() > 20:
         best = ranked[0]
         for b, T in LONG:

@@ -15,93 +15,36 @@ with NaN in (2) is not timed; (3) timing, interleaved rounds, medians: no-grad f
 public call) and CUDA graph (inputs made before capture), fwd+bwd eager, at B8 T8192 then B2 T32768;
 (4) per-kernel CUDA time (torch.profiler) of one no-grad forward and one with-grad forward.
 """
-import os
-import statistics
 import sys
 import time
 
 T_START = time.time()
-BUDGET = float(os.environ.get("SSD7F_S", "100"))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 import torch  # noqa: E402
-import triton.testing  # noqa: E402
 
-import bench_ssd as bs  # noqa: E402
-from hybridna_kernels import ssd_scan  # noqa: E402
-from hybridna_kernels.ssd import chunk  # noqa: E402
-from hybridna_kernels.ssd.naive import ssd_chunked_ref  # noqa: E402
+import ssdkit as kit  # noqa: E402
+from ssdkit import LEAVES, bs, call, chunk, grads, left, make, rel, sync  # noqa: E402
 
-VARIANTS = ["default", "chain", "chain h2 w16", "scan hp2 w8", "scan hp4 w8", "chain h2 w16 hp2 w8",
-            "chain h2 w16 hp4 w8", "chain hp2 w8", "chain mr128", "chain n64 w4", "scan hp2 mr168", "scan hp4 w16",
-            "chain h2 w8"]
-if os.environ.get("SSD7F_VARIANTS"):
-    VARIANTS = os.environ["SSD7F_VARIANTS"].split(",")
-LEAVES = ("x", "dt", "A", "B", "C", "D", "dt_bias")
-# SSD7F_DRY=1: a CPU dry run of the script's logic (TRITON_INTERPRET=1, fp16, tiny shapes, wall-clock timer)
-DRY = os.environ.get("SSD7F_DRY") == "1"
-DEV = "cpu" if DRY else "cuda"
-DT = torch.float16 if DRY else torch.bfloat16
+DRY, DEV, DT, HEADS = kit.setup("SSD7F", 100, T_START)  # SSD7F_DRY=1: a CPU dry run (see ssdkit)
+VARIANTS = kit.variants(["default", "chain", "chain h2 w16", "scan hp2 w8", "scan hp4 w8", "chain h2 w16 hp2 w8",
+                         "chain h2 w16 hp4 w8", "chain hp2 w8", "chain mr128", "chain n64 w4", "scan hp2 mr168",
+                         "scan hp4 w16", "chain h2 w8"])
 SHAPES = [(1, 512), (1, 1024), (1, 2048)] if DRY else [(8, 8192), (2, 32768), (1, 131072)]  # the third if time is left
-REF_T = 512 if DRY else 4096
-HEADS = 2 if DRY else bs.H
-
-
-def left():
-    return BUDGET - (time.time() - T_START)
+REF_T = kit.REF_T
 
 
 def log(s):
     print(f"[{time.time() - T_START:5.1f}s] {s}", flush=True)
 
 
-def sync():
-    if not DRY:
-        torch.cuda.synchronize()
-
-
 def bench(fn, graph=False):
-    if DRY:
-        if graph:
-            return float("nan")
-        t0 = time.time()
-        fn()
-        return (time.time() - t0) * 1e3
-    if graph:
-        return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median")
-    return triton.testing.do_bench(fn, warmup=10, rep=30, return_mode="median")
+    if DRY and graph:
+        return float("nan")
+    return kit.bench(fn, graph, rep=30, graph_rep=20)
 
 
 def use(name):
-    chunk.CFG_OVERRIDE.clear()
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS.get(name, {}))
-
-
-def call(t, final=True):
-    return ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=bs.Q, D=t["D"], dt_bias=t["dt_bias"],
-                    dt_softplus=True, z=t.get("z"), initial_states=t.get("init"), return_final_states=final)
-
-
-def make(b, T, extra=False, grad=True):
-    t = bs.make(b, T, dtype=DT, device=DEV, requires_grad=False, heads=HEADS)
-    if extra:
-        g = torch.Generator(device=DEV).manual_seed(1)
-        t["z"] = torch.randn(b, T, HEADS, bs.P, generator=g, device=DEV).to(DT)
-        t["init"] = torch.randn(b, HEADS, bs.P, bs.N, generator=g, device=DEV) * 0.5
-    for v in t.values():
-        v.requires_grad_(grad)
-    return t
-
-
-def grads(t, outs, dys):
-    keys = [k for k in t if t[k].requires_grad]
-    g = torch.autograd.grad(outs, [t[k] for k in keys], dys)
-    return {"d" + k: v for k, v in zip(keys, g)}
-
-
-def rel(a, r):
-    a, r = a.double(), r.double()
-    return ((a - r).norm() / r.norm().clamp_min(1e-30)).item()
+    kit.use(name, strict=False)
 
 
 def warm(i, n):
@@ -111,8 +54,7 @@ def warm(i, n):
         use(name)
         try:
             for tt in (t, te):
-                y, fin = call(tt)
-                grads(tt, (y, fin), (torch.randn_like(y), torch.randn_like(fin)))
+                kit.fwd_bwd(tt)
                 with torch.no_grad():
                     call(tt)
             sync()
@@ -121,46 +63,9 @@ def warm(i, n):
             log(f"warm {name}: {type(e).__name__}: {str(e)[:200]}")
 
 
-def ref_errors(names, extra):
-    """fp64 chunked reference at B1 T4096 (extra: with z and initial_states); errors per variant."""
-    t = make(1, REF_T, extra=extra)
-    t64 = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
-    y_r, fin_r = ssd_chunked_ref(t64["x"], t64["dt"], t64["A"], t64["B"], t64["C"], chunk_size=bs.Q, D=t64["D"],
-                                 dt_bias=t64["dt_bias"], dt_softplus=True, z=t64.get("z"),
-                                 initial_states=t64.get("init"), return_final_states=True)
-    dy, dfin = torch.randn_like(y_r), torch.randn_like(fin_r)
-    g_r = grads(t64, (y_r, fin_r), (dy, dfin))
-    ok = {}
-    for name in names:
-        if left() < 10:
-            log(f"{name}: not checked (budget)")
-            continue
-        use(name)
-        try:
-            y, fin = call(t)
-            g = grads(t, (y, fin), (dy.to(y.dtype), dfin.float()))
-            with torch.no_grad():
-                y0, fin0 = call(t)
-            errs = {"y": rel(y, y_r), "final": rel(fin, fin_r), "y_nog": rel(y0, y_r), "fin_nog": rel(fin0, fin_r)}
-            errs.update({k: rel(g[k], g_r[k]) for k in g_r})
-            bad = [k for k, e in errs.items() if not e < (2e-2 if k.startswith("d") else 1e-2)]
-            worst = max((k for k in errs if k.startswith("d")), key=errs.get)
-            log(f"ref B1 T{REF_T}{' +z +init' if extra else ''} | {name} | y {errs['y']:.1e} final {errs['final']:.1e}"
-                f" nograd y {errs['y_nog']:.1e} final {errs['fin_nog']:.1e} | worst {worst} {errs[worst]:.1e} | "
-                + " ".join(f"{k} {v:.1e}" for k, v in errs.items() if k.startswith("d"))
-                + (f" | FAIL {bad}" if bad else " | ok"))
-            ok[name] = not bad
-        except Exception as e:  # noqa: BLE001
-            log(f"ref | {name} | FAILED {type(e).__name__}: {str(e)[:300]}")
-            ok[name] = False
-    return ok
-
-
 def vs_default(names, b, T):
     t = make(b, T)
-    g = torch.Generator(device=DEV).manual_seed(2)
-    dy = torch.randn(b, T, HEADS, bs.P, generator=g, device=DEV).to(DT)
-    dfin = torch.randn(b, HEADS, bs.P, bs.N, generator=g, device=DEV)
+    dy, dfin = kit.output_grads(b, T)
     base = None
     ok = {}
     for name in names:
@@ -208,25 +113,15 @@ def fns(b, T):
 
 def timing(names, b, T, rounds=3):
     """Interleaved rounds; per variant the median over rounds of do_bench medians (ms)."""
-    res = {n: {"fwd": [], "fwd_g": [], "fb": []} for n in names}
     fwd, fb = fns(b, T)
     log(f"timing B{b} T{T}: variant | fwd no-grad eager | fwd no-grad graph | fwd+bwd eager (ms, medians so far)")
-    for r in range(rounds):
-        for name in names:
-            if left() < 6:
-                break
-            use(name)
-            rr = res[name]
-            try:
-                rr["fwd"].append(bench(fwd))
-                rr["fwd_g"].append(bench(fwd, graph=True))
-                rr["fb"].append(bench(fb))
-            except Exception as e:  # noqa: BLE001
-                log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
-            med = {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()}
-            log(f"  round {r} | {name} | {med['fwd']:.3f} | {med['fwd_g']:.3f} | {med['fb']:.3f}")
-    chunk.CFG_OVERRIDE.clear()
-    return {n: {k: (statistics.median(v) if v else float("nan")) for k, v in rr.items()} for n, rr in res.items()}
+
+    def measure(r, name, rr):
+        rr["fwd"].append(bench(fwd))
+        rr["fwd_g"].append(bench(fwd, graph=True))
+        rr["fb"].append(bench(fb))
+
+    return kit.interleaved(names, ("fwd", "fwd_g", "fb"), rounds, measure, log, reserve=6)
 
 
 def profile(names, b, T):
@@ -246,13 +141,7 @@ def profile(names, b, T):
                 with tprofile(activities=[ProfilerActivity.CPU if DRY else ProfilerActivity.CUDA]) as prof:
                     call(tt, final=False)
                     sync()
-            rows = []
-            for ev in prof.key_averages():
-                ms = (ev.self_cpu_time_total if DRY else
-                      (getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0))) / 1e3
-                if ms > 0:
-                    rows.append((ms, ev.count, ev.key.split("(")[0].replace("_kernel", "")[:26]))
-            rows.sort(reverse=True)
+            rows = kit.kernel_rows(prof, width=26)
             log(f"profile B{b} T{T} fwd {'grad' if grad else 'no-grad'} | {name} | total "
                 f"{sum(r[0] for r in rows):.3f} ms: " + "; ".join(f"{k} {ms:.3f}" + (f" x{c}" if c > 1 else "")
                                                              for ms, c, k in rows[:8]))
@@ -260,13 +149,10 @@ def profile(names, b, T):
 
 
 def main():
-    log(f"{'cpu (dry run)' if DRY else torch.cuda.get_device_name()} torch {torch.__version__} "
-        f"triton {triton.__version__} budget {BUDGET:.0f}s")
-    if not DRY:
-        log(f"copy bandwidth {bs.measure_copy_gbs():.0f} GB/s")
+    kit.header(log)
     names = [n for n in VARIANTS if n == "default" or n in chunk.SWEEP_CONFIGS]
-    ok_ref = ref_errors(names, False)
-    for n, v in ref_errors(names, True).items():
+    ok_ref = kit.ref_errors(names, False, REF_T, log, reserve=10, nograd=True)
+    for n, v in kit.ref_errors(names, True, REF_T, log, reserve=10, nograd=True).items():
         ok_ref[n] = ok_ref.get(n, False) and v
     ok_def = vs_default(names, *SHAPES[0])
     good = [n for n in names if ok_ref.get(n) and ok_def.get(n)]

@@ -234,6 +234,13 @@ def _check(q, k, v, *, causal=True, window=None, cu_seqlens=None, max_seqlen=Non
             assert_close(name, r, g, tol(dtype, "grad"))
 
 
+def _check_shape(shape, dtype):
+    """_check on random inputs of shape (B, Lq, Lk, Hq, Hkv, D, causal, window) in dtype."""
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, dtype)
+    _check(q, k, v, causal=causal, window=window)
+
+
 _SHAPES = [
     # B, Lq, Lk, Hq, Hkv, D, causal, window
     (2, 1, 1, 2, 2, 32, True, None),        # seqlen 1
@@ -261,9 +268,7 @@ def _shape_id(s):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
 @pytest.mark.parametrize("shape", _SHAPES, ids=_shape_id)
 def test_kernel_matches_reference(shape, dtype):
-    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
-    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, dtype)
-    _check(q, k, v, causal=causal, window=window)
+    _check_shape(shape, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
@@ -566,9 +571,13 @@ _GPU_SHAPES = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
 @pytest.mark.parametrize("shape", _gpu_params(_GPU_SHAPES), ids=_shape_id)
 def test_gpu_full_shapes(shape, dtype, no_autotune):
-    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
-    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, dtype)
-    _check(q, k, v, causal=causal, window=window)
+    _check_shape(shape, dtype)
+
+
+# the kernel options' GPU shapes (long bucket): the model's GQA 4:1 D64 layout, D128 with a ragged end, a window with
+# a chunked-prefill offset and ragged blocks
+_OPTION_SHAPES = [(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
+                  (1, 4000, 4100, 8, 2, 64, True, 1000)]
 
 
 @pytest.mark.gpu
@@ -578,17 +587,14 @@ def test_gpu_full_shapes(shape, dtype, no_autotune):
                                      "dkdv=64,128,8,3;dkdv_opt=oneloop,gunroll,early_dp",
                                      "dkdv=32,128,8,2;dkdv_opt=oneloop,rowshift"],
                          ids=lambda v: v.replace("dkdv_opt=", "").replace("dkdv=", "").replace(";", "-"))
-@pytest.mark.parametrize("shape", _gpu_params([(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
-                                               (1, 4000, 4100, 8, 2, 64, True, 1000)]), ids=_shape_id)
+@pytest.mark.parametrize("shape", _gpu_params(_OPTION_SHAPES), ids=_shape_id)
 def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
     """The dk/dv kernel's options (dkdv_opt) in bf16 at long-bucket shapes (GQA 4:1 D64, D128, a window with a
     chunked-prefill offset and ragged blocks) against the float64 reference."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;" + variant))
-    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
-    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
-    _check(q, k, v, causal=causal, window=window)
+    _check_shape(shape, torch.bfloat16)
 
 
 @pytest.mark.gpu
@@ -599,8 +605,7 @@ def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
                                      "dq=128,128,8,2;dq_opt=oneloop,rowshift",
                                      "dq=128,64,8,3;dq_opt=qreg,early_dp"],
                          ids=lambda v: v.replace("dq_opt=", "").replace("dq=", "").replace(";", "-"))
-@pytest.mark.parametrize("shape", _gpu_params([(1, 4096, 4096, 16, 4, 64, True, None), (2, 3000, 3000, 8, 8, 128, True, None),
-                                               (1, 4000, 4100, 8, 2, 64, True, 1000)]), ids=_shape_id)
+@pytest.mark.parametrize("shape", _gpu_params(_OPTION_SHAPES), ids=_shape_id)
 def test_gpu_dq_options(shape, variant, no_autotune, monkeypatch):
     """The dq kernel's options (dq_opt; a fifth config number caps the registers) in bf16 at long-bucket shapes
     (the model's GQA 4:1 D64 layout, D128 with a ragged end, a window with a chunked-prefill offset) against the
@@ -608,9 +613,7 @@ def test_gpu_dq_options(shape, variant, no_autotune, monkeypatch):
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;dkdv_fast=;" + variant))
-    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
-    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
-    _check(q, k, v, causal=causal, window=window)
+    _check_shape(shape, torch.bfloat16)
 
 
 @pytest.mark.gpu

@@ -1,6 +1,7 @@
 """SSD chain of trust: sequential recurrence -> chunked reference -> kernels (y, final states, gradients)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -352,6 +353,37 @@ def check_kernel_vs_reference(shape, opt, dtype, seed=0, strided=False):
         assert_close(f"d{k}", g_ref[k], g_out[k], tol(dtype, "grad"))
 
 
+@contextlib.contextmanager
+def cfg_override(cfg):
+    """chunk.CFG_OVERRIDE set to cfg (a SWEEP_CONFIGS name or a config dict) inside, cleared afterwards whatever
+    happens."""
+    from hybridna_kernels.ssd import chunk
+
+    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[cfg] if isinstance(cfg, str) else cfg)
+    try:
+        yield
+    finally:
+        chunk.CFG_OVERRIDE.clear()
+
+
+def check_kernel_with_config(cfg, shape, opt, dtype, seed=0):
+    """check_kernel_vs_reference under cfg_override(cfg)."""
+    with cfg_override(cfg):
+        check_kernel_vs_reference(shape, opt, dtype, seed=seed)
+
+
+def check_nograd_forward_gpu(opt, seed=3):
+    """The forward without grad (its own paths by default: xw_split_nograd, hin16_nograd) at the first full GPU
+    shape in bf16: y and the final states against the fp64 recurrence at the forward tolerance."""
+    b, L, H, P, G, N, Q = GPU_SHAPES[0]
+    t, kw = make_inputs(b, L, H, P, G, N, OPTIONS[opt], dtype=torch.bfloat16, device=DEVICE, seed=seed)
+    ref = _as_tuple(_call(ssd_sequential_ref, {k: v.double() for k, v in t.items()}, kw))
+    with torch.no_grad():
+        out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
+    for name, r, o in zip(("y", "final_states"), ref, out):
+        assert_close(name, r, o, tol(torch.bfloat16, "fwd"))
+
+
 KERNEL_CASES = (
     [((2, 63, 4, 16, 2, 16, 16), opt, torch.float32) for opt in OPTIONS]
     + [((2, 1, 2, 16, 1, 32, 16), opt, torch.float32) for opt in ("all", "all-cuseq", "all-seqidx")]
@@ -376,13 +408,8 @@ def test_kernel_matches_reference(shape, opt, dtype):
 def test_kernel_sweep_configs(variant):
     """Every launch config the benchmark sweep may pick gives the same (correct) results: correctness
     never depends on a tuning choice. (Warps / stages do not change the interpreter's results.)"""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:  # chunk 128, so 128-row variants are not clamped back to the default
-        check_kernel_vs_reference((1, 150, 2, 16, 1, 32, 128), "all-seqidx", torch.float32)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    # chunk 128, so 128-row variants are not clamped back to the default
+    check_kernel_with_config(variant, (1, 150, 2, 16, 1, 32, 128), "all-seqidx", torch.float32)
 
 
 @pytest.mark.parametrize("variant, dtype", [("r1", torch.float32), ("fast tsum", torch.float16)],
@@ -391,13 +418,7 @@ def test_kernel_rank1_decay_variants(variant, dtype):
     """The rank-1 decay below the diagonal block (scan_r1, dx_r1; dx with and without the T sums of the
     dCB kernel) only acts in chunks holding more than one row block of one sequence: 300 unpacked tokens
     at chunk 128 (two 64-row blocks per chunk; the packed cases above rarely fill one)."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference((1, 300, 2, 16, 1, 32, 128), "all", dtype)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, (1, 300, 2, 16, 1, 32, 128), "all", dtype)
 
 
 LEAN_CASES = [("lean", "all", torch.float32), ("lean sb2 mr168 bi32", "all-cuseq", torch.float16),
@@ -413,13 +434,7 @@ def test_kernel_dx_lean_variants(variant, opt, dtype):
     without the T sums, "bwd6 pf" with them and the fp32 gated dy of z): 300 tokens at chunk 128, so dx
     has two row blocks per chunk (bi32: four column blocks; bj128: one 128-row block over the dCB kernel's
     two 64-row T-sum blocks) and a partial last chunk."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference((1, 300, 2, 16, 1, 32, 128), opt, dtype)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, (1, 300, 2, 16, 1, 32, 128), opt, dtype)
 
 
 BWD7_CASES = [("bwd7 h2 w8", "all", torch.float32, (1, 300, 4, 16, 2, 32, 128)),
@@ -441,13 +456,7 @@ def test_kernel_bwd7_variants(variant, opt, dtype, shape):
     state kernel, dcb16 (fp16 here: the dCB buffer in fp16), ds_split (bf16 only: here it must fall back to the
     plain path), at chunk 16 / 64 / 128,
     ngroups 1 and 2, packed sequences, z and initial states, sizes that are not powers of two."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference(shape, opt, dtype)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, shape, opt, dtype)
 
 
 FWD7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype)
@@ -471,13 +480,7 @@ def test_kernel_fwd7_variants(cfg, shape, opt, dtype):
     """Session 6's forward variants: state_chain (chunk state + state pass in one kernel, chained over chunks
     through flags; packed sequences reset / emit states inside the chain; several P x N blocks) and scan_hp
     (two or four heads of a group per scan program, 16-bit inputs only; odd heads per group fall back to one)."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(cfg)
-    try:
-        check_kernel_vs_reference(shape, opt, dtype)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(cfg, shape, opt, dtype)
 
 
 @pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
@@ -554,19 +557,14 @@ def test_reverse_state_kernels_split_planes(varlen):
 def test_kernel_fwd7_bitwise_equal_default(cfg):
     """The chained state kernel and the two-head scan do the default's arithmetic in the same order: y and the
     final states bitwise equal (fp16, interpreter), with grad and without."""
-    from hybridna_kernels.ssd import chunk
-
     t, kw = make_inputs(2, 200, 4, 16, 2, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=5)
     outs = []
     for c in ({}, cfg):
-        chunk.CFG_OVERRIDE.update(c)
-        try:
+        with cfg_override(c):
             for grad in (False, True):
                 tt = {k: v.detach().requires_grad_(grad) for k, v in t.items()}
                 with torch.set_grad_enabled(grad):
                     outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, tt, kw, chunk_size=64))])
-        finally:
-            chunk.CFG_OVERRIDE.clear()
     for a, b_ in zip(outs[:2], outs[2:]):
         for x, y in zip(a, b_):
             assert torch.equal(x, y)
@@ -592,13 +590,10 @@ def test_state_chain_grad_gating(grad, min_bh, monkeypatch):
     t, kw = make_inputs(2, 100, 2, 16, 1, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=7)
     outs = []
     for cfg in ({}, {"state_chain": "grad", "chain_min_bh": min_bh}):
-        chunk.CFG_OVERRIDE.update(cfg)
-        try:
+        with cfg_override(cfg):
             tt = {k: v.detach().requires_grad_(grad) for k, v in t.items()}
             with torch.set_grad_enabled(grad):
                 outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, tt, kw, chunk_size=32))])
-        finally:
-            chunk.CFG_OVERRIDE.clear()
     assert bool(launched) == (grad and 2 * 2 >= min_bh)
     for x, y in zip(*outs):
         assert torch.equal(x, y)
@@ -613,11 +608,7 @@ def test_kernel_grid_fallback_order(hfirst, monkeypatch):
 
     monkeypatch.setattr(chunk, "_GRID_Z_MAX", 1)
     assert chunk._grid(3, 4, 2, True) == (3, 4, 2) and not chunk._hfirst(3, True)
-    chunk.CFG_OVERRIDE.update({"hfirst": hfirst})
-    try:
-        check_kernel_vs_reference((2, 150, 2, 16, 1, 16, 64), "all", torch.float32)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config({"hfirst": hfirst}, (2, 150, 2, 16, 1, 16, 64), "all", torch.float32)
 
 
 BF16_VARIANTS = ["launch3 only", "r1 all", "bwd6", "bwd6 w8x", "bwd6 pf", "bwd6 sb3", "lean mr168",
@@ -634,13 +625,7 @@ def test_kernel_sweep_configs_bf16_gpu(variant, opt):
     """The benchmark's variants (precision and launch choices) at the tolerances of the defaults, in
     bf16 where the precision choices differ from fp32, packed sequences included, at the first
     full GPU shape."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
 
 
 @pytest.mark.gpu
@@ -650,13 +635,7 @@ def test_kernel_bwd7_bf16_gpu(variant, opt):
     """Session 6's backward variants (ds_split, dcb16, cbb16, bwd_ftz, dcb_h2 / dcb_rl / 8-warp dCB, dcb_r1, the fused
     reverse state kernel with the split hin) in bf16, where ds_split, cbb16, the split hin and (on CUDA) the inline-PTX
     exp act, against the fp64 recurrence."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
+    check_kernel_with_config(variant, GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
 
 
 @pytest.mark.gpu
@@ -671,12 +650,9 @@ def test_kernel_ds_split_bitwise_gpu():
     for cfg in (s5, dict(s5, ds_split=True)):
         t, kw = make_inputs(b, L, H, P, G, N, OPTIONS["all"], dtype=torch.bfloat16, device=DEVICE, seed=4,
                             requires_grad=True)
-        chunk.CFG_OVERRIDE.update(cfg)
-        try:
+        with cfg_override(cfg):
             out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
             outs.append(list(out) + [v for v in _grads(t, out).values()])
-        finally:
-            chunk.CFG_OVERRIDE.clear()
     for a, r in zip(*outs):
         assert torch.equal(a, r)
 
@@ -688,20 +664,8 @@ def test_kernel_nograd_forward_bf16_gpu(variant, opt):
     """A forward without grad takes other paths by default (xw_split_nograd 0: the chunk-state operand
     rounded to 16 bits; hin16_nograd: hin stored in bf16): y and the final states against the fp64
     recurrence at the forward tolerance ("launch3 only": the with-grad numerics)."""
-    from hybridna_kernels.ssd import chunk
-
-    b, L, H, P, G, N, Q = GPU_SHAPES[0]
-    t, kw = make_inputs(b, L, H, P, G, N, OPTIONS[opt], dtype=torch.bfloat16, device=DEVICE, seed=3)
-    t64 = {k: v.double() for k, v in t.items()}
-    ref = _as_tuple(_call(ssd_sequential_ref, t64, kw))
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
-        with torch.no_grad():
-            out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
-    finally:
-        chunk.CFG_OVERRIDE.clear()
-    for name, r, o in zip(("y", "final_states"), ref, out):
-        assert_close(name, r, o, tol(torch.bfloat16, "fwd"))
+    with cfg_override(variant):
+        check_nograd_forward_gpu(opt)
 
 
 FWD7_VARIANTS = ["chain", "chain mr128", "chain n64 w4", "scan hp2", "scan hp2 w8", "scan hp2 mr168", "chain hp2 w8",
@@ -716,20 +680,9 @@ def test_kernel_fwd7_variants_bf16_gpu(variant, opt):
     """Session 6's forward variants (state_chain, scan_hp, register caps) in bf16 at the first full GPU shape:
     y, final states and gradients against the fp64 recurrence, then the no-grad forward (bf16 hin, 16-bit
     chunk-state operand) at the forward tolerance."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
+    with cfg_override(variant):
         check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
-        b, L, H, P, G, N, Q = GPU_SHAPES[0]
-        t, kw = make_inputs(b, L, H, P, G, N, OPTIONS[opt], dtype=torch.bfloat16, device=DEVICE, seed=3)
-        ref = _as_tuple(_call(ssd_sequential_ref, {k: v.double() for k, v in t.items()}, kw))
-        with torch.no_grad():
-            out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
-    finally:
-        chunk.CFG_OVERRIDE.clear()
-    for name, r, o in zip(("y", "final_states"), ref, out):
-        assert_close(name, r, o, tol(torch.bfloat16, "fwd"))
+        check_nograd_forward_gpu(opt)
 
 
 @pytest.mark.gpu
@@ -863,15 +816,10 @@ def _check_compiled_matches_eager(t, kw, chunk_size):
 def test_ssd_scan_compiles_bf16_gpu(variant):
     """torch.compile in bf16, where the saved hin takes another layout (hin_split, default: two bf16 planes):
     the registered ops' fake shapes must match what the kernels return, results as in eager mode."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
+    with cfg_override(variant):
         t, kw = make_inputs(1, 600, 4, 64, 1, 128, OPTIONS["all"], dtype=torch.bfloat16, device=DEVICE,
                             requires_grad=True)
         _check_compiled_matches_eager(t, kw, 256)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
 
 
 def test_ssd_step_compiles_without_graph_break():
@@ -918,13 +866,8 @@ def test_kernel_large_dt_and_long_decay_stay_finite(variant, L, Q):
     here: in this regime it is a sum of terms ~1e4 larger than itself, and even fp32 autograd of the
     chunked reference misses it by 3e-3 (dA accuracy is covered at ordinary scales above). "r1": the
     rank-1 decay factors below the diagonal block (chunk 128: two row blocks), whose factors underflow."""
-    from hybridna_kernels.ssd import chunk
-
-    chunk.CFG_OVERRIDE.update(chunk.SWEEP_CONFIGS[variant])
-    try:
+    with cfg_override(variant):
         _large_dt_case(L, Q)
-    finally:
-        chunk.CFG_OVERRIDE.clear()
 
 
 def _large_dt_case(L, Q):

@@ -570,6 +570,29 @@ def _attn_bwd_dkdv_kernel(
 
 
 @triton.jit
+def _q_probs(b_q, b_k, b_v, b_do, b_lse2, qk_scale, DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr):
+    """The first half of a dq block step (queries as rows): p = 2^(s - lse log2 e), unmasked; with EARLY_DP also
+    dP = dO V^T, issued right after S's dot (without it the second result is p again, unused)."""
+    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
+    if EARLY_DP:
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+    b_p = tl.math.exp2(b_s - b_lse2[:, None])
+    if not EARLY_DP:
+        b_dp = b_p
+    return b_p, b_dp
+
+
+@triton.jit
+def _q_grad(b_dq, b_k, b_v, b_do, b_p, b_dp, b_delta, DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr):
+    """The second half of a dq block step, after the caller's mask on p: dS = p (dP - delta), dq += dS k
+    (unscaled)."""
+    if not EARLY_DP:
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+    b_ds = b_p * (b_dp - b_delta[:, None])
+    return tl.dot(b_ds.to(b_k.dtype), b_k, b_dq, input_precision=DOT_PREC)
+
+
+@triton.jit
 def _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d,
                  seqlen_q, seqlen_k, qk_scale, window,
                  MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
@@ -593,16 +616,10 @@ def _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, start, en
         else:
             b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
             b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
-        if EARLY_DP:
-            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
-        b_p = tl.math.exp2(b_s - b_lse2[:, None])
+        b_p, b_dp = _q_probs(b_q, b_k, b_v, b_do, b_lse2, qk_scale, DOT_PREC, EARLY_DP)
         if MASK:
             b_p = tl.where(_visible(o_m, o_k, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW), b_p, 0.0)
-        if not EARLY_DP:
-            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
-        b_ds = b_p * (b_dp - b_delta[:, None])
-        b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq, input_precision=DOT_PREC)
+        b_dq = _q_grad(b_dq, b_k, b_v, b_do, b_p, b_dp, b_delta, DOT_PREC, EARLY_DP)
     return b_dq
 
 
@@ -640,19 +657,13 @@ def _bwd_q_inner1(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_f
             m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
             b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
             b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
-        if EARLY_DP:
-            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
-        b_p = tl.math.exp2(b_s - b_lse2[:, None])
+        b_p, b_dp = _q_probs(b_q, b_k, b_v, b_do, b_lse2, qk_scale, DOT_PREC, EARLY_DP)
         if (start_n < lo_full) | (start_n >= hi_full):
             vis = _visible(o_m, o_k, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
             if ROWSHIFT:
                 vis = vis & (o_k >= start_n)[None, :]
             b_p = tl.where(vis, b_p, 0.0)
-        if not EARLY_DP:
-            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
-        b_ds = b_p * (b_dp - b_delta[:, None])
-        b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq, input_precision=DOT_PREC)
+        b_dq = _q_grad(b_dq, b_k, b_v, b_do, b_p, b_dp, b_delta, DOT_PREC, EARLY_DP)
     return b_dq
 
 
