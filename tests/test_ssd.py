@@ -570,6 +570,19 @@ def test_kernel_fwd7_bitwise_equal_default(cfg):
             assert torch.equal(x, y)
 
 
+def test_config_from_env():
+    """HYBRIDNA_SSD_CONFIG names SWEEP_CONFIGS entries, merged in order; an unknown name is an error naming the
+    variable."""
+    from hybridna_kernels.ssd import chunk
+
+    assert chunk.config_from_env("") == {}
+    assert chunk.config_from_env("s6 chain") == chunk.SWEEP_CONFIGS["s6 chain"]
+    both = chunk.config_from_env("s5 default, s6 chain")
+    assert both["state_chain"] == "grad" and both["ds_split"] is False
+    with pytest.raises(ValueError, match="HYBRIDNA_SSD_CONFIG.*nope"):
+        chunk.config_from_env("s6 chain,nope")
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
 @pytest.mark.parametrize("min_bh", [4, 64], ids=["bh4", "bh64"])
 def test_state_chain_grad_gating(grad, min_bh, monkeypatch):

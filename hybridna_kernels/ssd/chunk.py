@@ -17,6 +17,7 @@ per-chunk tables: valid length, state reset (and which initial state), final-sta
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -1688,6 +1689,21 @@ SWEEP_CONFIGS = {
     "bwd7 ds w8": {**_BWD6, "ds_split": True, "BN_DX": 32, "warps_dcb": 8, "maxnreg_dcb": 128},
     "bwd7 ds h2 w8": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb_h2": True, "warps_dcb": 8, "maxnreg_dcb": 128},
 }
+
+
+def config_from_env(text: str) -> dict:
+    """HYBRIDNA_SSD_CONFIG: comma-separated SWEEP_CONFIGS names, applied in order on top of the defaults (e.g.
+    "s6 chain" for the opt-in chained forward state), so a whole program (the model benchmark, training) can
+    run an opt-in variant without code changes."""
+    out = {}
+    for name in filter(None, (t.strip() for t in text.split(","))):
+        if name not in SWEEP_CONFIGS:
+            raise ValueError(f"HYBRIDNA_SSD_CONFIG: unknown config {name!r}; known: {sorted(SWEEP_CONFIGS)}")
+        out.update(SWEEP_CONFIGS[name])
+    return out
+
+
+CFG_OVERRIDE.update(config_from_env(os.environ.get("HYBRIDNA_SSD_CONFIG", "")))
 
 
 def _cfg(Q, P, N, dtype):

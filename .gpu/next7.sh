@@ -1,0 +1,42 @@
+#!/bin/bash
+# Next session's first GPU call (<= ~540 s, H100): what session 6 could not measure. PARTS (default all: ssd model attn7
+# tests) picks; each part has its own limit and its log in $OUT/<part>/log.txt.
+#   ssd:   .gpu/call6d.sh (session 6's SSD default vs session 5's "s5 default" and the opt-in "s6 chain": fp64 checks,
+#          timings B8 / B2 / B1; then the SSD GPU tests of the default paths)
+#   model: the 300m step at 8 x 8192 and 1 x 32768 with the default, "s6 chain" and "s5 default" (HYBRIDNA_SSD_CONFIG)
+#   attn7: helper attn7's dq options and DKDV_FAST extensions (.gpu/attn7.sh)
+#   tests: the helpers' new GPU tests (attention dq options / DKDV_FAST extensions, SSD fwd7 / bwd7 / ds_split)
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
+O=$OUT; END=${END:-540}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1; git rev-parse --short HEAD
+part() {  # part NAME LIMIT_S command...
+  local name=$1 lim=$2; shift 2
+  local left=$(( END - SECONDS )); [ $lim -gt $left ] && lim=$left
+  [ $lim -lt 10 ] && { echo "######## $name: no time left"; return; }
+  mkdir -p $O/$name; echo "######## $name at ${SECONDS} s, limit $lim s"
+  OUT=$O/$name timeout -k 5 $lim "$@" 2>&1 | grep -v -iE "warning|warn\(" | cut -c1-230 > $O/$name/log.txt
+  tail -n 40 $O/$name/log.txt
+}
+PARTS=" ${PARTS:-ssd model attn7 tests} "
+on() { [[ "$PARTS" == *" $1 "* ]]; }
+on ssd && part ssd 185 bash .gpu/call6d.sh
+model() {
+  for c in "" "s6 chain" "s5 default"; do
+    HYBRIDNA_SSD_CONFIG="$c" python3 bench/bench_model.py sweep 8x8192 1x32768 --rounds 2 2>/dev/null \
+      | python3 -u .gpu/model_print.py | sed "s/^/${c:-default}   /"
+  done
+}
+export -f model
+on model && part model 110 bash -c model
+on attn7 && part attn7 115 env ATTN7_S=100 bash .gpu/attn7.sh
+tests() {
+  HYBRIDNA_FAIL_LOG=$OUT/fails.txt python3 -m pytest tests/test_attention.py tests/test_ssd.py -m gpu \
+    -k "gpu_dq_options or gpu_dkdv_fast_extensions or fwd7 or bwd7 or ds_split" -n 6 -p no:cacheprovider -v --tb=short > $OUT/tests.txt 2>&1
+  echo "$(grep -c ' PASSED' $OUT/tests.txt) passed, $(grep -c ' FAILED' $OUT/tests.txt) failed"
+  grep -E " FAILED " $OUT/tests.txt | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | sort -u | head
+  [ -f $OUT/fails.txt ] && grep -E "^====|Error|error " $OUT/fails.txt | head -12
+}
+export -f tests
+on tests && part tests 130 bash -c tests
+echo "end at $SECONDS s"
