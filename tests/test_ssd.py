@@ -483,6 +483,39 @@ def test_kernel_fwd7_variants(cfg, shape, opt, dtype):
     check_kernel_with_config(cfg, shape, opt, dtype)
 
 
+SCAN7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype): several row blocks a chunk, so the split loop runs
+    ({"scan_split": True, "BM_SCAN": 16, "BK_SCAN": 16}, (2, 150, 4, 16, 2, 16, 64), "all", torch.float32),
+    ({"scan_split": True, "BM_SCAN": 16, "BK_SCAN": 8}, (1, 150, 2, 16, 1, 32, 64), "all-cuseq", torch.float16),
+    ({"scan_split": True, "BM_SCAN": 8, "BK_SCAN": 8}, (2, 63, 4, 16, 2, 16, 16), "z", torch.float16),
+    ({"scan_split": True, "scan_ftz": True}, (1, 300, 2, 16, 1, 16, 256), "all-seqidx", torch.float32),
+    ({"BM_SCAN": 128, "warps_scan": 8, "scan_split": True}, (1, 300, 2, 16, 1, 16, 256), "all", torch.float16),
+    ({"BM_SCAN": 128, "scan_split": True}, (2, 100, 4, 12, 1, 20, 64), "all-seqidx", torch.float32),  # 128 > chunk
+]
+
+
+@pytest.mark.parametrize("cfg, shape, opt, dtype", SCAN7_CASES,
+                         ids=[f"{'+'.join(c)}-{_shape_id(s)}-{o}-{dtype_id(d)}" for c, s, o, d in SCAN7_CASES])
+def test_kernel_scan7_variants(cfg, shape, opt, dtype):
+    """Session 7's scan variants: scan_split (the blocks below the diagonal block in a loop of their own, without the
+    causal select), a row block of 128 (clamped to the chunk), scan_ftz (inline PTX: a no-op in the interpreter,
+    checked on the GPU by test_kernel_scan7_variants_bf16_gpu), at chunk 16 / 64 / 256, ngroups 1 and 2, packed
+    sequences, z, partial last chunks."""
+    check_kernel_with_config(cfg, shape, opt, dtype)
+
+
+def test_kernel_scan7_split_bitwise_equal():
+    """scan_split drops only the select and the clamp, which leave the tiles below the diagonal block unchanged
+    (cs does not increase within a chunk): y and the final states bitwise equal to the same launch without it
+    (fp16, interpreter, four row blocks a chunk)."""
+    t, kw = make_inputs(2, 200, 4, 16, 2, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=5)
+    outs = []
+    for c in ({"BM_SCAN": 16, "BK_SCAN": 16}, {"BM_SCAN": 16, "BK_SCAN": 16, "scan_split": True}):
+        with cfg_override(c), torch.no_grad():
+            outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, t, kw, chunk_size=64))])
+    for x, y in zip(*outs):
+        assert torch.equal(x, y)
+
+
 @pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
 def test_reverse_state_kernels_split_planes(varlen):
     """The reverse state kernels' bf16-plane options, which only the bf16 path reaches (no bf16 tl.dot in the
@@ -693,6 +726,20 @@ def test_kernel_fwd7_variants_bf16_gpu(variant, opt):
     """Session 6's forward variants (state_chain, scan_hp, register caps) in bf16 at the first full GPU shape:
     y, final states and gradients against the fp64 recurrence, then the no-grad forward (bf16 hin, 16-bit
     chunk-state operand) at the forward tolerance."""
+    with cfg_override(variant):
+        check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
+        check_nograd_forward_gpu(opt)
+
+
+SCAN7_VARIANTS = ["scan7 ftz", "scan7 split", "scan7 split ftz", "scan7 bm128 w8", "scan7 bm128 w8 split ftz"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["all", "all-cuseq"])
+@pytest.mark.parametrize("variant", SCAN7_VARIANTS)
+def test_kernel_scan7_variants_bf16_gpu(variant, opt):
+    """Session 7's scan variants (scan_split, scan_ftz: inline PTX on CUDA, a row block of 128 at 8 warps) in bf16 at
+    the first full GPU shape: y, final states and gradients against the fp64 recurrence, then the no-grad forward."""
     with cfg_override(variant):
         check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
         check_nograd_forward_gpu(opt)

@@ -605,7 +605,8 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
                            STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
-                           CB_MASK: tl.constexpr, R1: tl.constexpr, HP: tl.constexpr = 1):
+                           CB_MASK: tl.constexpr, R1: tl.constexpr, HP: tl.constexpr = 1,
+                           SPLIT: tl.constexpr = False, FTZ: tl.constexpr = False):
     """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i)).
 
     R1: below the diagonal block the decay factors through the cumsum c0 just before this row block,
@@ -618,7 +619,13 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     HP (1, 2 or 4, scan_hp): heads per program (heads of one group, the program id along heads counts
     groups of HP; not with R1): the CB and C tiles, the same for every head of a group, are loaded once for
     all HP (per program they are most of what comes from L2: CB and C are re-read by every head of the
-    group). Head 0's code is the HP 1 kernel's; heads 1.. go through _scan_hin_dot / _scan_intra_dot."""
+    group). Head 0's code is the HP 1 kernel's; heads 1.. go through _scan_hin_dot / _scan_intra_dot.
+
+    SPLIT (scan_split; HP 1, not R1 / CS64): the blocks strictly below the diagonal block run in a loop of their
+    own, without the causal select and the clamp of the decay exponent (there j < i, so cs_i - cs_j <= 0 for
+    A <= 0: the same tile; for A > 0 the unclamped value, as the reference). FTZ (scan_ftz; CUDA only, not
+    CS64): the decay tiles' exp as ex2.approx.ftz (_exp_ftz: no denormal fix-up; exp below 2^-126 flushes
+    to 0)."""
     i_bc, i_h, i_mp = _pids(HFIRST)
     i_h = i_h * HP
     i_b = i_bc // nc
@@ -686,6 +693,21 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         acc2 *= tl.exp(tl.minimum(cs_m2, 0.0).to(tl.float32))[:, None]
         cs_m3, csl_m3 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc3 + o_m, CS64)
         acc3 *= tl.exp(tl.minimum(cs_m3, 0.0).to(tl.float32))[:, None]
+    if SPLIT:
+        for k in range(0, i_m * BM, BK):  # strictly below the diagonal block: every (i, j) has j < i
+            o_k = k + tl.arange(0, BK)
+            cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :]).to(tl.float32)
+            d = (cs_m[:, None] - tl.load(csh_ptr + o_uc + o_k)[None, :]) + \
+                (csl_m[:, None] - tl.load(csl_ptr + o_uc + o_k)[None, :])
+            if FTZ:
+                dec = _exp_ftz(d)
+            else:
+                dec = tl.exp(d)
+            w = cb * dec * tl.load(u_ptr + o_uc + o_k)[None, :]
+            xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :],
+                         other=0.0)
+            acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
+        k_lo = i_m * BM
     for k in range(k_lo, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
         if CB_MASK:
@@ -695,7 +717,10 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         cb = cb.to(tl.float32)
         cs_k, csl_k = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_k, CS64)
         u_k = tl.load(u_ptr + o_uc + o_k)
-        w = cb * _seg_decay(cs_m, csl_m, cs_k, csl_k, CS64) * u_k[None, :]
+        if FTZ:
+            w = cb * _seg_decay_x(cs_m, csl_m, cs_k, csl_k, False, True) * u_k[None, :]
+        else:
+            w = cb * _seg_decay(cs_m, csl_m, cs_k, csl_k, CS64) * u_k[None, :]
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
         xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
@@ -1632,6 +1657,12 @@ SWEEP_CONFIGS = {
     "chain h2 w16 hp2 mr168": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2,
                                "maxnreg_scan": 168},
     "scan hp4 w8": {"scan_hp": 4, "warps_scan": 8},
+    # session 7 helper scan7 (the forward scan kernel's instruction count; see _cfg and bench/RESULTS.md)
+    "scan7 ftz": {"scan_ftz": True},
+    "scan7 split": {"scan_split": True},
+    "scan7 split ftz": {"scan_split": True, "scan_ftz": True},
+    "scan7 bm128 w8": {"BM_SCAN": 128, "warps_scan": 8},
+    "scan7 bm128 w8 split ftz": {"BM_SCAN": 128, "warps_scan": 8, "scan_split": True, "scan_ftz": True},
     "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
     "chain h2 w16 hp4 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 4, "warps_scan": 8},
     # session 5, helper ssd6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
@@ -1755,6 +1786,11 @@ def _cfg(Q, P, N, dtype):
         #   memory), 128 at 8 warps (2 per SM); 4 heads 194 at 8 warps (1 per SM, 120 KiB), 128 at 16 warps
         #   (16 B spilled)
         "scan_hp": 1, "maxnreg_scan": None,
+        # Session 7 helper scan7 (issue 4, the scan kernel; unmeasured, opt-in): scan_split runs the blocks strictly
+        # below the diagonal block in a loop of their own, without the causal select and the exponent clamp
+        # (scan_hp 1, not scan_r1 / cs64); scan_ftz takes the decay tiles' exp as ex2.approx.ftz (CUDA only, as
+        # bwd_ftz). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 4 warps, 3 stages): see SWEEP_CONFIGS "scan7 ..."
+        "scan_split": False, "scan_ftz": False,
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
@@ -2031,14 +2067,18 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     hp = 1 if (r1 or x.dtype == f32) else cfg["scan_hp"]  # fp32: two heads spill heavily (sm_90 offline)
     while (H // G) % hp:  # the heads of a program share a group
         hp //= 2
-    _chunk_scan_fwd_kernel[_grid(b * nc, H // hp, (Q // cfg["BM_SCAN"]) * triton.cdiv(P, BPc), cfg["hfirst"])](
+    BMs = min(cfg["BM_SCAN"], Q)  # a row block of 128 (sweep configs) at smaller chunks
+    sc_split = bool(cfg["scan_split"]) and hp == 1 and not r1 and not cfg["cs64"]
+    sc_ftz = bool(cfg["scan_ftz"]) and not cfg["cs64"] and not interpret_mode()  # inline PTX: not in the interpreter
+    _chunk_scan_fwd_kernel[_grid(b * nc, H // hp, (Q // BMs) * triton.cdiv(P, BPc), cfg["hfirst"])](
         x, zz, C, cb, u, cs, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
-        Q=Q, BM=cfg["BM_SCAN"], BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
+        Q=Q, BM=BMs, BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
         STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
         CS64=cfg["cs64"],
         CB_MASK=cfg["cb_mask"], R1=r1, **({"HP": hp} if hp > 1 else {}),
+        **({"SPLIT": True} if sc_split else {}), **({"FTZ": True} if sc_ftz else {}),
         num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"], **_maxnreg(cfg["maxnreg_scan"]))
     return y, final, hin, ypre
