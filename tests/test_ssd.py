@@ -490,6 +490,8 @@ SCAN7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype): several
     ({"scan_split": True, "scan_ftz": True}, (1, 300, 2, 16, 1, 16, 256), "all-seqidx", torch.float32),
     ({"BM_SCAN": 128, "warps_scan": 8, "scan_split": True}, (1, 300, 2, 16, 1, 16, 256), "all", torch.float16),
     ({"BM_SCAN": 128, "scan_split": True}, (2, 100, 4, 12, 1, 20, 64), "all-seqidx", torch.float32),  # 128 > chunk
+    ({"scan_r1": True, "scan_ftz": True, "maxnreg_scan": 128, "BM_SCAN": 16, "BK_SCAN": 16}, (1, 150, 4, 16, 2, 16, 64),
+     "all-cuseq", torch.float16),
 ]
 
 
@@ -731,7 +733,9 @@ def test_kernel_fwd7_variants_bf16_gpu(variant, opt):
         check_nograd_forward_gpu(opt)
 
 
-SCAN7_VARIANTS = ["scan7 ftz", "scan7 split", "scan7 split ftz", "scan7 bm128 w8", "scan7 bm128 w8 split ftz"]
+SCAN7_VARIANTS = ["scan7 ftz", "scan7 split", "scan7 split ftz", "scan7 bm128 w8", "scan7 bm128 w8 split ftz",
+                  "scan7 ftz mr128", "scan7 split mr128", "scan7 split ftz mr128", "scan7 r1 mr128", "scan7 r1 ftz mr128",
+                  "scan7 bm128 w8 split ftz mr128"]
 
 
 @pytest.mark.gpu

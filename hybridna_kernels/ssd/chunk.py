@@ -1663,6 +1663,15 @@ SWEEP_CONFIGS = {
     "scan7 split ftz": {"scan_split": True, "scan_ftz": True},
     "scan7 bm128 w8": {"BM_SCAN": 128, "warps_scan": 8},
     "scan7 bm128 w8 split ftz": {"BM_SCAN": 128, "warps_scan": 8, "scan_split": True, "scan_ftz": True},
+    # the same under a register cap of 128 (4 programs per SM at 4 warps, 2 at 8, as the default's 121; none spill
+    # offline), and scan_r1 (session 3's rank-1 decay: 161 registers, 3 programs per SM) capped the same way
+    "scan7 ftz mr128": {"scan_ftz": True, "maxnreg_scan": 128},
+    "scan7 split mr128": {"scan_split": True, "maxnreg_scan": 128},
+    "scan7 split ftz mr128": {"scan_split": True, "scan_ftz": True, "maxnreg_scan": 128},
+    "scan7 r1 mr128": {"scan_r1": True, "maxnreg_scan": 128},
+    "scan7 r1 ftz mr128": {"scan_r1": True, "scan_ftz": True, "maxnreg_scan": 128},
+    "scan7 bm128 w8 split ftz mr128": {"BM_SCAN": 128, "warps_scan": 8, "scan_split": True, "scan_ftz": True,
+                                       "maxnreg_scan": 128},
     "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
     "chain h2 w16 hp4 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 4, "warps_scan": 8},
     # session 5, helper ssd6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
