@@ -492,6 +492,11 @@ SCAN7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype): several
     ({"BM_SCAN": 128, "scan_split": True}, (2, 100, 4, 12, 1, 20, 64), "all-seqidx", torch.float32),  # 128 > chunk
     ({"scan_r1": True, "scan_ftz": True, "maxnreg_scan": 128, "BM_SCAN": 16, "BK_SCAN": 16}, (1, 150, 4, 16, 2, 16, 64),
      "all-cuseq", torch.float16),
+    ({"scan_e2": True, "scan_split": True, "BM_SCAN": 16, "BK_SCAN": 16}, (2, 150, 4, 16, 2, 16, 64), "all", torch.float16),
+    ({"scan_e2": True, "scan_split": True, "BM_SCAN": 8, "BK_SCAN": 8}, (2, 63, 4, 16, 2, 16, 16), "all-cuseq",
+     torch.float16),
+    ({"scan_e2": True}, (1, 300, 2, 16, 1, 16, 256), "all-seqidx", torch.float16),  # the diagonal loop alone
+    ({"scan_e2": True, "scan_split": True}, (2, 40, 4, 16, 2, 16, 16), "z", torch.float32),  # fp32: e2 ignored
 ]
 
 
@@ -499,7 +504,7 @@ SCAN7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype): several
                          ids=[f"{'+'.join(c)}-{_shape_id(s)}-{o}-{dtype_id(d)}" for c, s, o, d in SCAN7_CASES])
 def test_kernel_scan7_variants(cfg, shape, opt, dtype):
     """Session 7's scan variants: scan_split (the blocks below the diagonal block in a loop of their own, without the
-    causal select), a row block of 128 (clamped to the chunk), scan_ftz (inline PTX: a no-op in the interpreter,
+    causal select), scan_e2 (exp2 of one fp32 log2(e) cs per row / column; 16-bit inputs), a row block of 128 (clamped to the chunk), scan_ftz (inline PTX: a no-op in the interpreter,
     checked on the GPU by test_kernel_scan7_variants_bf16_gpu), at chunk 16 / 64 / 256, ngroups 1 and 2, packed
     sequences, z, partial last chunks."""
     check_kernel_with_config(cfg, shape, opt, dtype)
@@ -735,7 +740,7 @@ def test_kernel_fwd7_variants_bf16_gpu(variant, opt):
 
 SCAN7_VARIANTS = ["scan7 ftz", "scan7 split", "scan7 split ftz", "scan7 bm128 w8", "scan7 bm128 w8 split ftz",
                   "scan7 ftz mr128", "scan7 split mr128", "scan7 split ftz mr128", "scan7 r1 mr128", "scan7 r1 ftz mr128",
-                  "scan7 bm128 w8 split ftz mr128"]
+                  "scan7 bm128 w8 split ftz mr128", "scan7 e2 split ftz mr128", "scan7 e2 split ftz", "scan7 e2 ftz mr128"]
 
 
 @pytest.mark.gpu

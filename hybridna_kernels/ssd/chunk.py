@@ -598,6 +598,26 @@ def _scan_intra_dot(acc, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, p_x, o_k, o_
 
 
 @triton.jit
+def _scan_e(csh_ptr, csl_ptr, off):
+    """log2(e) cs at `off` as one fp32 value (scan_e2), from the hi / lo planes."""
+    return (tl.load(csh_ptr + off) + tl.load(csl_ptr + off)) * 1.4426950408889634
+
+
+@triton.jit
+def _ex2_ftz(x):
+    """2^x as ex2.approx.ftz (CUDA only, inline PTX; _exp_ftz without its log2(e) multiply)."""
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _scan_ex2(x, FTZ: tl.constexpr):
+    if FTZ:
+        return _ex2_ftz(x)
+    else:
+        return tl.math.exp2(x)
+
+
+@triton.jit
 def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr,
                            ypre_ptr,
                            T, H, G, nc, P, N,
@@ -606,7 +626,7 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
                            STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
                            CB_MASK: tl.constexpr, R1: tl.constexpr, HP: tl.constexpr = 1,
-                           SPLIT: tl.constexpr = False, FTZ: tl.constexpr = False):
+                           SPLIT: tl.constexpr = False, FTZ: tl.constexpr = False, E2: tl.constexpr = False):
     """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i)).
 
     R1: below the diagonal block the decay factors through the cumsum c0 just before this row block,
@@ -625,7 +645,10 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     own, without the causal select and the clamp of the decay exponent (there j < i, so cs_i - cs_j <= 0 for
     A <= 0: the same tile; for A > 0 the unclamped value, as the reference). FTZ (scan_ftz; CUDA only, not
     CS64): the decay tiles' exp as ex2.approx.ftz (_exp_ftz: no denormal fix-up; exp below 2^-126 flushes
-    to 0)."""
+    to 0). E2 (scan_e2; 16-bit inputs, not R1 / CS64 / HP > 1): the decay tile as exp2(e_i - e_j) with
+    e = log2(e) cs in one fp32 value per row / column (formed from hi + lo): one subtraction per element
+    instead of three and the log2(e) multiply, at an absolute exponent error of ~|cs| 2^-23 (|cs| 1e3:
+    relative 1e-4 in the tile, under the 16-bit operand's rounding)."""
     i_bc, i_h, i_mp = _pids(HFIRST)
     i_h = i_h * HP
     i_b = i_bc // nc
@@ -693,16 +716,21 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         acc2 *= tl.exp(tl.minimum(cs_m2, 0.0).to(tl.float32))[:, None]
         cs_m3, csl_m3 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc3 + o_m, CS64)
         acc3 *= tl.exp(tl.minimum(cs_m3, 0.0).to(tl.float32))[:, None]
+    if E2:
+        e_m = _scan_e(csh_ptr, csl_ptr, o_uc + o_m)
     if SPLIT:
         for k in range(0, i_m * BM, BK):  # strictly below the diagonal block: every (i, j) has j < i
             o_k = k + tl.arange(0, BK)
             cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :]).to(tl.float32)
-            d = (cs_m[:, None] - tl.load(csh_ptr + o_uc + o_k)[None, :]) + \
-                (csl_m[:, None] - tl.load(csl_ptr + o_uc + o_k)[None, :])
-            if FTZ:
-                dec = _exp_ftz(d)
+            if E2:
+                dec = _scan_ex2(e_m[:, None] - _scan_e(csh_ptr, csl_ptr, o_uc + o_k)[None, :], FTZ)
             else:
-                dec = tl.exp(d)
+                d = (cs_m[:, None] - tl.load(csh_ptr + o_uc + o_k)[None, :]) + \
+                    (csl_m[:, None] - tl.load(csl_ptr + o_uc + o_k)[None, :])
+                if FTZ:
+                    dec = _exp_ftz(d)
+                else:
+                    dec = tl.exp(d)
             w = cb * dec * tl.load(u_ptr + o_uc + o_k)[None, :]
             xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :],
                          other=0.0)
@@ -717,7 +745,10 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         cb = cb.to(tl.float32)
         cs_k, csl_k = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_k, CS64)
         u_k = tl.load(u_ptr + o_uc + o_k)
-        if FTZ:
+        if E2:
+            w = cb * _scan_ex2(tl.minimum(e_m[:, None] - _scan_e(csh_ptr, csl_ptr, o_uc + o_k)[None, :], 0.0),
+                               FTZ) * u_k[None, :]
+        elif FTZ:
             w = cb * _seg_decay_x(cs_m, csl_m, cs_k, csl_k, False, True) * u_k[None, :]
         else:
             w = cb * _seg_decay(cs_m, csl_m, cs_k, csl_k, CS64) * u_k[None, :]
@@ -1669,6 +1700,9 @@ SWEEP_CONFIGS = {
     "scan7 split mr128": {"scan_split": True, "maxnreg_scan": 128},
     "scan7 split ftz mr128": {"scan_split": True, "scan_ftz": True, "maxnreg_scan": 128},
     "scan7 r1 mr128": {"scan_r1": True, "maxnreg_scan": 128},
+    "scan7 e2 split ftz mr128": {"scan_e2": True, "scan_split": True, "scan_ftz": True, "maxnreg_scan": 128},
+    "scan7 e2 split ftz": {"scan_e2": True, "scan_split": True, "scan_ftz": True},
+    "scan7 e2 ftz mr128": {"scan_e2": True, "scan_ftz": True, "maxnreg_scan": 128},
     "scan7 r1 ftz mr128": {"scan_r1": True, "scan_ftz": True, "maxnreg_scan": 128},
     "scan7 bm128 w8 split ftz mr128": {"BM_SCAN": 128, "warps_scan": 8, "scan_split": True, "scan_ftz": True,
                                        "maxnreg_scan": 128},
@@ -1800,6 +1834,9 @@ def _cfg(Q, P, N, dtype):
         # (scan_hp 1, not scan_r1 / cs64); scan_ftz takes the decay tiles' exp as ex2.approx.ftz (CUDA only, as
         # bwd_ftz). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 4 warps, 3 stages): see SWEEP_CONFIGS "scan7 ..."
         "scan_split": False, "scan_ftz": False,
+        # scan_e2 (16-bit inputs, scan_hp 1, not scan_r1 / cs64): the decay tile as exp2(e_i - e_j) from one fp32
+        # log2(e) cs per row / column (3-4 instead of 7-10 instructions per element; exponent error ~|cs| 2^-23)
+        "scan_e2": False,
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
@@ -2079,6 +2116,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     BMs = min(cfg["BM_SCAN"], Q)  # a row block of 128 (sweep configs) at smaller chunks
     sc_split = bool(cfg["scan_split"]) and hp == 1 and not r1 and not cfg["cs64"]
     sc_ftz = bool(cfg["scan_ftz"]) and not cfg["cs64"] and not interpret_mode()  # inline PTX: not in the interpreter
+    sc_e2 = bool(cfg["scan_e2"]) and hp == 1 and not r1 and not cfg["cs64"] and x.dtype != f32
     _chunk_scan_fwd_kernel[_grid(b * nc, H // hp, (Q // BMs) * triton.cdiv(P, BPc), cfg["hfirst"])](
         x, zz, C, cb, u, cs, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
@@ -2087,7 +2125,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
         STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
         CS64=cfg["cs64"],
         CB_MASK=cfg["cb_mask"], R1=r1, **({"HP": hp} if hp > 1 else {}),
-        **({"SPLIT": True} if sc_split else {}), **({"FTZ": True} if sc_ftz else {}),
+        **({"SPLIT": True} if sc_split else {}), **({"FTZ": True} if sc_ftz else {}), **({"E2": True} if sc_e2 else {}),
         num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"], **_maxnreg(cfg["maxnreg_scan"]))
     return y, final, hin, ypre
