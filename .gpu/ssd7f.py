@@ -31,7 +31,7 @@ VARIANTS = kit.variants(["default", "chain", "chain h2 w16", "scan hp2 w8", "sca
                          "scan hp4 w16", "chain h2 w8",
                          # session 7 helper scan7 (the scan kernel's instruction count / registers; .gpu/scan7.sh times
                          # only these and the default)
-                         "scan7 e2 ftz mr128", "scan7 e2 split ftz mr128", "scan7 e2 split ftz", "scan7 split ftz mr128",
+                         "scan7 e2 ftz mr128", "scan7 e2 ftz mr128 s2", "scan7 e2 split ftz mr128", "scan7 e2 split ftz", "scan7 split ftz mr128",
                          "scan7 r1 mr128", "scan7 ftz mr128", "scan7 bm128 w8 split ftz mr128", "scan7 r1 ftz mr128",
                          "scan7 split mr128", "scan7 split ftz", "scan7 bm128 w8"])
 SHAPES = [(1, 512), (1, 1024), (1, 2048)] if DRY else [(8, 8192), (2, 32768), (1, 131072)]  # the third if time is left

@@ -740,7 +740,8 @@ def test_kernel_fwd7_variants_bf16_gpu(variant, opt):
 
 SCAN7_VARIANTS = ["scan7 ftz", "scan7 split", "scan7 split ftz", "scan7 bm128 w8", "scan7 bm128 w8 split ftz",
                   "scan7 ftz mr128", "scan7 split mr128", "scan7 split ftz mr128", "scan7 r1 mr128", "scan7 r1 ftz mr128",
-                  "scan7 bm128 w8 split ftz mr128", "scan7 e2 split ftz mr128", "scan7 e2 split ftz", "scan7 e2 ftz mr128"]
+                  "scan7 bm128 w8 split ftz mr128", "scan7 e2 split ftz mr128", "scan7 e2 split ftz", "scan7 e2 ftz mr128",
+                  "scan7 e2 ftz mr128 s2"]
 
 
 @pytest.mark.gpu
