@@ -5,7 +5,9 @@
 #          timings B8 / B2 / B1; then the SSD GPU tests of the default paths)
 #   model: the 300m step at 8 x 8192 and 1 x 32768 with the default, "s6 chain" and "s5 default" (HYBRIDNA_SSD_CONFIG)
 #   attn7: helper attn7's dq options and DKDV_FAST extensions (.gpu/attn7.sh)
-#   tests: the helpers' new GPU tests (attention dq options / DKDV_FAST extensions, SSD fwd7 / bwd7 / ds_split)
+#   tests: the helpers' new GPU tests (attention dq options / DKDV_FAST extensions, SSD fwd7 / bwd7 / ds_split / scan7)
+#   scan7: helper scan7's forward-scan variants (.gpu/scan7.sh, ~160 s): not in the default PARTS (the call limit is
+#          600 s); run it in a second call: PARTS=scan7 bash .gpu/next7.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
 O=$OUT; END=${END:-540}
@@ -32,11 +34,12 @@ on model && part model 110 bash -c model
 on attn7 && part attn7 115 env ATTN7_S=100 bash .gpu/attn7.sh
 tests() {
   HYBRIDNA_FAIL_LOG=$OUT/fails.txt python3 -m pytest tests/test_attention.py tests/test_ssd.py -m gpu \
-    -k "gpu_dq_options or gpu_dkdv_fast_extensions or fwd7 or bwd7 or ds_split" -n 6 -p no:cacheprovider -v --tb=short > $OUT/tests.txt 2>&1
+    -k "gpu_dq_options or gpu_dkdv_fast_extensions or fwd7 or bwd7 or ds_split or scan7" -n 6 -p no:cacheprovider -v --tb=short > $OUT/tests.txt 2>&1
   echo "$(grep -c ' PASSED' $OUT/tests.txt) passed, $(grep -c ' FAILED' $OUT/tests.txt) failed"
   grep -E " FAILED " $OUT/tests.txt | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | sort -u | head
   [ -f $OUT/fails.txt ] && grep -E "^====|Error|error " $OUT/fails.txt | head -12
 }
 export -f tests
 on tests && part tests 130 bash -c tests
+on scan7 && part scan7 170 env SCAN7_S=150 bash .gpu/scan7.sh
 echo "end at $SECONDS s"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session 7 helper scan7 (issue 4, the forward scan kernel): the default and the scan7 sweep configs through
+# Session 6 helper scan7 (issue 4, the forward scan kernel): the default and the scan7 sweep configs through
 # .gpu/ssd7f.sh (fp64 checks at B1 T4096, difference from the default at B8 T8192, then interleaved no-grad eager /
 # graph and fwd+bwd timings at B8 T8192, B2 T32768, B1 T131072 while time is left, then a profile). <= SCAN7_S + 10 s
 # wall (default 150); SCAN7_VARIANTS (comma-separated) overrides the list. Run from the repo root, PYTHONPATH=/tmp/site:$PWD set, $OUT writable; the table is $OUT/ssd7f.txt.

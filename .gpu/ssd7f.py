@@ -29,7 +29,7 @@ DRY, DEV, DT, HEADS = kit.setup("SSD7F", 100, T_START)  # SSD7F_DRY=1: a CPU dry
 VARIANTS = kit.variants(["default", "chain", "chain h2 w16", "scan hp2 w8", "scan hp4 w8", "chain h2 w16 hp2 w8",
                          "chain h2 w16 hp4 w8", "chain hp2 w8", "chain mr128", "chain n64 w4", "scan hp2 mr168",
                          "scan hp4 w16", "chain h2 w8",
-                         # session 7 helper scan7 (the scan kernel's instruction count / registers; .gpu/scan7.sh times
+                         # session 6 helper scan7 (the scan kernel's instruction count / registers; .gpu/scan7.sh times
                          # only these and the default)
                          "scan7 e2 ftz mr128", "scan7 e2 ftz mr128 s2", "scan7 e2 split ftz mr128", "scan7 e2 split ftz", "scan7 split ftz mr128",
                          "scan7 r1 mr128", "scan7 ftz mr128", "scan7 bm128 w8 split ftz mr128", "scan7 r1 ftz mr128",

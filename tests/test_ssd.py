@@ -503,7 +503,7 @@ SCAN7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype): several
 @pytest.mark.parametrize("cfg, shape, opt, dtype", SCAN7_CASES,
                          ids=[f"{'+'.join(c)}-{_shape_id(s)}-{o}-{dtype_id(d)}" for c, s, o, d in SCAN7_CASES])
 def test_kernel_scan7_variants(cfg, shape, opt, dtype):
-    """Session 7's scan variants: scan_split (the blocks below the diagonal block in a loop of their own, without the
+    """Session 6's scan variants: scan_split (the blocks below the diagonal block in a loop of their own, without the
     causal select), scan_e2 (exp2 of one fp32 log2(e) cs per row / column; 16-bit inputs), a row block of 128 (clamped to the chunk), scan_ftz (inline PTX: a no-op in the interpreter,
     checked on the GPU by test_kernel_scan7_variants_bf16_gpu), at chunk 16 / 64 / 256, ngroups 1 and 2, packed
     sequences, z, partial last chunks."""
@@ -748,7 +748,7 @@ SCAN7_VARIANTS = ["scan7 ftz", "scan7 split", "scan7 split ftz", "scan7 bm128 w8
 @pytest.mark.parametrize("opt", ["all", "all-cuseq"])
 @pytest.mark.parametrize("variant", SCAN7_VARIANTS)
 def test_kernel_scan7_variants_bf16_gpu(variant, opt):
-    """Session 7's scan variants (scan_split, scan_ftz: inline PTX on CUDA, a row block of 128 at 8 warps) in bf16 at
+    """Session 6's scan variants (scan_split, scan_ftz: inline PTX on CUDA, a row block of 128 at 8 warps) in bf16 at
     the first full GPU shape: y, final states and gradients against the fp64 recurrence, then the no-grad forward."""
     with cfg_override(variant):
         check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)

@@ -1688,7 +1688,7 @@ SWEEP_CONFIGS = {
     "chain h2 w16 hp2 mr168": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2,
                                "maxnreg_scan": 168},
     "scan hp4 w8": {"scan_hp": 4, "warps_scan": 8},
-    # session 7 helper scan7 (the forward scan kernel's instruction count; see _cfg and bench/RESULTS.md)
+    # session 6 helper scan7 (the forward scan kernel's instruction count; see _cfg and bench/RESULTS.md)
     "scan7 ftz": {"scan_ftz": True},
     "scan7 split": {"scan_split": True},
     "scan7 split ftz": {"scan_split": True, "scan_ftz": True},
@@ -1830,7 +1830,7 @@ def _cfg(Q, P, N, dtype):
         #   memory), 128 at 8 warps (2 per SM); 4 heads 194 at 8 warps (1 per SM, 120 KiB), 128 at 16 warps
         #   (16 B spilled)
         "scan_hp": 1, "maxnreg_scan": None,
-        # Session 7 helper scan7 (issue 4, the scan kernel; unmeasured, opt-in): scan_split runs the blocks strictly
+        # Session 6 helper scan7 (issue 4, the scan kernel; unmeasured, opt-in): scan_split runs the blocks strictly
         # below the diagonal block in a loop of their own, without the causal select and the exponent clamp
         # (scan_hp 1, not scan_r1 / cs64); scan_ftz takes the decay tiles' exp as ex2.approx.ftz (CUDA only, as
         # bwd_ftz). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 4 warps, 3 stages): see SWEEP_CONFIGS "scan7 ..."
