@@ -163,17 +163,22 @@ if left() > 9:
     def tiny():
         return torch.autograd.grad(causal_conv1d(xs, ws, bs, activation="silu"), (xs, ws, bs), gs)
 
+    def host_us():
+        """Host time per tiny() call in us: warm-up calls, then NH calls without a sync in between."""
+        for _ in range(3 if DRY else 30):
+            tiny()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(NH):
+            tiny()
+        h = (time.perf_counter() - t) / NH * 1e6
+        torch.cuda.synchronize()
+        return h
+
     for n in [m for m in ("default", "reset") if ok.get(m)]:
         use(allv[n])
         try:
-            for _ in range(3 if DRY else 30):
-                tiny()
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(NH):
-                tiny()
-            h = (time.perf_counter() - t) / NH * 1e6
-            torch.cuda.synchronize()
+            h = host_us()
         finally:
             use((None, None))
         say(f"host {n}: {h:.1f} us per fwd+bwd call (B1 D64 L128, {NH} calls, no sync)")
@@ -224,15 +229,8 @@ if ok.get("reset") and left() > 3:
             f"{len(conv._LAUNCH_CACHE)} cached launches")
         del xm, ref_m
         if same and same_m:
-            if left() > 2 and "tiny" in globals():
-                for _ in range(3 if DRY else 30):
-                    tiny()
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                for _ in range(NH):
-                    tiny()
-                h = (time.perf_counter() - t) / NH * 1e6
-                torch.cuda.synchronize()
+            if left() > 2 and "host_us" in globals():
+                h = host_us()
                 say(f"host reset + fast launch: {h:.1f} us per fwd+bwd call (B1 D64 L128, {NH} calls, no sync)")
             for _ in range(2):
                 if left() < 1.5:
