@@ -2072,6 +2072,8 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     hin_hi, hin_lo = (hin[0], hin[1]) if layout == "split" else (hin, hin)
     nfin = tables.nfinal if varlen else b
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
+    # the chunk-state operand split (xw_split_nograd without grad) of the chain and the two-kernel path
+    xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
     if cfg["fused_state"]:
         BPf, BNf = _fused_blocks(b, H, P, N, cfg, cfg["BN_FUSED_FWD"])
         _state_fused_fwd_kernel[(triton.cdiv(P, BPf) * triton.cdiv(N, BNf), H, b)](
@@ -2084,7 +2086,6 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     elif (cfg["state_chain"] and (cfg["state_chain"] != "grad" or store_ypre)
           and (cfg["chain_max_nc"] is None or nc <= cfg["chain_max_nc"])
           and (cfg["state_chain"] is True or b * H >= cfg["chain_min_bh"])):
-        xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
         BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"] if cfg["BN_CHAIN"] is None else min(cfg["BN_CHAIN"], cfg["BN"])
         nblk = triton.cdiv(P, BPs) * triton.cdiv(N, BNs)
         hpc = cfg["chain_hp"] if (H // G) % cfg["chain_hp"] == 0 else 1
@@ -2099,7 +2100,6 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             num_warps=cfg["warps_state"] if cfg["warps_chain"] is None else cfg["warps_chain"],
             num_stages=cfg["stages"], **_maxnreg(cfg["maxnreg_chain"]))
     else:
-        xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
         states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
                                xw_split=_xw_split(x.dtype, xws))
         PN = P * N
