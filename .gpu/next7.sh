@@ -20,18 +20,19 @@ part() {  # part NAME LIMIT_S command...
   OUT=$O/$name timeout -k 5 $lim "$@" 2>&1 | grep -v -iE "warning|warn\(" | cut -c1-230 > $O/$name/log.txt
   tail -n 40 $O/$name/log.txt
 }
-PARTS=" ${PARTS:-ssd model attn7 tests} "
+PARTS=" ${PARTS:-ssd model tests attn7} "
 on() { [[ "$PARTS" == *" $1 "* ]]; }
 on ssd && part ssd 185 bash .gpu/call6d.sh
 model() {
   for c in "" "s6 chain" "s5 default"; do
-    HYBRIDNA_SSD_CONFIG="$c" python3 bench/bench_model.py sweep 8x8192 1x32768 --rounds 2 2>/dev/null \
+    items="8x8192 1x32768"  # the default and "s6 chain" also with the gradient slabs and without the MLP recompute
+    [ "$c" != "s5 default" ] && items="$items slabs=1 8x8192 1x32768 mlp_re=0 1x32768"
+    HYBRIDNA_SSD_CONFIG="$c" python3 bench/bench_model.py sweep $items --rounds 2 2>/dev/null \
       | python3 -u .gpu/model_print.py | sed "s/^/${c:-default}   /"
   done
 }
 export -f model
-on model && part model 110 bash -c model
-on attn7 && part attn7 115 env ATTN7_S=100 bash .gpu/attn7.sh
+on model && part model 150 bash -c model
 tests() {
   HYBRIDNA_FAIL_LOG=$OUT/fails.txt python3 -m pytest tests/test_attention.py tests/test_ssd.py -m gpu \
     -k "gpu_dq_options or gpu_dkdv_fast_extensions or fwd7 or bwd7 or ds_split or scan7" -n 6 -p no:cacheprovider -v --tb=short > $OUT/tests.txt 2>&1
@@ -41,5 +42,6 @@ tests() {
 }
 export -f tests
 on tests && part tests 130 bash -c tests
+on attn7 && part attn7 115 env ATTN7_S=$(( END - SECONDS - 15 )) bash .gpu/attn7.sh
 on scan7 && part scan7 170 env SCAN7_S=150 bash .gpu/scan7.sh
 echo "end at $SECONDS s"
