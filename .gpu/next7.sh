@@ -20,7 +20,7 @@ part() {  # part NAME LIMIT_S command...
   OUT=$O/$name timeout -k 5 $lim "$@" 2>&1 | grep -v -iE "warning|warn\(" | cut -c1-230 > $O/$name/log.txt
   tail -n 40 $O/$name/log.txt
 }
-PARTS=" ${PARTS:-ssd model tests attn7} "
+PARTS=" ${PARTS:-ssd model attn7 tests} "
 on() { [[ "$PARTS" == *" $1 "* ]]; }
 on ssd && part ssd 185 bash .gpu/call6d.sh
 model() {
@@ -41,7 +41,7 @@ tests() {
   [ -f $OUT/fails.txt ] && grep -E "^====|Error|error " $OUT/fails.txt | head -12
 }
 export -f tests
+on attn7 && part attn7 115 env ATTN7_S=100 bash .gpu/attn7.sh
 on tests && part tests 130 bash -c tests
-on attn7 && part attn7 115 env ATTN7_S=$(( END - SECONDS - 15 )) bash .gpu/attn7.sh
 on scan7 && part scan7 170 env SCAN7_S=150 bash .gpu/scan7.sh
 echo "end at $SECONDS s"
