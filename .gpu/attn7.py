@@ -57,7 +57,6 @@ V_MODEL = [("default", None),
            ("dq ol+rs 64x64 w4 s2 r128", f"dkdv_fast=;dq=64,64,4,2,128;{OLRS}"),
            ("dq ol+rs", f"dkdv_fast=;dq=128,64,8,3;{OLRS}"),
            ("dq ol+rs 128x64 w8 s4 r128", f"dkdv_fast=;dq=128,64,8,4,128;{OLRS}"),
-           ("dq ol+rs+qreg 64x64 w4 s3", f"dkdv_fast=;dq=64,64,4,3;{OLRS},qreg"),
            ("dq ol+rs 128x128 w8 s2", f"dkdv_fast=;dq=128,128,8,2;{OLRS}"),
            ("dq ol+rs+early_dp r128", f"dkdv_fast=;dq=128,64,8,3,128;{OLRS},early_dp")]
 V_MHA = [("default", None),

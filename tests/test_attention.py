@@ -315,8 +315,10 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                    "L300-gqa": (1, 300, 300, 4, 1, 32, True, None),
                    "B2-L260-W37-D40": (2, 260, 290, 2, 2, 40, True, 37),
                    "L270-full": (1, 270, 270, 2, 1, 16, False, None),
-                   # DKDV_FAST's extensions (head dims 64 / 128): MHA with a ragged end, D128 chunked prefill
-                   "L300-mha-D64": (1, 300, 300, 2, 2, 64, True, None),
+                   # DKDV_FAST's extensions (head dims 64 / 128): a short ragged GQA, D128 MHA with a ragged end,
+                   # D128 chunked prefill
+                   "L300-gqa-D64": (1, 300, 300, 4, 2, 64, True, None),
+                   "L300-mha-D128": (1, 300, 300, 2, 2, 128, True, None),
                    "L260-Lk320-gqa-D128": (1, 260, 320, 2, 1, 128, True, None)}
 
 
@@ -337,13 +339,13 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("dkdv-rowshift", "dkdv_opt=oneloop,rowshift,gunroll",
                              ["L300-gqa", "B2-L260-W37-D40", "L270-full"]),
                             ("dq-oneloop", "dq_opt=oneloop", ["gqa-offset", "W9-D40", "full"]),
-                            ("dq-rowshift-all", "dq_opt=oneloop,rowshift,early_dp,qreg",
+                            ("dq-rowshift-all", "dq_opt=oneloop,rowshift,early_dp",
                              ["L300-gqa", "B2-L260-W37-D40", "L270-full"]),
                             ("dq-rowshift-tma", "dq_opt=oneloop,rowshift;tma=dq", ["L300-gqa", "B2-gqa2"]),
-                            ("dq-3loop-qreg-early-dp", "dq_opt=qreg,early_dp;tma=dq", ["gqa-offset", "W9-D40"]),
+                            ("dq-3loop-early-dp", "dq_opt=early_dp;tma=dq", ["gqa-offset", "W9-D40"]),
                             ("dq-rowshift-delta", "dq_opt=oneloop,rowshift;dq_delta=1", ["L300-gqa"]),
                             ("dkdv-fast-ext", "dkdv_fast=mha,d128,short,ragged;dq_opt=oneloop,rowshift",
-                             ["L300-mha-D64", "L260-Lk320-gqa-D128"])]
+                             ["L300-gqa-D64", "L300-mha-D128", "L260-Lk320-gqa-D128"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
     """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
@@ -361,10 +363,10 @@ def test_kernel_sweep_variants(variant, shape, monkeypatch):
 
 @pytest.mark.parametrize("shape", ["L300-gqa", "B2-L260-W37-D40"])
 def test_kernel_dq_options_fp16(shape, monkeypatch):
-    """The dq options in fp16 (the sweep above runs fp32): one loop, rowshift, dP early, q / dO in registers."""
+    """The dq options in fp16 (the sweep above runs fp32): one loop, rowshift, dP early."""
     from hybridna_kernels.attention import flash
 
-    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dq_opt=oneloop,rowshift,early_dp,qreg"))
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dq_opt=oneloop,rowshift,early_dp"))
     B, Lq, Lk, Hq, Hkv, D, causal, window = _VARIANT_SHAPES[shape]
     q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.float16, seed=3)
     _check(q, k, v, causal=causal, window=window)
@@ -388,8 +390,8 @@ def test_dq_options_reach_the_kernel(monkeypatch):
                             max_seqlen=None if cu is None else L)
         return [m for kind, m in seen if kind == "dq"][0]
 
-    m = dq_meta("dq_opt=oneloop,rowshift,early_dp,qreg")
-    assert m["ONELOOP"] and m["ROWSHIFT"] and m["EARLY_DP"] and m["QREG"]
+    m = dq_meta("dq_opt=oneloop,rowshift,early_dp")
+    assert m["ONELOOP"] and m["ROWSHIFT"] and m["EARLY_DP"]
     assert not dq_meta("dq_opt=oneloop,rowshift", L=100).get("ROWSHIFT")
     assert not dq_meta("dq_opt=oneloop,rowshift", cu=torch.tensor([0, 300], dtype=torch.int32)).get("ROWSHIFT")
     assert not any(dq_meta("tma=dq").get(f) for f in flash.DQ_OPTS.values())
@@ -407,7 +409,7 @@ def test_default_features(monkeypatch):
     monkeypatch.setattr(flash, "VARIANT", {})
     monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True,
                                                     "dkdv_opt": {64: frozenset({"oneloop", "gunroll", "kreg"})},
-                                                    "dq_opt": {64: frozenset({"oneloop", "rowshift", "qreg"})}})
+                                                    "dq_opt": {64: frozenset({"oneloop", "rowshift", "early_dp"})}})
     assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"fwd", "dkdv", "dq"}
     assert flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False})
     assert flash._feature("tma", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
@@ -417,7 +419,7 @@ def test_default_features(monkeypatch):
     assert flash._feature("dkdv_opt", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
     assert flash._feature("dkdv_opt", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False}) == frozenset()
     assert flash._feature("dq_opt", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"oneloop", "rowshift",
-                                                                                           "qreg"}
+                                                                                           "early_dp"}
     assert flash._feature("dq_opt", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
     # the sliding-window forward at D64 keeps session 2's config and pointer loads; its backward does not
     assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": True}) == {"dkdv", "dq"}
@@ -431,9 +433,10 @@ def test_default_features(monkeypatch):
 
 
 def test_dkdv_fast_default_domain(monkeypatch):
-    """DKDV_FAST (the one-loop dk/dv kernel at 64x64 w4 s3) is the default only where session 5 checked it on
-    the GPU: D64, GQA, causal, no window / varlen, seqlen_q == seqlen_k a multiple of 64 in the long bucket, no
-    VARIANT / autotuning / interpreter; the launch then takes its flags and config."""
+    """DKDV_FAST (the one-loop dk/dv kernel at 64x64 w4 s3; DKDV_FAST_D128 at head dim 128) is the default where
+    sessions 5 and 7 checked it on the GPU: D64 GQA or D128 (MHA too), causal, no window / varlen, any length from
+    256 query rows (ragged ends, chunked prefill, the short bucket), no VARIANT / autotuning / interpreter; the
+    launch then takes its flags and config. D64 MHA keeps the old config (DKDV_FAST was wrong there on the GPU)."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "interpret_mode", lambda: False)
@@ -445,22 +448,23 @@ def test_dkdv_fast_default_domain(monkeypatch):
         meta = flash._flags(q, k, causal, window, cu, max(Lq, Lk))
         return flash._dkdv_fast_ok(q, k, causal, window, cu, meta)
 
-    assert ok() and ok(Lq=32768, Lk=32768) and ok(B=8, Lq=8192, Lk=8192, Hq=8, Hkv=1)
-    assert not ok(Hkv=16)                      # MHA: not checked on the GPU
+    assert ok() is flash.DKDV_FAST and ok(Lq=32768, Lk=32768) and ok(B=8, Lq=8192, Lk=8192, Hq=8, Hkv=1)
+    assert not ok(Hkv=16)                      # D64 MHA: wrong on the GPU with DKDV_FAST
+    assert ok(Hkv=16, D=128) is flash.DKDV_FAST_D128 and ok(Hkv=4, D=128) is flash.DKDV_FAST_D128
     assert not ok(causal=False) and not ok(window=1000) and not ok(varlen=True)
-    assert not ok(Lq=4000, Lk=4000) and not ok(Lq=4096, Lk=4160)   # ragged end, chunked prefill
-    assert not ok(Lq=2048, Lk=2048)            # short bucket
-    assert not ok(D=128) and not ok(D=48)
+    assert ok(Lq=4000, Lk=4000) and ok(Lq=4096, Lk=4160)   # ragged end, chunked prefill
+    assert ok(Lq=2048, Lk=2048) and ok(Lq=300, Lk=300) and not ok(Lq=200, Lk=200)   # short; 256 rows at least
+    assert not ok(D=48) and not ok(D=32)
     monkeypatch.setattr(flash, "TUNE", True)
     assert not ok()
     monkeypatch.setattr(flash, "TUNE", False)
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dkdv=32,128,4,3"))
     assert not ok()
-    # opt-in extensions (variant dkdv_fast=...; empty: the default domain under a VARIANT)
+    # under a VARIANT: session 5's domain (dkdv_fast= empty) plus the named extensions
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=dq;dkdv_fast="))
-    assert ok() is flash.DKDV_FAST and not ok(Hkv=16) and not ok(D=128)
+    assert ok() is flash.DKDV_FAST and not ok(Hkv=16) and not ok(D=128) and not ok(Lq=2048, Lk=2048)
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dkdv_fast=mha,d128,short,ragged"))
-    assert ok(Hkv=16) is flash.DKDV_FAST and ok(D=128) is flash.DKDV_FAST_D128
+    assert not ok(Hkv=16) and ok(Hkv=16, D=128) is flash.DKDV_FAST_D128 and ok(D=128) is flash.DKDV_FAST_D128
     assert ok(Lq=2048, Lk=2048) and ok(Lq=300, Lk=300) and ok(Lq=4000, Lk=4000) and ok(Lq=4096, Lk=4160)
     assert not ok(Lq=200, Lk=200)              # rowshift needs 256 query rows
     assert not ok(window=1000) and not ok(varlen=True) and not ok(causal=False) and not ok(D=32)
@@ -476,9 +480,45 @@ def test_dkdv_fast_default_domain(monkeypatch):
     flash.attention_bwd(q, q, k, v, q, lse, causal=True, window=None, softmax_scale=0.125)
     assert seen["dkdv"]["_conf"] == flash.DKDV_FAST["conf"]
     assert all(seen["dkdv"][f] for f in flash.DKDV_FAST["flags"])
+    assert seen["dq"]["_conf"] == flash.DQ_FAST["conf"] and all(seen["dq"][f] for f in flash.DQ_FAST["flags"])
     seen.clear()
     flash.attention_bwd(q, q, k, v, q, lse, causal=True, window=512, softmax_scale=0.125)
     assert "_conf" not in seen["dkdv"] and not any(seen["dkdv"].get(f) for f in flash.DKDV_FAST["flags"])
+    assert "_conf" not in seen["dq"] and not any(seen["dq"].get(f) for f in flash.DQ_FAST["flags"])
+
+
+def test_dq_fast_default_domain(monkeypatch):
+    """DQ_FAST (the one-loop rowshift dq kernel at 128x64 w8 s3, 128 registers) is the default only at the layout
+    session 7 measured it at: D64 GQA, causal, no window / varlen, seqlen_q == seqlen_k a multiple of 64 in the long
+    bucket, no VARIANT / autotuning / interpreter; its fifth config number reaches the launch as maxnreg."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "interpret_mode", lambda: False)
+    monkeypatch.setattr(flash, "VARIANT", {})
+
+    def ok(B=1, Lq=4096, Lk=4096, Hq=16, Hkv=4, D=64, causal=True, window=None, varlen=False):
+        q, k = torch.empty(B, Lq, Hq, D, device="meta"), torch.empty(B, Lk, Hkv, D, device="meta")
+        cu = torch.tensor([0, Lq]) if varlen else None
+        return flash._dq_fast_ok(q, k, causal, window, cu, flash._flags(q, k, causal, window, cu, max(Lq, Lk)))
+
+    assert ok() is flash.DQ_FAST and ok(Lq=32768, Lk=32768) and ok(B=8, Lq=8192, Lk=8192, Hq=8, Hkv=1)
+    assert not ok(Hkv=16) and not ok(D=128) and not ok(D=48)
+    assert not ok(causal=False) and not ok(window=1000) and not ok(varlen=True)
+    assert not ok(Lq=4000, Lk=4000) and not ok(Lq=4096, Lk=4160) and not ok(Lq=2048, Lk=2048)
+    monkeypatch.setattr(flash, "TUNE", True)
+    assert not ok()
+    monkeypatch.setattr(flash, "TUNE", False)
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dq=64,64,4,3"))
+    assert not ok()
+    monkeypatch.setattr(flash, "VARIANT", {})
+    launched = []
+    monkeypatch.setattr(flash, "_launch", lambda raw, grid, args, kw: launched.append(kw))
+    meta = {"BD": 64, "L_BUCKET": 4096, "HAS_WINDOW": False, "_conf": flash.DQ_FAST["conf"]}
+    flash._run("dq", lambda m: (1,), None, (), meta)
+    BM, BN, w, st, reg = flash.DQ_FAST["conf"]
+    assert launched[-1]["maxnreg"] == reg and (launched[-1]["BM"], launched[-1]["num_warps"]) == (BM, w)
+    flash._run("dq", lambda m: (1,), None, (), {"BD": 64, "L_BUCKET": 4096, "HAS_WINDOW": False})
+    assert "maxnreg" not in launched[-1]
 
 
 def test_decode_with_fixed_config_and_fastlaunch(monkeypatch):
@@ -618,12 +658,14 @@ def test_gpu_dq_options(shape, variant, no_autotune, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", _gpu_params([(2, 3000, 3000, 8, 8, 128, True, None), (1, 2000, 2000, 16, 16, 64, True, None),
-                                               (1, 1000, 3000, 8, 2, 64, True, None), (2, 8192, 8192, 4, 4, 64, True, None)]),
+@pytest.mark.parametrize("shape", _gpu_params([(2, 3000, 3000, 8, 8, 128, True, None), (1, 2000, 2000, 16, 4, 64, True, None),
+                                               (1, 1000, 3000, 8, 2, 64, True, None), (1, 6144, 6144, 4, 1, 64, True, None),
+                                               (1, 4000, 4000, 8, 2, 64, True, None)]),
                          ids=_shape_id)
 def test_gpu_dkdv_fast_extensions(shape, no_autotune, monkeypatch):
-    """DKDV_FAST's opt-in extensions (dkdv_fast=mha,d128,short,ragged) in bf16: D128 MHA with a ragged end, a
-    short ragged MHA, a chunked prefill (1000 queries over 3000 keys), MHA in the long bucket."""
+    """DKDV_FAST's extensions (dkdv_fast=mha,d128,short,ragged; the defaults since session 7) in bf16: D128 MHA with a
+    ragged end, a short ragged GQA, a chunked prefill (1000 queries over 3000 keys), GQA in the long bucket, a ragged
+    end. (D64 MHA is outside: DKDV_FAST gave wrong dk / dv there on the GPU.)"""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;dkdv_fast=mha,d128,short,ragged"))

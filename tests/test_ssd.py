@@ -808,7 +808,9 @@ GPU_SHAPES = [  # (b, L, H, P, G, N, Q)
 # bf16 everywhere; fp16 / fp32 (already covered on CPU) once per option at the first shape: the fp64
 # recurrence these are checked against runs step by step and dominates the time.
 GPU_CASES = ([(s, o, torch.bfloat16) for s in GPU_SHAPES for o in ("all", "all-seqidx", "all-cuseq", "plain")]
-             + [(GPU_SHAPES[0], o, d) for o in ("all", "all-cuseq") for d in (torch.float16, torch.float32)])
+             + [(GPU_SHAPES[0], o, d) for o in ("all", "all-cuseq") for d in (torch.float16, torch.float32)]
+             # batch x heads 64: the bf16 default's chained forward state (state_chain "grad", chain_min_bh 64)
+             + [((4, 1000, 16, 64, 1, 128, 256), o, torch.bfloat16) for o in ("all", "all-seqidx", "plain")])
 
 
 @pytest.mark.gpu

@@ -677,7 +677,6 @@ def _attn_bwd_dq_kernel(
     M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     TMA: tl.constexpr = False, KD=None, VD=None, DELTA_HERE: tl.constexpr = False, O=None, sob=0, sot=0, soh=0,
     ONELOOP: tl.constexpr = False, ROWSHIFT: tl.constexpr = False, EARLY_DP: tl.constexpr = False,
-    QREG: tl.constexpr = False,
 ):
     start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
         CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
@@ -707,12 +706,6 @@ def _attn_bwd_dq_kernel(
         b_delta = tl.load(DELTA + row + o_m, mask=m_m, other=0.0)
     p_k = K + i_b64 * skb + bos * skt + i_hk.to(tl.int64) * skh + o_n[:, None] * skt + o_d[None, :]
     p_v = V + i_b64 * svb + bos * svt + i_hk.to(tl.int64) * svh + o_n[:, None] * svt + o_d[None, :]
-    if QREG:
-        # q, dO through an exact identity product (as KREG in the dk/dv kernel): kept in registers as the A
-        # operand of S = q K^T and dP = dO V^T instead of being re-read from shared memory in every step
-        eye = (o_d[:, None] == o_d[None, :]).to(Q.dtype.element_ty)
-        b_q = tl.dot(b_q, eye, input_precision=DOT_PREC).to(Q.dtype.element_ty)
-        b_do = tl.dot(b_do, eye, input_precision=DOT_PREC).to(DO.dtype.element_ty)
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     lo, lo_full, hi_full, hi = _key_range(start_m, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW, BM, BN)
     if ONELOOP:
@@ -812,21 +805,26 @@ FIXED = {
 # multiple of 64 in the long bucket): the one-loop kernel (no serialized wgmma, no spills), K / V kept in
 # registers, 64x64 w4 s3. Session 5, H100 bf16, B1 Hq16:Hkv4 L32768 D64 causal, interleaved medians: backward
 # 15.64 ms against 18.85 ms for the default above (1.205x), dq/dk/dv bitwise equal to it at L4096 and L32768;
-# the 300m training step at 1 x 32768 115.0k -> 119.3k tok/s. Only where it was checked on the GPU: the other
-# layouts (MHA, windows, ragged ends, D128) keep FIXED's config (session 5's GPU test of these options at a
-# window with ragged blocks and at D128 failed for some configs under 12 parallel workers, cause not shown).
+# the 300m training step at 1 x 32768 115.0k -> 119.3k tok/s. Since session 7 also the short bucket, ragged ends
+# and chunked prefill, and D128 (DKDV_FAST_D128, MHA included): DKDV_FAST_EXT below. Windows, varlen and D64 MHA keep
+# FIXED's config.
 DKDV_FAST = dict(conf=(64, 64, 4, 3), flags=("ONELOOP", "ROWSHIFT", "GUNROLL", "KREG"))
 # D128 (extension d128 below, opt-in): the same kernel without KREG (K, V as 64x128 register tiles next to the
 # 64x128 fp32 dk / dv accumulators would not fit 255 registers), session 5's best D128 row: rowshift 64x128 w8 s2,
 # H100 B1 H8 L32768 backward 14.08 ms against 14.68 for the default (1.043x).
 DKDV_FAST_D128 = dict(conf=(64, 128, 8, 2), flags=("ONELOOP", "ROWSHIFT", "GUNROLL"))
 
-# Opt-in extensions of DKDV_FAST's domain (variant key dkdv_fast=..., or DEFAULT_FEATURES["dkdv_fast"]); the
-# kernel is exact there (interpreter tests), the speed is not measured yet (.gpu/attn7.py times them):
-# mha: Hq == Hkv (GROUP 1: gunroll is a no-op, one pass over the query blocks);
+# Extensions of DKDV_FAST's domain (variant key dkdv_fast=..., or DEFAULT_FEATURES["dkdv_fast"]):
+# mha: Hq == Hkv at head dim 128 (DKDV_FAST_D128). Not at D64: DKDV_FAST there (KREG, GROUP 1) gave wrong dk / dv
+#   on the GPU (session 7, H200 bf16, B2 H4 L8192 and B1 H16 L2000: relative error 0.3-0.5), though exact under
+#   the interpreter, so D64 MHA keeps FIXED's config;
 # d128: head dim 128 with DKDV_FAST_D128's config;
 # short: the short bucket (<= 2048), seqlen_q >= 256 (rowshift moves the last block back by up to BM rows);
 # ragged: seqlen_q not a multiple of 64 and seqlen_q != seqlen_k (chunked prefill), seqlen_q >= 256.
+# All four are on by default since session 7 (H200, bf16, causal, .gpu/attn7.py, interleaved medians against the
+# old configs in the same run, dq / dk / dv bitwise equal to them): B1 H8 L32768 D128 (mha + d128) backward 13.79
+# against 14.75 ms (fwd+bwd 18.68 / 19.03); ragged B1 Hq16:Hkv4 L30000 D64 13.40 / 16.00; short B16 Hq16:Hkv4
+# L2048 D64 1.251 / 1.707. Their GPU tests (test_gpu_dkdv_fast_extensions, but the D64 MHA cases) passed.
 DKDV_FAST_EXT = ("mha", "d128", "short", "ragged")
 
 
@@ -845,7 +843,7 @@ def _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta):
     Lq, Lk, Hq, D = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
     if TUNE or not causal or window is not None or cu_seqlens is not None or meta.get("ATOMIC_DQ"):
         return None
-    if Hq == k.shape[2] and "mha" not in ext:
+    if Hq == k.shape[2] and ("mha" not in ext or D == 64):   # MHA: head dim 128 only (see DKDV_FAST_EXT)
         return None
     if meta["L_BUCKET"] <= 2048 and "short" not in ext:
         return None
@@ -856,6 +854,24 @@ def _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta):
     if D == 64:
         return DKDV_FAST
     return DKDV_FAST_D128 if D == 128 and "d128" in ext else None
+
+
+# dq at D64 for the model's layout (GQA, causal, no window / varlen, seqlen_q == seqlen_k a multiple of 64 in the long
+# bucket): the one-loop kernel with rowshift (DQ_OPTS) at 128x64 w8 s3 under a 128-register cap (two programs per SM;
+# 148 registers uncapped, one). Session 7, H200 bf16, B1 Hq16:Hkv4 L32768 D64 causal, three interleaved rounds
+# (.gpu/attn7.py, "dq ol+rs r128"): dq 5.39 ms against 5.99 (1.11x), backward 15.77 against 16.19; dq bitwise equal
+# to the default's. MHA (B8 H16 L8192) was neutral (2.88 / 2.90 ms) and D128 without the cap slower: not there.
+DQ_FAST = dict(conf=(128, 64, 8, 3, 128), flags=("ONELOOP", "ROWSHIFT"))
+
+
+def _dq_fast_ok(q, k, causal, window, cu_seqlens, meta):
+    """DQ_FAST where the launch is in its domain (above) and no VARIANT / autotuning / interpreter, else None."""
+    if VARIANT or TUNE or interpret_mode() or not causal or window is not None or cu_seqlens is not None:
+        return None
+    Lq, Lk, Hq, D = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    if meta["L_BUCKET"] <= 2048 or Lq != Lk or Lq % 64 or Hq == k.shape[2] or D != 64:
+        return None
+    return DQ_FAST
 
 
 # Sliding-window forward at D64 in the long bucket: session 2's config with pointer loads. The final call of
@@ -881,7 +897,9 @@ DKDV_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "gunroll": "GUNROLL",
              "early_dp": "EARLY_DP"}
 # dq kernel options (variant key dq_opt, or DEFAULT_FEATURES["dq_opt"][head block]) -> its constexpr flags; README
 # "dq options". rowshift only with oneloop, seqlen_k >= 128 and no cu_seqlens (else ignored).
-DQ_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "early_dp": "EARLY_DP", "qreg": "QREG"}
+# (A fourth, qreg: q and dO through an identity product into registers, exact under the interpreter, gave wrong dq
+# on the GPU (session 7, H200, bf16: relative error 0.4-0.98 at L4096) and was removed.)
+DQ_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "early_dp": "EARLY_DP"}
 
 
 def parse_variant(text: str) -> dict:
@@ -930,9 +948,10 @@ VARIANT = parse_variant(os.environ.get("HYBRIDNA_ATTN_VARIANT", ""))
 # delta kernel). Shorter sequences keep session 2's paths (TMA descriptors also cost host time per call).
 # A non-empty VARIANT replaces these defaults (sweeps name every feature they time).
 # dkdv_opt per head block: the dk/dv kernel's options (DKDV_OPTS) on by default, none yet (session 5 measures them).
-# dq_opt per head block: the dq kernel's options (DQ_OPTS), none by default yet; dkdv_fast: DKDV_FAST_EXT names.
+# dq_opt per head block: the dq kernel's options (DQ_OPTS), none by default (DQ_FAST sets them in its domain);
+# dkdv_fast: the DKDV_FAST_EXT names in use (all four since session 7).
 DEFAULT_FEATURES = {"tma": frozenset({"fwd", "dq"}), "dq_delta": True, "dkdv_opt": {64: frozenset(), 128: frozenset()},
-                    "dq_opt": {64: frozenset(), 128: frozenset()}, "dkdv_fast": frozenset()}
+                    "dq_opt": {64: frozenset(), 128: frozenset()}, "dkdv_fast": frozenset(DKDV_FAST_EXT)}
 _SET_FEATURES = ("tma", "dkdv_opt", "dq_opt", "dkdv_fast")
 
 
@@ -1054,8 +1073,9 @@ def _run(kind, grid, blocks, args, meta):
         _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st,
                                                             **({"maxnreg": reg[0]} if reg else {})))
     elif conf is not None or not TUNE:
-        BM, BN, w, st = fixed()
-        _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st))
+        BM, BN, w, st, *reg = fixed()   # reg: DQ_FAST's register cap
+        _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st,
+                                                            **({"maxnreg": reg[0]} if reg else {})))
     else:
         _tuned_launch(tuned, raw, kind, grid, args, meta, lambda c: c.kwargs)
 
@@ -1195,10 +1215,13 @@ def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_
     if "dq" in _feature("tma", meta) and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
-    for opt in _feature("dq_opt", meta):   # variant dq_opt=oneloop,rowshift,early_dp,qreg
+    for opt in _feature("dq_opt", meta):   # variant dq_opt=oneloop,rowshift,early_dp
         if opt == "rowshift" and (cu_seqlens is not None or k.shape[1] < 128):   # a key block must fit
             continue
         meta[DQ_OPTS[opt]] = True
+    fast = _dq_fast_ok(q, k, causal, window, cu_seqlens, meta) if blocks is None else None
+    if fast is not None:
+        meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
     if delta_here:
         meta.update(DELTA_HERE=True, O=o, sob=o.stride(0), sot=o.stride(1), soh=o.stride(2))
     args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,

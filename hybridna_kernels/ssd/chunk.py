@@ -1751,6 +1751,8 @@ SWEEP_CONFIGS = {
     "bwd7 ds64": {**_BWD6, "ds_split": True},
     # session 6's candidate: the state chain with grad where batch x heads >= 64 (see _cfg's chain_min_bh)
     "s6 chain": {"state_chain": "grad", "BN_CHAIN": 64, "warps_chain": 4},
+    # session 6's default (the two-kernel forward state with grad too), to time against session 7's
+    "s6 default": {"state_chain": False, "BN_CHAIN": None, "warps_chain": None},
     # session 5's default (bwd6, two-kernel forward state), to time against the session 6 default
     "s5 default": {**_BWD6, "ds_split": False, "BN_DX": None, "dcb16": False, "bwd_ftz": False, "state_chain": False,
                    "BN_CHAIN": None, "warps_chain": None},
@@ -1811,7 +1813,9 @@ def _cfg(Q, P, N, dtype):
         #   register cap and N block (None: BN_STATE). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 8 warps):
         #   140 registers without grad (one program per SM; _chunk_state_kernel 112, two), 24 B spilled at a
         #   cap of 128 (two per SM); 229 with grad (split operand; the unfused kernel 167: one per SM either way)
-        "state_chain": False, "warps_chain": None, "maxnreg_chain": None, "BN_CHAIN": None,
+        #   On for bf16 with grad (session 7, see chain_min_bh below): "chain n64 w4"
+        "state_chain": "grad" if b6 else False, "warps_chain": 4 if b6 else None, "maxnreg_chain": None,
+        "BN_CHAIN": 64 if b6 else None,
         # - chain_hp: heads per chain program (2: two heads of a group stacked along the product's rows, one B
         #   tile load for both; 1 where the group's head count is odd). Offline: 254 registers at 8 warps without
         #   grad (one program per SM), 126 at 16 warps (one; none spilled), with grad 255 / 16 B spilled at 8
@@ -1953,9 +1957,11 @@ def _cfg(Q, P, N, dtype):
         # bf16 (.gpu/ssd7f.py, against the two-kernel path in the same run): "chain n64 w4" fwd+bwd B8 T8192
         # 4.394 against 4.694 ms, B2 T32768 4.370 / 4.669; without grad it is no faster (1.094 / 1.078 at B8,
         # 1.080 / 1.075 at B2) and the plain chain loses at B1 T131072 (batch x heads 32: forward 2.91 / 2.11).
-        # Opt-in for now (sweep config "s6 chain"): its GPU tests and its timing together with the bwd7 defaults
-        # above have not run (.gpu/call6d.sh does both); the chain is the one kernel whose programs wait on each
-        # other (spin on a flag), so it becomes a default only after the GPU test suite has run it.
+        # Session 7 (H200, same run, fwd+bwd B8 T8192, with the bwd7 defaults above): 3.881 ms against 4.069 without
+        # the chain (graph 3.845 / 4.027), fp64 errors equal, y / dB / dC / dx bitwise equal, final 1.5e-10, ddt 1e-6;
+        # its GPU tests (fwd7) and the SSD GPU tests passed there: on for bf16 ("s6 chain" keys; "s6 default" is
+        # session 6's two-kernel forward). The chain is the one kernel whose programs wait on each other (a flag per
+        # (batch, head, block); the wait is bounded at 2^16 polls).
         "chain_min_bh": 64,
     }
     for k, v in CFG_OVERRIDE.items():
