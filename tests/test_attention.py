@@ -640,10 +640,9 @@ def test_gpu_dkdv_options(shape, variant, no_autotune, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["dq=128,64,8,3,128;dq_opt=oneloop,rowshift",
-                                     "dq=128,64,8,3;dq_opt=oneloop,rowshift,early_dp,qreg",
-                                     "dq=64,64,4,3;dq_opt=oneloop,rowshift,qreg",
+                                     "dq=128,64,8,3;dq_opt=oneloop,rowshift,early_dp",
                                      "dq=128,128,8,2;dq_opt=oneloop,rowshift",
-                                     "dq=128,64,8,3;dq_opt=qreg,early_dp"],
+                                     "dq=128,64,8,3;dq_opt=early_dp"],
                          ids=lambda v: v.replace("dq_opt=", "").replace("dq=", "").replace(";", "-"))
 @pytest.mark.parametrize("shape", _gpu_params(_OPTION_SHAPES), ids=_shape_id)
 def test_gpu_dq_options(shape, variant, no_autotune, monkeypatch):
