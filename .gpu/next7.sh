@@ -43,7 +43,6 @@ tests() {
 export -f tests
 on attn7 && part attn7 115 env ATTN7_S=100 bash .gpu/attn7.sh
 on tests && part tests 130 bash -c tests
-on scan7 && part scan7 170 env SCAN7_S=150 bash .gpu/scan7.sh
 # Session 7's second call (PARTS="tests7b model7b attn scan7"): the new defaults (SSD chain for bf16 with grad,
 # DKDV_FAST's extensions, DQ_FAST) in the GPU tests, the model step against session 6's defaults (the SSD config
 # "s6 default" + an attention VARIANT naming session 6's features), the issue 5 table with its peers (.gpu/attn.sh)
@@ -62,15 +61,16 @@ print("not reported:", len(started - done), sorted(started - done)[:12])
 PY
 }
 export -f tests7b
-on tests7b && part tests7b 150 bash -c tests7b
+on tests7b && part tests7b ${T7B:-150} bash -c tests7b
+on scan7 && part scan7 ${SCAN7_LIM:-170} env SCAN7_S=${SCAN7_S:-150} bash .gpu/scan7.sh
 model7b() {
-  for c in new old; do
+  for c in ${M7B:-new old}; do
     if [ $c = new ]; then a=""; s=""; else a="tma=fwd,dq;dq_delta=1;dkdv_fast="; s="s6 default"; fi
     HYBRIDNA_ATTN_VARIANT="$a" HYBRIDNA_SSD_CONFIG="$s" python3 bench/bench_model.py sweep 8x8192 1x32768 mlp_re=0 1x32768 \
       --rounds 2 2>/dev/null | python3 -u .gpu/model_print.py | sed "s/^/$c   /"
   done
 }
 export -f model7b
-on model7b && part model7b 100 bash -c model7b
+on model7b && part model7b ${M7B_S:-100} bash -c model7b
 on attn && part attn 62 bash .gpu/attn.sh
 echo "end at $SECONDS s"
