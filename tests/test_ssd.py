@@ -623,6 +623,23 @@ def test_config_from_env():
         chunk.config_from_env("s6 chain,nope")
 
 
+def test_bf16_defaults_and_session_configs():
+    """Session 7's bf16 defaults (the chained forward state with grad, the split / ftz scan under a 128-register cap)
+    are bf16-only at headdim <= 64, dstate <= 128; "s6 default" and "s5 default" turn them off again."""
+    from hybridna_kernels.ssd import chunk
+
+    c = chunk._cfg(256, 64, 128, torch.bfloat16)
+    assert c["state_chain"] == "grad" and c["BN_CHAIN"] == 64 and c["warps_chain"] == 4
+    assert c["scan_split"] and c["scan_ftz"] and c["maxnreg_scan"] == 128
+    for dt, P in ((torch.float16, 64), (torch.float32, 64), (torch.bfloat16, 128)):
+        c = chunk._cfg(256, P, 128, dt)
+        assert not c["state_chain"] and not c["scan_split"] and not c["scan_ftz"] and c["maxnreg_scan"] is None
+    for name in ("s6 default", "s5 default"):
+        with cfg_override(chunk.SWEEP_CONFIGS[name]):
+            c = chunk._cfg(256, 64, 128, torch.bfloat16)
+        assert not c["state_chain"] and not c["scan_split"] and not c["scan_ftz"] and c["maxnreg_scan"] is None
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
 @pytest.mark.parametrize("min_bh", [4, 64], ids=["bh4", "bh64"])
 def test_state_chain_grad_gating(grad, min_bh, monkeypatch):

@@ -1752,9 +1752,11 @@ SWEEP_CONFIGS = {
     # session 6's candidate: the state chain with grad where batch x heads >= 64 (see _cfg's chain_min_bh)
     "s6 chain": {"state_chain": "grad", "BN_CHAIN": 64, "warps_chain": 4},
     # session 6's default (the two-kernel forward state with grad too), to time against session 7's
-    "s6 default": {"state_chain": False, "BN_CHAIN": None, "warps_chain": None},
+    "s6 default": {"state_chain": False, "BN_CHAIN": None, "warps_chain": None, "scan_split": False, "scan_ftz": False,
+                   "maxnreg_scan": None},
     # session 5's default (bwd6, two-kernel forward state), to time against the session 6 default
     "s5 default": {**_BWD6, "ds_split": False, "BN_DX": None, "dcb16": False, "bwd_ftz": False, "state_chain": False,
+                   "scan_split": False, "scan_ftz": False, "maxnreg_scan": None,
                    "BN_CHAIN": None, "warps_chain": None},
     "bwd7 dcb w8": {**_BWD6, "warps_dcb": 8, "maxnreg_dcb": 128},
     "bwd7 h2 w8": {**_BWD6, "dcb_h2": True, "warps_dcb": 8, "maxnreg_dcb": 128},
@@ -1833,12 +1835,16 @@ def _cfg(Q, P, N, dtype):
         #   202 at 4 warps (2 per SM; 168 with 8 B spilled under maxnreg_scan 168: 3 per SM, 216 KiB of shared
         #   memory), 128 at 8 warps (2 per SM); 4 heads 194 at 8 warps (1 per SM, 120 KiB), 128 at 16 warps
         #   (16 B spilled)
-        "scan_hp": 1, "maxnreg_scan": None,
-        # Session 6 helper scan7 (issue 4, the scan kernel; unmeasured, opt-in): scan_split runs the blocks strictly
+        "scan_hp": 1, "maxnreg_scan": 128 if b6 else None,
+        # Session 6 helper scan7 (issue 4, the scan kernel; bf16 default since session 7): scan_split runs the blocks strictly
         # below the diagonal block in a loop of their own, without the causal select and the exponent clamp
         # (scan_hp 1, not scan_r1 / cs64); scan_ftz takes the decay tiles' exp as ex2.approx.ftz (CUDA only, as
         # bwd_ftz). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 4 warps, 3 stages): see SWEEP_CONFIGS "scan7 ..."
-        "scan_split": False, "scan_ftz": False,
+        # Session 7 (H100, bf16, .gpu/scan7.sh, interleaved against the default in the same run; y, final states and
+        # every gradient bitwise equal to it): "scan7 split ftz mr128" (with maxnreg_scan 128 above) no-grad forward
+        # B8 T8192 1.030 against 1.079 ms, fwd+bwd 3.950 / 3.979; B2 T32768 1.042 / 1.052, 3.977 / 4.032; B1 T131072
+        # 2.022 / 2.073, 8.276 / 8.315 (scan kernel 0.583 against 0.612 ms at B8): on for bf16 where bwd6 is
+        "scan_split": b6, "scan_ftz": b6,
         # scan_e2 (16-bit inputs, scan_hp 1, not scan_r1 / cs64): the decay tile as exp2(e_i - e_j) from one fp32
         # log2(e) cs per row / column (3-4 instead of 7-10 instructions per element; exponent error ~|cs| 2^-23)
         "scan_e2": False,
