@@ -1675,6 +1675,9 @@ SWEEP_CONFIGS = {
     # session 6, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
     "chain": {"state_chain": True},
     "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
+    # session 6's "chain mr128" on top of session 7's defaults (whose chain blocks are n64 w4): the chain also without
+    # grad at its old blocks (N 128 = BN_STATE, 8 warps = warps_state), no-grad forward 1.032 against 1.077 ms at B8 T8192
+    "chain mr128 n128 w8": {"state_chain": True, "maxnreg_chain": 128, "BN_CHAIN": None, "warps_chain": None},
     "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
     "scan hp2": {"scan_hp": 2},
     "scan hp2 w8": {"scan_hp": 2, "warps_scan": 8},

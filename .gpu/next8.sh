@@ -1,0 +1,37 @@
+#!/bin/bash
+# Session 8's first GPU call (<= END, default 540 s; one H100 or H200, 16 cores): what session 7 could not measure.
+# PARTS (default "attn model ssd tests") picks; each part's log is $OUT/<part>/log.txt.
+#   attn:  .gpu/attn.sh (~60 s): issue 5's table on the final defaults (DKDV_FAST's extensions, DQ_FAST) with SDPA FA2 /
+#          cuDNN in the same run, the window and decode targets. On an H100 this is the figure the issue asks for.
+#   model: the 300m step, the defaults against session 6's (SSD "s6 default" + the attention VARIANT naming session 6's
+#          features) in two processes of one call: 8 x 8192, 1 x 32768, 1 x 32768 without the MLP recompute
+#   ssd:   .gpu/ssd7f.sh (~100 s): the default against "s6 default", the rank-1 scan and the no-grad chain (fp64 checks,
+#          B8 / B2 / B1 timings, profile)
+#   tests: the whole GPU suite on the final code (.gpu/tests_all.sh, -n 12, what is left of END)
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
+O=$OUT; END=${END:-540}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1
+part() {  # part NAME LIMIT_S command...
+  local name=$1 lim=$2; shift 2
+  local left=$(( END - SECONDS )); [ $lim -gt $left ] && lim=$left
+  [ $lim -lt 10 ] && { echo "######## $name: no time left"; return; }
+  mkdir -p $O/$name; echo "######## $name at ${SECONDS} s, limit $lim s"
+  OUT=$O/$name timeout -k 5 $lim "$@" 2>&1 | grep -v -iE "warning|warn\(" | cut -c1-230 > $O/$name/log.txt
+  tail -n 40 $O/$name/log.txt
+}
+PARTS=" ${PARTS:-attn model ssd tests} "
+on() { [[ "$PARTS" == *" $1 "* ]]; }
+on attn && part attn 62 bash .gpu/attn.sh
+model8() {
+  for c in new old; do
+    if [ $c = new ]; then a=""; s=""; else a="tma=fwd,dq;dq_delta=1;dkdv_fast="; s="s6 default"; fi
+    HYBRIDNA_ATTN_VARIANT="$a" HYBRIDNA_SSD_CONFIG="$s" python3 bench/bench_model.py sweep 8x8192 1x32768 mlp_re=0 1x32768 \
+      --rounds 2 2>/dev/null | python3 -u .gpu/model_print.py | sed "s/^/$c   /"
+  done
+}
+export -f model8
+on model && part model 110 bash -c model8
+on ssd && part ssd 110 env SSD7F_S=95 SSD7F_VARIANTS="default,s6 default,scan7 r1 mr128,chain mr128 n128 w8" bash .gpu/ssd7f.sh
+on tests && part tests $(( END - SECONDS - 5 )) env T=$(( END - SECONDS - 25 )) N=12 bash .gpu/tests_all.sh
+echo "end at $SECONDS s"
