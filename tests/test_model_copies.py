@@ -455,3 +455,36 @@ def test_grad_slab_rules():
     assert full is not None and full.shape == base.shape and slab.buf is None
     assert torch.equal(full, torch.cat([torch.ones(2, 5, 3), torch.full((2, 5, 4), 2.0)], -1))
     assert slab.assemble([g0, g1]) is None  # released: nothing handed out since
+
+
+def test_set_mlp_recompute(monkeypatch):
+    """HybriDNA.set_mlp_recompute overrides HYBRIDNA_MLP_RECOMPUTE per model: 0 keeps every block's gate_up output,
+    1 recomputes it everywhere, a fraction in the first round(f * n_layer) blocks, None goes back to the module's;
+    anything else is refused, naming the argument. The saved tensors follow (h saved or not)."""
+    import hybridna.model as hm
+
+    monkeypatch.setattr(hm, "MLP_RECOMPUTE", 1.0)
+    cfg = HybriDNAConfig.preset("tiny")
+    model = HybriDNA(cfg)
+    assert all(blk._mlp_recompute() for blk in model.layers)
+    model.set_mlp_recompute(0.0)
+    assert not any(blk._mlp_recompute() for blk in model.layers)
+    model.set_mlp_recompute(0.5)
+    assert [blk._mlp_recompute() for blk in model.layers] == [i < cfg.n_layer // 2 for i in range(cfg.n_layer)]
+    model.set_mlp_recompute(None)
+    assert all(blk._mlp_recompute() for blk in model.layers)
+    for bad in (1.5, -0.1, "all"):
+        with pytest.raises(ValueError, match="fraction"):
+            model.set_mlp_recompute(bad)
+    blk = model.layers[0].to(DEVICE)
+    x = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    m = torch.randn(B, L, cfg.d_model, device=DEVICE, requires_grad=True)
+    params = {p.untyped_storage().data_ptr() for p in blk.parameters()}
+    h_shape = (B, L, 2 * cfg.d_intermediate)
+    for frac, saved_h in ((0.0, True), (1.0, False)):
+        model.set_mlp_recompute(frac)
+        with ku.backend("triton"):
+            _, saved = _saved_bytes(lambda: blk.mlp_residual(x, m))
+        shapes = {v[1] for k, v in saved.items() if k not in params}
+        assert (h_shape in shapes) == saved_h, (frac, shapes)
+

@@ -186,6 +186,10 @@ def test_config_file_and_flags(tmp_path):
         TrainConfig().validate()
     with pytest.raises(ValueError, match="strategy"):
         TrainConfig(data=["x"], strategy="zero3").validate()
+    with pytest.raises(ValueError, match="mlp_recompute"):
+        TrainConfig(data=["x"], mlp_recompute=1.5).validate()
+    args = build_parser(["pretrain"]).parse_args(["pretrain", "--data", "x", "--mlp-recompute", "0"])
+    assert config_from_args(args).mlp_recompute == 0.0
 
 
 # ---- end to end on CPU (tiny preset, reference ops) ------------------------------------------------

@@ -83,6 +83,8 @@ class TrainConfig:
     dtype: str = "auto"                # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16", "fp32"
     compile: bool = False
     activation_checkpointing: bool = False
+    mlp_recompute: float | None = None  # HybriDNA.set_mlp_recompute: 1 recompute the MLP's gate_up in the backward
+                                        # (less memory), 0 save it (faster), None HYBRIDNA_MLP_RECOMPUTE (default 1)
     strategy: str = "auto"             # "ddp", "fsdp" or "auto" (fsdp for the 3b and 7b presets)
     kernel_backend: str = "auto"       # hybridna_kernels backend: "auto", "reference", "triton"
     peak_tflops: float | None = None   # for MFU when the device is not in the built-in table
@@ -122,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"strategy: expected 'auto', 'ddp' or 'fsdp', got {self.strategy!r}")
         if self.cuda_graph and (self.grad_accum != 1 or self.compile):
             raise ValueError("cuda_graph: needs grad_accum 1 and no compile")
+        if self.mlp_recompute is not None and not 0.0 <= float(self.mlp_recompute) <= 1.0:
+            raise ValueError(f"mlp_recompute: expected a fraction in [0, 1], got {self.mlp_recompute}")
         if self.kernel_backend not in ("auto", "reference", "triton"):
             raise ValueError(f"kernel_backend: expected 'auto', 'reference' or 'triton', got {self.kernel_backend!r}")
 
@@ -432,6 +436,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if strategy == "auto":
         preset = cfg.model if isinstance(cfg.model, str) else (cfg.model or {}).get("preset")
         strategy = "fsdp" if (preset in _FSDP_PRESETS or n_params > 1.5e9) else "ddp"
+    if cfg.mlp_recompute is not None:
+        model.set_mlp_recompute(cfg.mlp_recompute)
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
@@ -748,6 +754,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default=S)
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
     p.add_argument("--activation-checkpointing", action="store_true", default=S)
+    p.add_argument("--mlp-recompute", type=float, default=S, metavar="FRACTION",
+                   help="recompute the MLP's gate_up in the backward in this fraction of the blocks: 1 (default) saves "
+                        "memory, 0 is faster where memory allows")
     p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], default=S, help="multi-GPU (torchrun) wrapping")
     p.add_argument("--kernel-backend", choices=["auto", "reference", "triton"], default=S)
     p.add_argument("--peak-tflops", type=float, default=S, help="device peak for MFU when not known")
