@@ -809,8 +809,9 @@ FIXED = {
 # and chunked prefill, and D128 (DKDV_FAST_D128, MHA included): DKDV_FAST_EXT below. Windows, varlen and D64 MHA keep
 # FIXED's config.
 DKDV_FAST = dict(conf=(64, 64, 4, 3), flags=("ONELOOP", "ROWSHIFT", "GUNROLL", "KREG"))
-# D128 (extension d128 below, on by default since session 7): the same kernel without KREG (K, V as 64x128 register tiles next to the
-# 64x128 fp32 dk / dv accumulators would not fit 255 registers), session 5's best D128 row: rowshift 64x128 w8 s2,
+# D128 (extension d128 below, on by default since session 7): the same kernel without KREG (K, V as 64x128
+# register tiles next to the 64x128 fp32 dk / dv accumulators would not fit 255 registers), session 5's best D128
+# row: rowshift 64x128 w8 s2,
 # H100 B1 H8 L32768 backward 14.08 ms against 14.68 for the default (1.043x).
 DKDV_FAST_D128 = dict(conf=(64, 128, 8, 2), flags=("ONELOOP", "ROWSHIFT", "GUNROLL"))
 

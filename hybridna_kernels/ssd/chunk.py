@@ -1676,7 +1676,8 @@ SWEEP_CONFIGS = {
     "chain": {"state_chain": True},
     "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
     # session 6's "chain mr128" on top of session 7's defaults (whose chain blocks are n64 w4): the chain also without
-    # grad at its old blocks (N 128 = BN_STATE, 8 warps = warps_state), no-grad forward 1.032 against 1.077 ms at B8 T8192
+    # grad at its old blocks (N 128 = BN_STATE, 8 warps = warps_state); session 6: no-grad forward 1.032 against
+    # 1.077 ms at B8 T8192
     "chain mr128 n128 w8": {"state_chain": True, "maxnreg_chain": 128, "BN_CHAIN": None, "warps_chain": None},
     "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
     "scan hp2": {"scan_hp": 2},
@@ -1839,8 +1840,8 @@ def _cfg(Q, P, N, dtype):
         #   memory), 128 at 8 warps (2 per SM); 4 heads 194 at 8 warps (1 per SM, 120 KiB), 128 at 16 warps
         #   (16 B spilled)
         "scan_hp": 1, "maxnreg_scan": 128 if b6 else None,
-        # Session 6 helper scan7 (issue 4, the scan kernel; bf16 default since session 7): scan_split runs the blocks strictly
-        # below the diagonal block in a loop of their own, without the causal select and the exponent clamp
+        # Session 6 helper scan7 (issue 4, the scan kernel; bf16 default since session 7): scan_split runs the blocks
+        # strictly below the diagonal block in a loop of their own, without the causal select and the exponent clamp
         # (scan_hp 1, not scan_r1 / cs64); scan_ftz takes the decay tiles' exp as ex2.approx.ftz (CUDA only, as
         # bwd_ftz). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 4 warps, 3 stages): see SWEEP_CONFIGS "scan7 ..."
         # Session 7 (H100, bf16, .gpu/scan7.sh, interleaved against the default in the same run; y, final states and
