@@ -59,10 +59,14 @@ V_MODEL = [("default", None),
            ("dq ol+rs 128x64 w8 s4 r128", f"dkdv_fast=;dq=128,64,8,4,128;{OLRS}"),
            ("dq ol+rs 128x128 w8 s2", f"dkdv_fast=;dq=128,128,8,2;{OLRS}"),
            ("dq ol+rs+early_dp r128", f"dkdv_fast=;dq=128,64,8,3,128;{OLRS},early_dp")]
+# D64 MHA: DKDV_FAST (kreg) gave wrong dk / dv there on the GPU (session 7) and dkdv_fast=mha no longer reaches it at D64;
+# these rows find which option breaks it (kreg at 64x64 w4 s3 with GROUP 1, or the config) and time the ones that check
 V_MHA = [("default", None),
-         ("dkdv fast(mha)", "dkdv_fast=mha"),
-         ("dkdv fast(mha) + dq ol+rs r128", f"dkdv_fast=mha;dq=128,64,8,3,128;{OLRS}"),
-         ("dq ol+rs r128", f"dq=128,64,8,3,128;{OLRS}"),
+         ("dkdv ol+rs+gu 64x64 w4 s3", "dkdv=64,64,4,3;dkdv_opt=oneloop,rowshift,gunroll"),
+         ("dkdv ol+rs+gu+kreg 64x64 w4 s3", "dkdv=64,64,4,3;dkdv_opt=oneloop,rowshift,gunroll,kreg"),
+         ("dkdv ol+rs+kreg 64x64 w4 s3", "dkdv=64,64,4,3;dkdv_opt=oneloop,rowshift,kreg"),
+         ("dkdv ol+rs 64x64 w4 s3 + dq ol+rs r128", f"dkdv=64,64,4,3;dkdv_opt=oneloop,rowshift;dq=128,64,8,3,128;"
+                                                     f"{OLRS}"),
          ("dkdv rs 64x128 w8 s3", "dkdv=64,128,8,3;dkdv_opt=oneloop,rowshift,gunroll")]
 V_D128 = [("default", None),
           ("dkdv fast(d128) 64x128 w8 s2", "dkdv_fast=mha,d128"),

@@ -3,6 +3,8 @@
 # PARTS (default "attn model ssd tests") picks; each part's log is $OUT/<part>/log.txt.
 #   attn:  .gpu/attn.sh (~60 s): issue 5's table on the final defaults (DKDV_FAST's extensions, DQ_FAST) with SDPA FA2 /
 #          cuDNN in the same run, the window and decode targets. On an H100 this is the figure the issue asks for.
+#   mha:   .gpu/attn7.sh at the MHA shape only (B8 H16 L8192 D64, ~60 s): which dk/dv option made DKDV_FAST wrong at D64
+#          MHA on the GPU (kreg with GROUP 1?), and the speed of the ones that check (issue 5's D64 rows are MHA)
 #   model: the 300m step, the defaults against session 6's (SSD "s6 default" + the attention VARIANT naming session 6's
 #          features) in two processes of one call: 8 x 8192, 1 x 32768, 1 x 32768 without the MLP recompute
 #   ssd:   .gpu/ssd7f.sh (~100 s): the default against "s6 default", the rank-1 scan and the no-grad chain (fp64 checks,
@@ -20,9 +22,10 @@ part() {  # part NAME LIMIT_S command...
   OUT=$O/$name timeout -k 5 $lim "$@" 2>&1 | grep -v -iE "warning|warn\(" | cut -c1-230 > $O/$name/log.txt
   tail -n 40 $O/$name/log.txt
 }
-PARTS=" ${PARTS:-attn model ssd tests} "
+PARTS=" ${PARTS:-attn mha model ssd tests} "
 on() { [[ "$PARTS" == *" $1 "* ]]; }
 on attn && part attn 62 bash .gpu/attn.sh
+on mha && part mha 70 env ATTN7_SHAPES=1 ATTN7_S=60 bash .gpu/attn7.sh
 model8() {
   for c in new old; do
     if [ $c = new ]; then a=""; s=""; else a="tma=fwd,dq;dq_delta=1;dkdv_fast="; s="s6 default"; fi
