@@ -820,38 +820,59 @@ def _chunk_scan_sub_fwd_kernel(x_ptr, z_ptr, C_ptr, B_ptr, u_ptr, csh_ptr, csl_p
                 mask=m_p[:, None] & m_n[None, :], other=0.0).to(tl.float32)
     cph = 0.0  # cs just before the sub-chunk (hi + lo), 0 at the chunk start
     cpl = 0.0
-    for s0 in tl.static_range(0, Q, S):
+    for s0 in range(0, Q - S, S):  # every sub-chunk but the last: y, then the state entering the next one
         o_m = s0 + o_s
-        m_m = o_m < nv
-        c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
-        bb = tl.load(p_B + (o_m[:, None] * s_B_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
-        xs = tl.load(p_x + (o_m[:, None] * s_x_t + o_p[None, :]), mask=m_m[:, None] & m_p[None, :], other=0.0)
-        csm = tl.load(csh_ptr + o_uc + o_m)
-        clm = tl.load(csl_ptr + o_uc + o_m)
-        u_m = tl.load(u_ptr + o_uc + o_m)
-        # the state term, scaled by exp(cs_i - c_prev) (the chunk start: exp(cs_i), as the default)
-        acc = tl.dot(c.to(dt_in), tl.trans(g.to(dt_in)), input_precision=DOT_PREC)
-        acc *= tl.exp(tl.minimum((csm - cph) + (clm - cpl), 0.0))[:, None]
-        # the diagonal tile: (C B^T)_ij exp(cs_i - cs_j) u_j for j <= i
-        cb = tl.dot(c, tl.trans(bb), input_precision=DOT_PREC)
-        w = cb * _seg_decay_x(csm, clm, csm, clm, False, FTZ) * u_m[None, :]
-        w = tl.where(o_s[:, None] >= o_s[None, :], w, 0.0)
-        acc += tl.dot(w.to(dt_in), xs, input_precision=DOT_PREC)
-        _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
-                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE)
-        if s0 + S < Q:  # the state entering the next sub-chunk (none after the last)
-            ceh = tl.load(csh_ptr + o_uc + s0 + S - 1)
-            cel = tl.load(csl_ptr + o_uc + s0 + S - 1)
-            wj = tl.exp(tl.minimum((ceh - csm) + (cel - clm), 0.0)) * u_m
-            xwT = tl.trans(xs.to(tl.float32) * wj[:, None])  # BP x S
-            if XW_SPLIT >= 0:
-                upd = _dot_f32_16(xwT, bb, XW_SPLIT)
-            else:
-                upd = tl.dot(xwT, bb, input_precision=DOT_PREC)
-            g = tl.exp(tl.minimum((ceh - cph) + (cel - cpl), 0.0)) * g + upd
-            cph = ceh
-            cpl = cel
+        bb, xs, csm, clm, u_m = _sub_y(g, cph, cpl, o_m, o_s, o_p, o_n, m_p, m_n, nv, o_uc, p_x, p_C, p_B,
+                                       x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, csh_ptr, csl_ptr, u_ptr, i_b, i_h, t0, P,
+                                       s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_t, s_B_t, s_y_b, s_y_t, s_y_h,
+                                       HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE, DOT_PREC, FTZ)
+        ceh = tl.load(csh_ptr + o_uc + s0 + S - 1)
+        cel = tl.load(csl_ptr + o_uc + s0 + S - 1)
+        wj = tl.exp(tl.minimum((ceh - csm) + (cel - clm), 0.0)) * u_m
+        xwT = tl.trans(xs.to(tl.float32) * wj[:, None])  # BP x S
+        g *= tl.exp(tl.minimum((ceh - cph) + (cel - cpl), 0.0))
+        if XW_SPLIT == 0:  # the product accumulates into g (no second BP x BN tile live)
+            g = tl.dot(xwT.to(bb.dtype), bb, g)
+        elif XW_SPLIT > 0:
+            g += _dot_f32_16(xwT, bb, XW_SPLIT)
+        else:
+            g = tl.dot(xwT, bb, g, input_precision=DOT_PREC)
+        cph = ceh
+        cpl = cel
+    _sub_y(g, cph, cpl, Q - S + o_s, o_s, o_p, o_n, m_p, m_n, nv, o_uc, p_x, p_C, p_B,
+           x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, csh_ptr, csl_ptr, u_ptr, i_b, i_h, t0, P,
+           s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_t, s_B_t, s_y_b, s_y_t, s_y_h,
+           HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE, DOT_PREC, FTZ)
 
+
+@triton.jit
+def _sub_y(g, cph, cpl, o_m, o_s, o_p, o_n, m_p, m_n, nv, o_uc, p_x, p_C, p_B,
+           x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, csh_ptr, csl_ptr, u_ptr, i_b, i_h, t0, P,
+           s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_t, s_B_t, s_y_b, s_y_t, s_y_h,
+           HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr, STORE_YPRE: tl.constexpr,
+           DOT_PREC: tl.constexpr, FTZ: tl.constexpr):
+    """_chunk_scan_sub_fwd_kernel's y of one sub-chunk (rows o_m of the chunk, state g entering it, cs before it
+    cph + cpl); returns its B and x tiles, cumsum planes and u for the state update."""
+    dt_in = x_ptr.dtype.element_ty
+    m_m = o_m < nv
+    c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
+    bb = tl.load(p_B + (o_m[:, None] * s_B_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
+    xs = tl.load(p_x + (o_m[:, None] * s_x_t + o_p[None, :]), mask=m_m[:, None] & m_p[None, :], other=0.0)
+    csm = tl.load(csh_ptr + o_uc + o_m)
+    clm = tl.load(csl_ptr + o_uc + o_m)
+    u_m = tl.load(u_ptr + o_uc + o_m)
+    # the diagonal tile's 16-bit operand (C B^T)_ij exp(cs_i - cs_j) u_j for j <= i (formed first: fewer live
+    # registers than with the state term's accumulator held through it)
+    cb = tl.dot(c, tl.trans(bb), input_precision=DOT_PREC)
+    w = cb * _seg_decay_x(csm, clm, csm, clm, False, FTZ) * u_m[None, :]
+    w = tl.where(o_s[:, None] >= o_s[None, :], w, 0.0).to(dt_in)
+    # the state term, scaled by exp(cs_i - c_prev) (the chunk start: exp(cs_i), as the default), then the tile's
+    acc = tl.dot(c.to(dt_in), tl.trans(g.to(dt_in)), input_precision=DOT_PREC)
+    acc *= tl.exp(tl.minimum((csm - cph) + (clm - cpl), 0.0))[:, None]
+    acc = tl.dot(w, xs, acc, input_precision=DOT_PREC)
+    _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
+              s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE)
+    return bb, xs, csm, clm, u_m
 
 # ------------------------------------------------------------------------------------------------
 # backward kernels
