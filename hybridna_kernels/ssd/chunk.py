@@ -1806,14 +1806,18 @@ SWEEP_CONFIGS = {
     "scan7 bm128 w8 split ftz mr128": {"BM_SCAN": 128, "warps_scan": 8, "scan_split": True, "scan_ftz": True,
                                        "maxnreg_scan": 128},
     "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
-    # session 8 helper ssd8: the two-level (sub-chunk) forward scan (scan_sub; see _cfg), on top of the defaults
+    # session 8 helper ssd8: the two-level (sub-chunk) forward scan (scan_sub; see _cfg), on top of the defaults.
+    # Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, no-grad operands: registers / spilled bytes / shared memory):
+    # sub64 w8 255 / 0 / 135 KB (1 program per SM), w4 255 / 232 / 135 KB, w4 s2 255 / 304 / 92 KB, w8 s2 255 / 128 /
+    # 92 KB, mr128 s2 128 / 744 / 92 KB; sub32 w8 230 / 0 / 61 KB, w4 255 / 0 / 61 KB, w4 s2 255 / 0 / 40 KB
     "s8 sub64": {"scan_sub": 64},
     "s8 sub64 w4": {"scan_sub": 64, "warps_sub": 4},
+    "s8 sub64 w4 s2": {"scan_sub": 64, "warps_sub": 4, "stages_scan": 2},
+    "s8 sub64 s2": {"scan_sub": 64, "stages_scan": 2},
+    "s8 sub64 mr128 s2": {"scan_sub": 64, "maxnreg_sub": 128, "stages_scan": 2},
     "s8 sub32": {"scan_sub": 32},
     "s8 sub32 w4": {"scan_sub": 32, "warps_sub": 4},
-    "s8 sub64 mr128": {"scan_sub": 64, "maxnreg_sub": 128},
-    "s8 sub64 w4 mr168": {"scan_sub": 64, "warps_sub": 4, "maxnreg_sub": 168},
-    "s8 sub64 s2": {"scan_sub": 64, "stages_scan": 2},
+    "s8 sub32 w4 s2": {"scan_sub": 32, "warps_sub": 4, "stages_scan": 2},
     "chain h2 w16 hp4 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 4, "warps_scan": 8},
     # session 5, helper ssd6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
     "lean": {"tsum_dcb": True, "dx_lean": True},
