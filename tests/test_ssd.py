@@ -539,8 +539,8 @@ SUB_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype, strided)
                          ids=[f"{'+'.join(f'{k}{v}' for k, v in c.items())}-{_shape_id(s)}-{o}-{dtype_id(d)}"
                               + ("-strided" if st else "") for c, s, o, d, st in SUB_CASES])
 def test_kernel_scan_sub_variants(cfg, shape, opt, dtype, strided):
-    """Session 8's two-level forward scan (scan_sub: sub-chunks of S rows, the state carried through a chunk in
-    registers, only the diagonal decay tiles formed, no CB buffer): y, final states and every gradient (the
+    """Session 7's two-level forward scan (helper ssd8; scan_sub: sub-chunks of S rows, the state carried through a
+    chunk in registers, only the diagonal decay tiles formed, no CB buffer): y, final states and every gradient (the
     backward is the default's) against the fp64 recurrence, at chunk 16 / 32 / 64 with 1 to 4 sub-chunks, one
     token, partial last chunks, ngroups 1 and 2, packed sequences (seq_idx / cu_seqlens), z, D per head / channel,
     initial states, non-contiguous B / C with different strides."""
@@ -843,8 +843,8 @@ SUB_VARIANTS = ["s8 sub64", "s8 sub64 w4", "s8 sub64 w4 s2", "s8 sub64 s2", "s8 
 @pytest.mark.parametrize("opt", ["all", "all-cuseq"])
 @pytest.mark.parametrize("variant", SUB_VARIANTS)
 def test_kernel_scan_sub_variants_bf16_gpu(variant, opt):
-    """Session 8's two-level forward scan (scan_sub; with the bf16 defaults' ftz exp on CUDA) in bf16 at the first full
-    GPU shape (chunk 256: 4 or 8 sub-chunks, a partial last chunk): y, final states and gradients against the fp64
+    """Session 7's two-level forward scan (helper ssd8; scan_sub; with the bf16 defaults' ftz exp on CUDA) in bf16 at
+    the first full GPU shape (chunk 256: 4 or 8 sub-chunks, a partial last chunk): y, final states and gradients against the fp64
     recurrence, then the no-grad forward (bf16 hin, 16-bit state-update operand)."""
     with cfg_override(variant):
         check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)

@@ -1807,7 +1807,8 @@ SWEEP_CONFIGS = {
     "scan7 bm128 w8 split ftz mr128": {"BM_SCAN": 128, "warps_scan": 8, "scan_split": True, "scan_ftz": True,
                                        "maxnreg_scan": 128},
     "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
-    # session 8 helper ssd8: the two-level (sub-chunk) forward scan (scan_sub; see _cfg), on top of the defaults.
+    # session 7 helper ssd8 (to time in session 8): the two-level (sub-chunk) forward scan (scan_sub; see _cfg), on
+    # top of the defaults.
     # Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, no-grad operands: registers / spilled bytes / shared memory):
     # sub64 w8 255 / 0 / 135 KB (1 program per SM), w4 255 / 232 / 135 KB, w4 s2 255 / 304 / 92 KB, w8 s2 255 / 128 /
     # 92 KB, mr128 s2 128 / 744 / 92 KB; sub32 w8 230 / 0 / 61 KB, w4 255 / 0 / 61 KB, w4 s2 255 / 0 / 40 KB
@@ -1962,12 +1963,12 @@ def _cfg(Q, P, N, dtype):
         # the scan's pipeline stages (None: "stages"); offline, scan7 e2 ftz mr128 at 2 stages: 1288 instructions
         # (3 stages 1384), 116 registers, 32 KiB of shared memory (48)
         "stages_scan": None,
-        # Session 8 helper ssd8 (issue 4, the no-grad forward): scan_sub = S (a divisor of the chunk, >= 16; clamped
-        # to the chunk; None: off) runs _chunk_scan_sub_fwd_kernel instead of the scan (not with cs64 / scan_r1 /
-        # scan_hp > 1 for 16-bit inputs): one program per (chunk, head, P block) walks the chunk's sub-chunks of S
-        # rows carrying the state in registers, so only the S x S diagonal decay tiles are formed (4 of 64 x 64 at
-        # Q256 S64 against the default's 10) and no CB buffer is written or read (the forward's bmm launch goes);
-        # its warps and register cap (stages as the scan's). scan_ftz applies to its diagonal tiles
+        # Session 7 helper ssd8 (issue 4, the no-grad forward; opt-in, untimed): scan_sub = S (a divisor of the chunk,
+        # >= 16; clamped to the chunk; None: off) runs _chunk_scan_sub_fwd_kernel instead of the scan (not with cs64 /
+        # scan_r1 / scan_hp > 1 for 16-bit inputs): one program per (chunk, head, P block) walks the chunk's sub-chunks
+        # of S rows carrying the state in registers, so only the S x S diagonal decay tiles are formed (4 of 64 x 64 at
+        # Q256 S64 against the default's 10) and no CB buffer is written or read (the forward's bmm launch goes); its
+        # warps and register cap (stages as the scan's). scan_ftz applies to its diagonal tiles
         "scan_sub": None, "warps_sub": 8, "maxnreg_sub": None,
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
