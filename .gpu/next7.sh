@@ -8,20 +8,8 @@
 #   tests: the helpers' new GPU tests (attention dq options / DKDV_FAST extensions, SSD fwd7 / bwd7 / ds_split / scan7)
 #   scan7: helper scan7's forward-scan variants (.gpu/scan7.sh, ~160 s): not in the default PARTS (the call limit is
 #          600 s); run it in a second call: PARTS=scan7 bash .gpu/next7.sh
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
-export PYTHONPATH=/tmp/site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
-O=$OUT; END=${END:-540}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1; git rev-parse --short HEAD
-part() {  # part NAME LIMIT_S command...
-  local name=$1 lim=$2; shift 2
-  local left=$(( END - SECONDS )); [ $lim -gt $left ] && lim=$left
-  [ $lim -lt 10 ] && { echo "######## $name: no time left"; return; }
-  mkdir -p $O/$name; echo "######## $name at ${SECONDS} s, limit $lim s"
-  OUT=$O/$name timeout -k 5 $lim "$@" 2>&1 | grep -v -iE "warning|warn\(" | cut -c1-230 > $O/$name/log.txt
-  tail -n 40 $O/$name/log.txt
-}
+source .gpu/parts.sh
 PARTS=" ${PARTS:-ssd model attn7 tests} "
-on() { [[ "$PARTS" == *" $1 "* ]]; }
 on ssd && part ssd 185 bash .gpu/call6d.sh
 model() {
   for c in "" "s6 chain" "s5 default"; do

@@ -10,20 +10,8 @@
 #   ssd:   .gpu/ssd7f.sh (~120 s): the default against "s6 default", helper ssd8's two-level scan ("s8 sub..."), the
 #          rank-1 scan and the no-grad chain (fp64 checks, B8 / B2 / B1 timings, profile)
 #   tests: the whole GPU suite on the final code (.gpu/tests_all.sh, -n 12, what is left of END)
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
-export PYTHONPATH=/tmp/site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
-O=$OUT; END=${END:-540}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1
-part() {  # part NAME LIMIT_S command...
-  local name=$1 lim=$2; shift 2
-  local left=$(( END - SECONDS )); [ $lim -gt $left ] && lim=$left
-  [ $lim -lt 10 ] && { echo "######## $name: no time left"; return; }
-  mkdir -p $O/$name; echo "######## $name at ${SECONDS} s, limit $lim s"
-  OUT=$O/$name timeout -k 5 $lim "$@" 2>&1 | grep -v -iE "warning|warn\(" | cut -c1-230 > $O/$name/log.txt
-  tail -n 40 $O/$name/log.txt
-}
+source .gpu/parts.sh
 PARTS=" ${PARTS:-attn mha model ssd tests} "
-on() { [[ "$PARTS" == *" $1 "* ]]; }
 on attn && part attn 62 bash .gpu/attn.sh
 on mha && part mha 70 env ATTN7_SHAPES=1 ATTN7_S=60 bash .gpu/attn7.sh
 model8() {
