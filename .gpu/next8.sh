@@ -8,7 +8,7 @@
 #   model: the 300m step, the defaults against session 6's (SSD "s6 default" + the attention VARIANT naming session 6's
 #          features) in two processes of one call: 8 x 8192, 1 x 32768, 1 x 32768 without the MLP recompute
 #   ssd:   .gpu/ssd7f.sh (~120 s): the default against "s6 default", helper ssd8's two-level scan ("s8 sub..."), the
-#          rank-1 scan and the no-grad chain (fp64 checks, B8 / B2 / B1 timings, profile)
+#          rank-1 scan and the no-grad chain ("s7 chain nograd") (fp64 checks, B8 / B2 / B1 timings, profile)
 #   tests: the whole GPU suite on the final code (.gpu/tests_all.sh, -n 12, what is left of END)
 source .gpu/parts.sh
 PARTS=" ${PARTS:-attn mha model ssd tests} "
@@ -23,7 +23,7 @@ model8() {
 }
 export -f model8
 on model && part model 110 bash -c model8
-on ssd && part ssd 130 env SSD7F_S=115 SSD7F_VARIANTS="default,s6 default,s8 sub64,s8 sub64 w4 s2,s8 sub32,s8 sub32 w4,scan7 r1 mr128,chain mr128 n128 w8" bash .gpu/ssd7f.sh
+on ssd && part ssd 130 env SSD7F_S=115 SSD7F_VARIANTS="default,s6 default,s8 sub64,s8 sub64 w4 s2,s8 sub32,s8 sub32 w4,scan7 r1 mr128,s7 chain nograd" bash .gpu/ssd7f.sh
 # (then, if a sub variant wins: its GPU tests, python3 -m pytest tests/test_ssd.py -m gpu -k scan_sub -n 8)
 on tests && part tests $(( END - SECONDS - 5 )) env T=$(( END - SECONDS - 25 )) N=12 bash .gpu/tests_all.sh
 echo "end at $SECONDS s"

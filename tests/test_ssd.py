@@ -732,6 +732,35 @@ def test_state_chain_grad_gating(grad, min_bh, monkeypatch):
         assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("min_bh", [4, 8], ids=["bh4", "bh8"])
+def test_state_chain_nograd_gating(min_bh, monkeypatch):
+    """chain_nograd (sweep config "s7 chain nograd"): with state_chain "grad", a forward without grad takes the
+    chained state kernel only where batch x heads >= its first number, with its own blocks (here N 16, 4 warps);
+    y and the final states equal the two-kernel path's bit for bit (fp16, interpreter); with grad it changes
+    nothing."""
+    from hybridna_kernels.ssd import chunk
+
+    launched = []
+    real = chunk._state_chain_fwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(chunk, "_state_chain_fwd_kernel", Spy())
+    t, kw = make_inputs(2, 100, 2, 16, 1, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=11)
+    outs = []
+    for cfg in ({}, {"state_chain": "grad", "chain_min_bh": 64, "chain_nograd": (min_bh, 16, 4, None)}):
+        with cfg_override(cfg), torch.no_grad():
+            outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, t, kw, chunk_size=32))])
+    assert bool(launched) == (2 * 2 >= min_bh)
+    for x, y in zip(*outs):
+        assert torch.equal(x, y)
+    assert chunk._chain_params({**chunk._cfg(32, 32, 16, torch.float16), "state_chain": "grad", "chain_min_bh": 64,
+                                "chain_nograd": (4, 16, 4, None)}, 4, 4, True) is None   # with grad: chain_min_bh
+
+
 @pytest.mark.parametrize("hfirst", [True, False], ids=["hfirst", "chunk-first"])
 def test_kernel_grid_fallback_order(hfirst, monkeypatch):
     """Past the grid's dimension-2 limit (batch x chunks > 65535, ~16.7M tokens at chunk 256) the launch grid

@@ -1774,6 +1774,8 @@ SWEEP_CONFIGS = {
     # grad at its old blocks (N 128 = BN_STATE, 8 warps = warps_state); session 6: no-grad forward 1.032 against
     # 1.077 ms at B8 T8192
     "chain mr128 n128 w8": {"state_chain": True, "maxnreg_chain": 128, "BN_CHAIN": None, "warps_chain": None},
+    # the chain without grad too at batch x heads >= 128, with session 6's no-grad blocks (see _cfg's chain_nograd)
+    "s7 chain nograd": {"chain_nograd": (128, None, None, 128)},
     "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
     "scan hp2": {"scan_hp": 2},
     "scan hp2 w8": {"scan_hp": 2, "warps_scan": 8},
@@ -2088,6 +2090,11 @@ def _cfg(Q, P, N, dtype):
         # session 6's two-kernel forward). The chain is the one kernel whose programs wait on each other (a flag per
         # (batch, head, block); the wait is bounded at 2^16 polls).
         "chain_min_bh": 64,
+        # chain_nograd (opt-in, sweep config "s7 chain nograd"): with state_chain "grad", the chain also in a forward
+        # without grad where batch x heads >= its first number, with its own (BN_CHAIN, warps_chain, maxnreg_chain).
+        # Session 6, H100: "chain mr128" (N 128, 8 warps, cap 128) no-grad 1.032 against 1.077 ms at B8 T8192
+        # (batch x heads 256), 1.118 against 1.075 at B2 T32768 (64); not timed on top of session 7's scan
+        "chain_nograd": None,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -2159,6 +2166,19 @@ class _Tables:
         self.clen, self.cinit, self.cfin, self.nfinal = clen, cinit, cfin, nfinal
 
 
+def _chain_params(cfg, bh, nc, grad):
+    """(BN_CHAIN, warps_chain, maxnreg_chain) when the forward takes the chained state kernel, else None: state_chain
+    True always; "grad" in a forward with grad where batch x heads >= chain_min_bh, and without grad only where
+    chain_nograd = (min batch x heads, BN_CHAIN, warps_chain, maxnreg_chain) is set and met (its own blocks)."""
+    if not cfg["state_chain"] or (cfg["chain_max_nc"] is not None and nc > cfg["chain_max_nc"]):
+        return None
+    if cfg["state_chain"] is True or (grad and bh >= cfg["chain_min_bh"]):
+        return cfg["BN_CHAIN"], cfg["warps_chain"], cfg["maxnreg_chain"]
+    if not grad and cfg["chain_nograd"] is not None and bh >= cfg["chain_nograd"][0]:
+        return tuple(cfg["chain_nograd"][1:])
+    return None
+
+
 def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store_ypre):
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
@@ -2220,10 +2240,9 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
             XW_SPLIT=_xw_split(x.dtype, cfg["xw_split"]),
             num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
-    elif (cfg["state_chain"] and (cfg["state_chain"] != "grad" or store_ypre)
-          and (cfg["chain_max_nc"] is None or nc <= cfg["chain_max_nc"])
-          and (cfg["state_chain"] is True or b * H >= cfg["chain_min_bh"])):
-        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"] if cfg["BN_CHAIN"] is None else min(cfg["BN_CHAIN"], cfg["BN"])
+    elif (chain := _chain_params(cfg, b * H, nc, store_ypre)) is not None:
+        bn_chain, warps_chain, maxnreg_chain = chain
+        BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"] if bn_chain is None else min(bn_chain, cfg["BN"])
         nblk = triton.cdiv(P, BPs) * triton.cdiv(N, BNs)
         hpc = cfg["chain_hp"] if (H // G) % cfg["chain_hp"] == 0 else 1
         ring = new_empty((2, b, H, P, N), dtype=f32, device=dev)
@@ -2234,8 +2253,8 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             b * H * P * N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
             Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen,
             HIN_SPLIT=layout == "split", DOT_PREC=cfg["prec"], XW_SPLIT=_xw_split(x.dtype, xws), HPC=hpc,
-            num_warps=cfg["warps_state"] if cfg["warps_chain"] is None else cfg["warps_chain"],
-            num_stages=cfg["stages"], **_maxnreg(cfg["maxnreg_chain"]))
+            num_warps=cfg["warps_state"] if warps_chain is None else warps_chain,
+            num_stages=cfg["stages"], **_maxnreg(maxnreg_chain))
     else:
         states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
                                xw_split=_xw_split(x.dtype, xws))
