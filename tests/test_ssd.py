@@ -548,10 +548,8 @@ def test_kernel_scan_sub_variants(cfg, shape, opt, dtype, strided):
         check_kernel_vs_reference(shape, opt, dtype, strided=strided)
 
 
-def test_kernel_scan_sub_launch(monkeypatch):
-    """scan_sub launches the sub-chunk kernel and no forward CB kernel (the backward still recomputes CB); it falls
-    back to the default scan with cs64, scan_r1, or a sub-chunk that does not divide the chunk (or is below 16);
-    y and the final states stay within fp32 rounding of the default (fp32, interpreter, no grad)."""
+def _spy_launches(monkeypatch, *names):
+    """Wrap chunk's kernels `names` so that every launch appends the kernel's name to the returned list (and runs)."""
     from hybridna_kernels.ssd import chunk
 
     launched = []
@@ -566,8 +564,16 @@ def test_kernel_scan_sub_launch(monkeypatch):
 
         monkeypatch.setattr(chunk, name, Spy())
 
-    for name in ("_chunk_scan_sub_fwd_kernel", "_chunk_scan_fwd_kernel", "_bmm_fwd_kernel"):
+    for name in names:
         spy(name)
+    return launched
+
+
+def test_kernel_scan_sub_launch(monkeypatch):
+    """scan_sub launches the sub-chunk kernel and no forward CB kernel (the backward still recomputes CB); it falls
+    back to the default scan with cs64, scan_r1, or a sub-chunk that does not divide the chunk (or is below 16);
+    y and the final states stay within fp32 rounding of the default (fp32, interpreter, no grad)."""
+    launched = _spy_launches(monkeypatch, "_chunk_scan_sub_fwd_kernel", "_chunk_scan_fwd_kernel", "_bmm_fwd_kernel")
     t, kw = make_inputs(2, 100, 2, 16, 1, 32, OPTIONS["states"], dtype=torch.float32, device=DEVICE, seed=7)
     outs = []
     for cfg, want in (({}, ["_bmm_fwd_kernel", "_chunk_scan_fwd_kernel"]),
@@ -703,33 +709,30 @@ def test_bf16_defaults_and_session_configs():
         assert not c["state_chain"] and not c["scan_split"] and not c["scan_ftz"] and c["maxnreg_scan"] is None
 
 
+def _chain_launched(monkeypatch, cfg, grad, seed):
+    """Run the fp16 interpreter forward (B2 T100 H2, chunk 32) with the defaults and with cfg: whether cfg's run
+    launched the chained state kernel; y and the final states must equal the defaults' bit for bit."""
+    launched = _spy_launches(monkeypatch, "_state_chain_fwd_kernel")
+    t, kw = make_inputs(2, 100, 2, 16, 1, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=seed)
+    outs = []
+    for c in ({}, cfg):
+        with cfg_override(c):
+            tt = {k: v.detach().requires_grad_(grad) for k, v in t.items()}
+            with torch.set_grad_enabled(grad):
+                outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, tt, kw, chunk_size=32))])
+    for x, y in zip(*outs):
+        assert torch.equal(x, y)
+    return bool(launched)
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
 @pytest.mark.parametrize("min_bh", [4, 64], ids=["bh4", "bh64"])
 def test_state_chain_grad_gating(grad, min_bh, monkeypatch):
     """state_chain "grad" (sweep config "s6 chain"): the chained state kernel runs only in a forward with grad
     and only where batch x heads >= chain_min_bh; either way y and the final states equal the two-kernel path's
     bit for bit (fp16, interpreter)."""
-    from hybridna_kernels.ssd import chunk
-
-    launched = []
-    real = chunk._state_chain_fwd_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            launched.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(chunk, "_state_chain_fwd_kernel", Spy())
-    t, kw = make_inputs(2, 100, 2, 16, 1, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=7)
-    outs = []
-    for cfg in ({}, {"state_chain": "grad", "chain_min_bh": min_bh}):
-        with cfg_override(cfg):
-            tt = {k: v.detach().requires_grad_(grad) for k, v in t.items()}
-            with torch.set_grad_enabled(grad):
-                outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, tt, kw, chunk_size=32))])
-    assert bool(launched) == (grad and 2 * 2 >= min_bh)
-    for x, y in zip(*outs):
-        assert torch.equal(x, y)
+    launched = _chain_launched(monkeypatch, {"state_chain": "grad", "chain_min_bh": min_bh}, grad, seed=7)
+    assert launched == (grad and 2 * 2 >= min_bh)
 
 
 @pytest.mark.parametrize("min_bh", [4, 8], ids=["bh4", "bh8"])
@@ -740,23 +743,8 @@ def test_state_chain_nograd_gating(min_bh, monkeypatch):
     nothing."""
     from hybridna_kernels.ssd import chunk
 
-    launched = []
-    real = chunk._state_chain_fwd_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            launched.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(chunk, "_state_chain_fwd_kernel", Spy())
-    t, kw = make_inputs(2, 100, 2, 16, 1, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=11)
-    outs = []
-    for cfg in ({}, {"state_chain": "grad", "chain_min_bh": 64, "chain_nograd": (min_bh, 16, 4, None)}):
-        with cfg_override(cfg), torch.no_grad():
-            outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, t, kw, chunk_size=32))])
-    assert bool(launched) == (2 * 2 >= min_bh)
-    for x, y in zip(*outs):
-        assert torch.equal(x, y)
+    cfg = {"state_chain": "grad", "chain_min_bh": 64, "chain_nograd": (min_bh, 16, 4, None)}
+    assert _chain_launched(monkeypatch, cfg, False, seed=11) == (2 * 2 >= min_bh)
     assert chunk._chain_params({**chunk._cfg(32, 32, 16, torch.float16), "state_chain": "grad", "chain_min_bh": 64,
                                 "chain_nograd": (4, 16, 4, None)}, 4, 4, True) is None   # with grad: chain_min_bh
 

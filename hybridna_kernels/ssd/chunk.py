@@ -1770,10 +1770,6 @@ SWEEP_CONFIGS = {
     # session 6, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
     "chain": {"state_chain": True},
     "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
-    # session 6's "chain mr128" on top of session 7's defaults (whose chain blocks are n64 w4): the chain also without
-    # grad at its old blocks (N 128 = BN_STATE, 8 warps = warps_state); session 6: no-grad forward 1.032 against
-    # 1.077 ms at B8 T8192
-    "chain mr128 n128 w8": {"state_chain": True, "maxnreg_chain": 128, "BN_CHAIN": None, "warps_chain": None},
     # the chain without grad too at batch x heads >= 128, with session 6's no-grad blocks (see _cfg's chain_nograd)
     "s7 chain nograd": {"chain_nograd": (128, None, None, 128)},
     "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
