@@ -14,15 +14,7 @@ source .gpu/parts.sh
 PARTS=" ${PARTS:-attn mha model ssd tests} "
 on attn && part attn 62 bash .gpu/attn.sh
 on mha && part mha 70 env ATTN7_SHAPES=1 ATTN7_S=60 bash .gpu/attn7.sh
-model8() {
-  for c in new old; do
-    if [ $c = new ]; then a=""; s=""; else a="tma=fwd,dq;dq_delta=1;dkdv_fast="; s="s6 default"; fi
-    HYBRIDNA_ATTN_VARIANT="$a" HYBRIDNA_SSD_CONFIG="$s" python3 bench/bench_model.py sweep 8x8192 1x32768 mlp_re=0 1x32768 \
-      --rounds 2 2>/dev/null | python3 -u .gpu/model_print.py | sed "s/^/$c   /"
-  done
-}
-export -f model8
-on model && part model 110 bash -c model8
+on model && part model 110 bash -c model_vs_s6
 on ssd && part ssd 130 env SSD7F_S=115 SSD7F_VARIANTS="default,s6 default,s8 sub64,s8 sub64 w4 s2,s8 sub32,s8 sub32 w4,scan7 r1 mr128,s7 chain nograd" bash .gpu/ssd7f.sh
 # (then, if a sub variant wins: its GPU tests, python3 -m pytest tests/test_ssd.py -m gpu -k scan_sub -n 8)
 on tests && part tests $(( END - SECONDS - 5 )) env T=$(( END - SECONDS - 25 )) N=12 bash .gpu/tests_all.sh
