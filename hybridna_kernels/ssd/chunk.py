@@ -812,7 +812,6 @@ def _chunk_scan_sub_fwd_kernel(x_ptr, z_ptr, C_ptr, B_ptr, u_ptr, csh_ptr, csl_p
     t0 = i_c * Q
     nv = tl.minimum(T - t0, Q).to(tl.int32)
     o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-    dt_in = x_ptr.dtype.element_ty
     p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
     p_C = C_ptr + i_b * s_C_b + i_g * s_C_g + t0 * s_C_t
     p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
