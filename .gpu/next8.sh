@@ -15,7 +15,7 @@ PARTS=" ${PARTS:-attn mha model ssd tests} "
 on attn && part attn 62 bash .gpu/attn.sh
 on mha && part mha 70 env ATTN7_SHAPES=1 ATTN7_S=60 bash .gpu/attn7.sh
 on model && part model 110 bash -c model_vs_s6
-on ssd && part ssd 130 env SSD7F_S=115 SSD7F_VARIANTS="default,s6 default,s8 sub64,s8 sub64 w4 s2,s8 sub32,s8 sub32 w4,scan7 r1 mr128,s7 chain nograd" bash .gpu/ssd7f.sh
+on ssd && part ssd 130 env SSD7F_S=115 SSD7F_VARIANTS="default,s6 default,s8 sub64,s8 sub32,s8 sub32 w4,s7 chain nograd,s8 sub64 chain,s8 sub32 chain" bash .gpu/ssd7f.sh
 # (then, if a sub variant wins: its GPU tests, python3 -m pytest tests/test_ssd.py -m gpu -k scan_sub -n 8)
 on tests && part tests $(( END - SECONDS - 5 )) env T=$(( END - SECONDS - 25 )) N=12 bash .gpu/tests_all.sh
 echo "end at $SECONDS s"
