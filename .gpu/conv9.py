@@ -322,8 +322,8 @@ for (bb, ll, ww) in ((8, L, 8), (1, 16 * L, 4)):
     base = dict(DEFF) if ww <= 4 else dict(W8U, UNEVEN=False)
     CAP.clear()
     fwd_call(dict(base, UNEVEN=True, NP=37), xf, wf, bf)
-    drv = occupancy(CAP[-1], 2)[2] if CAP else None
-    occ = drv or 12
+    o = occupancy(CAP[-1], 2) if CAP and CAP[-1] is not None else (None,) * 4
+    occ = o[2] or o[3] or 12
     vs = {"default": None, f"u1 (occ {occ})": sized(dict(base, UNEVEN=True), 1, occ, bb, D)}
     for vn, c in vs.items():
         if left() < 3:
