@@ -383,9 +383,9 @@ def test_dq_options_reach_the_kernel(monkeypatch):
     def dq_meta(variant, L=300, cu=None):
         monkeypatch.setattr(flash, "VARIANT", flash.parse_variant(variant))
         seen.clear()
-        q = torch.zeros(1, L, 4, 32)
-        k = torch.zeros(1, L, 1, 32)
-        lse = torch.zeros(1, 4, L)
+        q = torch.zeros(1, L, 4, 32, device=DEVICE)
+        k = torch.zeros(1, L, 1, 32, device=DEVICE)
+        lse = torch.zeros(1, 4, L, device=DEVICE)
         flash.attention_bwd(q, q, k, k, q, lse, causal=True, window=None, softmax_scale=0.1, cu_seqlens=cu,
                             max_seqlen=None if cu is None else L)
         return [m for kind, m in seen if kind == "dq"][0]
@@ -393,7 +393,8 @@ def test_dq_options_reach_the_kernel(monkeypatch):
     m = dq_meta("dq_opt=oneloop,rowshift,early_dp")
     assert m["ONELOOP"] and m["ROWSHIFT"] and m["EARLY_DP"]
     assert not dq_meta("dq_opt=oneloop,rowshift", L=100).get("ROWSHIFT")
-    assert not dq_meta("dq_opt=oneloop,rowshift", cu=torch.tensor([0, 300], dtype=torch.int32)).get("ROWSHIFT")
+    assert not dq_meta("dq_opt=oneloop,rowshift", cu=torch.tensor([0, 300], dtype=torch.int32,
+                                                                   device=DEVICE)).get("ROWSHIFT")
     assert not any(dq_meta("tma=dq").get(f) for f in flash.DQ_OPTS.values())
     assert flash.parse_variant("dq=128,64,8,3,128")["dq"] == (128, 64, 8, 3, 128)
     for bad in ("dq_opt=fast", "dkdv_fast=window", "dq=128,64,8"):

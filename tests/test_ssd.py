@@ -507,6 +507,8 @@ def test_kernel_scan7_variants(cfg, shape, opt, dtype):
     causal select), scan_e2 (exp2 of one fp32 log2(e) cs per row / column; 16-bit inputs), a row block of 128 (clamped to the chunk), scan_ftz (inline PTX: a no-op in the interpreter,
     checked on the GPU by test_kernel_scan7_variants_bf16_gpu), at chunk 16 / 64 / 256, ngroups 1 and 2, packed
     sequences, z, partial last chunks."""
+    if DEVICE.type != "cpu" and min(cfg.get("BM_SCAN", 16), cfg.get("BK_SCAN", 16)) < 16:
+        pytest.skip("row / key blocks below 16: interpreter only (tl.dot needs K >= 16 on the GPU)")
     check_kernel_with_config(cfg, shape, opt, dtype)
 
 
@@ -603,41 +605,44 @@ def test_reverse_state_kernels_split_planes(varlen):
 
     g = torch.Generator().manual_seed(5)
     b, nc, H, G, P, N, Q = 2, 3, 2, 1, 16, 32, 16
+    # packed (varlen): one row holding the b sequences (the kernels' tables are per chunk of that row; two rows
+    # would both write the same sequences' dinit, a race the interpreter hides by running programs in order)
+    bx = 1 if varlen else b
     T = nc * Q - 5
     f32 = torch.float32
-    dy = torch.randn(b, T, H, P, generator=g).to(DEVICE)
-    C = torch.randn(b, T, G, N, generator=g).to(DEVICE)
-    csh = -torch.rand(b, H, nc, Q, generator=g).cumsum(-1).to(DEVICE)
+    dy = torch.randn(bx, T, H, P, generator=g).to(DEVICE)
+    C = torch.randn(bx, T, G, N, generator=g).to(DEVICE)
+    csh = -torch.rand(bx, H, nc, Q, generator=g).cumsum(-1).to(DEVICE)
     cs = csh.double()
-    hin = torch.randn(b, nc, H, P, N, generator=g).to(DEVICE)
+    hin = torch.randn(bx, nc, H, P, N, generator=g).to(DEVICE)
     hi = hin.to(torch.bfloat16)
     lo = (hin - hi.float()).to(torch.bfloat16)
     hin_s = hi.float() + lo.float()
     fin = torch.randn(b, H, P, N, generator=g).to(DEVICE)
     dfin = torch.randn(b, H, P, N, generator=g).to(DEVICE)
-    cinit = torch.tensor([0, -2, -1] * b, dtype=torch.int32, device=DEVICE)
-    cfin = torch.tensor([-1, 0, 1] * b, dtype=torch.int32, device=DEVICE)
+    cinit = torch.tensor([0, -2, -1] * bx, dtype=torch.int32, device=DEVICE)
+    cfin = torch.tensor([-1, 0, 1] * bx, dtype=torch.int32, device=DEVICE)
     nb_f = 2  # fused blocks: BP 16 x BN 16 over P 16 x N 32
 
     def fused(h, **kw):
-        ds = (torch.full((b, nc, H, 2, P, N), float("nan"), dtype=torch.bfloat16, device=DEVICE)
-              if kw.get("DS_SPLIT") else torch.full((b, nc, H, P, N), float("nan"), device=DEVICE))
+        ds = (torch.full((bx, nc, H, 2, P, N), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+              if kw.get("DS_SPLIT") else torch.full((bx, nc, H, P, N), float("nan"), device=DEVICE))
         dinit = torch.zeros(b, H, P, N, device=DEVICE)
-        ddal = torch.empty(b, H, nc, nb_f, device=DEVICE)
-        chunk._state_fused_bwd_kernel[(nb_f, H, b)](
+        ddal = torch.empty(bx, H, nc, nb_f, device=DEVICE)
+        chunk._state_fused_bwd_kernel[(nb_f, H, bx)](
             dy, C, csh, h, fin, dfin, cinit, cfin, ds, dinit, ddal, T, H, G, nc, P, N, *dy.stride()[:3],
             *C.stride()[:3], Q=Q, BP=16, BN=16, BK=16, HAS_DFIN=True, HAS_INIT=True, IS_VARLEN=varlen,
             DOT_PREC="ieee", XW_SPLIT=-1, **kw)
         return ds, dinit, ddal
 
     def plain(**kw):
-        ldh = chunk._chunk_states(dy, C, torch.zeros(b, H, nc, Q, device=DEVICE), cs, b, nc, T, H, G, P, N, Q,
+        ldh = chunk._chunk_states(dy, C, torch.zeros(bx, H, nc, Q, device=DEVICE), cs, bx, nc, T, H, G, P, N, Q,
                                   dict(chunk._cfg(Q, P, N, f32), BK=16), reverse=True, xw_split=-1)
         PN = P * N
-        ds = torch.full((b, nc, H, 2, P, N), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+        ds = torch.full((bx, nc, H, 2, P, N), float("nan"), dtype=torch.bfloat16, device=DEVICE)
         dinit = torch.zeros(b, H, P, N, device=DEVICE)
-        ddal = torch.empty(b, H, nc, PN // 256, device=DEVICE)
-        chunk._state_pass_bwd_kernel[(b, H, PN // 256)](
+        ddal = torch.empty(bx, H, nc, PN // 256, device=DEVICE)
+        chunk._state_pass_bwd_kernel[(bx, H, PN // 256)](
             ldh, cs, hin, hin, fin, dfin, cinit, cfin, dinit, ddal, H, nc, PN, Q=Q, BS=256, HAS_DFIN=True,
             HAS_INIT=True, IS_VARLEN=varlen, HIN_SPLIT=False, **({"dsp_ptr": ds, "DS_SPLIT": True} if kw else {}))
         return (ds if kw else ldh), dinit, ddal
@@ -661,11 +666,21 @@ def test_reverse_state_kernels_split_planes(varlen):
     assert torch.equal(dinit4, dinit3) and torch.equal(ddal4, ddal3)
 
 
+def _same_arithmetic(name, x, y):
+    """Two paths that do the same operations in the same order: bit for bit under the interpreter. Compiled GPU code
+    may fuse or reorder fp32 operations differently in two different kernels, so there the two outputs are held to
+    DESIGN's fp16 tolerance (the inputs of these tests are fp16) instead."""
+    if DEVICE.type == "cpu":
+        assert torch.equal(x, y), f"{name}: not bitwise equal"
+    else:
+        assert_close(name, x, y, tol(torch.float16))
+
+
 @pytest.mark.parametrize("cfg", [{"state_chain": True}, {"state_chain": True, "scan_hp": 2, "chain_hp": 2}],
                          ids=["chain", "hp2"])
 def test_kernel_fwd7_bitwise_equal_default(cfg):
     """The chained state kernel and the two-head scan do the default's arithmetic in the same order: y and the
-    final states bitwise equal (fp16, interpreter), with grad and without."""
+    final states bitwise equal (fp16, interpreter; see _same_arithmetic on the GPU), with grad and without."""
     t, kw = make_inputs(2, 200, 4, 16, 2, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=5)
     outs = []
     for c in ({}, cfg):
@@ -675,8 +690,8 @@ def test_kernel_fwd7_bitwise_equal_default(cfg):
                 with torch.set_grad_enabled(grad):
                     outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, tt, kw, chunk_size=64))])
     for a, b_ in zip(outs[:2], outs[2:]):
-        for x, y in zip(a, b_):
-            assert torch.equal(x, y)
+        for i, (x, y) in enumerate(zip(a, b_)):
+            _same_arithmetic(f"output {i}", x, y)
 
 
 def test_config_from_env():
@@ -720,8 +735,8 @@ def _chain_launched(monkeypatch, cfg, grad, seed):
             tt = {k: v.detach().requires_grad_(grad) for k, v in t.items()}
             with torch.set_grad_enabled(grad):
                 outs.append([o.detach() for o in _as_tuple(_call(_kernel_scan, tt, kw, chunk_size=32))])
-    for x, y in zip(*outs):
-        assert torch.equal(x, y)
+    for i, (x, y) in enumerate(zip(*outs)):
+        _same_arithmetic(f"output {i}", x, y)
     return bool(launched)
 
 
