@@ -714,6 +714,9 @@ def test_bf16_defaults_and_session_configs():
 
     c = chunk._cfg(256, 64, 128, torch.bfloat16)
     assert c["state_chain"] == "grad" and c["BN_CHAIN"] == 64 and c["warps_chain"] == 4
+    assert c["chain_nograd"] == (128, None, None, 128)
+    with cfg_override(chunk.SWEEP_CONFIGS["s7 default"]):
+        assert chunk._cfg(256, 64, 128, torch.bfloat16)["chain_nograd"] is None
     assert c["scan_split"] and c["scan_ftz"] and c["maxnreg_scan"] == 128
     for dt, P in ((torch.float16, 64), (torch.float32, 64), (torch.bfloat16, 128)):
         c = chunk._cfg(256, P, 128, dt)
