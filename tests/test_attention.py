@@ -319,6 +319,7 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                    # D128 chunked prefill
                    "L300-gqa-D64": (1, 300, 300, 4, 2, 64, True, None),
                    "L300-mha-D128": (1, 300, 300, 2, 2, 128, True, None),
+                   "L300-mha-D64": (1, 300, 300, 2, 2, 64, True, None),
                    "L260-Lk320-gqa-D128": (1, 260, 320, 2, 1, 128, True, None)}
 
 
@@ -345,7 +346,8 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("dq-3loop-early-dp", "dq_opt=early_dp;tma=dq", ["gqa-offset", "W9-D40"]),
                             ("dq-rowshift-delta", "dq_opt=oneloop,rowshift;dq_delta=1", ["L300-gqa"]),
                             ("dkdv-fast-ext", "dkdv_fast=mha,d128,short,ragged;dq_opt=oneloop,rowshift",
-                             ["L300-gqa-D64", "L300-mha-D128", "L260-Lk320-gqa-D128"])]
+                             ["L300-gqa-D64", "L300-mha-D128", "L260-Lk320-gqa-D128"]),
+                            ("dkdv-fast-mha64", "dkdv_fast=mha64,short,ragged", ["L300-mha-D64"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
     """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
@@ -471,6 +473,9 @@ def test_dkdv_fast_default_domain(monkeypatch):
     assert not ok(window=1000) and not ok(varlen=True) and not ok(causal=False) and not ok(D=32)
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dkdv_fast=d128"))
     assert not ok(Hq=8, Hkv=8, D=128) and ok(Hq=8, Hkv=2, D=128)   # MHA needs mha too
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("dkdv_fast=mha64"))   # opt-in: D64 MHA without KREG
+    assert ok(Hkv=16) is flash.DKDV_FAST_MHA64 and "KREG" not in flash.DKDV_FAST_MHA64["flags"]
+    assert ok() is flash.DKDV_FAST and not ok(Hkv=16, D=128) and not ok(Hkv=16, window=1000)
     # the launch: what _run receives for an in-domain call
     monkeypatch.setattr(flash, "VARIANT", {})
     seen = {}
@@ -672,6 +677,24 @@ def test_gpu_dkdv_fast_extensions(shape, no_autotune, monkeypatch):
     B, Lq, Lk, Hq, Hkv, D, causal, window = shape
     q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
     assert flash._dkdv_fast_ok(q, k, causal, window, None, flash._flags(q, k, causal, window, None, max(Lq, Lk)))
+    _check(q, k, v, causal=causal, window=window)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", _gpu_params([(1, 2000, 2000, 16, 16, 64, True, None), (2, 8192, 8192, 4, 4, 64, True, None),
+                                               (1, 1000, 3000, 8, 8, 64, True, None)]),
+                         ids=_shape_id)
+def test_gpu_dkdv_fast_mha64(shape, no_autotune, monkeypatch):
+    """The opt-in dkdv_fast=mha64 (D64 MHA with DKDV_FAST less KREG) in bf16: the two MHA shapes where DKDV_FAST with
+    KREG gave wrong dk / dv on the GPU (session 7), and a chunked prefill."""
+    from hybridna_kernels.attention import flash
+
+    monkeypatch.setattr(flash, "VARIANT", flash.parse_variant("tma=fwd,dq;dq_delta=1;dkdv_fast=mha64,short,ragged"))
+    B, Lq, Lk, Hq, Hkv, D, causal, window = shape
+    q, k, v = _make(B, Lq, Lk, Hq, Hkv, D, torch.bfloat16)
+    meta = flash._flags(q, k, causal, window, None, max(Lq, Lk))
+    assert flash._dkdv_fast_ok(q, k, causal, window, None, meta) is flash.DKDV_FAST_MHA64
     _check(q, k, v, causal=causal, window=window)
 
 

@@ -827,6 +827,13 @@ DKDV_FAST_D128 = dict(conf=(64, 128, 8, 2), flags=("ONELOOP", "ROWSHIFT", "GUNRO
 # against 14.75 ms (fwd+bwd 18.68 / 19.03); ragged B1 Hq16:Hkv4 L30000 D64 13.40 / 16.00; short B16 Hq16:Hkv4
 # L2048 D64 1.251 / 1.707. Their GPU tests (test_gpu_dkdv_fast_extensions, but the D64 MHA cases) passed.
 DKDV_FAST_EXT = ("mha", "d128", "short", "ragged")
+# mha64 (opt-in, not in the defaults): D64 MHA with DKDV_FAST less KREG. Session 8 (H100 bf16, .gpu/attn7.py, MHA B8
+# H16 L8192 D64 causal, interleaved medians against the default in the same run): with KREG, dk / dv wrong again (0.54 /
+# 0.36 against fp32), without it dq / dk / dv bitwise equal to the default at L4096 and backward 8.194 against 8.976 ms
+# (fwd+bwd 10.925 / 11.464, 352 / 336 TFLOP/s; graph 8.456 / 8.899). Its GPU tests (test_gpu_dkdv_fast_mha64) have
+# not run yet: the default once they pass.
+DKDV_FAST_MHA64 = dict(conf=(64, 64, 4, 3), flags=("ONELOOP", "ROWSHIFT", "GUNROLL"))
+DKDV_FAST_EXT_OPT = ("mha64",)
 
 
 def _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta):
@@ -844,7 +851,8 @@ def _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta):
     Lq, Lk, Hq, D = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
     if TUNE or not causal or window is not None or cu_seqlens is not None or meta.get("ATOMIC_DQ"):
         return None
-    if Hq == k.shape[2] and ("mha" not in ext or D == 64):   # MHA: head dim 128 only (see DKDV_FAST_EXT)
+    mha = Hq == k.shape[2]
+    if mha and ("mha64" not in ext if D == 64 else "mha" not in ext):   # MHA: see DKDV_FAST_EXT
         return None
     if meta["L_BUCKET"] <= 2048 and "short" not in ext:
         return None
@@ -853,7 +861,7 @@ def _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta):
     if Lq < 256:    # rowshift needs a whole query block of rows
         return None
     if D == 64:
-        return DKDV_FAST
+        return DKDV_FAST_MHA64 if mha else DKDV_FAST
     return DKDV_FAST_D128 if D == 128 and "d128" in ext else None
 
 
@@ -932,7 +940,7 @@ def parse_variant(text: str) -> dict:
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
-    for key, known in (("dkdv_opt", DKDV_OPTS), ("dq_opt", DQ_OPTS), ("dkdv_fast", DKDV_FAST_EXT)):
+    for key, known in (("dkdv_opt", DKDV_OPTS), ("dq_opt", DQ_OPTS), ("dkdv_fast", DKDV_FAST_EXT + DKDV_FAST_EXT_OPT)):
         bad = out.get(key, frozenset()) - set(known)
         if bad:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown {key} {sorted(bad)}, known: {sorted(known)}")
