@@ -836,6 +836,22 @@ def test_kernel_nograd_forward_bf16_gpu(variant, opt):
         check_nograd_forward_gpu(opt)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["all", "all-seqidx"])
+def test_kernel_nograd_chain_default_bf16_gpu(opt, monkeypatch):
+    """Session 8's bf16 default chain_nograd: a forward without grad at batch x heads 128 (B4 H32) takes the chained
+    state kernel with its own blocks; y and the final states against the fp64 recurrence at the forward tolerance."""
+    launched = _spy_launches(monkeypatch, "_state_chain_fwd_kernel")
+    b, L, H, P, G, N, Q = 4, 1000, 32, 64, 1, 128, 256
+    t, kw = make_inputs(b, L, H, P, G, N, OPTIONS[opt], dtype=torch.bfloat16, device=DEVICE, seed=4)
+    ref = _as_tuple(_call(ssd_sequential_ref, {k: v.double() for k, v in t.items()}, kw))
+    with torch.no_grad():
+        out = _as_tuple(_call(_kernel_scan, t, kw, chunk_size=Q))
+    assert launched, "the no-grad forward at batch x heads 128 did not take the chain"
+    for name, r, o in zip(("y", "final_states"), ref, out):
+        assert_close(name, r, o, tol(torch.bfloat16, "fwd"))
+
+
 FWD7_VARIANTS = ["chain", "chain mr128", "chain n64 w4", "scan hp2", "scan hp2 w8", "scan hp2 mr168", "chain hp2 w8",
                  "chain mr128 hp2 w8", "chain hp2 mr168", "chain h2 w16", "chain h2 w8", "chain h2 w16 hp2 w8",
                  "chain h2 w16 hp2 mr168", "scan hp4 w8", "scan hp4 w16", "chain h2 w16 hp4 w8"]
