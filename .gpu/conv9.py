@@ -74,6 +74,7 @@ BWD = {
     "notail": (dict(DEFB, TAIL=False, EVEN=False), None, 6),  # control: the masked walk on the default grid
     "u8": (dict(UNB, NP=8), None, 7),  # control: the UNEVEN build on the default grid (2304 at 7 per SM: 2.49 waves)
     "ch512": (dict(DEFB, CH=512), None, 6),  # 1152 programs: 1.45 waves (predicted worse)
+    "r4": (dict(DEFB, R=4), None, 6),  # session 8: 4 rows a step (R=8 is the most the row loaders take)
 }
 names_f = [n for n in os.environ.get("CONV9_FWD", ",".join(FWD)).split(",") if n]
 names_b = [n for n in os.environ.get("CONV9_BWD", ",".join(BWD)).split(",") if n]
