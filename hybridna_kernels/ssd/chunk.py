@@ -1771,6 +1771,11 @@ SWEEP_CONFIGS = {
     "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
     # the chain without grad too at batch x heads >= 128, with session 6's no-grad blocks (see _cfg's chain_nograd)
     "s7 chain nograd": {"chain_nograd": (128, None, None, 128)},
+    # session 8 (untimed): the no-grad chain with the with-grad chain's blocks (N 64, 4 warps), capped or not, and at
+    # batch x heads >= 64 (B2 T32768: session 6's blocks lost there)
+    "s8 chain nograd n64 w4": {"chain_nograd": (128, 64, 4, None)},
+    "s8 chain nograd n64 w4 mr128": {"chain_nograd": (128, 64, 4, 128)},
+    "s8 chain nograd64 n64 w4": {"chain_nograd": (64, 64, 4, None)},
     "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
     "scan hp2": {"scan_hp": 2},
     "scan hp2 w8": {"scan_hp": 2, "warps_scan": 8},
