@@ -6,13 +6,12 @@ writes a normalised partial output and its log-sum-exp; a second kernel merges t
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from ..utils import autotune, cdiv, interpret_mode, new_empty, next_pow2
+from ..utils import autotune, cdiv, interpret_mode, new_empty, next_pow2, num_sms
 from . import flash
 from .flash import LOG2E
 
@@ -129,11 +128,6 @@ _decode_tuned = autotune(
 )(_attn_decode_split_kernel)
 
 
-@functools.lru_cache(maxsize=8)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def use_decode(q, k, cu_seqlens) -> bool:
     """Split-K pays off when few query blocks would leave most of the GPU idle over long keys."""
     Lq, Hq, Lk, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
@@ -156,7 +150,7 @@ def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, B
     align = BN if BN is not None else SPLIT_ALIGN
     n_blocks = max(cdiv(Lk - key_lo, align), 1)
     if n_splits is None:
-        sms = _num_sms(q.device.index or 0) if q.is_cuda else 4
+        sms = num_sms(q.device) if q.is_cuda else 4
         n_splits = cdiv(2 * sms, B * Hkv)
     n_splits = max(1, min(n_splits, n_blocks, MAX_SPLITS))
     keys_per_split = cdiv(n_blocks, n_splits) * align

@@ -22,7 +22,6 @@ and its W - 1 halo rows (SCRATCH). dweight / dbias accumulate elementwise per pr
 once per program into an fp32 partial buffer, and summed afterwards in a fixed order
 (deterministic; no atomics).
 """
-import functools
 import os
 from typing import Optional, Tuple
 
@@ -30,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, grad_dest, new_empty, next_pow2, take_dest
+from ..utils import cdiv, grad_dest, new_empty, next_pow2, num_sms, take_dest
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_fwd", "causal_conv1d_bwd"]
 
@@ -1113,11 +1112,6 @@ def _rows_chunk(x, cfg) -> int:
     return ch
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _time_programs(x, cfg, pairs: int, ns: int, sms: Optional[int] = None) -> int:
     """UNEVEN (row forward, streams backward): the number of programs along time. cfg["NP"] if set; else the most
     that keep the grid (pairs = batch x channel blocks programs per time slot) within WAVES (default 1) waves of OCC
@@ -1130,8 +1124,7 @@ def _time_programs(x, cfg, pairs: int, ns: int, sms: Optional[int] = None) -> in
     if not n_p:
         occ = cfg.get("OCC") or max(1, 24 // cfg.get("num_warps", 1))
         if sms is None:
-            sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
-                if x.is_cuda else 1
+            sms = num_sms(x.device) if x.is_cuda else 1
         n_p = cfg.get("WAVES", 1) * sms * occ // pairs
     return max(1, min(int(n_p), x.shape[2] // ns))
 

@@ -7,23 +7,17 @@ position; slices past the current length find no keys and contribute nothing to 
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 import triton
 
 from ..attention.decode import _attn_decode_merge_kernel, _attn_decode_split_kernel
-from ..utils import cdiv, new_empty, next_pow2
+from ..utils import cdiv, new_empty, next_pow2, num_sms
 from .gemv import use_pdl
 
 __all__ = ["attention_step"]
 
 LOG2E = 1.4426950408889634
-
-
-@functools.lru_cache(maxsize=8)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def attention_step(q, k_cache, v_cache, pos, *, window=None, softmax_scale=None, n_splits=None, BN=64,
@@ -39,7 +33,7 @@ def attention_step(q, k_cache, v_cache, pos, *, window=None, softmax_scale=None,
     span = T if window is None else min(window, T)
     n_blocks = max(cdiv(span, BN), 1)
     if n_splits is None:
-        sms = _num_sms(q.device.index or 0) if q.is_cuda else 4
+        sms = num_sms(q.device) if q.is_cuda else 4
         n_splits = cdiv(2 * sms, B * Hkv)
     n_splits = max(1, min(n_splits, n_blocks, 256))
     keys_per_split = cdiv(n_blocks, n_splits) * BN

@@ -20,14 +20,13 @@ Memory-bound: each program owns BN output rows (2 BN weight rows for SwiGLU) and
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, interpret_mode, new_empty, next_pow2
+from ..utils import cdiv, interpret_mode, new_empty, next_pow2, num_sms
 
 __all__ = ["decode_gemv", "gemv_config"]
 
@@ -225,11 +224,6 @@ def _persist() -> int:
     return int(os.environ.get("HYBRIDNA_GEMV_PERSIST", "0"))
 
 
-@functools.lru_cache(maxsize=8)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _tile_cfg():
     """(weight elements per program, warps): HYBRIDNA_GEMV_TILE="8192,8" (the default)."""
     v = os.environ.get("HYBRIDNA_GEMV_TILE")
@@ -285,7 +279,7 @@ def decode_gemv(a, weight, *, norm_weight=None, eps=1e-5, z=None, group_size=Non
     one_tile = K <= BK and GROUP == K
     nblk = cdiv(N, BN)
     persist = _persist() if one_tile else 0
-    grid0 = min(nblk, persist * (_num_sms(a.device.index or 0) if a.is_cuda else 4)) if persist else nblk
+    grid0 = min(nblk, persist * (num_sms(a.device) if a.is_cuda else 4)) if persist else nblk
     _gemv_kernel[(grid0, B)](
         a, zz, norm_weight if norm_weight is not None else dummy, weight, out, r, S, CWt, CB, KC, VC, POS,
         N, K, float(eps), C0, QN, KVN,

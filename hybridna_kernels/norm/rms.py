@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import cdiv, interpret_mode, new_empty, next_pow2
+from ..utils import cdiv, interpret_mode, new_empty, next_pow2, num_sms
 from ..utils import rows_view as _rows
 
 
@@ -90,8 +90,7 @@ def _nprog(M: int, device) -> int:
     (nprog, N) reduction is small, enough to fill the GPU."""
     if interpret_mode() or device.type != "cuda":
         return max(1, min(M, 4))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(M, 8 * sms))
+    return max(1, min(M, 8 * num_sms(device)))
 
 
 def rms_norm_fwd(x, weight, eps: float, delta, out_dtype, store_s: bool):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from typing import Iterable, Sequence
@@ -22,6 +23,7 @@ __all__ = [
     "check_tensor",
     "check_same_device",
     "autotune",
+    "num_sms",
     "FLOAT_DTYPES",
     "GradSlab",
     "GradDest",
@@ -183,6 +185,17 @@ def next_pow2(n: int) -> int:
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached per device: the property query costs host time, and
+    launchers size their grids with it on every call)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 LOG2E = math.log2(math.e)
