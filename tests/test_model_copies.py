@@ -487,4 +487,3 @@ def test_set_mlp_recompute(monkeypatch):
             _, saved = _saved_bytes(lambda: blk.mlp_residual(x, m))
         shapes = {v[1] for k, v in saved.items() if k not in params}
         assert (h_shape in shapes) == saved_h, (frac, shapes)
-
