@@ -142,24 +142,6 @@ def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.co
     return pid_m * BM, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k
 
 
-@triton.jit
-def _exp2_fma(x):
-    """2^x for x <= 0 (-inf included) on the FMA/ALU pipes instead of the special-function unit (16
-    results per clock per SM on an H100, the forward's bottleneck at headdim 64): round x by adding
-    1.5 * 2^23, a degree-4 polynomial of the remainder in [-0.5, 0.5] (relative error < 3e-6), and
-    the integer part added to the exponent bits. No float-to-int conversion (also a slow pipe)."""
-    x = tl.maximum(x, -127.0)
-    t = x + 12582912.0                      # 1.5 * 2^23: the low mantissa bits now hold round(x)
-    r = t - 12582912.0
-    f = x - r
-    p = 0.00956052 * f + 0.05591712
-    p = p * f + 0.24024982
-    p = p * f + 0.69312196
-    p = p * f + 0.99999919
-    j = t.to(tl.int32, bitcast=True) - 0x4B400000     # round(x) as an integer
-    return (p.to(tl.int32, bitcast=True) + (j << 23)).to(tl.float32, bitcast=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------
@@ -209,42 +191,6 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d
     return acc, l_i, m_i
 
 
-@triton.jit
-def _fwd_inner_poly(acc, l_i, m_i, b_q, k_base, v_base, skt, svt, start, end, o_d, m_d, qk_scale,
-                    EVEN_D: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr):
-    """The unmasked loop with the key block in two halves: the first half's exponentials on the
-    special-function unit, the second half's by _exp2_fma on the FMA pipes (16-bit inputs only).
-    Two half-width dots per product keep both halves in the dot's own register layout."""
-    HN: tl.constexpr = BN // 2
-    o_h = tl.arange(0, HN)
-    p_k = k_base + o_h[:, None] * skt + o_d[None, :]
-    p_v = v_base + o_h[:, None] * svt + o_d[None, :]
-    for start_n in range(start, end, BN):
-        n64 = tl.zeros([], dtype=tl.int64) + start_n
-        if EVEN_D:
-            k1 = tl.load(p_k + n64 * skt)
-            k2 = tl.load(p_k + (n64 + HN) * skt)
-            v1 = tl.load(p_v + n64 * svt)
-            v2 = tl.load(p_v + (n64 + HN) * svt)
-        else:
-            k1 = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
-            k2 = tl.load(p_k + (n64 + HN) * skt, mask=m_d[None, :], other=0.0)
-            v1 = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
-            v2 = tl.load(p_v + (n64 + HN) * svt, mask=m_d[None, :], other=0.0)
-        s1 = tl.dot(b_q, tl.trans(k1), input_precision=DOT_PREC)
-        s2 = tl.dot(b_q, tl.trans(k2), input_precision=DOT_PREC)
-        m_new = tl.maximum(m_i, tl.max(tl.maximum(s1, s2), 1) * qk_scale)
-        p1 = tl.math.exp2(s1 * qk_scale - m_new[:, None])
-        p2 = _exp2_fma(s2 * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p1 + p2, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p1.to(v1.dtype), v1, acc, input_precision=DOT_PREC)
-        acc = tl.dot(p2.to(v2.dtype), v2, acc, input_precision=DOT_PREC)
-        m_i = m_new
-    return acc, l_i, m_i
-
-
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU,
@@ -252,7 +198,7 @@ def _attn_fwd_kernel(
     seqlen_q, seqlen_k, nheads_q, lse_len, max_len, qk_scale, window, L_BUCKET,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
-    M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, POLY: tl.constexpr = False,
+    M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     TMA: tl.constexpr = False, KD=None, VD=None,
 ):
     start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
@@ -282,13 +228,9 @@ def _attn_fwd_kernel(
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo, lo_full, o_m, o_n, m_d,
                                seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
                                DOT_PREC)
-    if POLY:
-        acc, l_i, m_i = _fwd_inner_poly(acc, l_i, m_i, b_q, k_base, v_base, skt, svt, lo_full, hi_full, o_d, m_d,
-                                        qk_scale, EVEN_D, BN, DOT_PREC)
-    else:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
-                                   seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
-                                   DOT_PREC, TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
+                               seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
+                               DOT_PREC, TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
                                seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
                                DOT_PREC)
@@ -917,8 +859,7 @@ def parse_variant(text: str) -> dict:
     register cap per thread, e.g. 128 keeps two 8-warp programs per SM; ignored by the interpreter); mmajor: kernels whose
     grid runs block-major (every head's block i before block i + 1) instead of head-major;
     fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
-    poly=1: the forward computes half its exponentials with a polynomial on the FMA pipes (16-bit
-    inputs); tma=fwd,dkdv,dq: those kernels load the operands of their unmasked blocks through TMA descriptors
+    tma=fwd,dkdv,dq: those kernels load the operands of their unmasked blocks through TMA descriptors
     (K, V in fwd / dq; q, dO in dk/dv; contiguous (B, L, H, D) tensors only); dq_delta=1: no delta
     kernel: the dq kernel computes delta = rowsum(dO * O) for its rows, stores it, and runs before dk/dv;
     atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
@@ -936,7 +877,7 @@ def parse_variant(text: str) -> dict:
                                  f"got {val!r}")
         elif key in ("mmajor", "tma", "dkdv_opt", "dq_opt", "dkdv_fast"):
             out[key] = frozenset(filter(None, (x.strip() for x in val.split(","))))
-        elif key in ("atomic_dq", "poly", "fastlaunch", "dq_delta"):
+        elif key in ("atomic_dq", "fastlaunch", "dq_delta"):
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
@@ -1134,8 +1075,6 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
     meta = _flags(q, k, causal, window, cu_seqlens, max_len)
     meta["REVERSE_M"] = bool(causal)
     meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
-    if VARIANT.get("poly") and q.dtype != torch.float32:   # fp32 keeps the exact exp2
-        meta["POLY"] = True
     if "fwd" in _feature("tma", meta) and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
