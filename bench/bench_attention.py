@@ -308,16 +308,14 @@ SWEEP = {
     64: {
         "fwd": ["fwd=128,64,4,4", "fwd=128,64,4,3", "fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,64,4,5",
                 "fwd=128,64,4,4;tma=fwd", "fwd=128,64,4,3;tma=fwd", "fwd=128,64,8,3;tma=fwd", "fwd=128,64,8,4;tma=fwd"],
-        "dkdv": ["dkdv=32,128,4,3", "dkdv=32,128,4,4", "dkdv=32,128,4,2", "dkdv=16,128,4,4", "dkdv=64,128,8,3",
-                 "dkdv=32,128,4,3;tma=dkdv", "dkdv=32,128,4,4;tma=dkdv", "dkdv=64,128,8,3;tma=dkdv",
-                 "dkdv=64,64,4,3;tma=dkdv"],
+        "dkdv": ["dkdv=32,128,4,3", "dkdv=32,128,4,4", "dkdv=32,128,4,2", "dkdv=16,128,4,4", "dkdv=64,128,8,3"],
         "dq": ["dq=64,64,4,3", "dq=64,128,4,3", "dq=64,64,4,4", "dq=128,64,8,3", "dq=64,64,4,3;tma=dq",
                "dq=64,64,4,4;tma=dq", "dq=64,128,4,3;tma=dq", "dq=128,64,8,3;tma=dq", "dq=64,64,4,3;dq_delta=1",
                "dq=64,64,4,3;tma=dq;dq_delta=1", "dq=128,32,4,3", "dq=128,32,4,3;tma=dq", "dq=128,64,4,3"],
     },
     128: {
         "fwd": ["fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,64,8,3;tma=fwd", "fwd=128,64,8,2;tma=fwd"],
-        "dkdv": ["dkdv=64,128,8,3", "dkdv=64,128,8,3;tma=dkdv", "dkdv=64,128,8,2;tma=dkdv"],
+        "dkdv": ["dkdv=64,128,8,3"],
         "dq": ["dq=128,64,8,3", "dq=128,64,8,3;tma=dq", "dq=64,64,4,3;tma=dq", "dq=128,64,8,3;dq_delta=1"],
     },
 }
@@ -325,6 +323,7 @@ SWEEP = {
 # 128,64,4,3 408; 256,64,8,3 370; 128,128,8,3 355; block-major order 356-392; poly=1 312-336.
 # Backward (dq at 64,64,4,3): dkdv 32,128,4,3 297; 64,128,8,3 287; 64,64,4,3 284; 32,64,4,3 270;
 # 32,128,8,3 256; atomic dq (no dq pass) 64,128,8,3 281, 32,128,8,3 211. Those out of the sweep.
+# Session 3 (B8 H16 L8192 D64): dk/dv through TMA (tma=dkdv) 276-285 against 301 with pointer loads; removed.
 
 
 def _sweep_variants(D):
@@ -437,7 +436,7 @@ def _winner(best):
     if "atomic" in best and (sep is None or best["atomic"][0] < sep):
         add(";".join(t for t in best["atomic"][1].split(";") if not t.startswith("fwd=")))
     elif sep is not None:
-        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith(("dkdv=", "mmajor=dkdv", "tma=dkdv"))))
+        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith(("dkdv=", "mmajor=dkdv"))))
         add(";".join(t for t in best["dq"][1].split(";") if t.startswith(("dq=", "mmajor=dq", "tma=dq", "dq_delta="))))
     return ";".join(f"{k}={v}" for k, v in parts.items())
 

@@ -299,20 +299,14 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
                   m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                   MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
                   ATOMIC_DQ: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr,
-                  TMA: tl.constexpr = False, QD=None, DOD=None, row0=0, col=0, EARLY_DP: tl.constexpr = False):
+                  EARLY_DP: tl.constexpr = False):
     """Accumulate dk, dv of one key block over query blocks [start, end) of one query head. Works in
     the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose.
-    TMA (unmasked blocks): q, dO through the 2-D descriptors QD, DOD at rows row0 + m, column col.
     EARLY_DP: dP^T's dot is issued right after S^T's, before the exponentials."""
     for start_m in range(start, end, BM):
         m64 = tl.zeros([], dtype=tl.int64) + start_m
         o_m = start_m + o_mb
-        if TMA and not MASK:
-            b_qT = tl.trans(QD.load([row0 + start_m, col]))
-            b_do = DOD.load([row0 + start_m, col])
-            b_lse = tl.load(p_lse + start_m)
-            b_delta = tl.load(p_delta + start_m)
-        elif MASK:
+        if MASK:
             m_m = o_m < seqlen_q
             b_qT = tl.load(p_qT + m64 * sqt, mask=m_d[:, None] & m_m[None, :], other=0.0)     # (BD, BM)
             b_do = tl.load(p_do + m64 * sdot, mask=m_m[:, None] & m_d[None, :], other=0.0)   # (BM, BD)
@@ -398,9 +392,9 @@ def _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, q_row, do_row, lse_row, delta_row, off_
 def _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_h, i_b64, bos,
                  sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
                  lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
-                 seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                 seqlen_q, seqlen_k, qk_scale, sm_scale, window, IS_CAUSAL: tl.constexpr,
                  HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr, ATOMIC_DQ: tl.constexpr, BM: tl.constexpr,
-                 DOT_PREC: tl.constexpr, TMA: tl.constexpr, QD, DOD, EARLY_DP: tl.constexpr,
+                 DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr,
                  ONELOOP: tl.constexpr, ROWSHIFT: tl.constexpr):
     """dk, dv of one key block from query head i_h: [lo, lo_full) and [hi_full, hi) masked, the middle not."""
     if ONELOOP:
@@ -426,7 +420,6 @@ def _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_h, i_b64, bos,
     b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
                                lo_full, hi_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
                                False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
-                               TMA, QD, DOD, (i_b64 * seqlen_q + bos).to(tl.int32), (i_h * HEAD_DIM).to(tl.int32),
                                EARLY_DP=EARLY_DP)
     b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
                                hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
@@ -444,7 +437,6 @@ def _attn_bwd_dkdv_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
     M_MAJOR: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    TMA: tl.constexpr = False, QD=None, DOD=None,
     KREG: tl.constexpr = False, EARLY_DP: tl.constexpr = False,
     GUNROLL: tl.constexpr = False, ONELOOP: tl.constexpr = False, ROWSHIFT: tl.constexpr = False,
 ):
@@ -493,17 +485,15 @@ def _attn_bwd_dkdv_kernel(
             b_dk, b_dv = _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_hk * GROUP + g, i_b64, bos,
                                       sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
                                       lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
-                                      seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
-                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, EARLY_DP, ONELOOP,
-                                      ROWSHIFT)
+                                      seqlen_q, seqlen_k, qk_scale, sm_scale, window, IS_CAUSAL, HAS_WINDOW, EVEN_D,
+                                      ATOMIC_DQ, BM, DOT_PREC, EARLY_DP, ONELOOP, ROWSHIFT)
     else:
         for g in range(GROUP):
             b_dk, b_dv = _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_hk * GROUP + g, i_b64, bos,
                                       sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
                                       lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
-                                      seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
-                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, EARLY_DP, ONELOOP,
-                                      ROWSHIFT)
+                                      seqlen_q, seqlen_k, qk_scale, sm_scale, window, IS_CAUSAL, HAS_WINDOW, EVEN_D,
+                                      ATOMIC_DQ, BM, DOT_PREC, EARLY_DP, ONELOOP, ROWSHIFT)
     b_dk = b_dk * sm_scale
     tl.store(DK + i_b64 * sdkb + bos * sdkt + i_hk.to(tl.int64) * sdkh + o_n64[:, None] * sdkt + o_d[None, :],
              b_dk.to(DK.dtype.element_ty), mask=m_kv)
@@ -859,8 +849,8 @@ def parse_variant(text: str) -> dict:
     register cap per thread, e.g. 128 keeps two 8-warp programs per SM; ignored by the interpreter); mmajor: kernels whose
     grid runs block-major (every head's block i before block i + 1) instead of head-major;
     fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
-    tma=fwd,dkdv,dq: those kernels load the operands of their unmasked blocks through TMA descriptors
-    (K, V in fwd / dq; q, dO in dk/dv; contiguous (B, L, H, D) tensors only); dq_delta=1: no delta
+    tma=fwd,dq: those kernels load the operands K, V of their unmasked blocks through TMA descriptors
+    (contiguous (B, L, H, D) tensors only; dk/dv has none: 5% slower there, session 3); dq_delta=1: no delta
     kernel: the dq kernel computes delta = rowsum(dO * O) for its rows, stores it, and runs before dk/dv;
     atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
     separate dq pass; not bitwise deterministic); dkdv_opt=...: dk/dv kernel options (DKDV_OPTS; README);
@@ -881,7 +871,8 @@ def parse_variant(text: str) -> dict:
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
-    for key, known in (("dkdv_opt", DKDV_OPTS), ("dq_opt", DQ_OPTS), ("dkdv_fast", DKDV_FAST_EXT + DKDV_FAST_EXT_OPT)):
+    for key, known in (("dkdv_opt", DKDV_OPTS), ("dq_opt", DQ_OPTS), ("dkdv_fast", DKDV_FAST_EXT + DKDV_FAST_EXT_OPT),
+                       ("tma", ("fwd", "dq"))):
         bad = out.get(key, frozenset()) - set(known)
         if bad:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown {key} {sorted(bad)}, known: {sorted(known)}")
@@ -1136,9 +1127,6 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
         fast = _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta) if blocks is None else None
         if fast is not None:
             meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
-        if "dkdv" in _feature("tma", meta) and _tma_ok((q, do), D):
-            meta["TMA"] = True
-            meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
         args = (q, k, v, do, lse, delta, dk, dv, dqa if atomic else q, cu_seqlens if cu_seqlens is not None else q,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
                 *dv.stride()[:3], *(dqa.stride()[:3] if atomic else (0, 0, 0)), *common, max_k, scale, scale * LOG2E)
