@@ -326,8 +326,6 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
 @pytest.mark.parametrize("variant, shape", [
     pytest.param(v, _VARIANT_SHAPES[s], id=f"{name}-{s}")
     for name, v, shapes in [("block-major", "mmajor=fwd,dkdv,dq", ["gqa-offset", "W9-D40"]),
-                            ("atomic-dq", "atomic_dq=1", ["gqa-offset", "W9-D40", "full"]),
-                            ("atomic-dq-block-major", "atomic_dq=1;mmajor=dkdv", ["gqa-offset"]),
                             ("fastlaunch", "fastlaunch=1", ["gqa-offset"]),
                             ("tma", "tma=fwd,dq", ["B2-gqa2", "full"]),
                             ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"]),
@@ -335,7 +333,6 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("dkdv-oneloop-all", "dkdv_opt=oneloop,gunroll,kreg,early_dp", ["B2-gqa2", "W9-D40"]),
                             ("dkdv-gunroll-early-dp", "dkdv_opt=gunroll,early_dp", ["gqa-offset", "W9-D40", "full"]),
                             ("dkdv-kreg", "dkdv_opt=kreg", ["B2-gqa2"]),
-                            ("dkdv-oneloop-atomic-dq", "dkdv_opt=oneloop;atomic_dq=1", ["gqa-offset"]),
                             ("dkdv-rowshift", "dkdv_opt=oneloop,rowshift,gunroll",
                              ["L300-gqa", "B2-L260-W37-D40", "L270-full"]),
                             ("dq-oneloop", "dq_opt=oneloop", ["gqa-offset", "W9-D40", "full"]),
@@ -349,9 +346,8 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("dkdv-fast-mha64", "dkdv_fast=mha64,short,ragged", ["L300-mha-D64"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
-    """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, the cached launch,
-    operand loads through TMA descriptors, delta computed by the dq kernel, the dk/dv kernel's options) give the
-    same results."""
+    """The benchmark's run-time variants (grid order, the cached launch, operand loads through TMA descriptors,
+    delta computed by the dq kernel, the dk/dv kernel's options) give the same results."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant(variant))
