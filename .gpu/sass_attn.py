@@ -136,7 +136,6 @@ def cases():
             dkdv("opt gqa oneloop gunroll early_dp 64x128", group=4, cfg=(64, 128, 8, 3),
                  flags=("ONELOOP", "GUNROLL", "EARLY_DP")),
             dkdv("opt gqa 3-loop kreg 32x128", group=4, cfg=(32, 128, 4, 3), flags=("KREG",)),
-            dkdv("opt gqa block-major 32x128", group=4, cfg=(32, 128, 4, 3), M_MAJOR=True),
             dq("opt gqa 3-loop early_dp tma", group=4, cfg=(128, 64, 8, 3), tma=True, delta_here=True,
                flags=("EARLY_DP",)),
             dq("opt gqa oneloop rowshift early_dp tma", group=4, cfg=(128, 64, 8, 3), tma=True, delta_here=True,

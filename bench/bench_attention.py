@@ -429,7 +429,7 @@ def _winner(best):
     if "fwd" in best:
         add(best["fwd"][1].split(";dkdv=")[0])
     if "dkdv" in best and "dq" in best:
-        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith(("dkdv=", "mmajor=dkdv"))))
+        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith("dkdv=")))
         add(";".join(t for t in best["dq"][1].split(";") if t.startswith(("dq=", "mmajor=dq", "tma=dq", "dq_delta="))))
     return ";".join(f"{k}={v}" for k, v in parts.items())
 

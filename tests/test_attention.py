@@ -325,7 +325,7 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
 
 @pytest.mark.parametrize("variant, shape", [
     pytest.param(v, _VARIANT_SHAPES[s], id=f"{name}-{s}")
-    for name, v, shapes in [("block-major", "mmajor=fwd,dkdv,dq", ["gqa-offset", "W9-D40"]),
+    for name, v, shapes in [("block-major", "mmajor=dq", ["gqa-offset", "W9-D40"]),
                             ("fastlaunch", "fastlaunch=1", ["gqa-offset"]),
                             ("tma", "tma=fwd,dq", ["B2-gqa2", "full"]),
                             ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"]),
@@ -394,7 +394,7 @@ def test_dq_options_reach_the_kernel(monkeypatch):
                                                                    device=DEVICE)).get("ROWSHIFT")
     assert not any(dq_meta("tma=dq").get(f) for f in flash.DQ_OPTS.values())
     assert flash.parse_variant("dq=128,64,8,3,128")["dq"] == (128, 64, 8, 3, 128)
-    for bad in ("dq_opt=fast", "dkdv_fast=window", "dq=128,64,8", "tma=dkdv"):
+    for bad in ("dq_opt=fast", "dkdv_fast=window", "dq=128,64,8", "tma=dkdv", "mmajor=fwd"):
         with pytest.raises(ValueError):
             flash.parse_variant(bad)
 

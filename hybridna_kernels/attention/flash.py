@@ -123,7 +123,8 @@ def _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
 def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.constexpr, IS_VARLEN: tl.constexpr,
                          REVERSE_M: tl.constexpr, M_MAJOR: tl.constexpr, BM: tl.constexpr):
     """This program's (query block, query head) in the forward and dq grids: its first query row, query
-    head, kv head, sequence start in the packed rows, batch index (int64; 0 when packed) and lengths."""
+    head, kv head, sequence start in the packed rows, batch index (int64; 0 when packed) and lengths.
+    M_MAJOR: the dq kernel's variant mmajor=dq (the forward is head-major)."""
     pid = tl.program_id(0)
     n_mblocks = tl.cdiv(max_len, BM)
     if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
@@ -198,11 +199,11 @@ def _attn_fwd_kernel(
     seqlen_q, seqlen_k, nheads_q, lse_len, max_len, qk_scale, window, L_BUCKET,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
-    M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     TMA: tl.constexpr = False, KD=None, VD=None,
 ):
     start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
-        CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
+        CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, False, BM)
     if start_m >= seqlen_q:
         return
     o_m = start_m + tl.arange(0, BM)
@@ -423,7 +424,7 @@ def _attn_bwd_dkdv_kernel(
     seqlen_q, seqlen_k, nheads_q, lse_len, max_len, sm_scale, qk_scale, window, L_BUCKET,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
-    M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     KREG: tl.constexpr = False, EARLY_DP: tl.constexpr = False,
     GUNROLL: tl.constexpr = False, ONELOOP: tl.constexpr = False, ROWSHIFT: tl.constexpr = False,
 ):
@@ -431,13 +432,8 @@ def _attn_bwd_dkdv_kernel(
     # layout, and with it its SASS, stays as it was)
     pid = tl.program_id(0)
     n_nblocks = tl.cdiv(max_len, BN)
-    if M_MAJOR:  # causal: key block 0 sees every query, so every head's first blocks go first
-        n_bh = tl.num_programs(0) // n_nblocks
-        pid_n = pid // n_bh
-        pid_bh = pid % n_bh
-    else:
-        pid_n = pid % n_nblocks
-        pid_bh = pid // n_nblocks
+    pid_n = pid % n_nblocks
+    pid_bh = pid // n_nblocks
     nheads_kv = nheads_q // GROUP
     i_b = pid_bh // nheads_kv
     i_hk = pid_bh % nheads_kv
@@ -833,10 +829,11 @@ DQ_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "early_dp": "EARLY_DP"}
 
 
 def parse_variant(text: str) -> dict:
-    """Run-time variants for sweeps, e.g. "fwd=128,64,4,3;dkdv=32,128,4,3;dq=64,64,4,3;mmajor=fwd,dq;dq_delta=1".
+    """Run-time variants for sweeps, e.g. "fwd=128,64,4,3;dkdv=32,128,4,3;dq=64,64,4,3;mmajor=dq;dq_delta=1".
     fwd / dkdv / dq: fixed (BM, BN, num_warps, num_stages[, maxnreg]) instead of autotuning (maxnreg: ptxas's
-    register cap per thread, e.g. 128 keeps two 8-warp programs per SM; ignored by the interpreter); mmajor: kernels whose
-    grid runs block-major (every head's block i before block i + 1) instead of head-major;
+    register cap per thread, e.g. 128 keeps two 8-warp programs per SM; ignored by the interpreter); mmajor=dq: the dq
+    kernel's grid runs block-major (every head's block i before block i + 1) instead of head-major (the forward's
+    and dk/dv's were removed: 10-18% slower / no faster, sessions 2 and 5);
     fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
     tma=fwd,dq: those kernels load the operands K, V of their unmasked blocks through TMA descriptors
     (contiguous (B, L, H, D) tensors only; dk/dv has none: 5% slower there, session 3); dq_delta=1: no delta
@@ -860,7 +857,7 @@ def parse_variant(text: str) -> dict:
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
     for key, known in (("dkdv_opt", DKDV_OPTS), ("dq_opt", DQ_OPTS), ("dkdv_fast", DKDV_FAST_EXT + DKDV_FAST_EXT_OPT),
-                       ("tma", ("fwd", "dq"))):
+                       ("tma", ("fwd", "dq")), ("mmajor", ("dq",))):
         bad = out.get(key, frozenset()) - set(known)
         if bad:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown {key} {sorted(bad)}, known: {sorted(known)}")
@@ -1053,7 +1050,6 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
         return o, lse
     meta = _flags(q, k, causal, window, cu_seqlens, max_len)
     meta["REVERSE_M"] = bool(causal)
-    meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
     if "fwd" in _feature("tma", meta) and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
@@ -1096,13 +1092,11 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
             delta = delta - torch.where(torch.isneginf(lse), 0.0, dlse.float())
     scale = softmax_scale
     common = (Lq, Lk, Hq, Lq)
-    mmajor = VARIANT.get("mmajor", ())
     if dq_first:
         _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
                 True)
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
-        meta["M_MAJOR"] = "dkdv" in mmajor
         for opt in _feature("dkdv_opt", meta):   # variant dkdv_opt=oneloop,rowshift,gunroll,kreg,early_dp
             if opt == "rowshift" and (cu_seqlens is not None or Lq < 256):   # a block must fit in the rows
                 continue
