@@ -2,7 +2,7 @@
 compile case: `python .gpu/sass_attn.py ROOT` imports hybridna_kernels from ROOT and prints "case count md5" (see
 .gpu/sass_same.py). Compare two trees (session 9's pruning of measured-losing variants):
 
-    /work/venv36/bin/python .gpu/sass_attn.py /work/wt/base > a; /work/venv36/bin/python .gpu/sass_attn.py . > b; diff a b
+    PY=/work/venv36/bin/python; $PY .gpu/sass_attn.py /work/wt/base > a; $PY .gpu/sass_attn.py . > b; diff a b
 
 Cases: the constexprs, num_warps, num_stages and maxnreg that flash.py's launchers pass by default for bf16 at
 D64 GQA Hq16:Hkv4 causal L8192 / L32768 (DKDV_FAST, DQ_FAST, forward with TMA), D64 MHA B8 H16 L8192, D128 B1 H8
