@@ -49,8 +49,7 @@ V64 = [("default", None),
        ("rs 64x64 w4 s3 kreg", f"dkdv=64,64,4,3;{RS},kreg"),
        ("rs 64x128 w8 s3 early_dp", f"dkdv=64,128,8,3;{RS},early_dp"),
        ("rs 64x64 w4 s4", f"dkdv=64,64,4,4;{RS}"),
-       ("ol 64x128 w8 s3 no-rowshift", "dkdv=64,128,8,3;dkdv_opt=oneloop,gunroll"),
-       ("rs 64x128 w8 s3 mmajor", f"dkdv=64,128,8,3;{RS};mmajor=dkdv")]
+       ("ol 64x128 w8 s3 no-rowshift", "dkdv=64,128,8,3;dkdv_opt=oneloop,gunroll")]
 V128 = [("default", None),
         ("rs 32x128 w8 s2", f"dkdv=32,128,8,2;{RS}"), ("rs 32x128 w8 s3", f"dkdv=32,128,8,3;{RS}"),
         ("rs 64x128 w8 s2", f"dkdv=64,128,8,2;{RS}")]

@@ -297,7 +297,7 @@ def _warm(index, nproc):
 
 # ---------------------------------------------------------------------------------------------
 # Variant sweep (`python bench/bench_attention.py sweep OUTDIR`): fixed configs / grid orders /
-# atomic dq through flash.VARIANT, each checked against the fp64 reference before it is timed.
+# TMA loads / delta inside dq through flash.VARIANT, each checked against the fp64 reference before it is timed.
 # ---------------------------------------------------------------------------------------------
 
 SWEEP_SHAPES = [(8, 16, 8192, 64), (1, 8, 32768, 128), (1, 16, 32768, 64)]   # B, H, L, D; causal MHA
@@ -308,16 +308,14 @@ SWEEP = {
     64: {
         "fwd": ["fwd=128,64,4,4", "fwd=128,64,4,3", "fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,64,4,5",
                 "fwd=128,64,4,4;tma=fwd", "fwd=128,64,4,3;tma=fwd", "fwd=128,64,8,3;tma=fwd", "fwd=128,64,8,4;tma=fwd"],
-        "dkdv": ["dkdv=32,128,4,3", "dkdv=32,128,4,4", "dkdv=32,128,4,2", "dkdv=16,128,4,4", "dkdv=64,128,8,3",
-                 "dkdv=32,128,4,3;tma=dkdv", "dkdv=32,128,4,4;tma=dkdv", "dkdv=64,128,8,3;tma=dkdv",
-                 "dkdv=64,64,4,3;tma=dkdv"],
+        "dkdv": ["dkdv=32,128,4,3", "dkdv=32,128,4,4", "dkdv=32,128,4,2", "dkdv=16,128,4,4", "dkdv=64,128,8,3"],
         "dq": ["dq=64,64,4,3", "dq=64,128,4,3", "dq=64,64,4,4", "dq=128,64,8,3", "dq=64,64,4,3;tma=dq",
                "dq=64,64,4,4;tma=dq", "dq=64,128,4,3;tma=dq", "dq=128,64,8,3;tma=dq", "dq=64,64,4,3;dq_delta=1",
                "dq=64,64,4,3;tma=dq;dq_delta=1", "dq=128,32,4,3", "dq=128,32,4,3;tma=dq", "dq=128,64,4,3"],
     },
     128: {
         "fwd": ["fwd=128,64,8,3", "fwd=128,64,8,4", "fwd=128,64,8,3;tma=fwd", "fwd=128,64,8,2;tma=fwd"],
-        "dkdv": ["dkdv=64,128,8,3", "dkdv=64,128,8,3;tma=dkdv", "dkdv=64,128,8,2;tma=dkdv"],
+        "dkdv": ["dkdv=64,128,8,3"],
         "dq": ["dq=128,64,8,3", "dq=128,64,8,3;tma=dq", "dq=64,64,4,3;tma=dq", "dq=128,64,8,3;dq_delta=1"],
     },
 }
@@ -325,6 +323,7 @@ SWEEP = {
 # 128,64,4,3 408; 256,64,8,3 370; 128,128,8,3 355; block-major order 356-392; poly=1 312-336.
 # Backward (dq at 64,64,4,3): dkdv 32,128,4,3 297; 64,128,8,3 287; 64,64,4,3 284; 32,64,4,3 270;
 # 32,128,8,3 256; atomic dq (no dq pass) 64,128,8,3 281, 32,128,8,3 211. Those out of the sweep.
+# Session 3 (B8 H16 L8192 D64): dk/dv through TMA (tma=dkdv) 276-285 against 301 with pointer loads; removed.
 
 
 def _sweep_variants(D):
@@ -335,7 +334,7 @@ def _sweep_variants(D):
     out = []
     for kind, entries in table.items():
         for e in entries:
-            parts = [e] + [base[k] for k in table if k != kind and not (k == "dq" and "atomic_dq" in e)]
+            parts = [e] + [base[k] for k in table if k != kind]
             out.append((kind, ";".join(parts)))
     return out
 
@@ -417,8 +416,7 @@ def _warm_final(index, nproc):
 
 
 def _winner(best):
-    """Variant string of the winners: the best forward; for the backward, the best separate-dq pair
-    (estimated as t(dkdv*) + t(dq*) - t(both at their first entry)) or the best atomic-dq one."""
+    """Variant string of the winners: the best forward, the best dk/dv and the best dq entry."""
     parts = {}
 
     def add(text):
@@ -430,14 +428,8 @@ def _winner(best):
 
     if "fwd" in best:
         add(best["fwd"][1].split(";dkdv=")[0])
-    sep = None
     if "dkdv" in best and "dq" in best:
-        base = best.get("base", (0.0,))[0]
-        sep = best["dkdv"][0] + best["dq"][0] - base
-    if "atomic" in best and (sep is None or best["atomic"][0] < sep):
-        add(";".join(t for t in best["atomic"][1].split(";") if not t.startswith("fwd=")))
-    elif sep is not None:
-        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith(("dkdv=", "mmajor=dkdv", "tma=dkdv"))))
+        add(";".join(t for t in best["dkdv"][1].split(";") if t.startswith("dkdv=")))
         add(";".join(t for t in best["dq"][1].split(";") if t.startswith(("dq=", "mmajor=dq", "tma=dq", "dq_delta="))))
     return ";".join(f"{k}={v}" for k, v in parts.items())
 
@@ -572,9 +564,7 @@ def _sweep(outdir):
                 print(f"  FAIL {shape} {variant} vs default: {full:.1e}", flush=True)
             else:
                 lines.append(f"| {shape} | {kind} | {variant} | {ms:.3f} | {rate:.1f} | {err:.1e} |")
-                if kind != "fwd" and "base" not in best:
-                    best["base"] = (ms, variant)       # the first backward entry: both kinds at entry 0
-                slot = "atomic" if "atomic_dq=1" in variant else kind
+                slot = kind
                 if slot not in best or ms < best[slot][0]:
                     best[slot] = (ms, variant)
                 ranked.setdefault(slot, []).append((ms, rate, variant))

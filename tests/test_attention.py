@@ -325,18 +325,14 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
 
 @pytest.mark.parametrize("variant, shape", [
     pytest.param(v, _VARIANT_SHAPES[s], id=f"{name}-{s}")
-    for name, v, shapes in [("block-major", "mmajor=fwd,dkdv,dq", ["gqa-offset", "W9-D40"]),
-                            ("atomic-dq", "atomic_dq=1", ["gqa-offset", "W9-D40", "full"]),
-                            ("atomic-dq-block-major", "atomic_dq=1;mmajor=dkdv", ["gqa-offset"]),
-                            ("poly-exp2-fp16", "poly=1", ["gqa-offset", "W9-D40"]),
+    for name, v, shapes in [("block-major", "mmajor=dq", ["gqa-offset", "W9-D40"]),
                             ("fastlaunch", "fastlaunch=1", ["gqa-offset"]),
-                            ("tma", "tma=fwd,dkdv,dq", ["B2-gqa2", "full"]),
+                            ("tma", "tma=fwd,dq", ["B2-gqa2", "full"]),
                             ("dq-delta", "dq_delta=1", ["B2-gqa2", "W9-D40"]),
                             ("dkdv-oneloop", "dkdv_opt=oneloop", ["gqa-offset", "W9-D40", "full"]),
                             ("dkdv-oneloop-all", "dkdv_opt=oneloop,gunroll,kreg,early_dp", ["B2-gqa2", "W9-D40"]),
                             ("dkdv-gunroll-early-dp", "dkdv_opt=gunroll,early_dp", ["gqa-offset", "W9-D40", "full"]),
-                            ("dkdv-kreg-tma", "dkdv_opt=kreg;tma=dkdv", ["B2-gqa2"]),
-                            ("dkdv-oneloop-atomic-dq", "dkdv_opt=oneloop;atomic_dq=1", ["gqa-offset"]),
+                            ("dkdv-kreg", "dkdv_opt=kreg", ["B2-gqa2"]),
                             ("dkdv-rowshift", "dkdv_opt=oneloop,rowshift,gunroll",
                              ["L300-gqa", "B2-L260-W37-D40", "L270-full"]),
                             ("dq-oneloop", "dq_opt=oneloop", ["gqa-offset", "W9-D40", "full"]),
@@ -350,14 +346,13 @@ _VARIANT_SHAPES = {"gqa-offset": (1, 111, 141, 4, 1, 32, True, None), "W9-D40": 
                             ("dkdv-fast-mha64", "dkdv_fast=mha64,short,ragged", ["L300-mha-D64"])]
     for s in shapes])
 def test_kernel_sweep_variants(variant, shape, monkeypatch):
-    """The benchmark's run-time variants (grid order, dq by atomics in the dk/dv kernel, half the
-    forward's exponentials by polynomial: 16-bit inputs only, the cached launch, operand loads through TMA
-    descriptors, delta computed by the dq kernel, the dk/dv kernel's options) give the same results."""
+    """The benchmark's run-time variants (grid order, the cached launch, operand loads through TMA descriptors,
+    delta computed by the dq kernel, the dk/dv kernel's options) give the same results."""
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", flash.parse_variant(variant))
     B, Lq, Lk, Hq, Hkv, D, causal, window = shape
-    q, k, v_ = _make(B, Lq, Lk, Hq, Hkv, D, torch.float16 if "poly" in variant else torch.float32)
+    q, k, v_ = _make(B, Lq, Lk, Hq, Hkv, D, torch.float32)
     _check(q, k, v_, causal=causal, window=window)
     if "fastlaunch" in variant and DEVICE != "cpu":   # the second call runs the cached compiled kernels
         _check(q, k, v_, causal=causal, window=window)
@@ -399,7 +394,7 @@ def test_dq_options_reach_the_kernel(monkeypatch):
                                                                    device=DEVICE)).get("ROWSHIFT")
     assert not any(dq_meta("tma=dq").get(f) for f in flash.DQ_OPTS.values())
     assert flash.parse_variant("dq=128,64,8,3,128")["dq"] == (128, 64, 8, 3, 128)
-    for bad in ("dq_opt=fast", "dkdv_fast=window", "dq=128,64,8"):
+    for bad in ("dq_opt=fast", "dkdv_fast=window", "dq=128,64,8", "tma=dkdv", "mmajor=fwd"):
         with pytest.raises(ValueError):
             flash.parse_variant(bad)
 
@@ -410,10 +405,10 @@ def test_default_features(monkeypatch):
     from hybridna_kernels.attention import flash
 
     monkeypatch.setattr(flash, "VARIANT", {})
-    monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dkdv", "dq"}), "dq_delta": True,
+    monkeypatch.setattr(flash, "DEFAULT_FEATURES", {"tma": frozenset({"fwd", "dq"}), "dq_delta": True,
                                                     "dkdv_opt": {64: frozenset({"oneloop", "gunroll", "kreg"})},
                                                     "dq_opt": {64: frozenset({"oneloop", "rowshift", "early_dp"})}})
-    assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"fwd", "dkdv", "dq"}
+    assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": False}) == {"fwd", "dq"}
     assert flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 128, "HAS_WINDOW": False})
     assert flash._feature("tma", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
     assert not flash._feature("dq_delta", {"L_BUCKET": 4096, "BD": 32, "HAS_WINDOW": False})
@@ -425,7 +420,7 @@ def test_default_features(monkeypatch):
                                                                                            "early_dp"}
     assert flash._feature("dq_opt", {"L_BUCKET": 2048, "BD": 64, "HAS_WINDOW": False}) == frozenset()
     # the sliding-window forward at D64 keeps session 2's config and pointer loads; its backward does not
-    assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": True}) == {"dkdv", "dq"}
+    assert flash._feature("tma", {"L_BUCKET": 4096, "BD": 64, "HAS_WINDOW": True}) == {"dq"}
     assert flash.fixed_config("fwd", 64, 4096, window=True) == flash.FIXED_WINDOW[("fwd", 64, True)]
     assert flash.fixed_config("dq", 64, 4096, window=True) == flash.FIXED[("dq", 64, True)]
     assert flash.fixed_config("fwd", 64, 4096) == flash.FIXED[("fwd", 64, True)]

@@ -123,7 +123,8 @@ def _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
 def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.constexpr, IS_VARLEN: tl.constexpr,
                          REVERSE_M: tl.constexpr, M_MAJOR: tl.constexpr, BM: tl.constexpr):
     """This program's (query block, query head) in the forward and dq grids: its first query row, query
-    head, kv head, sequence start in the packed rows, batch index (int64; 0 when packed) and lengths."""
+    head, kv head, sequence start in the packed rows, batch index (int64; 0 when packed) and lengths.
+    M_MAJOR: the dq kernel's variant mmajor=dq (the forward is head-major)."""
     pid = tl.program_id(0)
     n_mblocks = tl.cdiv(max_len, BM)
     if M_MAJOR:  # every head's block m before any head's block m + 1 (heaviest first across heads)
@@ -140,24 +141,6 @@ def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.co
     i_hk = i_h // GROUP
     bos, i_b64, seqlen_q, seqlen_k = _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN)
     return pid_m * BM, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k
-
-
-@triton.jit
-def _exp2_fma(x):
-    """2^x for x <= 0 (-inf included) on the FMA/ALU pipes instead of the special-function unit (16
-    results per clock per SM on an H100, the forward's bottleneck at headdim 64): round x by adding
-    1.5 * 2^23, a degree-4 polynomial of the remainder in [-0.5, 0.5] (relative error < 3e-6), and
-    the integer part added to the exponent bits. No float-to-int conversion (also a slow pipe)."""
-    x = tl.maximum(x, -127.0)
-    t = x + 12582912.0                      # 1.5 * 2^23: the low mantissa bits now hold round(x)
-    r = t - 12582912.0
-    f = x - r
-    p = 0.00956052 * f + 0.05591712
-    p = p * f + 0.24024982
-    p = p * f + 0.69312196
-    p = p * f + 0.99999919
-    j = t.to(tl.int32, bitcast=True) - 0x4B400000     # round(x) as an integer
-    return (p.to(tl.int32, bitcast=True) + (j << 23)).to(tl.float32, bitcast=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,42 +192,6 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d
     return acc, l_i, m_i
 
 
-@triton.jit
-def _fwd_inner_poly(acc, l_i, m_i, b_q, k_base, v_base, skt, svt, start, end, o_d, m_d, qk_scale,
-                    EVEN_D: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr):
-    """The unmasked loop with the key block in two halves: the first half's exponentials on the
-    special-function unit, the second half's by _exp2_fma on the FMA pipes (16-bit inputs only).
-    Two half-width dots per product keep both halves in the dot's own register layout."""
-    HN: tl.constexpr = BN // 2
-    o_h = tl.arange(0, HN)
-    p_k = k_base + o_h[:, None] * skt + o_d[None, :]
-    p_v = v_base + o_h[:, None] * svt + o_d[None, :]
-    for start_n in range(start, end, BN):
-        n64 = tl.zeros([], dtype=tl.int64) + start_n
-        if EVEN_D:
-            k1 = tl.load(p_k + n64 * skt)
-            k2 = tl.load(p_k + (n64 + HN) * skt)
-            v1 = tl.load(p_v + n64 * svt)
-            v2 = tl.load(p_v + (n64 + HN) * svt)
-        else:
-            k1 = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
-            k2 = tl.load(p_k + (n64 + HN) * skt, mask=m_d[None, :], other=0.0)
-            v1 = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
-            v2 = tl.load(p_v + (n64 + HN) * svt, mask=m_d[None, :], other=0.0)
-        s1 = tl.dot(b_q, tl.trans(k1), input_precision=DOT_PREC)
-        s2 = tl.dot(b_q, tl.trans(k2), input_precision=DOT_PREC)
-        m_new = tl.maximum(m_i, tl.max(tl.maximum(s1, s2), 1) * qk_scale)
-        p1 = tl.math.exp2(s1 * qk_scale - m_new[:, None])
-        p2 = _exp2_fma(s2 * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p1 + p2, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p1.to(v1.dtype), v1, acc, input_precision=DOT_PREC)
-        acc = tl.dot(p2.to(v2.dtype), v2, acc, input_precision=DOT_PREC)
-        m_i = m_new
-    return acc, l_i, m_i
-
-
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU,
@@ -252,11 +199,11 @@ def _attn_fwd_kernel(
     seqlen_q, seqlen_k, nheads_q, lse_len, max_len, qk_scale, window, L_BUCKET,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE_M: tl.constexpr,
-    M_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, POLY: tl.constexpr = False,
+    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     TMA: tl.constexpr = False, KD=None, VD=None,
 ):
     start_m, i_h, i_hk, bos, i_b64, seqlen_q, seqlen_k = _query_block_program(
-        CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, M_MAJOR, BM)
+        CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP, IS_VARLEN, REVERSE_M, False, BM)
     if start_m >= seqlen_q:
         return
     o_m = start_m + tl.arange(0, BM)
@@ -282,13 +229,9 @@ def _attn_fwd_kernel(
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo, lo_full, o_m, o_n, m_d,
                                seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
                                DOT_PREC)
-    if POLY:
-        acc, l_i, m_i = _fwd_inner_poly(acc, l_i, m_i, b_q, k_base, v_base, skt, svt, lo_full, hi_full, o_d, m_d,
-                                        qk_scale, EVEN_D, BN, DOT_PREC)
-    else:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
-                                   seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
-                                   DOT_PREC, TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, lo_full, hi_full, o_m, o_n, m_d,
+                               seqlen_q, seqlen_k, qk_scale, window, False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
+                               DOT_PREC, TMA, KD, VD, (i_b64 * seqlen_k + bos).to(tl.int32), i_hk * HEAD_DIM)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
                                seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN,
                                DOT_PREC)
@@ -343,34 +286,27 @@ def _kv_probs(b_k, b_v, b_qT, b_do, b_lse, qk_scale, DOT_PREC: tl.constexpr, EAR
 @triton.jit
 def _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr):
     """The second half of a dk/dv block step, after the caller's mask on p^T: dv += p^T dO, dS^T = p^T (dP^T -
-    delta), dk += dS^T q (unscaled). Returns dk, dv, dS^T."""
+    delta), dk += dS^T q (unscaled). Returns dk, dv."""
     b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PREC)
     if not EARLY_DP:
         b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)                           # (BN, BM)
     b_dsT = b_pT * (b_dpT - b_delta[None, :])
     b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=DOT_PREC)
-    return b_dk, b_dv, b_dsT
+    return b_dk, b_dv
 
 
 @triton.jit
-def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt, start, end, o_n, o_mb,
-                  m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
+def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot, start, end, o_n, o_mb,
+                  m_d, seqlen_q, seqlen_k, qk_scale, window,
                   MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
-                  ATOMIC_DQ: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr,
-                  TMA: tl.constexpr = False, QD=None, DOD=None, row0=0, col=0, EARLY_DP: tl.constexpr = False):
+                  BM: tl.constexpr, DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr = False):
     """Accumulate dk, dv of one key block over query blocks [start, end) of one query head. Works in
     the transposed orientation (keys as rows) so p^T and ds^T feed the dots without a transpose.
-    TMA (unmasked blocks): q, dO through the 2-D descriptors QD, DOD at rows row0 + m, column col.
     EARLY_DP: dP^T's dot is issued right after S^T's, before the exponentials."""
     for start_m in range(start, end, BM):
         m64 = tl.zeros([], dtype=tl.int64) + start_m
         o_m = start_m + o_mb
-        if TMA and not MASK:
-            b_qT = tl.trans(QD.load([row0 + start_m, col]))
-            b_do = DOD.load([row0 + start_m, col])
-            b_lse = tl.load(p_lse + start_m)
-            b_delta = tl.load(p_delta + start_m)
-        elif MASK:
+        if MASK:
             m_m = o_m < seqlen_q
             b_qT = tl.load(p_qT + m64 * sqt, mask=m_d[:, None] & m_m[None, :], other=0.0)     # (BD, BM)
             b_do = tl.load(p_do + m64 * sdot, mask=m_m[:, None] & m_d[None, :], other=0.0)   # (BM, BD)
@@ -390,15 +326,7 @@ def _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, s
         if MASK:
             vis = tl.trans(_visible(o_m, o_n, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW))
             b_pT = tl.where(vis, b_pT, 0.0)
-        b_dk, b_dv, b_dsT = _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC, EARLY_DP)
-        if ATOMIC_DQ:  # variant: dq += ds k here (fp32 atomics: not bitwise deterministic)
-            b_dq = tl.dot(tl.trans(b_dsT.to(b_k.dtype)), b_k, input_precision=DOT_PREC) * sm_scale   # (BM, BD)
-            if MASK:
-                tl.atomic_add(p_dq + m64 * sdqt, b_dq, mask=(o_m < seqlen_q)[:, None] & m_d[None, :], sem="relaxed")
-            elif EVEN_D:
-                tl.atomic_add(p_dq + m64 * sdqt, b_dq, sem="relaxed")
-            else:
-                tl.atomic_add(p_dq + m64 * sdqt, b_dq, mask=m_d[None, :], sem="relaxed")
+        b_dk, b_dv = _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC, EARLY_DP)
     return b_dk, b_dv
 
 
@@ -448,17 +376,17 @@ def _bwd_kv_inner1(b_dk, b_dv, b_k, b_v, q_row, do_row, lse_row, delta_row, off_
             if ROWSHIFT:
                 vis = vis & (o_m >= start_m)[None, :]
             b_pT = tl.where(vis, b_pT, 0.0)
-        b_dk, b_dv, _ = _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC, EARLY_DP)
+        b_dk, b_dv = _kv_grads(b_dk, b_dv, b_v, b_qT, b_do, b_pT, b_dpT, b_delta, DOT_PREC, EARLY_DP)
     return b_dk, b_dv
 
 
 @triton.jit
-def _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_h, i_b64, bos,
-                 sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
+def _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, i_h, i_b64, bos,
+                 sqb, sqt, sqh, sdob, sdot, sdoh, nheads_q, lse_len,
                  lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
-                 seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                 HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr, ATOMIC_DQ: tl.constexpr, BM: tl.constexpr,
-                 DOT_PREC: tl.constexpr, TMA: tl.constexpr, QD, DOD, EARLY_DP: tl.constexpr,
+                 seqlen_q, seqlen_k, qk_scale, window, IS_CAUSAL: tl.constexpr,
+                 HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr, BM: tl.constexpr,
+                 DOT_PREC: tl.constexpr, EARLY_DP: tl.constexpr,
                  ONELOOP: tl.constexpr, ROWSHIFT: tl.constexpr):
     """dk, dv of one key block from query head i_h: [lo, lo_full) and [hi_full, hi) masked, the middle not."""
     if ONELOOP:
@@ -475,21 +403,16 @@ def _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_h, i_b64, bos,
     p_do = DO + i_b64 * sdob + bos * sdot + i_h * sdoh + o_mb[:, None] * sdot + o_d[None, :]
     p_lse = LSE + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
     p_delta = DELTA + (i_b64 * nheads_q + i_h) * lse_len + bos + o_mb
-    p_dq = DQA + i_b64 * sdqb + bos * sdqt + i_h * sdqh + o_mb[:, None] * sdqt + o_d[None, :]
     # diagonal blocks (masked), fully visible blocks, the window's far edge (masked)
-    b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
-                               lo, lo_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
-                               True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
-                               EARLY_DP=EARLY_DP)
-    b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
-                               lo_full, hi_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
-                               False, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
-                               TMA, QD, DOD, (i_b64 * seqlen_q + bos).to(tl.int32), (i_h * HEAD_DIM).to(tl.int32),
-                               EARLY_DP=EARLY_DP)
-    b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, p_dq, sqt, sdot, sdqt,
-                               hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, sm_scale, window,
-                               True, IS_CAUSAL, HAS_WINDOW, EVEN_D, ATOMIC_DQ, BM, DOT_PREC,
-                               EARLY_DP=EARLY_DP)
+    b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot,
+                               lo, lo_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
+                               True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC, EARLY_DP)
+    b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot,
+                               lo_full, hi_full, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
+                               False, IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC, EARLY_DP)
+    b_dk, b_dv = _bwd_kv_inner(b_dk, b_dv, b_k, b_v, p_qT, p_do, p_lse, p_delta, sqt, sdot,
+                               hi_full, hi, o_n, o_mb, m_d, seqlen_q, seqlen_k, qk_scale, window,
+                               True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BM, DOT_PREC, EARLY_DP)
     return b_dk, b_dv
 
 
@@ -501,20 +424,16 @@ def _attn_bwd_dkdv_kernel(
     seqlen_q, seqlen_k, nheads_q, lse_len, max_len, sm_scale, qk_scale, window, L_BUCKET,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
-    M_MAJOR: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    TMA: tl.constexpr = False, QD=None, DOD=None,
+    DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     KREG: tl.constexpr = False, EARLY_DP: tl.constexpr = False,
     GUNROLL: tl.constexpr = False, ONELOOP: tl.constexpr = False, ROWSHIFT: tl.constexpr = False,
 ):
+    # DQA, sdqb, sdqt, sdqh: unused (the removed atomic-dq variant's dq buffer; kept so that the kernel's parameter
+    # layout, and with it its SASS, stays as it was)
     pid = tl.program_id(0)
     n_nblocks = tl.cdiv(max_len, BN)
-    if M_MAJOR:  # causal: key block 0 sees every query, so every head's first blocks go first
-        n_bh = tl.num_programs(0) // n_nblocks
-        pid_n = pid // n_bh
-        pid_bh = pid % n_bh
-    else:
-        pid_n = pid % n_nblocks
-        pid_bh = pid // n_nblocks
+    pid_n = pid % n_nblocks
+    pid_bh = pid // n_nblocks
     nheads_kv = nheads_q // GROUP
     i_b = pid_bh // nheads_kv
     i_hk = pid_bh % nheads_kv
@@ -548,20 +467,18 @@ def _attn_bwd_dkdv_kernel(
     off_do = o_mb[:, None] * sdot + o_d[None, :]
     if GUNROLL:   # the group's heads unrolled: no loop around the three pipelined loops (fewer spills)
         for g in tl.static_range(GROUP):
-            b_dk, b_dv = _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_hk * GROUP + g, i_b64, bos,
-                                      sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
+            b_dk, b_dv = _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, i_hk * GROUP + g, i_b64, bos,
+                                      sqb, sqt, sqh, sdob, sdot, sdoh, nheads_q, lse_len,
                                       lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
-                                      seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
-                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, EARLY_DP, ONELOOP,
-                                      ROWSHIFT)
+                                      seqlen_q, seqlen_k, qk_scale, window, IS_CAUSAL, HAS_WINDOW, EVEN_D,
+                                      BM, DOT_PREC, EARLY_DP, ONELOOP, ROWSHIFT)
     else:
         for g in range(GROUP):
-            b_dk, b_dv = _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, DQA, i_hk * GROUP + g, i_b64, bos,
-                                      sqb, sqt, sqh, sdob, sdot, sdoh, sdqb, sdqt, sdqh, nheads_q, lse_len,
+            b_dk, b_dv = _bwd_kv_head(b_dk, b_dv, b_k, b_v, Q, DO, LSE, DELTA, i_hk * GROUP + g, i_b64, bos,
+                                      sqb, sqt, sqh, sdob, sdot, sdoh, nheads_q, lse_len,
                                       lo, lo_full, hi_full, hi, o_n, o_mb, o_d, m_d, off_qT, off_do,
-                                      seqlen_q, seqlen_k, qk_scale, sm_scale, window, HEAD_DIM, IS_CAUSAL, HAS_WINDOW,
-                                      EVEN_D, ATOMIC_DQ, BM, DOT_PREC, TMA, QD, DOD, EARLY_DP, ONELOOP,
-                                      ROWSHIFT)
+                                      seqlen_q, seqlen_k, qk_scale, window, IS_CAUSAL, HAS_WINDOW, EVEN_D,
+                                      BM, DOT_PREC, EARLY_DP, ONELOOP, ROWSHIFT)
     b_dk = b_dk * sm_scale
     tl.store(DK + i_b64 * sdkb + bos * sdkt + i_hk.to(tl.int64) * sdkh + o_n64[:, None] * sdkt + o_d[None, :],
              b_dk.to(DK.dtype.element_ty), mask=m_kv)
@@ -849,7 +766,7 @@ def _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta):
             return None
         ext = DEFAULT_FEATURES.get("dkdv_fast", frozenset())
     Lq, Lk, Hq, D = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
-    if TUNE or not causal or window is not None or cu_seqlens is not None or meta.get("ATOMIC_DQ"):
+    if TUNE or not causal or window is not None or cu_seqlens is not None:
         return None
     mha = Hq == k.shape[2]
     if mha and ("mha64" not in ext if D == 64 else "mha" not in ext):   # MHA: see DKDV_FAST_EXT
@@ -912,17 +829,16 @@ DQ_OPTS = {"oneloop": "ONELOOP", "rowshift": "ROWSHIFT", "early_dp": "EARLY_DP"}
 
 
 def parse_variant(text: str) -> dict:
-    """Run-time variants for sweeps, e.g. "fwd=128,64,4,3;dkdv=32,128,4,3;dq=64,64,4,3;mmajor=fwd,dq;atomic_dq=1".
+    """Run-time variants for sweeps, e.g. "fwd=128,64,4,3;dkdv=32,128,4,3;dq=64,64,4,3;mmajor=dq;dq_delta=1".
     fwd / dkdv / dq: fixed (BM, BN, num_warps, num_stages[, maxnreg]) instead of autotuning (maxnreg: ptxas's
-    register cap per thread, e.g. 128 keeps two 8-warp programs per SM; ignored by the interpreter); mmajor: kernels whose
-    grid runs block-major (every head's block i before block i + 1) instead of head-major;
+    register cap per thread, e.g. 128 keeps two 8-warp programs per SM; ignored by the interpreter); mmajor=dq: the dq
+    kernel's grid runs block-major (every head's block i before block i + 1) instead of head-major (the forward's
+    and dk/dv's were removed: 10-18% slower / no faster, sessions 2 and 5);
     fastlaunch=1: compiled kernels cached per argument specialisation and run directly (host time);
-    poly=1: the forward computes half its exponentials with a polynomial on the FMA pipes (16-bit
-    inputs); tma=fwd,dkdv,dq: those kernels load the operands of their unmasked blocks through TMA descriptors
-    (K, V in fwd / dq; q, dO in dk/dv; contiguous (B, L, H, D) tensors only); dq_delta=1: no delta
+    tma=fwd,dq: those kernels load the operands K, V of their unmasked blocks through TMA descriptors
+    (contiguous (B, L, H, D) tensors only; dk/dv has none: 5% slower there, session 3); dq_delta=1: no delta
     kernel: the dq kernel computes delta = rowsum(dO * O) for its rows, stores it, and runs before dk/dv;
-    atomic_dq=1: dq accumulated by the dk/dv kernel with fp32 atomics (5 matmuls instead of 7, no
-    separate dq pass; not bitwise deterministic); dkdv_opt=...: dk/dv kernel options (DKDV_OPTS; README);
+    dkdv_opt=...: dk/dv kernel options (DKDV_OPTS; README);
     dq_opt=...: dq kernel options (DQ_OPTS; README); dkdv_fast=...: DKDV_FAST where it is the default, plus the
     named extensions of its domain (DKDV_FAST_EXT; empty: the default domain, e.g. to time dq options against it)."""
     out = {}
@@ -936,11 +852,12 @@ def parse_variant(text: str) -> dict:
                                  f"got {val!r}")
         elif key in ("mmajor", "tma", "dkdv_opt", "dq_opt", "dkdv_fast"):
             out[key] = frozenset(filter(None, (x.strip() for x in val.split(","))))
-        elif key in ("atomic_dq", "poly", "fastlaunch", "dq_delta"):
+        elif key in ("fastlaunch", "dq_delta"):
             out[key] = val.strip() not in ("", "0")
         else:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown key {key!r}")
-    for key, known in (("dkdv_opt", DKDV_OPTS), ("dq_opt", DQ_OPTS), ("dkdv_fast", DKDV_FAST_EXT + DKDV_FAST_EXT_OPT)):
+    for key, known in (("dkdv_opt", DKDV_OPTS), ("dq_opt", DQ_OPTS), ("dkdv_fast", DKDV_FAST_EXT + DKDV_FAST_EXT_OPT),
+                       ("tma", ("fwd", "dq")), ("mmajor", ("dq",))):
         bad = out.get(key, frozenset()) - set(known)
         if bad:
             raise ValueError(f"HYBRIDNA_ATTN_VARIANT: unknown {key} {sorted(bad)}, known: {sorted(known)}")
@@ -1133,9 +1050,6 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
         return o, lse
     meta = _flags(q, k, causal, window, cu_seqlens, max_len)
     meta["REVERSE_M"] = bool(causal)
-    meta["M_MAJOR"] = "fwd" in VARIANT.get("mmajor", ())
-    if VARIANT.get("poly") and q.dtype != torch.float32:   # fp32 keeps the exact exp2
-        meta["POLY"] = True
     if "fwd" in _feature("tma", meta) and _tma_ok((k, v), D):
         meta["TMA"] = True
         meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
@@ -1168,10 +1082,8 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
         max_q = max_k = max_len
     BD = _head_block(D)
     delta = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    atomic = bool(VARIANT.get("atomic_dq")) and blocks is None
     # variant dq_delta: the dq kernel computes delta itself and runs first (no delta kernel)
-    dq_first = _feature("dq_delta", _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))) and not atomic \
-        and dlse is None
+    dq_first = _feature("dq_delta", _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))) and dlse is None
     if Lq > 0 and Hq > 0 and not dq_first:
         BMD = 64
         _launch(_attn_bwd_delta_kernel, (cdiv(Lq, BMD), B * Hq),
@@ -1180,33 +1092,23 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
             delta = delta - torch.where(torch.isneginf(lse), 0.0, dlse.float())
     scale = softmax_scale
     common = (Lq, Lk, Hq, Lq)
-    mmajor = VARIANT.get("mmajor", ())
-    dqa = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else None
     if dq_first:
         _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
                 True)
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
-        meta.update(M_MAJOR="dkdv" in mmajor, ATOMIC_DQ=atomic)
         for opt in _feature("dkdv_opt", meta):   # variant dkdv_opt=oneloop,rowshift,gunroll,kreg,early_dp
-            if opt in ("oneloop", "rowshift") and atomic:    # the one-loop body has no atomic dq
-                continue
             if opt == "rowshift" and (cu_seqlens is not None or Lq < 256):   # a block must fit in the rows
                 continue
             meta[DKDV_OPTS[opt]] = True
         fast = _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta) if blocks is None else None
         if fast is not None:
             meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
-        if "dkdv" in _feature("tma", meta) and _tma_ok((q, do), D):
-            meta["TMA"] = True
-            meta["_tma"] = lambda BM, BN: {"QD": _desc(q, BM), "DOD": _desc(do, BM)}
-        args = (q, k, v, do, lse, delta, dk, dv, dqa if atomic else q, cu_seqlens if cu_seqlens is not None else q,
+        args = (q, k, v, do, lse, delta, dk, dv, q, cu_seqlens if cu_seqlens is not None else q,   # q: DQA (unused)
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
-                *dv.stride()[:3], *(dqa.stride()[:3] if atomic else (0, 0, 0)), *common, max_k, scale, scale * LOG2E)
+                *dv.stride()[:3], 0, 0, 0, *common, max_k, scale, scale * LOG2E)
         _run("dkdv", lambda m: (cdiv(max_k, m["BN"]) * nb * Hkv,), None if blocks is None else blocks[0], args, meta)
-    if atomic:
-        dq.copy_(dqa)
-    elif not dq_first:
+    if not dq_first:
         _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
                 False)
     return dq, dk, dv
