@@ -525,31 +525,6 @@ def test_kernel_scan7_split_bitwise_equal():
         assert torch.equal(x, y)
 
 
-SUB_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype, strided)
-    ({"scan_sub": 16}, (2, 63, 4, 16, 2, 16, 64), "all", torch.float32, False),  # 4 sub-chunks, partial chunk
-    ({"scan_sub": 16}, (2, 63, 4, 16, 2, 16, 64), "all-cuseq", torch.float16, False),
-    ({"scan_sub": 32}, (1, 500, 2, 16, 1, 32, 64), "all-cuseq", torch.float16, False),  # 2 sub-chunks, 8 chunks
-    ({"scan_sub": 32}, (1, 500, 2, 16, 2, 16, 64), "all-seqidx", torch.float32, True),  # B / C strides differ
-    ({"scan_sub": 16}, (2, 100, 4, 12, 1, 20, 32), "all-seqidx", torch.float16, False),  # chunk 32, P / N not 2^k
-    ({"scan_sub": 16}, (2, 1, 2, 16, 1, 32, 32), "all", torch.float16, False),  # one token
-    ({"scan_sub": 16, "warps_sub": 4, "maxnreg_sub": 128}, (1, 150, 2, 16, 1, 32, 64), "all", torch.float32, False),
-    ({"scan_sub": 64}, (2, 40, 4, 16, 2, 16, 16), "z", torch.float16, False),  # S clamped to the chunk: one sub-chunk
-]
-
-
-@pytest.mark.parametrize("cfg, shape, opt, dtype, strided", SUB_CASES,
-                         ids=[f"{'+'.join(f'{k}{v}' for k, v in c.items())}-{_shape_id(s)}-{o}-{dtype_id(d)}"
-                              + ("-strided" if st else "") for c, s, o, d, st in SUB_CASES])
-def test_kernel_scan_sub_variants(cfg, shape, opt, dtype, strided):
-    """Session 7's two-level forward scan (helper ssd8; scan_sub: sub-chunks of S rows, the state carried through a
-    chunk in registers, only the diagonal decay tiles formed, no CB buffer): y, final states and every gradient (the
-    backward is the default's) against the fp64 recurrence, at chunk 16 / 32 / 64 with 1 to 4 sub-chunks, one
-    token, partial last chunks, ngroups 1 and 2, packed sequences (seq_idx / cu_seqlens), z, D per head / channel,
-    initial states, non-contiguous B / C with different strides."""
-    with cfg_override(cfg):
-        check_kernel_vs_reference(shape, opt, dtype, strided=strided)
-
-
 def _spy_launches(monkeypatch, *names):
     """Wrap chunk's kernels `names` so that every launch appends the kernel's name to the returned list (and runs)."""
     from hybridna_kernels.ssd import chunk
@@ -569,29 +544,6 @@ def _spy_launches(monkeypatch, *names):
     for name in names:
         spy(name)
     return launched
-
-
-def test_kernel_scan_sub_launch(monkeypatch):
-    """scan_sub launches the sub-chunk kernel and no forward CB kernel (the backward still recomputes CB); it falls
-    back to the default scan with cs64, scan_r1, or a sub-chunk that does not divide the chunk (or is below 16);
-    y and the final states stay within fp32 rounding of the default (fp32, interpreter, no grad)."""
-    launched = _spy_launches(monkeypatch, "_chunk_scan_sub_fwd_kernel", "_chunk_scan_fwd_kernel", "_bmm_fwd_kernel")
-    t, kw = make_inputs(2, 100, 2, 16, 1, 32, OPTIONS["states"], dtype=torch.float32, device=DEVICE, seed=7)
-    outs = []
-    for cfg, want in (({}, ["_bmm_fwd_kernel", "_chunk_scan_fwd_kernel"]),
-                      ({"scan_sub": 32}, ["_chunk_scan_sub_fwd_kernel"]),
-                      ({"scan_sub": 16}, ["_chunk_scan_sub_fwd_kernel"]),
-                      ({"scan_sub": 32, "cs64": True}, ["_bmm_fwd_kernel", "_chunk_scan_fwd_kernel"]),
-                      ({"scan_sub": 32, "scan_r1": True}, ["_bmm_fwd_kernel", "_chunk_scan_fwd_kernel"]),
-                      ({"scan_sub": 24}, ["_bmm_fwd_kernel", "_chunk_scan_fwd_kernel"]),
-                      ({"scan_sub": 8}, ["_bmm_fwd_kernel", "_chunk_scan_fwd_kernel"])):
-        launched.clear()
-        with cfg_override(cfg), torch.no_grad():
-            outs.append(_as_tuple(_call(_kernel_scan, t, kw, chunk_size=64)))
-        assert launched == want, cfg
-    for o in outs[1:]:
-        for a, r in zip(o, outs[0]):
-            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
@@ -875,22 +827,6 @@ SCAN7_VARIANTS = ["scan7 ftz", "scan7 split", "scan7 split ftz", "scan7 bm128 w8
 def test_kernel_scan7_variants_bf16_gpu(variant, opt):
     """Session 6's scan variants (scan_split, scan_ftz: inline PTX on CUDA, a row block of 128 at 8 warps) in bf16 at
     the first full GPU shape: y, final states and gradients against the fp64 recurrence, then the no-grad forward."""
-    with cfg_override(variant):
-        check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
-        check_nograd_forward_gpu(opt)
-
-
-SUB_VARIANTS = ["s8 sub64", "s8 sub64 w4", "s8 sub64 w4 s2", "s8 sub64 s2", "s8 sub64 mr128 s2", "s8 sub32",
-                "s8 sub32 w4", "s8 sub32 w4 s2"]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("opt", ["all", "all-cuseq"])
-@pytest.mark.parametrize("variant", SUB_VARIANTS)
-def test_kernel_scan_sub_variants_bf16_gpu(variant, opt):
-    """Session 7's two-level forward scan (helper ssd8; scan_sub; with the bf16 defaults' ftz exp on CUDA) in bf16 at
-    the first full GPU shape (chunk 256: 4 or 8 sub-chunks, a partial last chunk): y, final states and gradients against the fp64
-    recurrence, then the no-grad forward (bf16 hin, 16-bit state-update operand)."""
     with cfg_override(variant):
         check_kernel_vs_reference(GPU_SHAPES[0], opt, torch.bfloat16, seed=3)
         check_nograd_forward_gpu(opt)

@@ -779,100 +779,6 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
                   STORE_YPRE)
 
 
-@triton.jit
-def _chunk_scan_sub_fwd_kernel(x_ptr, z_ptr, C_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr, ypre_ptr,
-                               T, H, G, nc, P, N,
-                               s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_b, s_C_t, s_C_g, s_B_b, s_B_t, s_B_g,
-                               s_y_b, s_y_t, s_y_h,
-                               Q: tl.constexpr, S: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                               HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
-                               STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
-                               XW_SPLIT: tl.constexpr, FTZ: tl.constexpr):
-    """scan_sub: _chunk_scan_fwd_kernel's y as a two-level scan. One program per (chunk, head, P block) walks its
-    chunk's sub-chunks of S rows in order, carrying the state g (BP x BN fp32, laid out as hin: P x N) entering
-    the sub-chunk: g = hin at the chunk start; for the sub-chunk's rows i (c_prev = cs before its first row)
-        y_i = exp(cs_i - c_prev) C_i . g + sum_{s0 <= j <= i} (C_i . B_j) exp(cs_i - cs_j) u_j x_j (+ D x_i ...),
-    then g <- exp(c_end - c_prev) g + sum_j exp(c_end - cs_j) u_j x_j B_j^T (c_end: cs at the sub-chunk's last
-    row). Only the S x S diagonal decay tiles are formed (Q / S of them instead of (Q / BM)(Q / BM + 1) / 2 blocks)
-    and C B^T of the diagonal tiles comes from the C and B tiles in registers (no CB buffer read). Rows past the
-    chunk's valid length load x = B = C = 0 and have u = 0 (cs stays constant there), so they add nothing; packed
-    sequences start on chunk boundaries, so the carry inside a chunk is always valid. The state update's fp32
-    operand x_j e^{..} u_j goes through _dot_f32_16 at XW_SPLIT (as the chunk-state kernels; -1: fp32 inputs, one
-    DOT_PREC product). C . g takes g rounded to the input dtype, as the default scan takes hin. FTZ (CUDA only):
-    the diagonal tiles' exp as ex2.approx.ftz (scan_ftz)."""
-    i_bc, i_h, i_p = _pids(HFIRST)
-    i_b = i_bc // nc
-    i_c = i_bc % nc
-    i_g = i_h // (H // G)
-    o_p = i_p * BP + tl.arange(0, BP)
-    o_n = tl.arange(0, BN)
-    o_s = tl.arange(0, S)
-    m_p = o_p < P
-    m_n = o_n < N
-    t0 = i_c * Q
-    nv = tl.minimum(T - t0, Q).to(tl.int32)
-    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
-    p_C = C_ptr + i_b * s_C_b + i_g * s_C_g + t0 * s_C_t
-    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
-    g = tl.load(hin_ptr + (i_bc * H + i_h) * P * N + (o_p[:, None] * N + o_n[None, :]),
-                mask=m_p[:, None] & m_n[None, :], other=0.0).to(tl.float32)
-    cph = 0.0  # cs just before the sub-chunk (hi + lo), 0 at the chunk start
-    cpl = 0.0
-    for s0 in range(0, Q - S, S):  # every sub-chunk but the last: y, then the state entering the next one
-        o_m = s0 + o_s
-        bb, xs, csm, clm, u_m = _sub_y(g, cph, cpl, o_m, o_s, o_p, o_n, m_p, m_n, nv, o_uc, p_x, p_C, p_B,
-                                       x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, csh_ptr, csl_ptr, u_ptr, i_b, i_h, t0, P,
-                                       s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_t, s_B_t, s_y_b, s_y_t, s_y_h,
-                                       HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE, DOT_PREC, FTZ)
-        ceh = tl.load(csh_ptr + o_uc + s0 + S - 1)
-        cel = tl.load(csl_ptr + o_uc + s0 + S - 1)
-        wj = tl.exp(tl.minimum((ceh - csm) + (cel - clm), 0.0)) * u_m
-        xwT = tl.trans(xs.to(tl.float32) * wj[:, None])  # BP x S
-        g *= tl.exp(tl.minimum((ceh - cph) + (cel - cpl), 0.0))
-        if XW_SPLIT == 0:  # the product accumulates into g (no second BP x BN tile live)
-            g = tl.dot(xwT.to(bb.dtype), bb, g)
-        elif XW_SPLIT > 0:
-            g += _dot_f32_16(xwT, bb, XW_SPLIT)
-        else:
-            g = tl.dot(xwT, bb, g, input_precision=DOT_PREC)
-        cph = ceh
-        cpl = cel
-    _sub_y(g, cph, cpl, Q - S + o_s, o_s, o_p, o_n, m_p, m_n, nv, o_uc, p_x, p_C, p_B,
-           x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, csh_ptr, csl_ptr, u_ptr, i_b, i_h, t0, P,
-           s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_t, s_B_t, s_y_b, s_y_t, s_y_h,
-           HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE, DOT_PREC, FTZ)
-
-
-@triton.jit
-def _sub_y(g, cph, cpl, o_m, o_s, o_p, o_n, m_p, m_n, nv, o_uc, p_x, p_C, p_B,
-           x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, csh_ptr, csl_ptr, u_ptr, i_b, i_h, t0, P,
-           s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_t, s_B_t, s_y_b, s_y_t, s_y_h,
-           HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr, STORE_YPRE: tl.constexpr,
-           DOT_PREC: tl.constexpr, FTZ: tl.constexpr):
-    """_chunk_scan_sub_fwd_kernel's y of one sub-chunk (rows o_m of the chunk, state g entering it, cs before it
-    cph + cpl); returns its B and x tiles, cumsum planes and u for the state update."""
-    dt_in = x_ptr.dtype.element_ty
-    m_m = o_m < nv
-    c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
-    bb = tl.load(p_B + (o_m[:, None] * s_B_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
-    xs = tl.load(p_x + (o_m[:, None] * s_x_t + o_p[None, :]), mask=m_m[:, None] & m_p[None, :], other=0.0)
-    csm = tl.load(csh_ptr + o_uc + o_m)
-    clm = tl.load(csl_ptr + o_uc + o_m)
-    u_m = tl.load(u_ptr + o_uc + o_m)
-    # the diagonal tile's 16-bit operand (C B^T)_ij exp(cs_i - cs_j) u_j for j <= i (formed first: fewer live
-    # registers than with the state term's accumulator held through it)
-    cb = tl.dot(c, tl.trans(bb), input_precision=DOT_PREC)
-    w = cb * _seg_decay_x(csm, clm, csm, clm, False, FTZ) * u_m[None, :]
-    w = tl.where(o_s[:, None] >= o_s[None, :], w, 0.0).to(dt_in)
-    # the state term, scaled by exp(cs_i - c_prev) (the chunk start: exp(cs_i), as the default), then the tile's
-    acc = tl.dot(c.to(dt_in), tl.trans(g.to(dt_in)), input_precision=DOT_PREC)
-    acc *= tl.exp(tl.minimum((csm - cph) + (clm - cpl), 0.0))[:, None]
-    acc = tl.dot(w, xs, acc, input_precision=DOT_PREC)
-    _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
-              s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE)
-    return bb, xs, csm, clm, u_m
-
 # ------------------------------------------------------------------------------------------------
 # backward kernels
 
@@ -1809,21 +1715,6 @@ SWEEP_CONFIGS = {
     "scan7 bm128 w8 split ftz mr128": {"BM_SCAN": 128, "warps_scan": 8, "scan_split": True, "scan_ftz": True,
                                        "maxnreg_scan": 128},
     "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
-    # session 7 helper ssd8 (to time in session 8): the two-level (sub-chunk) forward scan (scan_sub; see _cfg), on
-    # top of the defaults.
-    # Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, no-grad operands: registers / spilled bytes / shared memory):
-    # sub64 w8 255 / 0 / 135 KB (1 program per SM), w4 255 / 232 / 135 KB, w4 s2 255 / 304 / 92 KB, w8 s2 255 / 128 /
-    # 92 KB, mr128 s2 128 / 744 / 92 KB; sub32 w8 230 / 0 / 61 KB, w4 255 / 0 / 61 KB, w4 s2 255 / 0 / 40 KB
-    "s8 sub64": {"scan_sub": 64},
-    "s8 sub64 w4": {"scan_sub": 64, "warps_sub": 4},
-    "s8 sub64 w4 s2": {"scan_sub": 64, "warps_sub": 4, "stages_scan": 2},
-    "s8 sub64 s2": {"scan_sub": 64, "stages_scan": 2},
-    "s8 sub64 mr128 s2": {"scan_sub": 64, "maxnreg_sub": 128, "stages_scan": 2},
-    "s8 sub32": {"scan_sub": 32},
-    "s8 sub32 w4": {"scan_sub": 32, "warps_sub": 4},
-    "s8 sub32 w4 s2": {"scan_sub": 32, "warps_sub": 4, "stages_scan": 2},
-    # (session 8 timed these on top of the no-grad chain as "s8 sub64 chain": H100, B8 T8192 no-grad 1.443 against
-    # 1.036 ms; since the chain is the default at batch x heads >= 128 the plain names include it)
     "chain h2 w16 hp4 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 4, "warps_scan": 8},
     # session 5, helper ssd6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
     "lean": {"tsum_dcb": True, "dx_lean": True},
@@ -1969,13 +1860,6 @@ def _cfg(Q, P, N, dtype):
         # the scan's pipeline stages (None: "stages"); offline, scan7 e2 ftz mr128 at 2 stages: 1288 instructions
         # (3 stages 1384), 116 registers, 32 KiB of shared memory (48)
         "stages_scan": None,
-        # Session 7 helper ssd8 (issue 4, the no-grad forward; opt-in, untimed): scan_sub = S (a divisor of the chunk,
-        # >= 16; clamped to the chunk; None: off) runs _chunk_scan_sub_fwd_kernel instead of the scan (not with cs64 /
-        # scan_r1 / scan_hp > 1 for 16-bit inputs): one program per (chunk, head, P block) walks the chunk's sub-chunks
-        # of S rows carrying the state in registers, so only the S x S diagonal decay tiles are formed (4 of 64 x 64 at
-        # Q256 S64 against the default's 10) and no CB buffer is written or read (the forward's bmm launch goes); its
-        # warps and register cap (stages as the scan's). scan_ftz applies to its diagonal tiles
-        "scan_sub": None, "warps_sub": 8, "maxnreg_sub": None,
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
@@ -2208,18 +2092,12 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     # |C . B| > 65504 in fp16, and inf times a decay of 0 is NaN where the true term is 0 (measured:
     # y non-finite with |CB| up to 1e5 and small dt, true |y| <= 1.6e3). The 16-bit operand of the
     # product is CB e^{..} u, formed in fp32 first.
-    # scan_sub: the two-level scan (_chunk_scan_sub_fwd_kernel) forms its diagonal C B^T tiles itself; nothing else
-    # in the forward reads CB (the backward recomputes it), so no CB buffer then
-    sub = min(int(cfg["scan_sub"] or 0), Q)
-    sub = sub if (sub >= 16 and Q % sub == 0 and not cfg["cs64"] and not cfg["scan_r1"]
-                  and (cfg["scan_hp"] == 1 or x.dtype == f32)) else 0
-    if not sub:
-        cb_dt = x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32  # bf16 has fp32's range
-        cb = new_empty((b, nc, G, Q, Q), dtype=cb_dt, device=dev)
-        BMb = min(64, Q)
-        _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
-            C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
-            Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+    cb_dt = x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32  # bf16 has fp32's range
+    cb = new_empty((b, nc, G, Q, Q), dtype=cb_dt, device=dev)
+    BMb = min(64, Q)
+    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
+        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
+        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
@@ -2283,18 +2161,6 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     sc_split = bool(cfg["scan_split"]) and hp == 1 and not r1 and not cfg["cs64"]
     sc_ftz = bool(cfg["scan_ftz"]) and not cfg["cs64"] and not interpret_mode()  # inline PTX: not in the interpreter
     sc_e2 = bool(cfg["scan_e2"]) and hp == 1 and not r1 and not cfg["cs64"] and x.dtype != f32
-    if sub:
-        _chunk_scan_sub_fwd_kernel[_grid(b * nc, H, triton.cdiv(P, BPc), cfg["hfirst"])](
-            x, zz, C, B, u, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
-            T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2),
-            B.stride(0), B.stride(1), B.stride(2), *_strides3(y),
-            Q=Q, S=sub, BP=BPc, BN=cfg["BN"],
-            HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
-            STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
-            XW_SPLIT=_xw_split(x.dtype, xws), FTZ=sc_ftz,
-            num_warps=cfg["warps_sub"], num_stages=cfg["stages"] if cfg["stages_scan"] is None else cfg["stages_scan"],
-            **_maxnreg(cfg["maxnreg_sub"]))
-        return y, final, hin, ypre
     _chunk_scan_fwd_kernel[_grid(b * nc, H // hp, (Q // BMs) * triton.cdiv(P, BPc), cfg["hfirst"])](
         x, zz, C, cb, u, cs, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
