@@ -26,8 +26,9 @@ import ssdkit as kit  # noqa: E402
 from ssdkit import bench, call, left  # noqa: E402
 
 DRY = kit.setup("SSD6", 100, T_START)[0]  # SSD6_DRY=1: a CPU dry run (see ssdkit)
-VARIANTS = kit.variants(["default", "bwd6 w8x", "bwd6 pf", "bwd6", "lean sb2 w8", "dcb pf", "dcb w8", "dcb pf w8",
-                         "lean sb2 mr168", "bwd6 sb3", "lean mr168", "dcb mr168", "lean", "lean bj128 w8"])
+# (session 9 removed "bwd6 pf", "lean sb2 w8", "dcb pf", "dcb w8", "dcb pf w8", "lean sb2 mr168", "dcb mr168": they
+# lost here, session 5)
+VARIANTS = kit.variants(["default", "bwd6 w8x", "bwd6", "bwd6 sb3", "lean mr168", "lean", "lean bj128 w8"])
 N_EXTRA = 4  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
 SHAPE, LONG = kit.SHAPE, kit.LONG
 say = kit.say

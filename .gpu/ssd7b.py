@@ -1,7 +1,7 @@
 """SSD backward variants of session 6 (issue 4, helper ssd7b), on top of bwd6 (the bf16 default): ds_split (dS as
-bf16 hi / lo planes), dcb16 (dCB buffer in bf16), bwd_ftz (ex2.approx.ftz decay tiles in dCB / dx), cbb16, the
-fused reverse state kernel with the split hin, dCB at 8 warps / two heads per iteration, dcb_r1 (see chunk.py
-SWEEP_CONFIGS "bwd7 ...").
+bf16 hi / lo planes), dcb16 (dCB buffer in bf16), bwd_ftz (ex2.approx.ftz decay tiles in dCB / dx), cbb16, dCB at
+8 warps (see chunk.py SWEEP_CONFIGS "bwd7 ..."; the fused reverse state kernel, two dCB heads per iteration and
+dcb_r1 were removed in session 9).
 
 Run from the repo root with PYTHONPATH=/tmp/site:$PWD (see ssd7b.sh), $OUT writable. Budget: SSD7B_S seconds
 (default 110) from the start of this process; every phase checks what is left and stops cleanly.
@@ -30,21 +30,16 @@ import ssdkit as kit  # noqa: E402
 from ssdkit import bench, bs, chunk, left, make, sync, use  # noqa: E402
 
 DRY, DEV, DT, HEADS = kit.setup("SSD7B", 110, T_START)  # SSD7B_DRY=1: a CPU dry run (see ssdkit)
-VARIANTS = kit.variants(["default", "bwd7 ds dcb16 ftz", "bwd7 fb ds", "bwd7 cbb16", "bwd7 ds dcb16 ftz w8",
-                         "bwd7 ftz", "bwd7 ds dcb16", "bwd7 ds", "bwd7 dcb16", "bwd7 dcb w8", "bwd7 h2 w8", "bwd7 fb",
-                         "bwd7 r1", "bwd7 ds64"])
+# (session 9 removed "bwd7 fb ds", "bwd7 h2 w8", "bwd7 fb", "bwd7 r1": their options lost here, session 6)
+VARIANTS = kit.variants(["default", "bwd7 ds dcb16 ftz", "bwd7 cbb16", "bwd7 ds dcb16 ftz w8",
+                         "bwd7 ftz", "bwd7 ds dcb16", "bwd7 ds", "bwd7 dcb16", "bwd7 dcb w8", "bwd7 ds64"])
 N_EXTRA = 3  # the first N_EXTRA variants are also checked with z and initial_states (dz, dinitial_states)
 SHAPE, LONG = kit.SHAPE, kit.LONG
 say = kit.say
 
 
 def warm(i, n):
-    def fused_b8(name, t):
-        if chunk.SWEEP_CONFIGS[name].get("fused_state_bwd") and not DRY:
-            # the fused reverse state kernel's blocks depend on batch x heads (_fused_blocks): 64 x 64 at B8
-            kit.fwd_bwd(make(8, 1024))
-
-    kit.warm(VARIANTS[i::n], VARIANTS[:N_EXTRA], fused_b8)
+    kit.warm(VARIANTS[i::n], VARIANTS[:N_EXTRA])
 
 
 def timing(names, b, T, rounds=3):

@@ -1,4 +1,4 @@
-"""SSD forward variants of session 6 (issue 4, helper ssd7f): state_chain, scan_hp, register caps.
+"""SSD forward variants of session 6 (issue 4, helper ssd7f): state_chain, register caps (scan_hp: removed).
 
 Run from the repo root with PYTHONPATH=/tmp/site:$PWD (see ssd7f.sh), $OUT writable. Budget: SSD7F_S seconds
 (default 100) from the start of this process; every phase checks what is left and stops cleanly.
@@ -26,14 +26,12 @@ import ssdkit as kit  # noqa: E402
 from ssdkit import LEAVES, bs, call, chunk, grads, left, make, rel, sync  # noqa: E402
 
 DRY, DEV, DT, HEADS = kit.setup("SSD7F", 100, T_START)  # SSD7F_DRY=1: a CPU dry run (see ssdkit)
-VARIANTS = kit.variants(["default", "chain", "chain h2 w16", "scan hp2 w8", "scan hp4 w8", "chain h2 w16 hp2 w8",
-                         "chain h2 w16 hp4 w8", "chain hp2 w8", "chain mr128", "chain n64 w4", "scan hp2 mr168",
-                         "scan hp4 w16", "chain h2 w8",
+VARIANTS = kit.variants(["default", "chain", "chain mr128", "chain n64 w4",  # (scan_hp, chain_hp: removed)
                          # session 6 helper scan7 (the scan kernel's instruction count / registers; .gpu/scan7.sh times
                          # only these and the default)
-                         "scan7 e2 ftz mr128", "scan7 e2 ftz mr128 s2", "scan7 e2 split ftz mr128", "scan7 e2 split ftz", "scan7 split ftz mr128",
-                         "scan7 r1 mr128", "scan7 ftz mr128", "scan7 bm128 w8 split ftz mr128", "scan7 r1 ftz mr128",
-                         "scan7 split mr128", "scan7 split ftz", "scan7 bm128 w8"])
+                         "scan7 e2 ftz mr128", "scan7 e2 split ftz mr128", "scan7 e2 split ftz",
+                         "scan7 split ftz mr128", "scan7 r1 mr128", "scan7 ftz mr128", "scan7 bm128 w8 split ftz mr128",
+                         "scan7 r1 ftz mr128", "scan7 split mr128", "scan7 split ftz", "scan7 bm128 w8"])
 SHAPES = [(1, 512), (1, 1024), (1, 2048)] if DRY else [(8, 8192), (2, 32768), (1, 131072)]  # the third if time is left
 REF_T = kit.REF_T
 

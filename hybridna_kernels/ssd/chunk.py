@@ -134,12 +134,9 @@ def _dot_exact_f32_a(a, b):
 def _dot_f32_16(a, b, SPLIT: tl.constexpr):
     """a @ b for an fp32 `a` and a 16-bit `b` (fp32 accumulation). SPLIT 0: `a` rounded to b's dtype,
     one 16-bit product. SPLIT 1: `a` kept to ~16 bits (bf16: hi + lo bf16 pieces, two bf16 products;
-    fp16: tf32 hi + lo, two tf32 products, which also avoids fp16's range). SPLIT 2: one tf32 product
-    (`a` to ~11 bits, no hi / lo split: b widened to fp32, exact in tf32)."""
+    fp16: tf32 hi + lo, two tf32 products, which also avoids fp16's range)."""
     if SPLIT == 0:
         return tl.dot(a.to(b.dtype), b)
-    elif SPLIT == 2:
-        return tl.dot(a, b.to(tl.float32), input_precision="tf32")
     elif b.dtype == tl.bfloat16:
         hi = a.to(tl.bfloat16)
         return tl.dot(hi, b) + tl.dot((a - hi.to(tl.float32)).to(tl.bfloat16), b)
@@ -358,81 +355,13 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
         tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
 
 
-@triton.jit
-def _state_fused_fwd_kernel(x_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, fin_ptr,
-                            T, H, G, nc, P, N,
-                            s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
-                            Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                            HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-                            XW_SPLIT: tl.constexpr):
-    """chunk_state and state_pass in one kernel: one program per (batch, head, P x N block) walks the
-    chunks in order, keeping the running state h in registers: hin[c] = h, then
-    h <- exp(cs_last) h + sum_k exp(cs_last - cs_k) u_k x_k B_k^T. The fp32 local states are never
-    written or read back (the two-kernel path moves them through memory twice)."""
-    i_pn = tl.program_id(0)
-    i_h = tl.program_id(1).to(tl.int64)
-    i_b = tl.program_id(2).to(tl.int64)
-    i_g = i_h // (H // G)
-    nbn = tl.cdiv(N, BN)
-    o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
-    o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
-    m_p = o_p < P
-    m_n = o_n < N
-    m_s = m_p[:, None] & m_n[None, :]
-    PN = P * N
-    o_s = o_p[:, None] * N + o_n[None, :]
-    if HAS_INIT and not IS_VARLEN:
-        h = tl.load(init_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros([BP, BN], dtype=tl.float32)
-    p_x0 = x_ptr + i_b * s_x_b + i_h * s_x_h
-    p_B0 = B_ptr + i_b * s_B_b + i_g * s_B_g
-    for c in range(nc):
-        if IS_VARLEN:
-            ci = tl.load(cinit_ptr + c)
-            if ci != -2:
-                if HAS_INIT:
-                    k0 = tl.maximum(ci, 0).to(tl.int64)
-                    h = tl.load(init_ptr + (k0 * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0),
-                                other=0.0).to(tl.float32)
-                else:
-                    h = tl.zeros([BP, BN], dtype=tl.float32)
-        tl.store(hin_ptr + ((i_b * nc + c) * H + i_h) * PN + o_s, h.to(hin_ptr.dtype.element_ty), mask=m_s)
-        o_uc = ((i_b * H + i_h) * nc + c) * Q
-        hl = tl.load(csh_ptr + o_uc + Q - 1)
-        ll = tl.load(csl_ptr + o_uc + Q - 1)
-        nv = tl.minimum(T - c * Q, Q)
-        p_x = p_x0 + c * Q * s_x_t
-        p_B = p_B0 + c * Q * s_B_t
-        acc = tl.zeros([BP, BN], dtype=tl.float32)
-        for k in range(0, Q, BK):
-            o_k = k + tl.arange(0, BK)
-            m_k = o_k < nv
-            xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
-            bb = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
-            d = (hl - tl.load(csh_ptr + o_uc + o_k)) + (ll - tl.load(csl_ptr + o_uc + o_k))
-            w = tl.exp(tl.minimum(d, 0.0)) * tl.load(u_ptr + o_uc + o_k)
-            xw = xT.to(tl.float32) * w[None, :]
-            if XW_SPLIT >= 0:
-                acc += _dot_f32_16(xw, bb, XW_SPLIT)
-            else:
-                acc += tl.dot(xw.to(bb.dtype), bb, input_precision=DOT_PREC)
-        h = tl.exp(tl.minimum(hl + ll, 0.0)) * h + acc
-        if IS_VARLEN:
-            cf = tl.load(cfin_ptr + c)
-            k2 = tl.maximum(cf, 0).to(tl.int64)
-            tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
-    if not IS_VARLEN:
-        tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
-
-
 @triton.jit(do_not_specialize=["NBAT"])  # batch 1 (the reference checks) and 8 share one compile
 def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
                             ring_ptr, sync_ptr,
                             T, H, G, nc, P, N, NBLK, NBAT, RS, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                             Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                             HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr,
-                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr, HPC: tl.constexpr = 1):
+                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr):
     """chunk_state and state_pass in one kernel that stays parallel over chunks (state_chain): each program
     forms its chunk's local state (as _chunk_state_kernel, forward), then waits for the program of the
     previous chunk (same batch, heads, P x N block) to publish the state entering this chunk, writes hin[c],
@@ -441,29 +370,26 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
 
     Order: the programs take a ticket (an atomic counter) and decode their (chunk, batch, heads, block) from
     it, chunk slowest, so the program a program waits for has started before it (no deadlock whatever order
-    the hardware starts them in), and b * H / HPC * NBLK tickets before it: with batch-major order the
+    the hardware starts them in), and b * H * NBLK tickets before it: with batch-major order the
     resident programs would cover a few chunks of one sequence, each waiting on the one before (one flag
-    hand-off per chunk on the critical path, ~b * nc of them). sync_ptr: [ticket, one flag per (batch, head group of HPC, block)], zeroed
-    before the launch; flag = the number of chunks published. Slot c % 2 holds the state after chunk c:
+    hand-off per chunk on the critical path, ~b * nc of them). sync_ptr: [ticket, one flag per (batch, head,
+    block)], zeroed before the launch; flag = the number of chunks published. Slot c % 2 holds the state after chunk c:
     program c writes it only after program c - 1 (which read slot c % 2, written by c - 2) has published, so
     two slots suffice (RS: the elements of one slot, b * H * P * N). Same arithmetic as the two-kernel path
-    (hin, final states and y bitwise equal).
-
-    HPC (1 or 2, chain_hp): heads per program, stacked along the rows of the product (rows r: head
-    i_h + r // BP, channel r % BP; both heads of one group): one load of each B tile serves both (B is
-    re-read by every head of the group, most of what the chunk-state pass reads from L2)."""
+    (hin, final states and y bitwise equal)."""
     t = tl.atomic_add(sync_ptr, 1).to(tl.int64)
-    nh = H // HPC
     i_pn = t % NBLK
-    i_hp = (t // NBLK) % nh
-    i_cb = t // (NBLK * nh)  # chunk-major: i_c * NBAT + i_b
-    i_h = i_hp * HPC
+    i_h = (t // NBLK) % H
+    i_cb = t // (NBLK * H)  # chunk-major: i_c * NBAT + i_b
     i_b = i_cb % NBAT
     i_c = i_cb // NBAT
     i_bc = i_b * nc + i_c
     i_g = i_h // (H // G)
     nbn = tl.cdiv(N, BN)
-    o_r = tl.arange(0, HPC * BP)
+    # hr (always 0) is what is left of session 6's two-heads-per-program option (chain_hp, removed in session 9):
+    # kept in the offsets below because the compiled code depends on it (offline sm_90, Triton 3.6: without it the
+    # default's kernel is 4528 SASS instructions instead of 5408, a different program, not timed on a GPU)
+    o_r = tl.arange(0, BP)
     hr = o_r // BP
     o_p = (i_pn // nbn) * BP + o_r % BP
     o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
@@ -471,16 +397,14 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
     m_n = o_n < N
     m_s = m_p[:, None] & m_n[None, :]
     PN = P * N
-    o_s = (hr * PN + o_p * N)[:, None] + o_n[None, :]  # from the state of head i_h
+    o_s = (hr * PN + o_p * N)[:, None] + o_n[None, :]
     o_xr = hr * s_x_h + o_p
     o_uc = ((i_b * H + i_h) * nc + i_c) * Q
     cs_last = tl.load(cs_ptr + o_uc + Q - 1)
-    if HPC == 2:
-        cs_last1 = tl.load(cs_ptr + o_uc + nc * Q + Q - 1)
     nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
     p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
     p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
-    acc = tl.zeros([HPC * BP, BN], dtype=tl.float32)
+    acc = tl.zeros([BP, BN], dtype=tl.float32)
     for k in range(0, Q, BK):
         o_k = k + tl.arange(0, BK)
         m_k = o_k < nv
@@ -488,23 +412,18 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
         b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
         w = tl.exp(tl.minimum(cs_last - tl.load(cs_ptr + o_uc + o_k), 0.0).to(tl.float32)) \
             * tl.load(u_ptr + o_uc + o_k)
-        if HPC == 2:
-            w1 = tl.exp(tl.minimum(cs_last1 - tl.load(cs_ptr + o_uc + nc * Q + o_k), 0.0).to(tl.float32)) \
-                * tl.load(u_ptr + o_uc + nc * Q + o_k)
-            xw = xT.to(tl.float32) * tl.where(hr[:, None] == 0, w[None, :], w1[None, :])
-        else:
-            xw = xT.to(tl.float32) * w[None, :]
+        xw = xT.to(tl.float32) * w[None, :]
         if XW_SPLIT >= 0:
             acc += _dot_f32_16(xw, b, XW_SPLIT)
         else:
             acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
     # the state entering this chunk
-    flag = sync_ptr + 1 + (i_b * nh + i_hp) * NBLK + i_pn
+    flag = sync_ptr + 1 + (i_b * H + i_h) * NBLK + i_pn
     o_ring = (i_b * H + i_h) * PN + o_s
     if HAS_INIT and not IS_VARLEN:
         h = tl.load(init_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
     else:
-        h = tl.zeros([HPC * BP, BN], dtype=tl.float32)
+        h = tl.zeros([BP, BN], dtype=tl.float32)
     if i_c > 0:
         # bounded (2^16 polls, ~50 ms; a legitimate wait is a few programs long, microseconds): a broken chain
         # gives wrong states, which the tests see, instead of a hung GPU
@@ -520,18 +439,13 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
                 h = tl.load(init_ptr + (k0 * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + ci) >= 0),
                             other=0.0).to(tl.float32)
             else:
-                h = tl.zeros([HPC * BP, BN], dtype=tl.float32)
+                h = tl.zeros([BP, BN], dtype=tl.float32)
     o_st = (i_bc * H + i_h) * PN + o_s
     h_hi = h.to(hin_ptr.dtype.element_ty)
     tl.store(hin_ptr + o_st, h_hi, mask=m_s)
     if HIN_SPLIT:
         tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
-    if HPC == 2:
-        dec = tl.where(hr == 0, tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)),
-                       tl.exp(tl.minimum(cs_last1, 0.0).to(tl.float32)))[:, None]
-        h = dec * h + acc
-    else:
-        h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + acc
+    h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + acc
     if IS_VARLEN:
         cf = tl.load(cfin_ptr + i_c)
         k2 = tl.maximum(cf, 0).to(tl.int64)
@@ -572,32 +486,6 @@ def _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p,
 
 
 @triton.jit
-def _scan_intra_w(cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, o_k, o_m, cs_m, csl_m, CS64: tl.constexpr):
-    """CB_ij exp(cs_i - cs_j) u_j (zero above the diagonal) for one head: the 16-bit operand's fp32 value."""
-    cs_k, csl_k = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_k, CS64)
-    u_k = tl.load(u_ptr + o_uc + o_k)
-    w = cb * _seg_decay(cs_m, csl_m, cs_k, csl_k, CS64) * u_k[None, :]
-    return tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
-
-
-@triton.jit
-def _scan_hin_dot(acc, c, p_hin, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC: tl.constexpr):
-    """acc + C hin^T over one N slab for one head (its hin at p_hin)."""
-    dt_in = x_ptr.dtype.element_ty
-    hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
-    return acc + tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
-
-
-@triton.jit
-def _scan_intra_dot(acc, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, p_x, o_k, o_m, o_p, m_p, nv, s_x_t, cs_m, csl_m,
-                    CS64: tl.constexpr, DOT_PREC: tl.constexpr):
-    """acc + (CB e^{..} u, masked) x over one column block for one head (cumsums at o_uc, x rows at p_x)."""
-    w = _scan_intra_w(cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc, o_k, o_m, cs_m, csl_m, CS64)
-    xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
-    return acc + tl.dot(w.to(p_x.dtype.element_ty), xk, input_precision=DOT_PREC)
-
-
-@triton.jit
 def _scan_e(csh_ptr, csl_ptr, off):
     """log2(e) cs at `off` as one fp32 value (scan_e2), from the hi / lo planes."""
     return (tl.load(csh_ptr + off) + tl.load(csl_ptr + off)) * 1.4426950408889634
@@ -625,7 +513,7 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
                            Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                            HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
                            STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr,
-                           CB_MASK: tl.constexpr, R1: tl.constexpr, HP: tl.constexpr = 1,
+                           R1: tl.constexpr,
                            SPLIT: tl.constexpr = False, FTZ: tl.constexpr = False, E2: tl.constexpr = False):
     """y_i = exp(cs_i) C_i hin^T + sum_{j<=i} CB_ij exp(cs_i - cs_j) u_j x_j (+ D x_i) (* silu(z_i)).
 
@@ -636,21 +524,15 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     diagonal block forms the full Q x Q-style decay tile. The 16-bit operand is CB e^{c0 - cs_j} u_j,
     rounded once, as before (|.| <= |CB u_j| as before).
 
-    HP (1, 2 or 4, scan_hp): heads per program (heads of one group, the program id along heads counts
-    groups of HP; not with R1): the CB and C tiles, the same for every head of a group, are loaded once for
-    all HP (per program they are most of what comes from L2: CB and C are re-read by every head of the
-    group). Head 0's code is the HP 1 kernel's; heads 1.. go through _scan_hin_dot / _scan_intra_dot.
-
-    SPLIT (scan_split; HP 1, not R1 / CS64): the blocks strictly below the diagonal block run in a loop of their
+    SPLIT (scan_split; not R1 / CS64): the blocks strictly below the diagonal block run in a loop of their
     own, without the causal select and the clamp of the decay exponent (there j < i, so cs_i - cs_j <= 0 for
     A <= 0: the same tile; for A > 0 the unclamped value, as the reference). FTZ (scan_ftz; CUDA only, not
     CS64): the decay tiles' exp as ex2.approx.ftz (_exp_ftz: no denormal fix-up; exp below 2^-126 flushes
-    to 0). E2 (scan_e2; 16-bit inputs, not R1 / CS64 / HP > 1): the decay tile as exp2(e_i - e_j) with
+    to 0). E2 (scan_e2; 16-bit inputs, not R1 / CS64): the decay tile as exp2(e_i - e_j) with
     e = log2(e) cs in one fp32 value per row / column (formed from hi + lo): one subtraction per element
     instead of three and the log2(e) multiply, at an absolute exponent error of ~|cs| 2^-23 (|cs| 1e3:
     relative 1e-4 in the tile, under the 16-bit operand's rounding)."""
     i_bc, i_h, i_mp = _pids(HFIRST)
-    i_h = i_h * HP
     i_b = i_bc // nc
     i_c = i_bc % nc
     i_g = i_h // (H // G)
@@ -666,14 +548,8 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     cs_m, csl_m = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
     p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
     dt_in = x_ptr.dtype.element_ty
-    o_uc1 = o_uc + nc * Q  # heads 1, 2, 3 (HP 2, 4)
-    o_uc2 = o_uc1 + nc * Q
-    o_uc3 = o_uc2 + nc * Q
 
     acc = tl.zeros([BM, BP], dtype=tl.float32)
-    acc1 = tl.zeros([BM, BP], dtype=tl.float32)
-    acc2 = tl.zeros([BM, BP], dtype=tl.float32)
-    acc3 = tl.zeros([BM, BP], dtype=tl.float32)
     p_hin = hin_ptr + (i_bc * H + i_h) * P * N
     p_C = C_ptr + i_b * s_C_b + i_g * s_C_g + t0 * s_C_t
     for n in range(0, N, BN):
@@ -682,11 +558,6 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
         hT = tl.load(p_hin + o_p[None, :] * N + o_n[:, None], mask=m_p[None, :] & m_n[:, None], other=0.0)
         acc += tl.dot(c.to(dt_in), hT.to(dt_in), input_precision=DOT_PREC)
-        if HP >= 2:
-            acc1 = _scan_hin_dot(acc1, c, p_hin + P * N, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC)
-        if HP == 4:
-            acc2 = _scan_hin_dot(acc2, c, p_hin + 2 * P * N, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC)
-            acc3 = _scan_hin_dot(acc3, c, p_hin + 3 * P * N, o_p, o_n, m_p, m_n, N, x_ptr, DOT_PREC)
 
     p_cb = cb_ptr + (i_bc * G + i_g) * Q * Q
     if R1:
@@ -708,14 +579,6 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
     else:
         acc *= tl.exp(tl.minimum(cs_m, 0.0).to(tl.float32))[:, None]
         k_lo = 0
-    if HP >= 2:
-        cs_m1, csl_m1 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc1 + o_m, CS64)
-        acc1 *= tl.exp(tl.minimum(cs_m1, 0.0).to(tl.float32))[:, None]
-    if HP == 4:
-        cs_m2, csl_m2 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc2 + o_m, CS64)
-        acc2 *= tl.exp(tl.minimum(cs_m2, 0.0).to(tl.float32))[:, None]
-        cs_m3, csl_m3 = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc3 + o_m, CS64)
-        acc3 *= tl.exp(tl.minimum(cs_m3, 0.0).to(tl.float32))[:, None]
     if E2:
         e_m = _scan_e(csh_ptr, csl_ptr, o_uc + o_m)
     if SPLIT:
@@ -738,10 +601,8 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         k_lo = i_m * BM
     for k in range(k_lo, (i_m + 1) * BM, BK):
         o_k = k + tl.arange(0, BK)
-        if CB_MASK:
-            cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :], mask=o_m[:, None] >= o_k[None, :], other=0.0)
-        else:  # blocks above the diagonal hold garbage; the tl.where below drops it (NaN included)
-            cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :])
+        # blocks above the diagonal hold garbage (never written); the tl.where below drops it (NaN included)
+        cb = tl.load(p_cb + o_m[:, None] * Q + o_k[None, :])
         cb = cb.to(tl.float32)
         cs_k, csl_k = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_k, CS64)
         u_k = tl.load(u_ptr + o_uc + o_k)
@@ -755,123 +616,10 @@ def _chunk_scan_fwd_kernel(x_ptr, z_ptr, C_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, 
         w = tl.where(o_m[:, None] >= o_k[None, :], w, 0.0)
         xk = tl.load(p_x + (o_k[:, None] * s_x_t + o_p[None, :]), mask=(o_k < nv)[:, None] & m_p[None, :], other=0.0)
         acc += tl.dot(w.to(dt_in), xk, input_precision=DOT_PREC)
-        if HP >= 2:
-            acc1 = _scan_intra_dot(acc1, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc1, p_x + s_x_h, o_k, o_m, o_p, m_p,
-                                   nv, s_x_t, cs_m1, csl_m1, CS64, DOT_PREC)
-        if HP == 4:
-            acc2 = _scan_intra_dot(acc2, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc2, p_x + 2 * s_x_h, o_k, o_m, o_p,
-                                   m_p, nv, s_x_t, cs_m2, csl_m2, CS64, DOT_PREC)
-            acc3 = _scan_intra_dot(acc3, cb, cs_ptr, csh_ptr, csl_ptr, u_ptr, o_uc3, p_x + 3 * s_x_h, o_k, o_m, o_p,
-                                   m_p, nv, s_x_t, cs_m3, csl_m3, CS64, DOT_PREC)
 
     _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
               s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE)
-    if HP >= 2:
-        _scan_out(acc1, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 1, t0, o_m, o_p, m_m, m_p, P,
-                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
-                  STORE_YPRE)
-    if HP == 4:
-        _scan_out(acc2, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 2, t0, o_m, o_p, m_m, m_p, P,
-                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
-                  STORE_YPRE)
-        _scan_out(acc3, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h + 3, t0, o_m, o_p, m_m, m_p, P,
-                  s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z,
-                  STORE_YPRE)
 
-
-@triton.jit
-def _chunk_scan_sub_fwd_kernel(x_ptr, z_ptr, C_ptr, B_ptr, u_ptr, csh_ptr, csl_ptr, hin_ptr, D_ptr, y_ptr, ypre_ptr,
-                               T, H, G, nc, P, N,
-                               s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_b, s_C_t, s_C_g, s_B_b, s_B_t, s_B_g,
-                               s_y_b, s_y_t, s_y_h,
-                               Q: tl.constexpr, S: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                               HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr,
-                               STORE_YPRE: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
-                               XW_SPLIT: tl.constexpr, FTZ: tl.constexpr):
-    """scan_sub: _chunk_scan_fwd_kernel's y as a two-level scan. One program per (chunk, head, P block) walks its
-    chunk's sub-chunks of S rows in order, carrying the state g (BP x BN fp32, laid out as hin: P x N) entering
-    the sub-chunk: g = hin at the chunk start; for the sub-chunk's rows i (c_prev = cs before its first row)
-        y_i = exp(cs_i - c_prev) C_i . g + sum_{s0 <= j <= i} (C_i . B_j) exp(cs_i - cs_j) u_j x_j (+ D x_i ...),
-    then g <- exp(c_end - c_prev) g + sum_j exp(c_end - cs_j) u_j x_j B_j^T (c_end: cs at the sub-chunk's last
-    row). Only the S x S diagonal decay tiles are formed (Q / S of them instead of (Q / BM)(Q / BM + 1) / 2 blocks)
-    and C B^T of the diagonal tiles comes from the C and B tiles in registers (no CB buffer read). Rows past the
-    chunk's valid length load x = B = C = 0 and have u = 0 (cs stays constant there), so they add nothing; packed
-    sequences start on chunk boundaries, so the carry inside a chunk is always valid. The state update's fp32
-    operand x_j e^{..} u_j goes through _dot_f32_16 at XW_SPLIT (as the chunk-state kernels; -1: fp32 inputs, one
-    DOT_PREC product). C . g takes g rounded to the input dtype, as the default scan takes hin. FTZ (CUDA only):
-    the diagonal tiles' exp as ex2.approx.ftz (scan_ftz)."""
-    i_bc, i_h, i_p = _pids(HFIRST)
-    i_b = i_bc // nc
-    i_c = i_bc % nc
-    i_g = i_h // (H // G)
-    o_p = i_p * BP + tl.arange(0, BP)
-    o_n = tl.arange(0, BN)
-    o_s = tl.arange(0, S)
-    m_p = o_p < P
-    m_n = o_n < N
-    t0 = i_c * Q
-    nv = tl.minimum(T - t0, Q).to(tl.int32)
-    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + t0 * s_x_t
-    p_C = C_ptr + i_b * s_C_b + i_g * s_C_g + t0 * s_C_t
-    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + t0 * s_B_t
-    g = tl.load(hin_ptr + (i_bc * H + i_h) * P * N + (o_p[:, None] * N + o_n[None, :]),
-                mask=m_p[:, None] & m_n[None, :], other=0.0).to(tl.float32)
-    cph = 0.0  # cs just before the sub-chunk (hi + lo), 0 at the chunk start
-    cpl = 0.0
-    for s0 in range(0, Q - S, S):  # every sub-chunk but the last: y, then the state entering the next one
-        o_m = s0 + o_s
-        bb, xs, csm, clm, u_m = _sub_y(g, cph, cpl, o_m, o_s, o_p, o_n, m_p, m_n, nv, o_uc, p_x, p_C, p_B,
-                                       x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, csh_ptr, csl_ptr, u_ptr, i_b, i_h, t0, P,
-                                       s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_t, s_B_t, s_y_b, s_y_t, s_y_h,
-                                       HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE, DOT_PREC, FTZ)
-        ceh = tl.load(csh_ptr + o_uc + s0 + S - 1)
-        cel = tl.load(csl_ptr + o_uc + s0 + S - 1)
-        wj = tl.exp(tl.minimum((ceh - csm) + (cel - clm), 0.0)) * u_m
-        xwT = tl.trans(xs.to(tl.float32) * wj[:, None])  # BP x S
-        g *= tl.exp(tl.minimum((ceh - cph) + (cel - cpl), 0.0))
-        if XW_SPLIT == 0:  # the product accumulates into g (no second BP x BN tile live)
-            g = tl.dot(xwT.to(bb.dtype), bb, g)
-        elif XW_SPLIT > 0:
-            g += _dot_f32_16(xwT, bb, XW_SPLIT)
-        else:
-            g = tl.dot(xwT, bb, g, input_precision=DOT_PREC)
-        cph = ceh
-        cpl = cel
-    _sub_y(g, cph, cpl, Q - S + o_s, o_s, o_p, o_n, m_p, m_n, nv, o_uc, p_x, p_C, p_B,
-           x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, csh_ptr, csl_ptr, u_ptr, i_b, i_h, t0, P,
-           s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_t, s_B_t, s_y_b, s_y_t, s_y_h,
-           HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE, DOT_PREC, FTZ)
-
-
-@triton.jit
-def _sub_y(g, cph, cpl, o_m, o_s, o_p, o_n, m_p, m_n, nv, o_uc, p_x, p_C, p_B,
-           x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, csh_ptr, csl_ptr, u_ptr, i_b, i_h, t0, P,
-           s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_C_t, s_B_t, s_y_b, s_y_t, s_y_h,
-           HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HAS_Z: tl.constexpr, STORE_YPRE: tl.constexpr,
-           DOT_PREC: tl.constexpr, FTZ: tl.constexpr):
-    """_chunk_scan_sub_fwd_kernel's y of one sub-chunk (rows o_m of the chunk, state g entering it, cs before it
-    cph + cpl); returns its B and x tiles, cumsum planes and u for the state update."""
-    dt_in = x_ptr.dtype.element_ty
-    m_m = o_m < nv
-    c = tl.load(p_C + (o_m[:, None] * s_C_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
-    bb = tl.load(p_B + (o_m[:, None] * s_B_t + o_n[None, :]), mask=m_m[:, None] & m_n[None, :], other=0.0)
-    xs = tl.load(p_x + (o_m[:, None] * s_x_t + o_p[None, :]), mask=m_m[:, None] & m_p[None, :], other=0.0)
-    csm = tl.load(csh_ptr + o_uc + o_m)
-    clm = tl.load(csl_ptr + o_uc + o_m)
-    u_m = tl.load(u_ptr + o_uc + o_m)
-    # the diagonal tile's 16-bit operand (C B^T)_ij exp(cs_i - cs_j) u_j for j <= i (formed first: fewer live
-    # registers than with the state term's accumulator held through it)
-    cb = tl.dot(c, tl.trans(bb), input_precision=DOT_PREC)
-    w = cb * _seg_decay_x(csm, clm, csm, clm, False, FTZ) * u_m[None, :]
-    w = tl.where(o_s[:, None] >= o_s[None, :], w, 0.0).to(dt_in)
-    # the state term, scaled by exp(cs_i - c_prev) (the chunk start: exp(cs_i), as the default), then the tile's
-    acc = tl.dot(c.to(dt_in), tl.trans(g.to(dt_in)), input_precision=DOT_PREC)
-    acc *= tl.exp(tl.minimum((csm - cph) + (clm - cpl), 0.0))[:, None]
-    acc = tl.dot(w, xs, acc, input_precision=DOT_PREC)
-    _scan_out(acc, x_ptr, z_ptr, D_ptr, y_ptr, ypre_ptr, i_b, i_h, t0, o_m, o_p, m_m, m_p, P,
-              s_x_b, s_x_t, s_x_h, s_z_b, s_z_t, s_z_h, s_y_b, s_y_t, s_y_h, HAS_D, D_PER_CHAN, HAS_Z, STORE_YPRE)
-    return bb, xs, csm, clm, u_m
 
 # ------------------------------------------------------------------------------------------------
 # backward kernels
@@ -971,88 +719,6 @@ def _state_pass_bwd_kernel(ldh_ptr, cs_ptr, hin_ptr, hinlo_ptr, fin_ptr, dfin_pt
 
 
 @triton.jit
-def _state_fused_bwd_kernel(dy_ptr, C_ptr, csh_ptr, hin_ptr, fin_ptr, dfin_ptr, cinit_ptr, cfin_ptr, ds_ptr,
-                            dinit_ptr, ddal_ptr,
-                            T, H, G, nc, P, N,
-                            s_dy_b, s_dy_t, s_dy_h, s_C_b, s_C_t, s_C_g,
-                            Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                            HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr,
-                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr, hinlo_ptr=None,
-                            HIN_SPLIT: tl.constexpr = False, DS_SPLIT: tl.constexpr = False):
-    """Reverse chunk_state and reverse state passing in one kernel: one program per (batch, head,
-    P x N block) walks the chunks backwards with g = the gradient of the state after chunk c:
-    ds[c] = g, d cs_last partial <g, h_out>, then g <- sum_i exp(cs_i) dy_i C_i^T + exp(cs_last) g.
-    The dy-side local states never go through memory. HIN_SPLIT: hin as bf16 hi / lo planes (hin_split);
-    DS_SPLIT: ds as bf16 hi / lo planes per slab (ds_split, as _state_pass_bwd_kernel)."""
-    i_pn = tl.program_id(0)
-    i_h = tl.program_id(1).to(tl.int64)
-    i_b = tl.program_id(2).to(tl.int64)
-    nbs = tl.num_programs(0)
-    i_g = i_h // (H // G)
-    nbn = tl.cdiv(N, BN)
-    o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
-    o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
-    m_p = o_p < P
-    m_n = o_n < N
-    m_s = m_p[:, None] & m_n[None, :]
-    PN = P * N
-    o_s = o_p[:, None] * N + o_n[None, :]
-    g = tl.zeros([BP, BN], dtype=tl.float32)
-    if HAS_DFIN and not IS_VARLEN:
-        g = tl.load(dfin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
-    hout = tl.load(fin_ptr + (i_b * H + i_h) * PN + o_s, mask=m_s, other=0.0).to(tl.float32)
-    p_dy0 = dy_ptr + i_b * s_dy_b + i_h * s_dy_h
-    p_C0 = C_ptr + i_b * s_C_b + i_g * s_C_g
-    for cc in range(nc):
-        c = nc - 1 - cc
-        if IS_VARLEN:
-            cf = tl.load(cfin_ptr + c)
-            k = tl.maximum(cf, 0).to(tl.int64)
-            if cf != -1:  # a segment ends here: its end state is final (cf >= 0) or discarded
-                if HAS_DFIN:
-                    g = tl.load(dfin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
-                                other=0.0).to(tl.float32)
-                else:
-                    g = tl.zeros([BP, BN], dtype=tl.float32)
-                hout = tl.load(fin_ptr + (k * H + i_h) * PN + o_s, mask=m_s & ((o_s * 0 + cf) >= 0),
-                               other=0.0).to(tl.float32)
-        tl.store(ddal_ptr + ((i_b * H + i_h) * nc + c) * nbs + i_pn, tl.sum(tl.sum(g * hout, axis=1), axis=0))
-        o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
-        if DS_SPLIT:
-            _st_split(ds_ptr + ((i_b * nc + c) * H + i_h) * 2 * PN + o_s, g, PN, m_s)
-        else:
-            tl.store(ds_ptr + o_st, g, mask=m_s)
-        if HIN_SPLIT:
-            hout = _ld_hin(hin_ptr, hinlo_ptr, o_st, m_s, True)  # h_out of chunk c - 1
-        else:
-            hout = tl.load(hin_ptr + o_st, mask=m_s, other=0.0).to(tl.float32)  # h_out of chunk c - 1
-        o_uc = ((i_b * H + i_h) * nc + c) * Q
-        nv = tl.minimum(T - c * Q, Q)
-        p_dy = p_dy0 + c * Q * s_dy_t
-        p_C = p_C0 + c * Q * s_C_t
-        acc = tl.zeros([BP, BN], dtype=tl.float32)
-        for kk in range(0, Q, BK):
-            o_k = kk + tl.arange(0, BK)
-            m_k = o_k < nv
-            dyT = tl.load(p_dy + (o_k[None, :] * s_dy_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
-            cc_ = tl.load(p_C + (o_k[:, None] * s_C_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
-            w = tl.exp(tl.minimum(tl.load(csh_ptr + o_uc + o_k), 0.0))
-            xw = dyT.to(tl.float32) * w[None, :]
-            if XW_SPLIT >= 0:
-                acc += _dot_f32_16(xw, cc_, XW_SPLIT)
-            else:
-                acc += tl.dot(xw.to(cc_.dtype), cc_, input_precision=DOT_PREC)
-        g = acc + tl.exp(tl.minimum(tl.load(csh_ptr + o_uc + Q - 1), 0.0)) * g
-        if IS_VARLEN:
-            ci = tl.load(cinit_ptr + c)
-            if HAS_INIT:
-                k0 = tl.maximum(ci, 0).to(tl.int64)
-                tl.store(dinit_ptr + (k0 * H + i_h) * PN + o_s, g, mask=m_s & ((o_s * 0 + ci) >= 0))
-    if HAS_INIT and not IS_VARLEN:
-        tl.store(dinit_ptr + (i_b * H + i_h) * PN + o_s, g, mask=m_s)
-
-
-@triton.jit
 def _exp_ftz(x):
     """exp(x) as ex2.approx.ftz (CUDA only, inline PTX): tl.exp's ex2 without its denormal fix-ups (a compare
     and two predicated multiplies per element); results below 2^-126 flush to zero."""
@@ -1113,9 +779,8 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
                         Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                         HAS_D: tl.constexpr, D_PER_CHAN: tl.constexpr, HFIRST: tl.constexpr, DOT_PREC: tl.constexpr,
                         CS64: tl.constexpr,
-                        CB_MASK: tl.constexpr,
                         MIXED_T: tl.constexpr, SPLIT_F32: tl.constexpr, STATE_BF16: tl.constexpr,
-                        TSUM: tl.constexpr, R1: tl.constexpr):
+                        TSUM: tl.constexpr):
     """Rows j (one block) of one chunk and head:
     Z_j = sum_{i>=j} CB_ij e^{cs_i-cs_j} dy_i + e^{cs_last-cs_j} dS B_j; dx_j = u_j Z_j + D dy_j;
     du_j = x_j . Z_j. The decay gradient uses T_ij = (dy_i . x_j) CB_ij e^{cs_i-cs_j} u_j, formed once
@@ -1157,47 +822,10 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
     # operand is CB e^{..} u_j, as in the forward (CB e^{..} alone passes 65504 in fp16 once
     # |C . B| does, while CB u_j, like y, stays in range for small dt)
     acc = acc * u_j[:, None]
-    ib_hi = NB
-    if R1:
-        # blocks i > j (below the diagonal block): exp(cs_i - cs_j) = exp(cs_i - c0) exp(c0 - cs_j) with c0
-        # the cumsum at the end of row block j, both factors <= 1: a column scale a_i and a row scale
-        # b_j u_j of CB^T (two products per element, one exp per row or column), the T sums scaled by
-        # b_j after the loop; no decay tile and no mask there (see the scan)
-        o_r = o_uc + (jb + 1) * BJ - 1
-        c0h = tl.load(csh_ptr + o_r)
-        c0l = tl.load(csl_ptr + o_r)
-        b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
-        ub = u_j * b_j  # in the 16-bit operand (as u_j below: fp16 range), so no second accumulator
-        if not TSUM:
-            du_o = tl.zeros([BJ], dtype=tl.float32)
-            rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
-        for ib in range(jb + 1, NB):
-            o_i = ib * BJ + tl.arange(0, BJ)
-            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None]).to(tl.float32)
-            a_i = tl.exp(tl.minimum((tl.load(csh_ptr + o_uc + o_i) - c0h) + (tl.load(csl_ptr + o_uc + o_i) - c0l), 0.0))
-            wa = cbT * a_i[None, :]
-            dyi = tl.load(p_dy + (o_i[:, None] * s_dy_t + o_p[None, :]), mask=(o_i < nv)[:, None] & m_p[None, :],
-                          other=0.0)
-            acc += tl.dot((wa * ub[:, None]).to(dt_in), dyi.to(dt_in), input_precision=DOT_PREC)
-            if not TSUM:
-                if MIXED_T:
-                    tt = _dot_exact_f32(xf, tl.trans(dyi.to(tl.float32)))
-                else:
-                    tt = tl.dot(xj, tl.trans(dyi), input_precision=DOT_PREC)
-                tt = tt * wa  # T^T block (j, i) without its b_j u_j factor
-                du_o += tl.sum(tt, axis=1)
-                rowacc = tl.where(o_nb[:, None] == ib, rowacc + tl.sum(tt * ub[:, None], axis=0)[None, :], rowacc)
-        if not TSUM:
-            du += b_j * du_o
-            dcol += b_j * du_o
-        ib_hi = jb + 1
     if TSUM:
-        for ib in range(jb, ib_hi):
+        for ib in range(jb, NB):
             o_i = ib * BJ + tl.arange(0, BJ)
-            if CB_MASK:
-                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
-            else:
-                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
+            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
             cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
             w = cbT.to(tl.float32) * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
             w = tl.where(o_i[None, :] >= o_j[:, None], w, 0.0)
@@ -1213,14 +841,11 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
         du += csum + tl.sum(xf * dyj_t, axis=1) * cbjj
         dcol += csum
     else:
-        if not R1:
-            rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
-        for ib in range(jb, ib_hi):
+        rowacc = tl.zeros([NB, BJ], dtype=tl.float32)
+        for ib in range(jb, NB):
             o_i = ib * BJ + tl.arange(0, BJ)
-            if CB_MASK:
-                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None], mask=o_i[None, :] >= o_j[:, None], other=0.0)
-            else:  # as in the forward scan: the tl.where below drops the unwritten upper blocks
-                cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
+            # as in the forward scan: the tl.where below drops the unwritten upper blocks
+            cbT = tl.load(p_cb + o_i[None, :] * Q + o_j[:, None])
             cbT = cbT.to(tl.float32)
             cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_i, CS64)
             w = cbT * _seg_decay_t(cs_i, csl_i, cs_j, csl_j, CS64)
@@ -1378,10 +1003,9 @@ def _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m
 def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
                cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
                Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, CS64: tl.constexpr, TSUM: tl.constexpr,
-               MIXED_T: tl.constexpr, OFF: tl.constexpr, CB_RL: tl.constexpr = False, FTZ: tl.constexpr = False):
+               MIXED_T: tl.constexpr, CB_RL: tl.constexpr = False, FTZ: tl.constexpr = False):
     """The head loop of _scan_bwd_dcb_kernel: sum over the group's heads of K_ij e^{cs_i - cs_j} u_j for one
-    tile (and the T sums with TSUM). OFF: a tile below the diagonal, its decay as the row factor
-    e^{cs_i - c0} times the column factor e^{c0 - cs_j} (c0: the cumsum at the end of column block n)."""
+    tile (and the T sums with TSUM)."""
     acc = tl.zeros([BM, BM], dtype=tl.float32)
     for hh in range(hpg):
         i_h = i_g * hpg + hh
@@ -1390,14 +1014,7 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
         cs_i, csl_i = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_m, CS64)
         cs_j, csl_j = _ld_cs(cs_ptr, csh_ptr, csl_ptr, o_uc + o_n, CS64)
         u_j = tl.load(u_ptr + o_uc + o_n)
-        if OFF:
-            o_r = o_uc + (i_n + 1) * BM - 1
-            c0h = tl.load(csh_ptr + o_r)
-            c0l = tl.load(csl_ptr + o_r)
-            a_i = tl.exp(tl.minimum((cs_i - c0h) + (csl_i - c0l), 0.0))
-            b_j = tl.exp(tl.minimum((c0h - cs_j) + (c0l - csl_j), 0.0))
-            kd = (k * a_i[:, None]) * b_j[None, :]
-        elif FTZ:
+        if FTZ:
             kd = k * _seg_decay_x(cs_i, csl_i, cs_j, csl_j, False, True)
         else:
             kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, CS64)
@@ -1407,69 +1024,12 @@ def _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, 
 
 
 @triton.jit
-def _dcb_heads2(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
-                cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, TSUM: tl.constexpr,
-                MIXED_T: tl.constexpr, FTZ: tl.constexpr = False):
-    """_dcb_heads (fp32 hi / lo cumsum planes, no rank-1 split) over two heads per iteration (dcb_h2; hpg even):
-    two independent product -> decay -> sums chains for the scheduler to overlap, where one head's chain waits
-    on its product, its vector loads and the cross-warp column sum in turn. The same sums in the same order."""
-    acc = tl.zeros([BM, BM], dtype=tl.float32)
-    for hh in range(0, hpg, 2):
-        i_h = i_g * hpg + hh
-        o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-        o_uc2 = o_uc + nc * Q
-        k = _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h, DOT_PREC, TSUM, MIXED_T)
-        k2 = _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h + 1, DOT_PREC, TSUM, MIXED_T)
-        kd = k * _seg_decay_x(tl.load(csh_ptr + o_uc + o_m), tl.load(csl_ptr + o_uc + o_m),
-                              tl.load(csh_ptr + o_uc + o_n), tl.load(csl_ptr + o_uc + o_n), False, FTZ)
-        kd2 = k2 * _seg_decay_x(tl.load(csh_ptr + o_uc2 + o_m), tl.load(csl_ptr + o_uc2 + o_m),
-                                tl.load(csh_ptr + o_uc2 + o_n), tl.load(csl_ptr + o_uc2 + o_n), False, FTZ)
-        acc = _dcb_acc(acc, kd, tl.load(u_ptr + o_uc + o_n), cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m,
-                       i_n, H, nc, nb, Q, TSUM)
-        acc = _dcb_acc(acc, kd2, tl.load(u_ptr + o_uc2 + o_n), cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h + 1, i_c,
-                       i_m, i_n, H, nc, nb, Q, TSUM)
-    return acc
-
-
-@triton.jit
-def _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr, colt_ptr,
-                  cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                  Q: tl.constexpr, BM: tl.constexpr, DOT_PREC: tl.constexpr, TSUM: tl.constexpr,
-                  MIXED_T: tl.constexpr):
-    """_dcb_heads (fp32 hi / lo cumsum planes, no rank-1 split) with the next head's cumsum and u vectors
-    loaded one iteration ahead (dcb_pf): Triton 3.6 pipelines the loop's dy / x tiles but not these five
-    small loads, so each head waited for a global round trip before its decay tile (sm_90 TTGIR, offline)."""
-    acc = tl.zeros([BM, BM], dtype=tl.float32)
-    o_uc = ((i_b * H + i_g * hpg) * nc + i_c) * Q
-    cs_i = tl.load(csh_ptr + o_uc + o_m)
-    csl_i = tl.load(csl_ptr + o_uc + o_m)
-    cs_j = tl.load(csh_ptr + o_uc + o_n)
-    csl_j = tl.load(csl_ptr + o_uc + o_n)
-    u_j = tl.load(u_ptr + o_uc + o_n)
-    for hh in range(hpg):
-        i_h = i_g * hpg + hh
-        o_un = ((i_b * H + i_g * hpg + tl.minimum(hh + 1, hpg - 1)) * nc + i_c) * Q  # the last re-reads its own
-        n_cs_i = tl.load(csh_ptr + o_un + o_m)
-        n_csl_i = tl.load(csl_ptr + o_un + o_m)
-        n_cs_j = tl.load(csh_ptr + o_un + o_n)
-        n_csl_j = tl.load(csl_ptr + o_un + o_n)
-        n_u_j = tl.load(u_ptr + o_un + o_n)
-        k = _dcb_k(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, i_h, DOT_PREC, TSUM, MIXED_T)
-        kd = k * _seg_decay(cs_i, csl_i, cs_j, csl_j, False)
-        acc = _dcb_acc(acc, kd, u_j, cbt, rowt_ptr, colt_ptr, o_m, o_n, i_b, i_h, i_c, i_m, i_n, H, nc, nb, Q, TSUM)
-        cs_i, csl_i, cs_j, csl_j, u_j = n_cs_i, n_csl_i, n_cs_j, n_csl_j, n_u_j
-    return acc
-
-
-@triton.jit
 def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr, cb_ptr, rowt_ptr, colt_ptr,
                          T, H, G, nc, P,
                          s_x_b, s_x_t, s_x_h, s_dy_b, s_dy_t, s_dy_h,
                          Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, DOT_PREC: tl.constexpr,
                          CS64: tl.constexpr, MFIRST: tl.constexpr, TSUM: tl.constexpr, MIXED_T: tl.constexpr,
-                         R1: tl.constexpr, PF: tl.constexpr = False, CB_RL: tl.constexpr = False,
-                         H2: tl.constexpr = False, FTZ: tl.constexpr = False):
+                         CB_RL: tl.constexpr = False, FTZ: tl.constexpr = False):
     """dCB_ij = sum_{h in group} (dy_i . x_j) e^{cs_i - cs_j} u_j (i >= j): the gradient of C B^T,
     summed over the heads of a group so dB / dC need one Q x Q x N product per group, not per head.
 
@@ -1477,10 +1037,9 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
     (K_ij = (dy_i . x_j) e^{cs_i - cs_j}), strictly below the diagonal, per head: this tile's share of
     the row sums, rowt[h, j-block, i] = sum_j T_ij, and of the column sums without u,
     colt[h, i-block, j] = sum_i K_ij CB_ij. The dx kernel then needs no (x . dy) product of its own.
-    Tiles above the diagonal write zeros there. CB_RL (dcb_rl, not with PF): the CB tile is re-read for
-    every head instead of being held in registers through the head loop. H2 (dcb_h2; H / G even, not with PF,
-    R1, CS64 or CB_RL): two heads per loop iteration (_dcb_heads2). FTZ (bwd_ftz; CUDA only, not with CS64): the
-    decay tiles' exp as ex2.approx.ftz (_exp_ftz)."""
+    Tiles above the diagonal write zeros there. CB_RL (dcb_rl): the CB tile is re-read for every head instead
+    of being held in registers through the head loop. FTZ (bwd_ftz; CUDA only, not with CS64): the decay tiles'
+    exp as ex2.approx.ftz (_exp_ftz)."""
     if MFIRST:  # grid (tiles, G, b * nc): the tiles of a chunk share its x / dy rows in L2
         i_bc = tl.program_id(2).to(tl.int64)
         i_mn = tl.program_id(0)
@@ -1524,31 +1083,9 @@ def _scan_bwd_dcb_kernel(x_ptr, dy_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, dcb_ptr
         cbt = tl.where(strict, cbt, 0.0)
     else:
         cbt = acc  # (unused)
-    # R1: the branch sits outside the head loop (inside it, Triton 3.6's pipeliner fails on sm_90)
-    if H2:
-        acc = _dcb_heads2(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr,
-                          colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                          Q=Q, BM=BM, DOT_PREC=DOT_PREC, TSUM=TSUM, MIXED_T=MIXED_T, FTZ=FTZ)
-    elif PF:
-        acc = _dcb_heads_pf(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, csh_ptr, csl_ptr, rowt_ptr,
-                            colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                            Q=Q, BM=BM, DOT_PREC=DOT_PREC, TSUM=TSUM, MIXED_T=MIXED_T)
-    elif R1:
-        if i_m > i_n:
-            acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
-                             rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                             Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=True,
-                             CB_RL=CB_RL, FTZ=FTZ)
-        else:
-            acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
-                             rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                             Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False,
-                             CB_RL=CB_RL, FTZ=FTZ)
-    else:
-        acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
-                         rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
-                         Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, OFF=False,
-                             CB_RL=CB_RL, FTZ=FTZ)
+    acc = _dcb_heads(p_dy, p_x, o_dy, o_xT, m_dy, m_xT, s_dy_h, s_x_h, u_ptr, cs_ptr, csh_ptr, csl_ptr,
+                     rowt_ptr, colt_ptr, cbt, o_m, o_n, i_g, hpg, i_b, i_c, i_m, i_n, H, nc, nb,
+                     Q=Q, BM=BM, DOT_PREC=DOT_PREC, CS64=CS64, TSUM=TSUM, MIXED_T=MIXED_T, CB_RL=CB_RL, FTZ=FTZ)
     acc = tl.where(o_m[:, None] >= o_n[None, :], acc, 0.0)
     tl.store(dcb_ptr + (i_bc * G + i_g) * Q * Q + o_m[:, None] * Q + o_n[None, :], acc.to(dcb_ptr.dtype.element_ty))
 
@@ -1701,20 +1238,12 @@ _BWD6 = {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, 
 # The variants bench_ssd.py --sweep times; tests/test_ssd.py checks every one of them for correctness.
 SWEEP_CONFIGS = {
     "default": {},
-    "old default": {"hfirst": False, "cb_mask": True, "cb16": False, "warps": 8},
-    "fused": {"fused_state": True},
-    "fused2": {"fused_state": True, "fused_state_bwd": True},
-    "fused2 bwdN128": {"fused_state": True, "fused_state_bwd": True, "BN_FUSED_BWD": 128},
-    "fused2 w4": {"fused_state": True, "fused_state_bwd": True, "warps_fused": 4},
-    "fused2 n64": {"fused_state": True, "fused_state_bwd": True, "BN_FUSED_FWD": 64},
     "sb2": {"state_bf16": 2},
-    "sb3": {"state_bf16": 3},
     "rtf32": {"r_prec": "tf32"},
     "stages3": {"stages": 3},
     "hin16": {"hin16": True},
     "cbb16": {"cbb16": True},
     "cs64": {"cs64": True},
-    "scan w8": {"warps_scan": 8},
     "scan BK32": {"BK_SCAN": 32},
     "scan BM128 w8": {"BM_SCAN": 128, "warps_scan": 8},
     "state BN64 w4": {"BN_STATE": 64, "warps_state": 4},
@@ -1724,48 +1253,23 @@ SWEEP_CONFIGS = {
     "xw0": {"xw_split": 0},
     "xwb1": {"xw_split_bwd": 1},
     "tsum dcbw8": {"tsum_dcb": True, "warps_dcb": 8},
-    "fused2 tsum": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True},
-    "combo": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True, "BK_SCAN": 32, "stages": 3,
-              "BM_DBC": 128},
-    "combo sb3": {"fused_state": True, "fused_state_bwd": True, "tsum_dcb": True, "BK_SCAN": 32, "stages": 3,
-                  "BM_DBC": 128, "state_bf16": 3},
-    "fused2 sb3 stages3": {"fused_state": True, "fused_state_bwd": True, "state_bf16": 3, "stages": 3},
-    # session 3: combo's launch choices on the unfused default (left untested in session 2), then the
-    # rank-1 off-diagonal decay (scan and dx), the single tf32 chunk-state product, bf16 hin without grad
+    # session 3: session 2's "combo" launch choices (scan BK 32, 3 stages, dB / dC rows 128) on the unfused
+    # default, then the rank-1 off-diagonal decay (scan), bf16 hin without grad
     "launch3": _LAUNCH3,
     # session 2's defaults spelled out (for the benchmark's shape, P64 N128 Q256), to time them once the
     # defaults move
     "launch3 only": {"hin_split": False, "tsum_dcb": False, "hin16_nograd": False, "xw_split_nograd": None},
-    "s2 default": {"BK_SCAN": 64, "stages": 2, "BM_DBC": 64, "scan_r1": False, "dx_r1": False, "dcb_r1": False,
+    "s2 default": {"BK_SCAN": 64, "stages": 2, "BM_DBC": 64, "scan_r1": False,
                    "xw_split": 1, "xw_split_nograd": None,
                    "hin16_nograd": False, "hin_split": False, "tsum_dcb": False, "warps": 4, "warps_dcb": None,
                    "maxnreg_state": None, "warps_scan": 4, "BM_SCAN": 64},
-    "r1": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True},
-    "r1 w8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "warps_scan": 8},
-    "xwtf32": {**_LAUNCH3, "xw_split": 2},
     "hin16nog": {**_LAUNCH3, "hin16_nograd": True},
-    "fast": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True},
-    "fast w8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "warps_scan": 8},
-    "fast dx8": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "warps": 8,
-                 "warps_dcb": 4},
-    "fast bm128": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "BM_SCAN": 128,
-                   "warps_scan": 8},
-    "fast s64": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "BN_STATE": 64,
-                 "warps_state": 4},
-    "fast split": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "hin_split": True},
-    "fast mr": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "xw_split": 2, "hin16_nograd": True, "maxnreg_state": 128},
     # round 2 (on the launch3 defaults)
     "hin16nog2": {"hin16_nograd": True},
     "xw0nog": {"xw_split_nograd": 0},
     "nograd16": {"xw_split_nograd": 0, "hin16_nograd": True},
-    "r1 all": {"scan_r1": True, "dx_r1": True, "dcb_r1": True},
-    "r1 bwd": {"dx_r1": True, "dcb_r1": True},
-    "r1 bwd dx8": {"dx_r1": True, "dcb_r1": True, "warps": 8, "warps_dcb": 4},
-    "r1 bwd tsum": {"dx_r1": True, "dcb_r1": True, "tsum_dcb": True},
     "split": {"hin_split": True},
     "mr": {"maxnreg_state": 128},
-    "fast tsum": {**_LAUNCH3, "scan_r1": True, "dx_r1": True, "dcb_r1": True, "xw_split": 2, "hin16_nograd": True,
-                  "tsum_dcb": True},
     # session 6, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
     "chain": {"state_chain": True},
     "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
@@ -1777,18 +1281,6 @@ SWEEP_CONFIGS = {
     "s8 chain nograd n64 w4 mr128": {"chain_nograd": (128, 64, 4, 128)},
     "s8 chain nograd64 n64 w4": {"chain_nograd": (64, 64, 4, None)},
     "chain n64 w4": {"state_chain": True, "BN_CHAIN": 64, "warps_chain": 4},
-    "scan hp2": {"scan_hp": 2},
-    "scan hp2 w8": {"scan_hp": 2, "warps_scan": 8},
-    "scan hp2 mr168": {"scan_hp": 2, "maxnreg_scan": 168},
-    "chain hp2 w8": {"state_chain": True, "scan_hp": 2, "warps_scan": 8},
-    "chain mr128 hp2 w8": {"state_chain": True, "maxnreg_chain": 128, "scan_hp": 2, "warps_scan": 8},
-    "chain hp2 mr168": {"state_chain": True, "scan_hp": 2, "maxnreg_scan": 168},
-    "chain h2 w16": {"state_chain": True, "chain_hp": 2, "warps_chain": 16},
-    "chain h2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 8},
-    "chain h2 w16 hp2 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2, "warps_scan": 8},
-    "chain h2 w16 hp2 mr168": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 2,
-                               "maxnreg_scan": 168},
-    "scan hp4 w8": {"scan_hp": 4, "warps_scan": 8},
     # session 6 helper scan7 (the forward scan kernel's instruction count; see _cfg and bench/RESULTS.md)
     "scan7 ftz": {"scan_ftz": True},
     "scan7 split": {"scan_split": True},
@@ -1804,58 +1296,32 @@ SWEEP_CONFIGS = {
     "scan7 e2 split ftz mr128": {"scan_e2": True, "scan_split": True, "scan_ftz": True, "maxnreg_scan": 128},
     "scan7 e2 split ftz": {"scan_e2": True, "scan_split": True, "scan_ftz": True},
     "scan7 e2 ftz mr128": {"scan_e2": True, "scan_ftz": True, "maxnreg_scan": 128},
-    "scan7 e2 ftz mr128 s2": {"scan_e2": True, "scan_ftz": True, "maxnreg_scan": 128, "stages_scan": 2},
     "scan7 r1 ftz mr128": {"scan_r1": True, "scan_ftz": True, "maxnreg_scan": 128},
     "scan7 bm128 w8 split ftz mr128": {"BM_SCAN": 128, "warps_scan": 8, "scan_split": True, "scan_ftz": True,
                                        "maxnreg_scan": 128},
-    "scan hp4 w16": {"scan_hp": 4, "warps_scan": 16},
-    # session 7 helper ssd8 (to time in session 8): the two-level (sub-chunk) forward scan (scan_sub; see _cfg), on
-    # top of the defaults.
-    # Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, no-grad operands: registers / spilled bytes / shared memory):
-    # sub64 w8 255 / 0 / 135 KB (1 program per SM), w4 255 / 232 / 135 KB, w4 s2 255 / 304 / 92 KB, w8 s2 255 / 128 /
-    # 92 KB, mr128 s2 128 / 744 / 92 KB; sub32 w8 230 / 0 / 61 KB, w4 255 / 0 / 61 KB, w4 s2 255 / 0 / 40 KB
-    "s8 sub64": {"scan_sub": 64},
-    "s8 sub64 w4": {"scan_sub": 64, "warps_sub": 4},
-    "s8 sub64 w4 s2": {"scan_sub": 64, "warps_sub": 4, "stages_scan": 2},
-    "s8 sub64 s2": {"scan_sub": 64, "stages_scan": 2},
-    "s8 sub64 mr128 s2": {"scan_sub": 64, "maxnreg_sub": 128, "stages_scan": 2},
-    "s8 sub32": {"scan_sub": 32},
-    "s8 sub32 w4": {"scan_sub": 32, "warps_sub": 4},
-    "s8 sub32 w4 s2": {"scan_sub": 32, "warps_sub": 4, "stages_scan": 2},
-    # (session 8 timed these on top of the no-grad chain as "s8 sub64 chain": H100, B8 T8192 no-grad 1.443 against
-    # 1.036 ms; since the chain is the default at batch x heads >= 128 the plain names include it)
-    "chain h2 w16 hp4 w8": {"state_chain": True, "chain_hp": 2, "warps_chain": 16, "scan_hp": 4, "warps_scan": 8},
     # session 5, helper ssd6 (backward occupancy: dx_lean, state_bf16, register caps; see _cfg)
     "lean": {"tsum_dcb": True, "dx_lean": True},
     "lean sb2": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2},
-    "lean sb2 mr168": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2},
     "lean sb2 mr168 bi32": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
                             "BI_DX": 32},
     "lean sb3 mr168": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 3, "maxnreg_dx": 168, "stages_dx": 2},
     "lean mr168": {"tsum_dcb": True, "dx_lean": True, "maxnreg_dx": 168, "stages_dx": 2},
     "sb2 mr168": {"tsum_dcb": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2},
-    "dcb mr168": {"maxnreg_dcb": 168},
-    "dcb w8": {"warps_dcb": 8},
     "bwd6": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
              "maxnreg_dcb": 168},
     "bwd6 sb3": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 3, "maxnreg_dx": 168, "stages_dx": 2,
                  "maxnreg_dcb": 168},
     "bwd6 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "maxnreg_dx": 168, "stages_dx": 2,
                 "warps_dcb": 8},
-    "lean sb2 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2},
     "bwd6 w8x": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2,
                  "warps_dcb": 8},
-    "dcb pf": {"dcb_pf": True},
-    "dcb pf w8": {"dcb_pf": True, "warps_dcb": 8},
-    "bwd6 pf": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "warps_dx": 8, "stages_dx": 2, "dcb_pf": True},
     "lean bj128 w8": {"tsum_dcb": True, "dx_lean": True, "state_bf16": 2, "BJ_DX": 128, "warps_dx": 8,
                       "stages_dx": 2},
     # session 6, helper ssd7b: opt-in backward variants on top of bwd6 (see _cfg). Keys that need bf16 (ds_split)
     # fall back to the plain path elsewhere, so every entry also runs (and is tested) in fp32 / fp16
     # (offline sm_90 registers / spilled bytes: dx with ds_split 168 / 0 at BN_DX 32, 168 / 24 at 64; dCB at 8 warps
-    # and a cap of 128: 128 / 0, with dcb_h2 128 / 40, with dcb_rl 124 / 0; the fused reverse state kernel with the
-    # split hin and ds_split 145 / 0 at 8 warps (one program per SM), 128 / 16 at a cap of 128; bwd_ftz: dCB's head
-    # loop 882 -> 789 instructions, 168 / 0 at 4 warps, 128 / 0 at 8 warps capped)
+    # and a cap of 128: 128 / 0, with dcb_rl 124 / 0; bwd_ftz: dCB's head loop 882 -> 789
+    # instructions, 168 / 0 at 4 warps, 128 / 0 at 8 warps capped)
     "bwd7 ds": {**_BWD6, "ds_split": True, "BN_DX": 32},
     "bwd7 dcb16": {**_BWD6, "dcb16": True},
     "bwd7 ds dcb16": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb16": True},
@@ -1877,14 +1343,8 @@ SWEEP_CONFIGS = {
                    "scan_split": False, "scan_ftz": False, "maxnreg_scan": None,
                    "BN_CHAIN": None, "warps_chain": None},
     "bwd7 dcb w8": {**_BWD6, "warps_dcb": 8, "maxnreg_dcb": 128},
-    "bwd7 h2 w8": {**_BWD6, "dcb_h2": True, "warps_dcb": 8, "maxnreg_dcb": 128},
     "bwd7 rl w8": {**_BWD6, "dcb_rl": True, "warps_dcb": 8, "maxnreg_dcb": 128},
-    "bwd7 r1": {**_BWD6, "dcb_r1": True},
-    "bwd7 fb": {**_BWD6, "fused_state_bwd": True},
-    "bwd7 fb mr128": {**_BWD6, "fused_state_bwd": True, "maxnreg_fused": 128},
-    "bwd7 fb ds": {**_BWD6, "fused_state_bwd": True, "ds_split": True, "BN_DX": 32},
     "bwd7 ds w8": {**_BWD6, "ds_split": True, "BN_DX": 32, "warps_dcb": 8, "maxnreg_dcb": 128},
-    "bwd7 ds h2 w8": {**_BWD6, "ds_split": True, "BN_DX": 32, "dcb_h2": True, "warps_dcb": 8, "maxnreg_dcb": 128},
 }
 
 
@@ -1926,7 +1386,7 @@ def _cfg(Q, P, N, dtype):
         "BM_SCAN": blk, "BK_SCAN": min(32, blk) if l3 else blk, "BP_SCAN": min(BP, 64), "warps_scan": 4,
         "BN_SCAN": min(BN, 64),  # N-slab of the C @ hin^T term
         # Session 6 helper ssd7f (issue 4, forward); measured on an H100 in session 6 (bench/RESULTS.md): the chain
-        # n64 w4 with grad -0.3 ms fwd+bwd at B8 T8192 / B2 T32768, scan_hp slower (1.26-1.63 against 1.08 ms):
+        # n64 w4 with grad -0.3 ms fwd+bwd at B8 T8192 / B2 T32768:
         # - state_chain: _state_chain_fwd_kernel instead of _chunk_state_kernel + _state_pass_fwd_kernel (the
         #   fp32 local states, 268 MB written and read back at B8 T8192, never reach memory; parallel over
         #   chunks, the programs chained through a flag per (batch, head, block)); its warps (None: warps_state),
@@ -1936,46 +1396,29 @@ def _cfg(Q, P, N, dtype):
         #   On for bf16 with grad (session 7, see chain_min_bh below): "chain n64 w4"
         "state_chain": "grad" if b6 else False, "warps_chain": 4 if b6 else None, "maxnreg_chain": None,
         "BN_CHAIN": 64 if b6 else None,
-        # - chain_hp: heads per chain program (2: two heads of a group stacked along the product's rows, one B
-        #   tile load for both; 1 where the group's head count is odd). Offline: 254 registers at 8 warps without
-        #   grad (one program per SM), 126 at 16 warps (one; none spilled), with grad 255 / 16 B spilled at 8
-        "chain_hp": 1,
         # - chain_max_nc: state_chain only up to this many chunks per sequence (None: always). The chain's
         #   critical path is one flag hand-off per chunk (~3 L2 round trips, ~2 us?), hidden while a chunk's
-        #   programs (b * H / chain_hp * blocks) outnumber the resident ones (~132-264): B8 T8192 (256 a chunk),
+        #   programs (b * H * blocks) outnumber the resident ones (~132-264): B8 T8192 (256 a chunk),
         #   not B1 T131072 (32 a chunk, 512 chunks: ~1 ms of hand-offs), where the two-kernel path may be faster
         "chain_max_nc": None,
-        # - scan_hp: heads per scan program (2 or 4 heads of a group share the CB and C tile loads; 16-bit
-        #   inputs only, fewer where the group's head count does not divide, 1 with scan_r1). The scan moves
-        #   ~2.4 GB from L2 at B8 T8192 (CB re-read by all 32 heads 1.07 GB, C 0.54, x 0.67 over the row blocks,
-        #   hin 0.13) in 0.617 ms, ~3.9 TB/s; 2 heads cut that to ~1.6 GB, 4 to ~1.2. Offline sm_90 (bf16 P64
-        #   N128 Q256, 3 stages): the default scan takes 121 registers at 4 warps (4 programs per SM); 2 heads
-        #   202 at 4 warps (2 per SM; 168 with 8 B spilled under maxnreg_scan 168: 3 per SM, 216 KiB of shared
-        #   memory), 128 at 8 warps (2 per SM); 4 heads 194 at 8 warps (1 per SM, 120 KiB), 128 at 16 warps
-        #   (16 B spilled)
-        "scan_hp": 1, "maxnreg_scan": 128 if b6 else None,
+        # the scan's register cap (the bf16 default: 128, session 7's "scan7 split ftz mr128" below)
+        "maxnreg_scan": 128 if b6 else None,
         # Session 6 helper scan7 (issue 4, the scan kernel; bf16 default since session 7): scan_split runs the blocks
         # strictly below the diagonal block in a loop of their own, without the causal select and the exponent clamp
-        # (scan_hp 1, not scan_r1 / cs64); scan_ftz takes the decay tiles' exp as ex2.approx.ftz (CUDA only, as
+        # (not scan_r1 / cs64); scan_ftz takes the decay tiles' exp as ex2.approx.ftz (CUDA only, as
         # bwd_ftz). Offline sm_90 (Triton 3.6, bf16 P64 N128 Q256, 4 warps, 3 stages): see SWEEP_CONFIGS "scan7 ..."
         # Session 7 (H100, bf16, .gpu/scan7.sh, interleaved against the default in the same run; y, final states and
         # every gradient bitwise equal to it): "scan7 split ftz mr128" (with maxnreg_scan 128 above) no-grad forward
         # B8 T8192 1.030 against 1.079 ms, fwd+bwd 3.950 / 3.979; B2 T32768 1.042 / 1.052, 3.977 / 4.032; B1 T131072
         # 2.022 / 2.073, 8.276 / 8.315 (scan kernel 0.583 against 0.612 ms at B8): on for bf16 where bwd6 is
         "scan_split": b6, "scan_ftz": b6,
-        # scan_e2 (16-bit inputs, scan_hp 1, not scan_r1 / cs64): the decay tile as exp2(e_i - e_j) from one fp32
+        # scan_e2 (16-bit inputs, not scan_r1 / cs64): the decay tile as exp2(e_i - e_j) from one fp32
         # log2(e) cs per row / column (3-4 instead of 7-10 instructions per element; exponent error ~|cs| 2^-23)
         "scan_e2": False,
         # the scan's pipeline stages (None: "stages"); offline, scan7 e2 ftz mr128 at 2 stages: 1288 instructions
-        # (3 stages 1384), 116 registers, 32 KiB of shared memory (48)
+        # (3 stages 1384), 116 registers, 32 KiB of shared memory (48); timed in session 7 (H100): 1.110 ms no-grad
+        # at B8 T8192 against 1.042 at 3 stages (its sweep entry removed in session 9)
         "stages_scan": None,
-        # Session 7 helper ssd8 (issue 4, the no-grad forward; opt-in, untimed): scan_sub = S (a divisor of the chunk,
-        # >= 16; clamped to the chunk; None: off) runs _chunk_scan_sub_fwd_kernel instead of the scan (not with cs64 /
-        # scan_r1 / scan_hp > 1 for 16-bit inputs): one program per (chunk, head, P block) walks the chunk's sub-chunks
-        # of S rows carrying the state in registers, so only the S x S diagonal decay tiles are formed (4 of 64 x 64 at
-        # Q256 S64 against the default's 10) and no CB buffer is written or read (the forward's bmm launch goes); its
-        # warps and register cap (stages as the scan's). scan_ftz applies to its diagonal tiles
-        "scan_sub": None, "warps_sub": 8, "maxnreg_sub": None,
         "BP_STATE": min(BP, 64),
         "BN_STATE": min(BN, 128),
         "warps_state": 8 if BN >= 128 else 4,
@@ -1992,9 +1435,6 @@ def _cfg(Q, P, N, dtype):
         "cs64": False,
         # forward CB buffer in bf16 for bf16 inputs (bf16 has fp32's range; fp16 keeps fp32 CB)
         "cb16": True,
-        # masked CB loads in the scan / dx kernels. The upper blocks are never written and a tl.where
-        # drops them (NaN included) either way, so False only saves the per-element predicates.
-        "cb_mask": False,
         # hin (states entering each chunk, also saved for the backward) in bf16 for bf16 inputs
         "hin16": False,
         # grid order: heads / row blocks fastest, chunk slowest (L2 reuse of a chunk's CB, B, C, states
@@ -2002,13 +1442,6 @@ def _cfg(Q, P, N, dtype):
         "hfirst": True,
         # the backward's recomputed CB (read by dx) in bf16 for bf16 inputs
         "cbb16": False,
-        # chunk states and state passing in one sequential-over-chunks kernel (no fp32 local-states
-        # buffer), forward / backward; 8 warps (4 spill in the sm_90 offline compile); backward blocks
-        # 64 x 64 (64 x 128 spills 128 B: g, h_out and the product are live together). Off: on the
-        # H100 (round 2) fwd+bwd 6.436 ms against the default's 6.114 at B8 T8192, and serial over
-        # chunks it leaves the GPU idle at batch 1-2 (B1 T131072 forward 6.7 ms with them).
-        "fused_state": False, "fused_state_bwd": False, "warps_fused": 8, "stages_fused": 2,
-        "BN_FUSED_FWD": 128, "BN_FUSED_BWD": 64,
         # dx's state term with bf16 B: dS split into this many bf16 pieces (0: two tf32 products); 2 with bwd6
         "state_bf16": 2 if b6 else 0,
         # precision of the dC pass's per-head product e^{cs} dy hin^T, whose row sums with C give the
@@ -2031,11 +1464,11 @@ def _cfg(Q, P, N, dtype):
         # - xw_split_nograd 0 (the chunk-state operand rounded to bf16 without grad: the split only buys
         #   gradient accuracy, dA through hin; y's error stays 2.8e-3): with hin16_nograd, no-grad fwd 1.059.
         #   On where launch3 is, bf16 only (fp16 keeps its split: range).
-        # - the rank-1 decay (scan_r1; dx_r1 / dcb_r1 in dx / dCB): forward 1.571 vs 1.550 (round 1),
-        #   fwd+bwd 5.617 (dx, dCB), 5.398 with tsum: no gain, off. Off too: the single tf32 chunk-state
-        #   product (xw_split 2: 1.822 / 5.791, dA 3.8e-3), maxnreg_state 128 (1.474 / 5.543), 8-warp scan
-        #   (1.812 / 5.787), 8-warp dx with dx_r1 (6.532).
-        "scan_r1": False, "hin16_nograd": True, "dx_r1": False, "dcb_r1": False, "hin_split": l3,
+        # - the rank-1 decay in the scan (scan_r1): forward 1.571 vs 1.550 (round 1): no gain, off (its dx / dCB
+        #   versions lost too and were removed in session 9). Off too: the single tf32 chunk-state product
+        #   (xw_split 2: 1.822 / 5.791, dA 3.8e-3; removed in session 9), maxnreg_state 128 (1.474 / 5.543), 8-warp
+        #   scan (1.812 / 5.787).
+        "scan_r1": False, "hin16_nograd": True, "hin_split": l3,
         "xw_split_nograd": 0 if (l3 and dtype == torch.bfloat16) else None,
         # register cap of the chunk-state kernels (ptxas takes ~170-230 at 8 warps: one program per SM;
         # 128 leaves room for two, with no spill in the reverse pass and 56 B in the forward one)
@@ -2057,9 +1490,6 @@ def _cfg(Q, P, N, dtype):
         #   (none spilled at a cap of 168) and 128 at 8 warps
         "maxnreg_dx": 168 if b6 else None, "maxnreg_dcb": 168 if b6 else None, "stages_dx": 2 if b6 else None,
         "stages_dcb": None,
-        # - dcb_pf: the dCB head loop loads the next head's cumsum / u vectors one iteration ahead (offline:
-        #   254 registers at 4 warps, 204 at 8: as many programs per SM as without it at 4 warps)
-        "dcb_pf": False,
         # Session 6 helper ssd7b (SWEEP_CONFIGS "bwd7 ..."; measured on an H100 in session 6, see below and
         # bench/RESULTS.md):
         # - ds_split: the reverse state pass stores dS as the two bf16 pieces (hi, lo = bf16(dS - hi)) that dx's
@@ -2067,11 +1497,9 @@ def _cfg(Q, P, N, dtype):
         #   the same bytes written, no split in dx, half the dS bytes read by dB; bit-identical products.
         #   bf16 with dx_lean and state_bf16 2 only (ignored otherwise)
         # - dcb_rl: the dCB kernel re-reads its CB tile for each head (L1 / L2) instead of holding it in registers
-        #   through the head loop (not with dcb_pf)
-        # - dcb_h2: the dCB head loop takes two heads per iteration (two independent chains; heads per group even)
+        #   through the head loop
         # - BN_DX: N-slab of dx's state term (None: BN_SCAN); 32 with ds_split keeps dx_lean under the 168 cap
         #   without spilling (offline sm_90: 24 B spilled at 64)
-        # - maxnreg_fused: register cap of the fused state kernels (fused_state / fused_state_bwd)
         # - dcb16: the dCB buffer in the 16-bit input dtype (fp32 otherwise): dB / dC cast its tiles to that dtype
         #   for their products anyway (the same values), so half its bytes written and read twice; any 16-bit input
         # - bwd_ftz: the decay tiles of dCB and dx_lean take exp as ex2.approx.ftz (inline PTX, CUDA only): 6 instead
@@ -2081,7 +1509,7 @@ def _cfg(Q, P, N, dtype):
         # in the same run, .gpu/ssd7b.py): "bwd7 ds dcb16 ftz" 4.232 against 4.611 ms (graph 4.222 / 4.622; B2
         # T32768 4.217 / 4.595; B1 T131072 8.412 / 9.161), fp64-reference errors equal to bwd6's: on for bf16
         # where bwd6 is
-        "ds_split": b6, "dcb_rl": False, "dcb_h2": False, "BN_DX": 32 if b6 else None, "maxnreg_fused": None,
+        "ds_split": b6, "dcb_rl": False, "BN_DX": 32 if b6 else None,
         "dcb16": b6, "bwd_ftz": b6,
         # state_chain "grad": the chain only in a forward that saves for a backward (with grad), and only where
         # batch x heads >= chain_min_bh (programs per chunk: the chain's hand-offs stay hidden). Session 6, H100,
@@ -2110,35 +1538,20 @@ def _cfg(Q, P, N, dtype):
 
 
 def _xw_split(dtype, split):
-    """XW_SPLIT of the chunk-state products: -1 for fp32 inputs; the single tf32 product (2) for bf16
-    only (fp16 keeps its two-piece split, which also covers fp16's range)."""
-    if dtype == torch.float32:
-        return -1
-    return 1 if (split == 2 and dtype != torch.bfloat16) else split
+    """XW_SPLIT of the chunk-state products: -1 for fp32 inputs, else the config's split (0 or 1)."""
+    return -1 if dtype == torch.float32 else split
 
 
 def _hin_layout(dtype, cfg, keep=True):
     """How the forward stores hin: "32" (fp32), "16" (bf16: hin16, or hin16_nograd without grad) or
-    "split" (hin_split: bf16 hi and lo planes; not with the fused forward state kernel, which writes fp32)."""
+    "split" (hin_split: bf16 hi and lo planes)."""
     if dtype != torch.bfloat16:
         return "32"
     if cfg["hin16"] or (cfg["hin16_nograd"] and not keep):
         return "16"
-    if cfg["hin_split"] and not cfg["fused_state"]:
+    if cfg["hin_split"]:
         return "split"
     return "32"
-
-
-def _fused_blocks(b, H, P, N, cfg, bn_max=128):
-    """P x N block of the fused state kernels: one program per (batch, head, block) runs through all
-    chunks, so smaller blocks when batch x heads alone would leave SMs idle."""
-    BPf, BNf = min(cfg["BP"], 64), min(cfg["BN"], bn_max)
-    while b * H * triton.cdiv(P, BPf) * triton.cdiv(N, BNf) < 264 and BNf > 32:
-        if BPf > 32:
-            BPf //= 2
-        else:
-            BNf //= 2
-    return BPf, BNf
 
 
 def _maxnreg(n):
@@ -2208,18 +1621,12 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     # |C . B| > 65504 in fp16, and inf times a decay of 0 is NaN where the true term is 0 (measured:
     # y non-finite with |CB| up to 1e5 and small dt, true |y| <= 1.6e3). The 16-bit operand of the
     # product is CB e^{..} u, formed in fp32 first.
-    # scan_sub: the two-level scan (_chunk_scan_sub_fwd_kernel) forms its diagonal C B^T tiles itself; nothing else
-    # in the forward reads CB (the backward recomputes it), so no CB buffer then
-    sub = min(int(cfg["scan_sub"] or 0), Q)
-    sub = sub if (sub >= 16 and Q % sub == 0 and not cfg["cs64"] and not cfg["scan_r1"]
-                  and (cfg["scan_hp"] == 1 or x.dtype == f32)) else 0
-    if not sub:
-        cb_dt = x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32  # bf16 has fp32's range
-        cb = new_empty((b, nc, G, Q, Q), dtype=cb_dt, device=dev)
-        BMb = min(64, Q)
-        _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
-            C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
-            Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+    cb_dt = x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32  # bf16 has fp32's range
+    cb = new_empty((b, nc, G, Q, Q), dtype=cb_dt, device=dev)
+    BMb = min(64, Q)
+    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
+        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
+        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
@@ -2237,28 +1644,18 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     final = new_empty((nfin, H, P, N), dtype=f32, device=dev)
     # the chunk-state operand split (xw_split_nograd without grad) of the chain and the two-kernel path
     xws = cfg["xw_split_nograd"] if (cfg["xw_split_nograd"] is not None and not store_ypre) else cfg["xw_split"]
-    if cfg["fused_state"]:
-        BPf, BNf = _fused_blocks(b, H, P, N, cfg, cfg["BN_FUSED_FWD"])
-        _state_fused_fwd_kernel[(triton.cdiv(P, BPf) * triton.cdiv(N, BNf), H, b)](
-            x, B, u, csh, csl, init if init is not None else dummy, tables.cinit if varlen else dummy,
-            tables.cfin if varlen else dummy, hin, final, T, H, G, nc, P, N,
-            *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
-            Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
-            XW_SPLIT=_xw_split(x.dtype, cfg["xw_split"]),
-            num_warps=cfg["warps_fused"], num_stages=cfg["stages_fused"])
-    elif (chain := _chain_params(cfg, b * H, nc, store_ypre)) is not None:
+    if (chain := _chain_params(cfg, b * H, nc, store_ypre)) is not None:
         bn_chain, warps_chain, maxnreg_chain = chain
         BPs, BNs = cfg["BP_STATE"], cfg["BN_STATE"] if bn_chain is None else min(bn_chain, cfg["BN"])
         nblk = triton.cdiv(P, BPs) * triton.cdiv(N, BNs)
-        hpc = cfg["chain_hp"] if (H // G) % cfg["chain_hp"] == 0 else 1
         ring = new_empty((2, b, H, P, N), dtype=f32, device=dev)
-        sync = torch.zeros(1 + b * (H // hpc) * nblk, dtype=torch.int32, device=dev)
-        _state_chain_fwd_kernel[(b * nc * (H // hpc) * nblk,)](
+        sync = torch.zeros(1 + b * H * nblk, dtype=torch.int32, device=dev)
+        _state_chain_fwd_kernel[(b * nc * H * nblk,)](
             x, B, u, cs, init if init is not None else dummy, tables.cinit if varlen else dummy,
             tables.cfin if varlen else dummy, hin_hi, hin_lo, final, ring, sync, T, H, G, nc, P, N, nblk, b,
             b * H * P * N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
             Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen,
-            HIN_SPLIT=layout == "split", DOT_PREC=cfg["prec"], XW_SPLIT=_xw_split(x.dtype, xws), HPC=hpc,
+            HIN_SPLIT=layout == "split", DOT_PREC=cfg["prec"], XW_SPLIT=_xw_split(x.dtype, xws),
             num_warps=cfg["warps_state"] if warps_chain is None else warps_chain,
             num_stages=cfg["stages"], **_maxnreg(maxnreg_chain))
     else:
@@ -2276,33 +1673,18 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     BPc = cfg["BP_SCAN"]
     zz = z if z is not None else x
     r1 = cfg["scan_r1"] and not cfg["cs64"]
-    hp = 1 if (r1 or x.dtype == f32) else cfg["scan_hp"]  # fp32: two heads spill heavily (sm_90 offline)
-    while (H // G) % hp:  # the heads of a program share a group
-        hp //= 2
     BMs = min(cfg["BM_SCAN"], Q)  # a row block of 128 (sweep configs) at smaller chunks
-    sc_split = bool(cfg["scan_split"]) and hp == 1 and not r1 and not cfg["cs64"]
+    sc_split = bool(cfg["scan_split"]) and not r1 and not cfg["cs64"]
     sc_ftz = bool(cfg["scan_ftz"]) and not cfg["cs64"] and not interpret_mode()  # inline PTX: not in the interpreter
-    sc_e2 = bool(cfg["scan_e2"]) and hp == 1 and not r1 and not cfg["cs64"] and x.dtype != f32
-    if sub:
-        _chunk_scan_sub_fwd_kernel[_grid(b * nc, H, triton.cdiv(P, BPc), cfg["hfirst"])](
-            x, zz, C, B, u, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
-            T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2),
-            B.stride(0), B.stride(1), B.stride(2), *_strides3(y),
-            Q=Q, S=sub, BP=BPc, BN=cfg["BN"],
-            HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
-            STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
-            XW_SPLIT=_xw_split(x.dtype, xws), FTZ=sc_ftz,
-            num_warps=cfg["warps_sub"], num_stages=cfg["stages"] if cfg["stages_scan"] is None else cfg["stages_scan"],
-            **_maxnreg(cfg["maxnreg_sub"]))
-        return y, final, hin, ypre
-    _chunk_scan_fwd_kernel[_grid(b * nc, H // hp, (Q // BMs) * triton.cdiv(P, BPc), cfg["hfirst"])](
+    sc_e2 = bool(cfg["scan_e2"]) and not r1 and not cfg["cs64"] and x.dtype != f32
+    _chunk_scan_fwd_kernel[_grid(b * nc, H, (Q // BMs) * triton.cdiv(P, BPc), cfg["hfirst"])](
         x, zz, C, cb, u, cs, csh, csl, hin_hi, D if D is not None else dummy, y, ypre,
         T, H, G, nc, P, N, *_strides3(x), *_strides3(zz), C.stride(0), C.stride(1), C.stride(2), *_strides3(y),
         Q=Q, BM=BMs, BP=BPc, BK=cfg["BK_SCAN"], BN=cfg["BN_SCAN"],
         HAS_D=D is not None, D_PER_CHAN=D is not None and D.dim() == 2, HAS_Z=z is not None,
         STORE_YPRE=z is not None and store_ypre, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
         CS64=cfg["cs64"],
-        CB_MASK=cfg["cb_mask"], R1=r1, **({"HP": hp} if hp > 1 else {}),
+        R1=r1,
         **({"SPLIT": True} if sc_split else {}), **({"FTZ": True} if sc_ftz else {}), **({"E2": True} if sc_e2 else {}),
         num_warps=cfg["warps_scan"],
         num_stages=cfg["stages"] if cfg["stages_scan"] is None else cfg["stages_scan"], **_maxnreg(cfg["maxnreg_scan"]))
@@ -2357,7 +1739,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         dy = dy.to(x.dtype)
 
     # dy-side local states, then the reverse state pass (in place: ldh becomes dS, the gradient of
-    # each chunk's end state); or both in one reverse-over-chunks kernel (fused_state_bwd)
+    # each chunk's end state)
     dinit = None
     if init is not None:
         dinit = (torch.zeros if varlen else new_empty)(init.shape, dtype=f32, device=dev)
@@ -2365,37 +1747,18 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     # ds_split: dS stored as the two bf16 pieces that dx (state_bf16 2) and dB cut from it anyway
     ds_split = bool(cfg["ds_split"]) and lean and cfg["state_bf16"] == 2 and x.dtype == torch.bfloat16
     ds_sp = new_empty((b, nc, H, 2, P, N), dtype=torch.bfloat16, device=dev) if ds_split else None
-    if cfg["fused_state_bwd"]:
-        BPf, BNf = _fused_blocks(b, H, P, N, cfg, cfg["BN_FUSED_BWD"])
-        nbs = triton.cdiv(P, BPf) * triton.cdiv(N, BNf)
-        ds = new_empty((b, nc, H, P, N), dtype=f32, device=dev) if ds_sp is None else ds_sp
-        ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
-        split_kw = {}
-        if hin_split:
-            split_kw.update(hinlo_ptr=hin_lo, HIN_SPLIT=True)
-        if ds_split:
-            split_kw.update(DS_SPLIT=True)
-        _state_fused_bwd_kernel[(nbs, H, b)](
-            dy, C, csh, hin, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
-            tables.cfin if varlen else u, ds, dinit if dinit is not None else u, ddal,
-            T, H, G, nc, P, N, *_strides3(dy), C.stride(0), C.stride(1), C.stride(2),
-            Q=Q, BP=BPf, BN=BNf, BK=cfg["BK"], HAS_DFIN=dfinal is not None, HAS_INIT=init is not None,
-            IS_VARLEN=varlen, DOT_PREC=cfg["prec"],
-            XW_SPLIT=_xw_split(x.dtype, cfg["xw_split_bwd"]), num_warps=cfg["warps_fused"],
-            num_stages=cfg["stages_fused"], **split_kw, **_maxnreg(cfg["maxnreg_fused"]))
-    else:
-        ldh = _chunk_states(dy, C, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=True,
-                            xw_split=_xw_split(x.dtype, cfg["xw_split_bwd"]))
-        PN = P * N
-        BS = min(cfg["BS"], next_pow2(PN))
-        nbs = triton.cdiv(PN, BS)
-        ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
-        _state_pass_bwd_kernel[(b, H, nbs)](
-            ldh, cs, hin_hi, hin_lo, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
-            tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
-            Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen,
-            HIN_SPLIT=hin_split, num_warps=4, **({"dsp_ptr": ds_sp, "DS_SPLIT": True} if ds_split else {}))
-        ds = ldh if ds_sp is None else ds_sp
+    ldh = _chunk_states(dy, C, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=True,
+                        xw_split=_xw_split(x.dtype, cfg["xw_split_bwd"]))
+    PN = P * N
+    BS = min(cfg["BS"], next_pow2(PN))
+    nbs = triton.cdiv(PN, BS)
+    ddal = new_empty((b, H, nc, nbs), dtype=f32, device=dev)
+    _state_pass_bwd_kernel[(b, H, nbs)](
+        ldh, cs, hin_hi, hin_lo, final, dfinal if dfinal is not None else dummy, tables.cinit if varlen else u,
+        tables.cfin if varlen else u, dinit if dinit is not None else u, ddal, H, nc, PN,
+        Q=Q, BS=BS, HAS_DFIN=dfinal is not None, HAS_INIT=init is not None, IS_VARLEN=varlen,
+        HIN_SPLIT=hin_split, num_warps=4, **({"dsp_ptr": ds_sp, "DS_SPLIT": True} if ds_split else {}))
+    ds = ldh if ds_sp is None else ds_sp
     ddal = ddal.sum(-1)
 
     dx = outs.get("dx")
@@ -2419,12 +1782,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
             Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
-            MIXED_T=mixed_t, R1=cfg["dcb_r1"] and not cfg["cs64"],
-            **({"PF": True} if (cfg["dcb_pf"] and not cfg["cs64"] and not cfg["dcb_r1"]) else {}),
-            **({"CB_RL": True} if (cfg["dcb_rl"] and tsum and not cfg["dcb_pf"]) else {}),
-            **({"FTZ": True} if (ftz and not cfg["dcb_pf"] and not cfg["cs64"]) else {}),
-            **({"H2": True} if (cfg["dcb_h2"] and (H // G) % 2 == 0 and not (cfg["dcb_pf"] or cfg["dcb_r1"]
-                                                                             or cfg["cs64"] or cfg["dcb_rl"])) else {}),
+            MIXED_T=mixed_t, **({"CB_RL": True} if (cfg["dcb_rl"] and tsum) else {}),
+            **({"FTZ": True} if (ftz and not cfg["cs64"]) else {}),
             num_warps=cfg["warps_dcb"] or cfg["warps"],
             num_stages=cfg["stages_dcb"] or cfg["stages"], **_maxnreg(cfg["maxnreg_dcb"]))
 
@@ -2450,9 +1809,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
             D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
             CS64=cfg["cs64"],
-            CB_MASK=cfg["cb_mask"], MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
+            MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
             STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
-            R1=cfg["dx_r1"] and not cfg["cs64"],
             num_warps=cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"], **_maxnreg(cfg["maxnreg_dx"]))
     if not tsum:
         launch_dcb()
