@@ -2,6 +2,8 @@
 # Session 9's first GPU call (<= END, default 560 s; one H100 or H200, 16 cores): what session 8 fixed or added without
 # a GPU left to run it, then the whole suite. PARTS (default "fixed suite", in order); each part's log is
 # $OUT/<part>/log.txt (at most 8 files come back from $OUT: session 8 lost two parts' logs that way; this writes 6).
+# First, on the machine that calls `run`: `bash ../shared/gpu/wheels.sh` (fills .whl, which git ignores; a new
+# checkout has none); the call carries [".whl"].
 #   fixed: the nine tests session 8 fixed for the GPU (they had only run under the interpreter), the opt-in D64 MHA
 #          dk/dv (test_gpu_dkdv_fast_mha64: flip dkdv_fast's default to include "mha64" if it passes), the no-grad
 #          chain default at batch x heads 128 (test_kernel_nograd_chain_default_bf16_gpu), the one attention case no
