@@ -1,11 +1,13 @@
 """conv1d (issue 3) conv9: wave quantisation of the row forward and the streams backward at B8 D2304 L8192 W4 bf16
-SiLU channel-last, default vs wave-sized grids (config key UNEVEN, conv._time_programs) and even-chunk controls.
+SiLU channel-last, default vs wave-sized forward grids (config key UNEVEN, conv._time_programs), even-chunk controls
+and backward variants (the masked walk, R4: 4 rows a step).
 
 Offline count (sm_90, Triton 3.6): forward rows BD256 2 warps 80 registers -> 12 resident programs per SM, grid
 64 x 9 x 8 = 4608 = 2.91 waves of 1584 on 132 SMs; backward streams (default) 4 warps 80 registers -> 6 per SM,
-grid 8 x 36 x 8 = 2304 = 2.91 waves of 792; the UNEVEN streams build has 72 registers -> 7 per SM (924 slots).
-This script re-reads each variant's registers from the compiled kernel and asks the driver for its occupancy
-(cuOccupancyMaxActiveBlocksPerMultiprocessor), then sizes the UNEVEN grids from that.
+grid 8 x 36 x 8 = 2304 = 2.91 waves of 792. This script re-reads each variant's registers from the compiled kernel
+and asks the driver for its occupancy (cuOccupancyMaxActiveBlocksPerMultiprocessor), then sizes the UNEVEN grids
+from that. (The streams backward's UNEVEN grids, timed in session 8 as slower than the default, were removed in
+session 9: bench/RESULTS.md.)
 
 In order: device, copy bandwidth; every kernel compiled in threads; occupancy and waves per variant; each variant
 checked against fp64 on the first 256 channels (forward y; backward dx, dweight, dbias) and run twice (bitwise
@@ -59,7 +61,6 @@ SMS = 2 if DRY else torch.cuda.get_device_properties(0).multi_processor_count
 
 DEFF = dict(KIND="rows", BD=256, num_warps=2, R=8, CH=128)  # the W <= 4 channel-last forward default
 DEFB = dict(conv.BWD_STREAMS_DEFAULT)
-UNB = dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=256, FUSE=2, CST=True, UNEVEN=True)
 # name: (config or None = default, waves for UNEVEN (NP from the measured occupancy) or None, predicted occupancy)
 FWD = {
     "default": (None, None, 12),
@@ -70,9 +71,7 @@ FWD = {
 BWD = {
     "default": (None, None, 6),
     "ch1024": (dict(DEFB, CH=1024), None, 6),  # 576 programs: one wave at 73% of the slots (same kernel)
-    "u1": (dict(UNB), 1, 7),  # masked walk, 72 registers (7 per SM): 3 programs along time, 864 = one wave at 94%
     "notail": (dict(DEFB, TAIL=False, EVEN=False), None, 6),  # control: the masked walk on the default grid
-    "u8": (dict(UNB, NP=8), None, 7),  # control: the UNEVEN build on the default grid (2304 at 7 per SM: 2.49 waves)
     "ch512": (dict(DEFB, CH=512), None, 6),  # 1152 programs: 1.45 waves (predicted worse)
     "r4": (dict(DEFB, R=4), None, 6),  # session 8: 4 rows a step (R=8 is the most the row loaders take)
 }
@@ -178,7 +177,7 @@ def grid_of(kind, cfg, b, d, ll):
     c = cfg or (DEFF if kind == "fwd" else DEFB)
     ns = c.get("NS", 1) if kind == "bwd" else 1
     if c.get("UNEVEN"):
-        n_t = conv._time_programs(xx, c, pairs_of(c, b, d), ns, SMS)
+        n_t = conv._time_programs(xx, c, pairs_of(c, b, d), SMS)
     else:
         n_t = cdiv(cdiv(ll, c["CH"]), ns)  # (no _rows_chunk halving at these shapes)
     return n_t * pairs_of(c, b, d), n_t, c.get("num_warps", 1)

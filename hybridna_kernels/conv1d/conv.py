@@ -914,7 +914,7 @@ def _conv1d_bwd_streams_kernel(
     HAS_SEQ: tl.constexpr, HAS_GH: tl.constexpr, STORE_DH0: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
     NS: tl.constexpr, FAST: tl.constexpr, FUSE: tl.constexpr, TAIL: tl.constexpr, RB: tl.constexpr,
     ST: tl.constexpr, EVEN: tl.constexpr,  # FUSE: 0, 1 or 2 (levels of fused partial sums)
-    RESET: tl.constexpr = False, UNEVEN: tl.constexpr = False,
+    RESET: tl.constexpr = False,
 ):
     """_conv1d_bwd_rows_kernel on NS chunks at once; same maths, per-stream times. Chunks past the end
     (c0 >= L) load, store and add nothing. TAIL (needs CH % R == 0): CH / R full steps of R rows with
@@ -924,10 +924,7 @@ def _conv1d_bwd_streams_kernel(
     ST (CST): x, dy and dx share the row stride ST, a compile-time constant, so the R rows of a step are
     addressed by immediate offsets (no 64-bit address arithmetic per row). EVEN (with TAIL): programs
     whose chunks all end at or before L run the walk without time masks (no compares, no zero fills per
-    row); the last program along time keeps them. UNEVEN (without TAIL / EVEN): chunk s of the
-    NC = num_programs(0) * NS chunks covers times [s * L // NC, (s + 1) * L // NC) (floor(L / NC) or one more
-    rows), CH is the longest (cdiv(L, NC)), and shorter chunks walk one masked row more; so the launcher may pick
-    any program count (_time_programs: a whole number of waves of resident programs)."""
+    row); the last program along time keeps them."""
     i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < D
@@ -945,13 +942,8 @@ def _conv1d_bwd_streams_kernel(
         w5[None, :], w6[None, :], w7[None, :]
     b_b = tl.zeros([NS, BD], dtype=tl.float32) + b_b[None, :]
     i_s = i_c * NS + tl.arange(0, NS)  # this program's chunks
-    if UNEVEN:
-        n_c = tl.num_programs(0) * NS
-        c0 = (i_s.to(tl.int64) * L // n_c).to(tl.int32)
-        c1 = ((i_s + 1).to(tl.int64) * L // n_c).to(tl.int32)
-    else:
-        c0 = i_s * CH
-        c1 = tl.minimum(c0 + CH, L)  # c1 <= c0 for the chunks past NC: nothing loads, stores or adds
+    c0 = i_s * CH
+    c1 = tl.minimum(c0 + CH, L)  # c1 <= c0 for the chunks past NC: nothing loads, stores or adds
     s_last = 0
     if HAS_SEQ:
         s_last = _seg1(p_s, L - 1, L, sst)
@@ -1055,14 +1047,11 @@ def _bwd_configs():
     # CST: the common row stride of x / dy / dx as a constant; EVEN: full chunks walk without time masks
     lean = [dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=ch, FUSE=fu, TAIL=True, CST=True, EVEN=True)
             for ch, fu in ((128, 1), (256, 1), (128, 2), (256, 2))]
-    # wave counts (B8 D2304 L8192 W4 bf16, H100 132 SMs; registers of the sm_90 builds: README.md): the default grid is
-    # 2304 programs of 4 warps at 6 resident per SM (80 registers) = 2.91 waves. UNEVEN (masked walk, 72 registers:
-    # 7 per SM) with WAVES=1: 3 programs along time, 864 programs in one wave (94% of the slots). The masked walk at
-    # CH256 (TAIL and EVEN off) is the control for UNEVEN's walk. (The default at CH1024, 576 programs in one wave, is
-    # timed by .gpu/conv9.py but not listed: under the interpreter a stream walks CH rows whatever L is.)
-    waves = [dict(KIND="streams", BD=64, num_warps=4, NS=4, R=8, CH=256, FUSE=2, CST=True, UNEVEN=True, WAVES=1, OCC=7),
-             dict(BWD_STREAMS_DEFAULT, TAIL=False, EVEN=False)]
-    return rows + streams + lean + waves
+    # the default's masked walk (TAIL and EVEN off; session 8, H100: 0.3471 ms against the default's 0.3475). (The
+    # default at CH1024, 576 programs in one wave, is timed by .gpu/conv9.py but not listed: under the interpreter a
+    # stream walks CH rows whatever L is.)
+    masked = [dict(BWD_STREAMS_DEFAULT, TAIL=False, EVEN=False)]
+    return rows + streams + lean + masked
 
 
 # Fixed configs instead of autotuning: first-call tuning would cost ~20 compiles per key, and the
@@ -1112,21 +1101,20 @@ def _rows_chunk(x, cfg) -> int:
     return ch
 
 
-def _time_programs(x, cfg, pairs: int, ns: int, sms: Optional[int] = None) -> int:
-    """UNEVEN (row forward, streams backward): the number of programs along time. cfg["NP"] if set; else the most
-    that keep the grid (pairs = batch x channel blocks programs per time slot) within WAVES (default 1) waves of OCC
-    resident programs per SM on sms SMs (default: this device's; 1 on CPU, where the interpreter runs programs one
-    after another, so that the tests of the sweep configs stay short). OCC default: 24 // num_warps (24
-    resident warps per SM at 73-80 registers per thread, the default kernels' count on sm_90; the UNEVEN
-    streams backward builds with 72 registers at W4 bf16: 28 warps, OCC 7 at 4 warps). At most L // ns (each of
-    the n_p * ns chunks at least one row), at least 1."""
+def _time_programs(x, cfg, pairs: int, sms: Optional[int] = None) -> int:
+    """UNEVEN (row forward): the number of programs along time. cfg["NP"] if set; else the most that keep the grid
+    (pairs = batch x channel blocks programs per time slot) within WAVES (default 1) waves of OCC resident programs
+    per SM on sms SMs (default: this device's; 1 on CPU, where the interpreter runs programs one after another, so
+    that the tests of the sweep configs stay short). OCC default: 24 // num_warps (24 resident warps per SM at 73-80
+    registers per thread, the default kernels' count on sm_90). At most L (each program at least one row), at
+    least 1."""
     n_p = cfg.get("NP")
     if not n_p:
         occ = cfg.get("OCC") or max(1, 24 // cfg.get("num_warps", 1))
         if sms is None:
             sms = num_sms(x.device) if x.is_cuda else 1
         n_p = cfg.get("WAVES", 1) * sms * occ // pairs
-    return max(1, min(int(n_p), x.shape[2] // ns))
+    return max(1, min(int(n_p), x.shape[2]))
 
 
 def _cpu_rows(x, cfg):
@@ -1202,7 +1190,7 @@ def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_states=None
     if cfg.get("KIND", "tile") == "rows":
         uneven = cfg.get("UNEVEN", False)
         if uneven:  # programs along time from the wave count, chunks of floor(L / n_p) or one more rows
-            n_t = _time_programs(x, cfg, B * cdiv(D, cfg["BD"]), 1)
+            n_t = _time_programs(x, cfg, B * cdiv(D, cfg["BD"]))
             CH = cdiv(L, n_t)
         else:
             CH = _rows_chunk(x, cfg)
@@ -1330,15 +1318,10 @@ def _counters(n: int, device: torch.device) -> torch.Tensor:
 def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, need_dh0, cfg, dx_out=None):
     B, D, L = x.shape
     W = weight.shape[1]
+    CH = _rows_chunk(x, cfg)
+    n_c = cdiv(L, CH)
     NS = cfg.get("NS", 1) if cfg["KIND"] == "streams" else 1
-    uneven = cfg["KIND"] == "streams" and cfg.get("UNEVEN", False)
-    if uneven:  # programs along time from the wave count; NS chunks each of floor(L / n_c) or one more rows
-        n_p = _time_programs(x, cfg, B * cdiv(D, cfg["BD"]), NS)
-        CH = cdiv(L, n_p * NS)  # the longest chunk
-    else:
-        CH = _rows_chunk(x, cfg)
-        n_c = cdiv(L, CH)
-        n_p = cdiv(n_c, NS)  # programs along time, each with NS chunks
+    n_p = cdiv(n_c, NS)  # programs along time, each with NS chunks
     dx = _layout_like(x, x.dtype) if dx_out is None else dx_out
     dh0 = new_empty(initial_states.shape, dtype=initial_states.dtype, device=x.device) if need_dh0 else None
     fuse = int(cfg.get("FUSE", False))  # 0: _partials_sum_kernel; 1, 2: fused sums in 1 or 2 levels
@@ -1372,12 +1355,10 @@ def _bwd_rows(x, weight, bias, activation, initial_states, seq_idx, dy, dht, nee
     # fused sums: RB partial rows per step, at most 8 fp32 per thread per accumulator (W + 1 of them)
     rb = max(1, min(16, 8 * 32 * nw // cfg["BD"]))
     if cfg["KIND"] == "streams":
-        tail = cfg.get("TAIL", False) and CH % cfg["R"] == 0 and not uneven  # UNEVEN: the masked walk
+        tail = cfg.get("TAIL", False) and CH % cfg["R"] == 0
         st = x.stride(2) if cfg.get("CST", False) and x.stride(2) == dy.stride(2) == dx.stride(2) else 0
         kw = dict(BD=cfg["BD"], R=cfg["R"], NS=NS, FAST=fast, FUSE=fuse, TAIL=tail, RB=rb, ST=st,
                   EVEN=tail and cfg.get("EVEN", False), RESET=reset, num_warps=nw)
-        if uneven:
-            kw["UNEVEN"] = True
         if FAST_LAUNCH and x.is_cuda:
             _launch(_conv1d_bwd_streams_kernel, grid, args, dict(flags, **kw))
         else:
