@@ -1578,6 +1578,36 @@ def _chunk_states(a, M, u, cs, b, nc, T, H, G, P, N, Q, cfg, *, reverse, xw_spli
     return out
 
 
+_BH = 8   # heads per program of the cumsum kernels
+
+
+def _dt_cumsum(dt, dt_bias, A, tables, b, H, nc, Q, softplus, lo, hi):
+    """The cumsum kernel: u (processed dt) and the within-chunk cumsum cs of u A, each (b, H, nc, Q): cs in fp64
+    and as fp32 hi / lo planes (csh, csl)."""
+    u = new_empty((b, H, nc, Q), dtype=torch.float32, device=dt.device)
+    cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dt.device)
+    csh = new_empty((b, H, nc, Q), dtype=torch.float32, device=dt.device)
+    csl = new_empty((b, H, nc, Q), dtype=torch.float32, device=dt.device)
+    varlen = tables is not None
+    _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, _BH))](
+        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, cs, csh, csl,
+        dt.shape[1], H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
+        Q=Q, BH=_BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
+        IS_VARLEN=varlen, num_warps=4)
+    return u, cs, csh, csl
+
+
+def _cb(C, B, dtype, b, nc, Q, cfg):
+    """CB = C B^T per chunk and group, (b, nc, G, Q, Q) in `dtype` (the lower block triangle written)."""
+    T, G, N = B.shape[1], B.shape[2], B.shape[3]
+    cb = new_empty((b, nc, G, Q, Q), dtype=dtype, device=B.device)
+    BMb = min(64, Q)
+    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
+        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
+        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+    return cb
+
+
 class _Tables:
     """Per-chunk tables of the packed layout (int32 tensors on the device)."""
 
@@ -1606,27 +1636,13 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     cfg = _cfg(Q, P, N, x.dtype)
     varlen = tables is not None
     f32 = torch.float32
-    u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
-    csh = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    csl = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    BH = 8
+    u, cs, csh, csl = _dt_cumsum(dt, dt_bias, A, tables, b, H, nc, Q, softplus, lo, hi)
     dummy = u
-    _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
-        dt, dt_bias if dt_bias is not None else dummy, A, tables.clen if varlen else dummy, u, cs, csh, csl,
-        T, H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
-        Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
-        IS_VARLEN=varlen, num_warps=4)
     # CB in fp32 (the backward recomputes it in fp32 too): a 16-bit copy overflows to inf once
     # |C . B| > 65504 in fp16, and inf times a decay of 0 is NaN where the true term is 0 (measured:
     # y non-finite with |CB| up to 1e5 and small dt, true |y| <= 1.6e3). The 16-bit operand of the
     # product is CB e^{..} u, formed in fp32 first.
-    cb_dt = x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32  # bf16 has fp32's range
-    cb = new_empty((b, nc, G, Q, Q), dtype=cb_dt, device=dev)
-    BMb = min(64, Q)
-    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
-        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
-        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+    cb = _cb(C, B, x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32, b, nc, Q, cfg)  # bf16: fp32's range
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
@@ -1707,23 +1723,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     hin = hin_hi
     dummy = hin
     # recompute the cheap forward pieces: u, cs and CB
-    u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
-    csh = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    csl = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    BH = 8
-    hi_arg = float(hi) if hi != float("inf") else 0.0
-    _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
-        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, cs, csh, csl,
-        T, H, nc, *_strides3(dt), float(lo), hi_arg,
-        Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
-        IS_VARLEN=varlen, num_warps=4)
-    cb = new_empty((b, nc, G, Q, Q), dtype=x.dtype if (cfg["cbb16"] and x.dtype == torch.bfloat16) else f32,
-                   device=dev)
-    BMb = min(64, Q)
-    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
-        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
-        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+    u, cs, csh, csl = _dt_cumsum(dt, dt_bias, A, tables, b, H, nc, Q, softplus, lo, hi)
+    cb = _cb(C, B, x.dtype if (cfg["cbb16"] and x.dtype == torch.bfloat16) else f32, b, nc, Q, cfg)
 
     dy = dy.contiguous()
     dz = None
@@ -1833,10 +1834,11 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         ddt = new_empty(dt.shape, dtype=dt.dtype, device=dev)
     dA_part = new_empty((b, nc, H), dtype=f32, device=dev)
     dbias_part = new_empty((b, nc, H), dtype=f32, device=dev) if dt_bias is not None else u
-    _cumsum_bwd_kernel[(b, nc, triton.cdiv(H, BH))](
+    _cumsum_bwd_kernel[(b, nc, triton.cdiv(H, _BH))](
         dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, du, dcs, rowt, rterm, ddal,
-        ddt, dA_part, dbias_part, T, H, nc, *_strides3(dt), *_strides3(ddt), float(lo), hi_arg,
-        Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
+        ddt, dA_part, dbias_part, T, H, nc, *_strides3(dt), *_strides3(ddt), float(lo),
+        float(hi) if hi != float("inf") else 0.0,
+        Q=Q, BH=_BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, NB=NB, num_warps=4)
     dA = dA_part.sum((0, 1)).to(A.dtype)
     dbias = dbias_part.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
