@@ -249,6 +249,36 @@ def _bmm_fwd_kernel(C_ptr, B_ptr, cb_ptr, T, G, N, nc, s_b, s_t, s_g,
 
 
 @triton.jit
+def _local_state(x_ptr, B_ptr, u_ptr, cs_ptr, i_b, i_c, i_h, i_g, o_xr, o_n, m_p, m_n, T, H, nc,
+                 s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                 BK: tl.constexpr, REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr):
+    """The chunk-state sum of _chunk_state_kernel (its docstring) for rows o_xr of x and columns o_n of B:
+    (the BP x BN fp32 local state, cs_last)."""
+    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
+    acc = tl.zeros([BP, BN], dtype=tl.float32)
+    for k in range(0, Q, BK):
+        o_k = k + tl.arange(0, BK)
+        m_k = o_k < nv
+        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_xr[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+        b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
+        cs_k = tl.load(cs_ptr + o_uc + o_k)
+        if REVERSE:
+            w = tl.exp(tl.minimum(cs_k, 0.0).to(tl.float32))
+        else:
+            w = tl.exp(tl.minimum(cs_last - cs_k, 0.0).to(tl.float32)) * tl.load(u_ptr + o_uc + o_k)
+        xw = xT.to(tl.float32) * w[None, :]
+        if XW_SPLIT >= 0:
+            acc += _dot_f32_16(xw, b, XW_SPLIT)
+        else:
+            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
+    return acc, cs_last
+
+
+@triton.jit
 def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
                         T, H, G, nc, P, N, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                         Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -268,27 +298,8 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
     o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
     m_p = o_p < P
     m_n = o_n < N
-    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
-    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
-    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
-    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
-    acc = tl.zeros([BP, BN], dtype=tl.float32)
-    for k in range(0, Q, BK):
-        o_k = k + tl.arange(0, BK)
-        m_k = o_k < nv
-        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
-        b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
-        cs_k = tl.load(cs_ptr + o_uc + o_k)
-        if REVERSE:
-            w = tl.exp(tl.minimum(cs_k, 0.0).to(tl.float32))
-        else:
-            w = tl.exp(tl.minimum(cs_last - cs_k, 0.0).to(tl.float32)) * tl.load(u_ptr + o_uc + o_k)
-        xw = xT.to(tl.float32) * w[None, :]
-        if XW_SPLIT >= 0:
-            acc += _dot_f32_16(xw, b, XW_SPLIT)
-        else:
-            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
+    acc, _ = _local_state(x_ptr, B_ptr, u_ptr, cs_ptr, i_b, i_c, i_h, i_g, o_p, o_n, m_p, m_n, T, H, nc,
+                          s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g, Q, BP, BN, BK, REVERSE, DOT_PREC, XW_SPLIT)
     p_o = out_ptr + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :]
     tl.store(p_o, acc, mask=m_p[:, None] & m_n[None, :])
 
@@ -399,24 +410,8 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
     PN = P * N
     o_s = (hr * PN + o_p * N)[:, None] + o_n[None, :]
     o_xr = hr * s_x_h + o_p
-    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
-    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
-    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
-    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
-    acc = tl.zeros([BP, BN], dtype=tl.float32)
-    for k in range(0, Q, BK):
-        o_k = k + tl.arange(0, BK)
-        m_k = o_k < nv
-        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_xr[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
-        b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
-        w = tl.exp(tl.minimum(cs_last - tl.load(cs_ptr + o_uc + o_k), 0.0).to(tl.float32)) \
-            * tl.load(u_ptr + o_uc + o_k)
-        xw = xT.to(tl.float32) * w[None, :]
-        if XW_SPLIT >= 0:
-            acc += _dot_f32_16(xw, b, XW_SPLIT)
-        else:
-            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
+    acc, cs_last = _local_state(x_ptr, B_ptr, u_ptr, cs_ptr, i_b, i_c, i_h, i_g, o_xr, o_n, m_p, m_n, T, H, nc,
+                                s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g, Q, BP, BN, BK, False, DOT_PREC, XW_SPLIT)
     # the state entering this chunk
     flag = sync_ptr + 1 + (i_b * H + i_h) * NBLK + i_pn
     o_ring = (i_b * H + i_h) * PN + o_s
