@@ -314,6 +314,25 @@ def _ld_hin(hin_ptr, hinlo_ptr, off, mask, HIN_SPLIT: tl.constexpr):
 
 
 @triton.jit
+def _state_step(h, s, cs_last, i_bc, i_c, i_h, H, PN, o_s, m_s, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
+                IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr):
+    """One chunk of the forward state passing, h the state entering chunk i_c (chunk index i_bc) and s its local
+    state: hin[c] = h stored, and the state after the chunk, exp(cs_last) h + s, returned (and stored where the
+    chunk table of packed input makes it a final state)."""
+    o_st = (i_bc * H + i_h) * PN + o_s
+    h_hi = h.to(hin_ptr.dtype.element_ty)
+    tl.store(hin_ptr + o_st, h_hi, mask=m_s)
+    if HIN_SPLIT:  # 16-bit hi plane (what the scan reads) + 16-bit lo plane: hin to ~16 bits
+        tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
+    h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + s
+    if IS_VARLEN:
+        cf = tl.load(cfin_ptr + i_c)
+        k2 = tl.maximum(cf, 0).to(tl.int64)
+        tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
+    return h
+
+
+@triton.jit
 def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
                            H, nc, PN,
                            Q: tl.constexpr, BS: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -352,16 +371,8 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
                                 other=0.0).to(tl.float32)
                 else:
                     h = tl.zeros([BS], dtype=tl.float32)
-        o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
-        h_hi = h.to(hin_ptr.dtype.element_ty)
-        tl.store(hin_ptr + o_st, h_hi, mask=m_s)
-        if HIN_SPLIT:  # 16-bit hi plane (what the scan reads) + 16-bit lo plane: hin to ~16 bits
-            tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
-        h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + s
-        if IS_VARLEN:
-            cf = tl.load(cfin_ptr + c)
-            k2 = tl.maximum(cf, 0).to(tl.int64)
-            tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
+        h = _state_step(h, s, cs_last, i_b * nc + c, c, i_h, H, PN, o_s, m_s, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
+                        IS_VARLEN, HIN_SPLIT)
     if not IS_VARLEN:
         tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
 
@@ -435,17 +446,9 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
                             other=0.0).to(tl.float32)
             else:
                 h = tl.zeros([BP, BN], dtype=tl.float32)
-    o_st = (i_bc * H + i_h) * PN + o_s
-    h_hi = h.to(hin_ptr.dtype.element_ty)
-    tl.store(hin_ptr + o_st, h_hi, mask=m_s)
-    if HIN_SPLIT:
-        tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
-    h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + acc
-    if IS_VARLEN:
-        cf = tl.load(cfin_ptr + i_c)
-        k2 = tl.maximum(cf, 0).to(tl.int64)
-        tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
-    else:
+    h = _state_step(h, acc, cs_last, i_bc, i_c, i_h, H, PN, o_s, m_s, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
+                    IS_VARLEN, HIN_SPLIT)
+    if not IS_VARLEN:
         if i_c == nc - 1:
             tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
     if i_c < nc - 1:
