@@ -769,6 +769,15 @@ def _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ: tl.constexpr, BP
 
 
 @triton.jit
+def _ld_D(D_ptr, i_h, P, o_p, m_p, D_PER_CHAN: tl.constexpr):
+    """D of head i_h in fp32: a [1, BP] row over the channels o_p (D_PER_CHAN: D is (H, P)), else a scalar."""
+    if D_PER_CHAN:
+        return tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
+    else:
+        return tl.load(D_ptr + i_h).to(tl.float32)
+
+
+@triton.jit
 def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
                         dx_ptr, du_ptr, dcs_ptr, rowt_ptr, colt_ptr, dD_ptr,
                         T, H, G, nc, P, N,
@@ -865,10 +874,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
     colt = u_j * dcol  # strictly-lower colsum(T)_j + V_j
     dx = acc
     if HAS_D:
-        if D_PER_CHAN:
-            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        Dv = _ld_D(D_ptr, i_h, P, o_p, m_p, D_PER_CHAN)
         dyj = tl.load(p_dy + (o_j[:, None] * s_dy_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
         dx += Dv * dyj
         tl.store(dD_ptr + ((i_bc * NB + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
@@ -941,10 +947,7 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
     tl.store(dcs_ptr + o_uc + o_j, -(u_j * dcol))
     acc = acc * u_j[:, None]
     if HAS_D:
-        if D_PER_CHAN:
-            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        Dv = _ld_D(D_ptr, i_h, P, o_p, m_p, D_PER_CHAN)
         acc += Dv * dyj
         tl.store(dD_ptr + ((i_bc * (Q // BJ) + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
     # intra-chunk part: sum_{i >= j} CB_ij e^{cs_i - cs_j} u_j dy_i, over column blocks of BI rows i
