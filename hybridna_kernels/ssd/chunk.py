@@ -46,6 +46,17 @@ def _softplus(d):
 
 
 @triton.jit
+def _dt_proc(d, lo, hi, SOFTPLUS: tl.constexpr, HAS_HI: tl.constexpr):
+    """dt + dt_bias -> u: softplus (SOFTPLUS), then clamped to [lo, hi] (hi only with HAS_HI)."""
+    if SOFTPLUS:
+        d = _softplus(d)
+    d = tl.maximum(d, lo)
+    if HAS_HI:
+        d = tl.minimum(d, hi)
+    return d
+
+
+@triton.jit
 def _dot_exact_f32(a, b):
     """a @ b for fp32 b and an `a` whose values are exact in tf32 (16-bit inputs widened to fp32),
     to about 21 bits: b = hi + lo with hi its tf32 part, two tf32 products.
@@ -197,12 +208,7 @@ def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr, csh_ptr
                        HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr):
     i_b, i_c, o_t, o_h, m_h, m = _dt_tile(clen_ptr, T, H, Q, BH, IS_VARLEN)
     d = _dt_load(dt_ptr, bias_ptr, i_b, i_c, o_t, o_h, m_h, m, s_dt_b, s_dt_t, s_dt_h, Q, HAS_BIAS)
-    if SOFTPLUS:
-        d = _softplus(d)
-    d = tl.maximum(d, lo)
-    if HAS_HI:
-        d = tl.minimum(d, hi)
-    d = tl.where(m, d, 0.0)
+    d = tl.where(m, _dt_proc(d, lo, hi, SOFTPLUS, HAS_HI), 0.0)
     A = tl.load(A_ptr + o_h, mask=m_h, other=0.0).to(tl.float32)
     # fp64 cumsum: kernels take differences cs_i - cs_j of values that can be large (|cs| ~ 1e3..1e4
     # with big dt); in fp32 those differences lost ~1e-4 absolute, i.e. relative error in the decays
