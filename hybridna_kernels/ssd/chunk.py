@@ -1784,12 +1784,12 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     dD_part = new_empty((b * nc * (Q // BJx), H, P), dtype=f32, device=dev) if D is not None else u
     colt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev) if tsum else rowt
     mixed_t = dy.dtype == f32 and x.dtype != f32
+    hfirst = _hfirst(b * nc, cfg["hfirst"])  # heads / blocks fastest in the grids below (HFIRST, MFIRST)
 
     def launch_dcb():
-        mfirst = cfg["hfirst"] and b * nc <= _GRID_Z_MAX
-        _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
+        _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if hfirst else (b * nc, G, NB * NB)](
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
-            Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
+            Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=hfirst, TSUM=tsum,
             MIXED_T=mixed_t, **({"CB_RL": True} if (cfg["dcb_rl"] and tsum) else {}),
             **({"FTZ": True} if (ftz and not cfg["cs64"]) else {}),
             num_warps=cfg["warps_dcb"] or cfg["warps"],
@@ -1806,7 +1806,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             *_strides3(dx),
             Q=Q, BJ=BJx, BI=min(cfg["BI_DX"], Q), BP=cfg["BP"], BN=min(cfg["BN_DX"] or cfg["BN_SCAN"], cfg["BN"]),
             NBT=NB, HAS_D=D is not None,
-            D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=_hfirst(b * nc, cfg["hfirst"]), DOT_PREC=cfg["prec"],
+            D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=hfirst, DOT_PREC=cfg["prec"],
             SPLIT_F32=x.dtype != f32, STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0,
             num_warps=cfg["warps_dx"] or cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"],
             **_maxnreg(cfg["maxnreg_dx"]), **({"DS_SPLIT": True} if ds_split else {}), **({"FTZ": True} if ftz else {}))
@@ -1815,7 +1815,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
             T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
             Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
-            D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
+            D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=hfirst,
             CS64=cfg["cs64"],
             MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
             STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
@@ -1827,12 +1827,11 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     dC = new_empty(C.shape, dtype=C.dtype, device=dev) if dC is None else dC
     BMd = cfg["BM_DBC"]
     for is_db, out in ((True, dB), (False, dC)):
-        mfirst = cfg["hfirst"] and b * nc <= _GRID_Z_MAX
-        _scan_bwd_dbc_kernel[(Q // BMd, G, b * nc) if mfirst else (b * nc, G, Q // BMd)](
+        _scan_bwd_dbc_kernel[(Q // BMd, G, b * nc) if hfirst else (b * nc, G, Q // BMd)](
             x, dy, B, C, u, cs, hin_hi, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
-            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=mfirst,
+            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=hfirst,
             R_TF32=cfg["r_prec"] == "tf32" and x.dtype != f32, DOT_PREC=cfg["prec"],
             num_warps=cfg["warps_dbc"], num_stages=cfg["stages"], **({"DS_SPLIT": True} if ds_split else {}))
 
