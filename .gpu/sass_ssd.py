@@ -8,8 +8,9 @@ recorder, so each case compiles exactly the constexprs, pointer dtypes, num_warp
 dispatcher passes for that scenario (unpassed parameters: their defaults). Scenarios: the bf16 default at B8 T8192 H32
 P64 N128 G1 chunk 256 (forward with and without grad, backward), with z / initial states / dfinal, the no-chain
 shapes (B2 T32768, B1 T131072), packed input (cu_seqlens), fp16 and fp32, and the kept opt-in sweep configs of the
-kernels the pruning touched. One line per (scenario, launch): its label, SASS instruction count, md5; identical
-compiles are done once. SASS_SSD_ONLY=name,name: only those kernels' launches.
+kernels the pruning touched; then the decode step (step.ssd_step_fwd, the same way; added in the session 9 dedupe).
+One line per (scenario, launch): its label, SASS instruction count, md5; identical compiles are done once.
+SASS_SSD_ONLY=name,name: only those kernels' launches.
 """
 import os
 import sys
@@ -24,7 +25,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from sass_same import sass  # noqa: E402
-from hybridna_kernels.ssd import chunk  # noqa: E402
+from hybridna_kernels.ssd import chunk, step  # noqa: E402
 
 assert os.path.abspath(chunk.__file__).startswith(os.path.abspath(ROOT)), chunk.__file__
 
@@ -47,9 +48,10 @@ class Recorder:
         return launch
 
 
-for _n in dir(chunk):
-    if isinstance(getattr(chunk, _n), triton.runtime.jit.JITFunction) and _n.endswith("_kernel"):
-        setattr(chunk, _n, Recorder(_n, getattr(chunk, _n)))
+for _m in (chunk, step):
+    for _n in dir(_m):
+        if isinstance(getattr(_m, _n), triton.runtime.jit.JITFunction) and _n.endswith("_kernel"):
+            setattr(_m, _n, Recorder(_n, getattr(_m, _n)))
 
 
 def compile_case(fn, byname, opts):
@@ -102,6 +104,13 @@ def inputs(b, T, H, P, G, N, dtype, z=False, init=False, varlen=False):
     return t, tables
 
 
+def report(label):
+    for i, (name, fn, byname, opts) in enumerate(LAUNCHES):
+        if ONLY and name not in ONLY:
+            continue
+        print(f"{label} | {i:02d} {name} | {compile_case(fn, byname, opts)}", flush=True)
+
+
 def scenario(label, b, T, H, P, G, N, dtype, cfg=None, z=False, init=False, varlen=False, grad=True, dfinal=False,
              Q=256):
     chunk.CFG_OVERRIDE.clear()
@@ -118,10 +127,20 @@ def scenario(label, b, T, H, P, G, N, dtype, cfg=None, z=False, init=False, varl
                        float("inf"), t["init"], tables, hin, final, ypre)
     finally:
         chunk.CFG_OVERRIDE.clear()
-    for i, (name, fn, byname, opts) in enumerate(LAUNCHES):
-        if ONLY and name not in ONLY:
-            continue
-        print(f"{label} | {i:02d} {name} | {compile_case(fn, byname, opts)}", flush=True)
+    report(label)
+
+
+def step_scenario(label, b, H, P, G, N, dtype, z=False, D_chan=False, hi=float("inf"), pdl=False):
+    """ssd_step_fwd (the decode step): fp32 state, D, dt_bias, softplus."""
+    f = dict(device=META)
+    LAUNCHES.clear()
+    step.ssd_step_fwd(torch.empty(b, H, P, N, dtype=torch.float32, **f), torch.empty(b, H, P, dtype=dtype, **f),
+                      torch.empty(b, H, dtype=dtype, **f), torch.empty(H, dtype=torch.float32, **f),
+                      torch.empty(b, G, N, dtype=dtype, **f), torch.empty(b, G, N, dtype=dtype, **f),
+                      torch.empty(*((H, P) if D_chan else (H,)), dtype=torch.float32, **f),
+                      torch.empty(b, H, P, dtype=dtype, **f) if z else None, torch.empty(H, dtype=torch.float32, **f),
+                      True, (0.0, hi), pdl=pdl)
+    report(label)
 
 
 BF, HF, F32 = torch.bfloat16, torch.float16, torch.float32
@@ -152,3 +171,10 @@ KEPT = os.environ.get("SASS_SSD_KEPT", "s5 default,s6 default,s7 default,scan7 r
 for name in filter(None, KEPT):
     scenario(f"bf16 {name} grad", 8, 8192, *HEAD, BF, cfg=name)
     scenario(f"bf16 {name} nograd", 8, 8192, *HEAD, BF, cfg=name, grad=False)
+# the decode step (hybridna.generation: D per head, no z, dt_limit (0, inf), with and without PDL; the public
+# ssd_step with z, per-channel D and a finite dt limit)
+step_scenario("step bf16 B8 pdl", 8, *HEAD, BF, pdl=True)
+step_scenario("step bf16 B8", 8, *HEAD, BF)
+step_scenario("step bf16 B8 z chan hi", 8, *HEAD, BF, z=True, D_chan=True, hi=1.0)
+for dt_, nm in ((HF, "fp16"), (F32, "fp32")):
+    step_scenario(f"step {nm} B8 z", 8, *HEAD, dt_, z=True)

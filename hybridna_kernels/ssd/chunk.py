@@ -46,6 +46,17 @@ def _softplus(d):
 
 
 @triton.jit
+def _dt_proc(d, lo, hi, SOFTPLUS: tl.constexpr, HAS_HI: tl.constexpr):
+    """dt + dt_bias -> u: softplus (SOFTPLUS), then clamped to [lo, hi] (hi only with HAS_HI)."""
+    if SOFTPLUS:
+        d = _softplus(d)
+    d = tl.maximum(d, lo)
+    if HAS_HI:
+        d = tl.minimum(d, hi)
+    return d
+
+
+@triton.jit
 def _dot_exact_f32(a, b):
     """a @ b for fp32 b and an `a` whose values are exact in tf32 (16-bit inputs widened to fp32),
     to about 21 bits: b = hi + lo with hi its tf32 part, two tf32 products.
@@ -197,12 +208,7 @@ def _cumsum_fwd_kernel(dt_ptr, bias_ptr, A_ptr, clen_ptr, u_ptr, cs_ptr, csh_ptr
                        HAS_HI: tl.constexpr, IS_VARLEN: tl.constexpr):
     i_b, i_c, o_t, o_h, m_h, m = _dt_tile(clen_ptr, T, H, Q, BH, IS_VARLEN)
     d = _dt_load(dt_ptr, bias_ptr, i_b, i_c, o_t, o_h, m_h, m, s_dt_b, s_dt_t, s_dt_h, Q, HAS_BIAS)
-    if SOFTPLUS:
-        d = _softplus(d)
-    d = tl.maximum(d, lo)
-    if HAS_HI:
-        d = tl.minimum(d, hi)
-    d = tl.where(m, d, 0.0)
+    d = tl.where(m, _dt_proc(d, lo, hi, SOFTPLUS, HAS_HI), 0.0)
     A = tl.load(A_ptr + o_h, mask=m_h, other=0.0).to(tl.float32)
     # fp64 cumsum: kernels take differences cs_i - cs_j of values that can be large (|cs| ~ 1e3..1e4
     # with big dt); in fp32 those differences lost ~1e-4 absolute, i.e. relative error in the decays
@@ -249,6 +255,36 @@ def _bmm_fwd_kernel(C_ptr, B_ptr, cb_ptr, T, G, N, nc, s_b, s_t, s_g,
 
 
 @triton.jit
+def _local_state(x_ptr, B_ptr, u_ptr, cs_ptr, i_b, i_c, i_h, i_g, o_xr, o_n, m_p, m_n, T, H, nc,
+                 s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                 BK: tl.constexpr, REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr):
+    """The chunk-state sum of _chunk_state_kernel (its docstring) for rows o_xr of x and columns o_n of B:
+    (the BP x BN fp32 local state, cs_last)."""
+    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
+    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
+    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
+    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
+    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
+    acc = tl.zeros([BP, BN], dtype=tl.float32)
+    for k in range(0, Q, BK):
+        o_k = k + tl.arange(0, BK)
+        m_k = o_k < nv
+        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_xr[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
+        b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
+        cs_k = tl.load(cs_ptr + o_uc + o_k)
+        if REVERSE:
+            w = tl.exp(tl.minimum(cs_k, 0.0).to(tl.float32))
+        else:
+            w = tl.exp(tl.minimum(cs_last - cs_k, 0.0).to(tl.float32)) * tl.load(u_ptr + o_uc + o_k)
+        xw = xT.to(tl.float32) * w[None, :]
+        if XW_SPLIT >= 0:
+            acc += _dot_f32_16(xw, b, XW_SPLIT)
+        else:
+            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
+    return acc, cs_last
+
+
+@triton.jit
 def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
                         T, H, G, nc, P, N, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                         Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -268,27 +304,8 @@ def _chunk_state_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, out_ptr,
     o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
     m_p = o_p < P
     m_n = o_n < N
-    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
-    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
-    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
-    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
-    acc = tl.zeros([BP, BN], dtype=tl.float32)
-    for k in range(0, Q, BK):
-        o_k = k + tl.arange(0, BK)
-        m_k = o_k < nv
-        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_p[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
-        b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
-        cs_k = tl.load(cs_ptr + o_uc + o_k)
-        if REVERSE:
-            w = tl.exp(tl.minimum(cs_k, 0.0).to(tl.float32))
-        else:
-            w = tl.exp(tl.minimum(cs_last - cs_k, 0.0).to(tl.float32)) * tl.load(u_ptr + o_uc + o_k)
-        xw = xT.to(tl.float32) * w[None, :]
-        if XW_SPLIT >= 0:
-            acc += _dot_f32_16(xw, b, XW_SPLIT)
-        else:
-            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
+    acc, _ = _local_state(x_ptr, B_ptr, u_ptr, cs_ptr, i_b, i_c, i_h, i_g, o_p, o_n, m_p, m_n, T, H, nc,
+                          s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g, Q, BP, BN, BK, REVERSE, DOT_PREC, XW_SPLIT)
     p_o = out_ptr + (i_bc * H + i_h) * P * N + o_p[:, None] * N + o_n[None, :]
     tl.store(p_o, acc, mask=m_p[:, None] & m_n[None, :])
 
@@ -299,6 +316,25 @@ def _ld_hin(hin_ptr, hinlo_ptr, off, mask, HIN_SPLIT: tl.constexpr):
     h = tl.load(hin_ptr + off, mask=mask, other=0.0).to(tl.float32)
     if HIN_SPLIT:
         h += tl.load(hinlo_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    return h
+
+
+@triton.jit
+def _state_step(h, s, cs_last, i_bc, i_c, i_h, H, PN, o_s, m_s, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
+                IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr):
+    """One chunk of the forward state passing, h the state entering chunk i_c (chunk index i_bc) and s its local
+    state: hin[c] = h stored, and the state after the chunk, exp(cs_last) h + s, returned (and stored where the
+    chunk table of packed input makes it a final state)."""
+    o_st = (i_bc * H + i_h) * PN + o_s
+    h_hi = h.to(hin_ptr.dtype.element_ty)
+    tl.store(hin_ptr + o_st, h_hi, mask=m_s)
+    if HIN_SPLIT:  # 16-bit hi plane (what the scan reads) + 16-bit lo plane: hin to ~16 bits
+        tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
+    h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + s
+    if IS_VARLEN:
+        cf = tl.load(cfin_ptr + i_c)
+        k2 = tl.maximum(cf, 0).to(tl.int64)
+        tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
     return h
 
 
@@ -341,16 +377,8 @@ def _state_pass_fwd_kernel(st_ptr, cs_ptr, init_ptr, cinit_ptr, cfin_ptr, hin_pt
                                 other=0.0).to(tl.float32)
                 else:
                     h = tl.zeros([BS], dtype=tl.float32)
-        o_st = ((i_b * nc + c) * H + i_h) * PN + o_s
-        h_hi = h.to(hin_ptr.dtype.element_ty)
-        tl.store(hin_ptr + o_st, h_hi, mask=m_s)
-        if HIN_SPLIT:  # 16-bit hi plane (what the scan reads) + 16-bit lo plane: hin to ~16 bits
-            tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
-        h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + s
-        if IS_VARLEN:
-            cf = tl.load(cfin_ptr + c)
-            k2 = tl.maximum(cf, 0).to(tl.int64)
-            tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
+        h = _state_step(h, s, cs_last, i_b * nc + c, c, i_h, H, PN, o_s, m_s, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
+                        IS_VARLEN, HIN_SPLIT)
     if not IS_VARLEN:
         tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
 
@@ -399,24 +427,8 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
     PN = P * N
     o_s = (hr * PN + o_p * N)[:, None] + o_n[None, :]
     o_xr = hr * s_x_h + o_p
-    o_uc = ((i_b * H + i_h) * nc + i_c) * Q
-    cs_last = tl.load(cs_ptr + o_uc + Q - 1)
-    nv = tl.minimum(T - i_c * Q, Q).to(tl.int32)
-    p_x = x_ptr + i_b * s_x_b + i_h * s_x_h + i_c * Q * s_x_t
-    p_B = B_ptr + i_b * s_B_b + i_g * s_B_g + i_c * Q * s_B_t
-    acc = tl.zeros([BP, BN], dtype=tl.float32)
-    for k in range(0, Q, BK):
-        o_k = k + tl.arange(0, BK)
-        m_k = o_k < nv
-        xT = tl.load(p_x + (o_k[None, :] * s_x_t + o_xr[:, None]), mask=m_k[None, :] & m_p[:, None], other=0.0)
-        b = tl.load(p_B + (o_k[:, None] * s_B_t + o_n[None, :]), mask=m_k[:, None] & m_n[None, :], other=0.0)
-        w = tl.exp(tl.minimum(cs_last - tl.load(cs_ptr + o_uc + o_k), 0.0).to(tl.float32)) \
-            * tl.load(u_ptr + o_uc + o_k)
-        xw = xT.to(tl.float32) * w[None, :]
-        if XW_SPLIT >= 0:
-            acc += _dot_f32_16(xw, b, XW_SPLIT)
-        else:
-            acc += tl.dot(xw.to(b.dtype), b, input_precision=DOT_PREC)
+    acc, cs_last = _local_state(x_ptr, B_ptr, u_ptr, cs_ptr, i_b, i_c, i_h, i_g, o_xr, o_n, m_p, m_n, T, H, nc,
+                                s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g, Q, BP, BN, BK, False, DOT_PREC, XW_SPLIT)
     # the state entering this chunk
     flag = sync_ptr + 1 + (i_b * H + i_h) * NBLK + i_pn
     o_ring = (i_b * H + i_h) * PN + o_s
@@ -440,17 +452,9 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
                             other=0.0).to(tl.float32)
             else:
                 h = tl.zeros([BP, BN], dtype=tl.float32)
-    o_st = (i_bc * H + i_h) * PN + o_s
-    h_hi = h.to(hin_ptr.dtype.element_ty)
-    tl.store(hin_ptr + o_st, h_hi, mask=m_s)
-    if HIN_SPLIT:
-        tl.store(hinlo_ptr + o_st, (h - h_hi.to(tl.float32)).to(hinlo_ptr.dtype.element_ty), mask=m_s)
-    h = tl.exp(tl.minimum(cs_last, 0.0).to(tl.float32)) * h + acc
-    if IS_VARLEN:
-        cf = tl.load(cfin_ptr + i_c)
-        k2 = tl.maximum(cf, 0).to(tl.int64)
-        tl.store(fin_ptr + (k2 * H + i_h) * PN + o_s, h, mask=m_s & ((o_s * 0 + cf) >= 0))
-    else:
+    h = _state_step(h, acc, cs_last, i_bc, i_c, i_h, H, PN, o_s, m_s, cfin_ptr, hin_ptr, hinlo_ptr, fin_ptr,
+                    IS_VARLEN, HIN_SPLIT)
+    if not IS_VARLEN:
         if i_c == nc - 1:
             tl.store(fin_ptr + (i_b * H + i_h) * PN + o_s, h, mask=m_s)
     if i_c < nc - 1:
@@ -771,6 +775,15 @@ def _dx_state_term(p_B, p_ds, o_j, m_j, o_p, m_p, N, s_B_t, BJ: tl.constexpr, BP
 
 
 @triton.jit
+def _ld_D(D_ptr, i_h, P, o_p, m_p, D_PER_CHAN: tl.constexpr):
+    """D of head i_h in fp32: a [1, BP] row over the channels o_p (D_PER_CHAN: D is (H, P)), else a scalar."""
+    if D_PER_CHAN:
+        return tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
+    else:
+        return tl.load(D_ptr + i_h).to(tl.float32)
+
+
+@triton.jit
 def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, csl_ptr, ds_ptr, D_ptr,
                         dx_ptr, du_ptr, dcs_ptr, rowt_ptr, colt_ptr, dD_ptr,
                         T, H, G, nc, P, N,
@@ -867,10 +880,7 @@ def _scan_bwd_dx_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_ptr, cs
     colt = u_j * dcol  # strictly-lower colsum(T)_j + V_j
     dx = acc
     if HAS_D:
-        if D_PER_CHAN:
-            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        Dv = _ld_D(D_ptr, i_h, P, o_p, m_p, D_PER_CHAN)
         dyj = tl.load(p_dy + (o_j[:, None] * s_dy_t + o_p[None, :]), mask=m, other=0.0).to(tl.float32)
         dx += Dv * dyj
         tl.store(dD_ptr + ((i_bc * NB + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
@@ -943,10 +953,7 @@ def _scan_bwd_dx_lean_kernel(x_ptr, dy_ptr, B_ptr, cb_ptr, u_ptr, cs_ptr, csh_pt
     tl.store(dcs_ptr + o_uc + o_j, -(u_j * dcol))
     acc = acc * u_j[:, None]
     if HAS_D:
-        if D_PER_CHAN:
-            Dv = tl.load(D_ptr + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + i_h).to(tl.float32)
+        Dv = _ld_D(D_ptr, i_h, P, o_p, m_p, D_PER_CHAN)
         acc += Dv * dyj
         tl.store(dD_ptr + ((i_bc * (Q // BJ) + jb) * H + i_h) * P + o_p, tl.sum(dyj * xf, axis=0), mask=m_p)
     # intra-chunk part: sum_{i >= j} CB_ij e^{cs_i - cs_j} u_j dy_i, over column blocks of BI rows i
@@ -1578,6 +1585,36 @@ def _chunk_states(a, M, u, cs, b, nc, T, H, G, P, N, Q, cfg, *, reverse, xw_spli
     return out
 
 
+_BH = 8   # heads per program of the cumsum kernels
+
+
+def _dt_cumsum(dt, dt_bias, A, tables, b, H, nc, Q, softplus, lo, hi):
+    """The cumsum kernel: u (processed dt) and the within-chunk cumsum cs of u A, each (b, H, nc, Q): cs in fp64
+    and as fp32 hi / lo planes (csh, csl)."""
+    u = new_empty((b, H, nc, Q), dtype=torch.float32, device=dt.device)
+    cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dt.device)
+    csh = new_empty((b, H, nc, Q), dtype=torch.float32, device=dt.device)
+    csl = new_empty((b, H, nc, Q), dtype=torch.float32, device=dt.device)
+    varlen = tables is not None
+    _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, _BH))](
+        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, cs, csh, csl,
+        dt.shape[1], H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
+        Q=Q, BH=_BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
+        IS_VARLEN=varlen, num_warps=4)
+    return u, cs, csh, csl
+
+
+def _cb(C, B, dtype, b, nc, Q, cfg):
+    """CB = C B^T per chunk and group, (b, nc, G, Q, Q) in `dtype` (the lower block triangle written)."""
+    T, G, N = B.shape[1], B.shape[2], B.shape[3]
+    cb = new_empty((b, nc, G, Q, Q), dtype=dtype, device=B.device)
+    BMb = min(64, Q)
+    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
+        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
+        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+    return cb
+
+
 class _Tables:
     """Per-chunk tables of the packed layout (int32 tensors on the device)."""
 
@@ -1606,27 +1643,13 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
     cfg = _cfg(Q, P, N, x.dtype)
     varlen = tables is not None
     f32 = torch.float32
-    u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
-    csh = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    csl = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    BH = 8
+    u, cs, csh, csl = _dt_cumsum(dt, dt_bias, A, tables, b, H, nc, Q, softplus, lo, hi)
     dummy = u
-    _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
-        dt, dt_bias if dt_bias is not None else dummy, A, tables.clen if varlen else dummy, u, cs, csh, csl,
-        T, H, nc, *_strides3(dt), float(lo), float(hi) if hi != float("inf") else 0.0,
-        Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
-        IS_VARLEN=varlen, num_warps=4)
     # CB in fp32 (the backward recomputes it in fp32 too): a 16-bit copy overflows to inf once
     # |C . B| > 65504 in fp16, and inf times a decay of 0 is NaN where the true term is 0 (measured:
     # y non-finite with |CB| up to 1e5 and small dt, true |y| <= 1.6e3). The 16-bit operand of the
     # product is CB e^{..} u, formed in fp32 first.
-    cb_dt = x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32  # bf16 has fp32's range
-    cb = new_empty((b, nc, G, Q, Q), dtype=cb_dt, device=dev)
-    BMb = min(64, Q)
-    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
-        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
-        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+    cb = _cb(C, B, x.dtype if (cfg["cb16"] and x.dtype == torch.bfloat16) else f32, b, nc, Q, cfg)  # bf16: fp32's range
     # fp32 for every input dtype: besides the forward's C @ hin^T (cast to 16 bits there) the backward
     # uses hin as h_out in d cs_last = <dS, h_out>, and a 16-bit h_out made that decay-gradient term
     # lose 3-9x in dA (fp16 on CPU: 1.9e-3 vs 5.2e-4 at B2 T400 Q16; bf16 rounds 8x coarser)
@@ -1707,23 +1730,8 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     hin = hin_hi
     dummy = hin
     # recompute the cheap forward pieces: u, cs and CB
-    u = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    cs = new_empty((b, H, nc, Q), dtype=torch.float64, device=dev)
-    csh = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    csl = new_empty((b, H, nc, Q), dtype=f32, device=dev)
-    BH = 8
-    hi_arg = float(hi) if hi != float("inf") else 0.0
-    _cumsum_fwd_kernel[(b, nc, triton.cdiv(H, BH))](
-        dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, cs, csh, csl,
-        T, H, nc, *_strides3(dt), float(lo), hi_arg,
-        Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
-        IS_VARLEN=varlen, num_warps=4)
-    cb = new_empty((b, nc, G, Q, Q), dtype=x.dtype if (cfg["cbb16"] and x.dtype == torch.bfloat16) else f32,
-                   device=dev)
-    BMb = min(64, Q)
-    _bmm_fwd_kernel[(b * nc, G, (Q // BMb) ** 2)](
-        C, B, cb, T, G, N, nc, B.stride(0), B.stride(1), B.stride(2),
-        Q=Q, BM=BMb, BK=min(64, cfg["BN"]), DOT_PREC=cfg["prec"], num_warps=4, num_stages=cfg["stages"])
+    u, cs, csh, csl = _dt_cumsum(dt, dt_bias, A, tables, b, H, nc, Q, softplus, lo, hi)
+    cb = _cb(C, B, x.dtype if (cfg["cbb16"] and x.dtype == torch.bfloat16) else f32, b, nc, Q, cfg)
 
     dy = dy.contiguous()
     dz = None
@@ -1776,12 +1784,12 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     dD_part = new_empty((b * nc * (Q // BJx), H, P), dtype=f32, device=dev) if D is not None else u
     colt = new_empty((b, H, nc, NB, Q), dtype=f32, device=dev) if tsum else rowt
     mixed_t = dy.dtype == f32 and x.dtype != f32
+    hfirst = _hfirst(b * nc, cfg["hfirst"])  # heads / blocks fastest in the grids below (HFIRST, MFIRST)
 
     def launch_dcb():
-        mfirst = cfg["hfirst"] and b * nc <= _GRID_Z_MAX
-        _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if mfirst else (b * nc, G, NB * NB)](
+        _scan_bwd_dcb_kernel[(NB * NB, G, b * nc) if hfirst else (b * nc, G, NB * NB)](
             x, dy, u, cs, csh, csl, dcb, cb, rowt, colt, T, H, G, nc, P, *_strides3(x), *_strides3(dy),
-            Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=mfirst, TSUM=tsum,
+            Q=Q, BM=BJ, BP=cfg["BP"], DOT_PREC=cfg["prec"], CS64=cfg["cs64"], MFIRST=hfirst, TSUM=tsum,
             MIXED_T=mixed_t, **({"CB_RL": True} if (cfg["dcb_rl"] and tsum) else {}),
             **({"FTZ": True} if (ftz and not cfg["cs64"]) else {}),
             num_warps=cfg["warps_dcb"] or cfg["warps"],
@@ -1798,7 +1806,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             *_strides3(dx),
             Q=Q, BJ=BJx, BI=min(cfg["BI_DX"], Q), BP=cfg["BP"], BN=min(cfg["BN_DX"] or cfg["BN_SCAN"], cfg["BN"]),
             NBT=NB, HAS_D=D is not None,
-            D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=_hfirst(b * nc, cfg["hfirst"]), DOT_PREC=cfg["prec"],
+            D_PER_CHAN=D is not None and D.dim() == 2, HFIRST=hfirst, DOT_PREC=cfg["prec"],
             SPLIT_F32=x.dtype != f32, STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0,
             num_warps=cfg["warps_dx"] or cfg["warps"], num_stages=cfg["stages_dx"] or cfg["stages"],
             **_maxnreg(cfg["maxnreg_dx"]), **({"DS_SPLIT": True} if ds_split else {}), **({"FTZ": True} if ftz else {}))
@@ -1807,7 +1815,7 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
             x, dy, B, cb, u, cs, csh, csl, ds, D if D is not None else u, dx, du, dcs, rowt, colt, dD_part,
             T, H, G, nc, P, N, *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2), *_strides3(dx),
             Q=Q, BJ=BJ, BP=cfg["BP"], BN=cfg["BN_SCAN"], HAS_D=D is not None,
-            D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=_hfirst(b * nc, cfg["hfirst"]),
+            D_PER_CHAN=D is not None and D.dim() == 2, DOT_PREC=cfg["prec"], HFIRST=hfirst,
             CS64=cfg["cs64"],
             MIXED_T=mixed_t, SPLIT_F32=x.dtype != f32,
             STATE_BF16=cfg["state_bf16"] if B.dtype == torch.bfloat16 else 0, TSUM=tsum,
@@ -1819,12 +1827,11 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
     dC = new_empty(C.shape, dtype=C.dtype, device=dev) if dC is None else dC
     BMd = cfg["BM_DBC"]
     for is_db, out in ((True, dB), (False, dC)):
-        mfirst = cfg["hfirst"] and b * nc <= _GRID_Z_MAX
-        _scan_bwd_dbc_kernel[(Q // BMd, G, b * nc) if mfirst else (b * nc, G, Q // BMd)](
+        _scan_bwd_dbc_kernel[(Q // BMd, G, b * nc) if hfirst else (b * nc, G, Q // BMd)](
             x, dy, B, C, u, cs, hin_hi, ds, dcb, dB, dC, rterm, T, H, G, nc, P, N,
             *_strides3(x), *_strides3(dy), B.stride(0), B.stride(1), B.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
-            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=mfirst,
+            Q=Q, BM=BMd, BK=BMd, BP=cfg["BP"], BN=cfg["BN"], IS_DB=is_db, MFIRST=hfirst,
             R_TF32=cfg["r_prec"] == "tf32" and x.dtype != f32, DOT_PREC=cfg["prec"],
             num_warps=cfg["warps_dbc"], num_stages=cfg["stages"], **({"DS_SPLIT": True} if ds_split else {}))
 
@@ -1833,10 +1840,11 @@ def _bwd(dy, dfinal, x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, t
         ddt = new_empty(dt.shape, dtype=dt.dtype, device=dev)
     dA_part = new_empty((b, nc, H), dtype=f32, device=dev)
     dbias_part = new_empty((b, nc, H), dtype=f32, device=dev) if dt_bias is not None else u
-    _cumsum_bwd_kernel[(b, nc, triton.cdiv(H, BH))](
+    _cumsum_bwd_kernel[(b, nc, triton.cdiv(H, _BH))](
         dt, dt_bias if dt_bias is not None else u, A, tables.clen if varlen else u, u, du, dcs, rowt, rterm, ddal,
-        ddt, dA_part, dbias_part, T, H, nc, *_strides3(dt), *_strides3(ddt), float(lo), hi_arg,
-        Q=Q, BH=BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
+        ddt, dA_part, dbias_part, T, H, nc, *_strides3(dt), *_strides3(ddt), float(lo),
+        float(hi) if hi != float("inf") else 0.0,
+        Q=Q, BH=_BH, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(softplus), HAS_HI=hi != float("inf"),
         IS_VARLEN=varlen, NB=NB, num_warps=4)
     dA = dA_part.sum((0, 1)).to(A.dtype)
     dbias = dbias_part.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None

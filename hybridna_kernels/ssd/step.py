@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..utils import new_empty, next_pow2
-from .chunk import _softplus
+from .chunk import _dt_proc
 
 
 @triton.jit
@@ -37,11 +37,7 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
     d = tl.load(dt_ptr + i_b * s_dt_b + i_h * s_dt_h).to(tl.float32)
     if HAS_BIAS:
         d += tl.load(bias_ptr + i_h).to(tl.float32)
-    if SOFTPLUS:
-        d = _softplus(d)
-    d = tl.maximum(d, lo)
-    if HAS_HI:
-        d = tl.minimum(d, hi)
+    d = _dt_proc(d, lo, hi, SOFTPLUS, HAS_HI)
     dA = tl.exp(tl.minimum(d * tl.load(A_ptr + i_h).to(tl.float32), 0.0))
     p_st = state_ptr + i_b * s_st_b + i_h * s_st_h + o_p[:, None] * s_st_p + o_n[None, :]
     h = tl.load(p_st, mask=m, other=0.0)
