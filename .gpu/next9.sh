@@ -9,9 +9,10 @@
 #          chain default at batch x heads 128 (test_kernel_nograd_chain_default_bf16_gpu), the one attention case no
 #          GPU run has reached (D160 W7 fp32); -n 8, ~100 s
 #   suite: the whole tests/ on the GPU (.gpu/tests_all.sh, -n 12, what is left of END): before resolving issue 5
-#   ssd (opt-in, for a second call): the rank-1 decay scan under a 128-register cap (never timed on top of session
-#          7's scan) and the no-grad chain's blocks, against the default and session 7's default (.gpu/ssd7f.sh,
-#          ~110 s): issue 4's no-grad forward
+#   ssd (opt-in, for a second call): the chain kernel's LEAN offsets ("s9 chain lean": 4528 instead of 5408 SASS
+#          instructions), the rank-1 decay scan under a 128-register cap (never timed on top of session 7's scan)
+#          and the no-grad chain's blocks, against the default and session 7's default (.gpu/ssd7f.sh, ~120 s):
+#          issue 4's no-grad forward
 source .gpu/parts.sh
 END=${END:-560}
 PARTS=" ${PARTS:-fixed suite} "
@@ -30,5 +31,5 @@ $(grep -c ' SKIPPED' $OUT/tests.txt) skipped"
 export -f fixed_tests
 on fixed && part fixed 110 bash -c fixed_tests
 on suite && part suite $(( END - SECONDS - 5 )) env T=$(( END - SECONDS - 25 )) N=12 bash .gpu/tests_all.sh
-on ssd && part ssd 110 env SSD7F_S=100 SSD7F_VARIANTS="default,s7 default,scan7 r1 mr128,scan7 r1 ftz mr128,s8 chain nograd n64 w4,s8 chain nograd n64 w4 mr128,s8 chain nograd64 n64 w4" bash .gpu/ssd7f.sh
+on ssd && part ssd 110 env SSD7F_S=100 SSD7F_VARIANTS="default,s9 chain lean,s7 default,scan7 r1 mr128,scan7 r1 ftz mr128,s8 chain nograd n64 w4,s8 chain nograd n64 w4 mr128,s8 chain nograd64 n64 w4" bash .gpu/ssd7f.sh
 echo "end at $SECONDS s"

@@ -31,7 +31,11 @@ def sass(fn, ptrs, fscal, consts, warps, **options):
     nvd = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
     s = subprocess.run([nvd, "-c", p], capture_output=True, text=True).stdout
     body = [re.sub(r"/\*[0-9a-f]+\*/", "", l).strip() for l in s.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", l)]
-    return len(body), hashlib.md5("\n".join(body).encode()).hexdigest()[:10]
+    md5 = hashlib.md5("\n".join(body).encode()).hexdigest()[:10]
+    if os.environ.get("SASS_DUMP_DIR"):  # the instructions of each distinct compile, as DIR/<md5>.sass
+        with open(os.path.join(os.environ["SASS_DUMP_DIR"], md5 + ".sass"), "w") as f:
+            f.write("\n".join(body) + "\n")
+    return len(body), md5
 
 
 def main():

@@ -454,6 +454,9 @@ FWD7_CASES = [  # (config, shape (b, L, H, P, G, N, Q), option, dtype)
     ({"state_chain": True}, (2, 63, 4, 16, 2, 16, 16), "all", torch.float32),  # 4 chunks a row, 2 groups
     ({"state_chain": True}, (1, 150, 2, 16, 1, 32, 64), "all-cuseq", torch.float16),
     ({"state_chain": True, "BN_CHAIN": 16}, (2, 100, 4, 12, 1, 20, 32), "all-seqidx", torch.float32),  # 2 N blocks
+    ({"state_chain": True, "chain_lean": True}, (1, 150, 2, 16, 1, 32, 64), "all-cuseq", torch.float16),
+    ({"state_chain": True, "chain_lean": True, "BN_CHAIN": 16}, (2, 100, 4, 12, 1, 20, 32), "all-seqidx",
+     torch.float32),
 ]
 
 
@@ -587,10 +590,11 @@ def _same_arithmetic(name, x, y):
         assert_close(name, x, y, tol(torch.float16))
 
 
-@pytest.mark.parametrize("cfg", [{"state_chain": True}], ids=["chain"])
+@pytest.mark.parametrize("cfg", [{"state_chain": True}, {"state_chain": True, "chain_lean": True}],
+                         ids=["chain", "chain-lean"])
 def test_kernel_fwd7_bitwise_equal_default(cfg):
-    """The chained state kernel does the default's arithmetic in the same order: y and the final states bitwise
-    equal (fp16, interpreter; see _same_arithmetic on the GPU), with grad and without."""
+    """The chained state kernel (and its LEAN offsets) does the default's arithmetic in the same order: y and the
+    final states bitwise equal (fp16, interpreter; see _same_arithmetic on the GPU), with grad and without."""
     t, kw = make_inputs(2, 200, 4, 16, 2, 32, OPTIONS["all"], dtype=torch.float16, device=DEVICE, seed=5)
     outs = []
     for c in ({}, cfg):
@@ -689,7 +693,7 @@ def test_kernel_grid_fallback_order(hfirst, monkeypatch):
     check_kernel_with_config({"hfirst": hfirst}, (2, 150, 2, 16, 1, 16, 64), "all", torch.float32)
 
 
-BF16_VARIANTS = ["launch3 only", "bwd6", "bwd6 w8x", "bwd6 sb3", "lean mr168", "lean bj128 w8"]
+BF16_VARIANTS = ["launch3 only", "bwd6", "bwd6 w8x", "bwd6 sb3", "lean mr168", "lean bj128 w8", "chain lean"]
 BWD7_BF16 = ["bwd7 ds dcb16 ftz", "bwd7 ds dcb16 ftz w8", "bwd7 ftz", "bwd7 ds", "bwd7 dcb16", "bwd7 ds dcb16",
              "bwd7 cbb16", "bwd7 ds64", "bwd7 dcb w8", "bwd7 rl w8", "bwd7 ds w8"]
 

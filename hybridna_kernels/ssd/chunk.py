@@ -389,7 +389,7 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
                             T, H, G, nc, P, N, NBLK, NBAT, RS, s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g,
                             Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                             HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, HIN_SPLIT: tl.constexpr,
-                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr):
+                            DOT_PREC: tl.constexpr, XW_SPLIT: tl.constexpr, LEAN: tl.constexpr = False):
     """chunk_state and state_pass in one kernel that stays parallel over chunks (state_chain): each program
     forms its chunk's local state (as _chunk_state_kernel, forward), then waits for the program of the
     previous chunk (same batch, heads, P x N block) to publish the state entering this chunk, writes hin[c],
@@ -414,19 +414,27 @@ def _state_chain_fwd_kernel(x_ptr, B_ptr, u_ptr, cs_ptr, init_ptr, cinit_ptr, cf
     i_bc = i_b * nc + i_c
     i_g = i_h // (H // G)
     nbn = tl.cdiv(N, BN)
-    # hr (always 0) is what is left of session 6's two-heads-per-program option (chain_hp, removed in session 9):
-    # kept in the offsets below because the compiled code depends on it (offline sm_90, Triton 3.6: without it the
-    # default's kernel is 4528 SASS instructions instead of 5408, a different program, not timed on a GPU)
-    o_r = tl.arange(0, BP)
-    hr = o_r // BP
-    o_p = (i_pn // nbn) * BP + o_r % BP
+    # hr (always 0) is what is left of session 6's two-heads-per-program option (chain_hp, removed in session 9).
+    # The compiled code depends on it (offline sm_90, Triton 3.6, bf16 P64 N128 Q256): LEAN (config key chain_lean,
+    # opt-in) drops it: 4528 SASS instructions instead of 5408 with grad (3776 instead of 4184 without), 128
+    # shared-memory loads instead of 680; the same arithmetic. Not yet timed on a GPU: the default once it is faster.
+    if LEAN:
+        o_p = (i_pn // nbn) * BP + tl.arange(0, BP)
+    else:
+        o_r = tl.arange(0, BP)
+        hr = o_r // BP
+        o_p = (i_pn // nbn) * BP + o_r % BP
     o_n = (i_pn % nbn) * BN + tl.arange(0, BN)
     m_p = o_p < P
     m_n = o_n < N
     m_s = m_p[:, None] & m_n[None, :]
     PN = P * N
-    o_s = (hr * PN + o_p * N)[:, None] + o_n[None, :]
-    o_xr = hr * s_x_h + o_p
+    if LEAN:
+        o_s = (o_p * N)[:, None] + o_n[None, :]
+        o_xr = o_p
+    else:
+        o_s = (hr * PN + o_p * N)[:, None] + o_n[None, :]
+        o_xr = hr * s_x_h + o_p
     acc, cs_last = _local_state(x_ptr, B_ptr, u_ptr, cs_ptr, i_b, i_c, i_h, i_g, o_xr, o_n, m_p, m_n, T, H, nc,
                                 s_x_b, s_x_t, s_x_h, s_B_b, s_B_t, s_B_g, Q, BP, BN, BK, False, DOT_PREC, XW_SPLIT)
     # the state entering this chunk
@@ -1279,6 +1287,7 @@ SWEEP_CONFIGS = {
     "mr": {"maxnreg_state": 128},
     # session 6, helper ssd7f (forward): the chained chunk-state + state-pass kernel (see _cfg)
     "chain": {"state_chain": True},
+    "chain lean": {"state_chain": True, "chain_lean": True},  # the chain at every shape, LEAN (tests)
     "chain mr128": {"state_chain": True, "maxnreg_chain": 128},
     # the chain without grad too at batch x heads >= 128, with session 6's no-grad blocks (see _cfg's chain_nograd)
     "s7 chain nograd": {"chain_nograd": (128, None, None, 128)},
@@ -1345,6 +1354,7 @@ SWEEP_CONFIGS = {
                    "maxnreg_scan": None},
     # session 7's default (no chain in a forward without grad), to time against session 8's
     "s7 default": {"chain_nograd": None},
+    "s9 chain lean": {"chain_lean": True},
     # session 5's default (bwd6, two-kernel forward state), to time against the session 6 default
     "s5 default": {**_BWD6, "ds_split": False, "BN_DX": None, "dcb16": False, "bwd_ftz": False, "state_chain": False,
                    "scan_split": False, "scan_ftz": False, "maxnreg_scan": None,
@@ -1536,6 +1546,8 @@ def _cfg(Q, P, N, dtype):
         # 1.036 ms (graph 0.997 / 1.035; the chain 0.363 ms replaces chunk state 0.246 + state pass 0.147), y and
         # final states bitwise equal there: on for bf16 at batch x heads >= 128 (sweep config "s7 default": off)
         "chain_nograd": (128, None, None, 128) if b6 else None,
+        # chain_lean (session 9, opt-in, untimed): the chain kernel without the always-zero head-row offset (LEAN)
+        "chain_lean": False,
     }
     for k, v in CFG_OVERRIDE.items():
         if k in ("BM_SCAN", "BK_SCAN", "BM_DBC"):
@@ -1679,7 +1691,7 @@ def _fwd(x, dt, A, B, C, Q, D, z, dt_bias, softplus, lo, hi, init, tables, store
             b * H * P * N, *_strides3(x), B.stride(0), B.stride(1), B.stride(2),
             Q=Q, BP=BPs, BN=BNs, BK=cfg["BK"], HAS_INIT=init is not None, IS_VARLEN=varlen,
             HIN_SPLIT=layout == "split", DOT_PREC=cfg["prec"], XW_SPLIT=_xw_split(x.dtype, xws),
-            num_warps=cfg["warps_state"] if warps_chain is None else warps_chain,
+            LEAN=cfg["chain_lean"], num_warps=cfg["warps_state"] if warps_chain is None else warps_chain,
             num_stages=cfg["stages"], **_maxnreg(maxnreg_chain))
     else:
         states = _chunk_states(x, B, u, cs, b, nc, T, H, G, P, N, Q, cfg, reverse=False,
