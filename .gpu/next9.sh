@@ -31,5 +31,5 @@ $(grep -c ' SKIPPED' $OUT/tests.txt) skipped"
 export -f fixed_tests
 on fixed && part fixed 110 bash -c fixed_tests
 on suite && part suite $(( END - SECONDS - 5 )) env T=$(( END - SECONDS - 25 )) N=12 bash .gpu/tests_all.sh
-on ssd && part ssd 130 env SSD7F_S=120 SSD7F_VARIANTS="default,s9 chain lean,s7 default,scan7 r1 mr128,scan7 r1 ftz mr128,s8 chain nograd n64 w4,s8 chain nograd n64 w4 mr128,s8 chain nograd64 n64 w4" bash .gpu/ssd7f.sh
+on ssd && part ssd 140 env SSD7F_S=130 SSD7F_VARIANTS="default,s9 chain lean,s9 chain lean nograd n64 w4,s7 default,scan7 r1 mr128,scan7 r1 ftz mr128,s8 chain nograd n64 w4,s8 chain nograd n64 w4 mr128,s8 chain nograd64 n64 w4" bash .gpu/ssd7f.sh
 echo "end at $SECONDS s"

@@ -1355,6 +1355,9 @@ SWEEP_CONFIGS = {
     # session 7's default (no chain in a forward without grad), to time against session 8's
     "s7 default": {"chain_nograd": None},
     "s9 chain lean": {"chain_lean": True},
+    # offline sm_90 (Triton 3.6): the default no-grad chain (N 128, 8 warps, cap 128) spills (322 local loads, 258
+    # stores in its SASS, LEAN or not); with N 64, 4 warps and no cap, LEAN: 3560 instructions, one spill
+    "s9 chain lean nograd n64 w4": {"chain_lean": True, "chain_nograd": (128, 64, 4, None)},
     # session 5's default (bwd6, two-kernel forward state), to time against the session 6 default
     "s5 default": {**_BWD6, "ds_split": False, "BN_DX": None, "dcb16": False, "bwd_ftz": False, "state_chain": False,
                    "scan_split": False, "scan_ftz": False, "maxnreg_scan": None,
