@@ -149,6 +149,28 @@ def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.co
 
 
 @triton.jit
+def _load_kv(p_k, p_v, skt, svt, start_n, n64, o_k, m_d, seqlen_k, MASK: tl.constexpr, EVEN_D: tl.constexpr,
+             TMA: tl.constexpr, KD, VD, row0, col):
+    """The K, V tiles of the key block at start_n (keys o_k = start_n + o_n, n64 = start_n as int64): through the
+    descriptors KD, VD with TMA (unmasked blocks only), else from the pointer tiles p_k, p_v (row 0 of the
+    sequence) masked by the sequence end with MASK, else by the head dim unless EVEN_D."""
+    if TMA and not MASK:
+        b_k = KD.load([row0 + start_n, col])
+        b_v = VD.load([row0 + start_n, col])
+    elif MASK:
+        m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
+        b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
+        b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
+    elif EVEN_D:
+        b_k = tl.load(p_k + n64 * skt)
+        b_v = tl.load(p_v + n64 * svt)
+    else:
+        b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
+        b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
+    return b_k, b_v
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d,
                seqlen_q, seqlen_k, qk_scale, window,
                MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
@@ -159,19 +181,7 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d
     for start_n in range(start, end, BN):
         n64 = tl.zeros([], dtype=tl.int64) + start_n
         o_k = start_n + o_n
-        if TMA and not MASK:
-            b_k = KD.load([row0 + start_n, col])
-            b_v = VD.load([row0 + start_n, col])
-        elif MASK:
-            m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
-            b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
-            b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
-        elif EVEN_D:
-            b_k = tl.load(p_k + n64 * skt)
-            b_v = tl.load(p_v + n64 * svt)
-        else:
-            b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
-            b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
+        b_k, b_v = _load_kv(p_k, p_v, skt, svt, start_n, n64, o_k, m_d, seqlen_k, MASK, EVEN_D, TMA, KD, VD, row0, col)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)                  # (BM, BN), unscaled
         # the max of the raw scores times qk_scale (> 0) is the max of the scaled ones, and
         # s * qk_scale - m is one FMA per element
@@ -520,7 +530,9 @@ def _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, start, en
     for start_n in range(start, end, BN):
         n64 = tl.zeros([], dtype=tl.int64) + start_n
         o_k = start_n + o_n
-        if TMA and not MASK:   # as in _fwd_inner
+        # _load_kv written out: through the helper, ptxas allocates registers differently (line info) in the
+        # window, varlen-window, short-bucket and D128 dq launches
+        if TMA and not MASK:
             b_k = KD.load([row0 + start_n, col])
             b_v = VD.load([row0 + start_n, col])
         elif MASK:
@@ -560,20 +572,9 @@ def _bwd_q_inner1(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_f
             s_n = start_n
         n64 = tl.zeros([], dtype=tl.int64) + s_n
         o_k = s_n + o_n
-        if ROWSHIFT:     # every key of the block exists
-            if TMA:
-                b_k = KD.load([row0 + s_n, col])
-                b_v = VD.load([row0 + s_n, col])
-            elif EVEN_D:
-                b_k = tl.load(p_k + n64 * skt)
-                b_v = tl.load(p_v + n64 * svt)
-            else:
-                b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
-                b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
-        else:
-            m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
-            b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
-            b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
+        # ROWSHIFT: every key of the block exists (no row mask)
+        b_k, b_v = _load_kv(p_k, p_v, skt, svt, s_n, n64, o_k, m_d, seqlen_k, not ROWSHIFT, EVEN_D, TMA, KD, VD,
+                            row0, col)
         b_p, b_dp = _q_probs(b_q, b_k, b_v, b_do, b_lse2, qk_scale, DOT_PREC, EARLY_DP)
         if (start_n < lo_full) | (start_n >= hi_full):
             vis = _visible(o_m, o_k, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
