@@ -995,12 +995,9 @@ def _run(kind, grid, blocks, args, meta):
     if blocks is not None:
         BM, BN = blocks
         raw[grid({"BM": BM, "BN": BN})](*args, **meta, BM=BM, BN=BN, num_warps=4, num_stages=2)
-    elif kind in VARIANT:
-        BM, BN, w, st, *reg = VARIANT[kind]     # reg: an optional register cap per thread (ptxas maxnreg)
-        _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st,
-                                                            **({"maxnreg": reg[0]} if reg else {})))
-    elif conf is not None or not TUNE:
-        BM, BN, w, st, *reg = fixed()   # reg: DQ_FAST's register cap
+    elif kind in VARIANT or conf is not None or not TUNE:
+        # reg: an optional register cap per thread (ptxas maxnreg; a VARIANT's, DQ_FAST's)
+        BM, BN, w, st, *reg = VARIANT[kind] if kind in VARIANT else fixed()
         _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st,
                                                             **({"maxnreg": reg[0]} if reg else {})))
     else:
