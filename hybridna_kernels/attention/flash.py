@@ -1029,6 +1029,18 @@ def _flags(q, k, causal, window, cu_seqlens, max_len):
                 window=window if window is not None else 0)
 
 
+def _query_block_flags(kind, q, k, v, causal, window, cu_seqlens, max_len):
+    """_flags of the kernels whose programs are query blocks (fwd, dq): causal launches run the longest blocks
+    first; K, V through TMA descriptors where _feature("tma") names the kernel and the tensors allow (built at
+    launch, for the launched BN)."""
+    meta = _flags(q, k, causal, window, cu_seqlens, max_len)
+    meta["REVERSE_M"] = bool(causal)
+    if kind in _feature("tma", meta) and _tma_ok((k, v), q.shape[3]):
+        meta["TMA"] = True
+        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
+    return meta
+
+
 def _nseq(q, cu_seqlens, max_seqlen):
     """(number of sequences, longest query sequence, longest key sequence) of the launch grid."""
     if cu_seqlens is not None:
@@ -1046,11 +1058,7 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
     max_len = Lq if max_len is None else max_len
     if max_len == 0 or nb == 0 or Hq == 0:
         return o, lse
-    meta = _flags(q, k, causal, window, cu_seqlens, max_len)
-    meta["REVERSE_M"] = bool(causal)
-    if "fwd" in _feature("tma", meta) and _tma_ok((k, v), D):
-        meta["TMA"] = True
-        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
+    meta = _query_block_flags("fwd", q, k, v, causal, window, cu_seqlens, max_len)
     args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             Lq, Lk, Hq, Lq, max_len, softmax_scale * LOG2E)
@@ -1115,15 +1123,11 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
 def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
             delta_here):
     """Launch the dq kernel; delta_here: it computes delta = rowsum(dO * O) and stores it first."""
-    Hq, D = q.shape[2], q.shape[3]
+    Hq = q.shape[2]
     if max_q == 0 or nb == 0 or Hq == 0:
         return
-    meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
-    meta["REVERSE_M"] = bool(causal)
+    meta = _query_block_flags("dq", q, k, v, causal, window, cu_seqlens, max(max_q, max_k))
     meta["M_MAJOR"] = "dq" in VARIANT.get("mmajor", ())
-    if "dq" in _feature("tma", meta) and _tma_ok((k, v), D):
-        meta["TMA"] = True
-        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
     for opt in _feature("dq_opt", meta):   # variant dq_opt=oneloop,rowshift,early_dp
         if opt == "rowshift" and (cu_seqlens is not None or k.shape[1] < 128):   # a key block must fit
             continue
