@@ -1041,6 +1041,19 @@ def _query_block_flags(kind, q, k, v, causal, window, cu_seqlens, max_len):
     return meta
 
 
+def _kernel_opts(meta, name, table, rowshift_ok, fast_ok, blocks):
+    """Set in meta the constexpr flags (table) of the kernel options _feature(name) names, rowshift only where
+    rowshift_ok; then, without fixed blocks, those and the config of the fast path fast_ok(meta) returns (a
+    DKDV_FAST-like dict, or None)."""
+    for opt in _feature(name, meta):
+        if opt == "rowshift" and not rowshift_ok:
+            continue
+        meta[table[opt]] = True
+    fast = fast_ok(meta) if blocks is None else None
+    if fast is not None:
+        meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
+
+
 def _nseq(q, cu_seqlens, max_seqlen):
     """(number of sequences, longest query sequence, longest key sequence) of the launch grid."""
     if cu_seqlens is not None:
@@ -1103,13 +1116,9 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
                 True)
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
-        for opt in _feature("dkdv_opt", meta):   # variant dkdv_opt=oneloop,rowshift,gunroll,kreg,early_dp
-            if opt == "rowshift" and (cu_seqlens is not None or Lq < 256):   # a block must fit in the rows
-                continue
-            meta[DKDV_OPTS[opt]] = True
-        fast = _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta) if blocks is None else None
-        if fast is not None:
-            meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
+        # variant dkdv_opt=oneloop,rowshift,gunroll,kreg,early_dp; rowshift: a block must fit in the rows
+        _kernel_opts(meta, "dkdv_opt", DKDV_OPTS, cu_seqlens is None and Lq >= 256,
+                     lambda m: _dkdv_fast_ok(q, k, causal, window, cu_seqlens, m), blocks)
         args = (q, k, v, do, lse, delta, dk, dv, q, cu_seqlens if cu_seqlens is not None else q,   # q: DQA (unused)
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
                 *dv.stride()[:3], 0, 0, 0, *common, max_k, scale, scale * LOG2E)
@@ -1128,13 +1137,9 @@ def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_
         return
     meta = _query_block_flags("dq", q, k, v, causal, window, cu_seqlens, max(max_q, max_k))
     meta["M_MAJOR"] = "dq" in VARIANT.get("mmajor", ())
-    for opt in _feature("dq_opt", meta):   # variant dq_opt=oneloop,rowshift,early_dp
-        if opt == "rowshift" and (cu_seqlens is not None or k.shape[1] < 128):   # a key block must fit
-            continue
-        meta[DQ_OPTS[opt]] = True
-    fast = _dq_fast_ok(q, k, causal, window, cu_seqlens, meta) if blocks is None else None
-    if fast is not None:
-        meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
+    # variant dq_opt=oneloop,rowshift,early_dp; rowshift: a key block must fit
+    _kernel_opts(meta, "dq_opt", DQ_OPTS, cu_seqlens is None and k.shape[1] >= 128,
+                 lambda m: _dq_fast_ok(q, k, causal, window, cu_seqlens, m), blocks)
     if delta_here:
         meta.update(DELTA_HERE=True, O=o, sob=o.stride(0), sot=o.stride(1), soh=o.stride(2))
     args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,
