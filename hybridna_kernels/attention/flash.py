@@ -1210,8 +1210,7 @@ class FlashAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen):
         o, lse = _fwd_impl(q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen)
-        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
-        ctx.args = (causal, window, softmax_scale, max_seqlen)
+        _setup_context(ctx, (q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen), (o, lse))   # as the op's
         ctx.set_materialize_grads(False)
         ctx.dests = [grad_dest(t) for t in (q, k, v)]  # dq, dk, dv into a caller's slab (utils.GradSlab)
         return o, lse
