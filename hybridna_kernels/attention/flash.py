@@ -696,6 +696,10 @@ def _head_block(D: int) -> int:
     return max(16, next_pow2(D))
 
 
+def _dot_prec(dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"   # the dots' input precision: fp32 inputs exact
+
+
 def _l_bucket(L: int) -> int:
     """Autotune key: sequence length rounded to a power of two (capped), so a tiny first call does
     not pick the blocks for 32k-token calls."""
@@ -1025,7 +1029,7 @@ def _flags(q, k, causal, window, cu_seqlens, max_len):
     Hq, D, Hkv = q.shape[2], q.shape[3], k.shape[2]
     return dict(GROUP=Hq // Hkv, HEAD_DIM=D, BD=_head_block(D), IS_CAUSAL=bool(causal),
                 HAS_WINDOW=window is not None, IS_VARLEN=cu_seqlens is not None,
-                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", L_BUCKET=_l_bucket(max_len),
+                DOT_PREC=_dot_prec(q.dtype), L_BUCKET=_l_bucket(max_len),
                 window=window if window is not None else 0)
 
 
