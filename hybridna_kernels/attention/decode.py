@@ -113,8 +113,7 @@ def _attn_decode_merge_kernel(
     b_o = tl.sum(b_o * w[:, None], 0) / tl.where(denom == 0.0, 1.0, denom)
     h = i_hk * GROUP + g
     tl.store(O + i_b * sob + i.to(tl.int64) * sot + h * soh + o_d, b_o.to(O.dtype.element_ty), mask=o_d < HEAD_DIM)
-    lse = tl.where(denom == 0.0, float("-inf"), (m_use + tl.math.log2(tl.where(denom == 0.0, 1.0, denom)))
-                   * 0.6931471805599453)
+    lse = flash._lse_ln(m_use, denom)
     tl.store(LSE + (i_b * nheads_kv * GROUP + h) * seqlen_q + i, lse)
 
 

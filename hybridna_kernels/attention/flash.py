@@ -202,6 +202,12 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d
     return acc, l_i, m_i
 
 
+@triton.jit
+def _lse_ln(m, l):
+    """The natural log-sum-exp of a row from its running max m (log2 domain) and sum l: -inf where l = 0."""
+    return tl.where(l == 0.0, float("-inf"), (m + tl.math.log2(tl.where(l == 0.0, 1.0, l))) * 0.6931471805599453)
+
+
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU,
@@ -247,8 +253,7 @@ def _attn_fwd_kernel(
                                DOT_PREC)
     # rows without a visible key: l = 0, m = -inf -> o = 0, lse = -inf
     b_o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    b_lse = tl.where(l_i == 0.0, float("-inf"),
-                     (m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))) * 0.6931471805599453)
+    b_lse = _lse_ln(m_i, l_i)
     o_base = O + i_b64 * sob + bos * sot + i_h.to(tl.int64) * soh
     tl.store(o_base + o_m[:, None].to(tl.int64) * sot + o_d[None, :], b_o.to(O.dtype.element_ty),
              mask=m_m[:, None] & m_d[None, :])
