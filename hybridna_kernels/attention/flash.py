@@ -120,6 +120,13 @@ def _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _tile(X, i_b64, bos, i_h, sb, st, sh, o_r, o_d):
+    """Pointers to rows o_r (of the sequence starting at packed row bos; batch i_b64) x head dims o_d of head i_h of
+    a (batch, rows, heads, headdim) tensor X with strides sb, st, sh."""
+    return X + i_b64 * sb + bos * st + i_h.to(tl.int64) * sh + o_r[:, None] * st + o_d[None, :]
+
+
+@triton.jit
 def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.constexpr, IS_VARLEN: tl.constexpr,
                          REVERSE_M: tl.constexpr, M_MAJOR: tl.constexpr, BM: tl.constexpr):
     """This program's (query block, query head) in the forward and dq grids: its first query row, query
@@ -495,10 +502,8 @@ def _attn_bwd_dkdv_kernel(
                                       seqlen_q, seqlen_k, qk_scale, window, IS_CAUSAL, HAS_WINDOW, EVEN_D,
                                       BM, DOT_PREC, EARLY_DP, ONELOOP, ROWSHIFT)
     b_dk = b_dk * sm_scale
-    tl.store(DK + i_b64 * sdkb + bos * sdkt + i_hk.to(tl.int64) * sdkh + o_n64[:, None] * sdkt + o_d[None, :],
-             b_dk.to(DK.dtype.element_ty), mask=m_kv)
-    tl.store(DV + i_b64 * sdvb + bos * sdvt + i_hk.to(tl.int64) * sdvh + o_n64[:, None] * sdvt + o_d[None, :],
-             b_dv.to(DV.dtype.element_ty), mask=m_kv)
+    tl.store(_tile(DK, i_b64, bos, i_hk, sdkb, sdkt, sdkh, o_n64, o_d), b_dk.to(DK.dtype.element_ty), mask=m_kv)
+    tl.store(_tile(DV, i_b64, bos, i_hk, sdvb, sdvt, sdvh, o_n64, o_d), b_dv.to(DV.dtype.element_ty), mask=m_kv)
 
 
 @triton.jit
@@ -645,8 +650,7 @@ def _attn_bwd_dq_kernel(
         b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
                             seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
     b_dq = b_dq * sm_scale
-    tl.store(DQ + i_b64 * sdqb + bos * sdqt + i_h.to(tl.int64) * sdqh + o_m64[:, None] * sdqt + o_d[None, :],
-             b_dq.to(DQ.dtype.element_ty), mask=m_qd)
+    tl.store(_tile(DQ, i_b64, bos, i_h, sdqb, sdqt, sdqh, o_m64, o_d), b_dq.to(DQ.dtype.element_ty), mask=m_qd)
 
 
 # ---------------------------------------------------------------------------------------------
