@@ -13,7 +13,8 @@ so the same list runs on both sides. ARGS: an optional substring filter on the c
 
 Session 9 (deduplication): ptxas's register allocation and scheduling follow the line info Triton emits by default
 (-lineinfo), so moving code into a @triton.jit helper can change the SASS (md5, sometimes the count) of kernels whose
-LLVM IR and PTX instructions are identical; with TRITON_DISABLE_LINE_INFO=1 on both sides such a diff disappears.
+LLVM IR and PTX instructions are identical (the dq cases of a _load_kv fold in _bwd_q_inner: identical with
+TRITON_DISABLE_LINE_INFO=1 on both sides).
 Folds inside the backward's loops and prologues mostly hit this; those were kept unfolded.
 """
 import os
