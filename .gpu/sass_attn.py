@@ -10,6 +10,12 @@ L32768 (DKDV_FAST_D128), a window 4096 (FIXED_WINDOW forward), varlen (causal, a
 (L2048: the delta kernel, DKDV_FAST's short extension for GQA), fp32 (ieee dots), decode (split-K and merge, the
 CUDA-graph step's SEQ_FROM_PTR / PDL), then kept opt-in variants. Constexprs a kernel no longer has are dropped,
 so the same list runs on both sides. ARGS: an optional substring filter on the case names.
+
+Session 9 (deduplication): ptxas's register allocation and scheduling follow the line info Triton emits by default
+(-lineinfo), so moving code into a @triton.jit helper can change the SASS (md5, sometimes the count) of kernels whose
+LLVM IR and PTX instructions are identical (the dq cases of a _load_kv fold in _bwd_q_inner: identical with
+TRITON_DISABLE_LINE_INFO=1 on both sides).
+Folds inside the backward's loops and prologues mostly hit this; those were kept unfolded.
 """
 import os
 import sys

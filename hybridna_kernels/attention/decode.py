@@ -113,8 +113,7 @@ def _attn_decode_merge_kernel(
     b_o = tl.sum(b_o * w[:, None], 0) / tl.where(denom == 0.0, 1.0, denom)
     h = i_hk * GROUP + g
     tl.store(O + i_b * sob + i.to(tl.int64) * sot + h * soh + o_d, b_o.to(O.dtype.element_ty), mask=o_d < HEAD_DIM)
-    lse = tl.where(denom == 0.0, float("-inf"), (m_use + tl.math.log2(tl.where(denom == 0.0, 1.0, denom)))
-                   * 0.6931471805599453)
+    lse = flash._lse_ln(m_use, denom)
     tl.store(LSE + (i_b * nheads_kv * GROUP + h) * seqlen_q + i, lse)
 
 
@@ -143,7 +142,7 @@ def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, B
     group = Hq // Hkv
     o = new_empty((B, Lq, Hq, D), dtype=q.dtype, device=q.device)
     lse = new_empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    BD = max(16, next_pow2(D))
+    BD = flash._head_block(D)
     BM = max(16, next_pow2(group * Lq))
     # keys any query can see: the window of the first query starts at (seqlen_k - seqlen_q) - W + 1
     key_lo = max(0, Lk - Lq - window + 1) if window is not None else 0
@@ -161,7 +160,7 @@ def attention_decode(q, k, v, *, causal, window, softmax_scale, n_splits=None, B
             Lq, Lk, Hkv, key_lo, keys_per_split, n_splits, softmax_scale * LOG2E,
             window if window is not None else 0)
     meta = dict(GROUP=group, HEAD_DIM=D, BD=BD, BM=BM, IS_CAUSAL=bool(causal),
-                HAS_WINDOW=window is not None, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+                HAS_WINDOW=window is not None, DOT_PREC=flash._dot_prec(q.dtype))
     grid = (n_splits, B * Hkv)
     if BN is None and (interpret_mode() or not flash.TUNE or BD > 128):
         BN = 64 if BD <= 128 else 32

@@ -120,6 +120,13 @@ def _sequence(CU, i_b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _tile(X, i_b64, bos, i_h, sb, st, sh, o_r, o_d):
+    """Pointers to rows o_r (of the sequence starting at packed row bos; batch i_b64) x head dims o_d of head i_h of
+    a (batch, rows, heads, headdim) tensor X with strides sb, st, sh."""
+    return X + i_b64 * sb + bos * st + i_h.to(tl.int64) * sh + o_r[:, None] * st + o_d[None, :]
+
+
+@triton.jit
 def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.constexpr, IS_VARLEN: tl.constexpr,
                          REVERSE_M: tl.constexpr, M_MAJOR: tl.constexpr, BM: tl.constexpr):
     """This program's (query block, query head) in the forward and dq grids: its first query row, query
@@ -149,6 +156,28 @@ def _query_block_program(CU, max_len, nheads_q, seqlen_q, seqlen_k, GROUP: tl.co
 
 
 @triton.jit
+def _load_kv(p_k, p_v, skt, svt, start_n, n64, o_k, m_d, seqlen_k, MASK: tl.constexpr, EVEN_D: tl.constexpr,
+             TMA: tl.constexpr, KD, VD, row0, col):
+    """The K, V tiles of the key block at start_n (keys o_k = start_n + o_n, n64 = start_n as int64): through the
+    descriptors KD, VD with TMA (unmasked blocks only), else from the pointer tiles p_k, p_v (row 0 of the
+    sequence) masked by the sequence end with MASK, else by the head dim unless EVEN_D."""
+    if TMA and not MASK:
+        b_k = KD.load([row0 + start_n, col])
+        b_v = VD.load([row0 + start_n, col])
+    elif MASK:
+        m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
+        b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
+        b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
+    elif EVEN_D:
+        b_k = tl.load(p_k + n64 * skt)
+        b_v = tl.load(p_v + n64 * svt)
+    else:
+        b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
+        b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
+    return b_k, b_v
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d,
                seqlen_q, seqlen_k, qk_scale, window,
                MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
@@ -159,19 +188,7 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d
     for start_n in range(start, end, BN):
         n64 = tl.zeros([], dtype=tl.int64) + start_n
         o_k = start_n + o_n
-        if TMA and not MASK:
-            b_k = KD.load([row0 + start_n, col])
-            b_v = VD.load([row0 + start_n, col])
-        elif MASK:
-            m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
-            b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
-            b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
-        elif EVEN_D:
-            b_k = tl.load(p_k + n64 * skt)
-            b_v = tl.load(p_v + n64 * svt)
-        else:
-            b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
-            b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
+        b_k, b_v = _load_kv(p_k, p_v, skt, svt, start_n, n64, o_k, m_d, seqlen_k, MASK, EVEN_D, TMA, KD, VD, row0, col)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)                  # (BM, BN), unscaled
         # the max of the raw scores times qk_scale (> 0) is the max of the scaled ones, and
         # s * qk_scale - m is one FMA per element
@@ -190,6 +207,12 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, skt, svt, start, end, o_m, o_n, m_d
         acc = tl.dot(b_p.to(b_v.dtype), b_v, acc, input_precision=DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _lse_ln(m, l):
+    """The natural log-sum-exp of a row from its running max m (log2 domain) and sum l: -inf where l = 0."""
+    return tl.where(l == 0.0, float("-inf"), (m + tl.math.log2(tl.where(l == 0.0, 1.0, l))) * 0.6931471805599453)
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "window", "lse_len", "max_len", "L_BUCKET"])
@@ -237,8 +260,7 @@ def _attn_fwd_kernel(
                                DOT_PREC)
     # rows without a visible key: l = 0, m = -inf -> o = 0, lse = -inf
     b_o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    b_lse = tl.where(l_i == 0.0, float("-inf"),
-                     (m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))) * 0.6931471805599453)
+    b_lse = _lse_ln(m_i, l_i)
     o_base = O + i_b64 * sob + bos * sot + i_h.to(tl.int64) * soh
     tl.store(o_base + o_m[:, None].to(tl.int64) * sot + o_d[None, :], b_o.to(O.dtype.element_ty),
              mask=m_m[:, None] & m_d[None, :])
@@ -480,10 +502,8 @@ def _attn_bwd_dkdv_kernel(
                                       seqlen_q, seqlen_k, qk_scale, window, IS_CAUSAL, HAS_WINDOW, EVEN_D,
                                       BM, DOT_PREC, EARLY_DP, ONELOOP, ROWSHIFT)
     b_dk = b_dk * sm_scale
-    tl.store(DK + i_b64 * sdkb + bos * sdkt + i_hk.to(tl.int64) * sdkh + o_n64[:, None] * sdkt + o_d[None, :],
-             b_dk.to(DK.dtype.element_ty), mask=m_kv)
-    tl.store(DV + i_b64 * sdvb + bos * sdvt + i_hk.to(tl.int64) * sdvh + o_n64[:, None] * sdvt + o_d[None, :],
-             b_dv.to(DV.dtype.element_ty), mask=m_kv)
+    tl.store(_tile(DK, i_b64, bos, i_hk, sdkb, sdkt, sdkh, o_n64, o_d), b_dk.to(DK.dtype.element_ty), mask=m_kv)
+    tl.store(_tile(DV, i_b64, bos, i_hk, sdvb, sdvt, sdvh, o_n64, o_d), b_dv.to(DV.dtype.element_ty), mask=m_kv)
 
 
 @triton.jit
@@ -520,7 +540,9 @@ def _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, start, en
     for start_n in range(start, end, BN):
         n64 = tl.zeros([], dtype=tl.int64) + start_n
         o_k = start_n + o_n
-        if TMA and not MASK:   # as in _fwd_inner
+        # _load_kv written out: through the helper, ptxas allocates registers differently (line info) in the
+        # window, varlen-window, short-bucket and D128 dq launches
+        if TMA and not MASK:
             b_k = KD.load([row0 + start_n, col])
             b_v = VD.load([row0 + start_n, col])
         elif MASK:
@@ -560,20 +582,9 @@ def _bwd_q_inner1(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, lo, lo_f
             s_n = start_n
         n64 = tl.zeros([], dtype=tl.int64) + s_n
         o_k = s_n + o_n
-        if ROWSHIFT:     # every key of the block exists
-            if TMA:
-                b_k = KD.load([row0 + s_n, col])
-                b_v = VD.load([row0 + s_n, col])
-            elif EVEN_D:
-                b_k = tl.load(p_k + n64 * skt)
-                b_v = tl.load(p_v + n64 * svt)
-            else:
-                b_k = tl.load(p_k + n64 * skt, mask=m_d[None, :], other=0.0)
-                b_v = tl.load(p_v + n64 * svt, mask=m_d[None, :], other=0.0)
-        else:
-            m_kv = (o_k < seqlen_k)[:, None] & m_d[None, :]
-            b_k = tl.load(p_k + n64 * skt, mask=m_kv, other=0.0)
-            b_v = tl.load(p_v + n64 * svt, mask=m_kv, other=0.0)
+        # ROWSHIFT: every key of the block exists (no row mask)
+        b_k, b_v = _load_kv(p_k, p_v, skt, svt, s_n, n64, o_k, m_d, seqlen_k, not ROWSHIFT, EVEN_D, TMA, KD, VD,
+                            row0, col)
         b_p, b_dp = _q_probs(b_q, b_k, b_v, b_do, b_lse2, qk_scale, DOT_PREC, EARLY_DP)
         if (start_n < lo_full) | (start_n >= hi_full):
             vis = _visible(o_m, o_k, seqlen_q, seqlen_k, window, IS_CAUSAL, HAS_WINDOW)
@@ -639,8 +650,7 @@ def _attn_bwd_dq_kernel(
         b_dq = _bwd_q_inner(b_dq, b_q, b_do, b_lse2, b_delta, p_k, p_v, skt, svt, hi_full, hi, o_m, o_n, m_d,
                             seqlen_q, seqlen_k, qk_scale, window, True, IS_CAUSAL, HAS_WINDOW, EVEN_D, BN, DOT_PREC)
     b_dq = b_dq * sm_scale
-    tl.store(DQ + i_b64 * sdqb + bos * sdqt + i_h.to(tl.int64) * sdqh + o_m64[:, None] * sdqt + o_d[None, :],
-             b_dq.to(DQ.dtype.element_ty), mask=m_qd)
+    tl.store(_tile(DQ, i_b64, bos, i_h, sdqb, sdqt, sdqh, o_m64, o_d), b_dq.to(DQ.dtype.element_ty), mask=m_qd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,6 +703,10 @@ _attn_bwd_dq_tuned = autotune(_configs("dq"), key=_KEY, prune_configs_by={"early
 
 def _head_block(D: int) -> int:
     return max(16, next_pow2(D))
+
+
+def _dot_prec(dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"   # the dots' input precision: fp32 inputs exact
 
 
 def _l_bucket(L: int) -> int:
@@ -994,12 +1008,9 @@ def _run(kind, grid, blocks, args, meta):
     if blocks is not None:
         BM, BN = blocks
         raw[grid({"BM": BM, "BN": BN})](*args, **meta, BM=BM, BN=BN, num_warps=4, num_stages=2)
-    elif kind in VARIANT:
-        BM, BN, w, st, *reg = VARIANT[kind]     # reg: an optional register cap per thread (ptxas maxnreg)
-        _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st,
-                                                            **({"maxnreg": reg[0]} if reg else {})))
-    elif conf is not None or not TUNE:
-        BM, BN, w, st, *reg = fixed()   # reg: DQ_FAST's register cap
+    elif kind in VARIANT or conf is not None or not TUNE:
+        # reg: an optional register cap per thread (ptxas maxnreg; a VARIANT's, DQ_FAST's)
+        BM, BN, w, st, *reg = VARIANT[kind] if kind in VARIANT else fixed()
         _launch(raw, grid({"BM": BM, "BN": BN}), args, dict(meta, BM=BM, BN=BN, num_warps=w, num_stages=st,
                                                             **({"maxnreg": reg[0]} if reg else {})))
     else:
@@ -1027,8 +1038,33 @@ def _flags(q, k, causal, window, cu_seqlens, max_len):
     Hq, D, Hkv = q.shape[2], q.shape[3], k.shape[2]
     return dict(GROUP=Hq // Hkv, HEAD_DIM=D, BD=_head_block(D), IS_CAUSAL=bool(causal),
                 HAS_WINDOW=window is not None, IS_VARLEN=cu_seqlens is not None,
-                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", L_BUCKET=_l_bucket(max_len),
+                DOT_PREC=_dot_prec(q.dtype), L_BUCKET=_l_bucket(max_len),
                 window=window if window is not None else 0)
+
+
+def _query_block_flags(kind, q, k, v, causal, window, cu_seqlens, max_len):
+    """_flags of the kernels whose programs are query blocks (fwd, dq): causal launches run the longest blocks
+    first; K, V through TMA descriptors where _feature("tma") names the kernel and the tensors allow (built at
+    launch, for the launched BN)."""
+    meta = _flags(q, k, causal, window, cu_seqlens, max_len)
+    meta["REVERSE_M"] = bool(causal)
+    if kind in _feature("tma", meta) and _tma_ok((k, v), q.shape[3]):
+        meta["TMA"] = True
+        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
+    return meta
+
+
+def _kernel_opts(meta, name, table, rowshift_ok, fast_ok, blocks):
+    """Set in meta the constexpr flags (table) of the kernel options _feature(name) names, rowshift only where
+    rowshift_ok; then, without fixed blocks, those and the config of the fast path fast_ok(meta) returns (a
+    DKDV_FAST-like dict, or None)."""
+    for opt in _feature(name, meta):
+        if opt == "rowshift" and not rowshift_ok:
+            continue
+        meta[table[opt]] = True
+    fast = fast_ok(meta) if blocks is None else None
+    if fast is not None:
+        meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
 
 
 def _nseq(q, cu_seqlens, max_seqlen):
@@ -1048,11 +1084,7 @@ def attention_fwd(q, k, v, *, causal, window, softmax_scale, cu_seqlens=None, ma
     max_len = Lq if max_len is None else max_len
     if max_len == 0 or nb == 0 or Hq == 0:
         return o, lse
-    meta = _flags(q, k, causal, window, cu_seqlens, max_len)
-    meta["REVERSE_M"] = bool(causal)
-    if "fwd" in _feature("tma", meta) and _tma_ok((k, v), D):
-        meta["TMA"] = True
-        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
+    meta = _query_block_flags("fwd", q, k, v, causal, window, cu_seqlens, max_len)
     args = (q, k, v, o, lse, cu_seqlens if cu_seqlens is not None else q,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             Lq, Lk, Hq, Lq, max_len, softmax_scale * LOG2E)
@@ -1097,13 +1129,9 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
                 True)
     if max_k > 0 and nb > 0 and Hkv > 0:
         meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
-        for opt in _feature("dkdv_opt", meta):   # variant dkdv_opt=oneloop,rowshift,gunroll,kreg,early_dp
-            if opt == "rowshift" and (cu_seqlens is not None or Lq < 256):   # a block must fit in the rows
-                continue
-            meta[DKDV_OPTS[opt]] = True
-        fast = _dkdv_fast_ok(q, k, causal, window, cu_seqlens, meta) if blocks is None else None
-        if fast is not None:
-            meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
+        # variant dkdv_opt=oneloop,rowshift,gunroll,kreg,early_dp; rowshift: a block must fit in the rows
+        _kernel_opts(meta, "dkdv_opt", DKDV_OPTS, cu_seqlens is None and Lq >= 256,
+                     lambda m: _dkdv_fast_ok(q, k, causal, window, cu_seqlens, m), blocks)
         args = (q, k, v, do, lse, delta, dk, dv, q, cu_seqlens if cu_seqlens is not None else q,   # q: DQA (unused)
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
                 *dv.stride()[:3], 0, 0, 0, *common, max_k, scale, scale * LOG2E)
@@ -1117,22 +1145,14 @@ def attention_bwd(do, q, k, v, o, lse, *, causal, window, softmax_scale, cu_seql
 def _bwd_dq(do, q, k, v, o, lse, delta, dq, causal, window, cu_seqlens, nb, max_q, max_k, common, scale, blocks,
             delta_here):
     """Launch the dq kernel; delta_here: it computes delta = rowsum(dO * O) and stores it first."""
-    Hq, D = q.shape[2], q.shape[3]
+    Hq = q.shape[2]
     if max_q == 0 or nb == 0 or Hq == 0:
         return
-    meta = _flags(q, k, causal, window, cu_seqlens, max(max_q, max_k))
-    meta["REVERSE_M"] = bool(causal)
+    meta = _query_block_flags("dq", q, k, v, causal, window, cu_seqlens, max(max_q, max_k))
     meta["M_MAJOR"] = "dq" in VARIANT.get("mmajor", ())
-    if "dq" in _feature("tma", meta) and _tma_ok((k, v), D):
-        meta["TMA"] = True
-        meta["_tma"] = lambda BM, BN: {"KD": _desc(k, BN), "VD": _desc(v, BN)}
-    for opt in _feature("dq_opt", meta):   # variant dq_opt=oneloop,rowshift,early_dp
-        if opt == "rowshift" and (cu_seqlens is not None or k.shape[1] < 128):   # a key block must fit
-            continue
-        meta[DQ_OPTS[opt]] = True
-    fast = _dq_fast_ok(q, k, causal, window, cu_seqlens, meta) if blocks is None else None
-    if fast is not None:
-        meta.update({f: True for f in fast["flags"]}, _conf=fast["conf"])
+    # variant dq_opt=oneloop,rowshift,early_dp; rowshift: a key block must fit
+    _kernel_opts(meta, "dq_opt", DQ_OPTS, cu_seqlens is None and k.shape[1] >= 128,
+                 lambda m: _dq_fast_ok(q, k, causal, window, cu_seqlens, m), blocks)
     if delta_here:
         meta.update(DELTA_HERE=True, O=o, sob=o.stride(0), sot=o.stride(1), soh=o.stride(2))
     args = (q, k, v, do, lse, delta, dq, cu_seqlens if cu_seqlens is not None else q,
@@ -1203,8 +1223,7 @@ class FlashAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen):
         o, lse = _fwd_impl(q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen)
-        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
-        ctx.args = (causal, window, softmax_scale, max_seqlen)
+        _setup_context(ctx, (q, k, v, causal, window, softmax_scale, cu_seqlens, max_seqlen), (o, lse))   # as the op's
         ctx.set_materialize_grads(False)
         ctx.dests = [grad_dest(t) for t in (q, k, v)]  # dq, dk, dv into a caller's slab (utils.GradSlab)
         return o, lse
