@@ -69,13 +69,6 @@ def _dot_exact_f32(a, b):
 
 
 @triton.jit
-def _split64(c):
-    """fp64 vector -> (hi, lo) fp32 with hi + lo = c to about 48 bits."""
-    hi = c.to(tl.float32)
-    return hi, (c - hi.to(tl.float64)).to(tl.float32)
-
-
-@triton.jit
 def _ld_cs(cs_ptr, csh_ptr, csl_ptr, off, CS64: tl.constexpr):
     """Within-chunk cumsum at `off` as (hi, lo) fp32 with hi + lo = cs to ~48 bits: from the fp32 planes
     the cumsum kernel writes (no fp64 work here), or (CS64) the fp64 value and a dummy lo."""
