@@ -26,7 +26,8 @@ def sass(fn, ptrs, fscal, consts, warps, **options):
         elif n in ptrs: sig[n] = ptrs[n]; attrs[(i,)] = [["tt.divisibility", 16]]
         elif n in fscal: sig[n] = "fp32"
         else: sig[n] = "i32"
-    k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, **options))
+    k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=warps, **options))
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f: f.write(k.asm["cubin"]); p = f.name
     nvd = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
     s = subprocess.run([nvd, "-c", p], capture_output=True, text=True).stdout
@@ -45,19 +46,23 @@ def main():
     bf = "*bf16"; f32 = "*fp32"
     cases = []
     for sa in (False, True):
-        cases.append(("swiglu_bwd STORE_A=%d" % sa, sw._swiglu_bwd_kernel, dict(H=bf, DO=bf, DH=bf, A=bf), (), dict(BF=1024, STORE_A=sa), 4))
+        cases.append(("swiglu_bwd STORE_A=%d" % sa, sw._swiglu_bwd_kernel, dict(H=bf, DO=bf, DH=bf, A=bf), (),
+                      dict(BF=1024, STORE_A=sa), 4))
     cases.append(("swiglu_fwd", sw._swiglu_fwd_kernel, dict(H=bf, O=bf), (), dict(BF=1024), 4))
     for dsi, dd, y in ((True, True, True), (False, False, False), (True, False, True)):
-        cases.append((f"rms_bwd {dsi:d}{dd:d}{y:d}", rms._rms_bwd_kernel, dict(S=f32, W=f32, RSTD=f32, DY=bf, DSI=f32, DX=f32, DD=bf, DWP=f32, Y=bf), (),
+        cases.append((f"rms_bwd {dsi:d}{dd:d}{y:d}", rms._rms_bwd_kernel,
+                      dict(S=f32, W=f32, RSTD=f32, DY=bf, DSI=f32, DX=f32, DD=bf, DWP=f32, Y=bf), (),
                       dict(BN=1024, HAS_DSI=dsi, HAS_DD=dd, STORE_Y=y), 4))
     for o in (False, True):
-        cases.append((f"gated_bwd STORE_O={o:d}", rms._gated_bwd_kernel, dict(Yin=bf, Z=bf, W=f32, RSTD=f32, DO=bf, DY=bf, DZ=bf, DWP=f32, O=bf), (),
+        cases.append((f"gated_bwd STORE_O={o:d}", rms._gated_bwd_kernel,
+                      dict(Yin=bf, Z=bf, W=f32, RSTD=f32, DO=bf, DY=bf, DZ=bf, DWP=f32, O=bf), (),
                       dict(BN=2048, STORE_O=o), 8))
     cp = dict(dt_ptr=bf, bias_ptr=f32, A_ptr=f32, clen_ptr="*i32", u_ptr=f32, cs_ptr="*fp64", csh_ptr=f32, csl_ptr=f32)
     for hb, sp, vl in ((True, True, False), (False, False, True)):
         cases.append((f"cumsum_fwd {hb:d}{sp:d}{vl:d}", ch._cumsum_fwd_kernel, cp, ("lo", "hi"),
                       dict(Q=256, BH=4, HAS_BIAS=hb, SOFTPLUS=sp, HAS_HI=True, IS_VARLEN=vl), 4))
-        cb = dict(dt_ptr=bf, bias_ptr=f32, A_ptr=f32, clen_ptr="*i32", u_ptr=f32, du_ptr=f32, dcs_ptr=f32, rowt_ptr=f32, r_ptr=f32,
+        cb = dict(dt_ptr=bf, bias_ptr=f32, A_ptr=f32, clen_ptr="*i32", u_ptr=f32, du_ptr=f32, dcs_ptr=f32,
+                  rowt_ptr=f32, r_ptr=f32,
                   ddal_ptr=f32, ddt_ptr=bf, dA_ptr=f32, dbias_ptr=f32)
         cases.append((f"cumsum_bwd {hb:d}{sp:d}{vl:d}", ch._cumsum_bwd_kernel, cb, ("lo", "hi"),
                       dict(Q=256, BH=4, HAS_BIAS=hb, SOFTPLUS=sp, HAS_HI=True, IS_VARLEN=vl, NB=2), 4))
