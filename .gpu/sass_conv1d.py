@@ -10,18 +10,14 @@ reads True here, so FAST is on, and conv._cpu_rows, the interpreter's wider chan
 kernel's launch is caught before it runs and compiled for sm_90 with exactly the signature Triton would build from
 those arguments (its own specialisation: strides equal to 1 become constants, ints and pointers divisible by 16
 get the divisibility attribute) and the launcher's constexprs and options. One line per launch: case, kernel,
-grid, num_warps / num_stages / maxnreg, SASS instruction count, md5 of the instructions (as .gpu/sass_same.py).
+grid, num_warps / num_stages / maxnreg, SASS instruction count, md5 of the instructions (sass_same.disasm).
 Cases: the default bf16 path (row forward, streams backward with the fused partial sums) at B8 D2304 L8192 SiLU
 channel-last for widths 2..8, with / without bias and SiLU, initial / final states, seq_idx, B1 L131072, fp16 /
 fp32, channel-first (tile kernels and _partials_sum_kernel), the step kernel, and the kept opt-in variants of the
 streams backward (RESET, the masked walk, FUSE 1 / 0, R4), the rows backward and the forward UNEVEN grid.
 """
-import hashlib
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 ROOT = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
 sys.path.insert(0, ROOT)
@@ -34,26 +30,16 @@ from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from hybridna_kernels.conv1d import conv, step  # noqa: E402
 
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+from sass_same import disasm  # noqa: E402
+
 assert os.path.abspath(conv.__file__).startswith(ROOT + os.sep), conv.__file__
 TARGET = GPUTarget("cuda", 90, 32)
 BACKEND = make_backend(TARGET)
-NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
 
 torch.Tensor.is_cuda = property(lambda self: True)  # the launchers' CUDA branches (FAST SiLU)
 conv._cpu_rows = lambda x, cfg: cfg  # no interpreter-only widening of the default configs
 LAUNCHES = []
-
-
-def _disasm(cubin):
-    """(instruction count, md5 of the instructions without addresses), as .gpu/sass_same.py."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-        p = f.name
-    s = subprocess.run([NVDISASM, "-c", p], capture_output=True, text=True).stdout
-    os.unlink(p)
-    body = [re.sub(r"/\*[0-9a-f]+\*/", "", ln).strip() for ln in s.splitlines()
-            if re.match(r"\s*/\*[0-9a-f]{4,}\*/", ln)]
-    return len(body), hashlib.md5("\n".join(body).encode()).hexdigest()[:10]
 
 
 def _catch(fn):
@@ -66,7 +52,7 @@ def _catch(fn):
         options, sig, consts, attrs = fn._pack_args(BACKEND, kwargs, bound, spec, opts)
         k = triton.compile(ASTSource(fn, sig, consts, attrs), target=TARGET, options=options.__dict__)
         LAUNCHES.append((fn.__name__, tuple(grid), options.num_warps, options.num_stages, options.maxnreg,
-                         *_disasm(k.asm["cubin"])))
+                         *disasm(k.asm["cubin"])))
     fn.run = run
 
 

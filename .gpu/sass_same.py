@@ -28,12 +28,21 @@ def sass(fn, ptrs, fscal, consts, warps, **options):
         else: sig[n] = "i32"
     k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
                        options=dict(num_warps=warps, **options))
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f: f.write(k.asm["cubin"]); p = f.name
+    return disasm(k.asm["cubin"])
+
+
+def disasm(cubin):
+    """(instruction count, md5 of the instructions without their addresses) of a compiled kernel's cubin; with
+    SASS_DUMP_DIR set, the instructions are also written to DIR/<md5>.sass."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        p = f.name
     nvd = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
     s = subprocess.run([nvd, "-c", p], capture_output=True, text=True).stdout
+    os.unlink(p)
     body = [re.sub(r"/\*[0-9a-f]+\*/", "", l).strip() for l in s.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", l)]
     md5 = hashlib.md5("\n".join(body).encode()).hexdigest()[:10]
-    if os.environ.get("SASS_DUMP_DIR"):  # the instructions of each distinct compile, as DIR/<md5>.sass
+    if os.environ.get("SASS_DUMP_DIR"):
         with open(os.path.join(os.environ["SASS_DUMP_DIR"], md5 + ".sass"), "w") as f:
             f.write("\n".join(body) + "\n")
     return len(body), md5
